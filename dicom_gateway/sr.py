@@ -1,0 +1,309 @@
+"""Findings to a DICOM Structured Report: a PS3.16 TID 1500 Measurement Report.
+
+One measurement group per :class:`~models.finding.Finding`:
+
+* located findings (``finding.point`` set) become TID 1410 "Planar ROI Measurements and
+  Qualitative Evaluations" with an image region SCOORD POINT on the source image;
+* unlocated findings become TID 1501 "Measurement and Qualitative Evaluation Group" that
+  reference the source image as a whole.
+
+Each group carries a tracking identifier (TID 4108), the finding type, the algorithm
+identification (TID 4019), the model's probability as a numeric measurement (TID 300) and a
+present/absent qualitative evaluation at the model's operating point.  The report is marked as
+not for clinical use both in Series Description and in a root "Qualitative Evaluations" TEXT
+item (TID 1500 row 12), which SR viewers display with the report content.
+
+Patient and study attributes are copied from the source image by highdicom (it is the
+evidence), so the SR files into the source study.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from models.finding import NOT_FOR_CLINICAL_USE, Finding
+
+#: PS3.16 Annex D: (122157, DCM, "Probability"), the measurement concept for a model output
+#: probability; the value is a dimensionless number in [0, 1].
+PROBABILITY = codes.DCM.Probability
+#: UCUM unit "1" (dimensionless, meaning "no units"), as listed in PS3.16 CID 7181.
+NO_UNITS = codes.UCUM.NoUnits
+#: PS3.16 CID 241 "Present-Absent Only": (52101004, SCT) and (272519000, SCT).
+PRESENT = codes.SCT.Present
+ABSENT = codes.SCT.Absent
+#: PS3.16 Annex D: (121106, DCM, "Comment"), name of the free-text disclaimer item.
+COMMENT = codes.DCM.Comment
+#: TID 1500 row 12 container concept name.
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+
+#: LOINC 36554-4 "XR Chest Single view" (LOINC/RSNA Radiology Playbook); TID 1500 Procedure
+#: Reported uses the extensible CID 100, which this code extends for single-image chest X-ray.
+XR_CHEST_SINGLE_VIEW = hd.sr.CodedConcept("36554-4", "LN", "XR Chest Single view")
+#: PS3.16 CID 100 "Quantitative Diagnostic Imaging Procedures" per source Modality.
+PROCEDURES_BY_MODALITY = {
+    "CR": codes.LN.XRUnspecifiedBodyRegion,
+    "DX": codes.LN.XRUnspecifiedBodyRegion,
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "NM": codes.LN.NMUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+}
+#: CID 100 fallback: (363679005, SCT, "Imaging procedure").
+IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
+
+#: Series Description (0008,103E) of every report: PACS series lists show it.
+SERIES_DESCRIPTION = "AI result - not for clinical use"
+
+#: PS3.3 8.2: coding scheme designators starting "99" are private and must be identified.
+_PRIVATE_SCHEME_PREFIX = "99"
+#: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) that highdicom copies
+#: from the evidence; an incoming image that lacks one gets it empty in the report.
+_PATIENT_STUDY_TYPE2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+    "StudyDate", "StudyTime", "ReferringPhysicianName",
+)
+_REQUIRED_SOURCE_ATTRIBUTES = (
+    "StudyInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns"
+)
+
+
+def procedure_reported(source: Dataset) -> hd.sr.CodedConcept:
+    """The TID 1500 Procedure Reported code derived from the source image's modality/body part."""
+    modality = str(source.get("Modality", "")).upper()
+    body_part = str(source.get("BodyPartExamined", "")).upper()
+    if modality in ("CR", "DX") and body_part == "CHEST":
+        return XR_CHEST_SINGLE_VIEW
+    return hd.sr.CodedConcept.from_code(PROCEDURES_BY_MODALITY.get(modality, IMAGING_PROCEDURE))
+
+
+def device_observer_uid(name: str, version: str) -> str:
+    """A UID that identifies one algorithm version: the same on every run and every host."""
+    return generate_uid(entropy_srcs=["medgate device observer", name, version])
+
+
+def _check_inputs(findings: Sequence[Finding], source: Dataset) -> list[Finding]:
+    if isinstance(findings, (str, bytes)) or not isinstance(findings, Sequence):
+        raise TypeError(
+            f"findings must be a sequence of Finding, {type(findings).__name__} is given."
+        )
+    if len(findings) == 0:
+        raise ValueError("findings must contain at least one Finding, an empty sequence is given.")
+    if not isinstance(source, Dataset):
+        raise TypeError(f"source must be a pydicom Dataset, {type(source).__name__} is given.")
+    missing = [kw for kw in _REQUIRED_SOURCE_ATTRIBUTES if not source.get(kw)]
+    if missing:
+        raise ValueError(
+            f"source lacks {', '.join(missing)}; it must be a composite image instance."
+        )
+    study_uid, sop_uid = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
+    for i, finding in enumerate(findings):
+        if not isinstance(finding, Finding):
+            raise TypeError(f"findings[{i}] must be a Finding, {type(finding).__name__} is given.")
+        if finding.source.study_uid != study_uid:
+            raise ValueError(
+                f"findings[{i}] is about study {finding.source.study_uid}, but source belongs to "
+                f"study {study_uid}; all findings must be about the source study."
+            )
+        if finding.source.sop_instance_uid != sop_uid:
+            raise ValueError(
+                f"findings[{i}] is about image {finding.source.sop_instance_uid}, not the source "
+                f"image {sop_uid}; build one report per source image."
+            )
+        shape = (finding.source.rows, finding.source.columns)
+        if shape != (source.get("Rows"), source.get("Columns")):
+            raise ValueError(
+                f"findings[{i}] is about a {shape[1]}x{shape[0]} image, but source is "
+                f"{source.get('Columns')}x{source.get('Rows')}."
+            )
+    return list(findings)
+
+
+def _evidence(source: Dataset) -> Dataset:
+    """``source`` without its pixel data and with every Type 2 patient/study attribute present."""
+    evidence = Dataset()
+    for element in source:
+        if element.keyword != "PixelData":
+            evidence.add(element)
+    for keyword in _PATIENT_STUDY_TYPE2:
+        if keyword not in evidence:
+            setattr(evidence, keyword, "")
+    return evidence
+
+
+_Group = (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def _measurement_group(
+    index: int, finding: Finding, name: str, version: str, manufacturer: str
+) -> _Group:
+    """TID 1410 (located) or TID 1501 (unlocated) group for the ``index``-th finding."""
+    image = finding.source
+    finding_type = hd.sr.CodedConcept(finding.code.value, finding.code.scheme, finding.code.meaning)
+    common = dict(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"{finding.code.meaning} finding {index}"
+        ),
+        finding_type=finding_type,
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=name,
+            version=version,
+            parameters=[f"operating point (threshold) = {finding.threshold:g}"],
+            manufacturer=manufacturer,
+        ),
+        measurements=[
+            hd.sr.Measurement(
+                name=PROBABILITY,
+                value=float(finding.probability),
+                unit=NO_UNITS,
+                referenced_images=[
+                    hd.sr.SourceImageForMeasurement(image.sop_class_uid, image.sop_instance_uid)
+                ],
+            )
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(finding_type, PRESENT if finding.positive else ABSENT)
+        ],
+    )
+    if finding.point is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(image.sop_class_uid, image.sop_instance_uid)
+            ],
+            **common,
+        )
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([finding.point], dtype=float),
+        source_image=hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
+
+
+def _disclaimer(findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
+    notes = dict.fromkeys((NOT_FOR_CLINICAL_USE, *(n for f in findings for n in f.notes)))
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=COMMENT, value=note, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+            for note in notes
+        ]
+    )
+    return container
+
+
+def build_measurement_report(
+    findings: Sequence[Finding],
+    source: Dataset,
+    *,
+    series_number: int = 9901,
+    instance_number: int = 1,
+    manufacturer: str = "medgate",
+    algorithm_name: str | None = None,
+    algorithm_version: str | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build a TID 1500 Measurement Report of ``findings`` about the image ``source``.
+
+    Parameters
+    ----------
+    findings: Sequence[models.finding.Finding]
+        One or more findings, all about ``source`` (same study and SOP Instance UID).
+        ``finding.point`` is written as a DICOM SCOORD in image coordinates, ``(column, row)``
+        with ``(0, 0)`` at the top left corner of the top left pixel.
+    source: pydicom.Dataset
+        The source image (pixel data not needed); patient and study attributes are copied.
+    series_number: int, optional
+        Series Number of the new SR series.
+    instance_number: int, optional
+        Instance Number of the SR.
+    manufacturer: str, optional
+        Manufacturer of the SR and of the algorithm.
+    algorithm_name: str | None, optional
+        Algorithm name for the observer and each TID 4019 item; ``finding.model`` when None.
+    algorithm_version: str | None, optional
+        Algorithm version; ``finding.model_version`` when None.
+    series_instance_uid, sop_instance_uid: str | None, optional
+        UIDs of the new SR; fresh ones when None.  Pass UIDs derived from the source and the
+        algorithm to make re-running a study replace its report instead of adding one.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        The report, in the source study, in a new series; write it with ``.save_as``.
+
+    Raises
+    ------
+    TypeError
+        When ``findings`` or ``source`` has the wrong type.
+    ValueError
+        When ``findings`` is empty or a finding is about another study or image than
+        ``source``, or when a numeric argument is out of range; the message names the argument.
+    """
+    findings = _check_inputs(findings, source)
+    for arg, value in (("series_number", series_number), ("instance_number", instance_number)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+            raise ValueError(f"{arg} must be a positive integer, {value!r} is given.")
+    if not isinstance(manufacturer, str) or not manufacturer.strip():
+        raise ValueError(f"manufacturer must be a non-empty string, {manufacturer!r} is given.")
+
+    def unique(values: Sequence[str]) -> str:
+        return ", ".join(dict.fromkeys(values))
+
+    observer_name = algorithm_name or unique([f.model for f in findings])
+    observer_version = algorithm_version or unique([f.model_version for f in findings])
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid(observer_name, observer_version),
+            name=observer_name,
+            manufacturer_name=manufacturer,
+            model_name=observer_name,
+        ),
+    )
+    groups = [
+        _measurement_group(
+            i,
+            finding,
+            algorithm_name or finding.model,
+            algorithm_version or finding.model_version,
+            manufacturer,
+        )
+        for i, finding in enumerate(findings, start=1)
+    ]
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedure_reported(source),
+        imaging_measurements=groups,
+    )
+    report[0].ContentSequence.append(_disclaimer(findings))
+
+    private = {f.code.scheme for f in findings if f.code.scheme.startswith(_PRIVATE_SCHEME_PREFIX)}
+    return hd.sr.Comprehensive3DSR(
+        evidence=[_evidence(source)],
+        content=report[0],
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=False,
+        series_description=SERIES_DESCRIPTION,
+        manufacturer_model_name=observer_name,
+        software_versions=observer_version,
+        coding_schemes=[CodingSchemeIdentificationItem(s) for s in sorted(private)] or None,
+    )

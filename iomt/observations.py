@@ -1,0 +1,260 @@
+"""FHIR R4 Observations (plain JSON dicts) for IoMT vitals and their NEWS2 score.
+
+Vital signs follow the FHIR R4 vital-signs profiles (``meta.profile``, category
+``vital-signs``, LOINC code, UCUM ``valueQuantity``). Systolic and diastolic pressure go into one
+blood-pressure panel (LOINC 85354-9) with components, as the ``bp`` profile requires; a
+component that was not sent carries a ``dataAbsentReason``.
+
+The NEWS2 total is coded with SNOMED CT 1104051000000101 (no LOINC code exists for it), in the
+shape NHS England describes: ``valueInteger`` total, category ``survey``, one component per
+parameter sub-score.
+
+Resource ids are UUID 5 over (subject, code, effective time in UTC), so a message that is sent
+again produces the same ids and updates the stored resources instead of duplicating them.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from iomt import codes, news2
+from iomt.news2 import News2Result
+from iomt.payload import Vital, VitalsMessage
+
+URI_SYSTEM = "urn:ietf:rfc:3986"  # FHIR R4 identifier system for URIs (here urn:uuid)
+OBSERVATION_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:observation")
+"""Fixed namespace for deterministic Observation ids; changing it re-keys every stored id."""
+
+NEWS2_SUBSCORE_CODES: dict[str, str] = {
+    news2.RESPIRATION_RATE: codes.NEWS2_RESPIRATION_RATE_SCORE,
+    news2.AIR_OR_OXYGEN: codes.NEWS2_AIR_OR_OXYGEN_SCORE,
+    news2.SYSTOLIC_BP: codes.NEWS2_SYSTOLIC_BP_SCORE,
+    news2.PULSE: codes.NEWS2_PULSE_SCORE,
+    news2.CONSCIOUSNESS: codes.NEWS2_CONSCIOUSNESS_SCORE,
+    news2.TEMPERATURE: codes.NEWS2_TEMPERATURE_SCORE,
+}
+"""SNOMED CT sub-score code per NEWS2 parameter; SpO2 depends on the scale (see below)."""
+
+NEWS2_SPO2_SUBSCORE_CODES = {1: codes.NEWS2_SPO2_SCALE_1_SCORE, 2: codes.NEWS2_SPO2_SCALE_2_SCORE}
+
+NEWS2_PARAMETER_LABELS: dict[str, str] = {
+    news2.RESPIRATION_RATE: "respiration rate",
+    news2.SPO2: "SpO2",
+    news2.AIR_OR_OXYGEN: "air or oxygen",
+    news2.SYSTOLIC_BP: "systolic blood pressure",
+    news2.PULSE: "pulse",
+    news2.CONSCIOUSNESS: "consciousness",
+    news2.TEMPERATURE: "temperature",
+}
+
+NEWS2_SOURCE_CODES = (
+    codes.RESPIRATORY_RATE,
+    codes.OXYGEN_SATURATION,
+    codes.BLOOD_PRESSURE_PANEL,
+    codes.HEART_RATE,
+    codes.BODY_TEMPERATURE,
+)
+"""Vital-sign Observations a NEWS2 score is derived from, in chart order."""
+
+_BP_COMPONENTS = (codes.SYSTOLIC_BP, codes.DIASTOLIC_BP)
+
+
+def observation_id(subject_ref: str, system: str, code: str, effective: datetime) -> str:
+    """Deterministic Observation id: UUID 5 over subject, code and effective time (UTC)."""
+    if effective.tzinfo is None or effective.utcoffset() is None:
+        raise ValueError(f"effective must carry a UTC offset, {effective.isoformat()} is given.")
+    instant = effective.astimezone(timezone.utc).isoformat()
+    return str(uuid.uuid5(OBSERVATION_ID_NAMESPACE, f"{subject_ref}|{system}|{code}|{instant}"))
+
+
+def _check_ref(name: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-blank reference string, {value!r} is given.")
+
+
+def _coding(system: str, code: str, display: str) -> dict[str, str]:
+    return {"system": system, "code": code, "display": display}
+
+
+def _concept(system: str, code: str, display: str, text: str | None = None) -> dict[str, Any]:
+    return {"coding": [_coding(system, code, display)], "text": text or display}
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _quantity(vital: Vital) -> dict[str, Any]:
+    sign = codes.VITAL_SIGNS[vital.loinc]
+    return {"value": _number(vital.value), "unit": sign.unit_display,
+            "system": codes.UCUM_SYSTEM, "code": sign.ucum}
+
+
+def _range_note(vital: Vital) -> str:
+    sign = codes.VITAL_SIGNS[vital.loinc]
+    low, high = vital.plausible_range
+    return (
+        f"{sign.display} {_number(vital.value)} {sign.ucum} is outside the plausible "
+        f"physiological range {_number(low)}-{_number(high)} {sign.ucum}: check the sensor "
+        f"and the patient before acting on it."
+    )
+
+
+def _absent(text: str) -> dict[str, Any]:
+    unknown = _coding(codes.DATA_ABSENT_REASON_SYSTEM, codes.DATA_ABSENT_UNKNOWN, "Unknown")
+    return {"coding": [unknown], "text": text}
+
+
+def _base(msg: VitalsMessage, obs_id: str, patient_ref: str, device_ref: str | None,
+          profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Observation", "id": obs_id}
+    if profiles:
+        resource["meta"] = {"profile": list(profiles)}
+    resource["identifier"] = [{"system": URI_SYSTEM, "value": f"urn:uuid:{obs_id}"}]
+    resource["status"] = "final"
+    resource["subject"] = {"reference": patient_ref}
+    resource["effectiveDateTime"] = msg.time.isoformat()
+    if device_ref is not None:
+        resource["device"] = {"reference": device_ref}
+        if msg.device:
+            resource["device"]["display"] = msg.device
+    return resource
+
+
+def _vital_sign_category() -> list[dict[str, Any]]:
+    return [_concept(codes.OBSERVATION_CATEGORY_SYSTEM, codes.VITAL_SIGNS_CATEGORY,
+                     codes.VITAL_SIGNS_CATEGORY_DISPLAY)]
+
+
+def _vital_code(loinc: str) -> dict[str, Any]:
+    sign = codes.VITAL_SIGNS.get(loinc)
+    concept = _concept(codes.LOINC_SYSTEM, loinc, codes.LOINC_DISPLAY[loinc],
+                       sign.display if sign else codes.LOINC_DISPLAY[loinc])
+    if loinc == codes.OXYGEN_SATURATION:  # oxygensat profile: 2708-6 required, 59408-5 added
+        concept["coding"].append(_coding(
+            codes.LOINC_SYSTEM, codes.OXYGEN_SATURATION_PULSE_OXIMETRY,
+            codes.LOINC_DISPLAY[codes.OXYGEN_SATURATION_PULSE_OXIMETRY]))
+    return concept
+
+
+def _single_observation(msg: VitalsMessage, vital: Vital, patient_ref: str,
+                        device_ref: str | None) -> dict[str, Any]:
+    sign = codes.VITAL_SIGNS[vital.loinc]
+    obs_id = observation_id(patient_ref, codes.LOINC_SYSTEM, vital.loinc, msg.time)
+    resource = _base(msg, obs_id, patient_ref, device_ref,
+                     (codes.VITAL_SIGNS_PROFILE, sign.profile))
+    resource["category"] = _vital_sign_category()
+    resource["code"] = _vital_code(vital.loinc)
+    resource["valueQuantity"] = _quantity(vital)
+    if vital.out_of_range:
+        resource["note"] = [{"text": _range_note(vital)}]
+    return resource
+
+
+def _panel_observation(msg: VitalsMessage, parts: dict[str, Vital], patient_ref: str,
+                       device_ref: str | None) -> dict[str, Any]:
+    obs_id = observation_id(patient_ref, codes.LOINC_SYSTEM, codes.BLOOD_PRESSURE_PANEL, msg.time)
+    resource = _base(msg, obs_id, patient_ref, device_ref,
+                     (codes.VITAL_SIGNS_PROFILE, codes.BLOOD_PRESSURE_PROFILE))
+    resource["category"] = _vital_sign_category()
+    resource["code"] = _concept(codes.LOINC_SYSTEM, codes.BLOOD_PRESSURE_PANEL,
+                                codes.LOINC_DISPLAY[codes.BLOOD_PRESSURE_PANEL], "Blood pressure")
+    components = []
+    for loinc in _BP_COMPONENTS:
+        component: dict[str, Any] = {"code": _vital_code(loinc)}
+        if loinc in parts:
+            component["valueQuantity"] = _quantity(parts[loinc])
+        else:
+            component["dataAbsentReason"] = _absent("not sent by the device")
+        components.append(component)
+    resource["component"] = components
+    notes = [{"text": _range_note(v)} for v in parts.values() if v.out_of_range]
+    if notes:
+        resource["note"] = notes
+    return resource
+
+
+def vital_observations(msg: VitalsMessage, patient_ref: str,
+                       device_ref: str | None = None) -> list[dict[str, Any]]:
+    """One vital-signs Observation per parameter in ``msg`` (the last reading of each).
+
+    Systolic and diastolic pressure share one blood-pressure panel, placed where the first of
+    them appears in the message.
+    """
+    if not isinstance(msg, VitalsMessage):
+        raise TypeError(f"msg must be a VitalsMessage, {type(msg).__name__} is given.")
+    _check_ref("patient_ref", patient_ref)
+    _check_ref("device_ref", device_ref, optional=True)
+    latest = msg.latest()
+    bp_parts = {loinc: latest[loinc] for loinc in _BP_COMPONENTS if loinc in latest}
+    resources: list[dict[str, Any]] = []
+    panel_done = False
+    for loinc, vital in latest.items():
+        if loinc in _BP_COMPONENTS:
+            if not panel_done:
+                resources.append(_panel_observation(msg, bp_parts, patient_ref, device_ref))
+                panel_done = True
+            continue
+        resources.append(_single_observation(msg, vital, patient_ref, device_ref))
+    return resources
+
+
+def _subscore_component(result: News2Result, parameter: str) -> dict[str, Any]:
+    if parameter == news2.SPO2:
+        code = NEWS2_SPO2_SUBSCORE_CODES[result.spo2_scale]
+    else:
+        code = NEWS2_SUBSCORE_CODES[parameter]
+    component: dict[str, Any] = {
+        "code": _concept(codes.SNOMED_SYSTEM, code, codes.SNOMED_DISPLAY[code],
+                         f"NEWS2 {NEWS2_PARAMETER_LABELS[parameter]} score")
+    }
+    if parameter in result.scores:
+        component["valueInteger"] = result.scores[parameter]
+    else:
+        component["dataAbsentReason"] = _absent("not scored: input missing")
+    return component
+
+
+def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str) -> dict[str, Any]:
+    """The NEWS2 total score Observation for ``msg``.
+
+    Status is ``final`` when every parameter was scored, else ``preliminary``; the note and the
+    interpretation name the risk band and any missing parameters.
+    """
+    if not isinstance(result, News2Result):
+        raise TypeError(f"result must be a News2Result, {type(result).__name__} is given.")
+    if not isinstance(msg, VitalsMessage):
+        raise TypeError(f"msg must be a VitalsMessage, {type(msg).__name__} is given.")
+    _check_ref("patient_ref", patient_ref)
+    obs_id = observation_id(patient_ref, codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE, msg.time)
+    resource = _base(msg, obs_id, patient_ref, None)
+    resource["status"] = "final" if result.complete else "preliminary"
+    resource["category"] = [_concept(codes.OBSERVATION_CATEGORY_SYSTEM, codes.SURVEY_CATEGORY,
+                                     codes.SURVEY_CATEGORY_DISPLAY)]
+    resource["code"] = _concept(codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE,
+                                codes.NEWS2_TOTAL_SCORE_DISPLAY, "NEWS2 total score")
+    resource["valueInteger"] = result.total
+
+    band = result.band.value
+    qualifier = "" if result.complete else "at least "
+    resource["interpretation"] = [{"text": f"NEWS2 clinical risk: {qualifier}{band}"}]
+    note = f"NEWS2 {result.total}, clinical risk {band} (SpO2 scale {result.spo2_scale})."
+    if not result.complete:
+        missing = ", ".join(NEWS2_PARAMETER_LABELS[name] for name in result.missing)
+        note += (f" Incomplete, not scored: {missing}. The total and the risk band are lower "
+                 f"bounds.")
+    resource["note"] = [{"text": note}]
+    resource["component"] = [_subscore_component(result, name) for name in news2.PARAMETERS]
+
+    present = set(msg.latest())
+    if codes.SYSTOLIC_BP in present:  # NEWS2 uses the systolic component of the panel
+        present.add(codes.BLOOD_PRESSURE_PANEL)
+    source_ids = [observation_id(patient_ref, codes.LOINC_SYSTEM, code, msg.time)
+                  for code in NEWS2_SOURCE_CODES if code in present]
+    derived = [{"reference": f"Observation/{source_id}"} for source_id in source_ids]
+    if derived:
+        resource["derivedFrom"] = derived
+    return resource

@@ -1,0 +1,182 @@
+"""medgate configuration: one YAML file, every key overridable from the environment.
+
+``MEDGATE_CONFIG`` names the YAML file (see ``medgate.example.yaml``).  Any key can be overridden
+by an environment variable ``MEDGATE_<KEY>``, with ``__`` between nesting levels, e.g.
+``MEDGATE_DICOM__PORT=11112`` or ``MEDGATE_DESTINATIONS__PACS__HOST=10.0.0.5``.
+
+Precedence, highest first: explicit arguments, environment, YAML file, defaults.
+Validation happens once at start; :func:`load_config` raises :class:`ConfigError` whose message
+names every offending key.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "MEDGATE_"
+CONFIG_ENV = "MEDGATE_CONFIG"
+
+#: PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending keys."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"must be 1-16 printable characters without backslash, {value!r} is given")
+    return value.strip()
+
+
+class DicomConfig(_Section):
+    ae_title: str = "MEDGATE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    max_associations: int = Field(10, ge=1)
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class DicomDestination(_Section):
+    ae_title: str
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class Destinations(_Section):
+    pacs: DicomDestination | None = None
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class MqttConfig(_Section):
+    url: str | None = None
+    embedded_port: int = Field(1883, ge=0, le=65535)
+    topic_prefix: str = "medgate"
+    client_id: str = "medgate-bridge"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", value):
+            raise ValueError(f"must look like mqtt://host:port or mqtts://host:port, {value!r} is given")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"must be a plain topic level path without wildcards, {value!r} is given")
+        return value
+
+
+class FhirConfig(_Section):
+    base_url: str | None = None
+
+
+class ServingConfig(_Section):
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """The validated configuration of one medgate server."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    state_dir: Path = Path("./var")
+    dicom: DicomConfig = DicomConfig()
+    destinations: Destinations = Destinations()
+    http: HttpConfig = HttpConfig()
+    mqtt: MqttConfig = MqttConfig()
+    fhir: FhirConfig = FhirConfig()
+    serving: ServingConfig = ServingConfig()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives through init kwargs (see load_config), so it must rank below env:
+        # init_settings here holds only the YAML content and explicit overrides are merged first.
+        return env_settings, init_settings
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "medgate.sqlite3"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{CONFIG_ENV}: file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, {type(data).__name__} is given")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate the configuration.
+
+    ``path`` defaults to ``$MEDGATE_CONFIG``; with neither, built-in defaults apply.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not YAML, or a key is unknown or has a bad value; the message
+        names each offending key in dotted form (``dicom.port``).
+    """
+    path = path or os.environ.get(CONFIG_ENV) or None
+    data = _read_yaml(Path(path)) if path else {}
+    data = _merge(data, overrides)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) else f" ({given!r} is given)"
+            problems.append(f"  {key}: {err['msg']}{shown}")
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{source}:\n" + "\n".join(problems)) from None
+    return settings

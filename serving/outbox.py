@@ -1,0 +1,130 @@
+"""The durable delivery outbox shared by both data paths.
+
+Every external side effect (an SR to PACS, an alert on MQTT, a resource to a FHIR server) is first
+written to the ``outbox`` table with an idempotency key, then attempted by one worker thread.
+A failed attempt is retried with exponential backoff; after ``max_attempts`` failures the item is
+marked ``dead`` with the last reason and stays visible.  Items survive a restart.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from serving.store import Store
+
+log = logging.getLogger("medgate.outbox")
+
+#: A sender delivers one payload to one destination or raises with a reason.
+Sender = Callable[[str, dict[str, Any]], None]
+
+
+class Outbox:
+    """Persist, then deliver with retries.
+
+    Parameters
+    ----------
+    store
+        The local store holding the ``outbox`` table.
+    senders
+        Delivery function per kind (``dicom``, ``mqtt``, ``fhir``).
+    max_attempts
+        Failures before an item is dead-lettered.
+    backoff_base_s, backoff_max_s
+        Delay after the n-th failure is ``min(backoff_base_s * 2**(n-1), backoff_max_s)``.
+    """
+
+    def __init__(self, store: Store, senders: dict[str, Sender], *, max_attempts: int = 8,
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 300.0,
+                 poll_interval_s: float = 0.5) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"`max_attempts` must be positive, {max_attempts} is given.")
+        self.store = store
+        self.senders = dict(senders)
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.poll_interval_s = poll_interval_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def enqueue(self, key: str, kind: str, destination: str, payload: dict[str, Any]) -> bool:
+        """Persist one delivery; returns False when ``key`` was already enqueued (idempotent)."""
+        if kind not in self.senders:
+            raise ValueError(f"`kind` must be one of {sorted(self.senders)}, {kind!r} is given.")
+        now = time.time()
+        with self.store.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, status,"
+                " next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
+                (key, kind, destination, json.dumps(payload), now, now),
+            )
+        self._wake.set()
+        return cur.rowcount == 1
+
+    def items(self, status: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM outbox", ()
+        if status:
+            sql, params = sql + " WHERE status=?", (status,)
+        return [dict(r) for r in self.store.query(sql + " ORDER BY id", params)]
+
+    def deliver_due(self) -> int:
+        """Attempt every pending item that is due; returns how many were delivered."""
+        due = self.store.query(
+            "SELECT * FROM outbox WHERE status='pending' AND next_attempt_at<=? ORDER BY id",
+            (time.time(),),
+        )
+        delivered = 0
+        for item in due:
+            if self._stop.is_set():
+                break
+            delivered += self._attempt(dict(item))
+        return delivered
+
+    def _attempt(self, item: dict[str, Any]) -> bool:
+        try:
+            self.senders[item["kind"]](item["destination"], json.loads(item["payload"]))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a retry or a dead letter
+            attempts = item["attempts"] + 1
+            status = "dead" if attempts >= self.max_attempts else "pending"
+            delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
+            reason = f"{type(exc).__name__}: {exc}"
+            with self.store.transaction() as db:
+                db.execute(
+                    "UPDATE outbox SET status=?, attempts=?, next_attempt_at=?, last_error=?"
+                    " WHERE id=?",
+                    (status, attempts, time.time() + delay, reason, item["id"]),
+                )
+            log.warning("delivery %s to %s failed (attempt %d, %s): %s", item["key"],
+                        item["destination"], attempts, status, reason)
+            return False
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET status='sent', attempts=attempts+1, sent_at=?, last_error=NULL"
+                " WHERE id=?",
+                (time.time(), item["id"]),
+            )
+        log.info("delivered %s to %s", item["key"], item["destination"])
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="medgate-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.deliver_due()
+            except Exception:  # noqa: BLE001 - the worker must outlive a bad item or a locked db
+                log.exception("outbox pass failed")
+            self._wake.wait(self.poll_interval_s)
+            self._wake.clear()

@@ -1,0 +1,148 @@
+"""``medgate serve``: start every component in one process tree, stop them cleanly.
+
+Start order: store and outbox, Ray + the Serve application (models, HTTP ingress), the MQTT broker
+(embedded unless ``mqtt.url`` is set) and bridge, the imaging pipeline, then the DICOM SCP, so
+nothing is accepted before there is somewhere to put it.  SIGINT/SIGTERM stop them in reverse.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from dicom_gateway.scp import StorageScp
+from dicom_gateway.scu import send_files
+from iomt.bridge import VitalsBridge, broker_address
+from serving.config import Settings
+from serving.ingress import STATUS_FILE
+from serving.outbox import Outbox
+from serving.store import Store
+
+log = logging.getLogger("medgate.server")
+
+PACS = "pacs"
+
+
+class Server:
+    """All medgate components for one configuration."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir.resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.state_dir / "medgate.sqlite3")
+        self.broker = None
+        self.bridge: VitalsBridge | None = None
+        self.scp: StorageScp | None = None
+        self.pipeline = None
+        self.outbox: Outbox | None = None
+        self._stop = threading.Event()
+
+    # -- delivery senders ----------------------------------------------------------------------
+    def _send_dicom(self, destination: str, payload: dict) -> None:
+        dest = getattr(self.settings.destinations, destination, None)
+        if dest is None:
+            raise LookupError(f"destination {destination!r} is not configured")
+        send_files(payload["paths"], ae_title=dest.ae_title, host=dest.host, port=dest.port,
+                   calling_ae_title=self.settings.dicom.ae_title)
+
+    def _send_mqtt(self, topic: str, payload: dict) -> None:
+        if self.bridge is None:
+            raise ConnectionError("the MQTT bridge is not running")
+        self.bridge.publish(topic, payload)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.settings
+        self.outbox = Outbox(self.store, {"dicom": self._send_dicom, "mqtt": self._send_mqtt})
+        handles = self._start_ray()
+        host, port, tls = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port)
+        if cfg.mqtt.url is None:
+            from iomt.broker import EmbeddedBroker
+
+            self.broker = EmbeddedBroker(port)
+            self.broker.start()
+        self.bridge = VitalsBridge(host, port, topic_prefix=cfg.mqtt.topic_prefix, store=self.store,
+                                   outbox=self.outbox, client_id=cfg.mqtt.client_id, tls=tls)
+        self.bridge.start()
+        self.outbox.start()
+        from serving.imaging import ImagingPipeline
+
+        self.pipeline = ImagingPipeline(self.store, self.outbox, handles, self.state_dir / "results",
+                                        pacs_destination=PACS if cfg.destinations.pacs else None)
+        self.pipeline.start()
+        self.scp = StorageScp(cfg.dicom.ae_title, cfg.dicom.host, cfg.dicom.port, self.store,
+                              self.state_dir / "spool", self.pipeline.submit,
+                              max_associations=cfg.dicom.max_associations)
+        self.scp.start()
+        self.write_status()
+        pacs = cfg.destinations.pacs
+        log.info("medgate ready: DICOM %s@%s:%d, HTTP http://%s:%d, MQTT %s:%d (prefix %s), "
+                 "results -> %s", cfg.dicom.ae_title, cfg.dicom.host, self.scp.port, cfg.http.host,
+                 cfg.http.port, host, port, cfg.mqtt.topic_prefix,
+                 f"{pacs.ae_title}@{pacs.host}:{pacs.port}" if pacs else "local store only")
+
+    def _start_ray(self) -> dict:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        import ray
+        from ray import serve
+
+        from serving.app import APP_NAME, IMAGE_MODELS, build_app
+
+        cfg = self.settings
+        ray.init(include_dashboard=False, namespace="medgate", logging_level=logging.WARNING,
+                 num_cpus=max(os.cpu_count() or 2, 2))
+        serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+        return {m: serve.get_deployment_handle(m, app_name=APP_NAME) for m in IMAGE_MODELS}
+
+    def write_status(self) -> None:
+        components = {
+            "dicom": "ok" if self.scp else "down",
+            "mqtt": "ok" if self.bridge and self.bridge.connected.is_set() else "down",
+            "outbox": "ok" if self.outbox else "down",
+        }
+        status = {"heartbeat": time.time(), "pid": os.getpid(), "components": components,
+                  "dicom_port": self.scp.port if self.scp else None}
+        tmp = self.state_dir / (STATUS_FILE + ".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(self.state_dir / STATUS_FILE)
+
+    def run_forever(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        while not self._stop.wait(2.0):
+            self.write_status()
+        log.info("shutting down")
+
+    def stop(self) -> None:
+        for part in (self.scp, self.pipeline, self.bridge, self.outbox, self.broker):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:  # noqa: BLE001 - keep stopping the rest
+                    log.exception("stopping %s", type(part).__name__)
+        try:
+            (self.state_dir / STATUS_FILE).unlink(missing_ok=True)
+            import ray
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
+        finally:
+            self.store.close()
+        log.info("medgate stopped")
+
+
+def serve_forever(settings: Settings) -> None:
+    server = Server(settings)
+    try:
+        server.start()
+        server.run_forever()
+    finally:
+        server.stop()

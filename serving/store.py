@@ -1,0 +1,186 @@
+"""The local store: one SQLite database under ``state_dir`` (WAL, synchronous=FULL).
+
+It records received instances and study state, produced results, FHIR resources (upserted by
+type and id, so a resend updates instead of duplicating), dead letters, and the delivery outbox.
+One connection is shared by the server's threads behind a lock; SQLite serialises writers anyway.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    modality TEXT,
+    path TEXT NOT NULL,
+    calling_ae TEXT,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    status TEXT NOT NULL,          -- receiving | complete | done | unrouted | failed
+    route TEXT,
+    detail TEXT,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT,
+    summary TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fhir_resources (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    subject TEXT,
+    body TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (resource_type, id)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,      -- idempotency key: enqueueing the same key twice is a no-op
+    kind TEXT NOT NULL,            -- dicom | mqtt | fhir
+    destination TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,          -- pending | sent | dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+"""
+
+
+class Store:
+    """Thread-safe access to the medgate SQLite database at ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- imaging -------------------------------------------------------------------------------
+    def add_instance(self, row: dict[str, Any]) -> bool:
+        """Record a received instance; returns False when it was already known (a duplicate)."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO instances VALUES (:sop_instance_uid, :study_uid, :series_uid,"
+                " :sop_class_uid, :modality, :path, :calling_ae, :received_at)",
+                {**row, "received_at": now},
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO studies(study_uid, status, received_at, updated_at)"
+                " VALUES (?, 'receiving', ?, ?)",
+                (row["study_uid"], now, now),
+            )
+            return cur.rowcount == 1
+
+    def set_study_status(self, study_uid: str, status: str, route: str | None = None,
+                         detail: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE studies SET status=?, route=COALESCE(?, route), detail=?, updated_at=?"
+                " WHERE study_uid=?",
+                (status, route, detail, time.time(), study_uid),
+            )
+
+    def study(self, study_uid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM studies WHERE study_uid=?", (study_uid,))
+        return rows[0] if rows else None
+
+    def studies_with_status(self, *statuses: str) -> list[str]:
+        marks = ",".join("?" * len(statuses))
+        rows = self.query(
+            f"SELECT study_uid FROM studies WHERE status IN ({marks}) ORDER BY received_at", statuses
+        )
+        return [r["study_uid"] for r in rows]
+
+    def instances_of(self, study_uid: str) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM instances WHERE study_uid=? ORDER BY received_at", (study_uid,))
+
+    def add_result(self, study_uid: str, kind: str, path: str | None, summary: dict) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO results(study_uid, kind, path, summary, created_at) VALUES (?,?,?,?,?)",
+                (study_uid, kind, path, json.dumps(summary), time.time()),
+            )
+
+    def results_of(self, study_uid: str) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM results WHERE study_uid=? ORDER BY id", (study_uid,))
+        return [{**dict(r), "summary": json.loads(r["summary"] or "{}")} for r in rows]
+
+    # -- FHIR and dead letters -----------------------------------------------------------------
+    def put_resources(self, resources: list[dict[str, Any]]) -> None:
+        """Insert or replace FHIR resources by (resourceType, id), all in one transaction."""
+        now = time.time()
+        rows = [(r["resourceType"], r["id"], (r.get("subject") or {}).get("reference"),
+                 json.dumps(r), now) for r in resources]
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", rows)
+
+    def resources(self, resource_type: str, subject: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT body FROM fhir_resources WHERE resource_type=?"
+        params: tuple = (resource_type,)
+        if subject is not None:
+            sql += " AND subject=?"
+            params += (subject,)
+        return [json.loads(r["body"]) for r in self.query(sql + " ORDER BY updated_at", params)]
+
+    def add_dead_letter(self, source: str, reason: str, payload: bytes | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO dead_letters(source, reason, payload, created_at) VALUES (?,?,?,?)",
+                (source, reason, payload, time.time()),
+            )
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.query("SELECT * FROM dead_letters ORDER BY id")]

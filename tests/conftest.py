@@ -1,0 +1,41 @@
+"""Shared fixtures: real peers (DCMTK, Mosquitto) started on free loopback ports, stopped by pid."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from peers import DCMTK_ENV, free_port, require_peer, stop_process, wait_for_port
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path):
+    """A real Mosquitto broker on a free loopback port; yields the port."""
+    binary = require_peer("mosquitto", "mosquitto")
+    port = free_port()
+    cfg = tmp_path / "mosquitto.conf"
+    cfg.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+                   "persistence false\n")
+    proc = subprocess.Popen([binary, "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc=proc)
+        yield port
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def pacs(tmp_path: Path):
+    """DCMTK storescp playing the PACS (AE ``PACS``); yields (port, directory receiving files)."""
+    binary = require_peer("storescp", "dcmtk")
+    port = free_port()
+    out = tmp_path / "pacs"
+    out.mkdir()
+    proc = subprocess.Popen([binary, "-aet", "PACS", "-od", str(out), str(port)], env=DCMTK_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc=proc)
+        yield port, out
+    finally:
+        stop_process(proc)

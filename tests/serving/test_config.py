@@ -1,0 +1,69 @@
+"""Configuration: YAML file, environment overrides with `__`, clear errors and exit code 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.config import ConfigError, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "medgate.example.yaml"
+
+
+def test_defaults_without_a_file(monkeypatch):
+    monkeypatch.delenv("MEDGATE_CONFIG", raising=False)
+    s = load_config()
+    assert (s.dicom.ae_title, s.dicom.port, s.http.port) == ("MEDGATE", 11112, 8000)
+    assert s.mqtt.url is None and s.mqtt.embedded_port == 1883 and s.mqtt.topic_prefix == "medgate"
+    assert s.destinations.pacs is None and s.fhir.base_url is None
+
+
+def test_example_file_is_valid_and_names_the_contract_keys():
+    s = load_config(EXAMPLE)
+    assert s.destinations.pacs.ae_title == "PACS" and s.destinations.pacs.port == 11113
+    assert str(s.state_dir) == "var"
+
+
+def test_environment_overrides_nested_keys(monkeypatch):
+    monkeypatch.setenv("MEDGATE_CONFIG", str(EXAMPLE))
+    monkeypatch.setenv("MEDGATE_DICOM__PORT", "2104")
+    monkeypatch.setenv("MEDGATE_DESTINATIONS__PACS__HOST", "10.1.2.3")
+    monkeypatch.setenv("MEDGATE_MQTT__URL", "mqtt://broker.example:1884")
+    s = load_config()
+    assert s.dicom.port == 2104 and s.dicom.ae_title == "MEDGATE"
+    assert s.destinations.pacs.host == "10.1.2.3" and s.destinations.pacs.ae_title == "PACS"
+    assert s.mqtt.url == "mqtt://broker.example:1884"
+
+
+@pytest.mark.parametrize("yaml_text, key", [
+    ("dicom: {port: 99999}", "dicom.port"),
+    ("dicom: {ae_title: 'THIS-TITLE-IS-TOO-LONG'}", "dicom.ae_title"),
+    ("mqtt: {url: 'http://x'}", "mqtt.url"),
+    ("mqtt: {topic_prefix: 'a/#'}", "mqtt.topic_prefix"),
+    ("destinations: {pacs: {host: x}}", "destinations.pacs.ae_title"),
+    ("dicom: {prot: 1}", "dicom.prot"),
+])
+def test_bad_values_name_the_key(tmp_path, yaml_text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_cli_exits_2_with_the_key_on_bad_config(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("http: {port: -1}\n")
+    result = subprocess.run([sys.executable, "-m", "serving.cli", "--config", str(path), "check-config"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "http.port" in result.stderr
+
+
+def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "x.yaml").write_text("dicom: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "x.yaml")
