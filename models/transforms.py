@@ -37,7 +37,7 @@ def window(pixels: np.ndarray) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"`pixels` must be a 2D grayscale array, shape {arr.shape} is given.")
     if arr.size == 0:
-        raise ValueError("`pixels` must not be empty, shape {arr.shape} is given.")
+        raise ValueError(f"`pixels` must not be empty, shape {arr.shape} is given.")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise ValueError(f"`pixels` must be numeric, dtype {arr.dtype} is given.")
     arr = arr.astype(np.float32, copy=False)

@@ -43,6 +43,8 @@ class ImageClassifier:
         return {"name": m.name, "version": m.version, "engine": "onnxruntime",
                 "device": self.engine.device, "providers": self.engine.providers,
                 "input_size_px": m.input_size_px, "threshold": m.threshold,
+                "finding": {"value": m.finding.value, "scheme": m.finding.scheme,
+                            "meaning": m.finding.meaning},
                 "intended_use": m.intended_use}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
