@@ -4,8 +4,9 @@ Topic scheme (``P`` is ``mqtt.topic_prefix``, default ``medgate``):
 
 - ``P/{ward}/{bed}/vitals`` — a bedside monitor publishes one JSON payload per reading
   (schema: ``iomt/schemas/vitals.schema.json``), QoS 1.
-- ``P/alerts/{ward}/{bed}`` — the bridge publishes an alert when the NEWS2 clinical-risk band is
-  low-medium (a single parameter scoring 3), medium or high (QoS 1, through the outbox).
+- ``P/alerts/{ward}/{bed}`` — the bridge publishes an alert when a patient's NEWS2 clinical-risk
+  band changes to low-medium (a single parameter scoring 3), medium or high (QoS 1, through the
+  outbox); a score that stays in the same band does not alert again.
 - ``P/deadletter`` — payloads that cannot be used, wrapped with the reason, the topic and the
   original bytes (also kept in the store's ``dead_letters`` table).
 
@@ -83,6 +84,7 @@ class VitalsBridge:
         self.client.on_message = self._on_message
         self.connected = threading.Event()
         self.processed = 0
+        self._last_band: dict[str, Band] = {}  # patient reference -> band of the latest score
         self._worker = threading.Thread(target=self._work, name="medgate-vitals", daemon=True)
 
     @property
@@ -157,7 +159,9 @@ class VitalsBridge:
         resources.append(news2_observation(result, msg, patient_ref))
         self.store.put_resources(resources)
         self.processed += 1
-        if result.band in ALERT_BANDS and self.outbox is not None:
+        previous = self._last_band.get(patient_ref)
+        self._last_band[patient_ref] = result.band
+        if result.band in ALERT_BANDS and result.band != previous and self.outbox is not None:
             alert = {"patient": msg.patient_id, "ward": ward, "bed": bed, "time": msg.time.isoformat(),
                      "news2": result.total, "band": result.band.value, "complete": result.complete,
                      "missing": list(result.missing), "observation": resources[-1]["id"]}

@@ -56,6 +56,8 @@ class ImagingPipeline:
         self._thread = threading.Thread(target=self._run, name="medgate-imaging", daemon=True)
 
     def start(self) -> None:
+        for model in self.handles:
+            self.model_info(model)  # fail fast at start, and no first-study penalty
         self._thread.start()
         for study in self.store.studies_with_status("complete"):
             row = self.store.study(study)

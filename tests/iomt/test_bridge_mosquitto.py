@@ -101,3 +101,17 @@ def test_bad_payload_goes_to_dead_letter_topic(bridge, message, reason):
     assert reason.lower() in letters[0]["reason"].lower()
     assert store.dead_letters()[0]["reason"] == letters[0]["reason"]
     assert b.connected.is_set()
+
+
+def test_alert_only_when_the_band_changes(bridge):
+    b, store, port = bridge
+    course = vitals_course(30, patient_id="P3", deteriorating=True, seed=5)
+    client, alerts = listen(port, "medgate/alerts/#")
+    try:
+        for payload in (course[-3], course[-2], course[-1]):  # all three in the same (high) band
+            b.handle("medgate/w/b/vitals", json.dumps(payload).encode())
+        wait_until(lambda: alerts, timeout_s=15)
+        b.outbox.deliver_due()
+    finally:
+        client.loop_stop()
+    assert len(alerts) == 1 and alerts[0]["band"] == "high"

@@ -123,7 +123,7 @@ def test_storescu_cxr_gives_valid_sr_at_pacs(server, tmp_path):
     dump = subprocess.run([find_peer("dsrdump"), str(sr)], capture_output=True, text=True)
     assert dump.returncode == 0, dump.stderr
     assert "Imaging Measurement Report" in dump.stdout
-    assert "Tuberculosis" in dump.stdout
+    assert "tuberculosis" in dump.stdout.lower()
 
 
 def test_bad_dicom_is_refused_and_server_stays_up(server, tmp_path):
@@ -141,7 +141,7 @@ def test_bad_dicom_is_refused_and_server_stays_up(server, tmp_path):
     assert 0xC000 <= status.Status <= 0xCFFF
     # An SR is a SOP class medgate does not accept for storage: the context is refused.
     sr = get_testdata_file("reportsi.dcm")
-    assert storescu(server, Path(sr)).returncode != 0 or True
+    assert storescu(server, Path(sr)).returncode != 0
     assert server["proc"].poll() is None
     echo = [find_peer("echoscu"), "-aet", "MODALITY", "-aec", "MEDGATE", "127.0.0.1",
             str(server["config"]["dicom"]["port"])]
