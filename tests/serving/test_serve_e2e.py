@@ -5,35 +5,19 @@ One server is started for the module (Ray start-up costs seconds); each test dri
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 
 from dicom_gateway.testdata import make_dx_dataset
 from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_until
+from serving.process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
-
-MEDGATE = [sys.executable, "-m", "serving.cli"]
-
-
-def http_get(port: int, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, {}
 
 
 @pytest.fixture(scope="module")
@@ -54,22 +38,15 @@ def server(tmp_path_factory):
         "mqtt": {"url": None, "embedded_port": free_port(), "topic_prefix": "medgate"},
         "fhir": {"base_url": None},
     }
-    cfg_path = root / "medgate.yaml"
-    cfg_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "MEDGATE_CONFIG": str(cfg_path)}
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(MEDGATE + ["serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = ServerProcess(config, root)
     try:
-        wait_until(lambda: proc.poll() is not None or http_get(config["http"]["port"], "/readyz")[0] == 200,
-                   timeout_s=180, interval_s=0.5)
-        if proc.poll() is not None:
-            pytest.fail(f"medgate serve exited with {proc.returncode}:\n{(root / 'server.log').read_text()}")
-        yield {"proc": proc, "config": config, "env": env, "root": root, "pacs_dir": pacs_dir}
+        process.start()
+        yield {"process": process, "proc": process.proc, "config": config, "env": process.env,
+               "root": root, "pacs_dir": pacs_dir}
     finally:
-        stop_process(proc, timeout_s=60)
+        process.stop()
         stop_process(pacs)
-        log.close()
-        print((root / "server.log").read_text()[-4000:])
+        print(process.log_tail())
 
 
 def storescu(server, *files: Path, called: str = "MEDGATE") -> subprocess.CompletedProcess:
@@ -80,12 +57,12 @@ def storescu(server, *files: Path, called: str = "MEDGATE") -> subprocess.Comple
 
 
 def test_health_ready_and_models(server):
-    port = server["config"]["http"]["port"]
-    assert http_get(port, "/healthz") == (200, {"status": "ok"})
-    status, body = http_get(port, "/readyz")
+    http_get = server["process"].http_get
+    assert http_get("/healthz") == (200, {"status": "ok"})
+    status, body = http_get("/readyz")
     assert status == 200 and body["ready"], body
     assert {"model:tb", "dicom", "mqtt", "outbox"} <= set(body["checks"])
-    status, models = http_get(port, "/v1/models")
+    status, models = http_get("/v1/models")
     assert status == 200
     assert models[0]["name"] == "tb" and models[0]["device"] in ("cpu", "cuda")
     assert "not for clinical use" in models[0]["intended_use"].lower()

@@ -1,0 +1,106 @@
+"""Single chest X-ray: C-STORE (DCMTK storescu) -> TID 1500 SR received by the PACS (DCMTK storescp).
+
+Starts `medgate serve` with DCMTK's storescp as its PACS, sends N generated CXRs one at a time
+(each in its own association, as a modality does) and times from the start of `storescu` to the
+SR file appearing in the PACS's directory. Prints and saves p50/p95/max to
+`benchmarks/results/cxr_latency.json` and a plot next to it. Target (issue 9): p50 <= 300 ms on CPU.
+
+    python benchmarks/bench_cxr_latency.py --n 30
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import save_figures  # noqa: E402
+from dicom_gateway.testdata import make_dx_dataset  # noqa: E402
+from serving.process import ServerProcess  # noqa: E402
+from training.synthetic.cxr import generate_cxr  # noqa: E402
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_new_file(folder: Path, known: set[str], timeout_s: float = 60.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in os.scandir(folder):
+            if entry.name.startswith("SR") and entry.name not in known:
+                return Path(entry.path)
+        time.sleep(0.002)
+    raise TimeoutError(f"no SR arrived in {folder} within {timeout_s} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=30, help="studies to send")
+    args = parser.parse_args(argv)
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"{tool} (DCMTK) not installed: nothing measured")
+            return 1
+    with tempfile.TemporaryDirectory(prefix="medgate-bench-") as tmp:
+        root = Path(tmp)
+        pacs_dir, pacs_port = root / "pacs", free_port()
+        pacs_dir.mkdir()
+        pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
+                                env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        config = {"state_dir": str(root / "var"), "dicom": {"port": free_port()},
+                  "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}},
+                  "http": {"port": free_port()}, "mqtt": {"embedded_port": free_port()},
+                  "log_level": "WARNING"}
+        rng = np.random.default_rng(0)
+        files = []
+        for i in range(args.n):
+            path = root / f"cxr{i}.dcm"
+            make_dx_dataset(generate_cxr(rng, tb=bool(i % 2)).pixels).save_as(path, enforce_file_format=True)
+            files.append(path)
+        latencies_ms = []
+        try:
+            with ServerProcess(config, root) as server:
+                for path in files:
+                    known = {e.name for e in os.scandir(pacs_dir)}
+                    start = time.perf_counter()
+                    subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "MEDGATE", "127.0.0.1",
+                                    str(config["dicom"]["port"]), str(path)], env=DCMTK_ENV, check=True)
+                    wait_for_new_file(pacs_dir, known)
+                    latencies_ms.append((time.perf_counter() - start) * 1000)
+                server.stop()
+        finally:
+            pacs.terminate()
+            pacs.wait(10)
+    lat = np.array(latencies_ms)
+    figures = {"n": len(lat), "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+               "max_ms": float(lat.max()), "min_ms": float(lat.min()), "target_p50_ms": 300.0,
+               "first_ms": float(lat[0]), "latencies_ms": [round(x, 1) for x in lat],
+               "path": "storescu -> medgate SCP -> tb (Ray Serve, onnxruntime) -> SR -> outbox -> storescp"}
+    print(f"C-STORE -> SR at PACS over {len(lat)} studies: p50 {figures['p50_ms']:.0f} ms, "
+          f"p95 {figures['p95_ms']:.0f} ms, max {figures['max_ms']:.0f} ms (target p50 <= 300 ms) "
+          f"on {platform.node()}")
+    save_figures("cxr_latency", figures, lambda ax: (
+        ax.plot(range(1, len(lat) + 1), lat, marker="o"),
+        ax.axhline(300, color="red", linestyle="--", label="target p50"),
+        ax.set_xlabel("study"), ax.set_ylabel("C-STORE -> SR at PACS (ms)"), ax.legend()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

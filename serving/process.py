@@ -1,0 +1,88 @@
+"""Run ``medgate serve`` as a child process: for tests, benchmarks and supervisors.
+
+>>> with ServerProcess(config) as server:          # doctest: +SKIP
+...     server.http_get("/readyz")
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MEDGATE = [sys.executable, "-m", "serving.cli"]
+
+
+class ServerProcess:
+    """``medgate serve`` with ``config`` (a dict in the YAML file's shape), logging to ``root``.
+
+    Entering starts it and waits until ``/readyz`` answers 200; leaving stops it with SIGINT (as
+    Ctrl-C does) and waits for a clean exit.
+    """
+
+    def __init__(self, config: dict[str, Any], root: Path, ready_timeout_s: float = 180.0) -> None:
+        self.config, self.root = config, Path(root)
+        self.ready_timeout_s = ready_timeout_s
+        self.config_path = self.root / "medgate.yaml"
+        self.log_path = self.root / "server.log"
+        self.env = {**os.environ, "MEDGATE_CONFIG": str(self.config_path)}
+        self.proc: subprocess.Popen | None = None
+
+    def http_get(self, path: str) -> tuple[int, Any]:
+        """(status, JSON body) of ``GET path`` on the server; status 0 when nothing answers."""
+        url = f"http://127.0.0.1:{self.config['http']['port']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, {}
+        try:
+            return status, json.loads(body or b"{}")
+        except ValueError:  # e.g. the Serve proxy's plain-text 503 while the app deploys
+            return status, {"text": body.decode(errors="replace")}
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(MEDGATE + ["serve"], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"medgate serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.http_get("/readyz")[0] == 200:
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"medgate serve not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 90.0) -> int | None:
+        """SIGINT, then wait; kills after ``timeout_s``. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(2)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n_chars:] if self.log_path.exists() else ""
+
+    def __enter__(self) -> "ServerProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
