@@ -5,8 +5,9 @@ Topic scheme (``P`` is ``mqtt.topic_prefix``, default ``medgate``):
 - ``P/{ward}/{bed}/vitals`` — a bedside monitor publishes one JSON payload per reading
   (schema: ``iomt/schemas/vitals.schema.json``), QoS 1.
 - ``P/alerts/{ward}/{bed}`` — the bridge publishes an alert when a patient's NEWS2 clinical-risk
-  band changes to low-medium (a single parameter scoring 3), medium or high (QoS 1, through the
-  outbox); a score that stays in the same band does not alert again.
+  band escalates to low-medium (a single parameter scoring 3), medium or high (QoS 1, through the
+  outbox); a score that stays in, or flaps back to, an already alerted band does not alert again
+  until the patient has been scored low.
 - ``P/deadletter`` — payloads that cannot be used, wrapped with the reason, the topic and the
   original bytes (also kept in the store's ``dead_letters`` table).
 
@@ -33,7 +34,9 @@ from iomt.payload import PayloadError, parse_payload
 
 log = logging.getLogger("medgate.iomt")
 
-ALERT_BANDS = frozenset({Band.LOW_MEDIUM, Band.MEDIUM, Band.HIGH})
+#: Clinical-risk bands in order; an alert is raised when a patient's band rises above the highest
+#: band already alerted since the patient was last scored low.
+BAND_RANK = {Band.LOW: 0, Band.LOW_MEDIUM: 1, Band.MEDIUM: 2, Band.HIGH: 3}
 #: FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -84,7 +87,7 @@ class VitalsBridge:
         self.client.on_message = self._on_message
         self.connected = threading.Event()
         self.processed = 0
-        self._last_band: dict[str, Band] = {}  # patient reference -> band of the latest score
+        self._alerted: dict[str, int] = {}  # patient reference -> highest band rank alerted
         self._worker = threading.Thread(target=self._work, name="medgate-vitals", daemon=True)
 
     @property
@@ -159,9 +162,10 @@ class VitalsBridge:
         resources.append(news2_observation(result, msg, patient_ref))
         self.store.put_resources(resources)
         self.processed += 1
-        previous = self._last_band.get(patient_ref)
-        self._last_band[patient_ref] = result.band
-        if result.band in ALERT_BANDS and result.band != previous and self.outbox is not None:
+        rank = BAND_RANK[result.band]
+        escalated = rank > self._alerted.get(patient_ref, 0)
+        self._alerted[patient_ref] = rank if (escalated or rank == 0) else self._alerted[patient_ref]
+        if escalated and self.outbox is not None:
             alert = {"patient": msg.patient_id, "ward": ward, "bed": bed, "time": msg.time.isoformat(),
                      "news2": result.total, "band": result.band.value, "complete": result.complete,
                      "missing": list(result.missing), "observation": resources[-1]["id"]}
