@@ -2,10 +2,17 @@
 
 One measurement group per :class:`~models.finding.Finding`:
 
-* located findings (``finding.point`` set) become TID 1410 "Planar ROI Measurements and
-  Qualitative Evaluations" with an image region SCOORD POINT on the source image;
+* findings located on one image become TID 1410 "Planar ROI Measurements and Qualitative
+  Evaluations" with an image region: SCOORD POINT (``point``), a closed SCOORD POLYLINE
+  (``box``, ``polygon``) or SCOORD3D POINT (``point_3d_mm``, in the source's Frame of Reference);
+* findings with a 3D ``mask`` become TID 1411 "Volumetric ROI Measurements and Qualitative
+  Evaluations" that reference the segment of the SEG written for them (when the SEG is given) or
+  else a SCOORD3D POINT at the mask's centroid over the source images;
 * unlocated findings become TID 1501 "Measurement and Qualitative Evaluation Group" that
-  reference the source image as a whole.
+  reference the source image(s) as a whole.
+
+A report may hold many findings about one image or one series (``source`` is then the list of
+its images).
 
 Each group carries a tracking identifier (TID 4108), the finding type, the algorithm
 identification (TID 4019), the model's probability as a numeric measurement (TID 300) and a
@@ -87,21 +94,34 @@ def device_observer_uid(name: str, version: str) -> str:
     return generate_uid(entropy_srcs=["medgate device observer", name, version])
 
 
-def _check_inputs(findings: Sequence[Finding], source: Dataset) -> list[Finding]:
+def _check_inputs(
+    findings: Sequence[Finding], sources: Sequence[Dataset]
+) -> tuple[list[Finding], list[Dataset]]:
     if isinstance(findings, (str, bytes)) or not isinstance(findings, Sequence):
         raise TypeError(
             f"findings must be a sequence of Finding, {type(findings).__name__} is given."
         )
     if len(findings) == 0:
         raise ValueError("findings must contain at least one Finding, an empty sequence is given.")
-    if not isinstance(source, Dataset):
-        raise TypeError(f"source must be a pydicom Dataset, {type(source).__name__} is given.")
-    missing = [kw for kw in _REQUIRED_SOURCE_ATTRIBUTES if not source.get(kw)]
-    if missing:
-        raise ValueError(
-            f"source lacks {', '.join(missing)}; it must be a composite image instance."
+    if isinstance(sources, Dataset):
+        sources = [sources]
+    if not isinstance(sources, Sequence) or not sources or not all(
+        isinstance(ds, Dataset) for ds in sources
+    ):
+        raise TypeError(
+            f"source must be a pydicom Dataset or a non-empty sequence of them, "
+            f"{type(sources).__name__} is given."
         )
-    study_uid, sop_uid = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
+    for ds in sources:
+        missing = [kw for kw in _REQUIRED_SOURCE_ATTRIBUTES if not ds.get(kw)]
+        if missing:
+            raise ValueError(
+                f"source lacks {', '.join(missing)}; it must be a composite image instance."
+            )
+    study_uid = str(sources[0].StudyInstanceUID)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    if any(str(ds.StudyInstanceUID) != study_uid for ds in sources):
+        raise ValueError("source images must all belong to one study.")
     for i, finding in enumerate(findings):
         if not isinstance(finding, Finding):
             raise TypeError(f"findings[{i}] must be a Finding, {type(finding).__name__} is given.")
@@ -110,18 +130,20 @@ def _check_inputs(findings: Sequence[Finding], source: Dataset) -> list[Finding]
                 f"findings[{i}] is about study {finding.source.study_uid}, but source belongs to "
                 f"study {study_uid}; all findings must be about the source study."
             )
-        if finding.source.sop_instance_uid != sop_uid:
-            raise ValueError(
-                f"findings[{i}] is about image {finding.source.sop_instance_uid}, not the source "
-                f"image {sop_uid}; build one report per source image."
-            )
-        shape = (finding.source.rows, finding.source.columns)
-        if shape != (source.get("Rows"), source.get("Columns")):
-            raise ValueError(
-                f"findings[{i}] is about a {shape[1]}x{shape[0]} image, but source is "
-                f"{source.get('Columns')}x{source.get('Rows')}."
-            )
-    return list(findings)
+        for image in finding.sources:
+            ds = by_uid.get(image.sop_instance_uid)
+            if ds is None:
+                raise ValueError(
+                    f"findings[{i}] is about image {image.sop_instance_uid}, not the source "
+                    f"image {', '.join(by_uid)}; pass every image the findings are about."
+                )
+            shape = (image.rows, image.columns)
+            if shape != (ds.get("Rows"), ds.get("Columns")):
+                raise ValueError(
+                    f"findings[{i}] is about a {shape[1]}x{shape[0]} image, but source is "
+                    f"{ds.get('Columns')}x{ds.get('Rows')}."
+                )
+    return list(findings), list(sources)
 
 
 def _evidence(source: Dataset) -> Dataset:
@@ -138,14 +160,54 @@ def _evidence(source: Dataset) -> Dataset:
 
 _Group = (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     | hd.sr.MeasurementsAndQualitativeEvaluations
 )
 
 
+def mask_centroid_mm(finding: Finding, datasets: dict[str, Dataset]) -> np.ndarray:
+    """Centroid of ``finding.mask`` in patient coordinates (PS3.3 C.7.6.2.1.1), in mm."""
+    planes, rows, columns = np.nonzero(finding.mask)
+    points = []
+    for plane, row, column in zip(planes, rows, columns):
+        ds = datasets[finding.sources[plane].sop_instance_uid]
+        orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+        points.append(np.asarray(ds.ImagePositionPatient, dtype=float)
+                      + orientation[:3] * column_spacing * column
+                      + orientation[3:] * row_spacing * row)
+    return np.mean(points, axis=0)
+
+
+def _closed(vertices) -> np.ndarray:
+    vertices = np.asarray(vertices, dtype=float)
+    return np.vstack([vertices, vertices[:1]])
+
+
+def _region(finding: Finding) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+    image = finding.source
+    on_image = hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid)
+    if finding.point_3d_mm is not None:
+        return hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=np.array([finding.point_3d_mm], dtype=float),
+            frame_of_reference_uid=image.frame_of_reference_uid,
+        )
+    if finding.point is not None:
+        graphic_type, data = hd.sr.GraphicTypeValues.POINT, np.array([finding.point], dtype=float)
+    elif finding.box is not None:
+        c0, r0, c1, r1 = finding.box
+        graphic_type, data = hd.sr.GraphicTypeValues.POLYLINE, _closed([(c0, r0), (c1, r0), (c1, r1), (c0, r1)])
+    else:
+        graphic_type, data = hd.sr.GraphicTypeValues.POLYLINE, _closed(finding.polygon)
+    return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=data, source_image=on_image)
+
+
 def _measurement_group(
-    index: int, finding: Finding, name: str, version: str, manufacturer: str
+    index: int, finding: Finding, name: str, version: str, manufacturer: str,
+    datasets: dict[str, Dataset], segmentation: Dataset | None = None, segment_number: int = 0,
 ) -> _Group:
-    """TID 1410 (located) or TID 1501 (unlocated) group for the ``index``-th finding."""
+    """TID 1410/1411 (located) or TID 1501 (unlocated) group for the ``index``-th finding."""
     image = finding.source
     finding_type = hd.sr.CodedConcept(finding.code.value, finding.code.scheme, finding.code.meaning)
     common = dict(
@@ -173,19 +235,39 @@ def _measurement_group(
             hd.sr.QualitativeEvaluation(finding_type, PRESENT if finding.positive else ABSENT)
         ],
     )
-    if finding.point is None:
+    if finding.mask is not None:
+        seg_sources = [
+            hd.sr.SourceImageForSegmentation(s.sop_class_uid, s.sop_instance_uid)
+            for s in finding.sources
+        ]
+        if segmentation is not None:
+            return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=segmentation.SOPClassUID,
+                    sop_instance_uid=segmentation.SOPInstanceUID,
+                    segment_number=segment_number,
+                    source_images=seg_sources,
+                ),
+                **common,
+            )
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_volume_surface=hd.sr.VolumeSurface(
+                graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+                graphic_data=mask_centroid_mm(finding, datasets)[None],
+                frame_of_reference_uid=image.frame_of_reference_uid,
+                source_images=seg_sources,
+            ),
+            **common,
+        )
+    if finding.location is None:
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=[
-                hd.sr.SourceImageForMeasurementGroup(image.sop_class_uid, image.sop_instance_uid)
+                hd.sr.SourceImageForMeasurementGroup(s.sop_class_uid, s.sop_instance_uid)
+                for s in finding.sources
             ],
             **common,
         )
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POINT,
-        graphic_data=np.array([finding.point], dtype=float),
-        source_image=hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid),
-    )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=_region(finding), **common)
 
 
 def _disclaimer(findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
@@ -206,7 +288,7 @@ def _disclaimer(findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
 
 def build_measurement_report(
     findings: Sequence[Finding],
-    source: Dataset,
+    source: Dataset | Sequence[Dataset],
     *,
     series_number: int = 9901,
     instance_number: int = 1,
@@ -215,17 +297,19 @@ def build_measurement_report(
     algorithm_version: str | None = None,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    segmentation: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build a TID 1500 Measurement Report of ``findings`` about the image ``source``.
 
     Parameters
     ----------
     findings: Sequence[models.finding.Finding]
-        One or more findings, all about ``source`` (same study and SOP Instance UID).
-        ``finding.point`` is written as a DICOM SCOORD in image coordinates, ``(column, row)``
-        with ``(0, 0)`` at the top left corner of the top left pixel.
-    source: pydicom.Dataset
-        The source image (pixel data not needed); patient and study attributes are copied.
+        One or more findings, all about images in ``source``.  2D locations are written as
+        DICOM SCOORD in image coordinates, ``(column, row)`` with ``(0, 0)`` at the top left
+        corner of the top left pixel; 3D ones as SCOORD3D.
+    source: pydicom.Dataset | Sequence[pydicom.Dataset]
+        The source image, or every image of the series the findings are about (pixel data not
+        needed); patient and study attributes are copied from the first.
     series_number: int, optional
         Series Number of the new SR series.
     instance_number: int, optional
@@ -239,6 +323,9 @@ def build_measurement_report(
     series_instance_uid, sop_instance_uid: str | None, optional
         UIDs of the new SR; fresh ones when None.  Pass UIDs derived from the source and the
         algorithm to make re-running a study replace its report instead of adding one.
+    segmentation: pydicom.Dataset | None, optional
+        The SEG written by :func:`dicom_gateway.seg.build_segmentation` for the masked findings
+        (in the same order); their groups then reference its segments.
 
     Returns
     -------
@@ -253,7 +340,8 @@ def build_measurement_report(
         When ``findings`` is empty or a finding is about another study or image than
         ``source``, or when a numeric argument is out of range; the message names the argument.
     """
-    findings = _check_inputs(findings, source)
+    findings, sources = _check_inputs(findings, source)
+    datasets = {str(ds.SOPInstanceUID): ds for ds in sources}
     for arg, value in (("series_number", series_number), ("instance_number", instance_number)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
             raise ValueError(f"{arg} must be a positive integer, {value!r} is given.")
@@ -274,6 +362,7 @@ def build_measurement_report(
             model_name=observer_name,
         ),
     )
+    masked = [f for f in findings if f.mask is not None]
     groups = [
         _measurement_group(
             i,
@@ -281,19 +370,23 @@ def build_measurement_report(
             algorithm_name or finding.model,
             algorithm_version or finding.model_version,
             manufacturer,
+            datasets,
+            segmentation,
+            next((k for k, f in enumerate(masked, 1) if f is finding), 0),
         )
         for i, finding in enumerate(findings, start=1)
     ]
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=procedure_reported(source),
+        procedure_reported=procedure_reported(sources[0]),
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(_disclaimer(findings))
 
     private = {f.code.scheme for f in findings if f.code.scheme.startswith(_PRIVATE_SCHEME_PREFIX)}
     return hd.sr.Comprehensive3DSR(
-        evidence=[_evidence(source)],
+        evidence=[_evidence(ds) for ds in sources]
+        + ([_evidence(segmentation)] if segmentation is not None else []),
         content=report[0],
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=series_number,

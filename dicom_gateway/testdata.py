@@ -1,9 +1,12 @@
-"""Generated, standard-conformant projection radiographs for demos and tests.
+"""Generated, standard-conformant radiographs and CT series for demos and tests.
 
 :func:`make_dx_dataset` wraps a pixel array in a complete Digital X-Ray Image Storage - For
 Presentation (PS3.3 A.26) or Computed Radiography Image Storage (PS3.3 A.2) instance, with file
 meta information, so that it can be written with :func:`pydicom.dcmwrite`, sent with C-STORE and
-checked with ``dciodvfy``.  Every Type 1 and Type 2 attribute of the mandatory modules is present.
+checked with ``dciodvfy``.  :func:`make_ct_series` does the same for a CT Image Storage series
+(PS3.3 A.3) from a volume, and :func:`make_ct_phantom` draws a chest-like volume with one spherical
+nodule and its ground-truth mask (for SEG tests).  Every Type 1 and Type 2 attribute of the
+mandatory modules is present.
 The patient is a made-up demo patient: nothing here is clinical data.
 """
 from __future__ import annotations
@@ -27,6 +30,13 @@ DX_FOR_PRESENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")
 #: PS3.6 Annex A: Computed Radiography Image Storage.
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 _SOP_CLASSES = {"DX": DX_FOR_PRESENTATION_STORAGE, "CR": CR_STORAGE}
+#: PS3.6 Annex A: CT Image Storage.
+CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
+#: Rescale Intercept of generated CT (PS3.3 C.11.1.1.2): stored value 0 is -1024 HU.
+CT_RESCALE_INTERCEPT_HU = -1024
+#: Pixel Spacing and Slice Thickness of generated CT series, in mm.
+CT_PIXEL_SPACING_MM = 0.8
+CT_SLICE_THICKNESS_MM = 2.5
 
 #: Bits Stored of every generated image (PS3.3 C.8.11.3 DX Image: 6 to 16 are allowed).
 BITS_STORED = 12
@@ -261,3 +271,120 @@ def _with_file_meta(ds: Dataset) -> Dataset:
     ds.file_meta = meta
     ds.preamble = b"\x00" * 128
     return ds
+
+
+def make_ct_phantom(
+    shape: tuple[int, int, int] = (8, 64, 64),
+    *,
+    nodule_centre_px: tuple[float, float, float] = (4.0, 24.0, 20.0),
+    nodule_radius_px: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A chest-like CT volume (stored values, HU + 1024) with one solid nodule in the right lung.
+
+    Parameters
+    ----------
+    shape: tuple[int, int, int], optional
+        ``(slices, rows, columns)``.
+    nodule_centre_px: tuple[float, float, float], optional
+        ``(slice, row, column)`` of the nodule centre, in voxels.
+    nodule_radius_px: float, optional
+        Nodule radius in in-plane pixels (slices are thicker: the sphere is scaled in mm).
+
+    Returns
+    -------
+    tuple[numpy.ndarray, numpy.ndarray]
+        ``uint16`` volume and boolean nodule mask, both of ``shape``.
+    """
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be (slices, rows, columns) of positive sizes, {shape} is given.")
+    if nodule_radius_px <= 0:
+        raise ValueError(f"nodule_radius_px must be positive, {nodule_radius_px} is given.")
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    rows, columns = shape[1], shape[2]
+    body = ((y - rows / 2) / (0.45 * rows)) ** 2 + ((x - columns / 2) / (0.48 * columns)) ** 2 <= 1
+    lungs = np.zeros(shape, bool)
+    for cx in (0.3 * columns, 0.7 * columns):
+        lungs |= ((y - rows / 2) / (0.32 * rows)) ** 2 + ((x - cx) / (0.16 * columns)) ** 2 <= 1
+    hu = np.full(shape, -1000.0)
+    hu[body] = 40.0
+    hu[lungs] = -850.0
+    dz = (z - nodule_centre_px[0]) * CT_SLICE_THICKNESS_MM / CT_PIXEL_SPACING_MM
+    nodule = dz**2 + (y - nodule_centre_px[1]) ** 2 + (x - nodule_centre_px[2]) ** 2 <= nodule_radius_px**2
+    hu[nodule] = 30.0
+    return np.round(hu - CT_RESCALE_INTERCEPT_HU).astype(np.uint16), nodule
+
+
+def make_ct_series(
+    volume: np.ndarray,
+    *,
+    patient_id: str = "079123456789",
+    patient_name: str = "Demo^Patient",
+    issuer: str | None = None,
+    study_uid: str | None = None,
+    accession: str | None = None,
+) -> list[Dataset]:
+    """Wrap ``volume`` (``(slices, rows, columns)`` uint16, 12 bits) in a CT Image Storage series.
+
+    Axial slices, head first supine, ``CT_SLICE_THICKNESS_MM`` apart along +z, one Frame of
+    Reference; stored value 0 is :data:`CT_RESCALE_INTERCEPT_HU`.  Arguments as for
+    :func:`make_dx_dataset`.
+
+    Returns
+    -------
+    list[pydicom.Dataset]
+        One instance per slice, with file meta information, in slice order.
+    """
+    if not isinstance(volume, np.ndarray) or volume.ndim != 3:
+        raise ValueError(
+            f"volume must be a 3D numpy array (slices, rows, columns), "
+            f"{getattr(volume, 'shape', type(volume).__name__)} is given."
+        )
+    if not patient_id or len(patient_id) > 64:
+        raise ValueError(f"patient_id must have 1 to 64 characters, {patient_id!r} is given.")
+    first = make_dx_dataset(_check_pixels(volume[0]), patient_id=patient_id, patient_name=patient_name,
+                            issuer=issuer, study_uid=study_uid, accession=accession, sop_class="CR")
+    series_uid, frame_of_reference_uid = generate_uid(), generate_uid()
+    out = []
+    for index, plane in enumerate(volume):
+        ds = Dataset()
+        for keyword in ("SpecificCharacterSet", "InstanceCreationDate", "InstanceCreationTime",
+                        "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+                        "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber", "Manufacturer",
+                        "ManufacturerModelName", "SoftwareVersions", "InstitutionName",
+                        "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime"):
+            if keyword in first:
+                setattr(ds, keyword, first[keyword].value)
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyDescription = "CT Chest"
+        ds.Modality = "CT"
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 2
+        ds.SeriesDescription = "Chest axial"
+        ds.BodyPartExamined = "CHEST"
+        ds.PatientPosition = "HFS"
+        ds.FrameOfReferenceUID = frame_of_reference_uid
+        ds.PositionReferenceIndicator = ""
+        ds.InstanceNumber = index + 1
+        ds.AcquisitionNumber = 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.BurnedInAnnotation = "NO"
+        ds.PixelSpacing = [CT_PIXEL_SPACING_MM, CT_PIXEL_SPACING_MM]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, round(index * CT_SLICE_THICKNESS_MM, 3)]
+        ds.SliceThickness = CT_SLICE_THICKNESS_MM
+        ds.SliceLocation = ds.ImagePositionPatient[2]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = plane.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, BITS_STORED, BITS_STORED - 1
+        ds.PixelRepresentation = 0
+        ds.PixelData = _check_pixels(plane).astype("<u2").tobytes()
+        ds.RescaleIntercept = CT_RESCALE_INTERCEPT_HU
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.WindowCenter, ds.WindowWidth = -600, 1500
+        ds.KVP = 120
+        out.append(_with_file_meta(ds))
+    return out

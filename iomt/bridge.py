@@ -1,19 +1,13 @@
-"""The MQTT vitals bridge: subscribe, parse, score NEWS2, store FHIR Observations, raise alerts.
+"""The MQTT vitals bridge: subscribe, queue, process in batches, commit, then acknowledge.
 
-Topic scheme (``P`` is ``mqtt.topic_prefix``, default ``medgate``):
+Topics: :mod:`iomt.topics`. Processing: :mod:`iomt.pipeline`. Connection: :mod:`iomt.mqtt_client`.
 
-- ``P/{ward}/{bed}/vitals`` — a bedside monitor publishes one JSON payload per reading
-  (schema: ``iomt/schemas/vitals.schema.json``), QoS 1.
-- ``P/alerts/{ward}/{bed}`` — the bridge publishes an alert when a patient's NEWS2 clinical-risk
-  band escalates to low-medium (a single parameter scoring 3), medium or high (QoS 1, through the
-  outbox); a score that stays in, or flaps back to, an already alerted band does not alert again
-  until the patient has been scored low.
-- ``P/deadletter`` — payloads that cannot be used, wrapped with the reason, the topic and the
-  original bytes (also kept in the store's ``dead_letters`` table).
-
-``on_message`` never blocks on work: messages go to a bounded queue and are acknowledged (manual
-QoS 1 ack) only after their Observations are in the store; a full queue makes the network thread
-wait, which stops reading from the broker instead of dropping.
+``on_message`` never blocks on work: messages go to a bounded queue; when it is full the network
+thread waits, which stops reading from the broker (back-pressure) instead of dropping. The worker
+drains up to ``batch_max_messages`` at a time, commits everything the batch produced in one SQLite
+transaction (``executemany``), and only then sends the QoS 1 PUBACKs (manual ack, in arrival
+order). A crash before the commit leaves the messages unacknowledged, and the persistent session
+makes the broker deliver them again; deterministic ids make that redelivery an update.
 """
 from __future__ import annotations
 
@@ -21,32 +15,29 @@ import base64
 import json
 import logging
 import queue
-import re
 import threading
-import uuid
+import time
+from typing import Callable
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
-from iomt.news2 import Band, score
-from iomt.observations import news2_observation, vital_observations
-from iomt.payload import PayloadError, parse_payload
+from iomt.alerts import AlertPolicy
+from iomt.identity import DeviceRegistry, IdentifierSystems, patient_reference
+from iomt.mqtt_client import MqttOptions, connect_async, make_client
+from iomt.pipeline import BatchOut, VitalsPipeline
+from iomt.sink import ResourceSink
+from iomt.state import StateTable
+from iomt.topics import Topics
+
+__all__ = ["VitalsBridge", "broker_address", "patient_reference"]
 
 log = logging.getLogger("medgate.iomt")
 
-#: Clinical-risk bands in order; an alert is raised when a patient's band rises above the highest
-#: band already alerted since the patient was last scored low.
-BAND_RANK = {Band.LOW: 0, Band.LOW_MEDIUM: 1, Band.MEDIUM: 2, Band.HIGH: 3}
-#: FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}.
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-
-
-def patient_reference(patient_id: str, system: str | None = None) -> str:
-    """``Patient/<id>``: the identifier itself when it is a valid FHIR id, else a stable uuid5 of it."""
-    if _FHIR_ID.match(patient_id):
-        return f"Patient/{patient_id}"
-    key = f"{system or ''}|{patient_id}"
-    return f"Patient/{uuid.uuid5(uuid.NAMESPACE_URL, key)}"
+DEFAULT_SYSTEMS = IdentifierSystems(citizen_id="http://fhir.hl7.org.vn/core/sid/cccd",
+                                    social_insurance="http://fhir.hl7.org.vn/core/sid/bhyt",
+                                    device="urn:medgate:device-serial")
+COMMIT_RETRY_S = 0.5  # wait between attempts when the store refuses a batch (e.g. disk full)
 
 
 def broker_address(url: str | None, embedded_port: int) -> tuple[str, int, bool]:
@@ -63,47 +54,65 @@ class VitalsBridge:
 
     Parameters
     ----------
-    host, port, tls
+    host, port
         The broker.
-    topic_prefix
-        First topic level(s) of every medgate topic.
+    topic_prefix, shared_group
+        See :class:`iomt.topics.Topics`.
     store
-        Where Observations and dead letters go.
+        :class:`serving.store.Store`.
     outbox
-        Where alerts go (kind ``mqtt``); may be None in tests that need no alerts.
+        :class:`serving.outbox.Outbox` for alerts (and Bundles); None sends no alerts.
+    options
+        :class:`iomt.mqtt_client.MqttOptions`; ``tls=True`` alone keeps the old meaning.
+    sink, registry, states, alerts, risk
+        Pipeline parts; defaults: local store, a registry over ``store``, one-hour staleness,
+        alerts from low-medium repeated hourly, no risk model.
+    on_commit
+        Called after each committed batch with ``(messages, commit_time_s)`` (monitoring).
     """
 
     def __init__(self, host: str, port: int, *, topic_prefix: str, store, outbox=None,
-                 client_id: str = "medgate-bridge", tls: bool = False, queue_size: int = 10_000) -> None:
-        self.host, self.port, self.prefix = host, port, topic_prefix
+                 client_id: str = "medgate-bridge", tls: bool = False, queue_size: int = 20_000,
+                 options: MqttOptions | None = None, shared_group: str | None = None,
+                 sink: ResourceSink | None = None, registry: DeviceRegistry | None = None,
+                 states: StateTable | None = None, alerts: AlertPolicy | None = None, risk=None,
+                 batch_max_messages: int = 1000, news2_interval_s: float = 60.0,
+                 on_commit: Callable[[list[mqtt.MQTTMessage], float], None] | None = None) -> None:
+        if batch_max_messages < 1:
+            raise ValueError(f"batch_max_messages must be >= 1, {batch_max_messages} is given.")
+        self.host, self.port = host, port
+        self.topics = Topics(topic_prefix, shared_group)
+        self.prefix = topic_prefix
         self.store, self.outbox = store, outbox
+        self.options = options or MqttOptions(tls=tls, receive_maximum=queue_size)
+        self.sink = sink or ResourceSink(store, outbox)
+        self.registry = registry or DeviceRegistry(store, DEFAULT_SYSTEMS)
+        self.pipeline = VitalsPipeline(self.topics, store, self.registry,
+                                       states=states or StateTable(),
+                                       alerts=alerts or AlertPolicy(), risk=risk,
+                                       news2_interval_s=news2_interval_s)
+        self.batch_max_messages = batch_max_messages
+        self.on_commit = on_commit
         self.queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=queue_size)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=False, manual_ack=True)
-        if tls:
-            self.client.tls_set()
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client = make_client(client_id, self.options)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.connected = threading.Event()
         self.processed = 0
-        self._alerted: dict[str, int] = {}  # patient reference -> highest band rank alerted
+        self.batches = 0
         self._worker = threading.Thread(target=self._work, name="medgate-vitals", daemon=True)
 
     @property
-    def vitals_topic(self) -> str:
-        return f"{self.prefix}/+/+/vitals"
-
-    @property
     def deadletter_topic(self) -> str:
-        return f"{self.prefix}/deadletter"
+        return self.topics.deadletter
 
     def alert_topic(self, ward: str, bed: str) -> str:
-        return f"{self.prefix}/alerts/{ward}/{bed}"
+        return self.topics.alert(ward, bed)
 
     def start(self, timeout_s: float = 10.0) -> None:
         self._worker.start()
-        self.client.connect_async(self.host, self.port, keepalive=30)
+        connect_async(self.client, self.host, self.port, self.options)
         self.client.loop_start()
         if not self.connected.wait(timeout_s):
             log.warning("MQTT broker %s:%d not reachable yet; retrying in the background",
@@ -113,7 +122,7 @@ class VitalsBridge:
         self.client.disconnect()
         self.client.loop_stop()
         self.queue.put(None)
-        self._worker.join(timeout=10)
+        self._worker.join(timeout=30)
 
     def publish(self, topic: str, payload: dict, timeout_s: float = 10.0) -> None:
         """Publish JSON at QoS 1 and wait for the broker's PUBACK (the outbox's MQTT sender)."""
@@ -127,56 +136,72 @@ class VitalsBridge:
         if reason_code.is_failure:
             log.error("MQTT connect to %s:%d refused: %s", self.host, self.port, reason_code)
             return
-        client.subscribe(self.vitals_topic, qos=1)
+        subscriptions = self.topics.subscriptions()
+        client.subscribe([(topic, 1) for topic in subscriptions])
         self.connected.set()
-        log.info("MQTT bridge connected to %s:%d, subscribed to %s", self.host, self.port,
-                 self.vitals_topic)
+        log.info("MQTT bridge connected to %s:%d (session present: %s), subscribed to %s",
+                 self.host, self.port, flags.session_present, ", ".join(subscriptions))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        log.warning("MQTT bridge disconnected from %s:%d (%s); reconnecting with backoff",
+                    self.host, self.port, reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         self.queue.put(message)  # blocks only when full: back-pressure to the broker
 
     # -- worker --------------------------------------------------------------------------------
     def _work(self) -> None:
-        while (message := self.queue.get()) is not None:
-            try:
-                self.handle(message.topic, message.payload)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the bridge
-                log.exception("vitals message on %s failed", message.topic)
-                self._dead_letter(message.topic, message.payload, "internal error while processing")
+        stopping = False
+        while not stopping:
+            first = self.queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.batch_max_messages:
+                try:
+                    message = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if message is None:
+                    stopping = True
+                    break
+                batch.append(message)
+            self._process(batch)
+
+    def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
+        out = self.pipeline.run([(m.topic, m.payload) for m in batch])
+        self._commit(out)
+        committed_at = time.time()
+        for message in batch:
             if message.qos > 0:
                 self.client.ack(message.mid, message.qos)
+        self.processed += out.processed
+        self.batches += 1
+        for source, reason, payload, _ in out.dead_letters:
+            letter = {"topic": source.removeprefix("mqtt:"), "reason": reason,
+                      "payload_base64": base64.b64encode(payload or b"").decode("ascii")}
+            self.client.publish(self.deadletter_topic, json.dumps(letter), qos=1)
+        if self.on_commit is not None:
+            self.on_commit(batch, committed_at)
+
+    def _commit(self, out: BatchOut) -> None:
+        while True:
+            try:
+                self.sink.commit(out.resources, out.dead_letters, out.outbox_rows)
+                break
+            except Exception:  # noqa: BLE001 - never ack what is not stored; keep trying
+                log.exception("committing a batch of %d resources failed; retrying",
+                              len(out.resources))
+                time.sleep(COMMIT_RETRY_S)
+        if out.replayed_ids:
+            self.store.mark_replayed(out.replayed_ids)
+        if out.outbox_rows and self.outbox is not None:
+            self.outbox.notify()
 
     def handle(self, topic: str, payload: bytes) -> list[dict]:
-        """Process one vitals payload; returns the stored resources (empty when dead-lettered)."""
-        levels = topic.split("/")
-        ward, bed = levels[-3], levels[-2]
-        try:
-            msg = parse_payload(payload)
-        except PayloadError as exc:
-            self._dead_letter(topic, payload, str(exc))
-            return []
-        patient_ref = patient_reference(msg.patient_id, msg.patient_system)
-        device_ref = f"Device/{msg.device}" if msg.device else None
-        result = score(msg.news2_input())
-        resources = vital_observations(msg, patient_ref, device_ref)
-        resources.append(news2_observation(result, msg, patient_ref))
-        self.store.put_resources(resources)
-        self.processed += 1
-        rank = BAND_RANK[result.band]
-        escalated = rank > self._alerted.get(patient_ref, 0)
-        self._alerted[patient_ref] = rank if (escalated or rank == 0) else self._alerted[patient_ref]
-        if escalated and self.outbox is not None:
-            alert = {"patient": msg.patient_id, "ward": ward, "bed": bed, "time": msg.time.isoformat(),
-                     "news2": result.total, "band": result.band.value, "complete": result.complete,
-                     "missing": list(result.missing), "observation": resources[-1]["id"]}
-            self.outbox.enqueue(f"alert:{resources[-1]['id']}", "mqtt", self.alert_topic(ward, bed), alert)
-            log.info("NEWS2 %s (%d) for %s at %s/%s: alert queued", result.band.value, result.total,
-                     msg.patient_id, ward, bed)
-        return resources
-
-    def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
-        log.warning("vitals payload on %s dead-lettered: %s", topic, reason)
-        self.store.add_dead_letter(f"mqtt:{topic}", reason, payload)
-        letter = {"topic": topic, "reason": reason,
-                  "payload_base64": base64.b64encode(payload).decode("ascii")}
-        self.client.publish(self.deadletter_topic, json.dumps(letter), qos=1)
+        """Process and commit one message outside MQTT; returns the resources it produced."""
+        out = self.pipeline.run([(topic, payload)])
+        self._commit(out)
+        self.processed += out.processed
+        return out.resources

@@ -154,3 +154,28 @@ SNOMED_DISPLAY: dict[str, str] = {
     NEWS2_CONSCIOUSNESS_SCORE: _NEWS2_PREFIX + "consciousness score",
     NEWS2_TEMPERATURE_SCORE: _NEWS2_PREFIX + "temperature score",
 }
+
+# --- ECG waveforms, IEEE 11073-10101 MDC_ECG_ELEC_POTL_* ----------------------------------------
+# Codes as in the FHIR R4 example Observation/ekg (observation-example-sample-data), which codes
+# the ECG as 131328 MDC_ECG_ELEC_POTL with one SampledData component per lead.
+MDC_ECG_ELEC_POTL = "131328"  # IEEE 11073-10101, FHIR R4 Observation/ekg
+PROCEDURE_CATEGORY = "procedure"  # observation-category, FHIR R4 Observation/ekg
+PROCEDURE_CATEGORY_DISPLAY = "Procedure"
+MILLIVOLT = "mV"  # UCUM
+MILLISECOND = "ms"  # UCUM
+
+ECG_LEADS: dict[str, str] = {
+    "131329": "MDC_ECG_ELEC_POTL_I",  # FHIR R4 Observation/ekg
+    "131330": "MDC_ECG_ELEC_POTL_II",  # FHIR R4 Observation/ekg
+    "131389": "MDC_ECG_ELEC_POTL_III",  # FHIR R4 Observation/ekg
+    "131390": "MDC_ECG_ELEC_POTL_AVR",  # IEEE 11073-10101
+    "131391": "MDC_ECG_ELEC_POTL_AVL",  # IEEE 11073-10101
+    "131392": "MDC_ECG_ELEC_POTL_AVF",  # IEEE 11073-10101
+    "131331": "MDC_ECG_ELEC_POTL_V1",  # IEEE 11073-10101
+    "131332": "MDC_ECG_ELEC_POTL_V2",  # IEEE 11073-10101
+    "131333": "MDC_ECG_ELEC_POTL_V3",  # IEEE 11073-10101
+    "131334": "MDC_ECG_ELEC_POTL_V4",  # IEEE 11073-10101
+    "131335": "MDC_ECG_ELEC_POTL_V5",  # IEEE 11073-10101
+    "131336": "MDC_ECG_ELEC_POTL_V6",  # IEEE 11073-10101
+}
+"""ECG leads accepted in waveform chunks: MDC code -> reference id."""

@@ -14,9 +14,11 @@ again produces the same ids and updates the stored resources instead of duplicat
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
+from functools import lru_cache
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 from iomt import codes, news2
 from iomt.news2 import News2Result
@@ -64,8 +66,23 @@ def observation_id(subject_ref: str, system: str, code: str, effective: datetime
     """Deterministic Observation id: UUID 5 over subject, code and effective time (UTC)."""
     if effective.tzinfo is None or effective.utcoffset() is None:
         raise ValueError(f"effective must carry a UTC offset, {effective.isoformat()} is given.")
-    instant = effective.astimezone(timezone.utc).isoformat()
-    return str(uuid.uuid5(OBSERVATION_ID_NAMESPACE, f"{subject_ref}|{system}|{code}|{instant}"))
+    return fast_uuid5(OBSERVATION_ID_NAMESPACE.bytes,
+                      f"{subject_ref}|{system}|{code}|{_utc_instant(effective)}")
+
+
+@lru_cache(maxsize=65536)
+def _utc_instant(effective: datetime) -> str:
+    return effective.astimezone(timezone.utc).isoformat()
+
+
+def fast_uuid5(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` (RFC 4122 section 4.3) without building
+    UUID objects: the vitals hot path makes several per message."""
+    digest = bytearray(hashlib.sha1(namespace + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _check_ref(name: str, value: object, *, optional: bool = False) -> None:
@@ -218,11 +235,15 @@ def _subscore_component(result: News2Result, parameter: str) -> dict[str, Any]:
     return component
 
 
-def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str) -> dict[str, Any]:
+def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
+                      measured: Mapping[str, datetime] | None = None) -> dict[str, Any]:
     """The NEWS2 total score Observation for ``msg``.
 
     Status is ``final`` when every parameter was scored, else ``preliminary``; the note and the
-    interpretation name the risk band and any missing parameters.
+    interpretation name the risk band and any missing parameters. ``measured`` (LOINC code ->
+    measurement time, see :class:`iomt.state.Snapshot`) points ``derivedFrom`` at the vital-sign
+    Observations the score used when they came from earlier messages; by default all are
+    taken from ``msg``.
     """
     if not isinstance(result, News2Result):
         raise TypeError(f"result must be a News2Result, {type(result).__name__} is given.")
@@ -249,11 +270,14 @@ def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str)
     resource["note"] = [{"text": note}]
     resource["component"] = [_subscore_component(result, name) for name in news2.PARAMETERS]
 
-    present = set(msg.latest())
-    if codes.SYSTOLIC_BP in present:  # NEWS2 uses the systolic component of the panel
-        present.add(codes.BLOOD_PRESSURE_PANEL)
-    source_ids = [observation_id(patient_ref, codes.LOINC_SYSTEM, code, msg.time)
-                  for code in NEWS2_SOURCE_CODES if code in present]
+    if measured is None:
+        measured = {loinc: msg.time for loinc in msg.latest()}
+    else:
+        measured = {k: v for k, v in measured.items() if k in codes.VITAL_SIGNS}
+    if codes.SYSTOLIC_BP in measured:  # NEWS2 uses the systolic component of the panel
+        measured = {**measured, codes.BLOOD_PRESSURE_PANEL: measured[codes.SYSTOLIC_BP]}
+    source_ids = [observation_id(patient_ref, codes.LOINC_SYSTEM, code, measured[code])
+                  for code in NEWS2_SOURCE_CODES if code in measured]
     derived = [{"reference": f"Observation/{source_id}"} for source_id in source_ids]
     if derived:
         resource["derivedFrom"] = derived

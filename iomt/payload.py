@@ -115,9 +115,13 @@ class Vital:
 
 @dataclass(frozen=True)
 class VitalsMessage:
-    """One validated vitals message from one device about one patient at one time."""
+    """One validated vitals message from one device about one patient at one time.
 
-    patient_id: str
+    ``patient_id`` is None for a compact message (:mod:`iomt.compact`) until the device registry
+    names the patient the device is associated with.
+    """
+
+    patient_id: str | None
     patient_system: str | None
     time: datetime
     vitals: tuple[Vital, ...]

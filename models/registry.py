@@ -1,9 +1,15 @@
-"""The versioned model registry: ``<root>/<name>/<version>/manifest.json`` + the ONNX file.
+"""The versioned model registry: ``<root>/<name>/<version>/metadata.json`` + the ONNX file.
 
-Each model version is one folder named by its semantic version (``MAJOR.MINOR.PATCH``) holding
-``manifest.json`` and the file the manifest names (``model.onnx``).  The manifest carries the
-input specification, the operating threshold, the coded finding, held-out metrics, the intended
-use and the SHA-256 of the ONNX file, which :meth:`ModelManifest.verify` checks before serving.
+Each model version is one folder named by its semantic version (``MAJOR.MINOR.PATCH``) laid out
+as a MONAI bundle: ``metadata.json`` uses the bundle metadata keys (``version``, ``changelog``,
+``monai_version``, ``pytorch_version``, ``numpy_version``, ``required_packages_version``,
+``task``, ``description``, ``authors``, ``copyright``, ``data_source``, ``data_type``,
+``intended_use``, ``network_data_format`` with ``inputs`` / ``outputs``) plus medgate's own:
+``name``, ``file`` (the ONNX file, ``model.onnx``), its ``sha256`` (checked by
+:meth:`ModelManifest.verify` before serving), ``threshold`` / ``operating_point``, ``finding``
+(one coded concept) or ``classes`` (a list of them), held-out ``metrics`` and ``training``
+(config, steps, seconds, device).  The folder may also hold the torch weights (``model.pt``,
+named by ``weights_file``), plots and the evaluation.  :mod:`training.bundle` writes versions.
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ from typing import Any
 from models.finding import Concept
 
 DEFAULT_ROOT = Path(__file__).resolve().parent
-MANIFEST_NAME = "manifest.json"
+METADATA_NAME = "metadata.json"
+MANIFEST_NAME = METADATA_NAME  # the file that describes a version
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
 
@@ -46,9 +53,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _concept(data: Any, where: str) -> Concept:
+    if not isinstance(data, dict) or not all(k in data for k in ("value", "scheme", "meaning")):
+        raise ValueError(f"{where} must be a coded concept with value, scheme and meaning, {data!r} is given.")
+    return Concept(value=str(data["value"]), scheme=str(data["scheme"]), meaning=str(data["meaning"]))
+
+
 @dataclass(frozen=True)
 class ModelManifest:
-    """One model version as described by its ``manifest.json``.
+    """One model version as described by its ``metadata.json``.
 
     Attributes
     ----------
@@ -59,18 +72,21 @@ class ModelManifest:
     sha256
         Expected hex SHA-256 of ``path``.
     input_name, input_size_px
-        Name of the ONNX input and side of the square model input (see
-        :func:`models.transforms.to_model_input`).
+        Name of the first ONNX input and, for square image inputs, its side (see
+        :func:`models.transforms.to_model_input`); ``None`` where the input is not an image.
     threshold
-        Operating point in (0, 1): ``probability >= threshold`` is a positive call.
+        Operating point in (0, 1) of a single-finding model (``probability >= threshold`` is
+        positive); ``None`` for a multi-class model.
     finding
-        Coded concept the model reports.
+        Coded concept a single-finding model reports; ``None`` for a multi-class model.
+    classes
+        Coded concepts of a multi-class model, in output order; empty otherwise.
     metrics
         Held-out evaluation, as recorded at training time.
     intended_use
         Intended-use statement; for generated-data models it says "NOT FOR CLINICAL USE".
     raw
-        The whole manifest as loaded.
+        The whole metadata as loaded.
     """
 
     name: str
@@ -78,45 +94,68 @@ class ModelManifest:
     path: Path
     sha256: str
     input_name: str
-    input_size_px: int
-    threshold: float
-    finding: Concept
+    input_size_px: int | None
+    threshold: float | None
+    finding: Concept | None
     metrics: dict[str, Any]
     intended_use: str
+    classes: tuple[Concept, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def folder(self) -> Path:
+        """The version folder."""
+        return self.path.parent
+
+    @property
+    def operating_point(self) -> dict[str, Any]:
+        """Threshold(s) and how they were chosen."""
+        return dict(self.raw.get("operating_point", {"threshold": self.threshold}))
+
     @classmethod
-    def from_file(cls, manifest_path: Path) -> ModelManifest:
-        """Load and validate a ``manifest.json``."""
-        manifest_path = Path(manifest_path)
+    def from_file(cls, metadata_path: Path) -> ModelManifest:
+        """Load and validate a ``metadata.json``."""
+        metadata_path = Path(metadata_path)
         try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+            data = json.loads(metadata_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ModelNotFoundError(f"no manifest at {manifest_path}.") from None
+            raise ModelNotFoundError(f"no metadata at {metadata_path}.") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{manifest_path} is not valid JSON: {exc}.") from None
-        missing = [k for k in ("name", "version", "file", "sha256", "input", "threshold", "finding") if k not in data]
+            raise ValueError(f"{metadata_path} is not valid JSON: {exc}.") from None
+        missing = [k for k in ("name", "version", "file", "sha256", "network_data_format", "intended_use")
+                   if k not in data]
+        if "finding" not in data and "classes" not in data:
+            missing.append("finding or classes")
         if missing:
-            raise ValueError(f"{manifest_path} lacks the key(s) {', '.join(missing)}.")
+            raise ValueError(f"{metadata_path} lacks the key(s) {', '.join(missing)}.")
         semantic_version(data["version"])
-        threshold = float(data["threshold"])
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"`threshold` in {manifest_path} must be within (0, 1), {threshold} is given.")
-        size = data["input"].get("size_px")
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"`input.size_px` in {manifest_path} must be a positive integer, {size!r} is given.")
-        finding = data["finding"]
+        inputs = data["network_data_format"].get("inputs") if isinstance(data["network_data_format"], dict) else None
+        if not isinstance(inputs, dict) or not inputs:
+            raise ValueError(f"`network_data_format.inputs` in {metadata_path} must name at least one input, "
+                             f"{inputs!r} is given.")
+        input_name, spec = next(iter(inputs.items()))
+        size = spec.get("size_px")
+        if size is not None and (not isinstance(size, int) or size < 1):
+            raise ValueError(f"`size_px` of input {input_name!r} in {metadata_path} must be a positive integer, "
+                             f"{size!r} is given.")
+        threshold = data.get("threshold")
+        if "finding" in data:
+            if threshold is None or not 0.0 < float(threshold) < 1.0:
+                raise ValueError(f"`threshold` in {metadata_path} must be within (0, 1), {threshold!r} is given.")
+            threshold = float(threshold)
+        classes = tuple(_concept(c, f"`classes[{i}]` in {metadata_path}") for i, c in enumerate(data.get("classes", [])))
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),
-            path=(manifest_path.parent / data["file"]).resolve(),
+            path=(metadata_path.parent / data["file"]).resolve(),
             sha256=str(data["sha256"]).lower(),
-            input_name=str(data["input"].get("name", "image")),
+            input_name=str(input_name),
             input_size_px=size,
             threshold=threshold,
-            finding=Concept(value=str(finding["value"]), scheme=str(finding["scheme"]), meaning=str(finding["meaning"])),
+            finding=_concept(data["finding"], f"`finding` in {metadata_path}") if "finding" in data else None,
             metrics=dict(data.get("metrics", {})),
-            intended_use=str(data.get("intended_use", "")),
+            intended_use=str(data["intended_use"]),
+            classes=classes,
             raw=data,
         )
 
@@ -127,9 +166,19 @@ class ModelManifest:
         actual = file_sha256(self.path)
         if actual != self.sha256:
             raise ModelIntegrityError(
-                f"model file {self.path} has SHA-256 {actual}, but the manifest of {self.name} "
+                f"model file {self.path} has SHA-256 {actual}, but the metadata of {self.name} "
                 f"{self.version} records {self.sha256}."
             )
+
+
+def parse_reference(reference: str) -> tuple[str, str | None]:
+    """``"tb@1.1.0"`` -> ``("tb", "1.1.0")``; ``"tb"`` -> ``("tb", None)``."""
+    if not isinstance(reference, str) or reference.count("@") > 1:
+        raise ValueError(f"`model` must be NAME or NAME@VERSION, {reference!r} is given.")
+    name, _, version = reference.partition("@")
+    if version:
+        semantic_version(version)
+    return name, version or None
 
 
 class ModelRegistry:
@@ -138,7 +187,7 @@ class ModelRegistry:
     Parameters
     ----------
     root
-        Folder holding ``<name>/<version>/manifest.json``; the ``models`` package folder by default.
+        Folder holding ``<name>/<version>/metadata.json``; the ``models`` package folder by default.
     """
 
     def __init__(self, root: Path = DEFAULT_ROOT) -> None:
@@ -159,7 +208,15 @@ class ModelRegistry:
         return versions
 
     def get(self, name: str, version: str | None = None) -> ModelManifest:
-        """Manifest of ``name`` at ``version``, or at its latest version when ``version`` is ``None``."""
+        """Manifest of ``name`` at ``version``, or at its latest version when ``version`` is ``None``.
+
+        ``name`` may also be ``"NAME@VERSION"`` (then ``version`` must be ``None`` or the same).
+        """
+        if isinstance(name, str) and "@" in name:
+            name, pinned = parse_reference(name)
+            if version is not None and version != pinned:
+                raise ValueError(f"`version` {version!r} contradicts the reference {name}@{pinned}.")
+            version = pinned
         available = self.versions(name)
         if version is None:
             version = available[-1]
@@ -168,7 +225,7 @@ class ModelRegistry:
         manifest = ModelManifest.from_file(self.root / name / version / MANIFEST_NAME)
         if (manifest.name, manifest.version) != (name, version):
             raise ValueError(
-                f"manifest in {self.root / name / version} describes {manifest.name} {manifest.version}, "
+                f"metadata in {self.root / name / version} describes {manifest.name} {manifest.version}, "
                 f"not {name} {version}."
             )
         return manifest

@@ -1,23 +1,46 @@
-"""The Ray Serve application: one deployment per model plus the HTTP ingress."""
+"""The Ray Serve application: one :class:`ModelDeployment` per registered model plus the ingress.
+
+``serve build serving.app:app_builder -o serve_config.yaml`` writes a Serve config for a Ray
+cluster (replicas, autoscaling, GPU fractions are then edited there); ``medgate serve`` runs the
+same application locally with :func:`build_app`.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 from ray.serve import Application
 
-from serving.config import Settings
-from serving.deployments import ImageClassifier
+from models.registry import ModelRegistry
+from serving.config import Settings, load_config
+from serving.deployments import ModelDeployment
 from serving.ingress import Ingress
+from serving.versions import read_versions
 
 APP_NAME = "medgate"
-#: Models served by this build of the application.
-IMAGE_MODELS = ("tb",)
 
 
-def build_app(settings: Settings) -> Application:
+def model_names() -> list[str]:
+    return ModelRegistry().names()
+
+
+def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = None) -> Application:
     cfg = settings.serving
-    models = {
-        name: ImageClassifier.options(
-            name=name, ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-        ).bind(name, max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s)
-        for name in IMAGE_MODELS
-    }
-    return Ingress.bind(models, str(settings.state_dir.resolve()))
+    versions = read_versions(settings.state_dir) if versions is None else versions
+    options = {"engine": cfg.engine, "device": cfg.device, "precision": cfg.precision,
+               "max_batch_size": cfg.max_batch_size, "defer_load": True}
+    models = {}
+    for name in model_names():
+        user_config = {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
+                       **versions.get(name, {})}
+        models[name] = ModelDeployment.options(
+            name=name, user_config=user_config, num_replicas=cfg.replicas,
+            max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
+            ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        ).bind(name, options)
+    limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s}
+    return Ingress.bind(models, str(settings.state_dir.resolve()), limits)
+
+
+def app_builder(args: dict[str, str]) -> Application:
+    """Builder for ``serve build`` / ``serve run``: ``args`` may name ``config`` (a medgate YAML)."""
+    return build_app(load_config(args.get("config")))

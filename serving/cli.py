@@ -19,7 +19,21 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="send a generated chest X-ray and a minute of vitals")
     demo.add_argument("--timeout-s", type=float, default=120.0)
     sub.add_parser("check-config", help="validate the configuration and print it")
+    models = sub.add_parser("models", help="list registered models or deploy a version").add_subparsers(
+        dest="models_command", required=True)
+    models.add_parser("list", help="registered versions and the deployed one")
+    deploy = models.add_parser("deploy", help="serve <name>@<version> without downtime (rollback: same)")
+    deploy.add_argument("ref", help="name@version, e.g. tb@1.1.0")
+    deploy.add_argument("--shadow", help="also run this version on the same requests; results logged only")
+    from serving import outbox_cli
+    from training.cli import COMMANDS as TRAINING_COMMANDS, add_commands, run as run_training
+
+    outbox_cli.add_commands(sub)
+
+    add_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in TRAINING_COMMANDS:  # offline tools: no server configuration needed
+        return run_training(args)
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
@@ -34,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_forever(settings)
         return 0
+    if args.command == "outbox":
+        return outbox_cli.run(settings, args)
+    if args.command == "models":
+        from serving import models_cli
+
+        if args.models_command == "list":
+            return models_cli.list_models(settings)
+        return models_cli.deploy(settings, args.ref, args.shadow)
     from serving.demo import run_demo
 
     return run_demo(settings, timeout_s=args.timeout_s)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -48,20 +48,36 @@ class DicomConfig(_Section):
     _check_ae = field_validator("ae_title")(_ae_title)
 
 
+#: Result objects a DICOM destination can receive: TID 1500 SR, SEG, Secondary Capture overlay.
+RESULT_OBJECTS = ("sr", "seg", "sc")
+
+
 class DicomDestination(_Section):
     ae_title: str
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
+    objects: list[Literal["sr", "seg", "sc"]] = list(RESULT_OBJECTS)  # what this destination gets
     _check_ae = field_validator("ae_title")(_ae_title)
 
 
 class Destinations(_Section):
+    """DICOM destinations of results: ``pacs`` plus any other name (``viewer: {...}``)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, DicomDestination] = Field(init=False)
     pacs: DicomDestination | None = None
+
+    def named(self) -> dict[str, DicomDestination]:
+        """Every configured destination by name."""
+        out = {"pacs": self.pacs} if self.pacs is not None else {}
+        return {**out, **{k: v for k, v in (self.__pydantic_extra__ or {}).items() if v is not None}}
 
 
 class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    timeout_s: float = Field(30.0, gt=0)
 
 
 class MqttConfig(_Section):
@@ -69,6 +85,25 @@ class MqttConfig(_Section):
     embedded_port: int = Field(1883, ge=0, le=65535)
     topic_prefix: str = "medgate"
     client_id: str = "medgate-bridge"
+    protocol: Literal["3.1.1", "5"] = "3.1.1"  # MQTT 3.1.1 (OASIS 2014) or MQTT 5.0 (OASIS 2019)
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None  # PEM CA bundle for mqtts://; None = the system trust store
+    cert_file: Path | None = None  # PEM client certificate (TLS client authentication)
+    key_file: Path | None = None  # PEM private key of cert_file
+    shared_group: str | None = None  # subscribe as $share/<group>/... so workers split the load
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)  # MQTT 5 Session Expiry Interval
+    keepalive_s: int = Field(30, ge=5, le=65535)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    queue_size: int = Field(20_000, ge=1)  # bounded hand-off queue; full = stop reading
+
+    @field_validator("shared_group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/#+")):
+            raise ValueError(f"must be one topic level without '/', '+' or '#', {value!r} is given")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -87,12 +122,66 @@ class MqttConfig(_Section):
 
 class FhirConfig(_Section):
     base_url: str | None = None
+    send_reports: bool = True  # imaging DiagnosticReport + Observations (when base_url is set)
+    # Issuer of Patient ID (0010,0021) -> identifier system: a key of iomt.identifiers or a URI.
+    patient_issuers: dict[str, str] = {"CCCD": "citizen_id", "BHYT": "social_insurance",
+                                       "BHXH": "social_insurance"}
+    unqualified_patient_id: str | None = "citizen_id"  # Patient ID without issuer; null = no system
+
+
+class StoreConfig(_Section):
+    # null = the outbox in the SQLite store under state_dir; postgresql://user@host:port/db = the
+    # outbox in PostgreSQL, shared by every node (serving.outbox_db).
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_store_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(postgres(ql)?://|sqlite:)", value):
+            raise ValueError(f"must be null, sqlite: or postgresql://..., {value!r} is given")
+        return value
+
+
+class AlertsConfig(_Section):
+    min_band: Literal["low-medium", "medium", "high"] = "low-medium"  # RCP NEWS2 table 2 bands
+    repeat_after_s: float = Field(3600.0, ge=0)  # same band re-alerted at most this often
+    qos: int = Field(1, ge=0, le=2)
+
+
+class IdentifierSystems(_Section):
+    # VN Core FHIR IG (HL7 Vietnam, draft): NamingSystem vn-cccd-ns and vn-bhyt-ns.
+    citizen_id: str = "http://fhir.hl7.org.vn/core/sid/cccd"
+    social_insurance: str = "http://fhir.hl7.org.vn/core/sid/bhyt"
+    device: str = "urn:medgate:device-serial"  # local serial numbers, no national system
+
+
+class RiskConfig(_Section):
+    enabled: bool = False  # needs the `vitals` deployment
+    flush_interval_s: float = Field(1.0, gt=0)
+    max_batch: int = Field(256, ge=1)
+    min_interval_s: float = Field(60.0, ge=0)  # per patient, in message time
+
+
+class IomtConfig(_Section):
+    staleness_s: float = Field(3600.0, gt=0)  # NEWS2 uses values no older than this
+    news2_interval_s: float = Field(60.0, ge=0)  # unchanged score re-written at most this often
+    batch_max_messages: int = Field(1000, ge=1)  # messages per store transaction
+    bundle_max_entries: int = Field(2000, ge=1)  # resources per FHIR transaction Bundle
+    alerts: AlertsConfig = AlertsConfig()
+    identifiers: IdentifierSystems = IdentifierSystems()
+    risk: RiskConfig = RiskConfig()
 
 
 class ServingConfig(_Section):
+    engine: Literal["auto", "onnxruntime", "torch"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    precision: Literal["fp32", "fp16"] = "fp32"
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    num_cpus: float = Field(1.0, gt=0)
+    replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(256, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
 
 
@@ -109,6 +198,8 @@ class Settings(BaseSettings):
     http: HttpConfig = HttpConfig()
     mqtt: MqttConfig = MqttConfig()
     fhir: FhirConfig = FhirConfig()
+    store: StoreConfig = StoreConfig()
+    iomt: IomtConfig = IomtConfig()
     serving: ServingConfig = ServingConfig()
     log_level: str = "INFO"
 

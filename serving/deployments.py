@@ -1,62 +1,168 @@
-"""Ray Serve model deployments. One class per model; requests carry whole images.
+"""The model deployment: one Ray Serve deployment per registered model, batching concurrent requests.
 
-:class:`ImageClassifier` serves a registered 2D image model (``tb`` today) through an
-:class:`~serving.engines.OnnxEngine`, batching concurrent requests with ``@serve.batch``.
+The served version lives in the deployment's ``user_config`` (``{"version": ..., "shadow_version":
+..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``).  Changing it (``medgate models deploy
+tb@1.1.0``) makes Ray Serve call :meth:`ModelDeployment.reconfigure` on the running replicas: the
+new version is loaded and warmed up beside the old one, then swapped in with one assignment, so
+requests keep succeeding throughout.  A shadow version runs on the same batches; its results are
+logged and counted, never returned.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from ray import serve
 
-from models.registry import ModelRegistry
-from serving.engines import OnnxEngine
+from models.registry import ModelManifest, ModelRegistry
+from serving.engines import create_engine
+from serving.runners import make_runner
 
 log = logging.getLogger("medgate.serving")
 
+#: Batch-size histogram buckets reported by :meth:`ModelDeployment.stats`.
+BATCH_HISTORY = 1000
 
-@serve.deployment(name="tb", ray_actor_options={"num_cpus": 1})
-class ImageClassifier:
-    """A registered ONNX image model with dynamic batching.
 
-    Each request is one preprocessed image ``(1, S, S)`` float32; the reply holds the probability
-    and the class-activation heatmap of that image.
-    """
+@dataclass
+class Loaded:
+    """One loaded model version: manifest, engine and runner."""
 
-    def __init__(self, model: str, version: str | None = None, *, max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.01, device: str = "auto") -> None:
-        self.manifest = ModelRegistry().get(model, version)
-        self.manifest.verify()
-        self.engine = OnnxEngine(self.manifest.path, device=device)
-        self.predict.set_max_batch_size(max_batch_size)
-        self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        size = self.manifest.input_size_px
-        self.engine.run(np.zeros((1, 1, size, size), np.float32))  # warm-up before traffic
-        self.batch_sizes: list[int] = []
-        log.info("model %s@%s ready on %s", self.manifest.name, self.manifest.version,
-                 self.engine.device)
+    manifest: ModelManifest
+    engine: Any
+    runner: Any
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         m = self.manifest
-        return {"name": m.name, "version": m.version, "engine": "onnxruntime",
-                "device": self.engine.device, "providers": self.engine.providers,
-                "input_size_px": m.input_size_px, "threshold": m.threshold,
-                "finding": {"value": m.finding.value, "scheme": m.finding.scheme,
-                            "meaning": m.finding.meaning},
-                "intended_use": m.intended_use}
+        return {"name": m.name, "version": m.version, "engine": self.engine.name,
+                "device": self.engine.device, "input_size_px": m.input_size_px, "threshold": m.threshold,
+                "finding": {"value": m.finding.value, "scheme": m.finding.scheme, "meaning": m.finding.meaning}
+                if m.finding else None, "intended_use": m.intended_use}
+
+
+def load_version(model: str, version: str | None, options: dict[str, Any]) -> Loaded:
+    """Load, verify (sha256) and warm up ``model@version`` (latest when None)."""
+    manifest = ModelRegistry().get(model, version)
+    manifest.verify()
+    engine = create_engine(manifest.path.parent, manifest.path.name, engine=options.get("engine", "auto"),
+                           device=options.get("device", "auto"), precision=options.get("precision", "fp32"),
+                           max_batch_size=options.get("max_batch_size", 16))
+    loaded = Loaded(manifest, engine, make_runner(model, engine, manifest))
+    engine.warmup()
+    return loaded
+
+
+class ModelServer:
+    """One model's versions, engine calls, shadow runs and counters; no Ray (see ModelDeployment)."""
+
+    def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.options = dict(options or {})
+        self.active: Loaded | None = None
+        self.shadow: Loaded | None = None
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=BATCH_HISTORY)
+        self.requests = self.failures = self.ongoing = self.shadow_runs = 0
+        self.shadow_log: collections.deque[dict] = collections.deque(maxlen=100)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> dict[str, Any]:
+        """Load the configured version (and shadow) beside the current one, then swap them in."""
+        options = {**self.options, **(user_config or {})}
+        version = options.get("version") or ModelRegistry().get(self.model).version
+        if self.active is None or self.active.manifest.version != version:
+            loaded = load_version(self.model, version, options)
+            previous, self.active = self.active, loaded
+            log.info("%s: serving version %s (was %s)", self.model, loaded.manifest.version,
+                     previous.manifest.version if previous else "none")
+        shadow = options.get("shadow_version")
+        self.shadow = load_version(self.model, shadow, options) if shadow else None
+        return options
+
+    def info(self) -> dict[str, Any]:
+        info = self.active.info()
+        info["shadow_version"] = self.shadow.manifest.version if self.shadow else None
+        return info
+
+    def stats(self) -> dict[str, Any]:
+        gpu_bytes = 0
+        if self.active and self.active.engine.device == "cuda":
+            import torch
+
+            gpu_bytes = int(torch.cuda.memory_allocated())
+        return {"model": self.model, "version": self.active.manifest.version, "requests": self.requests,
+                "failures": self.failures, "ongoing": self.ongoing, "batch_sizes": list(self.batch_sizes),
+                "shadow_runs": self.shadow_runs, "gpu_memory_bytes": gpu_bytes}
+
+    def run_batch(self, items: list[Any]) -> list[dict[str, Any]]:
+        """Run one batch on the active version (and the shadow, whose replies are only logged)."""
+        active, shadow = self.active, self.shadow
+        start = time.perf_counter()
+        replies = active.runner.run(items)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        if len(replies) != len(items):
+            raise RuntimeError(f"{self.model}: runner returned {len(replies)} replies for {len(items)} items")
+        self.batch_sizes.append(len(items))
+        if shadow is not None:
+            shadow_replies = shadow.runner.run(items)
+            self.shadow_runs += len(items)
+            self.shadow_log.append({"version": shadow.manifest.version, "batch_size": len(items),
+                                    "replies": [_summary(r) for r in shadow_replies],
+                                    "active": [_summary(r) for r in replies]})
+            log.info("%s shadow %s: %s", self.model, shadow.manifest.version, self.shadow_log[-1]["replies"])
+        meta = {"model": self.model, "version": active.manifest.version, "batch_size": len(items),
+                "inference_ms": round(elapsed_ms, 3)}
+        return [{**meta, **reply} for reply in replies]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256)
+class ModelDeployment:
+    """Serves one model with ``@serve.batch``; each request is one preprocessed item."""
+
+    def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
+        self.core = ModelServer(model, options)
+        if not self.core.options.get("defer_load"):
+            self.reconfigure({})
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        options = self.core.reconfigure(user_config)
+        self.predict.set_max_batch_size(int(options.get("max_batch_size", 16)))
+        self.predict.set_batch_wait_timeout_s(float(options.get("batch_wait_timeout_s", 0.01)))
+
+    def info(self) -> dict[str, Any]:
+        return self.core.info()
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    def shadow_results(self) -> list[dict]:
+        return list(self.core.shadow_log)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def predict(self, images: list[np.ndarray]) -> list[dict]:
-        start = time.perf_counter()
-        batch = np.stack(images).astype(np.float32, copy=False)
-        out = self.engine.run(batch)
-        self.batch_sizes.append(len(images))
-        elapsed_ms = (time.perf_counter() - start) * 1000
-        probs, heatmaps = out["probability"].reshape(len(images)), out["heatmap"]
-        return [{"probability": float(p), "heatmap": h[0], "batch_size": len(images),
-                 "inference_ms": elapsed_ms} for p, h in zip(probs, heatmaps)]
+    async def predict(self, items: list[Any]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.core.run_batch, items)
 
-    async def __call__(self, image: np.ndarray) -> dict:
-        return await self.predict(image)
+    async def __call__(self, item: Any) -> dict[str, Any]:
+        core = self.core
+        core.requests += 1
+        core.ongoing += 1
+        try:
+            return await self.predict(item)
+        except Exception:
+            core.failures += 1
+            raise
+        finally:
+            core.ongoing -= 1
+
+
+def _summary(reply: dict[str, Any]) -> dict[str, Any]:
+    """Small, JSON-friendly view of a reply for the shadow log (scalars and small arrays only)."""
+    out = {}
+    for key, value in reply.items():
+        array = np.asarray(value) if not isinstance(value, (dict, list, str)) else None
+        if array is not None and array.size <= 16:
+            out[key] = array.round(4).tolist()
+    return out

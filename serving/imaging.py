@@ -1,11 +1,23 @@
-"""The imaging path after study completion: model inference, findings, SR, delivery.
+"""The imaging path after study completion: model inference, findings, result objects, delivery.
 
 One worker thread takes complete studies from a queue, sends each routed image to its model
 deployment (all images of a study concurrently, so the deployment can batch them), turns the
-replies into :class:`~models.finding.Finding` objects, writes a TID 1500 SR to the result store
-and queues it for the PACS destination through the outbox.  Studies left ``complete`` by a crash
-are resubmitted at start.  Each SR's UIDs derive from its source image and the model version, so
-reprocessing a study replaces its SRs instead of adding more.
+replies into :class:`~models.finding.Finding` objects and writes, per study:
+
+* a TID 1500 SR per source image (2D models) or per series (volume models);
+* a DICOM SEG of the masks (volume models whose reply has a ``mask``);
+* a Secondary Capture overlay per source image (2D) or of the slice with the largest mask area;
+* a FHIR DiagnosticReport with one Observation per finding.
+
+Each DICOM object is queued through the outbox for every destination whose ``objects`` list names
+its kind (``sr``, ``seg``, ``sc``); the FHIR resources go as one transaction Bundle to
+``fhir.base_url`` or, without it, into the local store.  Studies left ``complete`` by a crash are
+resubmitted at start.  Every UID and FHIR id derives from the source and the model version, so
+reprocessing a study replaces its results instead of adding more.
+
+A volume model (``nodule``) receives the series as ``{"volume": (Z, Y, X) float32, "spacing_mm"}``
+in slice order (ascending position along the normal) and is expected to reply
+``{"mask": (Z, Y, X) integer labels, "candidates": [{"label": n, "probability": p}, ...]}``.
 """
 from __future__ import annotations
 
@@ -14,20 +26,41 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from dicom_gateway.overlay import build_overlay
 from dicom_gateway.pixels import model_input
 from dicom_gateway.routing import DEFAULT_RULES, route
+from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
 from models.finding import Concept, Finding, SourceImage
-from models.transforms import heatmap_peak
+from serving.fhir_report import PatientIdentity, build_report_resources
+from serving.findings import image_finding
 
 log = logging.getLogger("medgate.imaging")
+
+#: Models that take a whole series instead of single images.
+VOLUME_MODELS = ("nodule",)
+#: Every DICOM result kind; a destination's ``objects`` selects among them.
+ALL_OBJECTS = ("sr", "seg", "sc")
+
+
+def _uid(*parts: str) -> str:
+    return generate_uid(entropy_srcs=["medgate result", *map(str, parts)])
+
+
+def _source_image(ds) -> SourceImage:
+    return SourceImage(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+                       sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                       rows=int(ds.Rows), columns=int(ds.Columns),
+                       frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")))
 
 
 class ImagingPipeline:
@@ -38,18 +71,30 @@ class ImagingPipeline:
     store, outbox
         Local store and delivery outbox.
     handles
-        Model name -> Ray Serve deployment handle (``.remote(image)`` and ``.info.remote()``).
+        Model name -> Ray Serve deployment handle (``.remote(item)`` and ``.info.remote()``).
     results_dir
         Where result objects are written (``<results_dir>/<study>/...``).
     pacs_destination
-        Outbox destination name for results, or None to keep them locally only.
+        Outbox destination name that gets every object (kept for callers that know only one).
+    destinations
+        Destination name -> object kinds it receives (``["sr", "sc"]``).
+    fhir_base_url
+        FHIR server of DiagnosticReports (outbox kind ``fhir``); None keeps them in the store.
+    identity
+        Patient identifier systems for FHIR.
     """
 
     def __init__(self, store, outbox, handles: dict[str, Any], results_dir: Path,
-                 pacs_destination: str | None = None, timeout_s: float = 60.0) -> None:
+                 pacs_destination: str | None = None, timeout_s: float = 60.0, *,
+                 destinations: dict[str, list[str]] | None = None, fhir_base_url: str | None = None,
+                 identity: PatientIdentity | None = None) -> None:
         self.store, self.outbox, self.handles = store, outbox, handles
         self.results_dir = Path(results_dir)
-        self.pacs_destination = pacs_destination
+        self.destinations = dict(destinations or {})
+        if pacs_destination and pacs_destination not in self.destinations:
+            self.destinations[pacs_destination] = list(ALL_OBJECTS)
+        self.fhir_base_url = fhir_base_url
+        self.identity = identity or PatientIdentity()
         self.timeout_s = timeout_s
         self._info: dict[str, dict] = {}
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
@@ -85,53 +130,120 @@ class ImagingPipeline:
             self._info[model] = self.handles[model].info.remote().result(timeout_s=self.timeout_s)
         return self._info[model]
 
+    # -- inference -----------------------------------------------------------------------------
     def process(self, study_uid: str, model: str) -> list[Path]:
-        """Run ``model`` on every routed image of the study; returns the paths of the SRs."""
+        """Run ``model`` on the routed images of the study; returns the paths of the objects written."""
         start = time.perf_counter()
         info = self.model_info(model)
         datasets = [dcmread(row["path"]) for row in self.store.instances_of(study_uid)]
         datasets = [ds for ds in datasets if route(ds, DEFAULT_RULES) == model]
         if not datasets:
             raise ValueError(f"study {study_uid} has no image routed to {model!r}")
-        handle = self.handles[model]
-        pending = [handle.remote(model_input(ds, info["input_size_px"])) for ds in datasets]
-        replies = [p.result(timeout_s=self.timeout_s) for p in pending]
-        paths = []
-        for ds, reply in zip(datasets, replies):
-            finding = self._finding(ds, reply, info)
-            paths.append(self._write_sr(study_uid, ds, finding, info))
+        if model in VOLUME_MODELS:
+            paths = self._process_volume(study_uid, datasets, info)
+        else:
+            paths = self._process_images(study_uid, datasets, info)
         elapsed_ms = (time.perf_counter() - start) * 1000
-        self.store.set_study_status(study_uid, "done", detail=f"{len(paths)} SR")
-        log.info("study %s: %s@%s p=%s in %.0f ms", study_uid, info["name"], info["version"],
-                 [round(r["probability"], 3) for r in replies], elapsed_ms)
+        kinds = [p.name.split("-")[0] for p in paths]
+        detail = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
+        self.store.set_study_status(study_uid, "done", detail=detail)
+        log.info("study %s: %s@%s -> %s in %.0f ms", study_uid, info["name"], info["version"], detail,
+                 elapsed_ms)
         return paths
 
-    def _write_sr(self, study_uid: str, ds, finding: Finding, info: dict) -> Path:
-        """Write, record and queue for delivery the SR of one finding about image ``ds``."""
-        seed = [ds.SOPInstanceUID, info["name"], info["version"]]
-        sr = build_measurement_report(
-            [finding], ds, algorithm_name=f"medgate-{info['name']}", algorithm_version=info["version"],
-            series_instance_uid=generate_uid(entropy_srcs=[study_uid, info["name"], info["version"]]),
-            sop_instance_uid=generate_uid(entropy_srcs=seed))
-        path = self.results_dir / study_uid / f"SR-{sr.SOPInstanceUID}.dcm"
-        buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
-        write_durably(path, buffer.getvalue())
-        summary = {"model": info["name"], "version": info["version"], "sop_instance_uid": sr.SOPInstanceUID,
-                   "findings": [{"probability": finding.probability, "positive": finding.positive,
-                                 "point": finding.point, "source": finding.source.sop_instance_uid}]}
-        self.store.add_result(study_uid, "sr", str(path), summary)
-        if self.pacs_destination:
-            self.outbox.enqueue(f"dicom:{sr.SOPInstanceUID}:{self.pacs_destination}", "dicom",
-                                self.pacs_destination, {"paths": [str(path)]})
-        return path
+    def _process_images(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
+        handle = self.handles[info["name"]]
+        pending = [handle.remote(model_input(ds, info["input_size_px"])) for ds in datasets]
+        replies = [p.result(timeout_s=self.timeout_s) for p in pending]
+        paths, findings = [], []
+        for ds, reply in zip(datasets, replies):
+            finding = image_finding(ds, reply, info)
+            if "heatmap" in reply:
+                finding = replace(finding, heatmap=np.asarray(reply["heatmap"], dtype=np.float32).squeeze())
+            findings.append(finding)
+            sr = self._sr([finding], ds, info, seed=ds.SOPInstanceUID)
+            paths.append(self._deliver_dicom(study_uid, "SR", sr, info, [finding]))
+            sc = build_overlay(ds, [finding], series_number=9903,
+                               series_instance_uid=_uid(study_uid, info["name"], info["version"], "sc"),
+                               sop_instance_uid=_uid(ds.SOPInstanceUID, info["name"], info["version"], "sc"))
+            paths.append(self._deliver_dicom(study_uid, "SC", sc, info, [finding]))
+        self._deliver_fhir(findings, datasets[0], info, sr_uid=None)
+        return paths
+
+    def _process_volume(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
+        series = sorted(datasets, key=lambda ds: float(np.dot(
+            np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3))),
+            np.asarray(ds.ImagePositionPatient, float))))
+        volume = np.stack([ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+                           for ds in series]).astype(np.float32)
+        spacing = [float(series[0].get("SliceThickness", 1) or 1), *map(float, series[0].PixelSpacing)]
+        reply = self.handles[info["name"]].remote({"volume": volume, "spacing_mm": spacing}).result(
+            timeout_s=self.timeout_s)
+        findings = self._volume_findings(series, reply, info)
+        paths, seg = [], None
+        masked = [f for f in findings if f.mask is not None]
+        if masked:
+            seg = build_segmentation(masked, series, series_instance_uid=_uid(study_uid, info["name"], "seg"),
+                                     sop_instance_uid=_uid(study_uid, info["name"], info["version"], "seg"))
+            paths.append(self._deliver_dicom(study_uid, "SEG", seg, info, masked))
+        if findings:
+            sr = self._sr(findings, series, info, seed=series[0].SeriesInstanceUID, segmentation=seg)
+            paths.append(self._deliver_dicom(study_uid, "SR", sr, info, findings))
+            for f in masked[:1]:
+                plane = int(np.argmax(f.mask.reshape(len(series), -1).sum(axis=1)))
+                shown = replace(f, source=f.sources[plane], other_sources=(), mask=f.mask[plane:plane + 1])
+                sc = build_overlay(series[plane], [shown],
+                                   series_instance_uid=_uid(study_uid, info["name"], info["version"], "sc"),
+                                   sop_instance_uid=_uid(series[plane].SOPInstanceUID, info["name"], "sc"))
+                paths.append(self._deliver_dicom(study_uid, "SC", sc, info, [shown]))
+            self._deliver_fhir(findings, series[0], info, sr_uid=sr.SOPInstanceUID)
+        return paths
 
     @staticmethod
-    def _finding(ds, reply: dict, info: dict) -> Finding:
-        source = SourceImage(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
-                             sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-                             rows=int(ds.Rows), columns=int(ds.Columns))
-        point = heatmap_peak(reply["heatmap"], source.rows, source.columns)
-        return Finding(model=info["name"], model_version=info["version"], code=Concept(**info["finding"]),
-                       probability=min(max(reply["probability"], 0.0), 1.0),
-                       threshold=info["threshold"], source=source, point=point)
+    def _volume_findings(series: list, reply: dict, info: dict) -> list[Finding]:
+        labels = np.asarray(reply.get("mask")) if reply.get("mask") is not None else None
+        images = [_source_image(ds) for ds in series]
+        common = dict(model=info["name"], model_version=info["version"], code=Concept(**info["finding"]),
+                      threshold=info["threshold"], source=images[0], other_sources=tuple(images[1:]))
+        findings = []
+        for n, candidate in enumerate(reply.get("candidates", []), start=1):
+            label = int(candidate.get("label", n))
+            mask = labels == label if labels is not None and labels.shape[0] == len(series) else None
+            findings.append(Finding(probability=min(max(float(candidate["probability"]), 0.0), 1.0),
+                                    mask=mask if mask is not None and mask.any() else None, **common))
+        return findings
+
+    # -- writing and delivery ------------------------------------------------------------------
+    @staticmethod
+    def _sr(findings, source, info: dict, seed: str, segmentation=None):
+        return build_measurement_report(
+            findings, source, algorithm_name=f"medgate-{info['name']}", algorithm_version=info["version"],
+            series_instance_uid=_uid(findings[0].source.study_uid, info["name"], info["version"], "sr"),
+            sop_instance_uid=generate_uid(entropy_srcs=[seed, info["name"], info["version"]]),
+            segmentation=segmentation)
+
+    def _deliver_dicom(self, study_uid: str, kind: str, obj, info: dict, findings: list[Finding]) -> Path:
+        """Write ``obj``, record it, and queue it for each destination that takes ``kind``."""
+        path = self.results_dir / study_uid / f"{kind}-{obj.SOPInstanceUID}.dcm"
+        buffer = io.BytesIO()
+        obj.save_as(buffer, enforce_file_format=True)
+        write_durably(path, buffer.getvalue())
+        summary = {"model": info["name"], "version": info["version"], "sop_instance_uid": obj.SOPInstanceUID,
+                   "findings": [{"probability": f.probability, "positive": f.positive, "location": f.location,
+                                 "point": f.point, "source": f.source.sop_instance_uid} for f in findings]}
+        self.store.add_result(study_uid, kind.lower(), str(path), summary)
+        for destination, objects in self.destinations.items():
+            if kind.lower() in objects:
+                self.outbox.enqueue(f"dicom:{obj.SOPInstanceUID}:{destination}", "dicom", destination,
+                                    {"paths": [str(path)]})
+        return path
+
+    def _deliver_fhir(self, findings: list[Finding], source, info: dict, sr_uid: str | None) -> None:
+        resources = build_report_resources(findings, source, self.identity, sr_sop_instance_uid=sr_uid)
+        if self.fhir_base_url is None:
+            self.store.put_resources(resources)
+            return
+        from serving.fhir_client import transaction_bundle
+
+        bundle = transaction_bundle(resources, self.fhir_base_url)
+        self.outbox.enqueue(f"fhir:bundle:{bundle['id']}", "fhir", self.fhir_base_url, bundle)

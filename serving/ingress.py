@@ -1,26 +1,44 @@
-"""The HTTP ingress (Ray Serve + FastAPI): health, readiness and model listing.
+"""The HTTP ingress (Ray Serve + FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
 
-``/healthz`` answers as long as the HTTP path works; ``/readyz`` answers 200 only when every model
-deployment responds and the server's other components (DICOM SCP, MQTT bridge) report ready
-through the status file the server process keeps under ``state_dir``.
+- ``GET /healthz`` — the HTTP path works.
+- ``GET /readyz`` — 200 only when every model deployment answers and the server's other
+  components (DICOM SCP, MQTT bridge, outbox) report ready through ``state_dir/components.json``.
+- ``GET /v1/models`` — name, version, engine, device of each deployment.
+- ``POST /v1/infer/{model}`` — multipart field ``file`` (DICOM, PNG or JPEG; ``vitals`` takes a JSON
+  body ``{"window": ...}``): findings JSON, and for a DICOM upload the TID 1500 SR written for it.
+- ``GET /v1/results/{study_uid}/{name}`` — a produced result object.
+- ``GET /metrics`` — Prometheus text format.
+
+Limits: bodies over ``max_upload_bytes`` get 413; a model whose queue is full gets 429 with
+``Retry-After``; a model that does not answer within ``timeout_s`` gets 504.
 """
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see real types on the ingress methods.
 
+import asyncio
 import json
+import re
 import time
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+
+from serving.metrics import IngressMetrics
+from serving.uploads import UploadError, decode, model_item, vitals_window
 
 #: The status file is stale (its writer is gone) after this long without a heartbeat.
 STATUS_STALE_S = 15.0
 STATUS_FILE = "components.json"
+RETRY_AFTER_S = 1
+_UID = re.compile(r"^[0-9.]{1,64}$")
+_RESULT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 api = FastAPI(title="medgate", version="0.1.0",
-              description="AI clinical decision support server. Not for clinical use.")
+              description="AI clinical decision support server. Results are NOT FOR CLINICAL USE.")
 
 
 def read_components(state_dir: Path) -> dict:
@@ -30,12 +48,21 @@ def read_components(state_dir: Path) -> dict:
         return {}
 
 
+def _error(status: int, reason: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
+
+
 @serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, models: dict[str, DeploymentHandle], state_dir: str) -> None:
+    def __init__(self, models: dict[str, DeploymentHandle], state_dir: str,
+                 limits: dict[str, Any] | None = None) -> None:
         self.models = models
         self.state_dir = Path(state_dir)
+        limits = limits or {}
+        self.max_upload_bytes = int(limits.get("max_upload_bytes", 64 * 1024 * 1024))
+        self.timeout_s = float(limits.get("timeout_s", 30.0))
+        self.metrics = IngressMetrics()
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -62,3 +89,79 @@ class Ingress:
     @api.get("/v1/models")
     async def list_models(self) -> list[dict]:
         return [await h.info.remote() for h in self.models.values()]
+
+    @api.post("/v1/infer/{model}")
+    async def infer(self, model: str, request: Request) -> JSONResponse:
+        start = time.perf_counter()
+        response = await self._infer(model, request)
+        self.metrics.observe(model, response.status_code, time.perf_counter() - start)
+        return response
+
+    async def _infer(self, model: str, request: Request) -> JSONResponse:
+        if model not in self.models:
+            return _error(404, f"no model {model!r}; served: {sorted(self.models)}")
+        length = int(request.headers.get("content-length") or 0)
+        if length > self.max_upload_bytes:
+            return _error(413, f"body of {length} bytes exceeds the {self.max_upload_bytes}-byte limit")
+        handle = self.models[model]
+        try:
+            info = await handle.info.remote()
+            if model == "vitals":
+                item, decoded, context = vitals_window(await self._read_body(request)), None, {}
+            else:
+                data, context = await self._read_file(request)
+                decoded = decode(data)
+                item = model_item(model, decoded, info)
+            reply = await asyncio.wait_for(handle.remote(item), timeout=self.timeout_s)
+        except UploadError as exc:
+            return _error(exc.status, exc.reason)
+        except BackPressureError:
+            return _error(429, f"model {model!r} is at capacity; retry later", **{"Retry-After": str(RETRY_AFTER_S)})
+        except asyncio.TimeoutError:
+            return _error(504, f"model {model!r} did not answer within {self.timeout_s} s")
+        from serving.findings import findings_json, write_upload_results
+
+        body = {"model": model, "version": reply["version"], "findings": findings_json(model, reply, info),
+                "context": context, "links": {}, "intended_use": info.get("intended_use")}
+        if decoded is not None and decoded.dataset is not None and model == "tb":
+            body["links"] = write_upload_results(self.state_dir, decoded.dataset, reply, info)
+        return JSONResponse(body)
+
+    async def _read_body(self, request: Request) -> bytes:
+        body = await request.body()
+        if len(body) > self.max_upload_bytes:
+            raise UploadError(413, f"body exceeds the {self.max_upload_bytes}-byte limit")
+        return body
+
+    async def _read_file(self, request: Request) -> tuple[bytes, dict[str, str]]:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise UploadError(415, "send the image as multipart/form-data field `file`")
+        form = await request.form(max_part_size=self.max_upload_bytes)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise UploadError(422, "multipart field `file` is missing")
+        data = await upload.read()
+        if len(data) > self.max_upload_bytes:
+            raise UploadError(413, f"`file` exceeds the {self.max_upload_bytes}-byte limit")
+        context = {k: str(v) for k, v in form.items() if k != "file" and isinstance(v, str)}
+        return data, context
+
+    @api.get("/v1/results/{study_uid}/{name}")
+    def result_file(self, study_uid: str, name: str):
+        if not _UID.match(study_uid) or not _RESULT_NAME.match(name):
+            return _error(400, "invalid study UID or result name")
+        path = self.state_dir / "results" / study_uid / name
+        if not path.is_file():
+            return _error(404, "no such result")
+        return FileResponse(path, media_type="application/dicom")
+
+    @api.get("/metrics")
+    async def metrics(self) -> PlainTextResponse:
+        stats = []
+        for handle in self.models.values():
+            try:
+                stats.append(await handle.stats.remote())
+            except Exception:  # noqa: BLE001 - a model that is down reports nothing
+                continue
+        text = self.metrics.render(stats, self.state_dir)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

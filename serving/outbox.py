@@ -3,7 +3,10 @@
 Every external side effect (an SR to PACS, an alert on MQTT, a resource to a FHIR server) is first
 written to the ``outbox`` table with an idempotency key, then attempted by one worker thread.
 A failed attempt is retried with exponential backoff; after ``max_attempts`` failures the item is
-marked ``dead`` with the last reason and stays visible.  Items survive a restart.
+marked ``dead`` with the last reason and stays visible (:meth:`Outbox.items`, ``medgate outbox
+list``) until :meth:`Outbox.retry` (``medgate outbox retry``) puts it back.  Items survive a
+restart.  The items live in the SQLite store, or in PostgreSQL when ``store.url`` names one
+(see :mod:`serving.outbox_db`).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from serving.outbox_db import PostgresOutboxDb, SqliteOutboxDb
 from serving.store import Store
 
 log = logging.getLogger("medgate.outbox")
@@ -27,7 +31,8 @@ class Outbox:
     Parameters
     ----------
     store
-        The local store holding the ``outbox`` table.
+        The local store holding the ``outbox`` table, or an outbox backend from
+        :func:`serving.outbox_db.open_outbox_db`.
     senders
         Delivery function per kind (``dicom``, ``mqtt``, ``fhir``).
     max_attempts
@@ -42,6 +47,7 @@ class Outbox:
         if max_attempts < 1:
             raise ValueError(f"`max_attempts` must be positive, {max_attempts} is given.")
         self.store = store
+        self.db = store if isinstance(store, (SqliteOutboxDb, PostgresOutboxDb)) else SqliteOutboxDb(store)
         self.senders = dict(senders)
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
@@ -55,30 +61,32 @@ class Outbox:
         """Persist one delivery; returns False when ``key`` was already enqueued (idempotent)."""
         if kind not in self.senders:
             raise ValueError(f"`kind` must be one of {sorted(self.senders)}, {kind!r} is given.")
-        now = time.time()
-        with self.store.transaction() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, status,"
-                " next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
-                (key, kind, destination, json.dumps(payload), now, now),
-            )
+        inserted = self.db.insert(key, kind, destination, json.dumps(payload))
         self._wake.set()
-        return cur.rowcount == 1
+        return inserted
+
+    def notify(self) -> None:
+        """Wake the worker: items were written to the store by someone else."""
+        self._wake.set()
 
     def items(self, status: str | None = None) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM outbox", ()
-        if status:
-            sql, params = sql + " WHERE status=?", (status,)
-        return [dict(r) for r in self.store.query(sql + " ORDER BY id", params)]
+        """Every item (or those with ``status``: pending, sent, dead), oldest first."""
+        return self.db.items(status)
+
+    def retry(self, keys: list[str] | None = None) -> int:
+        """Put dead items (all, or those with ``keys``) back to pending; returns how many."""
+        count = self.db.retry(keys)
+        self._wake.set()
+        return count
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Number of items per ``(kind, status)``, for metrics."""
+        return self.db.counts()
 
     def deliver_due(self) -> int:
         """Attempt every pending item that is due; returns how many were delivered."""
-        due = self.store.query(
-            "SELECT * FROM outbox WHERE status='pending' AND next_attempt_at<=? ORDER BY id",
-            (time.time(),),
-        )
         delivered = 0
-        for item in due:
+        for item in self.db.claim_due(time.time()):
             if self._stop.is_set():
                 break
             delivered += self._attempt(dict(item))
@@ -92,21 +100,11 @@ class Outbox:
             status = "dead" if attempts >= self.max_attempts else "pending"
             delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
             reason = f"{type(exc).__name__}: {exc}"
-            with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE outbox SET status=?, attempts=?, next_attempt_at=?, last_error=?"
-                    " WHERE id=?",
-                    (status, attempts, time.time() + delay, reason, item["id"]),
-                )
+            self.db.mark_failed(item["id"], status, attempts, time.time() + delay, reason)
             log.warning("delivery %s to %s failed (attempt %d, %s): %s", item["key"],
                         item["destination"], attempts, status, reason)
             return False
-        with self.store.transaction() as db:
-            db.execute(
-                "UPDATE outbox SET status='sent', attempts=attempts+1, sent_at=?, last_error=NULL"
-                " WHERE id=?",
-                (time.time(), item["id"]),
-            )
+        self.db.mark_sent(item["id"])
         log.info("delivered %s to %s", item["key"], item["destination"])
         return True
 

@@ -17,7 +17,10 @@ from pathlib import Path
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.scu import send_files
 from iomt.bridge import VitalsBridge, broker_address
+from iomt.risk import ray_predictor
+from iomt.wiring import build_bridge
 from serving.config import Settings
+from serving.fhir_client import FhirSender
 from serving.ingress import STATUS_FILE
 from serving.outbox import Outbox
 from serving.store import Store
@@ -44,7 +47,7 @@ class Server:
 
     # -- delivery senders ----------------------------------------------------------------------
     def _send_dicom(self, destination: str, payload: dict) -> None:
-        dest = getattr(self.settings.destinations, destination, None)
+        dest = self.settings.destinations.named().get(destination)
         if dest is None:
             raise LookupError(f"destination {destination!r} is not configured")
         send_files(payload["paths"], ae_title=dest.ae_title, host=dest.host, port=dest.port,
@@ -58,22 +61,34 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.settings
-        self.outbox = Outbox(self.store, {"dicom": self._send_dicom, "mqtt": self._send_mqtt})
+        senders = {"dicom": self._send_dicom, "mqtt": self._send_mqtt}
+        if cfg.fhir.base_url:
+            senders["fhir"] = FhirSender(cfg.fhir.base_url)
+        from serving.outbox_db import open_outbox_db
+
+        self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store), senders)
         handles = self._start_ray()
-        host, port, tls = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port)
+        host, port, _ = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port)
         if cfg.mqtt.url is None:
             from iomt.broker import EmbeddedBroker
 
             self.broker = EmbeddedBroker(port)
             self.broker.start()
-        self.bridge = VitalsBridge(host, port, topic_prefix=cfg.mqtt.topic_prefix, store=self.store,
-                                   outbox=self.outbox, client_id=cfg.mqtt.client_id, tls=tls)
+        vitals = ray_predictor(handles["vitals"]) if "vitals" in handles else None
+        self.bridge = build_bridge(cfg, self.store, self.outbox, vitals)
         self.bridge.start()
+        if self.bridge.pipeline.risk is not None:
+            self.bridge.pipeline.risk.start()
         self.outbox.start()
         from serving.imaging import ImagingPipeline
 
-        self.pipeline = ImagingPipeline(self.store, self.outbox, handles, self.state_dir / "results",
-                                        pacs_destination=PACS if cfg.destinations.pacs else None)
+        from serving.fhir_report import patient_identity
+
+        self.pipeline = ImagingPipeline(
+            self.store, self.outbox, handles, self.state_dir / "results",
+            destinations={name: list(d.objects) for name, d in cfg.destinations.named().items()},
+            fhir_base_url=cfg.fhir.base_url if cfg.fhir.send_reports else None,
+            identity=patient_identity(cfg))
         self.pipeline.start()
         self.scp = StorageScp(cfg.dicom.ae_title, cfg.dicom.host, cfg.dicom.port, self.store,
                               self.state_dir / "spool", self.pipeline.submit,
@@ -91,14 +106,15 @@ class Server:
         import ray
         from ray import serve
 
-        from serving.app import APP_NAME, IMAGE_MODELS, build_app
+        from serving.app import APP_NAME, build_app, model_names
 
         cfg = self.settings
+        # Logical CPUs: at least 8 so every model replica (num_cpus 1 each) is placed on a laptop too.
         ray.init(include_dashboard=False, namespace="medgate", logging_level=logging.WARNING,
-                 num_cpus=max(os.cpu_count() or 2, 2))
+                 num_cpus=max(os.cpu_count() or 2, 8))
         serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-        return {m: serve.get_deployment_handle(m, app_name=APP_NAME) for m in IMAGE_MODELS}
+        return {m: serve.get_deployment_handle(m, app_name=APP_NAME) for m in model_names()}
 
     def write_status(self) -> None:
         components = {
@@ -120,7 +136,8 @@ class Server:
         log.info("shutting down")
 
     def stop(self) -> None:
-        for part in (self.scp, self.pipeline, self.bridge, self.outbox, self.broker):
+        risk = self.bridge.pipeline.risk if self.bridge else None
+        for part in (self.scp, self.pipeline, self.bridge, risk, self.outbox, self.broker):
             if part is not None:
                 try:
                     part.stop()

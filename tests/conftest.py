@@ -39,3 +39,23 @@ def pacs(tmp_path: Path):
         yield port, out
     finally:
         stop_process(proc)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print how many SR/SEG/SC objects dciodvfy checked in this run, and how many had errors."""
+    from collections import Counter
+
+    from peers import DCIODVFY_CHECKED
+
+    if not DCIODVFY_CHECKED:
+        return
+    kinds = Counter(iod for _, iod, _ in DCIODVFY_CHECKED)
+    failed = [(path, errors) for path, _, errors in DCIODVFY_CHECKED if errors]
+    terminalreporter.write_sep("-", "dciodvfy summary")
+    terminalreporter.write_line(
+        f"{len(DCIODVFY_CHECKED)} objects checked ("
+        + ", ".join(f"{n} {iod}" for iod, n in sorted(kinds.items()))
+        + f"); {len(failed)} with Error lines"
+    )
+    for path, errors in failed:
+        terminalreporter.write_line(f"  {path}: {errors[0]}")

@@ -71,3 +71,21 @@ def wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.1):
             return value
         time.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+#: Every object checked with :func:`dciodvfy_errors` in this test run: (path, kind, error lines).
+DCIODVFY_CHECKED: list[tuple[str, str, list[str]]] = []
+
+
+def dciodvfy_errors(path: str | Path) -> list[str]:
+    """``Error`` lines that dicom3tools ``dciodvfy`` prints for ``path`` (skips without it).
+
+    Each call is recorded in :data:`DCIODVFY_CHECKED`; conftest prints the summary at the end.
+    """
+    binary = require_peer("dciodvfy", "dicom3tools")
+    check = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (check.stdout + check.stderr).splitlines()
+    errors = [line for line in lines if "Error" in line]
+    iod = next((line.strip() for line in lines if line.strip() and not line.startswith(("Warning", "Error"))), "?")
+    DCIODVFY_CHECKED.append((str(path), iod, errors))
+    return errors

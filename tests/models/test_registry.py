@@ -13,6 +13,7 @@ from models.registry import (
     ModelManifest,
     ModelNotFoundError,
     ModelRegistry,
+    parse_reference,
     semantic_version,
 )
 
@@ -36,9 +37,9 @@ def _copy_tb(tmp_path: Path, version: str = "1.0.0") -> Path:
     target = tmp_path / "tb" / version
     shutil.copytree(source, target)
     if version != "1.0.0":
-        data = json.loads((target / "manifest.json").read_text())
+        data = json.loads((target / "metadata.json").read_text())
         data["version"] = version
-        (target / "manifest.json").write_text(json.dumps(data))
+        (target / "metadata.json").write_text(json.dumps(data))
     return target
 
 
@@ -81,11 +82,20 @@ def test_unknown_model_or_version_fails_fast(tmp_path):
 
 def test_manifest_that_disagrees_with_its_folder_is_rejected(tmp_path):
     folder = _copy_tb(tmp_path)
-    data = json.loads((folder / "manifest.json").read_text())
+    data = json.loads((folder / "metadata.json").read_text())
     data["threshold"] = 1.5
-    (folder / "manifest.json").write_text(json.dumps(data))
+    (folder / "metadata.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="threshold"):
-        ModelManifest.from_file(folder / "manifest.json")
+        ModelManifest.from_file(folder / "metadata.json")
+
+
+def test_name_at_version_reference(tmp_path):
+    _copy_tb(tmp_path)
+    registry = ModelRegistry(tmp_path)
+    assert registry.get("tb@1.0.0").version == "1.0.0"
+    assert parse_reference("tb@1.2.3") == ("tb", "1.2.3") and parse_reference("tb") == ("tb", None)
+    with pytest.raises(ValueError, match="contradicts"):
+        registry.get("tb@1.0.0", "2.0.0")
 
 
 def test_semantic_version_parsing():

@@ -1,0 +1,165 @@
+"""Turning a batch of MQTT messages into FHIR resources, dead letters and alerts (no I/O).
+
+The bridge drains its queue in batches and hands each batch here; :meth:`VitalsPipeline.run`
+returns everything the batch produced, and the bridge commits it in one SQLite transaction
+before acknowledging the messages. Per message:
+
+1. ``{prefix}/adt``: apply the admission/transfer/discharge to the device registry, store the
+   Patient and Device, and replay the messages parked for that device.
+2. Vitals topics: decode (full, compact or ECG form); find the patient (in the payload, else the
+   device's association; none: park as dead letter "unknown device", never guess); build the
+   vital-sign Observations (or the ECG Observation); merge into the patient's state and, for the
+   patient's newest message, score NEWS2 from the latest values within the staleness window;
+   alert per :class:`iomt.alerts.AlertPolicy`; feed the risk scorer.
+
+Every newest message is scored; a NEWS2 Observation is written when the score (total, band,
+completeness or a sub-score) changes, when it alerts, or ``news2_interval_s`` (measurement time)
+after the last one written — a 1 Hz monitor does not need 3,600 identical scores an hour.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from iomt.alerts import AlertPolicy, alert_message, flag_resource
+from iomt.compact import EcgChunk, decode
+from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
+from iomt.news2 import score
+from iomt.observations import news2_observation, vital_observations
+from iomt.payload import PayloadError
+from iomt.state import StateTable
+from iomt.topics import Topics
+from iomt.waveforms import ecg_observation
+
+log = logging.getLogger("medgate.iomt")
+
+UNKNOWN_DEVICE = "unknown device"  # dead-letter reason of a parked message
+MQTT_KIND = "mqtt"  # outbox sender kind for alerts
+
+
+@dataclass
+class BatchOut:
+    """What one batch produced."""
+
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[tuple[str, str, bytes | None, str | None]] = field(default_factory=list)
+    outbox_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    replayed_ids: list[int] = field(default_factory=list)
+    alerts: int = 0
+    processed: int = 0
+
+
+class VitalsPipeline:
+    """Stateful message processing; see the module docstring. Not thread-safe: one worker."""
+
+    def __init__(self, topics: Topics, store, registry: DeviceRegistry, *, states: StateTable,
+                 alerts: AlertPolicy, risk=None, news2_interval_s: float = 60.0) -> None:
+        if news2_interval_s < 0:
+            raise ValueError(f"news2_interval_s must be >= 0, {news2_interval_s} is given.")
+        self.topics, self.store, self.registry = topics, store, registry
+        self.states, self.alerts, self.risk = states, alerts, risk
+        self.news2_interval_s = news2_interval_s
+        self._news2_written: dict[str, tuple[datetime, tuple]] = {}  # patient -> (time, score key)
+
+    def run(self, messages: list[tuple[str, bytes]]) -> BatchOut:
+        out = BatchOut()
+        for topic, payload in messages:
+            try:
+                self.handle(topic, payload, out)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the bridge
+                log.exception("message on %s failed", topic)
+                self._dead(out, topic, payload, "internal error while processing")
+        return out
+
+    def handle(self, topic: str, payload: bytes, out: BatchOut) -> None:
+        if self.topics.is_adt(topic):
+            self._adt(topic, payload, out)
+            return
+        try:
+            location = self.topics.location(topic)
+            msg = decode(payload)
+        except (PayloadError, ValueError) as exc:
+            self._dead(out, topic, payload, str(exc))
+            return
+        device = msg.device or location.device
+        scale = getattr(msg, "spo2_scale", 1)  # an ECG chunk has none
+        if msg.patient_id is None:
+            assoc = self.registry.lookup(device)
+            if assoc is None:
+                self._dead(out, topic, payload, UNKNOWN_DEVICE, device)
+                return
+            msg = dataclasses.replace(msg, patient_id=assoc.patient_id,
+                                      patient_system=assoc.patient_system)
+            scale = max(scale, assoc.spo2_scale)  # scale 2 when the ADT or the payload says so
+        patient_ref = patient_reference(msg.patient_id, msg.patient_system)
+        device_ref = device_reference(device) if device else None
+        if isinstance(msg, EcgChunk):
+            out.resources.append(ecg_observation(msg, patient_ref, device_ref))
+            out.processed += 1
+            return
+        if msg.device is None and device is not None:
+            msg = dataclasses.replace(msg, device=device)
+        out.resources.extend(vital_observations(msg, patient_ref, device_ref))
+        out.processed += 1
+        if self.risk is not None:
+            self.risk.add(patient_ref, msg.time.timestamp(),
+                          [(v.loinc, v.value) for v in msg.vitals])
+        snapshot = self.states.update(patient_ref, msg, scale)
+        if snapshot is None:
+            return  # a late message: stored, but never overrides the newer state
+        result = score(snapshot.inp)
+        decision = self.alerts.decide(patient_ref, result, msg.time)
+        key = (result.total, result.band, result.complete, tuple(result.scores.items()))
+        last = self._news2_written.get(patient_ref)
+        if decision is None and last is not None and last[1] == key \
+                and (msg.time - last[0]).total_seconds() < self.news2_interval_s:
+            return  # same score, written recently: no new NEWS2 Observation
+        self._news2_written[patient_ref] = (msg.time, key)
+        news2 = news2_observation(result, msg, patient_ref, snapshot.measured)
+        out.resources.append(news2)
+        if decision is None:
+            return
+        flag = flag_resource(patient_ref, result, msg.time, decision, news2["id"])
+        out.resources.append(flag)
+        where = {"site": location.site, "ward": location.ward, "bed": location.bed}
+        alert = alert_message(patient_id=msg.patient_id, patient_ref=patient_ref, location=where,
+                              device=device, result=result, at=msg.time, decision=decision,
+                              news2_id=news2["id"], flag=flag["id"])
+        out.outbox_rows.append((f"alert:{news2['id']}", MQTT_KIND,
+                                self.topics.alert(location.ward, location.bed), json.dumps(alert)))
+        out.alerts += 1
+        log.info("NEWS2 %s (%d) for %s at %s/%s: %s alert queued", result.band.value, result.total,
+                 msg.patient_id, location.ward, location.bed, decision.reason)
+
+    def _adt(self, topic: str, payload: bytes, out: BatchOut) -> None:
+        try:
+            event: AdtEvent = parse_adt(payload)
+        except PayloadError as exc:
+            self._dead(out, topic, payload, str(exc))
+            return
+        assoc, resources = self.registry.apply(event)
+        out.resources.extend(resources)
+        out.processed += 1
+        if assoc is None or assoc.device != event.device:
+            return
+        # Replay what was parked for this device: earlier batches (committed) and this one.
+        pending = [d for d in out.dead_letters if d[1] == UNKNOWN_DEVICE and d[3] == event.device]
+        out.dead_letters = [d for d in out.dead_letters if d not in pending]
+        for source, _, parked_payload, _ in pending:
+            self.handle(source.removeprefix("mqtt:"), parked_payload, out)
+        for row in self.store.parked(event.device):
+            out.replayed_ids.append(row["id"])
+            self.handle(row["source"].removeprefix("mqtt:"), bytes(row["payload"]), out)
+        if pending or out.replayed_ids:
+            log.info("device %s associated with %s: replayed %d parked message(s)", event.device,
+                     assoc.patient_ref, len(pending) + len(out.replayed_ids))
+
+    @staticmethod
+    def _dead(out: BatchOut, topic: str, payload: bytes, reason: str, device: str | None = None) -> None:
+        log.warning("payload on %s dead-lettered: %s", topic, reason)
+        out.dead_letters.append((f"mqtt:{topic}", reason, payload, device))
+

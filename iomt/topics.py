@@ -1,0 +1,114 @@
+"""The medgate MQTT topic scheme (``P`` is ``mqtt.topic_prefix``, default ``medgate``).
+
+Inbound, QoS 1:
+
+- ``P/{site}/{ward}/{bed}/{device}/vitals`` — the full form: one bedside device per topic.
+- ``P/{ward}/{bed}/vitals`` — the short form of a single-site installation (site and device
+  unknown from the topic; the payload may name the device).
+- ``P/adt`` — admission, transfer and discharge messages that associate devices with patients
+  (schema ``iomt/schemas/adt.schema.json``).
+
+Outbound, QoS 1:
+
+- ``P/alerts/{ward}/{bed}`` — NEWS2 alerts (schema ``iomt/schemas/alert.schema.json``).
+- ``P/deadletter`` — payloads that could not be used, with the reason.
+
+Topic levels are matched by position only: a level may not contain ``/``, ``+`` or ``#``
+(MQTT 3.1.1 section 4.7). With ``mqtt.shared_group`` set, the vitals and ADT filters are
+subscribed as ``$share/{group}/{filter}`` (MQTT 5.0 section 4.8.2; Mosquitto also offers it to
+3.1.1 clients) so that several bridge workers split the messages between them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VITALS_LEVEL = "vitals"
+SHORT_FORM_LEVELS = 3  # {ward}/{bed}/vitals
+FULL_FORM_LEVELS = 5  # {site}/{ward}/{bed}/{device}/vitals
+SHARED_PREFIX = "$share"  # MQTT 5.0 section 4.8.2 shared subscriptions
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a message came from, as far as its topic says."""
+
+    ward: str
+    bed: str
+    site: str | None = None
+    device: str | None = None
+
+
+class Topics:
+    """Topic names and filters under one prefix.
+
+    Parameters
+    ----------
+    prefix
+        ``mqtt.topic_prefix``: one or more plain topic levels.
+    shared_group
+        ``mqtt.shared_group``: when set, subscriptions are shared by the workers of that group.
+    """
+
+    def __init__(self, prefix: str, shared_group: str | None = None) -> None:
+        if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") \
+                or prefix.endswith("/"):
+            raise ValueError(f"prefix must be plain topic levels without wildcards, {prefix!r} is given.")
+        if shared_group is not None and (not shared_group or any(c in shared_group for c in "/+#")):
+            raise ValueError(f"shared_group must be one plain topic level, {shared_group!r} is given.")
+        self.prefix = prefix
+        self.shared_group = shared_group
+        self._prefix_levels = prefix.count("/") + 1
+
+    @property
+    def vitals_filters(self) -> tuple[str, str]:
+        """Filters for the short and the full vitals form."""
+        return (f"{self.prefix}/+/+/{VITALS_LEVEL}", f"{self.prefix}/+/+/+/+/{VITALS_LEVEL}")
+
+    @property
+    def adt(self) -> str:
+        return f"{self.prefix}/adt"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}/deadletter"
+
+    def alert(self, ward: str, bed: str) -> str:
+        return f"{self.prefix}/alerts/{ward}/{bed}"
+
+    def vitals(self, ward: str, bed: str, site: str | None = None, device: str | None = None) -> str:
+        """The topic a device publishes on: full form when site and device are given."""
+        if site is None and device is None:
+            return f"{self.prefix}/{ward}/{bed}/{VITALS_LEVEL}"
+        if site is None or device is None:
+            raise ValueError(f"site and device must be given together, {site!r} and {device!r} are given.")
+        return f"{self.prefix}/{site}/{ward}/{bed}/{device}/{VITALS_LEVEL}"
+
+    def subscriptions(self) -> list[str]:
+        """What the bridge subscribes to (shared when a group is configured)."""
+        filters = [*self.vitals_filters, self.adt]
+        if self.shared_group is None:
+            return filters
+        return [f"{SHARED_PREFIX}/{self.shared_group}/{f}" for f in filters]
+
+    def is_adt(self, topic: str) -> bool:
+        return topic == self.adt
+
+    def location(self, topic: str) -> Location:
+        """The location named by a vitals topic.
+
+        Raises
+        ------
+        ValueError
+            When ``topic`` is not a vitals topic under this prefix.
+        """
+        levels = topic.split("/")
+        rest = levels[self._prefix_levels:]
+        if "/".join(levels[:self._prefix_levels]) != self.prefix or not rest \
+                or rest[-1] != VITALS_LEVEL:
+            raise ValueError(f"topic must be a vitals topic under {self.prefix!r}, {topic!r} is given.")
+        if len(rest) == SHORT_FORM_LEVELS:
+            return Location(ward=rest[0], bed=rest[1])
+        if len(rest) == FULL_FORM_LEVELS:
+            return Location(site=rest[0], ward=rest[1], bed=rest[2], device=rest[3])
+        raise ValueError(f"topic must have {SHORT_FORM_LEVELS} or {FULL_FORM_LEVELS} levels after "
+                         f"the prefix, {topic!r} is given.")

@@ -1,0 +1,115 @@
+"""Sliding-window inference of the ``nodule`` patch model over whole CT volumes.
+
+The exported model has a fixed patch input (``image`` (N, 1, 64, 64, 64)) and a dynamic batch;
+:func:`infer_volume` tiles any (z, y, x) volume with overlapping patches (padding where the volume
+is smaller than a patch) through :func:`monai.inferers.sliding_window_inference` and blends the
+patch probabilities with Gaussian weights into a map of the volume's own shape.  ``run_patch`` is
+any callable mapping a float32 tensor (B, 1, *roi_size) to probabilities of the same shape:
+:func:`torch_runner` wraps a network, :func:`onnx_runner` an ONNX Runtime session.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from models.nodule.postprocess import COMPONENT_THRESHOLD, MIN_VOLUME_MM3, Candidate, extract_candidates
+from models.nodule.preprocess import MODEL_SPACING_MM, WINDOW_HU, prepare_volume, to_source_vox
+
+PATCH_SIZE_VOX = (64, 64, 64)
+PatchRunner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def torch_runner(network: torch.nn.Module, *, sigmoid: bool = True) -> PatchRunner:
+    """Wrap a network returning logits (``sigmoid=True``) or probabilities as a patch runner."""
+
+    def run(patch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = network(patch)
+        return torch.sigmoid(out) if sigmoid else out
+
+    return run
+
+
+def onnx_runner(session, input_name: str = "image", output_name: str = "probability") -> PatchRunner:
+    """Wrap an ``onnxruntime.InferenceSession`` of the exported patch model as a patch runner."""
+
+    def run(patch: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(patch.detach().cpu().numpy(), dtype=np.float32)
+        (out,) = session.run([output_name], {input_name: array})
+        return torch.from_numpy(out)
+
+    return run
+
+
+def infer_volume(run_patch: PatchRunner, volume01: np.ndarray, roi_size: Sequence[int] = PATCH_SIZE_VOX,
+                 overlap: float = 0.25, sw_batch_size: int = 2) -> np.ndarray:
+    """Probability map of a whole preprocessed volume by overlapping patches.
+
+    Parameters
+    ----------
+    run_patch
+        Callable (B, 1, *roi_size) float32 tensor -> probabilities of the same shape.
+    volume01
+        (z, y, x) preprocessed volume (see :func:`models.nodule.preprocess.prepare_volume`).
+    roi_size
+        Patch size in voxels; must match the model's fixed input for ONNX.
+    overlap
+        Fraction of overlap between neighbouring patches, within [0, 1).
+    sw_batch_size
+        Patches per call of ``run_patch``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` (z, y, x) probability map with the shape of ``volume01``.
+    """
+    if not callable(run_patch):
+        raise TypeError(f"`run_patch` must be callable, {type(run_patch).__name__} is given.")
+    arr = np.asarray(volume01, dtype=np.float32)
+    if arr.ndim != 3 or arr.size == 0:
+        raise ValueError(f"`volume01` must be a non-empty 3D (z, y, x) array, shape {arr.shape} is given.")
+    roi = tuple(int(v) for v in roi_size)
+    if len(roi) != 3 or min(roi) < 1:
+        raise ValueError(f"`roi_size` must be three positive integers, {roi_size!r} is given.")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"`overlap` must be within [0, 1), {overlap!r} is given.")
+    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+        raise ValueError(f"`sw_batch_size` must be a positive integer, {sw_batch_size!r} is given.")
+    inputs = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+    with torch.no_grad():
+        out = sliding_window_inference(inputs, roi, sw_batch_size, run_patch, overlap=overlap, mode="gaussian",
+                                       padding_mode="constant", cval=0.0)
+    return np.clip(torch.as_tensor(out)[0, 0].numpy().astype(np.float32), 0.0, 1.0)
+
+
+def detect(run_patch: PatchRunner, volume_hu: np.ndarray, spacing_mm, *, threshold: float,
+           model_spacing_mm=MODEL_SPACING_MM, window: tuple[float, float] = WINDOW_HU,
+           roi_size: Sequence[int] = PATCH_SIZE_VOX, overlap: float = 0.25,
+           component_threshold: float = COMPONENT_THRESHOLD,
+           min_volume_mm3: float = MIN_VOLUME_MM3) -> list[Candidate]:
+    """Nodule candidates of a CT volume in Hounsfield units, at or above ``threshold``.
+
+    The volume is windowed and resampled to ``model_spacing_mm``, inferred by sliding windows and
+    split into components; candidate centres are returned in the voxel grid (and millimetres)
+    of the input volume, diameters in millimetres.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"`threshold` must be within (0, 1), {threshold!r} is given.")
+    source = np.asarray(volume_hu)
+    volume01 = prepare_volume(source, spacing_mm, model_spacing_mm, window)
+    probability = infer_volume(run_patch, volume01, roi_size, overlap)
+    found, _ = extract_candidates(probability, model_spacing_mm, component_threshold, min_volume_mm3)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    out = []
+    for cand in found:
+        if cand.probability < threshold:
+            continue
+        centre = to_source_vox(np.asarray(cand.centre_vox), source.shape, volume01.shape)[0]
+        out.append(Candidate(centre_vox=tuple(float(v) for v in centre),
+                             centre_mm=tuple(float(v) for v in centre * spacing),
+                             diameter_mm=cand.diameter_mm, probability=cand.probability,
+                             volume_mm3=cand.volume_mm3))
+    return out

@@ -1,0 +1,61 @@
+"""Model replies to findings: the JSON the HTTP API returns and the Finding objects writers use."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from models.finding import Concept, Finding, SourceImage
+from models.transforms import heatmap_peak
+
+_FRACTION_SCALE = 10_000
+
+
+def image_finding(ds, reply: dict[str, Any], info: dict[str, Any]) -> Finding:
+    """The :class:`Finding` of an image classifier's reply about DICOM image ``ds``."""
+    source = SourceImage(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+                         sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                         rows=int(ds.Rows), columns=int(ds.Columns))
+    point = heatmap_peak(reply["heatmap"], source.rows, source.columns) if "heatmap" in reply else None
+    probability = float(np.asarray(reply["probability"]).reshape(-1)[0])
+    return Finding(model=info["name"], model_version=info["version"], code=Concept(**info["finding"]),
+                   probability=min(max(probability, 0.0), 1.0), threshold=info["threshold"],
+                   source=source, point=point)
+
+
+def findings_json(model: str, reply: dict[str, Any], info: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON findings of one reply (probabilities, operating point, location when there is one)."""
+    if model == "derm":
+        probs = np.asarray(reply["probabilities"]).reshape(-1)
+        classes = [c["name"] if isinstance(c, dict) else c for c in info.get("classes") or []]
+        ranked = sorted(zip(classes, probs.tolist()), key=lambda kv: -kv[1])
+        return [{"class": name, "probability": round(p, 6)} for name, p in ranked]
+    probability = float(np.asarray(reply["probability"]).reshape(-1)[0])
+    finding = {"code": info.get("finding"), "probability": round(probability, 6),
+               "threshold": info.get("threshold"),
+               "positive": info.get("threshold") is not None and probability >= info["threshold"]}
+    if "heatmap" in reply:  # peak as a fraction of the image width and height
+        col, row = heatmap_peak(reply["heatmap"], _FRACTION_SCALE, _FRACTION_SCALE)
+        finding["point_fraction"] = [round(col / _FRACTION_SCALE, 4), round(row / _FRACTION_SCALE, 4)]
+    return [finding]
+
+
+def write_upload_results(state_dir: Path, ds, reply: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
+    """Write the TID 1500 SR for an uploaded DICOM image; returns links to it."""
+    from dicom_gateway.sr import build_measurement_report
+    from dicom_gateway.storage import write_durably
+
+    finding = image_finding(ds, reply, info)
+    seed = [ds.SOPInstanceUID, info["name"], info["version"]]
+    sr = build_measurement_report([finding], ds, algorithm_name=f"medgate-{info['name']}",
+                                  algorithm_version=info["version"],
+                                  series_instance_uid=generate_uid(entropy_srcs=seed + ["series"]),
+                                  sop_instance_uid=generate_uid(entropy_srcs=seed))
+    name = f"SR-{sr.SOPInstanceUID}.dcm"
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    write_durably(Path(state_dir) / "results" / str(ds.StudyInstanceUID) / name, buffer.getvalue())
+    return {"sr": f"/v1/results/{ds.StudyInstanceUID}/{name}"}

@@ -1,0 +1,104 @@
+"""HTTP uploads to model inputs: sniff, decode, preprocess (in the ingress, not in the model replica).
+
+Accepted: a DICOM Part 10 file (``DICM`` at byte 128), PNG or JPEG images, and for ``vitals`` a JSON
+body with a ``window``.  Anything else is refused with :class:`UploadError` carrying the HTTP status
+and the reason.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+class UploadError(ValueError):
+    """An upload that cannot be used; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class Decoded:
+    """A decoded upload: pixels (2D gray or HxWx3 RGB), and the DICOM dataset when it was one."""
+
+    kind: str  # "dicom" | "png" | "jpeg"
+    pixels: np.ndarray
+    dataset: Any = None
+
+
+def sniff(data: bytes) -> str:
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(JPEG_SIGNATURE):
+        return "jpeg"
+    raise UploadError(415, "`file` must be a DICOM Part 10 file, a PNG or a JPEG image")
+
+
+def decode(data: bytes) -> Decoded:
+    """Decode an uploaded file; raises :class:`UploadError` (415/422) with the reason."""
+    kind = sniff(data)
+    if kind == "dicom":
+        from pydicom import dcmread
+
+        from dicom_gateway.pixels import PixelDataError, grayscale_image
+
+        try:
+            ds = dcmread(io.BytesIO(data))
+            photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+            pixels = ds.pixel_array if photometric.startswith(("RGB", "YBR")) else grayscale_image(ds)
+        except PixelDataError as exc:
+            raise UploadError(422, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad upload
+            raise UploadError(422, f"not a readable DICOM file: {type(exc).__name__}: {exc}") from None
+        return Decoded(kind, np.asarray(pixels), ds)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB") if image.mode not in ("L", "I;16", "I") else image
+            return Decoded(kind, np.asarray(rgb))
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UploadError(422, f"corrupt {kind.upper()} image: {exc}") from None
+
+
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    if pixels.ndim == 3:
+        return pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return pixels
+
+
+def model_item(model: str, decoded: Decoded, info: dict[str, Any]) -> np.ndarray:
+    """The request item for ``model`` from an uploaded image (see :mod:`serving.runners`)."""
+    if model == "tb":
+        from models.transforms import to_model_input
+
+        return to_model_input(to_gray(decoded.pixels), int(info["input_size_px"]))
+    if model == "derm":
+        from models.derm.preprocess import to_model_input as derm_input
+
+        pixels = decoded.pixels if decoded.pixels.ndim == 3 else np.repeat(decoded.pixels[..., None], 3, -1)
+        return derm_input(pixels, int(info["input_size_px"]))
+    raise UploadError(422, f"model {model!r} does not take a single image upload"
+                           + ("; send the CT series by C-STORE or STOW-RS" if model == "nodule" else ""))
+
+
+def vitals_window(body: bytes) -> np.ndarray:
+    """A ``(T, F)`` float32 window from a JSON body ``{"window": [[...], ...]}``."""
+    try:
+        window = np.asarray(json.loads(body)["window"], dtype=np.float32)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UploadError(422, f"body must be JSON {{\"window\": [[...]]}}: {exc}") from None
+    if window.ndim != 2 or not np.isfinite(window).all():
+        raise UploadError(422, f"`window` must be a finite 2D array, shape {window.shape} is given")
+    return window

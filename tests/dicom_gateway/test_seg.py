@@ -1,0 +1,138 @@
+"""SEG of 3D-mask findings over a generated CT series, and SRs with every location kind.
+
+Every object written here is checked with dciodvfy (no Error lines) and SRs with dsrdump.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from dicom_gateway.seg import build_segmentation
+from dicom_gateway.sr import build_measurement_report, mask_centroid_mm
+from dicom_gateway.testdata import make_ct_phantom, make_ct_series, make_dx_dataset
+from models.finding import Concept, Finding, SourceImage
+from peers import dciodvfy_errors, find_peer
+
+NODULE = Concept(codes.SCT.Nodule.value, "SCT", codes.SCT.Nodule.meaning)
+TUBERCULOSIS = Concept("56717001", "SCT", "Tuberculosis")
+
+
+def image_of(ds: pydicom.Dataset) -> SourceImage:
+    return SourceImage(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID,
+                       int(ds.Rows), int(ds.Columns), str(ds.get("FrameOfReferenceUID", "")))
+
+
+@pytest.fixture(scope="module")
+def ct():
+    volume, mask = make_ct_phantom()
+    series = make_ct_series(volume, issuer="VN-MOH")
+    images = [image_of(ds) for ds in series]
+    finding = Finding(model="nodule", model_version="0.1.0", code=NODULE, probability=0.91, threshold=0.5,
+                      source=images[0], other_sources=tuple(images[1:]), mask=mask)
+    return series, finding, mask
+
+
+def save(obj, path) -> str:
+    obj.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def test_ct_series_is_a_valid_ct_iod(ct, tmp_path):
+    series, _, _ = ct
+    assert len({ds.FrameOfReferenceUID for ds in series}) == 1
+    assert dciodvfy_errors(save(series[0], tmp_path / "ct.dcm")) == []
+
+
+def test_segmentation_references_sources_and_describes_the_nodule(ct, tmp_path):
+    series, finding, mask = ct
+    seg = build_segmentation([finding], series)
+    path = save(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    back = pydicom.dcmread(path)
+    assert back.Modality == "SEG" and back.SegmentationType == "BINARY"
+    assert back.StudyInstanceUID == series[0].StudyInstanceUID
+    assert back.SeriesInstanceUID != series[0].SeriesInstanceUID
+    assert back.PatientID == series[0].PatientID and back.IssuerOfPatientID == "VN-MOH"
+    (segment,) = back.SegmentSequence
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == NODULE.value
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "nodule" and algorithm.AlgorithmVersion == "0.1.0"
+    referenced = {i.ReferencedSOPInstanceUID for i in back.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in series}
+    # only the slices the nodule touches have frames, and they round-trip exactly
+    import highdicom as hd
+
+    planes = hd.seg.segread(path).get_volume(combine_segments=True).array
+    assert planes.astype(bool).sum() == mask.sum()
+
+
+def test_sr_references_the_segment(ct, tmp_path):
+    series, finding, _ = ct
+    seg = build_segmentation([finding], series)
+    sr = build_measurement_report([finding], series, segmentation=seg)
+    path = save(sr, tmp_path / "sr-seg.dcm")
+    assert dciodvfy_errors(path) == []
+    dump = subprocess.run([find_peer("dsrdump") or "dsrdump", path], capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    assert "Referenced Segment" in dump.stdout and "Nodule" in dump.stdout
+
+
+def test_sr_without_seg_has_a_scoord3d_centroid(ct, tmp_path):
+    series, finding, _ = ct
+    sr = build_measurement_report([finding], series)
+    path = save(sr, tmp_path / "sr-3d.dcm")
+    assert dciodvfy_errors(path) == []
+    centroid = mask_centroid_mm(finding, {ds.SOPInstanceUID: ds for ds in series})
+    # the phantom's nodule is centred at slice 4, row 24, column 20 (0.8 mm pixels, 2.5 mm slices)
+    assert np.allclose(centroid, [20 * 0.8, 24 * 0.8, 4 * 2.5], atol=0.2)
+    dump = subprocess.run([find_peer("dsrdump") or "dsrdump", path], capture_output=True, text=True)
+    assert "SCOORD3D" in dump.stdout
+
+
+def test_multi_finding_sr_with_box_polygon_and_3d_point(tmp_path):
+    ds = make_dx_dataset(np.full((96, 80), 1000, np.uint16))
+    image = image_of(ds)
+    ct_volume, _ = make_ct_phantom()
+    ct_slice = make_ct_series(ct_volume, study_uid=ds.StudyInstanceUID)[4]
+    ct_image = image_of(ct_slice)
+    common = dict(model="tb", model_version="1.0.0", code=TUBERCULOSIS, threshold=0.5)
+    findings = [
+        Finding(probability=0.8, source=image, box=(10.0, 12.0, 40.0, 50.0), **common),
+        Finding(probability=0.3, source=image, polygon=((5.0, 5.0), (30.0, 8.0), (20.0, 30.0)), **common),
+        Finding(probability=0.6, source=image, point=(12.5, 40.0), **common),
+        Finding(probability=0.7, source=ct_image, point_3d_mm=(16.0, 19.2, 10.0), **common),
+        Finding(probability=0.2, source=image, **common),
+    ]
+    sr = build_measurement_report(findings, [ds, ct_slice])
+    path = save(sr, tmp_path / "sr-multi.dcm")
+    assert dciodvfy_errors(path) == []
+    dump = subprocess.run([find_peer("dsrdump") or "dsrdump", path], capture_output=True, text=True)
+    assert dump.returncode == 0
+    assert dump.stdout.count("POLYLINE") == 2 and "SCOORD3D" in dump.stdout
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"box": (40.0, 10.0, 10.0, 50.0)}, "box must be"),
+    ({"polygon": ((1.0, 1.0), (2.0, 2.0))}, "polygon must have at least 3"),
+    ({"point": (1.0, 1.0), "box": (1.0, 1.0, 2.0, 2.0)}, "at most one location"),
+    ({"point_3d_mm": (1.0, 2.0, 3.0)}, "frame_of_reference_uid"),
+    ({"box": (0.0, 0.0, 500.0, 10.0)}, "outside"),
+])
+def test_bad_locations_are_refused(kwargs, message):
+    image = SourceImage("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.1.1", 96, 80)
+    with pytest.raises(ValueError, match=message):
+        Finding(model="tb", model_version="1", code=TUBERCULOSIS, probability=0.5, threshold=0.5,
+                source=image, **kwargs)
+
+
+def test_segmentation_refuses_findings_without_mask(ct):
+    series, finding, _ = ct
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="with a mask"):
+        build_segmentation([replace(finding, mask=None, other_sources=())], series)

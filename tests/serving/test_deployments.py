@@ -1,0 +1,68 @@
+"""ModelServer (the deployment's core) used directly, without Ray: engines, batches, version swap, shadow.
+
+Batching of concurrent requests by ``@serve.batch`` needs a Serve replica: see test_http_api.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.registry import ModelRegistry
+from serving.deployments import ModelServer
+from serving.engines import batch_buckets, create_engine
+
+
+def tb_item(size: int) -> np.ndarray:
+    return np.random.default_rng(0).random((1, size, size), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def tb():
+    server = ModelServer("tb", {"max_batch_size": 8})
+    server.reconfigure({})
+    return server
+
+
+def test_batch_buckets():
+    assert batch_buckets(16) == (1, 2, 4, 8, 16)
+    assert batch_buckets(12) == (1, 2, 4, 8, 12)
+    with pytest.raises(ValueError, match="`max_batch_size` must be positive"):
+        batch_buckets(0)
+
+
+def test_onnx_engine_on_cpu_runs_and_checks_inputs():
+    manifest = ModelRegistry().get("tb")
+    engine = create_engine(manifest.path.parent, manifest.path.name, device="cpu")
+    assert engine.device == "cpu" and "CPUExecutionProvider" in engine.name
+    size = manifest.input_size_px
+    out = engine.run({engine.input_names[0]: np.zeros((3, 1, size, size), np.float32)})
+    assert out["probability"].shape == (3, 1)
+    with pytest.raises(ValueError, match="lacks"):
+        engine.run({"wrong": np.zeros((1, 1, size, size), np.float32)})
+    with pytest.raises(ValueError, match="`engine` must be one of"):
+        create_engine(manifest.path.parent, engine="tensorflow")
+
+
+def test_a_batch_is_one_engine_call_with_one_reply_per_item(tb):
+    size = tb.active.manifest.input_size_px
+    replies = tb.run_batch([tb_item(size) for _ in range(8)])
+    assert len(replies) == 8 and {r["batch_size"] for r in replies} == {8}
+    assert all(0.0 <= float(r["probability"][0]) <= 1.0 for r in replies)
+    assert tb.stats()["batch_sizes"][-1] == 8
+    with pytest.raises(ValueError, match="must share a shape"):
+        tb.run_batch([tb_item(size), tb_item(size // 2)])
+
+
+def test_reconfigure_swaps_version_and_runs_shadow(tb):
+    versions = ModelRegistry().versions("tb")
+    if len(versions) < 2:
+        pytest.skip(f"one registered tb version ({versions}); swapping needs two")
+    old, new = versions[0], versions[-1]
+    size = tb.active.manifest.input_size_px
+    tb.reconfigure({"version": old, "shadow_version": new})
+    assert tb.info()["version"] == old and tb.info()["shadow_version"] == new
+    reply = tb.run_batch([tb_item(size)])[0]
+    assert reply["version"] == old and tb.shadow_runs >= 1
+    assert tb.shadow_results()[-1]["version"] == new
+    tb.reconfigure({"version": new})
+    assert tb.info()["version"] == new and tb.info()["shadow_version"] is None

@@ -1,0 +1,58 @@
+"""In-memory datasets of item dicts, and seeded splitting of item lists."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class ArrayDataset(Dataset):
+    """Items ``{key: arrays[key][i]}`` as tensors, from equally long arrays.
+
+    Parameters
+    ----------
+    arrays
+        Name -> array (or tensor) with the items on axis 0.
+    """
+
+    def __init__(self, arrays: Mapping[str, Any]) -> None:
+        if not arrays:
+            raise ValueError("`arrays` must hold at least one array, an empty mapping is given.")
+        self.tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
+        lengths = {k: len(v) for k, v in self.tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"`arrays` must be equally long, lengths {lengths} are given.")
+        self._length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+class ListDataset(Dataset):
+    """Items from a list of records, each turned into an item dict by ``transform`` on access."""
+
+    def __init__(self, records: Sequence[Any], transform) -> None:
+        self.records, self.transform = list(records), transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.transform(self.records[index])
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Disjoint seeded random index sets of ``n`` items with the given fractions (summing to 1)."""
+    if n < len(fractions):
+        raise ValueError(f"`n` must be at least {len(fractions)} to split, {n} is given.")
+    if abs(sum(fractions) - 1.0) > 1e-6 or any(f <= 0 for f in fractions):
+        raise ValueError(f"`fractions` must be positive and sum to 1, {list(fractions)} is given.")
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = np.round(np.cumsum(fractions)[:-1] * n).astype(int)
+    return [np.sort(part) for part in np.split(order, cuts)]
