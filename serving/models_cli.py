@@ -36,7 +36,8 @@ def deploy(settings: Settings, ref: str, shadow: str | None = None) -> int:
     versions = read_versions(settings.state_dir)
     versions[name] = entry
     write_versions(settings.state_dir, versions)
-    if not read_components(settings.state_dir.resolve()):
+    status = read_components(settings.state_dir.resolve())
+    if not status.get("ray_address"):
         print(f"{name}@{manifest.version} recorded; no running server: it is used at the next start")
         return 0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -45,7 +46,7 @@ def deploy(settings: Settings, ref: str, shadow: str | None = None) -> int:
 
     from serving.app import APP_NAME, build_app
 
-    ray.init(address="auto", namespace="medgate", logging_level="WARNING", log_to_driver=False)
+    ray.init(address=status["ray_address"], namespace="medgate", logging_level="WARNING", log_to_driver=False)
     try:
         serve.run(build_app(settings, versions), name=APP_NAME, route_prefix="/", blocking=False)
         handle = serve.get_deployment_handle(name, app_name=APP_NAME)

@@ -138,7 +138,8 @@ class PostgresOutboxDb:
         return copied
 
     def claim_due(self, now: float) -> list[dict[str, Any]]:
-        self.relay()
+        if self.relay():
+            now = max(now, time.time())  # relayed rows are due from the moment they were copied
         return self._execute(
             "UPDATE outbox SET next_attempt_at=%s WHERE id IN (SELECT id FROM outbox"
             " WHERE status='pending' AND next_attempt_at<=%s ORDER BY id LIMIT %s"

@@ -44,6 +44,7 @@ class Server:
         self.pipeline = None
         self.outbox: Outbox | None = None
         self._stop = threading.Event()
+        self.ray_address: str | None = None
 
     # -- delivery senders ----------------------------------------------------------------------
     def _send_dicom(self, destination: str, payload: dict) -> None:
@@ -112,6 +113,7 @@ class Server:
         # Logical CPUs: at least 8 so every model replica (num_cpus 1 each) is placed on a laptop too.
         ray.init(include_dashboard=False, namespace="medgate", logging_level=logging.WARNING,
                  num_cpus=max(os.cpu_count() or 2, 8))
+        self.ray_address = ray.get_runtime_context().gcs_address
         serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
         return {m: serve.get_deployment_handle(m, app_name=APP_NAME) for m in model_names()}
@@ -123,7 +125,7 @@ class Server:
             "outbox": "ok" if self.outbox else "down",
         }
         status = {"heartbeat": time.time(), "pid": os.getpid(), "components": components,
-                  "dicom_port": self.scp.port if self.scp else None}
+                  "dicom_port": self.scp.port if self.scp else None, "ray_address": self.ray_address}
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         tmp.write_text(json.dumps(status))
         tmp.replace(self.state_dir / STATUS_FILE)

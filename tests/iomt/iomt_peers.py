@@ -1,6 +1,7 @@
 """Mosquitto variants for the IoMT tests: TLS with a throw-away CA, password file, persistence."""
 from __future__ import annotations
 
+import getpass
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,9 @@ class Broker:
 def broker(tmp_path: Path, *lines: str) -> Broker:
     port = free_port()
     config = tmp_path / f"mosquitto-{port}.conf"
-    config.write_text("\n".join([f"listener {port} 127.0.0.1", "max_queued_messages 100000",
+    # `user`: a broker started as root would switch to `mosquitto` and then fail to read tmp files.
+    config.write_text("\n".join([f"listener {port} 127.0.0.1", f"user {getpass.getuser()}",
+                                 "max_queued_messages 100000",
                                  "max_inflight_messages 1000", *lines]) + "\n")
     b = Broker(config, port)
     b.start()

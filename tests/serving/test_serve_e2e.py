@@ -159,6 +159,22 @@ def test_demo_reports_both_paths(server):
     assert "alerts received" in result.stdout
 
 
+def test_models_deploy_swaps_and_rolls_back(server):
+    from models.registry import ModelRegistry
+
+    versions = ModelRegistry().versions("tb")
+    if len(versions) < 2:
+        pytest.skip(f"one registered tb version ({versions}); swapping needs two")
+    http_get = server["process"].http_get
+    for version in (versions[0], versions[-1]):  # deploy the older one, then roll back
+        result = subprocess.run(MEDGATE + ["models", "deploy", f"tb@{version}"], env=server["env"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        models = {m["name"]: m for m in http_get("/v1/models")[1]}
+        assert models["tb"]["version"] == version
+    assert http_get("/readyz")[0] == 200
+
+
 def test_ctrl_c_shuts_down_cleanly(server):
     proc = server["proc"]
     proc.send_signal(signal.SIGINT)

@@ -30,9 +30,8 @@ from torch.utils.data import Dataset, Subset
 
 from models.derm.calibration import CalibratedClassifier, fit_temperature
 from models.derm.network import CLASSES, DermNetConfig, build_derm_network
-from training import metrics as M
+from training import derm_report as R
 from training.data import ArrayDataset, split_indices
-from training.tasks import derm_report as R
 from training.tasks.base import Evaluation, ExportSpec, Task
 
 MEL = CLASSES.index("mel")
@@ -131,7 +130,14 @@ class DermTask(Task):
         if arch.image_size_px != size:
             raise ValueError(f"`network.image_size_px` must equal `input.size_px` ({size}), "
                              f"{arch.image_size_px} is given.")
-        return build_derm_network(arch)
+        network = build_derm_network(arch)
+        train = config.get("train", {})
+        weights = train.get("class_weights")
+        if weights is not None and (len(weights) != len(CLASSES) or min(weights) <= 0):
+            raise ValueError(f"`train.class_weights` must be null or {len(CLASSES)} positive numbers in the order "
+                             f"{CLASSES}, {weights!r} is given.")
+        network.train_options = {"class_weights": weights, "label_smoothing": float(train.get("label_smoothing", 0))}
+        return network
 
     def datasets(self, config: dict[str, Any]) -> dict[str, Dataset]:
         data, size, seed = config["data"], int(config["input"]["size_px"]), int(config["seed"])
