@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install run test peers bench clean
+.PHONY: install run test peers bench clean serve-config
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -34,3 +34,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) var
+
+serve-config: install
+	$(BIN)/serve build serving.serve_app:app -o serving/serve_config.yaml
+	sed -i 's/^- name: app1$$/- name: medgate/' serving/serve_config.yaml

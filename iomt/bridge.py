@@ -101,6 +101,7 @@ class VitalsBridge:
         self.connected = threading.Event()
         self.processed = 0
         self.batches = 0
+        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="medgate-vitals", daemon=True)
 
     @property
@@ -119,6 +120,7 @@ class VitalsBridge:
                         self.host, self.port)
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
         self.queue.put(None)
@@ -144,6 +146,8 @@ class VitalsBridge:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        if self._stopping:
+            return
         log.warning("MQTT bridge disconnected from %s:%d (%s); reconnecting with backoff",
                     self.host, self.port, reason_code)
 

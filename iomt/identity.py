@@ -31,6 +31,7 @@ ADT_KEYS = frozenset({"event", "device", "patient", "insurance", "time", "site",
                       "spo2_scale"})
 #: FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+DISCHARGED = ""  # device_associations.patient_id of a device whose patient was discharged
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:identity")
 
 
@@ -155,7 +156,11 @@ class DeviceRegistry:
         self.store, self.systems = store, systems
         self._lock = threading.Lock()
         self._by_device: dict[str, Association] = {}
+        self._since: dict[str, datetime] = {}  # device -> time of its latest applied ADT event
         for row in store.query("SELECT * FROM device_associations"):
+            self._since[row["device"]] = datetime.fromisoformat(row["since"])
+            if row["patient_id"] == DISCHARGED:
+                continue
             self._by_device[row["device"]] = Association(
                 device=row["device"], patient_id=row["patient_id"],
                 patient_system=row["patient_system"], spo2_scale=row["spo2_scale"],
@@ -173,12 +178,16 @@ class DeviceRegistry:
         association changes nothing."""
         with self._lock:
             current = self._by_device.get(event.device)
-            if current is not None and event.time < current.since:
+            since = self._since.get(event.device)
+            if since is not None and event.time < since:
                 return current, []
+            self._since[event.device] = event.time
             if event.event == "discharge":
                 self._by_device.pop(event.device, None)
-                with self.store.transaction() as db:
-                    db.execute("DELETE FROM device_associations WHERE device=?", (event.device,))
+                with self.store.transaction() as db:  # keep the time: a late admission is stale
+                    db.execute("INSERT OR REPLACE INTO device_associations(device, patient_id,"
+                               " since, updated_at) VALUES (?,?,?,?)",
+                               (event.device, DISCHARGED, event.time.isoformat(), _time.time()))
                 return None, []
             assoc = Association(device=event.device, patient_id=event.patient_id,
                                 patient_system=event.patient_system or self.systems.citizen_id,

@@ -145,7 +145,6 @@ class StoreConfig(_Section):
 class AlertsConfig(_Section):
     min_band: Literal["low-medium", "medium", "high"] = "low-medium"  # RCP NEWS2 table 2 bands
     repeat_after_s: float = Field(3600.0, ge=0)  # same band re-alerted at most this often
-    qos: int = Field(1, ge=0, le=2)
 
 
 class IdentifierSystems(_Section):

@@ -19,38 +19,39 @@ from training import metrics as M
 __all__ = ["CLASS_CODES", "classification_report", "confusion_matrix", "macro_auc_ci", "metadata", "softmax",
            "threshold_for_sensitivity"]
 
-#: SNOMED CT concept per class.  ``verified`` names the evidence found; ``None`` codes could not be
-#: confirmed (public mappings disagree) and must be resolved against a SNOMED CT browser before use.
+#: Coded concept per class, in the registry's form (``value``, ``scheme``, ``meaning``).  SNOMED CT
+#: (``SCT``) where the code was corroborated by independent public sources (``evidence``); where
+#: public mappings disagree no SNOMED code is shipped and the class carries a local code in the
+#: private scheme ``99MEDGATE`` (``snomed_ct: "UNVERIFIED"``) until someone resolves it against a
+#: SNOMED CT browser.
 CLASS_CODES = {
-    "akiec": {"meaning": "Actinic keratosis / intraepithelial carcinoma (Bowen's disease)",
-              "code": {"value": "201101007", "scheme": "SCT", "meaning": "Actinic keratosis"},
-              "verified": "201101007 |Actinic keratosis| agrees across independent public mappings; it does not "
-                          "cover intraepithelial carcinoma, which this class also holds"},
-    "bcc": {"meaning": "Basal cell carcinoma",
-            "code": {"value": "254701007", "scheme": "SCT", "meaning": "Basal cell carcinoma of skin"},
-            "verified": "254701007 |Basal cell carcinoma of skin| agrees across independent public mappings"},
-    "bkl": {"meaning": "Benign keratosis-like lesion (seborrhoeic keratosis, solar lentigo, lichen planus-like "
-                       "keratosis)",
-            "code": None,
-            "candidates": {"72100002": "Solar lentigo (disorder), confirmed on a SNOMED terminology page; covers "
-                                       "only part of the class"},
-            "verified": "UNVERIFIED: public mappings of seborrhoeic keratosis disagree (65126008, 12563001, "
-                        "201089006 ...); no code shipped"},
-    "df": {"meaning": "Dermatofibroma", "code": None,
-           "verified": "UNVERIFIED: public mappings disagree (72464004, 253008, 254788002, 254677009 ...); "
-                       "no code shipped"},
-    "mel": {"meaning": "Melanoma",
-            "code": {"value": "372244006", "scheme": "SCT", "meaning": "Malignant melanoma"},
-            "candidates": {"93655004": "Malignant melanoma of skin (more specific; one secondary source)"},
-            "verified": "372244006 |Malignant melanoma (disorder)| (any site) agrees across independent public "
-                        "mappings"},
-    "nv": {"meaning": "Melanocytic naevus",
-           "code": {"value": "400096001", "scheme": "SCT", "meaning": "Melanocytic nevus"},
-           "candidates": {"400010006": "Melanocytic naevus of skin (more specific; one secondary source)"},
-           "verified": "400096001 |Melanocytic nevus (disorder)| confirmed on a SNOMED CT terminology server page"},
-    "vasc": {"meaning": "Vascular lesion (angioma, angiokeratoma, pyogenic granuloma, haemorrhage)", "code": None,
-             "verified": "UNVERIFIED: no single concept covers the class and candidates (e.g. 400210000) could "
-                         "not be confirmed; no code shipped"},
+    "akiec": {"value": "201101007", "scheme": "SCT", "meaning": "Actinic keratosis",
+              "class_meaning": "Actinic keratosis / intraepithelial carcinoma (Bowen's disease)",
+              "evidence": "201101007 |Actinic keratosis| agrees across independent public mappings; the concept does "
+                          "not cover intraepithelial carcinoma, which this class also holds"},
+    "bcc": {"value": "254701007", "scheme": "SCT", "meaning": "Basal cell carcinoma of skin",
+            "class_meaning": "Basal cell carcinoma",
+            "evidence": "254701007 |Basal cell carcinoma of skin| agrees across independent public mappings"},
+    "bkl": {"value": "bkl", "scheme": "99MEDGATE", "meaning": "Benign keratosis-like lesion",
+            "class_meaning": "Benign keratosis-like lesion (seborrhoeic keratosis, solar lentigo, lichen planus-like "
+                             "keratosis)",
+            "snomed_ct": "UNVERIFIED",
+            "evidence": "public mappings of seborrhoeic keratosis disagree (65126008, 12563001, 201089006, ...); "
+                        "72100002 |Solar lentigo| is confirmed on a SNOMED CT terminology page but covers only part "
+                        "of the class"},
+    "df": {"value": "df", "scheme": "99MEDGATE", "meaning": "Dermatofibroma", "class_meaning": "Dermatofibroma",
+           "snomed_ct": "UNVERIFIED",
+           "evidence": "public mappings disagree (72464004, 253008, 254788002, 254677009, ...)"},
+    "mel": {"value": "372244006", "scheme": "SCT", "meaning": "Malignant melanoma", "class_meaning": "Melanoma",
+            "evidence": "372244006 |Malignant melanoma (disorder)| (any site) agrees across independent public "
+                        "mappings; 93655004 |Malignant melanoma of skin| is more specific (one secondary source)"},
+    "nv": {"value": "400096001", "scheme": "SCT", "meaning": "Melanocytic nevus", "class_meaning": "Melanocytic naevus",
+           "evidence": "400096001 |Melanocytic nevus (disorder)| confirmed on a SNOMED CT terminology server page; "
+                       "400010006 |Melanocytic naevus of skin| is more specific (one secondary source)"},
+    "vasc": {"value": "vasc", "scheme": "99MEDGATE", "meaning": "Vascular lesion",
+             "class_meaning": "Vascular lesion (angioma, angiokeratoma, pyogenic granuloma, haemorrhage)",
+             "snomed_ct": "UNVERIFIED",
+             "evidence": "no single concept covers the class; candidates (e.g. 400210000) could not be confirmed"},
 }
 
 
@@ -179,7 +180,6 @@ def metadata(config: dict[str, Any], evaluation, classes: Sequence[str]) -> dict
                                                  "the order of `classes`"}},
         "classes": [{"index": k, "name": c, **CLASS_CODES[c]} for k, c in enumerate(classes)],
         "temperature": float(op["temperature"]),
-        "threshold": float(op["mel_threshold"]),
         "thresholds": {"mel": {"value": float(op["mel_threshold"]), "output": "probabilities[:, 4]",
                                "method": op.get("method", "")}},
         "training_data": ("generated by training/synthetic/derm.py — no real patient data; NOT FOR CLINICAL USE — "

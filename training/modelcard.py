@@ -4,7 +4,8 @@ The card describes the latest version (or the one given): data (flagged as gener
 for clinical use where it is), the held-out metrics with their 95 % confidence intervals, the
 plots saved in the version folder (``roc.png``, ``reliability.png``, ``froc.png`` ...), inputs and
 outputs, limitations, the exact command that reproduces it, training time and device, and the
-version history.  It is regenerated on every export; edit the task or this module, not the card.
+version history.  Hand-written background kept in ``<root>/<name>/card_notes.md`` (coding
+rationale, architecture notes ...) is appended under "Notes".  It is regenerated on every export; edit the task or this module, not the card.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from models.registry import ModelManifest, ModelRegistry
 
+NOTES_NAME = "card_notes.md"
 GENERATED_NOTE = "generated data, not for clinical use"
 LIMITATIONS = [
     "Trained and tested only on the data described above; performance on any other population, device "
@@ -101,6 +103,9 @@ def render(manifest: ModelManifest, history: list[ModelManifest]) -> str:
     for old in reversed(history):
         note = old.raw.get("changelog", {}).get(old.version, "")
         lines.append(f"| {old.version} | {old.raw.get('created', '')} | {_fmt(old.metrics.get('auc'))} | {note} |")
+    notes = manifest.folder.parent / NOTES_NAME
+    if notes.is_file():
+        lines += ["", "## Notes", "", notes.read_text(encoding="utf-8").strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,7 @@ def test_batch_of_three_gives_probabilities_and_heatmaps(tb):
     prob, heat = session.run(None, {"image": batch})
     assert prob.shape == (3, 1) and prob.dtype == np.float32
     assert ((prob >= 0) & (prob <= 1)).all()
-    side = manifest.raw["outputs"]["heatmap"]["shape"][-1]
+    side = manifest.raw["network_data_format"]["outputs"]["heatmap"]["shape"][-1]
     assert heat.shape == (3, 1, side, side)
     assert heat.min() >= 0.0 and heat.max() <= 1.0 + 1e-6
     col, row = heatmap_peak(heat[0, 0], rows=200, columns=200)

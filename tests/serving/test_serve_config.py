@@ -20,4 +20,4 @@ def test_serve_config_is_valid_and_lists_every_registered_model():
     for deployment in app.deployments:
         if deployment.name != "ingress":
             assert "max_batch_size" in deployment.user_config
-            assert "num_gpus" in deployment.ray_actor_options
+            assert deployment.ray_actor_options.num_gpus is not None

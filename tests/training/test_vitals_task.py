@@ -55,6 +55,15 @@ def test_legacy_course_generator_still_works():
 
 
 def test_training_steps_reduce_loss():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: more threads only contend
+    try:
+        _train_a_few_steps()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_a_few_steps():
     torch.manual_seed(0)
     data = VitalsWindows(labelled_windows(cohort(12, 7)))
     batch = {"window": data.window[:128], "label": data.label[:128]}

@@ -15,6 +15,11 @@ Config (JSON/YAML, MONAI-bundle-like: plain nested keys) always has at least::
                "checkpoint_every": 50, "num_workers": 0}}
 
 ``default_config()`` returns a complete config; a user file overrides keys (deep merge).
+
+Conventions the generic tools rely on (see ``docs/training.md``): items are dicts of tensors the
+default collate can batch; ``ExportSpec.input_names`` equal item keys, so real validation items
+join the ONNX parity check; ``metadata()`` input specs carry ``size_px`` for square image inputs;
+``Evaluation.metrics`` keys ending in ``_ci95`` (``[low, high]``) fill the model card's CI column.
 """
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ class VitalsTask(Task):
         n_boot, seed = int(ev.get("bootstrap", 1000)), int(config.get("seed", 0))
         if operating_point is None:
             operating_point = {"threshold": _sensitivity_threshold(y, p, float(ev.get("target_sensitivity", 0.8))),
-                               "rule": f"highest threshold with validation sensitivity >= "
+                               "method": f"highest threshold with validation sensitivity >= "
                                        f"{float(ev.get('target_sensitivity', 0.8))}"}
         threshold = float(operating_point["threshold"])
         sens, spec = metrics.sensitivity_specificity(y, p, threshold)

@@ -1,0 +1,67 @@
+"""Batched deterioration scoring with a stub predictor; RiskAssessments validate."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fhir.resources.R4B.riskassessment import RiskAssessment
+
+from iomt.risk import RiskScorer
+
+T0 = 1_795_000_000.0
+
+
+def stub(calls):
+    def predict(batch: np.ndarray) -> np.ndarray:
+        assert batch.dtype == np.float32 and batch.shape[1:] == (12, 10)
+        calls.append(batch.shape[0])
+        return (batch[:, -1, 0:1] > 0).astype(np.float32) * 0.8 + 0.1  # high HR -> 0.9
+    return predict
+
+
+def test_many_beds_in_one_batch_with_deterministic_ids():
+    calls, written = [], []
+    scorer = RiskScorer(stub(calls), written.extend, max_batch=64, min_interval_s=60)
+    for bed in range(100):
+        for k in range(5):
+            scorer.add(f"Patient/P{bed}", T0 + k * 60, [("8867-4", 120.0 if bed % 2 else 60.0),
+                                                     ("8310-5", 37.0)])
+    resources = scorer.flush()
+    assert calls == [64, 36] and len(resources) == 100 == len(written)
+    for r in resources:
+        RiskAssessment.model_validate(r)
+    by_patient = {r["subject"]["reference"]: r for r in resources}
+    assert by_patient["Patient/P1"]["prediction"][0]["probabilityDecimal"] == pytest.approx(0.9)
+    assert by_patient["Patient/P0"]["prediction"][0]["probabilityDecimal"] == pytest.approx(0.1)
+    assert scorer.flush() == []  # nothing new is due
+    scorer.add("Patient/P1", T0 + 4 * 60, [("8867-4", 120.0)])
+    assert scorer.flush() == []  # not min_interval_s past the last window
+    scorer.add("Patient/P1", T0 + 5 * 60, [("8867-4", 120.0)])
+    again = scorer.flush()
+    assert len(again) == 1 and again[0]["id"] != by_patient["Patient/P1"]["id"]
+
+
+def test_a_failing_model_keeps_patients_due():
+    calls = []
+
+    def broken(batch):
+        calls.append(len(batch))
+        raise RuntimeError("replica down")
+
+    scorer = RiskScorer(broken, lambda r: None)
+    scorer.add("Patient/P", T0, [("8867-4", 80.0)])
+    assert scorer.flush() == [] and scorer.flush() == [] and calls == [1, 1]
+
+
+def test_background_flush_and_arguments():
+    calls, written = [], []
+    scorer = RiskScorer(stub(calls), written.extend, flush_interval_s=0.05)
+    scorer.start()
+    scorer.add("Patient/P", T0, [("9279-1", 30.0)])
+    import time
+    deadline = time.monotonic() + 5
+    while not written and time.monotonic() < deadline:
+        time.sleep(0.02)
+    scorer.stop()
+    assert len(written) == 1
+    with pytest.raises(ValueError, match="max_batch"):
+        RiskScorer(stub([]), print, max_batch=0)

@@ -1,0 +1,49 @@
+"""The registered nodule ONNX model finds large nodules in a fresh generated CT volume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.registry import ModelRegistry
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _manifest():
+    try:
+        return ModelRegistry().get("nodule")
+    except LookupError:
+        pytest.skip("no nodule model is registered under models/nodule")
+
+
+def test_metadata_is_complete():
+    manifest = _manifest()
+    manifest.verify()
+    raw = manifest.raw
+    assert manifest.finding.value == "786838002" and 0 < manifest.threshold < 1
+    assert raw["network_data_format"]["inputs"]["image"]["shape"] == [None, 1, 64, 64, 64]
+    assert "NOT FOR CLINICAL USE" in raw["intended_use"]
+    assert manifest.path.stat().st_size < 20 * 2**20
+
+
+def test_finds_a_large_nodule_with_few_false_positives():
+    from models.nodule.inference import detect, onnx_runner
+    from training.synthetic.ct import generate_ct
+
+    manifest = _manifest()
+    session = ort.InferenceSession(str(manifest.path), providers=["CPUExecutionProvider"])
+    sample = None
+    for seed in range(1000, 1100):  # a fresh volume (the training splits use other seed streams)
+        sample = generate_ct(np.random.default_rng(seed), n_nodules=2)
+        if any(n.diameter_mm >= 8.0 for n in sample.nodules):
+            break
+    post = manifest.raw["postprocessing"]
+    found = detect(onnx_runner(session), sample.volume_hu, sample.spacing_mm, threshold=manifest.threshold,
+                   component_threshold=post["component_threshold"], min_volume_mm3=post["min_volume_mm3"])
+    large = [n for n in sample.nodules if n.diameter_mm >= 8.0]
+    hits = [any(np.linalg.norm(np.subtract(c.centre_mm, n.centre_mm)) <= n.diameter_mm / 2 for c in found)
+            for n in large]
+    false_positives = [c for c in found if not any(
+        np.linalg.norm(np.subtract(c.centre_mm, n.centre_mm)) <= n.diameter_mm / 2 for n in sample.nodules)]
+    assert any(hits), f"no hit on {large}; candidates {found}"
+    assert len(false_positives) <= 3

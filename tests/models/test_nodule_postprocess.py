@@ -1,0 +1,77 @@
+"""Nodule model pieces: preprocessing, candidates from a probability map, sliding windows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.nodule.inference import infer_volume, torch_runner
+from models.nodule.postprocess import candidates_array, extract_candidates
+from models.nodule.preprocess import resample, to_source_vox, window_hu
+
+SPACING = (1.25, 0.7, 0.7)
+
+
+def _ball(shape, centre_vox, radius_mm, spacing=SPACING):
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip((z, y, x), centre_vox, spacing))
+    return d2 <= radius_mm ** 2
+
+
+def test_candidates_have_the_right_centres_and_diameters():
+    shape = (40, 80, 80)
+    prob = np.zeros(shape, np.float32)
+    prob[_ball(shape, (10, 20, 20), 5.0)] = 0.9  # 10 mm
+    prob[_ball(shape, (28, 55, 60), 3.0)] = 0.7  # 6 mm
+    prob[20, 70, 5] = 0.95  # one voxel: below min volume
+    cands, mask = extract_candidates(prob, SPACING, 0.5, min_volume_mm3=4.0)
+    assert [round(c.probability, 2) for c in cands] == [0.9, 0.7]
+    assert np.allclose(cands[0].centre_vox, (10, 20, 20), atol=0.05)
+    assert np.allclose(cands[1].centre_mm, np.array((28, 55, 60)) * SPACING, atol=0.05)
+    assert cands[0].diameter_mm == pytest.approx(10.0, rel=0.06)
+    assert cands[1].diameter_mm == pytest.approx(6.0, rel=0.1)
+    assert set(np.unique(mask)) == {0, 1, 2} and mask[10, 20, 20] == 1 and mask[20, 70, 5] == 0
+    packed = candidates_array(cands, 4)
+    assert packed.shape == (4, 6) and packed[:, 5].tolist() == [1, 1, 0, 0]
+
+
+def test_empty_map_gives_no_candidates_and_bad_input_is_refused():
+    cands, mask = extract_candidates(np.zeros((8, 8, 8)), SPACING)
+    assert cands == [] and not mask.any()
+    with pytest.raises(ValueError, match="probability"):
+        extract_candidates(np.zeros((8, 8)), SPACING)
+    with pytest.raises(ValueError, match="component_threshold"):
+        extract_candidates(np.zeros((8, 8, 8)), SPACING, component_threshold=1.0)
+
+
+def test_window_and_resample():
+    hu = np.array([[[-2000, -1000, -300, 400, 3000]]], dtype=np.int16)
+    assert np.allclose(window_hu(hu)[0, 0], [0, 0, 0.5, 1, 1])
+    vol = np.random.default_rng(0).random((10, 20, 20)).astype(np.float32)
+    out = resample(vol, (2.5, 0.7, 0.7), (1.25, 0.7, 0.7))
+    assert out.shape == (20, 20, 20) and out.dtype == np.float32
+    assert np.allclose(to_source_vox([[1.5, 3.0, 3.0]], vol.shape, out.shape), [[0.5, 3.0, 3.0]])
+    with pytest.raises(ValueError, match="spacing_mm"):
+        resample(vol, (0, 1, 1))
+
+
+def test_sliding_window_covers_a_non_multiple_volume():
+    calls = []
+
+    def run(patch: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(patch.shape))
+        return patch.clamp(0, 1)  # identity "probability"
+
+    vol = np.random.default_rng(1).random((37, 70, 45)).astype(np.float32)
+    out = infer_volume(run, vol, roi_size=(16, 32, 32), overlap=0.25)
+    assert out.shape == vol.shape and out.dtype == np.float32
+    assert np.allclose(out, vol, atol=1e-5)
+    assert all(c[2:] == (16, 32, 32) for c in calls)
+
+
+def test_torch_runner_with_a_real_network():
+    from models.nodule.network import NoduleNet
+
+    net = NoduleNet().eval()
+    out = infer_volume(torch_runner(net), np.zeros((20, 40, 33), np.float32), roi_size=(16, 32, 32))
+    assert out.shape == (20, 40, 33) and 0 <= out.min() and out.max() <= 1
