@@ -32,7 +32,7 @@ OUTCOME_TEXT = "Clinical deterioration (vitals model)"
 
 def ray_predictor(handle) -> Predictor:
     """A predictor that sends the whole batch as one request to a Ray Serve deployment handle."""
-    return lambda batch: np.asarray(handle.remote(batch).result())
+    return lambda batch: np.asarray(handle.remote(batch).result()["probability"], dtype=np.float64).reshape(-1)
 
 
 def risk_assessment_id(patient_ref: str, model: str, end: datetime) -> str:

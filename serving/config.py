@@ -155,7 +155,7 @@ class IdentifierSystems(_Section):
 
 
 class RiskConfig(_Section):
-    enabled: bool = False  # needs the `vitals` deployment
+    enabled: bool = True  # used when a `vitals` model is registered and deployed
     flush_interval_s: float = Field(1.0, gt=0)
     max_batch: int = Field(256, ge=1)
     min_interval_s: float = Field(60.0, ge=0)  # per patient, in message time

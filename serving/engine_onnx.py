@@ -55,6 +55,7 @@ class OnnxEngine:
         self.device = "cuda" if self.providers[0] in (CUDA, TRT) else "cpu"
         self.name = f"onnxruntime-{ort.__version__}:{self.providers[0]}"
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_shapes = [list(i.shape) for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.cuda_graphs = cuda_graphs and self.device == "cuda"
         self.buckets = batch_buckets(max_batch_size)

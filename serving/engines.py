@@ -32,6 +32,7 @@ class Engine(Protocol):
     name: str
     device: str
     input_names: list[str]
+    input_shapes: list[list]  # batch axis first; non-int entries are dynamic
     output_names: list[str]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,19 +15,36 @@ from serving.engines import Engine
 
 
 class StackRunner:
-    """Fixed-shape items (an image ``(C,S,S)`` or a vitals window ``(T,F)``): one engine call per batch."""
+    """Fixed-shape items: one sample (an image ``(C,S,S)``, a vitals window ``(T,F)``) or a whole batch
+    of samples (``(N,T,F)``: many beds in one request). Items are joined along the batch axis, run in
+    as few engine calls as the engine's maximum batch allows, and the outputs split back per item."""
 
     def __init__(self, engine: Engine, manifest: ModelManifest) -> None:
         self.engine, self.manifest = engine, manifest
         self.input_name = engine.input_names[0]
+        self.rank = len(engine.input_shapes[0])
+        self.max_batch = engine.buckets[-1] if getattr(engine, "device", "cpu") == "cuda" else None
 
     def run(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
-        shapes = {np.shape(i) for i in items}
+        arrays = [np.asarray(item, dtype=np.float32) for item in items]
+        if any(a.ndim not in (self.rank - 1, self.rank) for a in arrays):
+            raise ValueError(f"items must have {self.rank - 1} dims (one sample) or {self.rank} (a batch), "
+                             f"shapes {[a.shape for a in arrays]} are given.")
+        batches = [a if a.ndim == self.rank else a[None] for a in arrays]
+        shapes = {b.shape[1:] for b in batches}
         if len(shapes) != 1:
             raise ValueError(f"items in one batch must share a shape, {sorted(shapes)} are given.")
-        batch = np.stack(items).astype(np.float32, copy=False)
-        outputs = self.engine.run({self.input_name: batch})
-        return [{name: out[i] for name, out in outputs.items()} for i in range(len(items))]
+        joined = np.concatenate(batches)
+        step = self.max_batch or len(joined)
+        parts = [self.engine.run({self.input_name: joined[i:i + step]}) for i in range(0, len(joined), step)]
+        outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        replies, start = [], 0
+        for array, batch in zip(arrays, batches):
+            end = start + len(batch)
+            single = array.ndim == self.rank - 1
+            replies.append({name: out[start] if single else out[start:end] for name, out in outputs.items()})
+            start = end
+        return replies
 
 
 class VolumeRunner:

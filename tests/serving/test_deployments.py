@@ -53,6 +53,15 @@ def test_a_batch_is_one_engine_call_with_one_reply_per_item(tb):
         tb.run_batch([tb_item(size), tb_item(size // 2)])
 
 
+def test_an_item_may_be_a_whole_batch_of_samples():
+    vitals = ModelServer("vitals", {})
+    vitals.reconfigure({})
+    windows = np.random.default_rng(3).normal(size=(37, 12, 10)).astype(np.float32)
+    replies = vitals.run_batch([windows, windows[0]])
+    assert replies[0]["probability"].shape == (37, 1) and replies[1]["probability"].shape == (1,)
+    assert np.allclose(replies[0]["probability"][0], replies[1]["probability"])
+
+
 def test_reconfigure_swaps_version_and_runs_shadow(tb):
     versions = ModelRegistry().versions("tb")
     if len(versions) < 2:

@@ -52,7 +52,6 @@ def _generate(job: tuple[int, int, int, tuple, tuple, tuple]):
     from training.synthetic.ct import generate_ct
 
     seed, split, index, shape, spacing, window = job
-    torch.set_num_threads(1)
     sample = generate_ct(np.random.default_rng([seed, split, index]), tuple(shape), tuple(spacing))
     nodules = np.zeros((MAX_NODULES, 5), dtype=np.float32)
     for k, nod in enumerate(sample.nodules[:MAX_NODULES]):
@@ -67,7 +66,8 @@ def generate_volumes(n: int, seed: int, split: int, data: dict[str, Any], window
     if workers > 1 and n > 1:
         import multiprocessing
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
             return list(pool.map(_generate, jobs, chunksize=4))
     return [_generate(job) for job in jobs]
 
