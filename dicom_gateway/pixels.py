@@ -1,13 +1,15 @@
-"""DICOM pixel data to model input: decode, modality LUT, photometric handling, windowing.
+"""DICOM pixel data to model input: decode, modality LUT, VOI LUT, photometric handling, volumes.
 
 The array-level transform shared with training lives in :mod:`models.transforms`; this module only
-turns a dataset into a plain 2D array in MONOCHROME2 orientation (high value = dense).
+turns datasets into plain arrays: a 2D image in MONOCHROME2 orientation (high value = dense), the
+VOI LUT / windowed display values (PS3.3 C.11.2), the pixel spacing, and CT/MR volumes sorted by
+Image Position (Patient) along the slice normal (PS3.3 C.7.6.2.1.1) with their voxel spacing.
 """
 from __future__ import annotations
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from models.transforms import to_model_input
 
@@ -34,7 +36,13 @@ def grayscale_image(ds: Dataset) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         pixels = pixels[frames // 2]
-    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or pixels.ndim == 3:
+    if photometric == "PALETTE COLOR":
+        try:
+            pixels = apply_color_lut(pixels, ds)
+        except Exception as exc:  # noqa: BLE001 - a broken palette is a broken image
+            raise PixelDataError(f"the palette color lookup table cannot be applied: {exc}") from None
+    # pydicom returns YBR_FULL/YBR_FULL_422 converted to RGB (as_rgb), so every colour image is RGB here.
+    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR") or pixels.ndim == 3:
         pixels = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     else:
         pixels = apply_modality_lut(pixels, ds).astype(np.float32)
@@ -48,3 +56,115 @@ def grayscale_image(ds: Dataset) -> np.ndarray:
 def model_input(ds: Dataset, size_px: int) -> np.ndarray:
     """The float32 ``(1, size_px, size_px)`` input of a 2D image model for ``ds``."""
     return to_model_input(grayscale_image(ds), size_px)
+
+
+def windowed_image(ds: Dataset, index: int = 0) -> np.ndarray:
+    """The grayscale image after Modality LUT and VOI LUT (or the first Window Center/Width).
+
+    Without a VOI LUT or window the modality values are returned unchanged; MONOCHROME1 is inverted
+    so that the result is always in MONOCHROME2 orientation.
+
+    Raises
+    ------
+    PixelDataError
+        As :func:`grayscale_image`, or a colour image (VOI LUTs apply to grayscale only).
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if not photometric.startswith("MONOCHROME"):
+        raise PixelDataError(f"VOI LUT applies to MONOCHROME1/2 images, {photometric} is given")
+    if "PixelData" not in ds:
+        raise PixelDataError("the dataset has no Pixel Data (7FE0,0010)")
+    try:
+        pixels = ds.pixel_array
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            pixels = pixels[int(ds.NumberOfFrames) // 2]
+        values = apply_modality_lut(pixels, ds)
+        shown = apply_voi_lut(values, ds, index=index).astype(np.float32)
+    except Exception as exc:  # noqa: BLE001 - decoder or LUT error
+        raise PixelDataError(f"pixel data cannot be decoded: {type(exc).__name__}: {exc}") from None
+    if photometric == "MONOCHROME1":
+        shown = shown.max() + shown.min() - shown
+    return shown
+
+
+def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: Pixel Spacing, else Imager Pixel Spacing; None when absent."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return float(value[0]), float(value[1])
+    return None
+
+
+class VolumeError(PixelDataError):
+    """The slices cannot form one volume; the message says which slice and why."""
+
+
+def _slice_normal(ds: Dataset) -> np.ndarray:
+    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+    return np.cross(iop[:3], iop[3:])
+
+
+def sort_slices(datasets: list[Dataset]) -> list[Dataset]:
+    """The slices in ascending position along the slice normal.
+
+    Raises
+    ------
+    VolumeError
+        No slices, a slice without Image Position/Orientation (Patient), orientations or sizes
+        that differ, or two slices at the same position.
+    """
+    if not datasets:
+        raise VolumeError("a volume needs at least one slice, none is given")
+    first = datasets[0]
+    for ds in datasets:
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns"):
+            if keyword not in ds:
+                raise VolumeError(f"slice {ds.get('SOPInstanceUID', '?')} has no {keyword}")
+        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+            raise VolumeError(f"slice {ds.SOPInstanceUID} is {ds.Rows}x{ds.Columns}, slice "
+                              f"{first.SOPInstanceUID} is {first.Rows}x{first.Columns}: mixed sizes")
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float),
+                           np.asarray(first.ImageOrientationPatient, float), atol=1e-4):
+            raise VolumeError(f"slice {ds.SOPInstanceUID} has orientation {list(ds.ImageOrientationPatient)}"
+                              f", slice {first.SOPInstanceUID} {list(first.ImageOrientationPatient)}: "
+                              "mixed orientations")
+    normal = _slice_normal(first)
+    keyed = sorted(((float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))), ds) for ds in datasets),
+                   key=lambda item: item[0])
+    for (a, ds_a), (b, ds_b) in zip(keyed, keyed[1:]):
+        if abs(b - a) < 1e-3:
+            raise VolumeError(f"slices {ds_a.SOPInstanceUID} and {ds_b.SOPInstanceUID} are at the same "
+                              f"position ({a:.3f} mm along the normal)")
+    return [ds for _, ds in keyed]
+
+
+def ct_volume(datasets: list[Dataset]) -> tuple[np.ndarray, list[float], list[Dataset]]:
+    """Assemble a ``(Z, Y, X)`` float32 volume of modality values (HU for CT).
+
+    Returns
+    -------
+    tuple
+        The volume, ``spacing_mm`` as ``[slice, row, column]`` (slice spacing from the sorted
+        positions, Slice Thickness for a single slice) and the slices in volume order.
+
+    Raises
+    ------
+    VolumeError
+        See :func:`sort_slices`, or a slice whose pixels cannot be decoded.
+    """
+    series = sort_slices(datasets)
+    planes = []
+    for ds in series:
+        try:
+            planes.append(apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
+        except Exception as exc:  # noqa: BLE001 - one bad slice spoils the volume
+            raise VolumeError(f"slice {ds.SOPInstanceUID} cannot be decoded: {type(exc).__name__}: {exc}") from None
+    normal = _slice_normal(series[0])
+    positions = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))) for ds in series]
+    if len(series) > 1:
+        slice_mm = float(np.median(np.diff(positions)))
+    else:
+        slice_mm = float(series[0].get("SliceThickness", 1) or 1)
+    row_mm, column_mm = pixel_spacing_mm(series[0]) or (1.0, 1.0)
+    return np.stack(planes), [slice_mm, row_mm, column_mm], series

@@ -1,44 +1,37 @@
 """DICOM Storage SCP: C-ECHO and C-STORE (PS3.4 Annex A and B) with pynetdicom.
 
-Each C-STORE is decoded in ``try``, checked, written durably to the spool and recorded in the store
-*before* success is returned.  Bad input gets a specific failure status (see
-:class:`dicom_gateway.status.StoreStatus`), a log line with the reason, and the server keeps running.
-Studies of single-image modalities are declared complete when the association that brought them
-is released (or aborted: every instance already answered with success is on disk).
+Each C-STORE is decoded in ``try``, checked, written durably to the spool (temp file, fsync,
+rename, directory fsync) and recorded in the store *before* success is returned.  Bad input gets a
+specific failure status (see :class:`dicom_gateway.status.StoreStatus`), a log line with the
+reason, and the server keeps running.  Completion is decided by
+:class:`dicom_gateway.completion.StudyAssembler`; the SCP only reports arrivals and the end of
+each association.
+
+Associations are checked when requested: called AE title, the calling-AE allow-list with source
+address, and the spool's free-space watermark; each rejection is logged with its reason.  With a
+TLS context the same AE also listens on a second, TLS port.
 """
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from pathlib import Path
-from typing import Callable
 
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom import sop_class as sc
 
-from dicom_gateway.pixels import PixelDataError, grayscale_image
-from dicom_gateway.routing import DEFAULT_RULES, SINGLE_IMAGE_MODALITIES, Rule, route
-from dicom_gateway.status import StoreStatus
-from dicom_gateway.storage import check_uid, instance_path, write_durably
+from dicom_gateway import ledger, reactor
+from dicom_gateway.completion import StudyAssembler, StudyCallback
+from dicom_gateway.intake import GROUP_BY, STORAGE_SOP_CLASSES, SUPPORTED_SOP_CLASSES, Intake
+from dicom_gateway.retention import below_watermark, purge_processed
+from dicom_gateway.routing import DEFAULT_RULES, Rule
+from dicom_gateway.security import AllowList
+from dicom_gateway.status import RejectReason, RejectResult, RejectSource, StoreStatus
+from dicom_gateway.storage import remove_temporary_files
 
 log = logging.getLogger("medgate.dicom")
-
-#: Storage SOP classes a medgate model can use (PS3.4 Annex B.5).
-STORAGE_SOP_CLASSES = (
-    sc.ComputedRadiographyImageStorage,
-    sc.DigitalXRayImageStorageForPresentation,
-    sc.DigitalXRayImageStorageForProcessing,
-    sc.CTImageStorage,
-    sc.EnhancedCTImageStorage,
-    sc.MRImageStorage,
-    sc.VLPhotographicImageStorage,
-    sc.SecondaryCaptureImageStorage,
-)
-
-#: Called when a study is complete: (study_uid, model name).
-StudyCallback = Callable[[str, str], None]
-
 
 class StorageScp:
     """The gateway's listening AE.
@@ -48,118 +41,167 @@ class StorageScp:
     ae_title, host, port
         Our AE title and the address to bind (``port=0`` picks a free port, see :attr:`port`).
     store
-        The local store (instances and studies tables).
+        The local store (instances and studies tables, plus :mod:`dicom_gateway.ledger`'s).
     spool
         Directory that receives instance files.
     on_study_complete
-        Called with ``(study_uid, model)`` for each complete, routed study.
+        Called with ``(study_uid, model)`` once per complete, routed study (or series) and model.
+    max_associations
+        Concurrent associations; more are rejected by pynetdicom (local limit exceeded).
+    rules
+        Routing rules (:func:`dicom_gateway.routing.rules_from_config`).
+    allow
+        Calling AE titles with source addresses; empty allows all.
+    tls_port, ssl_context
+        A second, TLS listening port (``tls_port=0`` picks one, see :attr:`tls_port`).
+    group_by, quiet_period_s, poll_interval_s
+        Completion grouping and timing (:class:`~dicom_gateway.completion.StudyAssembler`).
+    min_free_bytes
+        Free-space watermark of the spool's file system.
+    retention_days
+        Processed studies older than this are deleted, checked at start and then hourly.
+    max_pdu_bytes
+        Our maximum receive PDU size; large PDUs mean fewer reactor rounds per instance.
+    fast_reactor
+        Use the event-driven reactors of :mod:`dicom_gateway.reactor` (default).
     """
 
     def __init__(self, ae_title: str, host: str, port: int, store, spool: Path,
                  on_study_complete: StudyCallback, *, max_associations: int = 10,
-                 rules: tuple[Rule, ...] = DEFAULT_RULES) -> None:
+                 rules: tuple[Rule, ...] = DEFAULT_RULES, allow: AllowList | None = None,
+                 tls_port: int | None = None, ssl_context: ssl.SSLContext | None = None,
+                 group_by: str = "study", quiet_period_s: float = 2.0, poll_interval_s: float = 0.1,
+                 min_free_bytes: int = 0, retention_days: float | None = None,
+                 max_pdu_bytes: int = 1024 * 1024, fast_reactor: bool = True) -> None:
+        if group_by not in GROUP_BY:
+            raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
+        if (tls_port is None) != (ssl_context is None):
+            raise ValueError("`tls_port` and `ssl_context` must be given together, "
+                             f"tls_port={tls_port!r} and ssl_context={ssl_context!r} are given.")
+        if fast_reactor:
+            reactor.install()
         self.ae = AE(ae_title=ae_title)
         self.ae.require_called_aet = True
         self.ae.maximum_associations = max_associations
+        self.ae.maximum_pdu_size = max_pdu_bytes
         self.ae.add_supported_context(sc.Verification)
-        for uid in STORAGE_SOP_CLASSES:
+        for uid in sorted(SUPPORTED_SOP_CLASSES):
             self.ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         self.address = (host, port)
+        self.tls_address = (host, tls_port) if tls_port is not None else None
+        self.ssl_context = ssl_context
         self.store = store
         self.spool = Path(spool)
-        self.on_study_complete = on_study_complete
         self.rules = rules
-        self._sop_classes = {str(uid) for uid in STORAGE_SOP_CLASSES}
-        self._open: dict[int, dict[str, str | None]] = {}  # association id -> {study: route}
+        self.allow = allow or AllowList()
+        self.group_by = group_by
+        self.min_free_bytes = int(min_free_bytes)
+        self.retention_days = retention_days
+        self._stop_housekeeping = threading.Event()
+        self.intake = Intake(store, self.spool, rules, group_by=group_by, min_free_bytes=min_free_bytes)
+        self.assembler = StudyAssembler(store, on_study_complete, quiet_period_s=quiet_period_s,
+                                        poll_interval_s=poll_interval_s)
+        self._open: dict[int, set[str]] = {}  # association id -> groups it delivered to
         self._lock = threading.Lock()
-        self._server = None
+        self._servers: list = []
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1] if self._server else self.address[1]
+        return self._servers[0].server_address[1] if self._servers else self.address[1]
+
+    @property
+    def tls_port(self) -> int | None:
+        if len(self._servers) > 1:
+            return self._servers[1].server_address[1]
+        return self.tls_address[1] if self.tls_address else None
 
     def start(self) -> None:
+        removed = remove_temporary_files(self.spool)
+        if removed:
+            log.info("removed %d partial spool file(s) left by an interrupted write", removed)
+        self.assembler.start()
+        if self.retention_days is not None:
+            self._stop_housekeeping.clear()
+            threading.Thread(target=self._housekeeping, name="medgate-retention", daemon=True).start()
         handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_association_end),
             (evt.EVT_ABORTED, self._on_association_end),
-            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
-        self._server = self.ae.start_server(self.address, block=False, evt_handlers=handlers)
+        self._servers.append(self.ae.start_server(self.address, block=False, evt_handlers=handlers))
         log.info("DICOM SCP %s listening on %s:%d", self.ae.ae_title, self.address[0], self.port)
+        if self.tls_address is not None:
+            self._servers.append(self.ae.start_server(self.tls_address, block=False, evt_handlers=handlers,
+                                                      ssl_context=self.ssl_context))
+            log.info("DICOM SCP %s listening with TLS on %s:%d", self.ae.ae_title, self.tls_address[0],
+                     self.tls_port)
 
     def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server = None
+        for server in self._servers:
+            server.shutdown()
+        self._servers = []
+        self._stop_housekeeping.set()
+        self.assembler.stop()
+
+    def _housekeeping(self, interval_s: float = 3600.0) -> None:
+        while True:
+            try:
+                purge_processed(self.store, self.spool, self.retention_days)
+            except Exception:  # noqa: BLE001 - retry at the next round
+                log.exception("retention failed")
+            if self._stop_housekeeping.wait(interval_s):
+                return
 
     # -- handlers ------------------------------------------------------------------------------
+    def _on_requested(self, event: evt.Event) -> None:
+        """A-ASSOCIATE-RQ received: allow-list and watermark (called AE: pynetdicom, logged here)."""
+        assoc = event.assoc
+        calling, address = assoc.requestor.ae_title, assoc.requestor.address
+        called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else "?"
+        if str(called).strip() != self.ae.ae_title.strip():
+            log.warning("association from %s (%s) rejected: called AE title %r is not ours (%r)",
+                        calling, address, str(called).strip(), self.ae.ae_title)
+            return  # pynetdicom sends the A-ASSOCIATE-RJ (called-AE-title-not-recognized)
+        reason = self.allow.reason_to_reject(calling, address)
+        if reason is not None:
+            log.warning("association from %s (%s) rejected: %s", calling, address, reason)
+            assoc.acse.send_reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
+                                   RejectReason.CALLING_AE_NOT_RECOGNIZED)
+            return
+        reason = below_watermark(self.spool, self.min_free_bytes)
+        if reason is not None:
+            log.error("association from %s (%s) rejected: %s", calling, address, reason)
+            assoc.acse.send_reject(RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                                   RejectReason.LOCAL_LIMIT_EXCEEDED)
+
     def _on_echo(self, event: evt.Event) -> int:
         return StoreStatus.SUCCESS
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        requestor = event.assoc.requestor
-        log.warning("association from %s (%s:%s) rejected", requestor.ae_title,
-                    requestor.address, requestor.port)
-
     def _on_store(self, event: evt.Event) -> int:
-        calling = event.assoc.requestor.ae_title
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title
         try:
             ds: Dataset = event.dataset
             ds.file_meta = event.file_meta
-            sop_class = check_uid("SOPClassUID", ds.SOPClassUID)
-            sop_instance = check_uid("SOPInstanceUID", ds.SOPInstanceUID)
-            study = check_uid("StudyInstanceUID", ds.StudyInstanceUID)
-            series = check_uid("SeriesInstanceUID", ds.SeriesInstanceUID)
         except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
             log.warning("C-STORE from %s refused: cannot decode dataset: %s", calling, exc)
             return StoreStatus.CANNOT_UNDERSTAND
-        if sop_class not in self._sop_classes:
-            log.warning("C-STORE %s from %s refused: SOP class %s not supported", sop_instance,
-                        calling, sop_class)
-            return StoreStatus.SOP_CLASS_NOT_SUPPORTED
-        if sop_class != str(event.context.abstract_syntax):
-            log.warning("C-STORE %s from %s refused: SOP class %s differs from the context's %s",
-                        sop_instance, calling, sop_class, event.context.abstract_syntax)
-            return StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
-        model = route(ds, self.rules)
-        if model is not None:
-            try:
-                grayscale_image(ds)
-            except PixelDataError as exc:
-                log.warning("C-STORE %s (study %s) from %s refused: %s", sop_instance, study,
-                            calling, exc)
-                return StoreStatus.CANNOT_UNDERSTAND
-        try:
-            path = instance_path(self.spool, study, sop_instance)
-            write_durably(path, event.encoded_dataset())
-            new = self.store.add_instance({
-                "sop_instance_uid": sop_instance, "study_uid": study, "series_uid": series,
-                "sop_class_uid": sop_class, "modality": str(ds.get("Modality", "")),
-                "path": str(path), "calling_ae": calling,
-            })
-        except OSError as exc:
-            log.error("C-STORE %s (study %s): cannot persist: %s", sop_instance, study, exc)
-            return StoreStatus.OUT_OF_RESOURCES
-        log.info("stored %s%s (study %s, %s) from %s -> %s", sop_instance,
-                 "" if new else " (duplicate)", study, ds.get("Modality", "?"), calling,
-                 model or "no model")
-        if str(ds.get("Modality", "")).upper() in SINGLE_IMAGE_MODALITIES or model is None:
-            with self._lock:
-                self._open.setdefault(id(event.assoc), {})[study] = model
+        result = self.intake.accept(ds, event.encoded_dataset, calling, assoc.acceptor.ae_title,
+                                    context_sop_class=str(event.context.abstract_syntax))
+        if result.status != StoreStatus.SUCCESS:
+            return result.status
+        with self._lock:
+            self._open.setdefault(id(assoc), set()).add(result.group_uid)
+        if result.counted:
+            self.assembler.nudge()
         return StoreStatus.SUCCESS
 
     def _on_association_end(self, event: evt.Event) -> None:
         with self._lock:
-            studies = self._open.pop(id(event.assoc), {})
-        for study, model in studies.items():
-            if model is None:
-                self.store.set_study_status(study, "unrouted", detail="no routing rule matched")
-                log.info("study %s stored; no routing rule matched", study)
-                continue
-            self.store.set_study_status(study, "complete", route=model)
-            try:
-                self.on_study_complete(study, model)
-            except Exception:  # noqa: BLE001 - a failing consumer must not kill the SCP
-                log.exception("study %s: completion callback failed", study)
+            groups = self._open.pop(id(event.assoc), set())
+        if groups:
+            ledger.mark_released(self.store, groups)
+            self.assembler.nudge()

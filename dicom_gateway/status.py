@@ -20,3 +20,36 @@ class StoreStatus(IntEnum):
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     #: PS3.4 B.2.3 Error: Cannot understand (Cxxx); 0xC210 is pynetdicom's "cannot decode dataset".
     CANNOT_UNDERSTAND = 0xC000
+
+
+class RejectResult(IntEnum):
+    """A-ASSOCIATE-RJ Result (PS3.8 9.3.4, Table 9-21)."""
+
+    #: Rejected (permanent): retrying the same request will fail again.
+    PERMANENT = 0x01
+    #: Rejected (transient): the requestor may retry later.
+    TRANSIENT = 0x02
+
+
+class RejectSource(IntEnum):
+    """A-ASSOCIATE-RJ Source (PS3.8 9.3.4, Table 9-21)."""
+
+    #: DICOM UL service-user.
+    SERVICE_USER = 0x01
+    #: DICOM UL service-provider (ACSE related function).
+    SERVICE_PROVIDER_ACSE = 0x02
+    #: DICOM UL service-provider (Presentation related function).
+    SERVICE_PROVIDER_PRESENTATION = 0x03
+
+
+class RejectReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. (PS3.8 9.3.4, Table 9-21); the meaning depends on the source."""
+
+    #: Source 1: no-reason-given.
+    NO_REASON_GIVEN = 0x01
+    #: Source 1: calling-AE-title-not-recognized.
+    CALLING_AE_NOT_RECOGNIZED = 0x03
+    #: Source 1: called-AE-title-not-recognized.
+    CALLED_AE_NOT_RECOGNIZED = 0x07
+    #: Source 3: local-limit-exceeded (medgate: the spool's free-space watermark is reached).
+    LOCAL_LIMIT_EXCEEDED = 0x02

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 #: PS3.5 9.1: a UID is digits and dots, at most 64 characters.
@@ -24,7 +25,7 @@ def check_uid(name: str, value: str) -> str:
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, dir fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
         view = memoryview(data)
@@ -44,3 +45,15 @@ def write_durably(path: Path, data: bytes) -> None:
 def instance_path(spool: Path, study_uid: str, sop_instance_uid: str) -> Path:
     return spool / check_uid("StudyInstanceUID", study_uid) / (
         check_uid("SOPInstanceUID", sop_instance_uid) + ".dcm")
+
+
+def remove_temporary_files(spool: Path) -> int:
+    """Delete ``.<name>.<pid>.tmp`` files an interrupted write left (never acknowledged); count them."""
+    spool = Path(spool)
+    if not spool.is_dir():
+        return 0
+    removed = 0
+    for tmp in spool.glob("*/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed

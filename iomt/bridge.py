@@ -200,6 +200,11 @@ class VitalsBridge:
                 time.sleep(COMMIT_RETRY_S)
         if out.replayed_ids:
             self.store.mark_replayed(out.replayed_ids)
+        if out.beds and hasattr(self.store, "record_beds"):
+            try:
+                self.store.record_beds(list(out.beds.values()))
+            except Exception:  # noqa: BLE001 - the census is display state; never block the batch
+                log.exception("recording the bed census failed")
         if out.outbox_rows and self.outbox is not None:
             self.outbox.notify()
 

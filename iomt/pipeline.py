@@ -49,6 +49,7 @@ class BatchOut:
     dead_letters: list[tuple[str, str, bytes | None, str | None]] = field(default_factory=list)
     outbox_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     replayed_ids: list[int] = field(default_factory=list)
+    beds: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (ward, bed) -> census row
     alerts: int = 0
     processed: int = 0
 
@@ -97,6 +98,9 @@ class VitalsPipeline:
             scale = max(scale, assoc.spo2_scale)  # scale 2 when the ADT or the payload says so
         patient_ref = patient_reference(msg.patient_id, msg.patient_system)
         device_ref = device_reference(device) if device else None
+        if location.ward and location.bed:  # the bed census of the dashboard's ward board
+            out.beds[(location.ward, location.bed)] = (location.ward, location.bed, location.site,
+                                                       patient_ref, device, msg.time.isoformat())
         if isinstance(msg, EcgChunk):
             out.resources.append(ecg_observation(msg, patient_ref, device_ref))
             out.processed += 1

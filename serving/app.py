@@ -11,9 +11,11 @@ from typing import Any
 from ray.serve import Application
 
 from models.registry import ModelRegistry
+from serving.auth import token_digests
 from serving.config import Settings, load_config
 from serving.deployments import ModelDeployment
 from serving.ingress import Ingress
+from serving.stow import stow_settings
 from serving.versions import read_versions
 
 APP_NAME = "medgate"
@@ -37,8 +39,9 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
             max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         ).bind(name, options)
-    limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s}
-    return Ingress.bind(models, str(settings.state_dir.resolve()), limits)
+    limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s,
+              "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings)}
+    return Ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
 
 
 def app_builder(args: dict[str, str]) -> Application:

@@ -23,6 +23,8 @@ ENV_PREFIX = "MEDGATE_"
 CONFIG_ENV = "MEDGATE_CONFIG"
 
 #: PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
+#: Keys whose values are secrets: never echoed in error messages or ``check-config``.
+SECRET_KEYS = ("token", "password")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 
@@ -40,11 +42,71 @@ def _ae_title(value: str) -> str:
     return value.strip()
 
 
+class DicomPeer(_Section):
+    """One allowed association requestor: its calling AE title and source address."""
+
+    ae_title: str
+    host: str  # IP address the association must come from; "*" = any
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class DicomTls(_Section):
+    """DICOM Secure Transport Connection Profile (PS3.15 B.1) on a second port."""
+
+    port: int = Field(2762, ge=0, le=65535)  # 2762: IANA "dicom-tls"
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None  # set = client certificates signed by it are required
+
+
+class DicomCompletion(_Section):
+    group_by: Literal["study", "series"] = "study"
+    quiet_period_s: float = Field(2.0, gt=0)  # after the last instance, when no count is known
+    poll_interval_s: float = Field(0.1, gt=0)  # how often the store is checked (STOW-RS, restarts)
+
+
+class DicomStorage(_Section):
+    retention_days: float | None = Field(None, gt=0)  # processed studies older than this are deleted
+    min_free_bytes: int = Field(1024**3, ge=0)  # below this, associations/instances are refused
+
+
+class DicomRoute(_Section):
+    """One routing rule (see dicom_gateway.routing.Rule); empty criteria match anything."""
+
+    models: list[str] = Field(min_length=1)
+    modality: list[str] = []
+    body_part: list[str] = []
+    sop_class: list[str] = []
+    series_description: str | None = None  # regular expression, case-insensitive search
+    calling_ae: list[str] = []
+    called_ae: list[str] = []
+    min_rows: int | None = Field(None, ge=1)
+    min_columns: int | None = Field(None, ge=1)
+    max_rows: int | None = Field(None, ge=1)
+    max_columns: int | None = Field(None, ge=1)
+
+    @field_validator("series_description")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"must be a regular expression ({exc}), {value!r} is given") from None
+        return value
+
+
 class DicomConfig(_Section):
     ae_title: str = "MEDGATE"
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(10, ge=1)
+    max_pdu_bytes: int = Field(1024 * 1024, ge=0)  # our maximum receive PDU (0 = unlimited)
+    allow: list[DicomPeer] = []  # empty = any calling AE from any address
+    tls: DicomTls | None = None
+    completion: DicomCompletion = DicomCompletion()
+    storage: DicomStorage = DicomStorage()
+    routes: list[DicomRoute] = [DicomRoute(models=["tb"], modality=["CR", "DX"], body_part=["CHEST"])]
     _check_ae = field_validator("ae_title")(_ae_title)
 
 
@@ -171,6 +233,27 @@ class IomtConfig(_Section):
     risk: RiskConfig = RiskConfig()
 
 
+class TokenEntry(_Section):
+    token: str = Field(min_length=16, repr=False)  # never shown by repr or logs
+    role: Literal["clinician", "engineer", "admin"]
+    name: str = Field(min_length=1)
+
+
+class AuthConfig(_Section):
+    # Static bearer tokens (docs/security.md has the role matrix). None configured: `medgate serve`
+    # generates an admin token at first start, keeps it in state_dir/auth/admin.token (0600) and
+    # prints it once.
+    tokens: list[TokenEntry] = []
+    cookie_max_age_s: int = Field(8 * 3600, ge=60)  # dashboard session cookie lifetime
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, value: list[TokenEntry]) -> list[TokenEntry]:
+        if len({t.token for t in value}) != len(value):
+            raise ValueError("each token must be unique")
+        return value
+
+
 class ServingConfig(_Section):
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -200,6 +283,7 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     iomt: IomtConfig = IomtConfig()
     serving: ServingConfig = ServingConfig()
+    auth: AuthConfig = AuthConfig()
     log_level: str = "INFO"
 
     @classmethod
@@ -214,6 +298,17 @@ class Settings(BaseSettings):
         # The YAML file arrives through init kwargs (see load_config), so it must rank below env:
         # init_settings here holds only the YAML content and explicit overrides are merged first.
         return env_settings, init_settings
+
+    def public_json(self) -> str:
+        """The configuration as JSON with every secret masked (for ``check-config``)."""
+        data = self.model_dump(mode="json")
+        for entry in data["auth"]["tokens"]:
+            entry["token"] = "***"
+        if data["mqtt"].get("password"):
+            data["mqtt"]["password"] = "***"
+        import json
+
+        return json.dumps(data, indent=2)
 
     @property
     def db_path(self) -> Path:
@@ -265,7 +360,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Settings:
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
             given = err.get("input")
-            shown = "" if isinstance(given, dict) else f" ({given!r} is given)"
+            secret = any(word in key for word in SECRET_KEYS)
+            shown = "" if isinstance(given, (dict, list)) or secret else f" ({given!r} is given)"
             problems.append(f"  {key}: {err['msg']}{shown}")
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{source}:\n" + "\n".join(problems)) from None

@@ -42,7 +42,8 @@ class Loaded:
         return {"name": m.name, "version": m.version, "engine": self.engine.name,
                 "device": self.engine.device, "input_size_px": m.input_size_px, "threshold": m.threshold,
                 "finding": {"value": m.finding.value, "scheme": m.finding.scheme, "meaning": m.finding.meaning}
-                if m.finding else None, "intended_use": m.intended_use}
+                if m.finding else None, "classes": m.raw.get("classes"),
+                "operating_point": m.raw.get("operating_point"), "intended_use": m.intended_use}
 
 
 def load_version(model: str, version: str | None, options: dict[str, Any]) -> Loaded:

@@ -35,7 +35,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_gateway.overlay import build_overlay
-from dicom_gateway.pixels import model_input
+from dicom_gateway.ledger import routed_instances
+from dicom_gateway.pixels import ct_volume, model_input
 from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report
@@ -136,7 +137,9 @@ class ImagingPipeline:
         start = time.perf_counter()
         info = self.model_info(model)
         datasets = [dcmread(row["path"]) for row in self.store.instances_of(study_uid)]
-        datasets = [ds for ds in datasets if route(ds, DEFAULT_RULES) == model]
+        routed = routed_instances(self.store, study_uid, model)  # as decided at arrival (dicom.routes)
+        datasets = [ds for ds in datasets if (ds.SOPInstanceUID in routed if routed is not None
+                                              else route(ds, DEFAULT_RULES) == model)]
         if not datasets:
             raise ValueError(f"study {study_uid} has no image routed to {model!r}")
         if model in VOLUME_MODELS:
@@ -171,12 +174,7 @@ class ImagingPipeline:
         return paths
 
     def _process_volume(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
-        series = sorted(datasets, key=lambda ds: float(np.dot(
-            np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3))),
-            np.asarray(ds.ImagePositionPatient, float))))
-        volume = np.stack([ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
-                           for ds in series]).astype(np.float32)
-        spacing = [float(series[0].get("SliceThickness", 1) or 1), *map(float, series[0].PixelSpacing)]
+        volume, spacing, series = ct_volume(datasets)  # sorted along the normal; VolumeError if mixed
         reply = self.handles[info["name"]].remote({"volume": volume, "spacing_mm": spacing}).result(
             timeout_s=self.timeout_s)
         findings = self._volume_findings(series, reply, info)

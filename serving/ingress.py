@@ -8,6 +8,12 @@
   body ``{"window": ...}``): findings JSON, and for a DICOM upload the TID 1500 SR written for it.
 - ``GET /v1/results/{study_uid}/{name}`` — a produced result object.
 - ``GET /metrics`` — Prometheus text format.
+- ``POST /dicomweb/studies`` — STOW-RS into the DICOM gateway (:mod:`serving.stow`).
+- ``/`` (dashboard), ``/v1/ward``, ``/v1/stream/ward``, ``/v1/worklist``, ``/v1/overlay/...``,
+  ``/v1/system``, ``/v1/session`` and the FHIR read API ``/fhir/...``: :mod:`serving.web`.
+
+Every path except ``/healthz``, ``/readyz`` and the dashboard's static files needs a bearer token
+(:mod:`serving.auth` has the role matrix); reads of patient data are audited (:mod:`serving.audit`).
 
 Limits: bodies over ``max_upload_bytes`` get 413; a model whose queue is full gets 429 with
 ``Retry-After``; a model that does not answer within ``timeout_s`` gets 504.
@@ -27,8 +33,11 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from serving import stow
 from serving.metrics import IngressMetrics
 from serving.uploads import UploadError, decode, model_item, vitals_window
+from serving.web import install_routes
+from serving import web_context
 
 #: The status file is stale (its writer is gone) after this long without a heartbeat.
 STATUS_STALE_S = 15.0
@@ -39,6 +48,8 @@ _RESULT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 api = FastAPI(title="medgate", version="0.1.0",
               description="AI clinical decision support server. Results are NOT FOR CLINICAL USE.")
+api.include_router(stow.router)  # POST /dicomweb/studies (STOW-RS), see serving/stow.py
+install_routes(api)  # guard (bearer tokens, roles), dashboard, ward, worklist, system, /fhir
 
 
 def read_components(state_dir: Path) -> dict:
@@ -56,13 +67,17 @@ def _error(status: int, reason: str, **headers: str) -> JSONResponse:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, models: dict[str, DeploymentHandle], state_dir: str,
-                 limits: dict[str, Any] | None = None) -> None:
+                 limits: dict[str, Any] | None = None, auth: list | None = None) -> None:
         self.models = models
         self.state_dir = Path(state_dir)
         limits = limits or {}
+        # auth: (sha256 digest, role, name) per token; never the tokens themselves.
+        web_context.install(self.state_dir, [tuple(a) for a in auth or []], models,
+                            int(limits.get("cookie_max_age_s", 8 * 3600)))
         self.max_upload_bytes = int(limits.get("max_upload_bytes", 64 * 1024 * 1024))
         self.timeout_s = float(limits.get("timeout_s", 30.0))
         self.metrics = IngressMetrics()
+        stow.configure(api, self.state_dir, limits.get("dicom"))
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -147,12 +162,15 @@ class Ingress:
         return data, context
 
     @api.get("/v1/results/{study_uid}/{name}")
-    def result_file(self, study_uid: str, name: str):
+    def result_file(self, study_uid: str, name: str, request: Request):
         if not _UID.match(study_uid) or not _RESULT_NAME.match(name):
             return _error(400, "invalid study UID or result name")
         path = self.state_dir / "results" / study_uid / name
+        ctx = web_context.current()
         if not path.is_file():
+            ctx.record(request, "read", "not-found", study_uid=study_uid, detail=name)
             return _error(404, "no such result")
+        ctx.record(request, "read", study_uid=study_uid, detail=name)
         return FileResponse(path, media_type="application/dicom")
 
     @api.get("/metrics")

@@ -35,11 +35,26 @@ class ServerProcess:
         self.env = {**os.environ, "MEDGATE_CONFIG": str(self.config_path)}
         self.proc: subprocess.Popen | None = None
 
-    def http_get(self, path: str) -> tuple[int, Any]:
-        """(status, JSON body) of ``GET path`` on the server; status 0 when nothing answers."""
+    @property
+    def token(self) -> str | None:
+        """The bearer token requests send: the config's first admin token (else its first), or the
+        admin token ``medgate serve`` generated under state_dir."""
+        tokens = sorted((self.config.get("auth") or {}).get("tokens") or [], key=lambda t: t["role"] != "admin")
+        if tokens:
+            return tokens[0]["token"]
+        path = Path(self.config.get("state_dir", "./var")) / "auth" / "admin.token"
+        return path.read_text().strip() if path.is_file() else None
+
+    def http_get(self, path: str, token: str | None | bool = True) -> tuple[int, Any]:
+        """(status, JSON body) of ``GET path`` on the server; status 0 when nothing answers.
+
+        ``token``: True sends :attr:`token`, False or None sends none, a string sends that one.
+        """
         url = f"http://127.0.0.1:{self.config['http']['port']}{path}"
+        bearer = self.token if token is True else (token or None)
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
+            with urllib.request.urlopen(request, timeout=10) as resp:
                 status, body = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, body = exc.code, exc.read()

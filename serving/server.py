@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from dicom_gateway.scp import StorageScp
+from dicom_gateway.wiring import build_scp
 from dicom_gateway.scu import send_files
 from iomt.bridge import VitalsBridge, broker_address
 from iomt.risk import ray_predictor
@@ -91,9 +92,8 @@ class Server:
             fhir_base_url=cfg.fhir.base_url if cfg.fhir.send_reports else None,
             identity=patient_identity(cfg))
         self.pipeline.start()
-        self.scp = StorageScp(cfg.dicom.ae_title, cfg.dicom.host, cfg.dicom.port, self.store,
-                              self.state_dir / "spool", self.pipeline.submit,
-                              max_associations=cfg.dicom.max_associations)
+        self.scp = build_scp(cfg.dicom, self.store, self.state_dir / "spool", self.pipeline.submit,
+                             known_models=handles)
         self.scp.start()
         self.write_status()
         pacs = cfg.destinations.pacs
@@ -158,7 +158,23 @@ class Server:
         log.info("medgate stopped")
 
 
+def first_start_token(settings: Settings) -> None:
+    """With no ``auth.tokens``, make sure an admin token exists under state_dir; print a new one once."""
+    if settings.auth.tokens:
+        return
+    from serving.auth import ADMIN_TOKEN_FILE, ensure_admin_token
+
+    token, created = ensure_admin_token(settings.state_dir.resolve())
+    path = settings.state_dir.resolve() / ADMIN_TOKEN_FILE
+    if created:  # stdout, not the log: shown to whoever started the server, this once
+        print(f"medgate: no auth.tokens configured; generated an admin API token, stored in {path} (0600)."
+              f"\nmedgate: admin token (shown once): {token}", flush=True)
+    else:
+        log.info("no auth.tokens configured: using the admin token in %s", path)
+
+
 def serve_forever(settings: Settings) -> None:
+    first_start_token(settings)
     server = Server(settings)
     try:
         server.start()

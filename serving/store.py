@@ -59,6 +59,17 @@ CREATE TABLE IF NOT EXISTS fhir_resources (
     updated_at REAL NOT NULL,
     PRIMARY KEY (resource_type, id)
 );
+CREATE INDEX IF NOT EXISTS fhir_resources_subject ON fhir_resources(resource_type, subject, updated_at);
+CREATE TABLE IF NOT EXISTS bed_census (
+    ward TEXT NOT NULL,
+    bed TEXT NOT NULL,
+    site TEXT,
+    patient_ref TEXT NOT NULL,     -- who the latest vitals from this bed were for
+    device TEXT,
+    seen_at TEXT NOT NULL,         -- ISO 8601 time of that message
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (ward, bed)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     source TEXT NOT NULL,
@@ -231,6 +242,15 @@ class Store:
                     "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, status,"
                     " next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
                     [(*o, now, now) for o in outbox_rows])
+
+    def record_beds(self, beds: list[tuple[str, str, str | None, str, str | None, str]]) -> None:
+        """Upsert the bed census: ``(ward, bed, site, patient_ref, device, seen_at_iso)`` rows."""
+        if not beds:
+            return
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO bed_census VALUES (?,?,?,?,?,?,?)",
+                           [(*b, now) for b in beds])
 
     def parked(self, device: str) -> list[dict[str, Any]]:
         """Dead letters parked for ``device`` (reason "unknown device") not yet replayed."""

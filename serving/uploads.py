@@ -85,7 +85,7 @@ def model_item(model: str, decoded: Decoded, info: dict[str, Any]) -> np.ndarray
 
         return to_model_input(to_gray(decoded.pixels), int(info["input_size_px"]))
     if model == "derm":
-        from models.derm.preprocess import to_model_input as derm_input
+        from models.derm.preprocess import to_derm_input as derm_input
 
         pixels = decoded.pixels if decoded.pixels.ndim == 3 else np.repeat(decoded.pixels[..., None], 3, -1)
         return derm_input(pixels, int(info["input_size_px"]))

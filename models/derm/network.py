@@ -3,10 +3,11 @@
 Why not ``EfficientNetBN("efficientnet-b0")``?  Measured on 2 CPU cores at 128 px (batch 32,
 one Adam step): b0 has 4.0 M parameters and trains at ~12 images/s, i.e. about 3,600 images in
 five minutes, too few to learn from scratch.  :class:`DermNetConfig`'s default keeps b0's block
-design (MBConv with squeeze-excitation, same kernels/strides/expansions) but five stages of one
-block each and ``width_coefficient=0.5``: ~0.07 M parameters, ~120 images/s at 128 px.  Batch
-norm momentum is raised to 0.1 (MONAI's EfficientNet default is 0.01, tuned for long ImageNet
-runs) so running statistics settle within a few hundred steps.
+design (MBConv with squeeze-excitation, b0's kernels, strides and expansion 6) but only its first
+five stages with one block each, and ``width_coefficient=0.5``: ~0.10 M parameters, ~45
+images/s at 96 px on one thread of a busy shared machine (well over 100 images/s on two idle
+cores).  Batch-norm momentum is raised to 0.1 (MONAI's EfficientNet default is 0.01, tuned for
+long ImageNet runs) so running statistics settle within a few hundred steps.
 
 ``build_derm_network(DermNetConfig(variant="efficientnet-b0"))`` gives the full b0 (for GPU or
 real-data training) with the same interface.

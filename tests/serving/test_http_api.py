@@ -16,6 +16,9 @@ from peers import free_port, wait_until
 from serving.config import load_config
 
 MAX_UPLOAD = 2 * 1024 * 1024
+TOKEN = "http-api-test-token-0123456789"
+ADMIN_TOKEN = "http-api-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,9 @@ def app(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("api")
     settings = load_config(None, state_dir=str(root), http={"port": free_port(), "max_upload_bytes": MAX_UPLOAD},
-                           serving={"max_ongoing_requests": 2, "max_queued_requests": 2, "num_cpus": 0.5})
+                           serving={"max_ongoing_requests": 2, "max_queued_requests": 2, "num_cpus": 0.5},
+                           auth={"tokens": [{"token": TOKEN, "role": "engineer", "name": "api test"},
+                                             {"token": ADMIN_TOKEN, "role": "admin", "name": "api admin"}]})
     ray.init(include_dashboard=False, num_cpus=4, namespace="medgate-test", logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": settings.http.port})
     serve.run(build_app(settings, versions={}), name=APP_NAME, route_prefix="/")
@@ -55,11 +60,22 @@ def png_bytes() -> bytes:
 
 def infer(app, model: str, data: bytes, name: str = "x") -> requests.Response:
     return requests.post(f"{app['url']}/v1/infer/{model}", files={"file": (name, data)},
-                         data={"patient_id": "079123456789"}, timeout=60)
+                         data={"patient_id": "079123456789"}, headers=AUTH, timeout=60)
+
+
+def test_tokens_are_required_except_for_health_checks(app):
+    assert requests.get(f"{app['url']}/healthz", timeout=30).status_code == 200
+    for path in ("/v1/models", "/metrics", "/fhir/metadata", "/v1/system"):
+        response = requests.get(app["url"] + path, timeout=30)
+        assert response.status_code == 401, path
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert requests.get(f"{app['url']}/fhir/Observation", headers=AUTH, timeout=30).status_code == 403
+    system = requests.get(f"{app['url']}/v1/system", headers=AUTH, timeout=30).json()
+    assert {m["name"] for m in system["models"]} >= {"tb"} and "outbox" in system
 
 
 def test_models_listing(app):
-    models = requests.get(f"{app['url']}/v1/models", timeout=30).json()
+    models = requests.get(f"{app['url']}/v1/models", headers=AUTH, timeout=30).json()
     tb = next(m for m in models if m["name"] == "tb")
     assert tb["device"] == "cpu" and tb["engine"].startswith("onnxruntime")
     assert tb["version"] == ModelRegistry().get("tb").version
@@ -72,8 +88,24 @@ def test_dicom_upload_gives_findings_and_an_sr(app):
     assert 0.0 <= body["findings"][0]["probability"] <= 1.0
     assert body["context"] == {"patient_id": "079123456789"}
     assert "not for clinical use" in body["intended_use"].lower()
-    sr = requests.get(app["url"] + body["links"]["sr"], timeout=30)
+    sr = requests.get(app["url"] + body["links"]["sr"], headers=AUTH, timeout=30)
+    assert sr.status_code == 403  # results are patient data: clinicians and admins only
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    sr = requests.get(app["url"] + body["links"]["sr"], headers=admin, timeout=30)
     assert sr.status_code == 200 and sr.content[128:132] == b"DICM"
+
+
+def test_derm_photo_upload_gives_seven_calibrated_classes(app):
+    from PIL import Image
+
+    if "derm" not in ModelRegistry().names():
+        pytest.skip("no derm model registered")
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(4).random((150, 160, 3)) * 255).astype(np.uint8)).save(buffer, "JPEG")
+    response = infer(app, "derm", buffer.getvalue(), "lesion.jpg")
+    assert response.status_code == 200, response.text
+    findings = response.json()["findings"]
+    assert len(findings) == 7 and abs(sum(f["probability"] for f in findings) - 1.0) < 1e-3
 
 
 def test_png_upload(app):
@@ -94,9 +126,10 @@ def test_bad_uploads_get_4xx_with_a_reason(app, data, status):
 
 
 def test_unknown_model_and_wrong_content_type(app):
-    assert requests.post(f"{app['url']}/v1/infer/xray9000", files={"file": ("x", b"x")}, timeout=30).status_code == 404
-    response = requests.post(f"{app['url']}/v1/infer/tb", data=b"raw", headers={"content-type": "text/plain"},
-                             timeout=30)
+    assert requests.post(f"{app['url']}/v1/infer/xray9000", files={"file": ("x", b"x")}, headers=AUTH,
+                         timeout=30).status_code == 404
+    response = requests.post(f"{app['url']}/v1/infer/tb", data=b"raw",
+                             headers={"content-type": "text/plain", **AUTH}, timeout=30)
     assert response.status_code == 415
 
 
@@ -124,7 +157,7 @@ def test_concurrent_requests_are_batched(app):
 
 
 def test_metrics(app):
-    text = requests.get(f"{app['url']}/metrics", timeout=30).text
+    text = requests.get(f"{app['url']}/metrics", headers=AUTH, timeout=30).text
     assert 'medgate_http_requests_total{model="tb",status="200"}' in text
     assert "medgate_model_batch_size_bucket" in text
     assert "medgate_model_queue_depth" in text

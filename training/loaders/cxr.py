@@ -100,3 +100,28 @@ def shenzhen(root: Path, size_px: int = 224) -> ListDataset:
 def montgomery(root: Path, size_px: int = 224) -> ListDataset:
     """Montgomery County chest X-ray set (``MCUCXR_*``)."""
     return cxr_png(root, size_px, "MCUCXR_")
+
+
+def _dicom_item(path: Path, label: int, centres: list, size_px: int) -> dict[str, torch.Tensor]:
+    from pydicom import dcmread
+
+    from dicom_gateway.pixels import grayscale_image
+
+    pad = np.full((MAX_LESIONS, 2), np.nan, dtype=np.float32)
+    if centres:
+        pad[: min(len(centres), MAX_LESIONS)] = np.asarray(centres[:MAX_LESIONS], dtype=np.float32)
+    image = to_model_input(grayscale_image(dcmread(path)), size_px)
+    return {"image": torch.from_numpy(image), "label": torch.tensor(float(label)), "centres": torch.from_numpy(pad)}
+
+
+def medgate_export(root: Path, size_px: int = 224) -> ListDataset:
+    """A ``medgate export-training`` folder (``<out>/<model>``): ``dataset.json`` training entries
+    ``{"image": "images/<uid>.dcm", "label": 0/1, "centres": [[x, y], ...]}`` (DICOM images)."""
+    datalist = Path(root) / "dataset.json"
+    if not datalist.is_file():
+        raise FileNotFoundError(f"`root` must hold the dataset.json of medgate export-training, {root} is given.")
+    entries = json.loads(datalist.read_text(encoding="utf-8")).get("training", [])
+    if not entries:
+        raise FileNotFoundError(f"{datalist} lists no training entries.")
+    records = [(Path(root) / e["image"], int(e["label"]), [tuple(c) for c in e.get("centres", [])]) for e in entries]
+    return ListDataset(records, lambda r: _dicom_item(*r, size_px))

@@ -356,7 +356,8 @@ def check_prior(prior) -> np.ndarray:
     """A validated class prior: 7 non-negative numbers summing to 1 (normalised if not)."""
     arr = np.asarray(prior, dtype=np.float64)
     if arr.shape != (len(CLASSES),) or not np.isfinite(arr).all() or (arr < 0).any() or arr.sum() <= 0:
-        raise ValueError(f"`prior` must be {len(CLASSES)} non-negative weights in the order {CLASSES}, {prior!r} is given.")
+        raise ValueError(f"`prior` must be {len(CLASSES)} non-negative weights in the order {CLASSES}, "
+                         f"{prior!r} is given.")
     return arr / arr.sum()
 
 

@@ -117,7 +117,7 @@ class DermTask(Task):
                      "source_size_px": 128, "train_prior": "balanced", "workers": 2},
             "input": {"size_px": 96},
             "network": {**DermNetConfig(image_size_px=96).as_dict()},
-            "train": {"batch_size": 32, "lr": 0.004, "weight_decay": 1e-5, "max_steps": 900, "seconds": None,
+            "train": {"batch_size": 32, "lr": 0.004, "weight_decay": 1e-5, "max_steps": 720, "seconds": None,
                       "amp": True, "checkpoint_every": 100, "num_workers": 0, "schedule": "cosine",
                       "class_weights": None, "label_smoothing": 0.0},
             "eval": {"bootstrap_resamples": 500, "calibration_bins": 15, "mel_target_sensitivity": 0.85},
@@ -166,7 +166,8 @@ class DermTask(Task):
             full.records = [(full.records[i][0], CLASSES.index(mapping[names[i]])) for i in keep]
             labels = np.array([label for _, label in full.records])
         parts = split_indices(len(full), (0.7, 0.15, 0.15), seed)
-        out: dict[str, Dataset] = {name: Subset(full, idx.tolist()) for name, idx in zip(("train", "val", "test"), parts)}
+        names = ("train", "val", "test")
+        out: dict[str, Dataset] = {name: Subset(full, idx.tolist()) for name, idx in zip(names, parts)}
         if data.get("train_prior", "balanced") == "balanced":
             out["train"] = BalancedView(out["train"], labels[parts[0]], seed)
         return out

@@ -2,7 +2,7 @@
 
 Data: generated radiographs (:mod:`training.synthetic.cxr`) from three distinct seeds for the
 train / validation / held-out test splits, or a real dataset (``data.source``: ``tbx11k``,
-``shenzhen`` or ``montgomery`` under ``data.root``, split 70/15/15 by seed).  Items are
+``shenzhen``, ``montgomery`` or ``medgate_export`` (``medgate export-training``'s ``<out>/tb``) under ``data.root``, split 70/15/15 by seed).  Items are
 ``image`` float32 (1, S, S) from :func:`models.transforms.to_model_input`, ``label`` float32 0/1
 and ``centres`` float32 (3, 2): up to three lesion centres as (x, y) fractions of the image
 side, NaN-padded.  Network: :class:`models.tb.network.TbNet` (small MONAI DenseNet + CAM).
@@ -31,7 +31,7 @@ from training.tasks.base import Evaluation, ExportSpec, Task
 FINDING = {"value": "154283005", "scheme": "SCT", "meaning": "Pulmonary tuberculosis"}
 MAX_LESIONS = 3
 SHARD_SIZE = 200  # data is generated in fixed shards so results do not depend on the worker count
-REAL_SOURCES = ("tbx11k", "shenzhen", "montgomery")
+REAL_SOURCES = ("tbx11k", "shenzhen", "montgomery", "medgate_export")
 
 
 def _shard(job: tuple[int, int, int, int]):

@@ -1,0 +1,131 @@
+"""Study completion: decide when a group of instances is complete and hand it to its models once.
+
+Rules, checked in this order for every group still ``receiving`` (see ``docs/dicom-gateway.md``):
+
+1. **Known count.**  The group holds at least the number of instances the data announces:
+   Number of Study Related Instances (0020,1208) when grouping by study, Number of Series Related
+   Instances (0020,1209) or else Images in Acquisition (0020,1002) when grouping by series.  The
+   largest value seen in the group counts.  Complete at once.
+2. **Single-image release.**  Every instance is of a single-image modality (CR, DX, XC, GM) and
+   the sender that delivered the last one has finished (A-RELEASE, A-ABORT, or the end of the
+   STOW-RS request).  Complete at once: such a sender sends each image of the exam in one go.
+3. **Quiet period.**  Otherwise, ``quiet_period_s`` (default 2 s) after the last instance.
+
+The decision reads the store, not memory, so it covers instances written by the STOW-RS route in
+the HTTP ingress process and survives restarts: after ``kill -9`` the groups left ``receiving``
+are picked up with their counts and arrival times.  Completing claims a durable dispatch marker
+per model (:func:`dicom_gateway.ledger.complete_group`) before the pipeline is called.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from dicom_gateway import ledger
+
+log = logging.getLogger("medgate.dicom")
+
+#: Called with ``(study_uid, model)`` once per complete, routed group and model.
+StudyCallback = Callable[[str, str], None]
+#: Called with ``(group_uid, seconds from the last instance to completion)``, for measurements.
+CompletionListener = Callable[[str, float], None]
+
+
+class StudyAssembler:
+    """Completes groups and dispatches them; one background thread.
+
+    Parameters
+    ----------
+    store
+        The medgate store (see :mod:`dicom_gateway.ledger` for the tables it uses).
+    on_study_complete
+        Called with ``(study_uid, model)`` for each newly claimed dispatch.
+    quiet_period_s
+        Rule 3's wait after the last instance.
+    poll_interval_s
+        How often the store is read when nothing nudges the assembler.
+    """
+
+    def __init__(self, store, on_study_complete: StudyCallback, *, quiet_period_s: float = 2.0,
+                 poll_interval_s: float = 0.1) -> None:
+        if quiet_period_s <= 0:
+            raise ValueError(f"`quiet_period_s` must be positive, {quiet_period_s!r} is given.")
+        if poll_interval_s <= 0:
+            raise ValueError(f"`poll_interval_s` must be positive, {poll_interval_s!r} is given.")
+        self.store = store
+        self.on_study_complete = on_study_complete
+        self.quiet_period_s = float(quiet_period_s)
+        self.poll_interval_s = float(poll_interval_s)
+        self.listeners: list[CompletionListener] = []
+        self._nudge = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        ledger.ensure_schema(store)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="medgate-assembler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._nudge.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def nudge(self) -> None:
+        """Check now (an association ended, or a count may have been reached)."""
+        self._nudge.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._nudge.wait(self.poll_interval_s)
+            self._nudge.clear()
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - keep assembling; the next round retries
+                log.exception("study completion check failed")
+
+    def check(self, now: float | None = None) -> list[str]:
+        """Apply the rules once; returns the groups completed by this call."""
+        now = time.time() if now is None else now
+        done = []
+        for group in ledger.receiving_groups(self.store):
+            reason = self._reason(group, now)
+            if reason is not None and self._complete(group, reason, now):
+                done.append(group["group_uid"])
+        return done
+
+    def _reason(self, group: dict, now: float) -> str | None:
+        expected = group["expected_count"]
+        if expected and group["received_count"] >= expected:
+            return f"known count {expected} reached"
+        if group["single_image"] and group["released_at"] is not None:
+            return "single-image sender finished"
+        if now - group["last_received_at"] >= self.quiet_period_s:
+            return f"quiet for {self.quiet_period_s:g} s"
+        return None
+
+    def _complete(self, group: dict, reason: str, now: float) -> bool:
+        claimed = ledger.complete_group(self.store, group["group_uid"], reason)
+        if claimed is None:
+            return False
+        study, models = claimed
+        latency_s = max(0.0, now - group["last_received_at"])
+        for listener in self.listeners:
+            listener(group["group_uid"], latency_s)
+        if not models and not group["models"].strip("[]"):
+            log.info("study %s (group %s) complete: %s; %d instance(s) stored, no routing rule matched",
+                     study, group["group_uid"], reason, group["received_count"])
+            return True
+        log.info("study %s (group %s) complete: %s; %d instance(s) -> %s", study, group["group_uid"],
+                 reason, group["received_count"], ", ".join(models) or "already dispatched")
+        for model in models:
+            try:
+                self.on_study_complete(study, model)
+            except Exception:  # noqa: BLE001 - a failing consumer must not stop completion
+                log.exception("study %s: hand-off to %s failed", study, model)
+        return True

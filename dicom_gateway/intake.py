@@ -1,0 +1,141 @@
+"""Accepting one received instance, whatever brought it (C-STORE or STOW-RS): check, store, record.
+
+:meth:`Intake.accept` is the single path from a decoded dataset to a durable, recorded instance:
+SOP class, UIDs, free-space watermark, routing, a pixel decode check for routed instances, the
+series geometry check for volume modalities, then the durable spool write and one store
+transaction.  It returns a named status (PS3.4 B.2.3) and the reason, never raises for bad input.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pydicom import Dataset
+from pynetdicom import sop_class as sc
+
+from dicom_gateway import ledger
+from dicom_gateway.pixels import PixelDataError, grayscale_image
+from dicom_gateway.retention import below_watermark
+from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Rule, routes
+from dicom_gateway.status import StoreStatus
+from dicom_gateway.storage import check_uid, instance_path, write_durably
+
+log = logging.getLogger("medgate.dicom")
+
+#: Storage SOP classes a medgate model can use (PS3.4 Annex B.5).
+STORAGE_SOP_CLASSES = (
+    sc.ComputedRadiographyImageStorage,
+    sc.DigitalXRayImageStorageForPresentation,
+    sc.DigitalXRayImageStorageForProcessing,
+    sc.CTImageStorage,
+    sc.EnhancedCTImageStorage,
+    sc.MRImageStorage,
+    sc.EnhancedMRImageStorage,
+    sc.VLPhotographicImageStorage,
+    sc.VLWholeSlideMicroscopyImageStorage,
+    sc.SecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
+)
+#: Dermoscopic Photography Image Storage (PS3.4 B.5).
+DERMOSCOPY_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
+SUPPORTED_SOP_CLASSES = frozenset({str(uid) for uid in STORAGE_SOP_CLASSES} | {DERMOSCOPY_STORAGE})
+GROUP_BY = ("study", "series")
+
+
+def expected_count(ds: Dataset, group_by: str) -> int | None:
+    """The number of instances the group announces, if any (see :mod:`dicom_gateway.completion`)."""
+    keywords = (("NumberOfStudyRelatedInstances",) if group_by == "study"
+                else ("NumberOfSeriesRelatedInstances", "ImagesInAcquisition"))
+    for keyword in keywords:
+        try:
+            value = int(ds.get(keyword) or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The outcome of :meth:`Intake.accept`: status, group, whether a count was announced, reason."""
+
+    status: StoreStatus
+    group_uid: str | None = None
+    counted: bool = False
+    reason: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+
+
+class Intake:
+    """Checks and stores received instances into ``spool`` and ``store``."""
+
+    def __init__(self, store, spool: Path, rules: tuple[Rule, ...], *, group_by: str = "study",
+                 min_free_bytes: int = 0) -> None:
+        if group_by not in GROUP_BY:
+            raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
+        self.store, self.spool, self.rules = store, Path(spool), rules
+        self.group_by = group_by
+        self.min_free_bytes = int(min_free_bytes)
+        ledger.ensure_schema(store)
+
+    def accept(self, ds: Dataset, encoded: Callable[[], bytes], calling_ae: str, called_ae: str,
+               context_sop_class: str | None = None) -> Accepted:
+        """Check ``ds`` and store ``encoded()`` (its Part 10 bytes) durably before returning success."""
+        try:
+            sop_class = check_uid("SOPClassUID", ds.SOPClassUID)
+            sop_instance = check_uid("SOPInstanceUID", ds.SOPInstanceUID)
+            study = check_uid("StudyInstanceUID", ds.StudyInstanceUID)
+            series = check_uid("SeriesInstanceUID", ds.SeriesInstanceUID)
+            modality = str(ds.get("Modality", "")).upper()
+            rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+            orientation = [float(v) for v in ds.get("ImageOrientationPatient") or ()]
+        except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
+            return self._refuse(StoreStatus.CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}", calling_ae)
+        ids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
+        if sop_class not in SUPPORTED_SOP_CLASSES:
+            return self._refuse(StoreStatus.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not supported",
+                                calling_ae, **ids)
+        if context_sop_class is not None and sop_class != context_sop_class:
+            return self._refuse(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                f"SOP class {sop_class} differs from the context's {context_sop_class}",
+                                calling_ae, **ids)
+        full = below_watermark(self.spool, self.min_free_bytes)
+        if full is not None:
+            return self._refuse(StoreStatus.OUT_OF_RESOURCES, full, calling_ae, **ids)
+        models = routes(ds, self.rules, calling_ae, called_ae)
+        if models:
+            try:
+                grayscale_image(ds)
+            except PixelDataError as exc:
+                return self._refuse(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae, **ids)
+        if modality in VOLUME_MODALITIES and rows and len(orientation) == 6:
+            mismatch = ledger.check_series_geometry(self.store, series, rows, columns, orientation)
+            if mismatch is not None:
+                return self._refuse(StoreStatus.CANNOT_UNDERSTAND, mismatch, calling_ae, **ids)
+        group = study if self.group_by == "study" else series
+        count = expected_count(ds, self.group_by)
+        try:
+            path = instance_path(self.spool, study, sop_instance)
+            write_durably(path, encoded())
+            new = ledger.record_instance(self.store, ledger.Arrival(
+                sop_instance_uid=sop_instance, study_uid=study, series_uid=series, sop_class_uid=sop_class,
+                modality=modality, path=str(path), calling_ae=calling_ae, group_uid=group, models=models,
+                expected_count=count, single_image=modality in SINGLE_IMAGE_MODALITIES))
+        except Exception as exc:  # noqa: BLE001 - disk or database: nothing was acknowledged
+            log.error("instance %s (study %s): cannot persist: %s", sop_instance, study, exc)
+            return Accepted(StoreStatus.OUT_OF_RESOURCES, reason=f"cannot persist: {exc}", **ids)
+        log.debug("stored %s%s (study %s, %s) from %s -> %s", sop_instance, "" if new else " (duplicate)",
+                  study, modality or "?", calling_ae, ", ".join(models) or "no model")
+        return Accepted(StoreStatus.SUCCESS, group_uid=group, counted=bool(new and count), **ids)
+
+    @staticmethod
+    def _refuse(status: StoreStatus, reason: str, calling_ae: str, **ids: str) -> Accepted:
+        log.warning("instance %s from %s refused (0x%04X %s): %s", ids.get("sop_instance_uid", "?"),
+                    calling_ae, status, status.name, reason)
+        return Accepted(status, reason=reason, **ids)

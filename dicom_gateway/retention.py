@@ -1,0 +1,64 @@
+"""Spool housekeeping: retention of processed studies and the free-space watermark.
+
+Retention deletes studies whose processing has ended (store status ``done`` or ``unrouted``) and
+that were last updated more than ``retention_days`` ago: their spool folder, instance rows and
+gateway bookkeeping.  Studies still ``receiving``, ``complete`` (waiting for or in the pipeline) or
+``failed`` (an operator should look) are never deleted.  Results stay.
+
+The watermark refuses work instead of filling the disk: below ``min_free_bytes`` free in the
+spool's file system, new associations are rejected (A-ASSOCIATE-RJ transient, local limit exceeded)
+and C-STORE answers Out of Resources (0xA700).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+log = logging.getLogger("medgate.dicom")
+
+#: Store statuses whose studies may be deleted by retention.
+PROCESSED_STATUSES = ("done", "unrouted")
+SECONDS_PER_DAY = 86400.0
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes available to us in the file system holding ``path`` (created if missing)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(path).free
+
+
+def below_watermark(path: Path, min_free_bytes: int) -> str | None:
+    """None when there is room, else the reason (for the log and the refusal)."""
+    free = free_bytes(path)
+    if free < min_free_bytes:
+        return f"only {free} bytes free in {path}, below dicom.storage.min_free_bytes={min_free_bytes}"
+    return None
+
+
+def purge_processed(store, spool: Path, retention_days: float, now: float | None = None) -> list[str]:
+    """Delete processed studies older than ``retention_days``; returns their UIDs."""
+    if retention_days <= 0:
+        raise ValueError(f"`retention_days` must be positive, {retention_days!r} is given.")
+    cutoff = (time.time() if now is None else now) - retention_days * SECONDS_PER_DAY
+    marks = ",".join("?" * len(PROCESSED_STATUSES))
+    rows = store.query(f"SELECT study_uid FROM studies WHERE status IN ({marks}) AND updated_at < ?",
+                       (*PROCESSED_STATUSES, cutoff))
+    purged = []
+    for row in rows:
+        study = row["study_uid"]
+        with store.transaction() as db:
+            if db.execute(f"SELECT 1 FROM studies WHERE study_uid=? AND status IN ({marks})",
+                          (study, *PROCESSED_STATUSES)).fetchone() is None:
+                continue  # changed meanwhile (a new instance arrived)
+            for table in ("instances", "dicom_instance_routes"):
+                db.execute(f"DELETE FROM {table} WHERE study_uid=?", (study,))
+            db.execute("DELETE FROM dicom_groups WHERE study_uid=?", (study,))
+            db.execute("DELETE FROM studies WHERE study_uid=?", (study,))
+        shutil.rmtree(spool / study, ignore_errors=True)
+        purged.append(study)
+    if purged:
+        log.info("retention: deleted %d processed stud%s older than %g days", len(purged),
+                 "y" if len(purged) == 1 else "ies", retention_days)
+    return purged

@@ -1,0 +1,36 @@
+"""Build the Storage SCP from the validated ``dicom:`` configuration section.
+
+Start-up validation that needs more than the schema happens here: routing rules must name
+deployed models, and the TLS files must load.  Errors name the key (``dicom.routes[1]``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from dicom_gateway.completion import StudyCallback
+from dicom_gateway.routing import rules_from_config
+from dicom_gateway.scp import StorageScp
+from dicom_gateway.security import AllowedPeer, AllowList, tls_context
+
+
+def build_scp(dicom, store, spool: Path, on_study_complete: StudyCallback,
+              known_models: Iterable[str] | None = None) -> StorageScp:
+    """A :class:`StorageScp` for ``dicom`` (a :class:`serving.config.DicomConfig`).
+
+    Raises
+    ------
+    ValueError
+        A route names an unknown model or is invalid, or the TLS certificate/key do not load.
+    """
+    rules = rules_from_config([r.model_dump(exclude_none=True) for r in dicom.routes], known_models)
+    allow = AllowList(AllowedPeer(p.ae_title, p.host) for p in dicom.allow)
+    tls = dicom.tls
+    context = tls_context(tls.cert_file, tls.key_file, tls.ca_file) if tls is not None else None
+    return StorageScp(
+        dicom.ae_title, dicom.host, dicom.port, store, spool, on_study_complete,
+        max_associations=dicom.max_associations, rules=rules, allow=allow,
+        tls_port=tls.port if tls is not None else None, ssl_context=context,
+        group_by=dicom.completion.group_by, quiet_period_s=dicom.completion.quiet_period_s,
+        poll_interval_s=dicom.completion.poll_interval_s, min_free_bytes=dicom.storage.min_free_bytes,
+        retention_days=dicom.storage.retention_days, max_pdu_bytes=dicom.max_pdu_bytes)

@@ -1,0 +1,215 @@
+// medgate dashboard: sign-in, ward board (SSE), imaging worklist, system page. No build step.
+"use strict";
+
+const TOKEN_KEY = "medgate.token";
+const state = { token: sessionStorage.getItem(TOKEN_KEY), role: null, tab: null, source: null,
+                timer: null, beds: [], studies: [], system: null };
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v); else node[k] = v;
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}), Authorization: `Bearer ${state.token}` };
+  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
+  if (response.status === 401) { signOut(); throw new Error("unauthorised"); }
+  return response;
+}
+
+// -- sign-in ------------------------------------------------------------------------------------
+async function signIn(token) {
+  state.token = token;
+  const response = await fetch("/v1/session", { method: "POST", headers: { Authorization: `Bearer ${token}` },
+                                                credentials: "same-origin" });
+  if (!response.ok) { state.token = null; sessionStorage.removeItem(TOKEN_KEY); return false; }
+  const who = await response.json();
+  sessionStorage.setItem(TOKEN_KEY, token);
+  state.role = who.role;
+  $("#who").textContent = `${who.name} (${who.role})`;
+  $("#login").hidden = true; $("#tabs").hidden = false; $("#logout").hidden = false;
+  route();
+  return true;
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (state.token) fetch("/v1/session", { method: "DELETE", headers: { Authorization: `Bearer ${state.token}` } });
+  state.token = null; stopUpdates();
+  $("#login").hidden = false; $("#tabs").hidden = true; $("#logout").hidden = true; $("#who").textContent = "";
+  document.querySelectorAll(".view").forEach((v) => { v.hidden = true; });
+}
+
+// -- navigation ---------------------------------------------------------------------------------
+const ALLOWED = { ward: ["clinician", "admin"], worklist: ["clinician", "admin"], system: ["engineer", "admin"] };
+
+function route() {
+  if (!state.token) return;
+  let tab = (location.hash || "").slice(1);
+  if (!ALLOWED[tab]) tab = state.role === "engineer" ? "system" : "ward";
+  state.tab = tab; stopUpdates();
+  document.querySelectorAll("#tabs a").forEach((a) => a.classList.toggle("on", a.dataset.tab === tab));
+  document.querySelectorAll(".view").forEach((v) => { v.hidden = v.id !== `view-${tab}`; });
+  const allowed = ALLOWED[tab].includes(state.role);
+  $("#forbidden").hidden = allowed;
+  if (!allowed) { $(`#view-${tab}`).hidden = true; return; }
+  ({ ward: startWard, worklist: startWorklist, system: startSystem })[tab]();
+}
+
+function stopUpdates() {
+  if (state.source) { state.source.close(); state.source = null; }
+  if (state.timer) { clearInterval(state.timer); state.timer = null; }
+  $("#live").hidden = true;
+}
+
+function setLive(key) { const live = $("#live"); live.hidden = false; live.dataset.state = key; live.textContent = t(key); }
+
+// -- ward board ---------------------------------------------------------------------------------
+function startWard() {
+  // EventSource cannot send headers: the HttpOnly session cookie set at sign-in authenticates it.
+  const source = new EventSource("/v1/stream/ward", { withCredentials: true });
+  state.source = source;
+  let failures = 0;
+  source.addEventListener("ward", (event) => { failures = 0; setLive("live"); state.beds = JSON.parse(event.data); renderWard(); });
+  source.onerror = () => {
+    failures += 1; setLive("reconnecting");
+    if (failures >= 3 && state.source === source) {  // no SSE through this network: poll instead
+      source.close(); state.source = null; setLive("polling");
+      const poll = async () => { const r = await api("/v1/ward"); if (r.ok) { state.beds = (await r.json()).beds; renderWard(); } };
+      poll(); state.timer = setInterval(poll, 5000);
+    }
+  };
+}
+
+function sparkline(points, width = 90, height = 24) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`); svg.setAttribute("class", "spark");
+  if (points.length < 2) return svg;
+  const values = points.map((p) => p[1]);
+  const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
+  const xy = values.map((v, i) => `${(i / (values.length - 1) * width).toFixed(1)},${(height - 2 - (v - lo) / span * (height - 4)).toFixed(1)}`);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", xy.join(" "));
+  svg.append(line);
+  return svg;
+}
+
+const last = (series) => (series.length ? series[series.length - 1][1] : null);
+const fmt = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+function vitalRow(key, series, value, unit) {
+  return el("div", { class: "vital" }, el("span", { class: "label", text: t(key) }),
+            el("span", { class: "value", text: value }), el("span", { class: "unit", text: unit }), sparkline(series));
+}
+
+function renderWard() {
+  const beds = $("#beds");
+  beds.replaceChildren();
+  $("#ward-empty").hidden = state.beds.length > 0;
+  for (const tile of state.beds) {
+    const v = tile.vitals, band = tile.news2 ? tile.news2.band : null;
+    const name = tile.bed ? `${tile.ward} / ${tile.bed}` : t("ward.unassigned");
+    const risk = tile.deterioration && tile.deterioration.probability !== null
+      ? `${Math.round(tile.deterioration.probability * 100)} %` : "–";
+    const alerts = tile.alerts.length
+      ? el("ul", { class: "alerts" }, tile.alerts.map((a) => el("li", { text: a.text })))
+      : el("p", { class: "muted", text: t("no.alerts") });
+    beds.append(el("article", { class: `tile band-${band || "none"}`, "data-bed": tile.bed ? `${tile.ward}/${tile.bed}` : tile.patient },
+      el("header", {},
+        el("span", { class: "bed", text: name }),
+        el("span", { class: "news2", title: band ? t(`band.${band}`) : "" },
+           `${t("news2")} `, el("b", { text: tile.news2 ? tile.news2.total : "–" }),
+           band ? el("small", { text: ` ${t(`band.${band}`)}` }) : null)),
+      el("p", { class: "patient", text: tile.patient.replace("Patient/", "") }),
+      vitalRow("hr", v.hr, fmt(last(v.hr)), "/min"),
+      vitalRow("rr", v.rr, fmt(last(v.rr)), "/min"),
+      vitalRow("spo2", v.spo2, fmt(last(v.spo2)), "%"),
+      vitalRow("bp", v.sys, `${fmt(last(v.sys))}/${fmt(last(v.dia))}`, "mmHg"),
+      vitalRow("temp", v.temp, fmt(last(v.temp), 1), "°C"),
+      el("div", { class: "risk" }, el("span", { class: "label", text: t("risk") }), el("b", { text: risk })),
+      el("div", { class: "alerts-box" }, el("span", { class: "label", text: t("alerts") }), alerts)));
+  }
+}
+
+// -- worklist -----------------------------------------------------------------------------------
+function startWorklist() {
+  const load = async () => { const r = await api("/v1/worklist"); if (r.ok) { state.studies = (await r.json()).studies; renderWorklist(); } };
+  load(); state.timer = setInterval(load, 4000);
+}
+
+function resultCell(result) {
+  const findings = result.findings.map((f) => el("span", { class: `finding ${f.positive ? "pos" : "neg"}` },
+    `p=${f.probability.toFixed(2)} ${t(f.positive ? "wl.positive" : "wl.negative")}`));
+  const links = [...result.sr.map((href) => el("a", { href, text: t("wl.sr"), download: "" })),
+                 el("a", { href: result.report, target: "_blank", text: t("wl.report") })];
+  return el("div", { class: "result" }, el("b", { text: `${result.model}@${result.version}` }), " ", findings, " ", links);
+}
+
+function renderWorklist() {
+  const body = $("#studies");
+  body.replaceChildren();
+  $("#worklist-empty").hidden = state.studies.length > 0;
+  for (const s of state.studies) {
+    const overlays = s.results.flatMap((r) => r.overlays);
+    body.append(el("tr", { "data-study": s.study_uid },
+      el("td", { text: new Date(s.received_at * 1000).toLocaleString(LANG === "vi" ? "vi-VN" : "en-GB") }),
+      el("td", { text: s.patient_id || "–" }),
+      el("td", { text: s.modality || "–" }),
+      el("td", {}, el("span", { class: `status st-${s.status}`, text: t(`status.${s.status}`) })),
+      el("td", {}, s.results.map(resultCell)),
+      el("td", {}, overlays.map((src) => el("img", { class: "overlay", src, alt: "overlay", loading: "lazy",
+        onclick: () => { $("#zoom img").src = src; $("#zoom").showModal(); } })))));
+  }
+}
+
+// -- system -------------------------------------------------------------------------------------
+function startSystem() {
+  const load = async () => { const r = await api("/v1/system"); if (r.ok) { state.system = await r.json(); renderSystem(); } };
+  load(); state.timer = setInterval(load, 5000);
+}
+
+function pairs(target, items) {
+  $(target).replaceChildren(...items.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
+}
+
+function renderSystem() {
+  const s = state.system;
+  $("#models").replaceChildren(...s.models.map((m) => el("tr", {},
+    el("td", { text: m.name }), el("td", { text: m.version || "–" }), el("td", { text: m.engine || "–" }),
+    el("td", { text: m.device || "–" }), el("td", { text: m.status }))));
+  pairs("#components", [...Object.entries(s.components), [t("sys.heartbeat"), s.heartbeat_age_s ?? "–"]]);
+  const outbox = Object.entries(s.outbox).map(([k, v]) => `${k}: ${v}`).join(", ") || "0";
+  pairs("#delivery", [[t("sys.outbox"), outbox],
+                      [t("sys.dead"), `${s.dead_letters.total} (${t("sys.parked")}: ${s.dead_letters.parked})`],
+                      [t("sys.audit"), s.audit_rows]]);
+}
+
+// -- start --------------------------------------------------------------------------------------
+function rerender() {
+  applyLanguage();
+  if (state.tab === "ward") renderWard();
+  if (state.tab === "worklist") renderWorklist();
+  if (state.tab === "system" && state.system) renderSystem();
+  if (!$("#live").hidden) setLive($("#live").dataset.state);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  applyLanguage();
+  document.querySelectorAll("button[data-lang]").forEach((b) => b.addEventListener("click", () => { applyLanguage(b.dataset.lang); rerender(); }));
+  $("#login").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("#login-error").textContent = "";
+    if (!(await signIn($("#token").value.trim()))) $("#login-error").textContent = t("login.bad");
+    $("#token").value = "";
+  });
+  $("#logout").addEventListener("click", signOut);
+  window.addEventListener("hashchange", route);
+  if (state.token) signIn(state.token);
+});

@@ -1,0 +1,125 @@
+"""The read-only FHIR R4 API under ``/fhir`` over the local store (JSON only).
+
+``GET /fhir/metadata``; ``GET /fhir/{type}?...`` searches (:mod:`serving.fhir_search`) and
+``GET /fhir/{type}/{id}`` reads of Observation, DiagnosticReport, RiskAssessment, Flag and
+AuditEvent (admin only); ``GET /fhir/Patient/{id}``.  Each request that returns patient data is
+one audit row (a search is one row however many resources it returns).
+
+Patients: a stored Patient (from an admission message) is returned as stored.  A patient known
+only as the subject of stored resources (vitals carrying a patient identifier, no admission) is
+returned with its id, ``active`` unknown and a ``meta.tag`` saying so: no name, gender or birth
+date is invented, and the resource stays a valid R4 Patient (no element is required).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from serving.fhir_audit import audit_event
+from serving.fhir_capability import capability_statement
+from serving.fhir_search import PARAMETERS, SearchError, operation_outcome, parse_search, searchset, \
+    sort_newest_first
+from serving.web_context import current
+
+FHIR_JSON = "application/fhir+json"
+REFERENCED_ONLY_TAG = {"system": "urn:medgate:patient-source", "code": "referenced-only",
+                       "display": "Known only as the subject of stored resources; no demographics held"}
+router = APIRouter(prefix="/fhir")
+
+
+def _fhir(body: dict, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+@router.get("/metadata")
+def metadata(request: Request) -> JSONResponse:
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return _fhir(capability_statement(base_url(request), "0.1.0", date=date))
+
+
+def _stored(resource_type: str, subject: str | None) -> list[dict]:
+    store = current().store()
+    sql, params = "SELECT body FROM fhir_resources WHERE resource_type=?", [resource_type]
+    if subject is not None:
+        sql += " AND subject=?"
+        params.append(subject)
+    return [json.loads(r["body"]) for r in store.query(sql, tuple(params))]
+
+
+def _audit_events(search) -> tuple[list[dict], int]:
+    """AuditEvents for a search: filtered in Python (the table is the source of truth)."""
+    rows = current().audit().rows(newest_first=True)
+    events = [e for e in map(audit_event, rows) if search.matches(e)]
+    return events, len(events)
+
+
+@router.get("/Patient/{patient_id}")
+async def read_patient(patient_id: str, request: Request) -> JSONResponse:
+    ctx = current()
+    rows = await run_in_threadpool(ctx.store().query,
+                                   "SELECT body FROM fhir_resources WHERE resource_type='Patient' AND id=?",
+                                   (patient_id,))
+    if rows:
+        patient = json.loads(rows[0]["body"])
+    else:
+        ref = f"Patient/{patient_id}"
+        known = await run_in_threadpool(ctx.store().query,
+                                        "SELECT 1 FROM fhir_resources WHERE subject=? LIMIT 1", (ref,))
+        if not known:
+            ctx.record(request, "read", "not-found", resource_type="Patient", resource_id=patient_id)
+            return _fhir(operation_outcome(f"Patient/{patient_id} is not known", "not-found"), 404)
+        patient = {"resourceType": "Patient", "id": patient_id, "meta": {"tag": [REFERENCED_ONLY_TAG]}}
+    ctx.record(request, "read", resource_type="Patient", resource_id=patient_id)
+    return _fhir(patient)
+
+
+@router.get("/{resource_type}")
+async def search(resource_type: str, request: Request) -> JSONResponse:
+    ctx = current()
+    items = list(request.query_params.multi_items())
+    try:
+        parsed = parse_search(resource_type, items)
+    except SearchError as exc:
+        status = 404 if resource_type not in PARAMETERS else 400
+        return _fhir(operation_outcome(str(exc), "not-supported" if status == 404 else "invalid"), status)
+    if resource_type == "AuditEvent":
+        matched, total = await run_in_threadpool(_audit_events, parsed)
+    else:
+        stored = await run_in_threadpool(_stored, resource_type, parsed.subject)
+        matched = sort_newest_first([r for r in stored if parsed.matches(r)], resource_type)
+        total = len(matched)
+    page = matched[parsed.offset:parsed.offset + parsed.count]
+    query = request.url.query or None
+    subject = parsed.subject.split("/", 1)[1] if parsed.subject else None
+    ctx.record(request, "search", resource_type=resource_type, query=query,
+               detail=f"{len(page)} of {total} returned" + (f" for Patient/{subject}" if subject else ""))
+    return _fhir(searchset(parsed, page, base_url(request), total))
+
+
+@router.get("/{resource_type}/{resource_id}")
+async def read(resource_type: str, resource_id: str, request: Request) -> JSONResponse:
+    ctx = current()
+    if resource_type not in PARAMETERS:
+        return _fhir(operation_outcome(f"resource type {resource_type!r} is not served", "not-supported"), 404)
+    if resource_type == "AuditEvent":
+        seq = resource_id.removeprefix("audit-")
+        rows = ctx.audit().rows(since_seq=int(seq) - 1, limit=1) if seq.isdigit() else []
+        resource = audit_event(rows[0]) if rows and str(rows[0]["seq"]) == seq else None
+    else:
+        rows = await run_in_threadpool(ctx.store().query,
+                                       "SELECT body FROM fhir_resources WHERE resource_type=? AND id=?",
+                                       (resource_type, resource_id))
+        resource = json.loads(rows[0]["body"]) if rows else None
+    if resource is None:
+        ctx.record(request, "read", "not-found", resource_type=resource_type, resource_id=resource_id)
+        return _fhir(operation_outcome(f"{resource_type}/{resource_id} is not known", "not-found"), 404)
+    ctx.record(request, "read", resource_type=resource_type, resource_id=resource_id)
+    return _fhir(resource)

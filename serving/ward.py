@@ -1,0 +1,140 @@
+"""The ward board's data: one tile per bed, and its live stream.
+
+``GET /v1/ward`` returns the board once; ``GET /v1/stream/ward`` is a Server-Sent Events stream
+(``text/event-stream``) that polls the store every ``POLL_S`` seconds and sends the board when it
+changed (a comment line every ``KEEPALIVE_S`` otherwise).  Beds come from the bed census the vitals
+bridge keeps (topic ``<prefix>/<ward>/<bed>/vitals``); a patient with recent vitals and no bed
+appears as an unassigned tile.  Per tile: the last ``POINTS`` values of HR, RR, SpO2, BP and
+temperature (sparklines), the latest NEWS2 total and band, the latest deterioration probability
+(RiskAssessment) and the active alerts (Flags) of the last hour.
+
+Audit: one row per board request and one per stream opened (not per update).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from iomt import codes
+from serving.web_context import current
+
+POINTS = 30
+WINDOW_S = 3600.0
+POLL_S = 1.5
+KEEPALIVE_S = 15.0
+MAX_OBSERVATIONS = 1500  # per patient and board refresh
+VITALS = {codes.HEART_RATE: "hr", codes.RESPIRATORY_RATE: "rr", codes.OXYGEN_SATURATION: "spo2",
+          codes.BODY_TEMPERATURE: "temp"}
+_BAND = re.compile(r"(low-medium|low|medium|high)")
+router = APIRouter()
+
+
+def _codes(resource: dict) -> set[str]:
+    return {c.get("code") for c in (resource.get("code") or {}).get("coding", [])}
+
+
+def _series(observations: list[dict]) -> tuple[dict[str, list], dict | None]:
+    series: dict[str, list] = {name: [] for name in (*VITALS.values(), "sys", "dia")}
+    news2 = None
+    for obs in observations:  # oldest first
+        found = _codes(obs)
+        when = obs.get("effectiveDateTime")
+        if codes.NEWS2_TOTAL_SCORE in found and obs.get("valueInteger") is not None:
+            text = " ".join(i.get("text", "") for i in obs.get("interpretation", []))
+            band = _BAND.search(text)
+            news2 = {"total": obs["valueInteger"], "band": band[1] if band else None, "time": when,
+                     "complete": obs.get("status") == "final", "id": obs["id"]}
+            continue
+        for code, name in VITALS.items():
+            if code in found and "valueQuantity" in obs:
+                series[name].append([when, obs["valueQuantity"]["value"]])
+        if codes.BLOOD_PRESSURE_PANEL in found:
+            for comp in obs.get("component", []):
+                found_part = _codes(comp)
+                name = "sys" if codes.SYSTOLIC_BP in found_part else (
+                    "dia" if codes.DIASTOLIC_BP in found_part else None)
+                if name and "valueQuantity" in comp:
+                    series[name].append([when, comp["valueQuantity"]["value"]])
+    return {k: sorted(v)[-POINTS:] for k, v in series.items()}, news2
+
+
+def _bodies(store, sql: str, params: tuple) -> list[dict]:
+    return [json.loads(r["body"]) for r in store.query(sql, params)]
+
+
+def _tile(store, patient_ref: str, since: float) -> dict[str, Any]:
+    observations = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='Observation'"
+                           " AND subject=? AND updated_at>? ORDER BY updated_at DESC LIMIT ?",
+                           (patient_ref, since, MAX_OBSERVATIONS))
+    observations.sort(key=lambda o: o.get("effectiveDateTime") or "")
+    series, news2 = _series(observations)
+    risk = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='RiskAssessment'"
+                   " AND subject=? ORDER BY updated_at DESC LIMIT 1", (patient_ref,))
+    flags = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='Flag' AND subject=?"
+                    " AND updated_at>? ORDER BY updated_at DESC LIMIT 5", (patient_ref, since))
+    deterioration = None
+    if risk:
+        prediction = (risk[0].get("prediction") or [{}])[0]
+        deterioration = {"probability": prediction.get("probabilityDecimal"),
+                         "time": risk[0].get("occurrenceDateTime"), "id": risk[0]["id"]}
+    return {"patient": patient_ref, "vitals": series, "news2": news2, "deterioration": deterioration,
+            "alerts": [{"id": f["id"], "text": f["code"].get("text"), "time": f.get("period", {}).get("start")}
+                       for f in flags if f.get("status") == "active"]}
+
+
+def ward_board(store, now: float | None = None, window_s: float = WINDOW_S) -> dict[str, Any]:
+    """The board: ``{"beds": [tile, ...], "generated": epoch}``; see the module docstring."""
+    now = time.time() if now is None else now
+    since = now - window_s
+    beds = [dict(r) for r in store.query("SELECT * FROM bed_census WHERE updated_at>?"
+                                         " ORDER BY ward, bed", (since,))]
+    placed = {b["patient_ref"] for b in beds}
+    loose = [r["subject"] for r in store.query(
+        "SELECT DISTINCT subject FROM fhir_resources WHERE resource_type='Observation'"
+        " AND updated_at>? AND subject IS NOT NULL", (since,)) if r["subject"] not in placed]
+    tiles = []
+    for bed in beds:
+        tiles.append({"ward": bed["ward"], "bed": bed["bed"], "site": bed["site"], "device": bed["device"],
+                      **_tile(store, bed["patient_ref"], since)})
+    for patient_ref in sorted(loose):
+        tiles.append({"ward": None, "bed": None, "site": None, "device": None, **_tile(store, patient_ref, since)})
+    return {"beds": tiles, "generated": now}
+
+
+@router.get("/v1/ward")
+async def ward(request: Request) -> dict:
+    ctx = current()
+    board = await run_in_threadpool(ward_board, ctx.store())
+    ctx.record(request, "search", resource_type="Observation", query="ward board",
+               detail=f"{len(board['beds'])} beds")
+    return board
+
+
+@router.get("/v1/stream/ward")
+async def stream_ward(request: Request) -> StreamingResponse:
+    ctx = current()
+    ctx.record(request, "stream", resource_type="Observation", query="ward board stream")
+
+    async def events():
+        last, last_sent = None, time.monotonic()
+        yield "retry: 3000\n\n"
+        while not await request.is_disconnected():
+            board = await run_in_threadpool(ward_board, ctx.store())
+            data = json.dumps(board["beds"], separators=(",", ":"))
+            if data != last:
+                last, last_sent = data, time.monotonic()
+                yield f"event: ward\ndata: {data}\n\n"
+            elif time.monotonic() - last_sent > KEEPALIVE_S:
+                last_sent = time.monotonic()
+                yield ": keepalive\n\n"
+            await asyncio.sleep(POLL_S)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -1,0 +1,90 @@
+"""What the HTTP routes outside the ingress class share: state directory, authenticator, store,
+audit log and model handles of this replica.
+
+The ingress installs one :class:`WebContext` per replica process (:func:`install`); route modules
+read it with :func:`current`.  The store and audit connections open on first use.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.auth import Authenticator, Principal, StaticTokens
+
+log = logging.getLogger("medgate.web")
+
+
+class _NoTokens:
+    """No token is configured: every protected request is refused (fail closed)."""
+
+    def authenticate(self, token: str) -> Principal | None:
+        return None
+
+
+@dataclass
+class WebContext:
+    """Per-replica state for the HTTP routes."""
+
+    state_dir: Path
+    authenticator: Authenticator
+    models: dict[str, Any] = field(default_factory=dict)
+    cookie_max_age_s: int = 8 * 3600
+    _store: Any = None
+    _audit: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "medgate.sqlite3"
+
+    def store(self):
+        with self._lock:
+            if self._store is None:
+                from serving.store import Store
+
+                self._store = Store(self.db_path)
+            return self._store
+
+    def audit(self):
+        with self._lock:
+            if self._audit is None:
+                from serving.audit import AuditLog
+
+                self._audit = AuditLog(self.db_path)
+            return self._audit
+
+    def record(self, request, action: str, outcome: str = "success", **what: str | None) -> None:
+        """Audit one access by the request's principal (``anonymous`` when there is none)."""
+        principal = getattr(request.state, "principal", None)
+        client = request.client.host if request.client else None
+        self.audit().record(who=principal.name if principal else "anonymous",
+                            role=principal.role if principal else None, action=action,
+                            outcome=outcome, client=client, **what)
+
+
+_current: WebContext | None = None
+
+
+def build_authenticator(token_digests: list[tuple[str, str, str]]) -> Authenticator:
+    if not token_digests:
+        log.warning("no API token is configured: every request except health checks gets 401")
+        return _NoTokens()
+    return StaticTokens(token_digests)
+
+
+def install(state_dir: str | Path, token_digests: list[tuple[str, str, str]],
+            models: dict[str, Any] | None = None, cookie_max_age_s: int = 8 * 3600) -> WebContext:
+    """Create this process's context (the ingress replica calls it once at start)."""
+    global _current
+    _current = WebContext(Path(state_dir), build_authenticator(token_digests), dict(models or {}),
+                          cookie_max_age_s)
+    return _current
+
+
+def current() -> WebContext:
+    if _current is None:
+        raise RuntimeError("the web context is not installed; the ingress calls install() at start")
+    return _current

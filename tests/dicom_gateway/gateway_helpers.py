@@ -1,0 +1,54 @@
+"""Helpers shared by the gateway tests: a running SCP on free ports, CT series files, storescu."""
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from dicom_gateway.scp import StorageScp
+from dicom_gateway.testdata import make_ct_series
+from peers import DCMTK_ENV, find_peer, free_port
+from serving.store import Store
+
+
+class Running:
+    """A started :class:`StorageScp` with its store and the ``(study, model)`` hand-offs it made."""
+
+    def __init__(self, root: Path, **options) -> None:
+        self.completed: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self.store = Store(root / "db.sqlite3")
+        options.setdefault("quiet_period_s", 0.5)
+        options.setdefault("poll_interval_s", 0.05)
+        self.scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), self.store, root / "spool",
+                              self._done, **options)
+        self.scp.start()
+
+    def _done(self, study: str, model: str) -> None:
+        with self._lock:
+            self.completed.append((study, model))
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self.store.close()
+
+
+def write_ct_series(folder: Path, slices: int, size_px: int = 64, seed: int = 0, **kwargs) -> list[Path]:
+    """A generated CT series as files (slice order shuffled on disk names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = np.random.default_rng(seed).integers(0, 3000, (slices, size_px, size_px)).astype(np.uint16)
+    paths = []
+    for index, ds in enumerate(make_ct_series(volume, **kwargs)):
+        path = folder / f"ct{index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def storescu(port: int, *files, calling: str = "MODALITY", called: str = "MEDGATE", extra=(),
+             timeout_s: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([find_peer("storescu"), "-aet", calling, "-aec", called, *extra, "127.0.0.1",
+                           str(port), *map(str, files)], env=DCMTK_ENV, capture_output=True, text=True,
+                          timeout=timeout_s)

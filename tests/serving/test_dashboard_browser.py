@@ -1,0 +1,171 @@
+"""The dashboard in headless Chromium (Playwright) against a running ``medgate serve``.
+
+A deteriorating vitals stream published over MQTT turns its bed red on the ward board (live, over
+SSE); a chest X-ray pushed with DCMTK storescu shows up on the worklist with its overlay; the
+language switch works.  Screenshots go to the test's tmp folder (and to docs/ with
+``MEDGATE_UPDATE_SCREENSHOTS=1``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from dicom_gateway.testdata import make_dx_dataset
+from peers import DCMTK_ENV, find_peer, free_port
+from serving.process import MEDGATE, ServerProcess
+from training.synthetic.cxr import generate_cxr
+from training.synthetic.vitals import vitals_course
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TOKENS = {"clinician": "dashboard-clinician-token-0123", "admin": "dashboard-admin-token-01234567",
+          "engineer": "dashboard-engineer-token-01234"}
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+RED = "rgb(198, 40, 40)"  # --high in style.css
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright; the dev extra has it)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (Debian package chromium; `make peers` installs it as root)")
+    if find_peer("storescu") is None:
+        pytest.skip("storescu not installed (Debian package dcmtk)")
+    root = tmp_path_factory.mktemp("dashboard")
+    config = {
+        "state_dir": str(root / "var"),
+        "dicom": {"ae_title": "MEDGATE", "port": free_port()},
+        "http": {"port": free_port()},
+        "mqtt": {"url": None, "embedded_port": free_port(), "topic_prefix": "medgate"},
+        "fhir": {"base_url": None},
+        "auth": {"tokens": [{"token": t, "role": r, "name": f"{r} (test)"} for r, t in TOKENS.items()]},
+    }
+    process = ServerProcess(config, root)
+    try:
+        process.start()
+        yield {"process": process, "config": config, "root": root,
+               "url": f"http://127.0.0.1:{config['http']['port']}"}
+    finally:
+        process.stop()
+        print(process.log_tail(2000))
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1180, "height": 820}, locale="en-GB")  # a 11" tablet
+    page = context.new_page()
+    page.goto(server["url"] + "/")
+    page.click("button[data-lang=en]")
+    page.fill("#token", TOKENS["clinician"])
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#tabs:not([hidden])")
+    yield page
+    context.close()
+
+
+def shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=False)
+    print(f"screenshot: {path}")
+    if os.environ.get("MEDGATE_UPDATE_SCREENSHOTS") == "1":
+        shutil.copy(path, DOCS / name)
+    return path
+
+
+def publish(server, bed: str, patient: str, deteriorating: bool, n: int = 60) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-dashboard-{bed}")
+    client.connect("127.0.0.1", server["config"]["mqtt"]["embedded_port"])
+    client.loop_start()
+    try:
+        for payload in vitals_course(n, patient_id=patient, deteriorating=deteriorating, seed=3,
+                                     device=f"monitor-{bed}"):
+            client.publish(f"medgate/ward-a/{bed}/vitals", json.dumps(payload), qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_ward_board_bed_turns_red(server, page, tmp_path):
+    page.goto(server["url"] + "/#ward")
+    publish(server, "bed-02", "079200000002", deteriorating=False)
+    page.wait_for_selector('.tile[data-bed="ward-a/bed-02"]', timeout=60_000)
+    assert "band-high" not in page.get_attribute('.tile[data-bed="ward-a/bed-02"]', "class")
+    publish(server, "bed-07", "079200000007", deteriorating=True)
+    tile = page.wait_for_selector('.tile[data-bed="ward-a/bed-07"].band-high', timeout=90_000)
+    header = tile.query_selector("header")
+    assert header.evaluate("h => getComputedStyle(h).backgroundColor") == RED
+    assert tile.query_selector(".vital svg.spark polyline") is not None  # sparklines drawn
+    assert "NEWS2" in header.inner_text()
+    assert page.get_attribute("#live", "data-state") == "live"  # updates came over SSE
+    shoot(page, tmp_path, "dashboard-ward.png")
+
+
+def test_worklist_shows_the_overlay(server, page, tmp_path):
+    ds = make_dx_dataset(generate_cxr(np.random.default_rng(5), tb=True).pixels, patient_id="079300000005")
+    path = tmp_path / "cxr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    push = subprocess.run([find_peer("storescu"), "-aet", "MODALITY", "-aec", "MEDGATE", "127.0.0.1",
+                           str(server["config"]["dicom"]["port"]), str(path)], env=DCMTK_ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert push.returncode == 0, push.stderr
+    page.goto(server["url"] + "/#worklist")
+    row = f'tr[data-study="{ds.StudyInstanceUID}"]'
+    image = page.wait_for_selector(f"{row} img.overlay", timeout=120_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image, timeout=30_000)
+    assert "079300000005" in page.inner_text(row)
+    assert page.query_selector(f'{row} a[href*="/fhir/DiagnosticReport/"]') is not None
+    shoot(page, tmp_path, "dashboard-worklist.png")
+
+
+def test_language_switch(server, page, tmp_path):
+    page.click("button[data-lang=vi]")
+    assert page.inner_text('#tabs a[data-tab="ward"]') == "Bảng theo dõi khoa"
+    assert page.get_attribute("html", "lang") == "vi"
+    shoot(page, tmp_path, "dashboard-vi.png")
+    page.click("button[data-lang=en]")
+    assert page.inner_text('#tabs a[data-tab="ward"]') == "Ward board"
+
+
+def test_engineer_sees_only_the_system_page(server, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server["url"] + "/")
+    page.fill("#token", TOKENS["engineer"])
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#models tr", timeout=30_000)
+    assert "tb" in page.inner_text("#models")
+    page.goto(server["url"] + "/#ward")
+    assert page.is_visible("#forbidden")
+    context.close()
+
+
+def test_dashboard_reads_are_audited_and_chain_verifies(server):
+    result = subprocess.run(MEDGATE + ["audit", "verify"], env=server["process"].env, capture_output=True,
+                            text=True, timeout=120)
+    print(result.stdout)
+    assert result.returncode == 0 and "intact" in result.stdout
+    status, events = server["process"].http_get("/fhir/AuditEvent?_count=500", token=TOKENS["admin"])
+    assert status == 200 and events["total"] > 0
+    actions = {e["resource"]["subtype"][0]["code"] for e in events["entry"]}
+    assert actions <= {"read", "search-type"}
+    print(f"audit rows after the dashboard tests: {events['total']}")

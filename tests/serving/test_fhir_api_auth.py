@@ -1,0 +1,183 @@
+"""FHIR read API, bearer-token roles and the audit log, on the web routes without Ray."""
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import requests
+import yaml
+
+from serving.audit import AuditLog
+from serving.store import Store
+from web_app import TOKENS, WebApp, auth
+
+HR, NEWS2 = "8867-4", "1104051000000101"
+
+
+def observation(oid: str, patient: str, code: str, when: str, value: int) -> dict:
+    system = "http://snomed.info/sct" if code == NEWS2 else "http://loinc.org"
+    body = {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": patient},
+            "code": {"coding": [{"system": system, "code": code}]}, "effectiveDateTime": when}
+    if code == NEWS2:
+        body["valueInteger"] = value
+    else:
+        body["valueQuantity"] = {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
+    return body
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    root = tmp_path_factory.mktemp("webapi")
+    store = Store(root / "medgate.sqlite3")
+    resources = [observation(f"hr-{i}", "Patient/p1", HR, f"2026-11-2{i}T08:00:00+07:00", 80 + i) for i in range(5)]
+    resources += [observation("n2-1", "Patient/p1", NEWS2, "2026-11-24T08:00:00+07:00", 7),
+                  observation("hr-p2", "Patient/p2", HR, "2026-11-22T09:00:00Z", 120),
+                  {"resourceType": "Patient", "id": "p2", "identifier": [{"system": "urn:x", "value": "p2"}]},
+                  {"resourceType": "DiagnosticReport", "id": "dr-1", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4"}]},
+                   "subject": {"type": "Patient", "identifier": {"system": "urn:cccd", "value": "079123"}},
+                   "effectiveDateTime": "2026-11-22T10:00:00+07:00", "issued": "2026-11-22T10:01:00+07:00"},
+                  {"resourceType": "RiskAssessment", "id": "ra-1", "status": "final",
+                   "subject": {"reference": "Patient/p1"}, "occurrenceDateTime": "2026-11-24T08:00:00+07:00",
+                   "prediction": [{"probabilityDecimal": 0.8}]}]
+    store.put_resources(resources)
+    store.close()
+    with WebApp(root) as app:
+        yield {"url": app.url, "root": root}
+
+
+def get(web, path: str, role: str | None = "clinician", headers: dict | None = None) -> requests.Response:
+    return requests.get(web["url"] + path, headers=headers or (auth(role) if role else {}), timeout=30)
+
+
+def audit_rows(web) -> int:
+    log = AuditLog(web["root"] / "medgate.sqlite3")
+    try:
+        return log.count()
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize("path", ["/fhir/Observation", "/fhir/Patient/p1", "/fhir/metadata", "/v1/ward",
+                                  "/v1/worklist", "/v1/system", "/fhir/AuditEvent", "/v1/whoami"])
+def test_no_token_is_401(web, path):
+    response = get(web, path, role=None)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert get(web, path, role=None, headers={"Authorization": "Bearer wrong-token-000000000"}).status_code == 401
+
+
+@pytest.mark.parametrize("role, path", [("engineer", "/fhir/Observation"), ("engineer", "/fhir/Patient/p1"),
+                                        ("engineer", "/v1/ward"), ("engineer", "/v1/worklist"),
+                                        ("clinician", "/v1/system"), ("clinician", "/fhir/AuditEvent")])
+def test_wrong_role_is_403(web, role, path):
+    response = get(web, path, role=role)
+    assert response.status_code == 403, response.text
+    assert role in response.json()["error"]
+
+
+def test_role_matrix_allows(web):
+    assert get(web, "/v1/system", "engineer").status_code == 200
+    assert get(web, "/fhir/metadata", "engineer").status_code == 200
+    assert get(web, "/fhir/AuditEvent", "admin").status_code == 200
+    assert get(web, "/", None).status_code == 200  # the dashboard page itself holds no data
+
+
+@pytest.mark.parametrize("path", ["/fhir/Observation?patient=p1", "/fhir/Patient/p1", "/fhir/Observation/hr-1",
+                                  "/fhir/DiagnosticReport?patient:identifier=urn:cccd|079123",
+                                  "/fhir/RiskAssessment?patient=Patient/p1", "/v1/ward", "/v1/worklist"])
+def test_each_patient_read_is_one_audit_entry(web, path):
+    before = audit_rows(web)
+    assert get(web, path).status_code == 200
+    assert audit_rows(web) == before + 1
+    log = AuditLog(web["root"] / "medgate.sqlite3")
+    row = log.rows(newest_first=True, limit=1)[0]
+    log.close()
+    assert row["who"] == "clinician user" and row["role"] == "clinician" and row["outcome"] == "success"
+    assert row["client"] == "127.0.0.1"
+
+
+def test_denied_patient_read_is_audited(web):
+    before = audit_rows(web)
+    assert get(web, "/fhir/Observation", "engineer").status_code == 403
+    log = AuditLog(web["root"] / "medgate.sqlite3")
+    row = log.rows(newest_first=True, limit=1)[0]
+    log.close()
+    assert audit_rows(web) == before + 1 and row["outcome"] == "denied" and row["who"] == "engineer user"
+
+
+def test_observation_search_code_date_and_paging(web):
+    bundle = get(web, f"/fhir/Observation?patient=p1&code=http://loinc.org|{HR}&date=ge2026-11-21&date=le2026-11-23"
+                      "&_count=2").json()
+    assert bundle["type"] == "searchset" and bundle["total"] == 3
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["hr-3", "hr-2"]  # newest first
+    links = {link["relation"]: link["url"] for link in bundle["link"]}
+    assert "next" in links and "previous" not in links
+    page2 = requests.get(links["next"], headers=auth("clinician"), timeout=30).json()
+    assert [e["resource"]["id"] for e in page2["entry"]] == ["hr-1"]
+    assert "previous" in {link["relation"] for link in page2["link"]}
+    assert get(web, f"/fhir/Observation?code={NEWS2}").json()["total"] == 1
+    assert get(web, "/fhir/Observation?patient=p2&date=2026-11-22").json()["total"] == 1
+    bad = get(web, "/fhir/Observation?date=yesterday")
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+    assert get(web, "/fhir/Observation?colour=red").status_code == 400
+
+
+def test_patient_read_never_invents_demographics(web):
+    stored = get(web, "/fhir/Patient/p2").json()
+    assert stored["identifier"][0]["value"] == "p2"
+    referenced = get(web, "/fhir/Patient/p1").json()
+    assert set(referenced) == {"resourceType", "id", "meta"}
+    assert referenced["meta"]["tag"][0]["code"] == "referenced-only"
+    assert get(web, "/fhir/Patient/nobody").status_code == 404
+
+
+def test_resources_validate_as_r4(web):
+    from fhir.resources.R4B.auditevent import AuditEvent
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+    from fhir.resources.R4B.patient import Patient
+
+    CapabilityStatement.model_validate(get(web, "/fhir/metadata").json())
+    for search in ("Observation?patient=p1", "DiagnosticReport", "RiskAssessment"):
+        Bundle.model_validate(get(web, f"/fhir/{search}").json())
+    Patient.model_validate(get(web, "/fhir/Patient/p1").json())
+    events = get(web, "/fhir/AuditEvent?_count=500", "admin").json()
+    assert events["total"] >= 5
+    for entry in events["entry"]:
+        AuditEvent.model_validate(entry["resource"])
+    one = events["entry"][-1]["resource"]
+    assert get(web, f"/fhir/AuditEvent/{one['id']}", "admin").json()["id"] == one["id"]
+
+
+def test_session_cookie_only_for_reads(web):
+    session = requests.Session()
+    assert session.post(web["url"] + "/v1/session", headers=auth("clinician"), timeout=30).status_code == 200
+    cookie = session.cookies.get("medgate_session")
+    assert cookie == TOKENS["clinician"]
+    assert session.get(web["url"] + "/v1/ward", timeout=30).status_code == 200
+    assert session.delete(web["url"] + "/v1/session", timeout=30).status_code == 401  # cookie alone: no write
+
+
+def test_audit_verify_detects_an_edited_row(web, tmp_path):
+    db = web["root"] / "medgate.sqlite3"
+    config = tmp_path / "medgate.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(web["root"])}))
+    verify = [sys.executable, "-m", "serving.cli", "--config", str(config), "audit", "verify"]
+    ok = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "intact" in ok.stdout
+    print(ok.stdout.strip())
+    raw = sqlite3.connect(db)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        raw.execute("UPDATE audit_log SET who='nobody' WHERE seq=2")
+    raw.execute("DROP TRIGGER audit_log_no_update")  # someone with write access to the file
+    raw.execute("UPDATE audit_log SET who='nobody' WHERE seq=2")
+    raw.commit()
+    raw.close()
+    bad = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    print(bad.stdout.strip())
+    assert bad.returncode == 1
+    assert "first bad row seq 2" in bad.stdout and "edited" in bad.stdout
