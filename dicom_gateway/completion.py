@@ -9,7 +9,9 @@ Rules, checked in this order for every group still ``receiving`` (see ``docs/dic
 2. **Single-image release.**  Every instance is of a single-image modality (CR, DX, XC, GM) and
    the sender that delivered the last one has finished (A-RELEASE, A-ABORT, or the end of the
    STOW-RS request).  Complete at once: such a sender sends each image of the exam in one go.
-3. **Quiet period.**  Otherwise, ``quiet_period_s`` (default 2 s) after the last instance.
+3. **Quiet period.**  Otherwise, ``quiet_period_s`` (default 2 s) after the last instance, or
+   after the assembler started when that is later: a sender cut off by our restart gets the
+   same quiet period to come back and finish.
 
 The decision reads the store, not memory, so it covers instances written by the STOW-RS route in
 the HTTP ingress process and survives restarts: after ``kill -9`` the groups left ``receiving``
@@ -62,9 +64,11 @@ class StudyAssembler:
         self._nudge = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.started_at = time.time()
         ledger.ensure_schema(store)
 
     def start(self) -> None:
+        self.started_at = time.time()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="medgate-assembler", daemon=True)
         self._thread.start()
@@ -105,7 +109,7 @@ class StudyAssembler:
             return f"known count {expected} reached"
         if group["single_image"] and group["released_at"] is not None:
             return "single-image sender finished"
-        if now - group["last_received_at"] >= self.quiet_period_s:
+        if now - max(group["last_received_at"], self.started_at) >= self.quiet_period_s:
             return f"quiet for {self.quiet_period_s:g} s"
         return None
 

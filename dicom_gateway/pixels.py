@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from models.transforms import to_model_input
@@ -58,11 +59,25 @@ def model_input(ds: Dataset, size_px: int) -> np.ndarray:
     return to_model_input(grayscale_image(ds), size_px)
 
 
-def windowed_image(ds: Dataset, index: int = 0) -> np.ndarray:
-    """The grayscale image after Modality LUT and VOI LUT (or the first Window Center/Width).
+def _nth(value, index: int) -> float:
+    return float(value[index]) if isinstance(value, MultiValue) else float(value)
 
-    Without a VOI LUT or window the modality values are returned unchanged; MONOCHROME1 is inverted
-    so that the result is always in MONOCHROME2 orientation.
+
+def voi_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 linear VOI window of modality ``values``, scaled to [0, 1] float32."""
+    if width < 1:
+        raise PixelDataError(f"Window Width must be at least 1, {width} is given")
+    low = center - 0.5 - (width - 1) / 2
+    out = (np.asarray(values, np.float32) - np.float32(low)) / np.float32(width - 1)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def windowed_image(ds: Dataset, index: int = 0) -> np.ndarray:
+    """The grayscale image for display-like model inputs, in [0, 1] float32, MONOCHROME2.
+
+    Modality LUT first, then the ``index``-th VOI LUT of the VOI LUT Sequence (0028,3010) when
+    present, else the ``index``-th Window Center/Width (linear, PS3.3 C.11.2.1.2.1), else the
+    full range of the modality values.  MONOCHROME1 is inverted afterwards.
 
     Raises
     ------
@@ -78,13 +93,22 @@ def windowed_image(ds: Dataset, index: int = 0) -> np.ndarray:
         pixels = ds.pixel_array
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             pixels = pixels[int(ds.NumberOfFrames) // 2]
-        values = apply_modality_lut(pixels, ds)
-        shown = apply_voi_lut(values, ds, index=index).astype(np.float32)
+        values = apply_modality_lut(pixels, ds).astype(np.float32)
     except Exception as exc:  # noqa: BLE001 - decoder or LUT error
         raise PixelDataError(f"pixel data cannot be decoded: {type(exc).__name__}: {exc}") from None
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > index:
+        item = ds.VOILUTSequence[index]
+        bits = int(item.LUTDescriptor[2])
+        shown = apply_voi_lut(pixels, ds, index=index).astype(np.float32) / np.float32(2**bits - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _nth(ds.WindowCenter, index), _nth(ds.WindowWidth, index)
+        shown = voi_window(values, center, width)
+    else:
+        low, high = float(values.min()), float(values.max())
+        shown = (values - low) / (high - low) if high > low else np.zeros_like(values)
     if photometric == "MONOCHROME1":
-        shown = shown.max() + shown.min() - shown
-    return shown
+        shown = 1.0 - shown
+    return shown.astype(np.float32)
 
 
 def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:

@@ -159,23 +159,31 @@ class StorageScp:
     def _on_requested(self, event: evt.Event) -> None:
         """A-ASSOCIATE-RQ received: allow-list and watermark (called AE: pynetdicom, logged here)."""
         assoc = event.assoc
-        calling, address = assoc.requestor.ae_title, assoc.requestor.address
-        called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else "?"
-        if str(called).strip() != self.ae.ae_title.strip():
+        request = assoc.requestor.primitive  # requestor.ae_title is only set after negotiation
+        calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
+        address = assoc.requestor.address
+        if called != self.ae.ae_title.strip():
             log.warning("association from %s (%s) rejected: called AE title %r is not ours (%r)",
-                        calling, address, str(called).strip(), self.ae.ae_title)
+                        calling, address, called, self.ae.ae_title)
             return  # pynetdicom sends the A-ASSOCIATE-RJ (called-AE-title-not-recognized)
         reason = self.allow.reason_to_reject(calling, address)
         if reason is not None:
             log.warning("association from %s (%s) rejected: %s", calling, address, reason)
-            assoc.acse.send_reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
-                                   RejectReason.CALLING_AE_NOT_RECOGNIZED)
+            self._reject(assoc, RejectResult.PERMANENT, RejectSource.SERVICE_USER,
+                         RejectReason.CALLING_AE_NOT_RECOGNIZED)
             return
         reason = below_watermark(self.spool, self.min_free_bytes)
         if reason is not None:
             log.error("association from %s (%s) rejected: %s", calling, address, reason)
-            assoc.acse.send_reject(RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                                   RejectReason.LOCAL_LIMIT_EXCEEDED)
+            self._reject(assoc, RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                         RejectReason.LOCAL_LIMIT_EXCEEDED)
+
+    @staticmethod
+    def _reject(assoc, result: RejectResult, source: RejectSource, reason: RejectReason) -> None:
+        """Send the A-ASSOCIATE-RJ and wait until it is on the wire (as pynetdicom's own rejections
+        do), before pynetdicom closes the connection."""
+        assoc.acse.send_reject(int(result), int(source), int(reason))
+        assoc.kill()
 
     def _on_echo(self, event: evt.Event) -> int:
         return StoreStatus.SUCCESS

@@ -34,8 +34,7 @@ from pydicom.sequence import Sequence
 from serving.deid_profile import BASIC_PROFILE_CODE, RETAIN_LONGITUDINAL_MODIFIED_DATES_CODE, action
 
 MAX_SHIFT_DAYS = 3650
-METHOD = ("PS3.15 Basic Application Level Confidentiality Profile; Retain Longitudinal Temporal "
-          "Information with Modified Dates Option (medgate export-training)")
+METHOD = "PS3.15 E Basic Profile; Rtn Long Modif Dates Option"  # LO: at most 64 characters
 _DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANON", "LT": "ANONYMOUS", "ST": "ANONYMOUS",
           "UT": "ANONYMOUS", "CS": "ANON", "AE": "ANON", "DS": "0", "IS": "0", "UI": None,
           "AS": "000Y", "UC": "ANONYMOUS", "UR": "urn:anonymous"}

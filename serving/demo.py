@@ -117,5 +117,7 @@ def _report(settings: Settings, state_dir: Path, study_uid: str, sent_at: float,
         print(f"latest NEWS2: {news2[-1]['valueInteger']}")
     print(f"alerts received on {settings.mqtt.topic_prefix}/alerts/{DEMO_WARD}/{DEMO_BED}: {len(alerts)}"
           + (f" (last: NEWS2 {alerts[-1]['news2']}, band {alerts[-1]['band']})" if alerts else ""))
+    print(f"dashboard: http://{settings.http.host}:{settings.http.port}/ (sign in with a token of auth.tokens"
+          f" or the one in {state_dir / 'auth' / 'admin.token'})")
     print("all results are generated test data - not for clinical use")
     return 0 if ok and observations and alerts else 1

@@ -1,7 +1,7 @@
 """In-memory datasets of item dicts, and seeded splitting of item lists."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,3 +56,24 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[np.ndar
     order = np.random.default_rng(seed).permutation(n)
     cuts = np.round(np.cumsum(fractions)[:-1] * n).astype(int)
     return [np.sort(part) for part in np.split(order, cuts)]
+
+
+class LazySplits(Mapping):
+    """``{split: Dataset}`` whose datasets are built on first access (then kept).
+
+    Lets ``medgate evaluate`` generate only the split it measures.
+    """
+
+    def __init__(self, builders: Mapping[str, Callable[[], Dataset]]) -> None:
+        self._builders, self._built = dict(builders), {}
+
+    def __getitem__(self, split: str) -> Dataset:
+        if split not in self._built:
+            self._built[split] = self._builders[split]()
+        return self._built[split]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._builders)
+
+    def __len__(self) -> int:
+        return len(self._builders)

@@ -35,6 +35,7 @@ async function signIn(token) {
   state.role = who.role;
   $("#who").textContent = `${who.name} (${who.role})`;
   $("#login").hidden = true; $("#tabs").hidden = false; $("#logout").hidden = false;
+  document.querySelectorAll("#tabs a").forEach((a) => { a.hidden = !ALLOWED[a.dataset.tab].includes(state.role); });
   route();
   return true;
 }
@@ -119,7 +120,7 @@ function renderWard() {
     const risk = tile.deterioration && tile.deterioration.probability !== null
       ? `${Math.round(tile.deterioration.probability * 100)} %` : "–";
     const alerts = tile.alerts.length
-      ? el("ul", { class: "alerts" }, tile.alerts.map((a) => el("li", { text: a.text })))
+      ? el("ul", { class: "alerts" }, tile.alerts.map((a) => el("li", { text: (a.text || "").replace(/\s*\(Observation\/[^)]*\)/, "") })))
       : el("p", { class: "muted", text: t("no.alerts") });
     beds.append(el("article", { class: `tile band-${band || "none"}`, "data-bed": tile.bed ? `${tile.ward}/${tile.bed}` : tile.patient },
       el("header", {},

@@ -59,13 +59,20 @@ def _readable(path: Path):
 
 
 def _copies(folder: Path) -> list[Path]:
-    """The test files, each readable one with a SOP Instance UID of its own (several share one)."""
+    """The test files, each readable one with a SOP Instance UID of its own (several share one).
+
+    Files without Study/Series Instance UID (the JPEG-LS near-lossless ones) get them, so that
+    their pixel encoding is tested; a missing UID is tested as bad input elsewhere.
+    """
     out = []
     for path in sorted(TEST_FILES.glob("*.dcm")):
         target = folder / path.name
         ds = _readable_full(path)
         if ds is not None and "SOPInstanceUID" in ds and getattr(ds, "file_meta", None) is not None:
             ds.SOPInstanceUID = generate_uid()
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):  # a few test files lack them
+                if keyword not in ds:
+                    setattr(ds, keyword, generate_uid())
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             try:
                 ds.save_as(target)

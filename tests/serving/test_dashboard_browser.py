@@ -79,6 +79,8 @@ def page(browser, server):
     page.fill("#token", TOKENS["clinician"])
     page.click("#login button[type=submit]")
     page.wait_for_selector("#tabs:not([hidden])")
+    assert not page.is_visible("#login")
+    assert not page.is_visible('#tabs a[data-tab="system"]')  # not a clinician's page
     yield page
     context.close()
 

@@ -14,6 +14,7 @@ threshold chosen on validation, ECE with a reliability curve, and the localisati
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset, Subset
 from models.tb.network import TbNet, TbNetConfig, heatmap_size
 from models.transforms import heatmap_peaks
 from training import metrics as M
-from training.data import ArrayDataset, split_indices
+from training.data import ArrayDataset, LazySplits, split_indices
 from training.tasks.base import Evaluation, ExportSpec, Task
 
 FINDING = {"value": "154283005", "scheme": "SCT", "meaning": "Pulmonary tuberculosis"}
@@ -110,8 +111,8 @@ class TbTask(Task):
         if source != "synthetic":
             raise ValueError(f"`data.source` must be synthetic or one of {REAL_SOURCES}, {source!r} is given.")
         src, workers = int(data["source_size_px"]), int(data.get("workers", 1))
-        return {name: generate_split(int(data[f"n_{name}"]), 3 * seed + k, src, size, workers)
-                for k, name in enumerate(("train", "val", "test"), start=1)}
+        return LazySplits({name: partial(generate_split, int(data[f"n_{name}"]), 3 * seed + k, src, size, workers)
+                           for k, name in enumerate(("train", "val", "test"), start=1)})
 
     def training_step(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["image"]

@@ -1,0 +1,143 @@
+"""DICOM ingest: 500 CT slices (512x512, 16-bit) from DCMTK storescu to medgate and to DCMTK storescp.
+
+Measured side by side in one run on loopback, with ``TCP_NODELAY=1`` for both DCMTK programs:
+
+* ``storescp``: DCMTK's receiver writing each instance to a file (no fsync);
+* ``medgate``: :class:`dicom_gateway.scp.StorageScp` with the event-driven reactors, a CT route
+  (so every slice is decoded once as a check), durable writes (temp file, fsync, rename, directory
+  fsync) and a synchronous SQLite commit before each C-STORE success; completion by quiet period;
+* ``medgate, known count``: the same with Number of Study Related Instances in every slice, so the
+  study completes at the last instance;
+* ``medgate, pynetdicom reactors``: the same as the first without :mod:`dicom_gateway.reactor`.
+
+Prints instances/s of each, the ratio to storescp, and the time from the last instance (storescu's
+last response) to study-complete; saves ``results/dicom_ingest.json`` and ``.png``.
+
+Run: ``.venv/bin/python benchmarks/dicom_ingest.py [--slices 500]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from benchmarks.report import save_figures  # noqa: E402
+from dicom_gateway import reactor  # noqa: E402
+from dicom_gateway.routing import Rule  # noqa: E402
+from dicom_gateway.scp import StorageScp  # noqa: E402
+from dicom_gateway.testdata import make_ct_series  # noqa: E402
+from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_for_port  # noqa: E402
+from serving.store import Store  # noqa: E402
+
+
+def write_series(folder: Path, slices: int, size_px: int, count: bool) -> list[Path]:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 4000, (slices, size_px, size_px), dtype=np.uint16)
+    paths = []
+    for index, ds in enumerate(make_ct_series(volume)):
+        if count:
+            ds.NumberOfStudyRelatedInstances = slices
+        path = folder / f"ct{index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def send(port: int, files: list[Path]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run([find_peer("storescu"), "-aet", "MODALITY", "-aec", "MEDGATE", "127.0.0.1", str(port),
+                             *map(str, files)], env=DCMTK_ENV, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu failed: {result.stderr[-2000:]}")
+    return elapsed
+
+
+def run_storescp(files: list[Path], work: Path) -> dict:
+    port, out = free_port(), work / "storescp"
+    out.mkdir()
+    proc = subprocess.Popen([find_peer("storescp"), "-aet", "MEDGATE", "-od", str(out), str(port)], env=DCMTK_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        elapsed = send(port, files)
+    finally:
+        stop_process(proc)
+    assert len(list(out.iterdir())) == len(files)
+    return {"receiver": "DCMTK storescp", "seconds": elapsed, "instances_per_s": len(files) / elapsed}
+
+
+def run_medgate(files: list[Path], work: Path, name: str, fast_reactor: bool) -> dict:
+    (reactor.install if fast_reactor else reactor.uninstall)()
+    store = Store(work / f"{name}.sqlite3")
+    complete = threading.Event()
+    latency: dict[str, float] = {}
+    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, work / f"spool-{name}",
+                     lambda study, model: complete.set(), rules=(Rule(models=("nodule",), modalities={"CT"}),),
+                     quiet_period_s=2.0, poll_interval_s=0.05, fast_reactor=fast_reactor)
+    scp.assembler.listeners.append(lambda group, seconds: latency.setdefault("from_last_s", seconds))
+    scp.start()
+    try:
+        elapsed = send(scp.port, files)
+        last_response = time.time()
+        if not complete.wait(30):
+            raise RuntimeError("the study did not complete within 30 s")
+        completed_at = store.query("SELECT completed_at FROM dicom_groups")[0]["completed_at"]
+    finally:
+        scp.stop()
+        store.close()
+    return {"receiver": name, "seconds": elapsed, "instances_per_s": len(files) / elapsed,
+            "last_instance_to_complete_s": round(max(0.0, completed_at - last_response), 3),
+            "last_stored_to_complete_s": round(latency.get("from_last_s", float("nan")), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=500)
+    parser.add_argument("--size-px", type=int, default=512)
+    args = parser.parse_args()
+    for peer in ("storescu", "storescp"):
+        if find_peer(peer) is None:
+            sys.exit(f"{peer} not installed (Debian package dcmtk)")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        work = Path(tmp)
+        plain = write_series(work / "series", args.slices, args.size_px, count=False)
+        counted = write_series(work / "series-count", args.slices, args.size_px, count=True)
+        rows = [run_storescp(plain, work),
+                run_medgate(plain, work, "medgate", fast_reactor=True),
+                run_medgate(counted, work, "medgate, known count", fast_reactor=True),
+                run_medgate(plain, work, "medgate, pynetdicom reactors", fast_reactor=False)]
+        reactor.install()
+    reference = rows[0]["instances_per_s"]
+    print(f"{args.slices} CT slices {args.size_px}x{args.size_px} 16-bit, storescu -> receiver, TCP_NODELAY=1")
+    print(f"{'receiver':32s} {'time s':>8s} {'inst/s':>8s} {'ratio':>6s} {'last->complete s':>17s}")
+    for row in rows:
+        row["ratio_to_storescp"] = round(row["instances_per_s"] / reference, 3)
+        print(f"{row['receiver']:32s} {row['seconds']:8.2f} {row['instances_per_s']:8.1f} "
+              f"{row['ratio_to_storescp']:6.2f} {row.get('last_instance_to_complete_s', ''):>17}")
+    figures = {"slices": args.slices, "size_px": args.size_px, "target_ratio": 0.8, "rows": rows,
+               "load_average": os.getloadavg()}
+
+    def plot(ax):
+        names = [r["receiver"] for r in rows]
+        ax.barh(names, [r["instances_per_s"] for r in rows], color=["grey"] + ["tab:blue"] * (len(rows) - 1))
+        ax.axvline(0.8 * reference, color="red", linestyle="--", label="0.8 x storescp")
+        ax.set_xlabel("instances/s (higher is better)")
+        ax.legend()
+
+    save_figures("dicom_ingest", figures, plot)
+
+
+if __name__ == "__main__":
+    main()
