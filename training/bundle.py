@@ -25,6 +25,7 @@ from torch import nn
 from models.registry import METADATA_NAME, ModelManifest, ModelRegistry, file_sha256, semantic_version
 from training.evaluate import save_evaluation
 from training.export import OPSET, export_onnx
+from training.torchscript import TORCHSCRIPT_NAME, save_torchscript
 from training.tasks.base import Evaluation, Task
 
 AUTHORS = ["medgate contributors"]
@@ -123,6 +124,7 @@ def write_version(root: Path, task: Task, network: nn.Module, config: dict[str, 
         spec = task.export_spec(network, config)
         errors = export_onnx(spec, staging / "model.onnx", check_inputs)
         torch.save({"task": task.name, "config": config, "network": network.state_dict()}, staging / "model.pt")
+        save_torchscript(spec, staging / TORCHSCRIPT_NAME)
         save_evaluation(test, staging, extra={"split": "test", "version": version})
         changelog = _previous_changelog(Path(root), task.name)
         auc = test.metrics.get("auc")
@@ -134,6 +136,7 @@ def write_version(root: Path, task: Task, network: nn.Module, config: dict[str, 
         meta["onnx"] = {"opset": OPSET, "parity_max_relative_error": errors, "parity_tolerance": 1e-4}
         meta["sha256"] = file_sha256(staging / "model.onnx")
         meta["weights_sha256"] = file_sha256(staging / "model.pt")
+        meta["torchscript_sha256"] = file_sha256(staging / TORCHSCRIPT_NAME)
         (staging / METADATA_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=float) + "\n",
                                              encoding="utf-8")
         os.replace(staging, folder)

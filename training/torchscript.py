@@ -8,6 +8,9 @@ import torch
 
 from training.tasks.base import ExportSpec
 
+#: File name of the TorchScript export in a registry version folder (read by the torch engine).
+TORCHSCRIPT_NAME = "model.ts"
+
 
 def save_torchscript(spec: ExportSpec, path: Path) -> Path:
     """Trace ``spec.module`` on its example inputs and save it with its I/O names and shapes."""

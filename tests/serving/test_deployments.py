@@ -75,3 +75,20 @@ def test_reconfigure_swaps_version_and_runs_shadow(tb):
     assert tb.shadow_results()[-1]["version"] == new
     tb.reconfigure({"version": new})
     assert tb.info()["version"] == new and tb.info()["shadow_version"] is None
+
+
+@pytest.mark.parametrize("name", ["tb", "derm", "vitals"])
+def test_torch_engine_matches_onnxruntime(name):
+    if name not in ModelRegistry().names():
+        pytest.skip(f"no {name} model registered")
+    manifest = ModelRegistry().get(name)
+    if not (manifest.path.parent / "model.ts").exists():
+        pytest.skip(f"{name}@{manifest.version} has no TorchScript export")
+    ort_engine = create_engine(manifest.path.parent, manifest.path.name, engine="onnxruntime", device="cpu")
+    torch_engine = create_engine(manifest.path.parent, manifest.path.name, engine="torch", device="cpu")
+    assert torch_engine.name.startswith("torch") and torch_engine.input_names == ort_engine.input_names
+    batch = np.random.default_rng(0).random([3] + ort_engine.input_shapes[0][1:], dtype=np.float32)
+    a = ort_engine.run({ort_engine.input_names[0]: batch})
+    b = torch_engine.run({torch_engine.input_names[0]: batch})
+    for key in a:
+        assert np.abs(a[key] - b[key]).max() <= 1e-4 * max(1.0, float(np.abs(a[key]).max()))

@@ -64,8 +64,11 @@ def test_health_ready_and_models(server):
     assert {"model:tb", "dicom", "mqtt", "outbox"} <= set(body["checks"])
     status, models = http_get("/v1/models")
     assert status == 200
-    assert models[0]["name"] == "tb" and models[0]["device"] in ("cpu", "cuda")
-    assert "not for clinical use" in models[0]["intended_use"].lower()
+    tb = next(m for m in models if m["name"] == "tb")
+    assert tb["device"] in ("cpu", "cuda")
+    assert "not for clinical use" in tb["intended_use"].lower()
+    assert http_get("/v1/models", token=False)[0] == 401  # every route but health checks needs a token
+    assert http_get("/healthz", token=False)[0] == 200
 
 
 def test_echoscu_and_called_ae_check(server):
