@@ -72,7 +72,7 @@ def test_reconfigure_swaps_version_and_runs_shadow(tb):
     assert tb.info()["version"] == old and tb.info()["shadow_version"] == new
     reply = tb.run_batch([tb_item(size)])[0]
     assert reply["version"] == old and tb.shadow_runs >= 1
-    assert tb.shadow_results()[-1]["version"] == new
+    assert tb.shadow_log[-1]["version"] == new
     tb.reconfigure({"version": new})
     assert tb.info()["version"] == new and tb.info()["shadow_version"] is None
 
