@@ -48,29 +48,24 @@ class StackRunner:
 
 
 class VolumeRunner:
-    """Whole volumes (``(Z,Y,X)`` in [0, 1]): sliding-window inference per volume with the engine
-    running batches of fixed-size patches, then connected-component post-processing.
+    """Whole volumes (``{"volume": (Z,Y,X) HU, "spacing_mm": ...}``), one at a time: the model package's
+    ``serve_volume`` does sliding-window inference with the engine running batches of fixed-size
+    patches, then post-processing (shared with training evaluation)."""
 
-    ``infer`` and ``postprocess`` come from the model's package (``models.<name>``) so that training
-    evaluation and serving share them.
-    """
-
-    def __init__(self, engine: Engine, manifest: ModelManifest,
-                 infer: Callable[..., np.ndarray], postprocess: Callable[..., Any]) -> None:
-        self.engine, self.manifest = engine, manifest
-        self.infer, self.postprocess = infer, postprocess
-        self.input_name = engine.input_names[0]
+    def __init__(self, engine: Engine, manifest: ModelManifest, serve_volume: Callable[..., dict]) -> None:
+        self.engine, self.manifest, self.serve_volume = engine, manifest, serve_volume
+        self.input_name, self.output_name = engine.input_names[0], engine.output_names[0]
+        self.max_batch = engine.buckets[-1] if getattr(engine, "device", "cpu") == "cuda" else None
 
     def _run_patches(self, patches: np.ndarray) -> np.ndarray:
-        return self.engine.run({self.input_name: patches.astype(np.float32, copy=False)})[
-            self.engine.output_names[0]]
+        patches = patches.astype(np.float32, copy=False)
+        step = self.max_batch or len(patches)
+        return np.concatenate([self.engine.run({self.input_name: patches[i:i + step]})[self.output_name]
+                               for i in range(0, len(patches), step)])
 
     def run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        replies = []
-        for item in items:
-            probability = self.infer(self._run_patches, item["volume"], self.manifest.raw)
-            replies.append(self.postprocess(probability, item.get("spacing_mm"), self.manifest.raw))
-        return replies
+        return [self.serve_volume(self._run_patches, item["volume"], item.get("spacing_mm"), self.manifest.raw)
+                for item in items]
 
 
 #: Model name -> runner kind. Unknown models default to ``stack``.
@@ -82,5 +77,4 @@ def make_runner(model: str, engine: Engine, manifest: ModelManifest):
         return StackRunner(engine, manifest)
     from importlib import import_module
 
-    package = import_module(f"models.{model}.serving")
-    return VolumeRunner(engine, manifest, package.infer, package.postprocess)
+    return VolumeRunner(engine, manifest, import_module(f"models.{model}.serving").serve_volume)

@@ -28,6 +28,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 TOKENS = {"clinician": "dashboard-clinician-token-0123", "admin": "dashboard-admin-token-01234567",
           "engineer": "dashboard-engineer-token-01234"}
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOC_SCREENSHOTS = ("dashboard-ward.png", "dashboard-worklist.png")  # kept under docs/
 RED = "rgb(198, 40, 40)"  # --high in style.css
 
 
@@ -89,7 +90,7 @@ def shoot(page, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     page.screenshot(path=str(path), full_page=False)
     print(f"screenshot: {path}")
-    if os.environ.get("MEDGATE_UPDATE_SCREENSHOTS") == "1":
+    if os.environ.get("MEDGATE_UPDATE_SCREENSHOTS") == "1" and name in DOC_SCREENSHOTS:
         shutil.copy(path, DOCS / name)
     return path
 

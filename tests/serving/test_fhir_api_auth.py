@@ -162,6 +162,8 @@ def test_session_cookie_only_for_reads(web):
 
 
 def test_audit_verify_detects_an_edited_row(web, tmp_path):
+    for path in ("/fhir/Patient/p1", "/fhir/Observation?patient=p1", "/fhir/Patient/p2"):
+        assert get(web, path).status_code == 200  # at least three rows, whichever tests ran before
     db = web["root"] / "medgate.sqlite3"
     config = tmp_path / "medgate.yaml"
     config.write_text(yaml.safe_dump({"state_dir": str(web["root"])}))
@@ -181,3 +183,19 @@ def test_audit_verify_detects_an_edited_row(web, tmp_path):
     print(bad.stdout.strip())
     assert bad.returncode == 1
     assert "first bad row seq 2" in bad.stdout and "edited" in bad.stdout
+
+
+def test_audit_chain_detects_deleted_and_reordered_rows(tmp_path):
+    from serving.audit import verify_rows
+
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    for i in range(5):
+        log.record(who=f"user {i}", role="clinician", action="read", resource_type="Patient", resource_id=str(i))
+    rows = log.rows()
+    log.close()
+    assert verify_rows(rows).ok and verify_rows(rows).head_seq == 5
+    deleted = verify_rows(rows[:2] + rows[3:])
+    assert deleted.bad_seq == 4 and "missing" in deleted.reason
+    swapped = [dict(r) for r in rows]
+    swapped[1], swapped[2] = {**swapped[2], "seq": 2}, {**swapped[1], "seq": 3}  # renumbered to hide it
+    assert verify_rows(swapped).bad_seq == 2

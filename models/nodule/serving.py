@@ -1,0 +1,59 @@
+"""Serving entry for the nodule model: one whole CT volume in, candidates and a label mask out.
+
+Used by :class:`serving.runners.VolumeRunner`; ``run_patches`` runs the exported patch network on a
+batch of ``(N, 1, 64, 64, 64)`` patches (onnxruntime or torch engine). All parameters come from the
+registry metadata, so training evaluation and serving share them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.nodule.inference import infer_volume
+from models.nodule.postprocess import extract_candidates
+from models.nodule.preprocess import prepare_volume, to_source_vox
+
+PatchBatchRunner = Callable[[np.ndarray], np.ndarray]
+
+
+def _patch_runner(run_patches: PatchBatchRunner) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda patches: torch.from_numpy(run_patches(patches.cpu().numpy()))
+
+
+def serve_volume(run_patches: PatchBatchRunner, volume_hu: np.ndarray, spacing_mm, metadata: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """Candidates at or above the operating threshold, and their labels in the source voxel grid.
+
+    Returns ``{"mask": int32 (Z, Y, X) labels 1..k in the source grid, "candidates": [{"label",
+    "probability", "centre_vox", "centre_mm", "diameter_mm", "volume_mm3"}, ...]}``.
+    """
+    image = metadata["network_data_format"]["inputs"]["image"]
+    model_spacing, window = image["spacing_mm"], tuple(image["window_hu"])
+    post = metadata.get("postprocessing", {})
+    threshold = float(metadata["operating_point"]["threshold"])
+    source = np.asarray(volume_hu, dtype=np.float32)
+    spacing = np.asarray(spacing_mm if spacing_mm is not None else model_spacing, dtype=np.float64)
+    volume01 = prepare_volume(source, spacing, model_spacing, window)
+    probability = infer_volume(_patch_runner(run_patches), volume01, image["spatial_shape"],
+                               post.get("sliding_window_overlap", 0.25))
+    found, labels = extract_candidates(probability, model_spacing, post.get("component_threshold", 0.5),
+                                       post.get("min_volume_mm3", 4.0))
+    kept = [(i + 1, c) for i, c in enumerate(found) if c.probability >= threshold]
+    relabel = np.zeros(len(found) + 1, np.int32)
+    for new, (old, _) in enumerate(kept, start=1):
+        relabel[old] = new
+    labels = relabel[labels]
+    if labels.shape != source.shape:  # nearest-neighbour back to the source grid
+        labels = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=source.shape,
+                               mode="nearest")[0, 0].numpy().astype(np.int32)
+    candidates = []
+    for new, (_, cand) in enumerate(kept, start=1):
+        centre = to_source_vox(np.asarray(cand.centre_vox), source.shape, volume01.shape)[0]
+        candidates.append({"label": new, "probability": float(cand.probability),
+                           "centre_vox": [float(v) for v in centre],
+                           "centre_mm": [float(v) for v in centre * spacing],
+                           "diameter_mm": float(cand.diameter_mm), "volume_mm3": float(cand.volume_mm3)})
+    return {"mask": labels, "candidates": candidates}
