@@ -129,6 +129,8 @@ class Rule:
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(models=("tb",), modalities=frozenset({"CR", "DX"}), body_parts=frozenset({"CHEST"})),
+    Rule(models=("nodule",), modalities=frozenset({"CT"}), body_parts=frozenset({"CHEST", "LUNG"})),
+    Rule(models=("derm",), modalities=frozenset({"XC"})),
 )
 
 

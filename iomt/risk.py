@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from models.vitals_features import LOINC_TO_INDEX, WINDOW_S, window_features
+from serving.worker import PeriodicWorker
 
 log = logging.getLogger("medgate.iomt.risk")
 
@@ -56,7 +57,7 @@ def risk_assessment(patient_ref: str, probability: float, end: datetime, model: 
     }
 
 
-class RiskScorer:
+class RiskScorer(PeriodicWorker):
     """Batching deterioration scorer.
 
     Parameters
@@ -86,9 +87,7 @@ class RiskScorer:
         self._scored_end: dict[str, float] = {}
         self._due: set[str] = set()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(flush_interval_s)
         self.batches: list[int] = []  # batch sizes sent to predict, for monitoring and tests
 
     def add(self, patient_ref: str, time_s: float, samples: list[tuple[str, float]]) -> None:
@@ -139,22 +138,11 @@ class RiskScorer:
             self.sink(resources)
         return resources
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="medgate-risk", daemon=True)
-        self._thread.start()
+    worker_name = "medgate-risk"
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+    def tick(self) -> None:
         self.flush()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - the scorer must outlive one bad flush
-                log.exception("risk flush failed")
+    def stop(self) -> None:
+        super().stop()
+        self.flush()

@@ -106,7 +106,11 @@ class DicomConfig(_Section):
     tls: DicomTls | None = None
     completion: DicomCompletion = DicomCompletion()
     storage: DicomStorage = DicomStorage()
-    routes: list[DicomRoute] = [DicomRoute(models=["tb"], modality=["CR", "DX"], body_part=["CHEST"])]
+    routes: list[DicomRoute] = [  # chest X-ray -> TB, chest CT -> lung nodules, skin photos -> derm
+        DicomRoute(models=["tb"], modality=["CR", "DX"], body_part=["CHEST"]),
+        DicomRoute(models=["nodule"], modality=["CT"], body_part=["CHEST", "LUNG"]),
+        DicomRoute(models=["derm"], modality=["XC"]),
+    ]
     _check_ae = field_validator("ae_title")(_ae_title)
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any, Callable
 
 from serving.outbox_db import PostgresOutboxDb, SqliteOutboxDb
 from serving.store import Store
+from serving.worker import PeriodicWorker
 
 log = logging.getLogger("medgate.outbox")
 
@@ -25,7 +25,7 @@ log = logging.getLogger("medgate.outbox")
 Sender = Callable[[str, dict[str, Any]], None]
 
 
-class Outbox:
+class Outbox(PeriodicWorker):
     """Persist, then deliver with retries.
 
     Parameters
@@ -41,6 +41,8 @@ class Outbox:
         Delay after the n-th failure is ``min(backoff_base_s * 2**(n-1), backoff_max_s)``.
     """
 
+    worker_name = "medgate-outbox"
+
     def __init__(self, store: Store, senders: dict[str, Sender], *, max_attempts: int = 8,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 300.0,
                  poll_interval_s: float = 0.5) -> None:
@@ -53,9 +55,7 @@ class Outbox:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.poll_interval_s = poll_interval_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(poll_interval_s)
 
     def enqueue(self, key: str, kind: str, destination: str, payload: dict[str, Any]) -> bool:
         """Persist one delivery; returns False when ``key`` was already enqueued (idempotent)."""
@@ -108,21 +108,5 @@ class Outbox:
         log.info("delivered %s to %s", item["key"], item["destination"])
         return True
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="medgate-outbox", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.deliver_due()
-            except Exception:  # noqa: BLE001 - the worker must outlive a bad item or a locked db
-                log.exception("outbox pass failed")
-            self._wake.wait(self.poll_interval_s)
-            self._wake.clear()
+    def tick(self) -> None:
+        self.deliver_due()

@@ -181,7 +181,8 @@ def froc(candidates: Sequence[Sequence[tuple[Sequence[float], float]]],
                          "are given.")
     events: list[tuple[float, int]] = []  # (score, 1 = true positive / 0 = false positive)
     for scan_candidates, scan_truths in zip(candidates, truths):
-        centres = np.array([c for c, _ in scan_truths], dtype=np.float64).reshape(len(scan_truths), -1)
+        centres = np.array([c for c, _ in scan_truths], dtype=np.float64).reshape(len(scan_truths), -1) \
+            if len(scan_truths) else np.zeros((0, 3))
         radii = np.array([d / 2.0 for _, d in scan_truths], dtype=np.float64)
         best: dict[int, float] = {}
         for centre, score in scan_candidates:

@@ -97,7 +97,8 @@ def peers(tmp_path_factory):
         "state_dir": str(root / "var"),
         "dicom": {"ae_title": "MEDGATE", "port": medgate_port},
         "destinations": {
-            "pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc["dicom"], "objects": ["sr", "sc"]},
+            "pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc["dicom"],
+                     "objects": ["sr", "seg", "sc"]},
             "archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive_port},
         },
         "http": {"port": http_port},
@@ -196,10 +197,15 @@ def test_ct_study_gives_a_seg_in_orthanc(peers, tmp_path):
     status, models = peers["server"].http_get("/v1/models")
     if status != 200 or "nodule" not in {m.get("name") for m in models}:
         pytest.skip("the running server does not expose model 'nodule' in GET /v1/models")
-    from dicom_gateway.testdata import make_ct_phantom, make_ct_series
+    from dicom_gateway.testdata import (CT_PIXEL_SPACING_MM, CT_RESCALE_INTERCEPT_HU, CT_SLICE_THICKNESS_MM,
+                                        make_ct_series)
+    from training.synthetic.ct import generate_ct
 
     orthanc = peers["orthanc"]["http"]
-    series = make_ct_series(make_ct_phantom((16, 96, 96), nodule_centre_px=(8, 36, 30))[0])
+    spacing = (CT_SLICE_THICKNESS_MM, CT_PIXEL_SPACING_MM, CT_PIXEL_SPACING_MM)
+    ct = generate_ct(np.random.default_rng(6), spacing_mm=spacing)  # a 20 mm nodule the model finds
+    stored = np.clip(ct.volume_hu.astype(np.int32) - CT_RESCALE_INTERCEPT_HU, 0, 4095).astype(np.uint16)
+    series = make_ct_series(stored)
     study_id = None
     for i, ds in enumerate(series):
         path = tmp_path / f"ct{i}.dcm"

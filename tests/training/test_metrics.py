@@ -85,3 +85,11 @@ def test_froc_by_hand():
     assert M.froc([[]], [[((0, 0), 2.0)]])["cpm"] == 0.0
     with pytest.raises(ValueError, match="same scans"):
         M.froc([[]], [])
+
+
+def test_froc_accepts_scans_without_lesions():
+    from training.metrics import froc
+
+    result = froc(candidates=[[((0.0, 0.0, 0.0), 0.9)], [((5.0, 5.0, 5.0), 0.8)]],
+                  truths=[[((0.0, 0.0, 0.0), 4.0)], []])
+    assert result["sensitivity"][-1] == 1.0
