@@ -40,8 +40,16 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         ).bind(name, options)
     limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s,
-              "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings)}
+              "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings),
+              "patient_identity": _identity_dict(settings)}
     return Ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
+
+
+def _identity_dict(settings: Settings) -> dict[str, Any]:
+    from serving.fhir_report import patient_identity
+
+    identity = patient_identity(settings)
+    return {"issuers": dict(identity.issuers), "unqualified_system": identity.unqualified_system}
 
 
 def app_builder(args: dict[str, str]) -> Application:

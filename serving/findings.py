@@ -43,8 +43,10 @@ def findings_json(model: str, reply: dict[str, Any], info: dict[str, Any]) -> li
     return [finding]
 
 
-def write_upload_results(state_dir: Path, ds, reply: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
-    """Write the TID 1500 SR for an uploaded DICOM image; returns links to it."""
+def write_upload_results(state_dir: Path, ds, reply: dict[str, Any], info: dict[str, Any],
+                         identity: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write the TID 1500 SR and the FHIR DiagnosticReport + Observation (local store) for an
+    uploaded DICOM image; returns links to both."""
     from dicom_gateway.sr import build_measurement_report
     from dicom_gateway.storage import write_durably
 
@@ -58,4 +60,15 @@ def write_upload_results(state_dir: Path, ds, reply: dict[str, Any], info: dict[
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     write_durably(Path(state_dir) / "results" / str(ds.StudyInstanceUID) / name, buffer.getvalue())
-    return {"sr": f"/v1/results/{ds.StudyInstanceUID}/{name}"}
+    from serving.fhir_report import PatientIdentity, build_report_resources
+    from serving.store import Store
+
+    resources = build_report_resources([finding], ds, PatientIdentity(**(identity or {})),
+                                       sr_sop_instance_uid=sr.SOPInstanceUID)
+    store = Store(Path(state_dir) / "medgate.sqlite3")
+    try:
+        store.put_resources(resources)
+    finally:
+        store.close()
+    return {"sr": f"/v1/results/{ds.StudyInstanceUID}/{name}",
+            "fhir": f"/fhir/DiagnosticReport/{resources[0]['id']}"}

@@ -77,6 +77,7 @@ class Ingress:
         self.max_upload_bytes = int(limits.get("max_upload_bytes", 64 * 1024 * 1024))
         self.timeout_s = float(limits.get("timeout_s", 30.0))
         self.metrics = IngressMetrics()
+        self.patient_identity = limits.get("patient_identity") or {}
         stow.configure(api, self.state_dir, limits.get("dicom"))
 
     @api.get("/healthz")
@@ -139,7 +140,8 @@ class Ingress:
         body = {"model": model, "version": reply["version"], "findings": findings_json(model, reply, info),
                 "context": context, "links": {}, "intended_use": info.get("intended_use")}
         if decoded is not None and decoded.dataset is not None and model == "tb":
-            body["links"] = write_upload_results(self.state_dir, decoded.dataset, reply, info)
+            body["links"] = write_upload_results(self.state_dir, decoded.dataset, reply, info,
+                                                 self.patient_identity)
         return JSONResponse(body)
 
     async def _read_body(self, request: Request) -> bytes:

@@ -93,6 +93,11 @@ def test_dicom_upload_gives_findings_and_an_sr(app):
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     sr = requests.get(app["url"] + body["links"]["sr"], headers=admin, timeout=30)
     assert sr.status_code == 200 and sr.content[128:132] == b"DICM"
+    report = requests.get(app["url"] + body["links"]["fhir"], headers=admin, timeout=30)
+    assert report.status_code == 200, report.text
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    assert DiagnosticReport.model_validate(report.json()).status == "preliminary"
 
 
 def test_derm_photo_upload_gives_seven_calibrated_classes(app):
