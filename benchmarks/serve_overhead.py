@@ -25,6 +25,8 @@ from benchmarks.report import save_figures  # noqa: E402
 from serving.config import load_config  # noqa: E402
 from serving.deployments import ModelServer  # noqa: E402
 
+TOKEN = "benchmark-token-not-a-secret"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -82,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     rows["direct"]["concurrent"] = {"note": "a direct call has no queue: concurrency is the batch in model_core"}
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_config(None, state_dir=tmp, http={"port": free_port()},
-                               serving={"max_queued_requests": 10_000, "max_ongoing_requests": 256})
-        ray.init(include_dashboard=False, namespace="medgate-bench", logging_level="WARNING")
+                               serving={"max_queued_requests": 10_000, "max_ongoing_requests": 256},
+                               auth={"tokens": [{"token": TOKEN, "role": "admin", "name": "benchmark"}]})
+        # Logical CPUs: one per model replica, as `medgate serve` does.
+        ray.init(include_dashboard=False, namespace="medgate-bench", logging_level="WARNING",
+                 num_cpus=max(os.cpu_count() or 2, 8))
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": settings.http.port})
             serve.run(build_app(settings, versions={}), name=APP_NAME, route_prefix="/")
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             call_handle = lambda: handle.remote(item).result()  # noqa: E731
             url = f"http://127.0.0.1:{settings.http.port}/v1/infer/tb"
             session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {TOKEN}"
             call_http = lambda: session.post(url, files={"file": ("x.png", png_bytes)}).raise_for_status()  # noqa: E731
             for name, call in (("serve_handle", call_handle), ("http", call_http)):
                 call()

@@ -74,7 +74,7 @@ def test_unrouted_study_is_stored_not_refused(scp):
     server, store, completed = scp
     from pydicom import dcmread
 
-    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds = dcmread(get_testdata_file("MR_small.dcm"))  # MR: no default route (chest CT goes to nodule)
     assert send(server, ds) == StoreStatus.SUCCESS
     wait_until(lambda: store.study(ds.StudyInstanceUID)["status"] == "unrouted", timeout_s=10)
     assert completed == []
