@@ -43,6 +43,8 @@ from serving import web_context
 STATUS_STALE_S = 15.0
 STATUS_FILE = "components.json"
 RETRY_AFTER_S = 1
+#: How long the ingress reuses a model's info (version, input size, threshold) between requests.
+INFO_TTL_S = 2.0
 _UID = re.compile(r"^[0-9.]{1,64}$")
 _RESULT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -57,6 +59,12 @@ def read_components(state_dir: Path) -> dict:
         return json.loads((state_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _prepare(model: str, data: bytes, info: dict):
+    """Decode and preprocess an upload (run in a worker thread: it is CPU work)."""
+    decoded = decode(data)
+    return decoded, model_item(model, decoded, info)
 
 
 def _error(status: int, reason: str, **headers: str) -> JSONResponse:
@@ -78,6 +86,7 @@ class Ingress:
         self.timeout_s = float(limits.get("timeout_s", 30.0))
         self.metrics = IngressMetrics()
         self.patient_identity = limits.get("patient_identity") or {}
+        self._info_cache: dict[str, tuple[float, dict]] = {}
         stow.configure(api, self.state_dir, limits.get("dicom"))
 
     @api.get("/healthz")
@@ -121,14 +130,16 @@ class Ingress:
             return _error(413, f"body of {length} bytes exceeds the {self.max_upload_bytes}-byte limit")
         handle = self.models[model]
         try:
-            info = await handle.info.remote()
+            info = await self._model_info(model)
             if model == "vitals":
                 item, decoded, context = vitals_window(await self._read_body(request)), None, {}
             else:
                 data, context = await self._read_file(request)
-                decoded = decode(data)
-                item = model_item(model, decoded, info)
+                decoded, item = await asyncio.to_thread(_prepare, model, data, info)
             reply = await asyncio.wait_for(handle.remote(item), timeout=self.timeout_s)
+            if reply["version"] != info["version"]:  # deployed meanwhile: describe the version that answered
+                self._info_cache.pop(model, None)
+                info = await self._model_info(model)
         except UploadError as exc:
             return _error(exc.status, exc.reason)
         except BackPressureError:
@@ -143,6 +154,14 @@ class Ingress:
             body["links"] = write_upload_results(self.state_dir, decoded.dataset, reply, info,
                                                  self.patient_identity)
         return JSONResponse(body)
+
+    async def _model_info(self, model: str) -> dict:
+        """A deployment's info, cached for ``INFO_TTL_S`` (it changes only when a version is deployed)."""
+        cached = self._info_cache.get(model)
+        if cached is None or time.monotonic() - cached[0] > INFO_TTL_S:
+            cached = (time.monotonic(), await self.models[model].info.remote())
+            self._info_cache[model] = cached
+        return cached[1]
 
     async def _read_body(self, request: Request) -> bytes:
         body = await request.body()
