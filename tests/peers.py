@@ -30,7 +30,7 @@ def find_peer(name: str) -> str | None:
 def require_peer(name: str, package: str) -> str:
     path = find_peer(name)
     if path is None:
-        pytest.skip(f"{name} not installed (Debian package {package}; `make test` installs it as root)")
+        pytest.skip(reason=f"{name} not installed (Debian package {package}; `make test` installs it as root)")
     return path
 
 

@@ -29,7 +29,7 @@ def _config(root, dicom_port: int) -> dict:
 
 def test_kill_9_mid_study_then_restart(tmp_path):
     if find_peer("storescu") is None:
-        pytest.skip("storescu not installed (Debian package dcmtk)")
+        pytest.skip(reason="storescu not installed (Debian package dcmtk)")
     files = write_ct_series(tmp_path / "ct", SLICES, size_px=64)
     for path in files:  # the modality announces the study size: completion needs no quiet period
         ds = dcmread(path)

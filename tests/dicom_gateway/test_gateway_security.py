@@ -51,7 +51,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 def pki(tmp_path):
     """A throw-away CA, a server and a client certificate (CN=127.0.0.1), made with openssl."""
     if find_peer("openssl") is None:
-        pytest.skip("openssl not installed")
+        pytest.skip(reason="openssl not installed")
     d = tmp_path / "pki"
     d.mkdir()
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",

@@ -29,7 +29,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_pki(folder: Path) -> Pki:
     """A self-signed CA and a server (127.0.0.1) and client certificate signed by it."""
     if find_peer("openssl") is None:
-        pytest.skip("openssl not installed")
+        pytest.skip(reason="openssl not installed")
     folder.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=medgate-test-ca",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=folder)
@@ -46,7 +46,7 @@ def make_pki(folder: Path) -> Pki:
 def password_file(folder: Path) -> Path:
     binary = find_peer("mosquitto_passwd")
     if binary is None:
-        pytest.skip("mosquitto_passwd not in this mosquitto package: password variant not testable")
+        pytest.skip(reason="mosquitto_passwd not in this mosquitto package: password variant not testable")
     path = folder / "passwd"
     path.write_text("")
     subprocess.run([binary, "-b", str(path), USER, PASSWORD], check=True, capture_output=True, timeout=30)

@@ -13,7 +13,7 @@ def _manifest():
     try:
         return ModelRegistry().get("nodule")
     except LookupError:
-        pytest.skip("no nodule model is registered under models/nodule")
+        pytest.skip(reason="no nodule model is registered under models/nodule")
 
 
 def test_metadata_is_complete():

@@ -37,11 +37,11 @@ def server(tmp_path_factory):
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright; the dev extra has it)")
+        pytest.skip(reason="playwright is not installed (pip install playwright; the dev extra has it)")
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found (Debian package chromium; `make peers` installs it as root)")
+        pytest.skip(reason=f"{CHROMIUM} not found (Debian package chromium; `make peers` installs it as root)")
     if find_peer("storescu") is None:
-        pytest.skip("storescu not installed (Debian package dcmtk)")
+        pytest.skip(reason="storescu not installed (Debian package dcmtk)")
     root = tmp_path_factory.mktemp("dashboard")
     config = {
         "state_dir": str(root / "var"),

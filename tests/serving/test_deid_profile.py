@@ -38,7 +38,7 @@ def identifying(tag: int):
 def loaded(name: str):
     path = get_testdata_file(name)
     if path is None:
-        pytest.skip(f"pydicom test file {name} is not available")
+        pytest.skip(reason=f"pydicom test file {name} is not available")
     ds = dcmread(path)
     ds.remove_private_tags()
     ds.add_new(0x00091010, "LO", "private vendor note")  # a private attribute

@@ -65,7 +65,7 @@ def test_an_item_may_be_a_whole_batch_of_samples():
 def test_reconfigure_swaps_version_and_runs_shadow(tb):
     versions = ModelRegistry().versions("tb")
     if len(versions) < 2:
-        pytest.skip(f"one registered tb version ({versions}); swapping needs two")
+        pytest.skip(reason=f"one registered tb version ({versions}); swapping needs two")
     old, new = versions[0], versions[-1]
     size = tb.active.manifest.input_size_px
     tb.reconfigure({"version": old, "shadow_version": new})
@@ -80,10 +80,10 @@ def test_reconfigure_swaps_version_and_runs_shadow(tb):
 @pytest.mark.parametrize("name", ["tb", "derm", "vitals"])
 def test_torch_engine_matches_onnxruntime(name):
     if name not in ModelRegistry().names():
-        pytest.skip(f"no {name} model registered")
+        pytest.skip(reason=f"no {name} model registered")
     manifest = ModelRegistry().get(name)
     if not (manifest.path.parent / "model.ts").exists():
-        pytest.skip(f"{name}@{manifest.version} has no TorchScript export")
+        pytest.skip(reason=f"{name}@{manifest.version} has no TorchScript export")
     ort_engine = create_engine(manifest.path.parent, manifest.path.name, engine="onnxruntime", device="cpu")
     torch_engine = create_engine(manifest.path.parent, manifest.path.name, engine="torch", device="cpu")
     assert torch_engine.name.startswith("torch") and torch_engine.input_names == ort_engine.input_names

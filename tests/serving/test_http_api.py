@@ -104,7 +104,7 @@ def test_derm_photo_upload_gives_seven_calibrated_classes(app):
     from PIL import Image
 
     if "derm" not in ModelRegistry().names():
-        pytest.skip("no derm model registered")
+        pytest.skip(reason="no derm model registered")
     buffer = io.BytesIO()
     Image.fromarray((np.random.default_rng(4).random((150, 160, 3)) * 255).astype(np.uint8)).save(buffer, "JPEG")
     response = infer(app, "derm", buffer.getvalue(), "lesion.jpg")
@@ -175,7 +175,7 @@ def test_version_swap_under_load_loses_no_request(app):
 
     versions = ModelRegistry().versions("tb")
     if len(versions) < 2:
-        pytest.skip(f"one registered tb version ({versions}); swapping needs two")
+        pytest.skip(reason=f"one registered tb version ({versions}); swapping needs two")
     data, codes, seen, stop = png_bytes(), [], set(), threading.Event()
 
     def load():

@@ -81,7 +81,7 @@ def orthanc_api(port: int, path: str, body: bytes | dict | None = None):
 def peers(tmp_path_factory):
     for name, package in (("Orthanc", "orthanc"), ("storescp", "dcmtk"), ("dciodvfy", "dicom3tools")):
         if find_peer(name) is None:
-            pytest.skip(f"{name} not installed (Debian package {package}; `make test` installs it as root)")
+            pytest.skip(reason=f"{name} not installed (Debian package {package}; `make test` installs it as root)")
     root = tmp_path_factory.mktemp("roundtrip")
     medgate_port, http_port = free_port(), free_port()
     orthanc = {"http": free_port(), "dicom": free_port()}
@@ -193,10 +193,10 @@ def test_ct_study_gives_a_seg_in_orthanc(peers, tmp_path):
     try:
         ModelRegistry().get("nodule")
     except Exception as exc:  # noqa: BLE001 - any registry failure means no deployable version
-        pytest.skip(f"no registered version under models/nodule/ ({type(exc).__name__}: {exc})")
+        pytest.skip(reason=f"no registered version under models/nodule/ ({type(exc).__name__}: {exc})")
     status, models = peers["server"].http_get("/v1/models")
     if status != 200 or "nodule" not in {m.get("name") for m in models}:
-        pytest.skip("the running server does not expose model 'nodule' in GET /v1/models")
+        pytest.skip(reason="the running server does not expose model 'nodule' in GET /v1/models")
     from dicom_gateway.testdata import (CT_PIXEL_SPACING_MM, CT_RESCALE_INTERCEPT_HU, CT_SLICE_THICKNESS_MM,
                                         make_ct_series)
     from training.synthetic.ct import generate_ct

@@ -24,7 +24,7 @@ from training.synthetic.cxr import generate_cxr
 def server(tmp_path_factory):
     for name, package in (("storescp", "dcmtk"), ("dciodvfy", "dicom3tools")):
         if find_peer(name) is None:
-            pytest.skip(f"{name} not installed (Debian package {package}; `make test` installs it as root)")
+            pytest.skip(reason=f"{name} not installed (Debian package {package}; `make test` installs it as root)")
     root = tmp_path_factory.mktemp("medgate")
     pacs_port, pacs_dir = free_port(), root / "pacs"
     pacs_dir.mkdir()
@@ -167,7 +167,7 @@ def test_models_deploy_swaps_and_rolls_back(server):
 
     versions = ModelRegistry().versions("tb")
     if len(versions) < 2:
-        pytest.skip(f"one registered tb version ({versions}); swapping needs two")
+        pytest.skip(reason=f"one registered tb version ({versions}); swapping needs two")
     http_get = server["process"].http_get
     for version in (versions[0], versions[-1]):  # deploy the older one, then roll back
         result = subprocess.run(MEDGATE + ["models", "deploy", f"tb@{version}"], env=server["env"],

@@ -12,7 +12,7 @@ from training.synthetic.ct import generate_ct
 @pytest.fixture(scope="module")
 def nodule():
     if "nodule" not in ModelRegistry().names():
-        pytest.skip("no nodule model registered")
+        pytest.skip(reason="no nodule model registered")
     server = ModelServer("nodule", {})
     server.reconfigure({})
     return server
