@@ -77,3 +77,21 @@ class LazySplits(Mapping):
 
     def __len__(self) -> int:
         return len(self._builders)
+
+
+def _single_threaded(job: tuple[Callable[[Any], Any], Any]) -> Any:
+    function, args = job
+    torch.set_num_threads(1)  # one generator process per core
+    return function(args)
+
+
+def map_shards(function: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1) -> list[Any]:
+    """``[function(job) for job in jobs]``, in forked processes (one torch thread each) when
+    ``workers`` > 1; ``function`` must be a module-level function."""
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_single_threaded, [(function, job) for job in jobs]))
+    return [function(job) for job in jobs]

@@ -19,7 +19,6 @@ The temperature is fitted on validation; the export outputs ``softmax(logits / T
 from __future__ import annotations
 
 import math
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from torch.utils.data import Dataset, Subset
 from models.derm.calibration import CalibratedClassifier, fit_temperature
 from models.derm.network import CLASSES, DermNetConfig, build_derm_network
 from training import derm_report as R
-from training.data import ArrayDataset, split_indices
+from training.data import ArrayDataset, map_shards, split_indices
 from training.tasks.base import Evaluation, ExportSpec, Task
 
 MEL = CLASSES.index("mel")
@@ -49,24 +48,13 @@ def _shard(job: tuple[int, int, int, int, str]) -> tuple[np.ndarray, np.ndarray]
     return to_derm_input_batch(images, input_px), labels
 
 
-def _shard_in_worker(job):
-    torch.set_num_threads(1)  # one generator process per core
-    return _shard(job)
-
-
 def generate_split(n: int, seed: int, source_px: int, input_px: int, prior: str, workers: int = 1) -> ArrayDataset:
     """``n`` generated items (``prior``: ``balanced`` or ``ham10000``) in shards of :data:`SHARD_SIZE`."""
     if prior not in PRIORS:
         raise ValueError(f"`prior` must be one of {PRIORS}, {prior!r} is given.")
     jobs = [(min(SHARD_SIZE, n - i), seed * 1000 + k, source_px, input_px, prior)
             for k, i in enumerate(range(0, n, SHARD_SIZE))]
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_shard_in_worker, jobs))
-    else:
-        parts = [_shard(job) for job in jobs]
+    parts = map_shards(_shard, jobs, workers)
     return ArrayDataset({"image": np.concatenate([p[0] for p in parts]),
                          "label": np.concatenate([p[1] for p in parts]).astype(np.int64)})
 

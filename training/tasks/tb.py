@@ -13,7 +13,6 @@ threshold chosen on validation, ECE with a reliability curve, and the localisati
 """
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -26,7 +25,7 @@ from torch.utils.data import Dataset, Subset
 from models.tb.network import TbNet, TbNetConfig, heatmap_size
 from models.transforms import heatmap_peaks
 from training import metrics as M
-from training.data import ArrayDataset, LazySplits, split_indices
+from training.data import ArrayDataset, LazySplits, map_shards, split_indices
 from training.tasks.base import Evaluation, ExportSpec, Task
 
 FINDING = {"value": "154283005", "scheme": "SCT", "meaning": "Pulmonary tuberculosis"}
@@ -42,22 +41,11 @@ def _shard(job: tuple[int, int, int, int]):
     return make_dataset(n, seed, source_px, input_px)
 
 
-def _shard_in_worker(job: tuple[int, int, int, int]):
-    torch.set_num_threads(1)  # one generator process per core
-    return _shard(job)
-
-
 def generate_split(n: int, seed: int, source_px: int, input_px: int, workers: int = 1) -> ArrayDataset:
     """``n`` generated items in shards of :data:`SHARD_SIZE` (optionally in parallel processes)."""
     jobs = [(min(SHARD_SIZE, n - i), seed * 1000 + k, source_px, input_px)
             for k, i in enumerate(range(0, n, SHARD_SIZE))]
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_shard_in_worker, jobs))
-    else:
-        parts = [_shard(job) for job in jobs]
+    parts = map_shards(_shard, jobs, workers)
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts]).astype(np.float32)
     centres = np.full((n, MAX_LESIONS, 2), np.nan, dtype=np.float32)
