@@ -13,7 +13,6 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import save_figures  # noqa: E402
+from benchmarks.report import free_port, save_figures  # noqa: E402
 from dicom_gateway.testdata import make_dx_dataset  # noqa: E402
 from serving.process import ServerProcess  # noqa: E402
 from training.synthetic.cxr import generate_cxr  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_new_file(folder: Path, known: set[str], timeout_s: float = 60.0) -> Path:

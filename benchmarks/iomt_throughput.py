@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from benchmarks.report import save_figures
+from benchmarks.report import free_port, save_figures
 
 PREFIX = "medgate"
 MDC_HR, MDC_SPO2, MDC_RR = 147842, 150456, 151562  # IEEE 11073-10101
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        port = _free_port()
+        port = free_port()
         broker = start_broker(folder, port)
         try:
             saturation = bridge_phase(port, folder, args.beds, args.messages, 0, "saturation")
@@ -207,13 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     save_figures("iomt_throughput", figures, plot)
     return 0 if saturation["lost"] == 0 and paced["lost"] == 0 else 1
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 if __name__ == "__main__":
     sys.exit(main())

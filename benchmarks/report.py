@@ -4,11 +4,19 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    """A free loopback TCP port for a server the benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine() -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -21,17 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import save_figures  # noqa: E402
+from benchmarks.report import free_port, save_figures  # noqa: E402
 from serving.config import load_config  # noqa: E402
 from serving.deployments import ModelServer  # noqa: E402
 
 TOKEN = "benchmark-token-not-a-secret"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stats(latencies_s: list[float], wall_s: float, n: int) -> dict:

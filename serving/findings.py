@@ -14,11 +14,17 @@ from models.transforms import heatmap_peak
 _FRACTION_SCALE = 10_000
 
 
+def source_image(ds) -> SourceImage:
+    """The :class:`SourceImage` (UIDs, size, frame of reference) of DICOM image ``ds``."""
+    return SourceImage(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
+                       sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                       rows=int(ds.Rows), columns=int(ds.Columns),
+                       frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")))
+
+
 def image_finding(ds, reply: dict[str, Any], info: dict[str, Any]) -> Finding:
     """The :class:`Finding` of an image classifier's reply about DICOM image ``ds``."""
-    source = SourceImage(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
-                         sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-                         rows=int(ds.Rows), columns=int(ds.Columns))
+    source = source_image(ds)
     point = heatmap_peak(reply["heatmap"], source.rows, source.columns) if "heatmap" in reply else None
     probability = float(np.asarray(reply["probability"]).reshape(-1)[0])
     return Finding(model=info["name"], model_version=info["version"], code=Concept(**info["finding"]),

@@ -43,7 +43,7 @@ from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
 from models.finding import Concept, Finding, SourceImage
 from serving.fhir_report import PatientIdentity, build_report_resources
-from serving.findings import image_finding
+from serving.findings import image_finding, source_image
 
 log = logging.getLogger("medgate.imaging")
 
@@ -55,13 +55,6 @@ ALL_OBJECTS = ("sr", "seg", "sc")
 
 def _uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=["medgate result", *map(str, parts)])
-
-
-def _source_image(ds) -> SourceImage:
-    return SourceImage(study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
-                       sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-                       rows=int(ds.Rows), columns=int(ds.Columns),
-                       frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")))
 
 
 class ImagingPipeline:
@@ -200,7 +193,7 @@ class ImagingPipeline:
     @staticmethod
     def _volume_findings(series: list, reply: dict, info: dict) -> list[Finding]:
         labels = np.asarray(reply.get("mask")) if reply.get("mask") is not None else None
-        images = [_source_image(ds) for ds in series]
+        images = [source_image(ds) for ds in series]
         common = dict(model=info["name"], model_version=info["version"], code=Concept(**info["finding"]),
                       threshold=info["threshold"], source=images[0], other_sources=tuple(images[1:]))
         findings = []
