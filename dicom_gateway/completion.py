@@ -16,7 +16,8 @@ Rules, checked in this order for every group still ``receiving`` (see ``docs/dic
 The decision reads the store, not memory, so it covers instances written by the STOW-RS route in
 the HTTP ingress process and survives restarts: after ``kill -9`` the groups left ``receiving``
 are picked up with their counts and arrival times.  Completing claims a durable dispatch marker
-per model (:func:`dicom_gateway.ledger.complete_group`) before the pipeline is called.
+per model (:func:`dicom_gateway.ledger.complete_group`) before the pipeline is called.  Completion
+and hand-off run under the Study Instance UID as correlation id (:mod:`serving.correlation`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import time
 from typing import Callable
 
 from dicom_gateway import ledger
+from serving.correlation import bound
 
 log = logging.getLogger("medgate.dicom")
 
@@ -99,8 +101,11 @@ class StudyAssembler:
         done = []
         for group in ledger.receiving_groups(self.store):
             reason = self._reason(group, now)
-            if reason is not None and self._complete(group, reason, now):
-                done.append(group["group_uid"])
+            if reason is None:
+                continue
+            with bound(group["study_uid"]):
+                if self._complete(group, reason, now):
+                    done.append(group["group_uid"])
         return done
 
     def _reason(self, group: dict, now: float) -> str | None:

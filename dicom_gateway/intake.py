@@ -4,6 +4,7 @@
 SOP class, UIDs, free-space watermark, routing, a pixel decode check for routed instances, the
 series geometry check for volume modalities, then the durable spool write and one store
 transaction.  It returns a named status (PS3.4 B.2.3) and the reason, never raises for bad input.
+Its log lines carry the Study Instance UID as correlation id (:mod:`serving.correlation`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dicom_gateway.retention import below_watermark
 from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Rule, routes
 from dicom_gateway.status import StoreStatus
 from dicom_gateway.storage import check_uid, instance_path, write_durably
+from serving.correlation import bind, reset
 
 log = logging.getLogger("medgate.dicom")
 
@@ -60,6 +62,14 @@ def expected_count(ds: Dataset, group_by: str) -> int | None:
     return None
 
 
+def _study_uid(ds: Dataset) -> str | None:
+    """The Study Instance UID as the correlation id, or None when it cannot be read."""
+    try:
+        return str(ds.StudyInstanceUID).strip() or None
+    except Exception:  # noqa: BLE001 - a broken dataset is refused later, with its reason
+        return None
+
+
 @dataclass(frozen=True)
 class Accepted:
     """The outcome of :meth:`Intake.accept`: status, group, whether a count was announced, reason."""
@@ -87,6 +97,14 @@ class Intake:
     def accept(self, ds: Dataset, encoded: Callable[[], bytes], calling_ae: str, called_ae: str,
                context_sop_class: str | None = None) -> Accepted:
         """Check ``ds`` and store ``encoded()`` (its Part 10 bytes) durably before returning success."""
+        token = bind(_study_uid(ds))
+        try:
+            return self._accept(ds, encoded, calling_ae, called_ae, context_sop_class)
+        finally:
+            reset(token)
+
+    def _accept(self, ds: Dataset, encoded: Callable[[], bytes], calling_ae: str, called_ae: str,
+                context_sop_class: str | None) -> Accepted:
         try:
             sop_class = check_uid("SOPClassUID", ds.SOPClassUID)
             sop_instance = check_uid("SOPInstanceUID", ds.SOPInstanceUID)

@@ -28,12 +28,14 @@ from typing import Any
 from iomt.alerts import AlertPolicy, alert_message, flag_resource
 from iomt.compact import EcgChunk, decode
 from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
+from iomt.message_id import each_message
 from iomt.news2 import score
 from iomt.observations import news2_observation, vital_observations
 from iomt.payload import PayloadError
 from iomt.state import StateTable
 from iomt.topics import Topics
 from iomt.waveforms import ecg_observation
+from serving.correlation import current_id
 
 log = logging.getLogger("medgate.iomt")
 
@@ -68,7 +70,7 @@ class VitalsPipeline:
 
     def run(self, messages: list[tuple[str, bytes]]) -> BatchOut:
         out = BatchOut()
-        for topic, payload in messages:
+        for topic, payload in each_message(messages):  # each message's lines carry its id
             try:
                 self.handle(topic, payload, out)
             except Exception:  # noqa: BLE001 - one bad message must not stop the bridge
@@ -134,7 +136,8 @@ class VitalsPipeline:
                               device=device, result=result, at=msg.time, decision=decision,
                               news2_id=news2["id"], flag=flag["id"])
         out.outbox_rows.append((f"alert:{news2['id']}", MQTT_KIND,
-                                self.topics.alert(location.ward, location.bed), json.dumps(alert)))
+                                self.topics.alert(location.ward, location.bed), json.dumps(alert),
+                                current_id()))
         out.alerts += 1
         log.info("NEWS2 %s (%d) for %s at %s/%s: %s alert queued", result.band.value, result.total,
                  msg.patient_id, location.ward, location.bed, decision.reason)

@@ -25,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     deploy = models.add_parser("deploy", help="serve <name>@<version> without downtime (rollback: same)")
     deploy.add_argument("ref", help="name@version, e.g. tb@1.1.0")
     deploy.add_argument("--shadow", help="also run this version on the same requests; results logged only")
-    from serving import governance_cli, outbox_cli
+    from serving import governance_cli, outbox_cli, status_cli
     from training.cli import COMMANDS as TRAINING_COMMANDS, add_commands, run as run_training
 
     outbox_cli.add_commands(sub)
     governance_cli.add_commands(sub)
+    status_cli.add_commands(sub)
 
     add_commands(sub)
     args = parser.parse_args(argv)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"medgate: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure(settings.log_level)
+    configure(settings.log_level, settings.logging.format)
     if args.command == "check-config":
         print(settings.public_json())
         return 0
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return outbox_cli.run(settings, args)
     if args.command in governance_cli.COMMANDS:
         return governance_cli.run(settings, args)
+    if args.command in status_cli.COMMANDS:
+        return status_cli.run(settings, args)
     if args.command == "models":
         from serving import models_cli
 

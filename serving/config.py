@@ -258,6 +258,10 @@ class AuthConfig(_Section):
         return value
 
 
+class LoggingConfig(_Section):
+    format: Literal["text", "json"] = "text"  # json: one object per line (docs/observability.md)
+
+
 class ServingConfig(_Section):
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -289,6 +293,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     auth: AuthConfig = AuthConfig()
     log_level: str = "INFO"
+    logging: LoggingConfig = LoggingConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -11,9 +11,11 @@ replies into :class:`~models.finding.Finding` objects and writes, per study:
 
 Each DICOM object is queued through the outbox for every destination whose ``objects`` list names
 its kind (``sr``, ``seg``, ``sc``); the FHIR resources go as one transaction Bundle to
-``fhir.base_url`` or, without it, into the local store.  Studies left ``complete`` by a crash are
-resubmitted at start.  Every UID and FHIR id derives from the source and the model version, so
-reprocessing a study replaces its results instead of adding more.
+``fhir.base_url`` or, without it, into the local store.  Each study is processed, and its outbox
+items enqueued, under its Study Instance UID as correlation id (:mod:`serving.correlation`).
+Studies left ``complete`` by a crash are resubmitted at start.  Every UID and FHIR id derives from
+the source and the model version, so reprocessing a study replaces its results instead of adding
+more.
 
 A volume model (``nodule``) receives the series as ``{"volume": (Z, Y, X) float32, "spacing_mm"}``
 in slice order (ascending position along the normal) and is expected to reply
@@ -42,6 +44,7 @@ from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
 from models.finding import Concept, Finding, SourceImage
+from serving.correlation import bound
 from serving.fhir_report import PatientIdentity, build_report_resources
 from serving.findings import image_finding, source_image
 
@@ -100,7 +103,8 @@ class ImagingPipeline:
         self._thread.start()
         for study in self.store.studies_with_status("complete"):
             row = self.store.study(study)
-            log.info("study %s: resuming after restart", study)
+            with bound(study):
+                log.info("study %s: resuming after restart", study)
             self.submit(study, row["route"])
 
     def stop(self) -> None:
@@ -113,11 +117,12 @@ class ImagingPipeline:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             study, model = item
-            try:
-                self.process(study, model)
-            except Exception as exc:  # noqa: BLE001 - the study fails, the pipeline goes on
-                log.exception("study %s: processing failed", study)
-                self.store.set_study_status(study, "failed", detail=f"{type(exc).__name__}: {exc}")
+            with bound(study):
+                try:
+                    self.process(study, model)
+                except Exception as exc:  # noqa: BLE001 - the study fails, the pipeline goes on
+                    log.exception("study %s: processing failed", study)
+                    self.store.set_study_status(study, "failed", detail=f"{type(exc).__name__}: {exc}")
 
     def model_info(self, model: str) -> dict:
         if model not in self._info:

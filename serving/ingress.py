@@ -21,7 +21,6 @@ Limits: bodies over ``max_upload_bytes`` get 413; a model whose queue is full ge
 # No `from __future__ import annotations`: FastAPI must see real types on the ingress methods.
 
 import asyncio
-import json
 import re
 import time
 from pathlib import Path
@@ -34,14 +33,12 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serving import stow
+from serving.components import STATUS_FILE, STATUS_STALE_S, read_components  # noqa: F401 - re-exported
 from serving.metrics import IngressMetrics
 from serving.uploads import UploadError, decode, model_item, vitals_window
 from serving.web import install_routes
 from serving import web_context
 
-#: The status file is stale (its writer is gone) after this long without a heartbeat.
-STATUS_STALE_S = 15.0
-STATUS_FILE = "components.json"
 RETRY_AFTER_S = 1
 #: How long the ingress reuses a model's info (version, input size, threshold) between requests.
 INFO_TTL_S = 2.0
@@ -52,13 +49,6 @@ api = FastAPI(title="medgate", version="0.1.0",
               description="AI clinical decision support server. Results are NOT FOR CLINICAL USE.")
 api.include_router(stow.router)  # POST /dicomweb/studies (STOW-RS), see serving/stow.py
 install_routes(api)  # guard (bearer tokens, roles), dashboard, ward, worklist, system, /fhir
-
-
-def read_components(state_dir: Path) -> dict:
-    try:
-        return json.loads((state_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _prepare(model: str, data: bytes, info: dict):
@@ -86,6 +76,8 @@ class Ingress:
         self.timeout_s = float(limits.get("timeout_s", 30.0))
         self.metrics = IngressMetrics()
         self.patient_identity = limits.get("patient_identity") or {}
+        self.store_url = limits.get("store_url")  # outbox backend of the /metrics gauges
+        self._outbox_db = None
         self._info_cache: dict[str, tuple[float, dict]] = {}
         stow.configure(api, self.state_dir, limits.get("dicom"))
 
@@ -202,5 +194,17 @@ class Ingress:
                 stats.append(await handle.stats.remote())
             except Exception:  # noqa: BLE001 - a model that is down reports nothing
                 continue
-        text = self.metrics.render(stats, self.state_dir)
+        text = self.metrics.render(stats, await asyncio.to_thread(self._outbox_counts))
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    def _outbox_counts(self) -> dict:
+        """Outbox items by (kind, status) from the configured backend; empty when it cannot be read."""
+        from serving.outbox_db import open_outbox_db
+
+        try:
+            if self._outbox_db is None:
+                self._outbox_db = open_outbox_db(self.store_url, web_context.current().store())
+            return self._outbox_db.counts()
+        except Exception:  # noqa: BLE001 - the gauges are left out; reconnect at the next scrape
+            self._outbox_db = None
+            return {}

@@ -1,8 +1,6 @@
 """Prometheus metrics of the HTTP ingress, the model deployments and the outbox (text format 0.0.4)."""
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,7 +23,8 @@ class IngressMetrics:
         self.requests.labels(model, str(status)).inc()
         self.latency.labels(model).observe(seconds)
 
-    def render(self, stats: list[dict[str, Any]], state_dir: Path) -> str:
+    def render(self, stats: list[dict[str, Any]], outbox_counts: dict[tuple[str, str], int]) -> str:
+        """The exposition text; ``outbox_counts`` is :meth:`serving.outbox.Outbox.counts`."""
         lines = [generate_latest(self.registry).decode()]
         lines += _gauge("medgate_model_requests_total", "Requests a model replica has received", "counter",
                         [(s, s["requests"]) for s in stats])
@@ -44,7 +43,7 @@ class IngressMetrics:
             lines.append(f'medgate_model_batch_size_bucket{{{labels},le="+Inf"}} {len(sizes)}')
             lines.append(f"medgate_model_batch_size_sum{{{labels}}} {sum(sizes)}")
             lines.append(f"medgate_model_batch_size_count{{{labels}}} {len(sizes)}")
-        lines += _outbox(Path(state_dir) / "medgate.sqlite3")
+        lines += _outbox(outbox_counts)
         return "\n".join(lines) + "\n"
 
 
@@ -55,15 +54,10 @@ def _gauge(name: str, help_text: str, kind: str, values: list[tuple[dict, float]
     return out
 
 
-def _outbox(db_path: Path) -> list[str]:
-    """Outbox items by kind and status (dead letters included), read-only from the store."""
-    if not db_path.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2) as db:
-            rows = db.execute("SELECT kind, status, COUNT(*) FROM outbox GROUP BY kind, status").fetchall()
-    except sqlite3.Error:
+def _outbox(counts: dict[tuple[str, str], int]) -> list[str]:
+    """Outbox items by kind and status (dead letters included), from whichever backend holds them."""
+    if not counts:
         return []
     out = ["# HELP medgate_outbox_items Outbox items by kind and status", "# TYPE medgate_outbox_items gauge"]
-    out += [f'medgate_outbox_items{{kind="{k}",status="{s}"}} {n}' for k, s, n in rows]
+    out += [f'medgate_outbox_items{{kind="{k}",status="{s}"}} {n}' for (k, s), n in sorted(counts.items())]
     return out

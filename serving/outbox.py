@@ -6,7 +6,8 @@ A failed attempt is retried with exponential backoff; after ``max_attempts`` fai
 marked ``dead`` with the last reason and stays visible (:meth:`Outbox.items`, ``medgate outbox
 list``) until :meth:`Outbox.retry` (``medgate outbox retry``) puts it back.  Items survive a
 restart.  The items live in the SQLite store, or in PostgreSQL when ``store.url`` names one
-(see :mod:`serving.outbox_db`).
+(see :mod:`serving.outbox_db`).  Each item keeps the correlation id in effect when it was
+enqueued (:mod:`serving.correlation`); its delivery attempt, and its log lines, run under it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from serving import correlation
 from serving.outbox_db import PostgresOutboxDb, SqliteOutboxDb
 from serving.store import Store
 from serving.worker import PeriodicWorker
@@ -57,11 +59,14 @@ class Outbox(PeriodicWorker):
         self.poll_interval_s = poll_interval_s
         super().__init__(poll_interval_s)
 
-    def enqueue(self, key: str, kind: str, destination: str, payload: dict[str, Any]) -> bool:
-        """Persist one delivery; returns False when ``key`` was already enqueued (idempotent)."""
+    def enqueue(self, key: str, kind: str, destination: str, payload: dict[str, Any],
+                correlation_id: str | None = None) -> bool:
+        """Persist one delivery under ``correlation_id`` (default: the one in effect); returns False
+        when ``key`` was already enqueued (idempotent)."""
         if kind not in self.senders:
             raise ValueError(f"`kind` must be one of {sorted(self.senders)}, {kind!r} is given.")
-        inserted = self.db.insert(key, kind, destination, json.dumps(payload))
+        inserted = self.db.insert(key, kind, destination, json.dumps(payload),
+                                  correlation_id or correlation.current_id())
         self._wake.set()
         return inserted
 
@@ -89,7 +94,8 @@ class Outbox(PeriodicWorker):
         for item in self.db.claim_due(time.time()):
             if self._stop.is_set():
                 break
-            delivered += self._attempt(dict(item))
+            with correlation.bound(item.get("correlation_id")):
+                delivered += self._attempt(dict(item))
         return delivered
 
     def _attempt(self, item: dict[str, Any]) -> bool:

@@ -5,6 +5,8 @@ Both backends offer the same small interface (:class:`SqliteOutboxDb`, :class:`P
 attempt them at the same time), ``mark_sent``, ``mark_failed``, ``items``, ``retry`` and
 ``counts``.  :func:`open_outbox_db` picks one from a URL: ``None`` or ``sqlite:`` for the store,
 ``postgresql://user@host:port/db`` (libpq URI, RFC 3986) for PostgreSQL through psycopg 3.
+Each item keeps the correlation id it was enqueued under (:mod:`serving.correlation`), and
+``depth`` summarises the items per destination for ``medgate status``.
 
 With PostgreSQL, components that write outbox rows into the SQLite store in the same transaction
 as their data (the IoMT bridge does) still do so: the SQLite ``outbox`` table then acts as a local
@@ -40,7 +42,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS correlation_id TEXT;
 """
+#: Items per destination, kind and state; ``failed`` is pending after at least one failed attempt.
+DEPTH_SQL = ("SELECT destination, kind, CASE WHEN status='pending' AND attempts>0 THEN 'failed' ELSE status END"
+             " AS state, COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox GROUP BY destination, kind, 3"
+             " ORDER BY destination, kind, 3")
 
 
 class SqliteOutboxDb:
@@ -49,13 +56,14 @@ class SqliteOutboxDb:
     def __init__(self, store) -> None:
         self.store = store
 
-    def insert(self, key: str, kind: str, destination: str, payload_json: str) -> bool:
+    def insert(self, key: str, kind: str, destination: str, payload_json: str,
+               correlation_id: str | None = None) -> bool:
         now = time.time()
         with self.store.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, status,"
-                " next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
-                (key, kind, destination, payload_json, now, now))
+                "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
+                " next_attempt_at, created_at) VALUES (?,?,?,?,?, 'pending', ?, ?)",
+                (key, kind, destination, payload_json, correlation_id, now, now))
         return cur.rowcount == 1
 
     def claim_due(self, now: float) -> list[dict[str, Any]]:
@@ -94,6 +102,10 @@ class SqliteOutboxDb:
         rows = self.store.query("SELECT kind, status, COUNT(*) AS n FROM outbox GROUP BY kind, status")
         return {(r["kind"], r["status"]): r["n"] for r in rows}
 
+    def depth(self) -> list[dict[str, Any]]:
+        """``{destination, kind, state, n, oldest}`` rows (see :data:`DEPTH_SQL`)."""
+        return [dict(r) for r in self.store.query(DEPTH_SQL)]
+
     def close(self) -> None:
         """The store is closed by its owner."""
 
@@ -118,12 +130,13 @@ class PostgresOutboxDb:
         cur = self._conn.execute(sql, params)
         return cur.fetchall() if cur.description else []
 
-    def insert(self, key: str, kind: str, destination: str, payload_json: str) -> bool:
+    def insert(self, key: str, kind: str, destination: str, payload_json: str,
+               correlation_id: str | None = None) -> bool:
         now = time.time()
         rows = self._execute(
-            "INSERT INTO outbox(key, kind, destination, payload, status, next_attempt_at, created_at)"
-            " VALUES (%s,%s,%s,%s,'pending',%s,%s) ON CONFLICT (key) DO NOTHING RETURNING id",
-            (key, kind, destination, payload_json, now, now))
+            "INSERT INTO outbox(key, kind, destination, payload, correlation_id, status, next_attempt_at,"
+            " created_at) VALUES (%s,%s,%s,%s,%s,'pending',%s,%s) ON CONFLICT (key) DO NOTHING RETURNING id",
+            (key, kind, destination, payload_json, correlation_id, now, now))
         return bool(rows)
 
     def relay(self) -> int:
@@ -131,7 +144,8 @@ class PostgresOutboxDb:
         if self.local is None:
             return 0
         rows = self.local.query("SELECT * FROM outbox WHERE status='pending' ORDER BY id LIMIT 1000")
-        copied = sum(self.insert(r["key"], r["kind"], r["destination"], r["payload"]) for r in rows)
+        copied = sum(self.insert(r["key"], r["kind"], r["destination"], r["payload"], r["correlation_id"])
+                     for r in rows)
         if rows:
             with self.local.transaction() as db:
                 db.executemany("UPDATE outbox SET status='relayed' WHERE id=?", [(r["id"],) for r in rows])
@@ -170,6 +184,9 @@ class PostgresOutboxDb:
     def counts(self) -> dict[tuple[str, str], int]:
         rows = self._execute("SELECT kind, status, COUNT(*) AS n FROM outbox GROUP BY kind, status")
         return {(r["kind"], r["status"]): r["n"] for r in rows}
+
+    def depth(self) -> list[dict[str, Any]]:
+        return self._execute(DEPTH_SQL)
 
     def close(self) -> None:
         self._conn.close()

@@ -20,6 +20,22 @@ import yaml
 MEDGATE = [sys.executable, "-m", "serving.cli"]
 
 
+def get_json(url: str, bearer: str | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+    """(status, JSON body) of ``GET url``; status 0 when nothing answers."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}
+    try:
+        return status, json.loads(body or b"{}")
+    except ValueError:  # e.g. the Serve proxy's plain-text 503 while the app deploys
+        return status, {"text": body.decode(errors="replace")}
+
+
 class ServerProcess:
     """``medgate serve`` with ``config`` (a dict in the YAML file's shape), logging to ``root``.
 
@@ -51,19 +67,7 @@ class ServerProcess:
         ``token``: True sends :attr:`token`, False or None sends none, a string sends that one.
         """
         url = f"http://127.0.0.1:{self.config['http']['port']}{path}"
-        bearer = self.token if token is True else (token or None)
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                status, body = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, {}
-        try:
-            return status, json.loads(body or b"{}")
-        except ValueError:  # e.g. the Serve proxy's plain-text 503 while the app deploys
-            return status, {"text": body.decode(errors="replace")}
+        return get_json(url, self.token if token is True else (token or None))
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

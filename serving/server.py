@@ -46,6 +46,7 @@ class Server:
         self.outbox: Outbox | None = None
         self._stop = threading.Event()
         self.ray_address: str | None = None
+        self.started_at = time.time()
 
     # -- delivery senders ----------------------------------------------------------------------
     def _send_dicom(self, destination: str, payload: dict) -> None:
@@ -124,7 +125,8 @@ class Server:
             "mqtt": "ok" if self.bridge and self.bridge.connected.is_set() else "down",
             "outbox": "ok" if self.outbox else "down",
         }
-        status = {"heartbeat": time.time(), "pid": os.getpid(), "components": components,
+        status = {"heartbeat": time.time(), "started_at": self.started_at, "pid": os.getpid(),
+                  "components": components,
                   "dicom_port": self.scp.port if self.scp else None, "ray_address": self.ray_address}
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         tmp.write_text(json.dumps(status))

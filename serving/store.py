@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
     created_at REAL NOT NULL,
-    sent_at REAL
+    sent_at REAL,
+    correlation_id TEXT            -- study UID or MQTT message id (serving.correlation)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS device_associations (
@@ -104,6 +105,8 @@ CREATE TABLE IF NOT EXISTS device_associations (
 
 #: Columns added to dead_letters after the first release: (name, declaration).
 DEAD_LETTER_COLUMNS = (("device", "TEXT"), ("replayed_at", "REAL"))
+#: Columns added to outbox after the first release.
+OUTBOX_COLUMNS = (("correlation_id", "TEXT"),)
 
 
 class Store:
@@ -119,10 +122,11 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
-        present = {r["name"] for r in self._db.execute("PRAGMA table_info(dead_letters)")}
-        for name, decl in DEAD_LETTER_COLUMNS:
-            if name not in present:
-                self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {decl}")
+        for table, columns in (("dead_letters", DEAD_LETTER_COLUMNS), ("outbox", OUTBOX_COLUMNS)):
+            present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns:
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS dead_letters_parked"
                          " ON dead_letters(device, replayed_at)")
 
@@ -224,9 +228,9 @@ class Store:
 
     def commit_batch(self, resources: list[dict[str, Any]],
                      dead_letters: list[tuple[str, str, bytes | None, str | None]],
-                     outbox_rows: list[tuple[str, str, str, str]] = ()) -> None:
+                     outbox_rows: list[tuple] = ()) -> None:
         """Resources, dead letters ``(source, reason, payload, device)`` and outbox items
-        ``(key, kind, destination, payload_json)`` of one batch, in one transaction."""
+        ``(key, kind, destination, payload_json[, correlation_id])`` of one batch, in one transaction."""
         now = time.time()
         rows = [(r["resourceType"], r["id"], (r.get("subject") or {}).get("reference"),
                  _dumps(r), now) for r in resources]
@@ -239,9 +243,9 @@ class Store:
                     " VALUES (?,?,?,?,?)", [(*d, now) for d in dead_letters])
             if outbox_rows:
                 db.executemany(
-                    "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, status,"
-                    " next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
-                    [(*o, now, now) for o in outbox_rows])
+                    "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
+                    " next_attempt_at, created_at) VALUES (?,?,?,?,?, 'pending', ?, ?)",
+                    [(*o[:4], o[4] if len(o) > 4 else None, now, now) for o in outbox_rows])
 
     def record_beds(self, beds: list[tuple[str, str, str | None, str, str | None, str]]) -> None:
         """Upsert the bed census: ``(ward, bed, site, patient_ref, device, seen_at_iso)`` rows."""

@@ -1,6 +1,6 @@
 """``GET /v1/system``: the dashboard's system page (engineers and admins).
 
-Models (name, version, engine, device), the server's components and their heartbeat, outbox items
+Models (name, version, engine, device), the server's components, heartbeat and uptime, outbox items
 by status (the local SQLite outbox), dead letters (total and still parked) and the number of
 audit rows.  No patient data.
 """
@@ -39,4 +39,5 @@ async def system() -> dict:
     audit_rows = await run_in_threadpool(ctx.audit().count)
     return {"models": models, "components": status.get("components", {}),
             "heartbeat_age_s": round(time.time() - status["heartbeat"], 1) if status.get("heartbeat") else None,
+            "uptime_s": round(time.time() - status["started_at"]) if status.get("started_at") else None,
             **counts, "audit_rows": audit_rows}

@@ -106,6 +106,32 @@ def test_idempotent_delivery_backoff_dead_letter_and_retry(backend):
     assert box.items("sent")[0]["key"] == "k1"
 
 
+def test_items_keep_their_correlation_id_and_depth_counts_them(backend):
+    from serving.correlation import bound, current_id
+
+    seen = []
+
+    def send(destination: str, payload: dict) -> None:
+        seen.append(current_id())
+        if destination == "down":
+            raise ConnectionRefusedError("destination down")
+
+    box = Outbox(backend, {"dicom": send}, max_attempts=2, backoff_base_s=0.0)
+    with bound("1.2.3"):
+        box.enqueue("k1", "dicom", "pacs", {})
+        box.enqueue("k2", "dicom", "down", {})
+    box.enqueue("k3", "dicom", "pacs", {}, correlation_id="1.2.4")
+    if isinstance(backend, PostgresOutboxDb):  # a row the bridge wrote locally, relayed with its id
+        backend.local.commit_batch([], [], [("k4", "dicom", "pacs", "{}", "mqtt:MON-1@2026-11-22T03:00:00Z")])
+    box.deliver_due()
+    relayed = 1 if isinstance(backend, PostgresOutboxDb) else 0
+    assert sorted(seen) == ["1.2.3", "1.2.3", "1.2.4"] + ["mqtt:MON-1@2026-11-22T03:00:00Z"] * relayed
+    assert {(r["destination"], r["state"]): r["n"] for r in backend.depth()} == {
+        ("down", "failed"): 1, ("pacs", "sent"): 2 + relayed}
+    box.deliver_due()
+    assert [(r["destination"], r["state"]) for r in backend.depth()][0] == ("down", "dead")
+
+
 def test_postgres_relays_rows_written_to_the_local_store(postgres_url, tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     store.commit_batch([], [], [("fhir:bundle:1", "fhir", "http://fhir", '{"resourceType": "Bundle"}')])
