@@ -3,12 +3,15 @@
 Measured side by side in one run on loopback, with ``TCP_NODELAY=1`` for both DCMTK programs:
 
 * ``storescp``: DCMTK's receiver writing each instance to a file (no fsync);
-* ``medgate``: :class:`dicom_gateway.scp.StorageScp` with the event-driven reactors, a CT route
-  (so every slice is decoded once as a check), durable writes (temp file, fsync, rename, directory
-  fsync) and a synchronous SQLite commit before each C-STORE success; completion by quiet period;
+* ``medgate``: :class:`dicom_gateway.scp.StorageScp` with a CT route (every slice is checked as
+  decodable), durable writes (temp file, fsync, rename, directory fsync) and its SQLite record
+  committed before each C-STORE success; completion by quiet period;
 * ``medgate, known count``: the same with Number of Study Related Instances in every slice, so the
   study completes at the last instance;
-* ``medgate, pynetdicom reactors``: the same as the first without :mod:`dicom_gateway.reactor`.
+* ``medgate, no fsync``: the same as the first with ``dicom.storage.fsync: false``, which is the
+  durability storescp offers (files left to the page cache): the like-for-like comparison;
+* ``medgate, association only``: the same acceptor with a handler that answers success and keeps
+  nothing: the cost of the DICOM protocol path alone, for attributing the rest to durability.
 
 Prints instances/s of each, the ratio to storescp, and the time from the last instance (storescu's
 last response) to study-complete; saves ``results/dicom_ingest.json`` and ``.png``.
@@ -32,7 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from benchmarks.report import save_figures  # noqa: E402
-from dicom_gateway import reactor  # noqa: E402
 from dicom_gateway.routing import Rule  # noqa: E402
 from dicom_gateway.scp import StorageScp  # noqa: E402
 from dicom_gateway.testdata import make_ct_series  # noqa: E402
@@ -78,19 +80,28 @@ def run_storescp(files: list[Path], work: Path) -> dict:
     return {"receiver": "DCMTK storescp", "seconds": elapsed, "instances_per_s": len(files) / elapsed}
 
 
-def run_medgate(files: list[Path], work: Path, name: str, fast_reactor: bool) -> dict:
-    (reactor.install if fast_reactor else reactor.uninstall)()
+class DiscardingScp(StorageScp):
+    """Answers every C-STORE with success and keeps nothing (the protocol path alone)."""
+
+    def on_store(self, association, context_id, command, data) -> int:
+        return 0
+
+
+def run_medgate(files: list[Path], work: Path, name: str, keep: bool = True, fsync: bool = True) -> dict:
     store = Store(work / f"{name}.sqlite3")
     complete = threading.Event()
     latency: dict[str, float] = {}
-    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, work / f"spool-{name}",
-                     lambda study, model: complete.set(), rules=(Rule(models=("nodule",), modalities={"CT"}),),
-                     quiet_period_s=2.0, poll_interval_s=0.05, fast_reactor=fast_reactor)
+    scp = (StorageScp if keep else DiscardingScp)(
+        "MEDGATE", "127.0.0.1", free_port(), store, work / f"spool-{name}", lambda study, model: complete.set(),
+        rules=(Rule(models=("nodule",), modalities={"CT"}),), quiet_period_s=2.0, poll_interval_s=0.05,
+        fsync=fsync)
     scp.assembler.listeners.append(lambda group, seconds: latency.setdefault("from_last_s", seconds))
     scp.start()
     try:
         elapsed = send(scp.port, files)
         last_response = time.time()
+        if not keep:
+            return {"receiver": name, "seconds": elapsed, "instances_per_s": len(files) / elapsed}
         if not complete.wait(30):
             raise RuntimeError("the study did not complete within 30 s")
         completed_at = store.query("SELECT completed_at FROM dicom_groups")[0]["completed_at"]
@@ -115,10 +126,10 @@ def main() -> None:
         plain = write_series(work / "series", args.slices, args.size_px, count=False)
         counted = write_series(work / "series-count", args.slices, args.size_px, count=True)
         rows = [run_storescp(plain, work),
-                run_medgate(plain, work, "medgate", fast_reactor=True),
-                run_medgate(counted, work, "medgate, known count", fast_reactor=True),
-                run_medgate(plain, work, "medgate, pynetdicom reactors", fast_reactor=False)]
-        reactor.install()
+                run_medgate(plain, work, "medgate"),
+                run_medgate(counted, work, "medgate, known count"),
+                run_medgate(plain, work, "medgate, no fsync", fsync=False),
+                run_medgate(plain, work, "medgate, association only", keep=False)]
     reference = rows[0]["instances_per_s"]
     print(f"{args.slices} CT slices {args.size_px}x{args.size_px} 16-bit, storescu -> receiver, TCP_NODELAY=1")
     print(f"{'receiver':32s} {'time s':>8s} {'inst/s':>8s} {'ratio':>6s} {'last->complete s':>17s}")

@@ -26,13 +26,12 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicom_gateway import dimse
 from dicom_gateway import upper_layer as ul
+from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicom_gateway.status import RejectReason, RejectResult, RejectSource
 
 log = logging.getLogger("medgate.dicom")
 
 APPLICATION_CONTEXT = UID("1.2.840.10008.3.1.1.1")  # PS3.7 A.2.1
-IMPLEMENTATION_CLASS_UID = UID("2.25.157459375018971029476997973147153175181")
-IMPLEMENTATION_VERSION = "MEDGATE_0_1"
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pynetdicom import sop_class as sc
 
 from dicom_gateway import ledger
-from dicom_gateway.pixels import PixelDataError, grayscale_image
+from dicom_gateway.pixels import PixelDataError, check_decodable
 from dicom_gateway.retention import below_watermark
 from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Rule, routes
 from dicom_gateway.status import StoreStatus
@@ -86,12 +86,13 @@ class Intake:
     """Checks and stores received instances into ``spool`` and ``store``."""
 
     def __init__(self, store, spool: Path, rules: tuple[Rule, ...], *, group_by: str = "study",
-                 min_free_bytes: int = 0) -> None:
+                 min_free_bytes: int = 0, fsync: bool = True) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         self.store, self.spool, self.rules = store, Path(spool), rules
         self.group_by = group_by
         self.min_free_bytes = int(min_free_bytes)
+        self.fsync = fsync
         ledger.ensure_schema(store)
 
     def accept(self, ds: Dataset, encoded: Callable[[], bytes], calling_ae: str, called_ae: str,
@@ -129,28 +130,54 @@ class Intake:
         models = routes(ds, self.rules, calling_ae, called_ae)
         if models:
             try:
-                grayscale_image(ds)
+                check_decodable(ds)
             except PixelDataError as exc:
                 return self._refuse(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae, **ids)
         if modality in VOLUME_MODALITIES and rows and len(orientation) == 6:
             mismatch = ledger.check_series_geometry(self.store, series, rows, columns, orientation)
             if mismatch is not None:
                 return self._refuse(StoreStatus.CANNOT_UNDERSTAND, mismatch, calling_ae, **ids)
-        group = study if self.group_by == "study" else series
-        count = expected_count(ds, self.group_by)
         try:
             path = instance_path(self.spool, study, sop_instance)
-            write_durably(path, encoded())
-            new = ledger.record_instance(self.store, ledger.Arrival(
-                sop_instance_uid=sop_instance, study_uid=study, series_uid=series, sop_class_uid=sop_class,
-                modality=modality, path=str(path), calling_ae=calling_ae, group_uid=group, models=models,
-                expected_count=count, single_image=modality in SINGLE_IMAGE_MODALITIES))
+            write_durably(path, encoded(), fsync=self.fsync)
+            group, new, count = self._record(ds, path, calling_ae, models)
         except Exception as exc:  # noqa: BLE001 - disk or database: nothing was acknowledged
             log.error("instance %s (study %s): cannot persist: %s", sop_instance, study, exc)
             return Accepted(StoreStatus.OUT_OF_RESOURCES, reason=f"cannot persist: {exc}", **ids)
         log.debug("stored %s%s (study %s, %s) from %s -> %s", sop_instance, "" if new else " (duplicate)",
                   study, modality or "?", calling_ae, ", ".join(models) or "no model")
         return Accepted(StoreStatus.SUCCESS, group_uid=group, counted=bool(new and count), **ids)
+
+    def _record(self, ds: Dataset, path: Path, calling_ae: str, models: tuple[str, ...]
+                ) -> tuple[str, bool, int | None]:
+        """Record the durable file ``path`` of ``ds``: (group UID, whether new, announced count)."""
+        modality = str(ds.get("Modality", "")).upper()
+        group = str(ds.StudyInstanceUID if self.group_by == "study" else ds.SeriesInstanceUID)
+        count = expected_count(ds, self.group_by)
+        new = ledger.record_instance(self.store, ledger.Arrival(
+            sop_instance_uid=str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID), modality=modality,
+            path=str(path), calling_ae=calling_ae, group_uid=group, models=models, expected_count=count,
+            single_image=modality in SINGLE_IMAGE_MODALITIES))
+        return group, new, count
+
+    def recover(self, called_ae: str) -> list[str]:
+        """Record again the spool files whose rows were lost (see :func:`ledger.unrecorded_files`);
+        returns their groups.  The sender is the file's Source Application Entity Title (0002,0016),
+        which the SCP sets to the calling AE title."""
+        groups = []
+        for path in ledger.unrecorded_files(self.store, self.spool):
+            try:
+                ds = dcmread(path, stop_before_pixels=True)
+                calling_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "")).strip()
+                group, _, _ = self._record(ds, path, calling_ae, routes(ds, self.rules, calling_ae, called_ae))
+            except Exception as exc:  # noqa: BLE001 - keep the file, say why, go on with the others
+                log.error("spool file %s cannot be recorded again: %s", path, exc)
+                continue
+            groups.append(group)
+        if groups:
+            log.warning("recorded %d spool file(s) whose database rows were lost", len(groups))
+        return sorted(set(groups))
 
     @staticmethod
     def _refuse(status: StoreStatus, reason: str, calling_ae: str, **ids: str) -> Accepted:

@@ -25,6 +25,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA = """
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS dicom_dispatches (
     model TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     dispatched_at REAL NOT NULL,
+    processed_at REAL,            -- set when the model's results were produced (or it failed)
     PRIMARY KEY (group_uid, model)
 );
 """
@@ -69,6 +71,11 @@ def ensure_schema(store) -> None:
     with store.transaction() as db:
         for statement in filter(str.strip, SCHEMA.split(";")):
             db.execute(statement)
+        columns = {r["name"] for r in db.execute("PRAGMA table_info(dicom_dispatches)")}
+        if "processed_at" not in columns:  # stores created before the column existed
+            db.execute("ALTER TABLE dicom_dispatches ADD COLUMN processed_at REAL")
+            db.execute("UPDATE dicom_dispatches SET processed_at=dispatched_at WHERE study_uid NOT IN"
+                       " (SELECT study_uid FROM studies WHERE status='complete')")
 
 
 @dataclass(frozen=True)
@@ -93,10 +100,12 @@ def record_instance(store, arrival: Arrival) -> bool:
 
     One transaction: the store's ``instances`` and ``studies`` rows, the instance's routes, and the
     group's counters.  An instance arriving after its group completed is stored and counted, but
-    the group is not dispatched again (the ``reason`` column says so).
+    the group is not dispatched again (the ``reason`` column says so).  The commit does not wait
+    for the disk: the spool file is the durable record, and :func:`unrecorded_files` finds any file
+    whose row a power loss took, so the gateway records it again at start.
     """
     now = time.time()
-    with store.transaction() as db:
+    with store.transaction(durable=False) as db:
         new = db.execute(
             "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?)",
             (arrival.sop_instance_uid, arrival.study_uid, arrival.series_uid, arrival.sop_class_uid,
@@ -127,6 +136,13 @@ def record_instance(store, arrival: Arrival) -> bool:
             " WHERE group_uid=?",
             (json.dumps(models), expected, int(arrival.single_image), now, int(late), arrival.group_uid))
     return True
+
+
+def unrecorded_files(store, spool: Path) -> list[Path]:
+    """Spool files with no ``instances`` row (their non-durable commit was lost), oldest first."""
+    known = {row["path"] for row in store.query("SELECT path FROM instances")}
+    files = [path for path in Path(spool).glob("*/*.dcm") if str(path) not in known]
+    return sorted(files, key=lambda path: path.stat().st_mtime)
 
 
 def mark_released(store, group_uids: Iterable[str]) -> None:
@@ -177,7 +193,8 @@ def complete_group(store, group_uid: str, reason: str) -> tuple[str, list[str]] 
                    (now, reason, group_uid))
         models = json.loads(row["models"])
         claimed = [m for m in models if db.execute(
-            "INSERT OR IGNORE INTO dicom_dispatches VALUES (?,?,?,?)",
+            "INSERT OR IGNORE INTO dicom_dispatches(group_uid, model, study_uid, dispatched_at)"
+            " VALUES (?,?,?,?)",
             (group_uid, m, row["study_uid"], now)).rowcount == 1]
         if models:
             db.execute("UPDATE studies SET status='complete', route=?, detail=?, updated_at=? WHERE study_uid=?",
@@ -198,6 +215,27 @@ def routed_instances(store, study_uid: str, model: str) -> set[str] | None:
     if not rows:
         return None
     return {r["sop_instance_uid"] for r in rows if model in json.loads(r["models"])}
+
+
+def mark_processed(store, study_uid: str, model: str) -> None:
+    """``model`` has produced (or failed) its results for the study: not resubmitted at restart."""
+    try:
+        with store.transaction() as db:
+            db.execute("UPDATE dicom_dispatches SET processed_at=? WHERE study_uid=? AND model=?"
+                       " AND processed_at IS NULL", (time.time(), study_uid, model))
+    except sqlite3.OperationalError:  # no gateway tables in this store
+        pass
+
+
+def unprocessed_dispatches(store) -> list[tuple[str, str]] | None:
+    """``(study_uid, model)`` of every claimed dispatch not yet processed, oldest first; None when
+    the store has no gateway tables."""
+    try:
+        rows = store.query("SELECT study_uid, model FROM dicom_dispatches WHERE processed_at IS NULL"
+                           " ORDER BY dispatched_at, model")
+    except sqlite3.OperationalError:
+        return None
+    return [(r["study_uid"], r["model"]) for r in rows]
 
 
 def dispatches(store, study_uid: str) -> list[dict[str, Any]]:

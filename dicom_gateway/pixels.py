@@ -54,6 +54,38 @@ def grayscale_image(ds: Dataset) -> np.ndarray:
     return pixels
 
 
+def check_decodable(ds: Dataset) -> None:
+    """Raise :class:`PixelDataError` unless ``grayscale_image(ds)`` would succeed, cheaply.
+
+    Native (uncompressed) Pixel Data is checked by its attributes and length (PS3.5 8.1.1), which
+    is all a decode of it can fail on; encapsulated Pixel Data is decoded, since only the decoder
+    can tell a corrupt stream.
+    """
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if transfer_syntax is None or transfer_syntax.is_compressed or "PixelData" not in ds:
+        grayscale_image(ds)
+        return
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = rows * columns * frames * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
+        photometric = str(ds.PhotometricInterpretation).upper()
+    except Exception as exc:  # noqa: BLE001 - a missing or malformed Image Pixel attribute
+        raise PixelDataError(f"the Image Pixel Module is incomplete or malformed: {exc}") from None
+    if min(rows, columns) < 8:
+        raise PixelDataError(f"expected a 2D image of at least 8x8 pixels, {rows}x{columns} is given")
+    if int(ds.SamplesPerPixel) not in (1, 3) or frames < 1:
+        raise PixelDataError(f"Samples per Pixel must be 1 or 3 and Number of Frames positive, "
+                             f"{ds.SamplesPerPixel} and {frames} are given")
+    if photometric.startswith("YBR") and photometric != "YBR_FULL" or photometric == "PALETTE COLOR":
+        grayscale_image(ds)  # subsampled or palette native data: let the decoder check it
+        return
+    if int(ds.BitsAllocated) not in (1, 8, 16, 32, 64) or len(ds.PixelData) < expected:
+        raise PixelDataError(f"Pixel Data holds {len(ds.PixelData)} bytes, {expected} expected for "
+                             f"{frames} frame(s) of {rows}x{columns}x{ds.SamplesPerPixel} at "
+                             f"{ds.BitsAllocated} bits")
+
+
 def model_input(ds: Dataset, size_px: int) -> np.ndarray:
     """The float32 ``(1, size_px, size_px)`` input of a 2D image model for ``ds``."""
     return to_model_input(grayscale_image(ds), size_px)

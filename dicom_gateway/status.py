@@ -18,7 +18,7 @@ class StoreStatus(IntEnum):
     OUT_OF_RESOURCES = 0xA700
     #: PS3.4 B.2.3 Error: Data Set does not match SOP Class (A9xx).
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    #: PS3.4 B.2.3 Error: Cannot understand (Cxxx); 0xC210 is pynetdicom's "cannot decode dataset".
+    #: PS3.4 B.2.3 Error: Cannot understand (Cxxx); the data set cannot be decoded.
     CANNOT_UNDERSTAND = 0xC000
 
 
@@ -47,6 +47,8 @@ class RejectReason(IntEnum):
 
     #: Source 1: no-reason-given.
     NO_REASON_GIVEN = 0x01
+    #: Source 1: application-context-name-not-supported (same value as LOCAL_LIMIT_EXCEEDED).
+    APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
     #: Source 1: calling-AE-title-not-recognized.
     CALLING_AE_NOT_RECOGNIZED = 0x03
     #: Source 1: called-AE-title-not-recognized.

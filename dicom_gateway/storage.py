@@ -7,34 +7,86 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
-#: PS3.5 9.1: a UID is digits and dots, at most 64 characters.
-_UID = re.compile(r"^[0-9.]{1,64}$")
+from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+
+#: What :func:`write_durably` accepts: one buffer, or several written in order without joining.
+Buffers = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
+
+#: PS3.5 9.1: a UID is components of digits separated by single dots, at most 64 characters.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One group 0002 element in Explicit VR Little Endian (PS3.5 7.1.2)."""
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    value = text.encode("ascii", "replace")
+    return value + pad if len(value) % 2 else value
+
+
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                  source_ae_title: str) -> bytes:
+    """Preamble, ``DICM`` and File Meta Information of a Part 10 file (PS3.10 7.1); the data set's
+    bytes, as received in ``transfer_syntax_uid``, follow it unchanged.  Source Application Entity
+    Title (0002,0016) records the sender's AE title."""
+    body = b"".join((
+        _element(0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+        _element(0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+        _element(0x0010, b"UI", _padded(transfer_syntax_uid, b"\x00")),
+        _element(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        _element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION, b" ")),
+        _element(0x0016, b"AE", _padded(source_ae_title.strip() or "UNKNOWN", b" ")),
+    ))
+    return b"\x00" * 128 + b"DICM" + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 def check_uid(name: str, value: str) -> str:
     """Return ``value`` if it is a syntactically valid UID, else raise naming ``name``."""
     value = str(value).rstrip("\x00 ")
-    if not _UID.match(value):
+    if len(value) > 64 or not _UID.fullmatch(value):
         raise ValueError(f"{name} must be a DICOM UID (digits and dots, <= 64), {value!r} is given.")
     return value
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, dir fsync)."""
+def write_durably(path: Path, data: Buffers, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, dir fsync).
+
+    ``data`` may be a list of buffers (e.g. the File Meta Information and the received data set),
+    written with one ``writev`` instead of being copied into one ``bytes`` first.  ``fsync=False``
+    keeps the atomic rename but leaves flushing to the operating system.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        views = [memoryview(data)] if isinstance(data, (bytes, bytearray, memoryview)) else [
+            memoryview(part) for part in data]
+        views = [view.cast("B") for view in views if view.nbytes]
+        while views:
+            written = os.writev(fd, views)
+            while views and written >= views[0].nbytes:
+                written -= views[0].nbytes
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not fsync:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -68,6 +68,8 @@ class DicomCompletion(_Section):
 class DicomStorage(_Section):
     retention_days: float | None = Field(None, gt=0)  # processed studies older than this are deleted
     min_free_bytes: int = Field(1024**3, ge=0)  # below this, associations/instances are refused
+    # fsync each instance before success; false only where the disk's write cache survives power loss
+    fsync: bool = True
 
 
 class DicomRoute(_Section):

@@ -37,7 +37,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_gateway.overlay import build_overlay
-from dicom_gateway.ledger import routed_instances
+from dicom_gateway.ledger import mark_processed, routed_instances, unprocessed_dispatches
 from dicom_gateway.pixels import ct_volume, model_input
 from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
@@ -101,11 +101,14 @@ class ImagingPipeline:
         for model in self.handles:
             self.model_info(model)  # fail fast at start, and no first-study penalty
         self._thread.start()
-        for study in self.store.studies_with_status("complete"):
-            row = self.store.study(study)
+        pending = unprocessed_dispatches(self.store)
+        if pending is None:  # no gateway ledger in this store: one route per study
+            pending = [(study, self.store.study(study)["route"])
+                       for study in self.store.studies_with_status("complete")]
+        for study, model in pending:
             with bound(study):
-                log.info("study %s: resuming after restart", study)
-            self.submit(study, row["route"])
+                log.info("study %s: resuming %s after restart", study, model)
+            self.submit(study, model)
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -123,6 +126,7 @@ class ImagingPipeline:
                 except Exception as exc:  # noqa: BLE001 - the study fails, the pipeline goes on
                     log.exception("study %s: processing failed", study)
                     self.store.set_study_status(study, "failed", detail=f"{type(exc).__name__}: {exc}")
+                mark_processed(self.store, study, model)
 
     def model_info(self, model: str) -> dict:
         if model not in self._info:

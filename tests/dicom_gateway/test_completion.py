@@ -93,3 +93,59 @@ def test_unrouted_study_is_stored_and_marked(gateway, tmp_path):
     study = dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True).StudyInstanceUID
     wait_until(lambda: gateway.store.study(study)["status"] == "unrouted", timeout_s=10)
     assert gateway.completed == []
+
+
+def test_rows_lost_with_the_machine_are_rebuilt_from_the_spool(tmp_path, caplog):
+    """The record of an instance is committed without waiting for the disk; its spool file is
+    durable.  If a power loss takes the rows, the next start records the files again."""
+    require_peer("storescu", "dcmtk")
+    files = write_ct_series(tmp_path / "ct", 12)
+    running = Running(tmp_path, rules=CT_TO_NODULE, quiet_period_s=30.0)
+    assert storescu(running.scp.port, *files, calling="CTSCANNER").returncode == 0
+    study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    with running.store.transaction() as db:  # what a lost tail of the database looks like
+        db.execute("DELETE FROM instances WHERE rowid IN (SELECT rowid FROM instances LIMIT 5)")
+        for table in ("dicom_instance_routes", "dicom_groups", "studies"):
+            db.execute(f"DELETE FROM {table}")
+    running.stop()
+    running = Running(tmp_path, rules=CT_TO_NODULE, quiet_period_s=0.5)
+    try:
+        wait_until(lambda: running.completed, timeout_s=10)
+        assert running.completed == [(study, "nodule")]
+        assert len(running.store.instances_of(study)) == 12
+        rows = running.store.query("SELECT DISTINCT calling_ae FROM instances")
+        assert [r["calling_ae"] for r in rows] == ["CTSCANNER"]
+        assert "recorded 5 spool file(s) whose database rows were lost" in caplog.text
+    finally:
+        running.stop()
+
+
+def test_every_model_of_a_study_cut_off_by_a_crash_is_resumed(tmp_path):
+    """A study routed to two models: each (study, model) dispatch is resumed until processed."""
+    from types import SimpleNamespace
+
+    from serving.imaging import ImagingPipeline
+
+    require_peer("storescu", "dcmtk")
+    files = write_ct_series(tmp_path / "ct", 4)
+    two = (Rule(models=("nodule", "tb"), modalities=frozenset({"CT"})),)
+    running = Running(tmp_path, rules=two, quiet_period_s=0.2)
+    try:
+        assert storescu(running.scp.port, *files).returncode == 0
+        wait_until(lambda: len(running.completed) == 2, timeout_s=10)
+        study = running.completed[0][0]
+        assert ledger.unprocessed_dispatches(running.store) == [(study, "nodule"), (study, "tb")]
+        ledger.mark_processed(running.store, study, "nodule")  # the crash came before tb ran
+
+        class Recording(ImagingPipeline):
+            def submit(self, study_uid, model):
+                resumed.append((study_uid, model))
+
+        info = SimpleNamespace(remote=lambda: SimpleNamespace(result=lambda timeout_s: {}))
+        resumed: list[tuple[str, str]] = []
+        pipeline = Recording(running.store, None, {"tb": SimpleNamespace(info=info)}, tmp_path / "results")
+        pipeline.start()
+        pipeline.stop()
+        assert resumed == [(study, "tb")]
+    finally:
+        running.stop()
