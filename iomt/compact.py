@@ -47,6 +47,7 @@ ECG_CHUNK_KEYS = frozenset({"period_ms", "factor", "origin", "leads"})
 ECG_LEAD_KEYS = frozenset({"code", "data"})
 MAX_ECG_SAMPLES = 5000  # per lead per chunk: 10 s at 500 Hz
 MAX_ECG_LEADS = 12
+MAX_ECG_PERIOD_MS = 1000.0  # a sample a second: no ECG is sampled slower
 #: Epoch milliseconds accepted: 2000-01-01 .. 2100-01-01 UTC; anything else is a unit mistake.
 MIN_EPOCH_MS, MAX_EPOCH_MS = 946_684_800_000, 4_102_444_800_000
 
@@ -109,7 +110,7 @@ def _compact_vital(item: Any, path: str) -> Vital:
         raise PayloadError(f"must be a [code, value] pair, {item!r} is given", path)
     raw_code, raw_value = item
     code = str(raw_code) if isinstance(raw_code, int) and not isinstance(raw_code, bool) else raw_code
-    if code not in COMPACT_UNITS:
+    if not isinstance(code, str) or code not in COMPACT_UNITS:
         raise PayloadError(f"unknown MDC code {raw_code!r} (accepted: {', '.join(COMPACT_UNITS)})",
                            f"{path}/0")
     value = _finite(raw_value, f"{path}/1")
@@ -138,7 +139,7 @@ def parse_compact(doc: dict[str, Any]) -> VitalsMessage:
     if on_oxygen is not None and not isinstance(on_oxygen, bool):
         raise PayloadError(f"must be true, false or null, {on_oxygen!r} is given", "/o")
     consciousness = doc.get("c")
-    if consciousness is not None and consciousness not in _ACVPU:
+    if consciousness is not None and (not isinstance(consciousness, str) or consciousness not in _ACVPU):
         raise PayloadError(f"must be one of A, C, V, P, U or null, {consciousness!r} is given", "/c")
     scale = doc.get("s", 1)
     if isinstance(scale, bool) or scale not in SPO2_SCALES:
@@ -162,8 +163,9 @@ def parse_ecg(doc: dict[str, Any]) -> EcgChunk:
     if unknown:
         raise PayloadError(f"unknown field(s) {', '.join(unknown)}", "/ecg")
     period_ms = _finite(chunk.get("period_ms"), "/ecg/period_ms")
-    if period_ms <= 0:
-        raise PayloadError(f"must be positive, {period_ms} is given", "/ecg/period_ms")
+    if not 0 < period_ms <= MAX_ECG_PERIOD_MS:
+        raise PayloadError(f"must be positive and at most {MAX_ECG_PERIOD_MS} ms, {period_ms} is given",
+                           "/ecg/period_ms")
     factor = _finite(chunk.get("factor", 1), "/ecg/factor")
     origin = _finite(chunk.get("origin", 0), "/ecg/origin")
     raw_leads = chunk.get("leads")
@@ -175,7 +177,7 @@ def parse_ecg(doc: dict[str, Any]) -> EcgChunk:
         if not isinstance(raw, dict) or set(raw) != ECG_LEAD_KEYS:
             raise PayloadError("must be an object with exactly 'code' and 'data'", path)
         code = str(raw["code"]) if isinstance(raw["code"], int) else raw["code"]
-        if code not in codes.ECG_LEADS:
+        if not isinstance(code, str) or code not in codes.ECG_LEADS:
             raise PayloadError(f"unknown ECG lead code {raw['code']!r} (MDC_ECG_ELEC_POTL_*)",
                                f"{path}/code")
         data = raw["data"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from iomt.payload import TIME_PATTERN, PayloadError
+from iomt.payload import EARLIEST, LATEST, TIME_PATTERN, PayloadError
 
 ADT_EVENTS = ("admit", "transfer", "discharge")
 ADT_KEYS = frozenset({"event", "device", "patient", "insurance", "time", "site", "ward", "bed",
@@ -134,8 +134,14 @@ def parse_adt(payload: bytes) -> AdtEvent:
     scale = doc.get("spo2_scale", 1)
     if isinstance(scale, bool) or scale not in (1, 2):
         raise PayloadError(f"must be 1 or 2, {scale!r} is given", "/spo2_scale")
+    try:
+        at = datetime.fromisoformat(when)
+    except ValueError as exc:
+        raise PayloadError(f"is not a valid date-time, {when!r} is given ({exc})", "/time") from None
+    if not EARLIEST <= at <= LATEST:
+        raise PayloadError(f"must be between {EARLIEST.date()} and {LATEST.date()}, {when!r} is given", "/time")
     return AdtEvent(event=event, device=_text(doc, "device", required=True),
-                    time=datetime.fromisoformat(when), patient_id=patient_id,
+                    time=at, patient_id=patient_id,
                     patient_system=patient_system, insurance_id=insurance_id,
                     site=_text(doc, "site"), ward=_text(doc, "ward"), bed=_text(doc, "bed"),
                     spo2_scale=int(scale))

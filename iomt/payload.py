@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from iomt import codes
@@ -26,6 +26,8 @@ MAX_VITALS = 64  # vitals.schema.json: vitals.maxItems
 TIME_PATTERN = re.compile(
     r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$", re.ASCII
 )
+#: Measurement times accepted, as for the compact form's epoch milliseconds (iomt.compact).
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc)
 LOINC_PATTERN = re.compile(r"^\d{1,7}-\d$", re.ASCII)
 MDC_PATTERN = re.compile(r"^\d{1,10}$", re.ASCII)
 
@@ -198,11 +200,14 @@ def _parse_time(value: Any) -> datetime:
             "/time",
         )
     try:
-        return datetime.fromisoformat(value)
+        when = datetime.fromisoformat(value)
     except ValueError as exc:
         raise PayloadError(
             f"is not a valid date-time, {value!r} is given ({exc})", "/time"
         ) from None
+    if not EARLIEST <= when <= LATEST:
+        raise PayloadError(f"must be between {EARLIEST.date()} and {LATEST.date()}, {value!r} is given", "/time")
+    return when
 
 
 def _default_system(code: str) -> str:
@@ -300,7 +305,7 @@ def _parse_object(doc: dict[str, Any]) -> VitalsMessage:
         raise PayloadError(f"must be true, false or null, {on_oxygen!r} is given", "/on_oxygen")
     consciousness = doc.get("consciousness")
     if consciousness is not None:
-        if consciousness not in {member.value for member in ACVPU}:
+        if not isinstance(consciousness, str) or consciousness not in {member.value for member in ACVPU}:
             raise PayloadError(
                 f"must be one of A, C, V, P, U or null, {consciousness!r} is given",
                 "/consciousness",

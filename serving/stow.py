@@ -18,6 +18,7 @@ Sequence (0008,1198) with Failure Reason (0008,1197).
 from __future__ import annotations
 
 import io
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 router = APIRouter()
+log = logging.getLogger("medgate.dicom")
 
 #: PS3.18 10.5.3.1 status codes.
 HTTP_OK, HTTP_ACCEPTED, HTTP_BAD_REQUEST, HTTP_CONFLICT, HTTP_UNSUPPORTED = 200, 202, 400, 409, 415
@@ -86,6 +88,7 @@ class StowReceiver:
 
         from dicom_gateway import ledger
         from dicom_gateway.status import StoreStatus
+        from dicom_gateway.wellformed import part10_problem
 
         intake = self.intake()
         called = str(self.settings.get("ae_title", "MEDGATE"))
@@ -95,13 +98,19 @@ class StowReceiver:
             if media != "application/dicom":
                 failed.append(("", "", CANNOT_UNDERSTAND))
                 continue
+            problem = part10_problem(payload)
+            if problem is not None:
+                log.warning("STOW-RS part refused: %s", problem)
+                failed.append(("", "", CANNOT_UNDERSTAND))
+                continue
             try:
                 ds = dcmread(io.BytesIO(payload))
                 ds.SOPInstanceUID  # noqa: B018 - a file without it is not an instance
+                declared = str(ds.file_meta.get("MediaStorageSOPClassUID") or "") or None
             except Exception:  # noqa: BLE001 - not a DICOM file: cannot understand
                 failed.append(("", "", CANNOT_UNDERSTAND))
                 continue
-            result = intake.accept(ds, lambda p=payload: p, STOW_CALLING_AE, called)
+            result = intake.accept(ds, lambda p=payload: p, STOW_CALLING_AE, called, context_sop_class=declared)
             if result.status == StoreStatus.SUCCESS:
                 stored.append((result.sop_class_uid, result.sop_instance_uid))
                 groups.add(result.group_uid)
