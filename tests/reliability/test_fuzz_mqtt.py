@@ -54,7 +54,7 @@ def _good(k: int) -> bytes:
 def _category(reason: str) -> str:
     """A short name for a dead-letter reason: its JSON pointer, or its first words (numbers as N)."""
     head = reason.split(":")[0] if reason.startswith("/") else " ".join(reason.split("(")[0].split()[:4])
-    return re.sub(r"\d+", "N", head)
+    return re.sub(r"(?<![A-Za-z_])\d+", "N", head)
 
 
 def test_bad_payloads_are_dead_lettered_with_a_reason(mosquitto, tmp_path, thread_crashes):
