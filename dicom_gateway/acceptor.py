@@ -196,6 +196,14 @@ class Acceptor:
 
     def _check(self, request: A_ASSOCIATE, calling: str, called: str,
                address: tuple[str, int]) -> Rejection | None:
+        if not getattr(request, "protocol_version", 1) & 0x0001:  # PS3.8 9.3.2: bit 0 is version 1
+            return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_PROVIDER_ACSE,
+                             RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
+                             f"protocol version 0x{request.protocol_version:04X} does not include version 1")
+        ids = [context.context_id for context in request.presentation_context_definition_list]
+        if len(ids) != len(set(ids)) or any(i % 2 == 0 for i in ids):
+            return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.NO_REASON_GIVEN,
+                             f"presentation context IDs {ids} must be distinct odd numbers (PS3.8 9.3.2.2)")
         if request.application_context_name != APPLICATION_CONTEXT:
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
                              RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED,

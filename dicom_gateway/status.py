@@ -47,6 +47,8 @@ class RejectReason(IntEnum):
 
     #: Source 1: no-reason-given.
     NO_REASON_GIVEN = 0x01
+    #: Source 2: protocol-version-not-supported.
+    PROTOCOL_VERSION_NOT_SUPPORTED = 0x02
     #: Source 1: application-context-name-not-supported (same value as LOCAL_LIMIT_EXCEEDED).
     APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
     #: Source 1: calling-AE-title-not-recognized.

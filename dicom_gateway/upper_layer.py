@@ -107,9 +107,11 @@ def decode_associate_rq(body: bytearray) -> A_ASSOCIATE:
     request = A_ASSOCIATE_RQ()
     try:
         request.decode(pdu(ASSOCIATE_RQ, bytes(body)))
-        return request.to_primitive()
+        primitive = request.to_primitive()
     except Exception as exc:  # noqa: BLE001 - any malformed item is an invalid PDU
         raise UpperLayerError(f"malformed A-ASSOCIATE-RQ: {type(exc).__name__}: {exc}") from None
+    primitive.protocol_version = request.protocol_version
+    return primitive
 
 
 def encode_associate(primitive: A_ASSOCIATE) -> bytes:

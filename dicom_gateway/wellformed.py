@@ -30,6 +30,8 @@ VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL
 #: Explicit VRs with a reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 UNDEFINED_LENGTH_VRS = frozenset({b"SQ", b"UN", b"OB", b"OW"})
+#: A Deflated data set that inflates beyond this is refused (a deflate bomb, not an image).
+MAX_INFLATED_BYTES = 1 << 30
 #: Deeper nesting of sequences is refused (real objects nest a handful of levels).
 MAX_NESTING = 64
 
@@ -138,7 +140,10 @@ def dataset_problem(data, transfer_syntax: str) -> str | None:
     syntax = str(transfer_syntax)
     if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         try:
-            data = zlib.decompress(bytes(data), -zlib.MAX_WBITS)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = inflater.decompress(bytes(data), MAX_INFLATED_BYTES)
+            if inflater.unconsumed_tail:
+                return f"the Deflated data set inflates to more than {MAX_INFLATED_BYTES} bytes"
         except zlib.error as exc:
             return f"the Deflated data set cannot be inflated: {exc}"
     try:

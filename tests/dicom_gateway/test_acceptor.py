@@ -154,3 +154,29 @@ def test_silent_connection_is_closed_after_the_artim_time(gateway, caplog):
     assert data == b"" or data[0] == ul.ABORT
     assert waited < 9
     assert "network timeout (ARTIM)" in caplog.text
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("protocol_version", 0x0000, "protocol version"),
+    ("contexts", [1, 1], "must be distinct odd numbers"),
+])
+def test_malformed_association_requests_are_rejected(gateway, caplog, field, value, reason):
+    contexts = []
+    for context_id in (value if field == "contexts" else [1]):
+        context = build_context(sc.Verification)
+        context.context_id = context_id
+        contexts.append(context)
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT
+    primitive.calling_ae_title, primitive.called_ae_title = "RAW", "MEDGATE"
+    primitive.presentation_context_definition_list = contexts
+    request = A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    if field == "protocol_version":
+        request.protocol_version = value
+    with socket.create_connection(("127.0.0.1", gateway.scp.port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        pdu_type, _ = ul.read_pdu(sock, 0)
+    assert pdu_type == ul.ASSOCIATE_RJ
+    assert reason in caplog.text
+    assert echo_ok(gateway.scp.port)
