@@ -105,10 +105,27 @@ def _finite(value: Any, path: str) -> float:
     return float(value)
 
 
-def _compact_vital(item: Any, path: str) -> Vital:
+_VITALS: dict[tuple, Vital] = {}  # (code, value type, value) -> Vital: monitors repeat values
+_VITALS_MAX = 50_000
+
+
+def _compact_vital(item: Any, index: int) -> Vital:
     if not isinstance(item, list) or len(item) != 2:
-        raise PayloadError(f"must be a [code, value] pair, {item!r} is given", path)
+        raise PayloadError(f"must be a [code, value] pair, {item!r} is given", f"/v/{index}")
     raw_code, raw_value = item
+    key = (raw_code, type(raw_code), raw_value, type(raw_value))  # 72 and 72.0 stay apart
+    try:
+        return _VITALS[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable value, rejected below
+        pass
+    vital = _new_compact_vital(raw_code, raw_value, f"/v/{index}")
+    if len(_VITALS) >= _VITALS_MAX:
+        _VITALS.clear()
+    _VITALS[key] = vital
+    return vital
+
+
+def _new_compact_vital(raw_code: Any, raw_value: Any, path: str) -> Vital:
     code = str(raw_code) if isinstance(raw_code, int) and not isinstance(raw_code, bool) else raw_code
     if not isinstance(code, str) or code not in COMPACT_UNITS:
         raise PayloadError(f"unknown MDC code {raw_code!r} (accepted: {', '.join(COMPACT_UNITS)})",
@@ -124,9 +141,8 @@ def _compact_vital(item: Any, path: str) -> Vital:
 
 def parse_compact(doc: dict[str, Any]) -> VitalsMessage:
     """A compact numeric document (already decoded) as a patient-less :class:`VitalsMessage`."""
-    unknown = sorted(set(doc) - COMPACT_KEYS)
-    if unknown:
-        raise PayloadError(f"unknown field(s) {', '.join(unknown)}")
+    if not COMPACT_KEYS.issuperset(doc):
+        raise PayloadError(f"unknown field(s) {', '.join(sorted(set(doc) - COMPACT_KEYS))}")
     device = _device(doc)
     time = _epoch_ms(doc.get("t"))
     items = doc.get("v")
@@ -134,7 +150,7 @@ def parse_compact(doc: dict[str, Any]) -> VitalsMessage:
         raise PayloadError("no vitals: 'v' must be a non-empty array", "/v")
     if len(items) > MAX_VITALS:
         raise PayloadError(f"too many vitals: {len(items)} > {MAX_VITALS}", "/v")
-    vitals = tuple(_compact_vital(item, f"/v/{i}") for i, item in enumerate(items))
+    vitals = tuple([_compact_vital(item, i) for i, item in enumerate(items)])
     on_oxygen = doc.get("o")
     if on_oxygen is not None and not isinstance(on_oxygen, bool):
         raise PayloadError(f"must be true, false or null, {on_oxygen!r} is given", "/o")
@@ -144,10 +160,10 @@ def parse_compact(doc: dict[str, Any]) -> VitalsMessage:
     scale = doc.get("s", 1)
     if isinstance(scale, bool) or scale not in SPO2_SCALES:
         raise PayloadError(f"must be 1 or 2, {scale!r} is given", "/s")
-    return VitalsMessage(patient_id=None, patient_system=None, time=time, vitals=vitals,
-                         device=device, on_oxygen=on_oxygen,
-                         consciousness=_ACVPU[consciousness] if consciousness else None,
-                         spo2_scale=int(scale))
+    return VitalsMessage.checked(patient_id=None, patient_system=None, time=time, vitals=vitals,
+                                 device=device, on_oxygen=on_oxygen,
+                                 consciousness=_ACVPU[consciousness] if consciousness else None,
+                                 spo2_scale=int(scale))
 
 
 def parse_ecg(doc: dict[str, Any]) -> EcgChunk:

@@ -143,7 +143,19 @@ def _half_up(value: float, step: str) -> Decimal:
 
 
 def _whole(value: float) -> int:
+    if 0 <= value < 2 ** 52:  # as the Decimal rounding: only an exact .5 is a tie; it rounds up
+        whole = math.floor(value)
+        return int(whole) + (1 if value - whole >= 0.5 else 0)
     return int(_half_up(value, "1"))
+
+
+def _tenths(value: float) -> int:
+    """``value`` rounded half-up to 0.1, in tenths."""
+    scaled = value * 10.0
+    nearest = round(scaled)
+    if abs(scaled - nearest) < 1e-6 and abs(value) < 2 ** 40:  # on a tenth: no tie is near
+        return int(nearest)
+    return int(_half_up(value, "0.1") * 10)
 
 
 def respiration_rate_score(per_min: float) -> int:
@@ -240,14 +252,14 @@ def consciousness_score(level: ACVPU | str) -> int:
 
 def temperature_score(cel: float) -> int:
     """Temperature °C: <=35.0: 3, 35.1-36.0: 1, 36.1-38.0: 0, 38.1-39.0: 1, >=39.1: 2."""
-    temp = _half_up(cel, "0.1")
-    if temp <= Decimal("35.0"):
+    temp = _tenths(cel)
+    if temp <= 350:
         return 3
-    if temp <= Decimal("36.0"):
+    if temp <= 360:
         return 1
-    if temp <= Decimal("38.0"):
+    if temp <= 380:
         return 0
-    if temp <= Decimal("39.0"):
+    if temp <= 390:
         return 1
     return 2
 

@@ -11,6 +11,11 @@ parameter sub-score.
 
 Resource ids are UUID 5 over (subject, code, effective time in UTC), so a message that is sent
 again produces the same ids and updates the stored resources instead of duplicating them.
+
+The builders run once per message on the bridge's hot path: the parts that depend only on the code
+(``meta``, ``category``, ``code``) are built once and shared by every resource, so callers treat
+the returned dicts as read-only (they are serialised, never edited). Conformance is checked with
+``fhir.resources`` in the tests, not per message.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from iomt.payload import Vital, VitalsMessage
 URI_SYSTEM = "urn:ietf:rfc:3986"  # FHIR R4 identifier system for URIs (here urn:uuid)
 OBSERVATION_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:observation")
 """Fixed namespace for deterministic Observation ids; changing it re-keys every stored id."""
+_NAMESPACE_BYTES = OBSERVATION_ID_NAMESPACE.bytes
 
 NEWS2_SUBSCORE_CODES: dict[str, str] = {
     news2.RESPIRATION_RATE: codes.NEWS2_RESPIRATION_RATE_SCORE,
@@ -66,23 +72,29 @@ def observation_id(subject_ref: str, system: str, code: str, effective: datetime
     """Deterministic Observation id: UUID 5 over subject, code and effective time (UTC)."""
     if effective.tzinfo is None or effective.utcoffset() is None:
         raise ValueError(f"effective must carry a UTC offset, {effective.isoformat()} is given.")
-    return fast_uuid5(OBSERVATION_ID_NAMESPACE.bytes,
-                      f"{subject_ref}|{system}|{code}|{_utc_instant(effective)}")
+    return _observation_id(subject_ref, system, code, utc_instant(effective))
 
 
-@lru_cache(maxsize=65536)
-def _utc_instant(effective: datetime) -> str:
+@lru_cache(maxsize=65536)  # NEWS2 derivedFrom asks again for the ids of the vitals just built
+def _observation_id(subject_ref: str, system: str, code: str, instant: str) -> str:
+    return fast_uuid5(_NAMESPACE_BYTES, f"{subject_ref}|{system}|{code}|{instant}")
+
+
+def utc_instant(effective: datetime) -> str:
+    """``effective`` in UTC, ISO 8601 (the time part of every deterministic id)."""
+    if effective.tzinfo is timezone.utc:
+        return effective.isoformat()
     return effective.astimezone(timezone.utc).isoformat()
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}  # RFC 4122 variant nibble
 
 
 def fast_uuid5(namespace: bytes, name: str) -> str:
     """``str(uuid.uuid5(UUID(bytes=namespace), name))`` (RFC 4122 section 4.3) without building
     UUID objects: the vitals hot path makes several per message."""
-    digest = bytearray(hashlib.sha1(namespace + name.encode("utf-8")).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(namespace + name.encode("utf-8")).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def _check_ref(name: str, value: object, *, optional: bool = False) -> None:
@@ -157,18 +169,50 @@ def _vital_code(loinc: str) -> dict[str, Any]:
     return concept
 
 
+@lru_cache(maxsize=None)
+def _vital_static(loinc: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """``meta``, ``category`` and ``code`` of a single vital-sign Observation (shared, read-only)."""
+    sign = codes.VITAL_SIGNS[loinc]
+    return ({"profile": [codes.VITAL_SIGNS_PROFILE, sign.profile]}, _vital_sign_category(),
+            _vital_code(loinc))
+
+
 def _single_observation(msg: VitalsMessage, vital: Vital, patient_ref: str,
-                        device_ref: str | None) -> dict[str, Any]:
-    sign = codes.VITAL_SIGNS[vital.loinc]
-    obs_id = observation_id(patient_ref, codes.LOINC_SYSTEM, vital.loinc, msg.time)
-    resource = _base(msg, obs_id, patient_ref, device_ref,
-                     (codes.VITAL_SIGNS_PROFILE, sign.profile))
-    resource["category"] = _vital_sign_category()
-    resource["code"] = _vital_code(vital.loinc)
-    resource["valueQuantity"] = _quantity(vital)
+                        device_ref: str | None, instant: str | None = None,
+                        shared: tuple[str, dict, dict | None] | None = None) -> dict[str, Any]:
+    """``instant`` (:func:`utc_instant`) and ``shared`` (effective time, subject and device
+    elements) are computed once per message by :func:`vital_observations`."""
+    loinc = vital.loinc
+    sign = codes.VITAL_SIGNS[loinc]
+    obs_id = _observation_id(patient_ref, codes.LOINC_SYSTEM, loinc,
+                             instant or utc_instant(msg.time))
+    effective, subject, device = shared or _shared_elements(msg, patient_ref, device_ref,
+                                                            msg.time.isoformat())
+    meta, category, code = _vital_static(loinc)
+    resource: dict[str, Any] = {
+        "resourceType": "Observation", "id": obs_id, "meta": meta,
+        "identifier": [{"system": URI_SYSTEM, "value": f"urn:uuid:{obs_id}"}],
+        "status": "final", "subject": subject, "effectiveDateTime": effective,
+    }
+    if device is not None:
+        resource["device"] = device
+    resource["category"] = category
+    resource["code"] = code
+    resource["valueQuantity"] = {"value": _number(vital.value),
+                                 "unit": sign.unit_display, "system": codes.UCUM_SYSTEM,
+                                 "code": sign.ucum}
     if vital.out_of_range:
         resource["note"] = [{"text": _range_note(vital)}]
     return resource
+
+
+def _shared_elements(msg: VitalsMessage, patient_ref: str, device_ref: str | None,
+                     effective: str) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    device = None
+    if device_ref is not None:
+        device = {"reference": device_ref, "display": msg.device} if msg.device \
+            else {"reference": device_ref}
+    return effective, {"reference": patient_ref}, device
 
 
 def _panel_observation(msg: VitalsMessage, parts: dict[str, Vital], patient_ref: str,
@@ -206,16 +250,19 @@ def vital_observations(msg: VitalsMessage, patient_ref: str,
     _check_ref("patient_ref", patient_ref)
     _check_ref("device_ref", device_ref, optional=True)
     latest = msg.latest()
-    bp_parts = {loinc: latest[loinc] for loinc in _BP_COMPONENTS if loinc in latest}
+    effective = msg.time.isoformat()
+    instant = effective if msg.time.tzinfo is timezone.utc else utc_instant(msg.time)
+    shared = _shared_elements(msg, patient_ref, device_ref, effective)
     resources: list[dict[str, Any]] = []
     panel_done = False
     for loinc, vital in latest.items():
         if loinc in _BP_COMPONENTS:
             if not panel_done:
+                bp_parts = {c: latest[c] for c in _BP_COMPONENTS if c in latest}
                 resources.append(_panel_observation(msg, bp_parts, patient_ref, device_ref))
                 panel_done = True
             continue
-        resources.append(_single_observation(msg, vital, patient_ref, device_ref))
+        resources.append(_single_observation(msg, vital, patient_ref, device_ref, instant, shared))
     return resources
 
 

@@ -23,13 +23,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from iomt.alerts import AlertPolicy, alert_message, flag_resource
 from iomt.compact import EcgChunk, decode
 from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
 from iomt.message_id import each_message
-from iomt.news2 import score
 from iomt.observations import news2_observation, vital_observations
 from iomt.payload import PayloadError
 from iomt.state import StateTable
@@ -40,6 +39,7 @@ from serving.correlation import current_id
 log = logging.getLogger("medgate.iomt")
 
 UNKNOWN_DEVICE = "unknown device"  # dead-letter reason of a parked message
+REF_CACHE_SIZE = 100_000  # patient and device references remembered per pipeline
 MQTT_KIND = "mqtt"  # outbox sender kind for alerts
 
 
@@ -56,17 +56,33 @@ class BatchOut:
     processed: int = 0
 
 
+def _score_key(result) -> tuple:
+    """What makes two NEWS2 results the same score (total, band, completeness, sub-scores)."""
+    return result.total, result.band, result.complete, tuple(result.scores.items())
+
+
 class VitalsPipeline:
-    """Stateful message processing; see the module docstring. Not thread-safe: one worker."""
+    """Stateful message processing; see the module docstring. Not thread-safe: one worker.
+
+    ``owns(topic)`` says which topics this pipeline's worker owns when the bridge has several
+    (:mod:`iomt.workers`): every worker applies each ADT message to its own registry, but only
+    the owner of a topic stores the ADT resources, dead-letters a bad ADT message or replays a
+    message parked from that topic. None: this pipeline owns everything.
+    """
 
     def __init__(self, topics: Topics, store, registry: DeviceRegistry, *, states: StateTable,
-                 alerts: AlertPolicy, risk=None, news2_interval_s: float = 60.0) -> None:
+                 alerts: AlertPolicy, risk=None, news2_interval_s: float = 60.0,
+                 owns: Callable[[str], bool] | None = None) -> None:
         if news2_interval_s < 0:
             raise ValueError(f"news2_interval_s must be >= 0, {news2_interval_s} is given.")
         self.topics, self.store, self.registry = topics, store, registry
         self.states, self.alerts, self.risk = states, alerts, risk
+        self.owns = owns
         self.news2_interval_s = news2_interval_s
-        self._news2_written: dict[str, tuple[datetime, tuple]] = {}  # patient -> (time, score key)
+        # patient -> (time, score key, result) of the NEWS2 Observation written last
+        self._news2_written: dict[str, tuple[datetime, tuple, Any]] = {}
+        self._patient_refs: dict[tuple[str, str | None], str] = {}
+        self._device_refs: dict[str, str] = {}
 
     def run(self, messages: list[tuple[str, bytes]]) -> BatchOut:
         out = BatchOut()
@@ -90,16 +106,16 @@ class VitalsPipeline:
             return
         device = msg.device or location.device
         scale = getattr(msg, "spo2_scale", 1)  # an ECG chunk has none
-        if msg.patient_id is None:
+        patient_id, patient_system = msg.patient_id, msg.patient_system
+        if patient_id is None:
             assoc = self.registry.lookup(device)
             if assoc is None:
                 self._dead(out, topic, payload, UNKNOWN_DEVICE, device)
                 return
-            msg = dataclasses.replace(msg, patient_id=assoc.patient_id,
-                                      patient_system=assoc.patient_system)
+            patient_id, patient_system = assoc.patient_id, assoc.patient_system
             scale = max(scale, assoc.spo2_scale)  # scale 2 when the ADT or the payload says so
-        patient_ref = patient_reference(msg.patient_id, msg.patient_system)
-        device_ref = device_reference(device) if device else None
+        patient_ref = self._patient_ref(patient_id, patient_system)
+        device_ref = self._device_ref(device) if device else None
         if location.ward and location.bed:  # the bed census of the dashboard's ward board
             out.beds[(location.ward, location.bed)] = (location.ward, location.bed, location.site,
                                                        patient_ref, device, msg.time.isoformat())
@@ -117,14 +133,14 @@ class VitalsPipeline:
         snapshot = self.states.update(patient_ref, msg, scale)
         if snapshot is None:
             return  # a late message: stored, but never overrides the newer state
-        result = score(snapshot.inp)
+        result = snapshot.score()
         decision = self.alerts.decide(patient_ref, result, msg.time)
-        key = (result.total, result.band, result.complete, tuple(result.scores.items()))
         last = self._news2_written.get(patient_ref)
-        if decision is None and last is not None and last[1] == key \
-                and (msg.time - last[0]).total_seconds() < self.news2_interval_s:
+        if decision is None and last is not None \
+                and (msg.time - last[0]).total_seconds() < self.news2_interval_s \
+                and (last[2] is result or last[1] == _score_key(result)):
             return  # same score, written recently: no new NEWS2 Observation
-        self._news2_written[patient_ref] = (msg.time, key)
+        self._news2_written[patient_ref] = (msg.time, _score_key(result), result)
         news2 = news2_observation(result, msg, patient_ref, snapshot.measured)
         out.resources.append(news2)
         if decision is None:
@@ -132,7 +148,7 @@ class VitalsPipeline:
         flag = flag_resource(patient_ref, result, msg.time, decision, news2["id"])
         out.resources.append(flag)
         where = {"site": location.site, "ward": location.ward, "bed": location.bed}
-        alert = alert_message(patient_id=msg.patient_id, patient_ref=patient_ref, location=where,
+        alert = alert_message(patient_id=patient_id, patient_ref=patient_ref, location=where,
                               device=device, result=result, at=msg.time, decision=decision,
                               news2_id=news2["id"], flag=flag["id"])
         out.outbox_rows.append((f"alert:{news2['id']}", MQTT_KIND,
@@ -140,17 +156,36 @@ class VitalsPipeline:
                                 current_id()))
         out.alerts += 1
         log.info("NEWS2 %s (%d) for %s at %s/%s: %s alert queued", result.band.value, result.total,
-                 msg.patient_id, location.ward, location.bed, decision.reason)
+                 patient_id, location.ward, location.bed, decision.reason)
+
+    def _patient_ref(self, patient_id: str, system: str | None) -> str:
+        ref = self._patient_refs.get((patient_id, system))
+        if ref is None:
+            if len(self._patient_refs) >= REF_CACHE_SIZE:
+                self._patient_refs.clear()
+            ref = self._patient_refs[(patient_id, system)] = patient_reference(patient_id, system)
+        return ref
+
+    def _device_ref(self, device: str) -> str:
+        ref = self._device_refs.get(device)
+        if ref is None:
+            if len(self._device_refs) >= REF_CACHE_SIZE:
+                self._device_refs.clear()
+            ref = self._device_refs[device] = device_reference(device)
+        return ref
 
     def _adt(self, topic: str, payload: bytes, out: BatchOut) -> None:
+        owner = self.owns is None or self.owns(topic)
         try:
             event: AdtEvent = parse_adt(payload)
         except PayloadError as exc:
-            self._dead(out, topic, payload, str(exc))
+            if owner:
+                self._dead(out, topic, payload, str(exc))
             return
         assoc, resources = self.registry.apply(event)
-        out.resources.extend(resources)
-        out.processed += 1
+        if owner:
+            out.resources.extend(resources)
+            out.processed += 1
         if assoc is None or assoc.device != event.device:
             return
         # Replay what was parked for this device: earlier batches (committed) and this one.
@@ -159,8 +194,11 @@ class VitalsPipeline:
         for source, _, parked_payload, _ in pending:
             self.handle(source.removeprefix("mqtt:"), parked_payload, out)
         for row in self.store.parked(event.device):
+            source = row["source"].removeprefix("mqtt:")
+            if self.owns is not None and not self.owns(source):
+                continue  # another worker's partition replays it
             out.replayed_ids.append(row["id"])
-            self.handle(row["source"].removeprefix("mqtt:"), bytes(row["payload"]), out)
+            self.handle(source, bytes(row["payload"]), out)
         if pending or out.replayed_ids:
             log.info("device %s associated with %s: replayed %d parked message(s)", event.device,
                      assoc.patient_ref, len(pending) + len(out.replayed_ids))

@@ -7,6 +7,9 @@ parameter that is no older than ``staleness_s`` at the scoring time, not from on
 A message older than the newest one already seen for the patient still fills in parameters for
 which it is newer, but it is not scored: the score at its time would ignore newer values, and a
 score for the newest time already exists.
+
+Every scored message carries its NEWS2 result; results are memoised per distinct input (bedside
+values repeat), so the hot path scores a message with one dictionary look-up.
 """
 from __future__ import annotations
 
@@ -15,14 +18,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from iomt import codes
-from iomt.news2 import News2Input
+from iomt.news2 import News2Input, News2Result, score
 from iomt.payload import VitalsMessage
 
 DEFAULT_STALENESS_S = 3600.0  # iomt.staleness_s default: one hour
 ON_OXYGEN = "on_oxygen"
 CONSCIOUSNESS = "consciousness"
-_SCORED_LOINC = (codes.RESPIRATORY_RATE, codes.OXYGEN_SATURATION, codes.SYSTOLIC_BP,
-                 codes.HEART_RATE, codes.BODY_TEMPERATURE)
+_SCORED_LOINC = frozenset({codes.RESPIRATORY_RATE, codes.OXYGEN_SATURATION, codes.SYSTOLIC_BP,
+                           codes.HEART_RATE, codes.BODY_TEMPERATURE})
+_SCORED: dict[tuple, tuple[News2Input, News2Result]] = {}  # input values -> (input, result)
+_SCORED_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,17 @@ class Snapshot:
     time: datetime
     inp: News2Input
     measured: dict[str, datetime]  # LOINC code (or ON_OXYGEN / CONSCIOUSNESS) -> measurement time
+    result: News2Result | None = None  # NEWS2 of ``inp``
+
+    def score(self) -> News2Result:
+        return self.result if self.result is not None else score(self.inp)
+
+    @classmethod
+    def _of(cls, at: datetime, inp: News2Input, measured: dict[str, datetime],
+            result: News2Result) -> "Snapshot":
+        snapshot = object.__new__(cls)  # the hot path: without the frozen __init__
+        snapshot.__dict__.update(time=at, inp=inp, measured=measured, result=result)
+        return snapshot
 
 
 class PatientState:
@@ -48,10 +64,13 @@ class PatientState:
 
     def update(self, msg: VitalsMessage) -> bool:
         """Merge ``msg``; True when it is the newest message so far (it should be scored)."""
-        when = msg.time
-        for loinc, vital in msg.latest().items():
+        when, values = msg.time, self.values
+        for vital in msg.vitals:  # in order: the last reading of a code wins, as msg.latest()
+            loinc = vital.loinc
             if loinc in _SCORED_LOINC:
-                self._merge(loinc, when, vital.value)
+                held = values.get(loinc)
+                if held is None or when >= held[0]:
+                    values[loinc] = (when, vital.value)
         if msg.on_oxygen is not None:
             self._merge(ON_OXYGEN, when, msg.on_oxygen)
         if msg.consciousness is not None:
@@ -65,23 +84,29 @@ class PatientState:
         """NEWS2 input at ``at`` from values measured within ``staleness_s`` before it."""
         if staleness_s <= 0:
             raise ValueError(f"staleness_s must be positive, {staleness_s} is given.")
-        oldest = at - timedelta(seconds=staleness_s)
-        fresh = {k: v for k, v in self.values.items() if oldest <= v[0] <= at}
+        return self._snapshot(at, at - timedelta(seconds=staleness_s), spo2_scale)
 
-        def value(key: str) -> Any:
-            return fresh[key][1] if key in fresh else None
-
-        inp = News2Input(
-            respiratory_rate_per_min=value(codes.RESPIRATORY_RATE),
-            spo2_percent=value(codes.OXYGEN_SATURATION),
-            on_oxygen=value(ON_OXYGEN),
-            systolic_bp_mmhg=value(codes.SYSTOLIC_BP),
-            pulse_per_min=value(codes.HEART_RATE),
-            consciousness=value(CONSCIOUSNESS),
-            temperature_cel=value(codes.BODY_TEMPERATURE),
-            spo2_scale=spo2_scale,
-        )
-        return Snapshot(time=at, inp=inp, measured={k: v[0] for k, v in fresh.items()})
+    def _snapshot(self, at: datetime, oldest: datetime, spo2_scale: int) -> Snapshot:
+        measured, fresh = {}, {}
+        for name, (when, value) in self.values.items():
+            if oldest <= when <= at:
+                measured[name], fresh[name] = when, value
+        get = fresh.get
+        key = (get(codes.RESPIRATORY_RATE), get(codes.OXYGEN_SATURATION), get(ON_OXYGEN),
+               get(codes.SYSTOLIC_BP), get(codes.HEART_RATE), get(CONSCIOUSNESS),
+               get(codes.BODY_TEMPERATURE), spo2_scale)
+        scored = _SCORED.get(key)
+        if scored is None:
+            inp = News2Input(
+                respiratory_rate_per_min=key[0], spo2_percent=key[1], on_oxygen=key[2],
+                systolic_bp_mmhg=key[3], pulse_per_min=key[4], consciousness=key[5],
+                temperature_cel=key[6], spo2_scale=spo2_scale,
+            )
+            scored = (inp, score(inp))
+            if len(_SCORED) >= _SCORED_MAX:
+                _SCORED.clear()
+            _SCORED[key] = scored
+        return Snapshot._of(at, scored[0], measured, scored[1])
 
 
 class StateTable:
@@ -91,6 +116,7 @@ class StateTable:
         if staleness_s <= 0:
             raise ValueError(f"staleness_s must be positive, {staleness_s} is given.")
         self.staleness_s = staleness_s
+        self._staleness = timedelta(seconds=staleness_s)
         self._states: dict[str, PatientState] = {}
 
     def update(self, patient_ref: str, msg: VitalsMessage, spo2_scale: int) -> Snapshot | None:
@@ -100,4 +126,4 @@ class StateTable:
             state = self._states[patient_ref] = PatientState()
         if not state.update(msg):
             return None
-        return state.snapshot(msg.time, self.staleness_s, spo2_scale)
+        return state._snapshot(msg.time, msg.time - self._staleness, spo2_scale)
