@@ -1,26 +1,34 @@
-"""The MQTT vitals bridge: subscribe, queue, process in batches, commit, then acknowledge.
+"""The MQTT vitals bridge: subscribe, partition by bed, process in batches, commit, then acknowledge.
 
-Topics: :mod:`iomt.topics`. Processing: :mod:`iomt.pipeline`. Connection: :mod:`iomt.mqtt_client`.
+Topics: :mod:`iomt.topics`. Processing: :mod:`iomt.pipeline`. Workers: :mod:`iomt.workers`.
+Connection: :mod:`iomt.mqtt_client`.
 
-``on_message`` never blocks on work: messages go to a bounded queue; when it is full the network
-thread waits, which stops reading from the broker (back-pressure) instead of dropping. The worker
-drains up to ``batch_max_messages`` at a time, commits everything the batch produced in one SQLite
-transaction (``executemany``), and only then sends the QoS 1 PUBACKs (manual ack, in arrival
-order). A crash before the commit leaves the messages unacknowledged, and the persistent session
-makes the broker deliver them again; deterministic ids make that redelivery an update.
+One MQTT session (QoS 1, persistent) reads everything. ``on_message`` never blocks on work: it
+appends the message to its bed's worker (:meth:`iomt.topics.Topics.partition`, ADT messages to
+every worker) and returns; when ``queue_size`` messages are unacknowledged it waits, which stops
+the network thread reading from the broker (back-pressure) instead of dropping. Each worker takes
+up to ``batch_max_messages`` of its messages at a time, processes them in arrival order, and
+commits everything the batch produced in one SQLite transaction (:func:`iomt.workers.commit`).
+Only then are the messages acknowledged: in the order they arrived (MQTT 3.1.1 and 5.0 section
+4.6), one write of PUBACKs per batch. A crash before the commit leaves them unacknowledged, and
+the persistent session makes the broker deliver them again; deterministic ids make that
+redelivery an update.
+
+Why not one MQTT session per worker on a shared subscription: a broker hands each message of a
+shared subscription to any member (Mosquitto: round robin, message by message), so one bed's
+messages would be spread over the workers and could commit out of order, and each worker would
+see only part of a patient's values (NEWS2) and alerts. Several bridges may still share a
+``mqtt.shared_group`` when each owns whole patients some other way (e.g. one site each).
 """
 from __future__ import annotations
 
 import base64
 import json
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from typing import Callable
 from urllib.parse import urlparse
-
-import paho.mqtt.client as mqtt
 
 from iomt.alerts import AlertPolicy
 from iomt.identity import DeviceRegistry, IdentifierSystems, patient_reference
@@ -29,6 +37,7 @@ from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
+from iomt.workers import BatchResult, LocalWorker, ProcessWorker, WorkerSpec, commit
 
 __all__ = ["VitalsBridge", "broker_address", "patient_reference"]
 
@@ -37,7 +46,7 @@ log = logging.getLogger("medgate.iomt")
 DEFAULT_SYSTEMS = IdentifierSystems(citizen_id="http://fhir.hl7.org.vn/core/sid/cccd",
                                     social_insurance="http://fhir.hl7.org.vn/core/sid/bhyt",
                                     device="urn:medgate:device-serial")
-COMMIT_RETRY_S = 0.5  # wait between attempts when the store refuses a batch (e.g. disk full)
+ROUTE_CACHE_SIZE = 100_000  # topics whose worker is remembered
 
 
 def broker_address(url: str | None, embedded_port: int) -> tuple[str, int, bool]:
@@ -47,6 +56,15 @@ def broker_address(url: str | None, embedded_port: int) -> tuple[str, int, bool]
     parsed = urlparse(url)
     tls = parsed.scheme == "mqtts"
     return parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883), tls
+
+
+class Received:
+    """One message between arrival and acknowledgement; ``waiting``: workers yet to commit it."""
+
+    __slots__ = ("mid", "qos", "topic", "payload", "waiting")
+
+    def __init__(self, mid: int, qos: int, topic: str, payload: bytes, waiting: int) -> None:
+        self.mid, self.qos, self.topic, self.payload, self.waiting = mid, qos, topic, payload, waiting
 
 
 class VitalsBridge:
@@ -64,11 +82,18 @@ class VitalsBridge:
         :class:`serving.outbox.Outbox` for alerts (and Bundles); None sends no alerts.
     options
         :class:`iomt.mqtt_client.MqttOptions`; ``tls=True`` alone keeps the old meaning.
+    queue_size
+        Messages received and not yet acknowledged, at most (then reading stops).
     sink, registry, states, alerts, risk
         Pipeline parts; defaults: local store, a registry over ``store``, one-hour staleness,
         alerts from low-medium repeated hourly, no risk model.
+    workers
+        ``iomt.workers``: 1 processes in this process; more start that many child processes,
+        each owning the beds :meth:`iomt.topics.Topics.partition` gives it (``store`` must then
+        be a file the children can open, and the parts are rebuilt there from their settings).
     on_commit
-        Called after each committed batch with ``(messages, commit_time_s)`` (monitoring).
+        Called after each committed batch with ``(messages, commit_time_s)`` (monitoring); each
+        message has ``topic``, ``payload``, ``mid`` and ``qos``.
     """
 
     def __init__(self, host: str, port: int, *, topic_prefix: str, store, outbox=None,
@@ -76,24 +101,37 @@ class VitalsBridge:
                  options: MqttOptions | None = None, shared_group: str | None = None,
                  sink: ResourceSink | None = None, registry: DeviceRegistry | None = None,
                  states: StateTable | None = None, alerts: AlertPolicy | None = None, risk=None,
-                 batch_max_messages: int = 1000, news2_interval_s: float = 60.0,
-                 on_commit: Callable[[list[mqtt.MQTTMessage], float], None] | None = None) -> None:
+                 batch_max_messages: int = 1000, news2_interval_s: float = 60.0, workers: int = 1,
+                 on_commit: Callable[[list[Received], float], None] | None = None) -> None:
         if batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, {batch_max_messages} is given.")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, {queue_size} is given.")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, {workers} is given.")
         self.host, self.port = host, port
         self.topics = Topics(topic_prefix, shared_group)
         self.prefix = topic_prefix
-        self.store, self.outbox = store, outbox
+        self.store, self.outbox, self.risk = store, outbox, risk
         self.options = options or MqttOptions(tls=tls, receive_maximum=queue_size)
         self.sink = sink or ResourceSink(store, outbox)
         self.registry = registry or DeviceRegistry(store, DEFAULT_SYSTEMS)
-        self.pipeline = VitalsPipeline(self.topics, store, self.registry,
-                                       states=states or StateTable(),
-                                       alerts=alerts or AlertPolicy(), risk=risk,
-                                       news2_interval_s=news2_interval_s)
+        states, alerts = states or StateTable(), alerts or AlertPolicy()
+        self.pipeline: VitalsPipeline | None = None  # the in-process pipeline (one worker)
+        if workers == 1:
+            self.pipeline = VitalsPipeline(self.topics, store, self.registry, states=states,
+                                           alerts=alerts, risk=risk,
+                                           news2_interval_s=news2_interval_s)
+            self.workers: list[LocalWorker | ProcessWorker] = [
+                LocalWorker(self.pipeline, self.sink, store, outbox)]
+        else:
+            spec = WorkerSpec.of(store=store, topic_prefix=topic_prefix, registry=self.registry,
+                                 states=states, alerts=alerts, sink=self.sink,
+                                 news2_interval_s=news2_interval_s, risk=risk is not None)
+            self.workers = [ProcessWorker(spec, i, workers) for i in range(workers)]
         self.batch_max_messages = batch_max_messages
+        self.queue_size = queue_size
         self.on_commit = on_commit
-        self.queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(maxsize=queue_size)
         self.client = make_client(client_id, self.options)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -101,8 +139,14 @@ class VitalsBridge:
         self.connected = threading.Event()
         self.processed = 0
         self.batches = 0
-        self._stopping = False
-        self._worker = threading.Thread(target=self._work, name="medgate-vitals", daemon=True)
+        self._cond = threading.Condition()
+        self._pending: list[list[Received]] = [[] for _ in self.workers]  # per worker, not sent
+        self._ledger: deque[Received] = deque()  # arrival order, not yet acknowledged
+        self._routes: dict[str, int] = {}
+        self._stopping = self._disconnecting = False
+        self._feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True,
+                                          name=f"medgate-vitals-{i}")
+                         for i in range(len(self.workers))]
 
     @property
     def deadletter_topic(self) -> str:
@@ -112,7 +156,10 @@ class VitalsBridge:
         return self.topics.alert(ward, bed)
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self._worker.start()
+        for worker in self.workers:
+            worker.start()
+        for feeder in self._feeders:
+            feeder.start()
         connect_async(self.client, self.host, self.port, self.options)
         self.client.loop_start()
         if not self.connected.wait(timeout_s):
@@ -120,11 +167,17 @@ class VitalsBridge:
                         self.host, self.port)
 
     def stop(self) -> None:
-        self._stopping = True
+        self._disconnecting = True
         self.client.disconnect()
-        self.client.loop_stop()
-        self.queue.put(None)
-        self._worker.join(timeout=30)
+        self.client.loop_stop()  # feeders keep committing: a full ledger drains meanwhile
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for feeder in self._feeders:
+            if feeder.is_alive():
+                feeder.join(timeout=30)
+        for worker in self.workers:
+            worker.stop()
 
     def publish(self, topic: str, payload: dict, timeout_s: float = 10.0) -> None:
         """Publish JSON at QoS 1 and wait for the broker's PUBACK (the outbox's MQTT sender)."""
@@ -146,70 +199,83 @@ class VitalsBridge:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        if self._stopping:
+        if self._disconnecting:
             return
         log.warning("MQTT bridge disconnected from %s:%d (%s); reconnecting with backoff",
                     self.host, self.port, reason_code)
 
-    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.queue.put(message)  # blocks only when full: back-pressure to the broker
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # paho's MQTTMessage; a broker should have refused it
+            topic = bytes(getattr(message, "_topic", b"")).decode("utf-8", "replace")
+        if self.topics.is_adt(topic):
+            targets = range(len(self.workers))  # every worker's registry follows the ADT feed
+        else:
+            route = self._routes.get(topic)
+            if route is None:
+                if len(self._routes) >= ROUTE_CACHE_SIZE:
+                    self._routes.clear()
+                route = self._routes[topic] = self.topics.partition(topic, len(self.workers))
+            targets = (route,)
+        received = Received(message.mid, message.qos, topic, message.payload, len(targets))
+        with self._cond:
+            while len(self._ledger) >= self.queue_size and not self._stopping:
+                self._cond.wait()  # back-pressure: the broker keeps what is not read
+            self._ledger.append(received)
+            for target in targets:
+                self._pending[target].append(received)
+            self._cond.notify_all()
 
-    # -- worker --------------------------------------------------------------------------------
-    def _work(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self.queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.batch_max_messages:
-                try:
-                    message = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if message is None:
-                    stopping = True
-                    break
-                batch.append(message)
-            self._process(batch)
+    # -- feeders: one thread per worker --------------------------------------------------------
+    def _feed(self, index: int) -> None:
+        pending, worker = self._pending[index], self.workers[index]
+        while True:
+            with self._cond:
+                while not pending and not self._stopping:
+                    self._cond.wait()
+                if not pending:
+                    return
+                batch = pending[:self.batch_max_messages]
+                del pending[:self.batch_max_messages]
+            result = worker.process([(m.topic, m.payload) for m in batch])
+            self._committed(batch, result)
 
-    def _process(self, batch: list[mqtt.MQTTMessage]) -> None:
-        out = self.pipeline.run([(m.topic, m.payload) for m in batch])
-        self._commit(out)
-        committed_at = time.time()
-        for message in batch:
-            if message.qos > 0:
-                self.client.ack(message.mid, message.qos)
-        self.processed += out.processed
-        self.batches += 1
-        for source, reason, payload, _ in out.dead_letters:
+    def _committed(self, batch: list[Received], result: BatchResult) -> None:
+        mids = []
+        with self._cond:
+            for message in batch:
+                message.waiting -= 1
+            ledger = self._ledger
+            while ledger and ledger[0].waiting == 0:  # acknowledge in arrival order
+                message = ledger.popleft()
+                if message.qos:
+                    mids.append(message.mid)
+            self.client.ack_many(mids)
+            self.processed += result.processed
+            self.batches += 1
+            self._cond.notify_all()
+        if result.outbox and self.outbox is not None:
+            self.outbox.notify()
+        if self.risk is not None:
+            for sample in result.risk:
+                self.risk.add(*sample)
+        for source, reason, payload in result.dead_letters:
             letter = {"topic": source.removeprefix("mqtt:"), "reason": reason,
                       "payload_base64": base64.b64encode(payload or b"").decode("ascii")}
             self.client.publish(self.deadletter_topic, json.dumps(letter), qos=1)
         if self.on_commit is not None:
-            self.on_commit(batch, committed_at)
+            self.on_commit(batch, result.committed_at)
 
+    # -- without MQTT (one worker) -------------------------------------------------------------
     def _commit(self, out: BatchOut) -> None:
-        while True:
-            try:
-                self.sink.commit(out.resources, out.dead_letters, out.outbox_rows)
-                break
-            except Exception:  # noqa: BLE001 - never ack what is not stored; keep trying
-                log.exception("committing a batch of %d resources failed; retrying",
-                              len(out.resources))
-                time.sleep(COMMIT_RETRY_S)
-        if out.replayed_ids:
-            self.store.mark_replayed(out.replayed_ids)
-        if out.beds and hasattr(self.store, "record_beds"):
-            try:
-                self.store.record_beds(list(out.beds.values()))
-            except Exception:  # noqa: BLE001 - the census is display state; never block the batch
-                log.exception("recording the bed census failed")
-        if out.outbox_rows and self.outbox is not None:
-            self.outbox.notify()
+        commit(out, self.sink, self.store, self.outbox)
 
     def handle(self, topic: str, payload: bytes) -> list[dict]:
         """Process and commit one message outside MQTT; returns the resources it produced."""
+        if self.pipeline is None:
+            raise RuntimeError("handle() needs the in-process pipeline (workers: 1); with more "
+                               "workers publish the message to the broker instead.")
         out = self.pipeline.run([(topic, payload)])
         self._commit(out)
         self.processed += out.processed

@@ -16,16 +16,21 @@ Outbound, QoS 1:
 Topic levels are matched by position only: a level may not contain ``/``, ``+`` or ``#``
 (MQTT 3.1.1 section 4.7). With ``mqtt.shared_group`` set, the vitals and ADT filters are
 subscribed as ``$share/{group}/{filter}`` (MQTT 5.0 section 4.8.2; Mosquitto also offers it to
-3.1.1 clients) so that several bridge workers split the messages between them.
+3.1.1 clients) so that several bridges split the messages between them.
+
+Within one bridge, :meth:`Topics.partition` sends every message of one bed (site, ward, bed) to
+the same worker: a bed's messages stay in order and its patient's state stays in one place.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 VITALS_LEVEL = "vitals"
 SHORT_FORM_LEVELS = 3  # {ward}/{bed}/vitals
 FULL_FORM_LEVELS = 5  # {site}/{ward}/{bed}/{device}/vitals
 SHARED_PREFIX = "$share"  # MQTT 5.0 section 4.8.2 shared subscriptions
+LOCATION_CACHE_SIZE = 100_000  # topics whose location is remembered (one per bedside device)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Topics:
         self.prefix = prefix
         self.shared_group = shared_group
         self._prefix_levels = prefix.count("/") + 1
+        self._locations: dict[str, Location] = {}
 
     @property
     def vitals_filters(self) -> tuple[str, str]:
@@ -93,6 +99,18 @@ class Topics:
     def is_adt(self, topic: str) -> bool:
         return topic == self.adt
 
+    def partition(self, topic: str, count: int) -> int:
+        """The worker (0 .. ``count`` - 1) for ``topic``: a stable hash of its site, ward and bed,
+        so one bed's devices share a worker; a topic that names no bed hashes as itself."""
+        if count == 1:
+            return 0
+        try:
+            where = self.location(topic)
+            key = f"{where.site or ''}/{where.ward}/{where.bed}"
+        except ValueError:
+            key = topic
+        return zlib.crc32(key.encode("utf-8")) % count
+
     def location(self, topic: str) -> Location:
         """The location named by a vitals topic.
 
@@ -101,6 +119,15 @@ class Topics:
         ValueError
             When ``topic`` is not a vitals topic under this prefix.
         """
+        location = self._locations.get(topic)
+        if location is None:
+            location = self._location(topic)
+            if len(self._locations) >= LOCATION_CACHE_SIZE:
+                self._locations.clear()
+            self._locations[topic] = location
+        return location
+
+    def _location(self, topic: str) -> Location:
         levels = topic.split("/")
         rest = levels[self._prefix_levels:]
         if "/".join(levels[:self._prefix_levels]) != self.prefix or not rest \

@@ -44,4 +44,5 @@ def build_bridge(settings, store, outbox, predictor: Predictor | None = None) ->
         shared_group=cfg.shared_group, sink=sink, registry=DeviceRegistry(store, systems),
         states=StateTable(iomt.staleness_s),
         alerts=AlertPolicy(iomt.alerts.min_band, iomt.alerts.repeat_after_s), risk=risk,
-        batch_max_messages=iomt.batch_max_messages, news2_interval_s=iomt.news2_interval_s)
+        batch_max_messages=iomt.batch_max_messages, news2_interval_s=iomt.news2_interval_s,
+        workers=iomt.workers)

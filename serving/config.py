@@ -159,7 +159,7 @@ class MqttConfig(_Section):
     ca_file: Path | None = None  # PEM CA bundle for mqtts://; None = the system trust store
     cert_file: Path | None = None  # PEM client certificate (TLS client authentication)
     key_file: Path | None = None  # PEM private key of cert_file
-    shared_group: str | None = None  # subscribe as $share/<group>/... so workers split the load
+    shared_group: str | None = None  # subscribe as $share/<group>/... so bridges split the load
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)  # MQTT 5 Session Expiry Interval
     keepalive_s: int = Field(30, ge=5, le=65535)
     reconnect_min_s: float = Field(1.0, gt=0)
@@ -233,6 +233,7 @@ class IomtConfig(_Section):
     staleness_s: float = Field(3600.0, gt=0)  # NEWS2 uses values no older than this
     news2_interval_s: float = Field(60.0, ge=0)  # unchanged score re-written at most this often
     batch_max_messages: int = Field(1000, ge=1)  # messages per store transaction
+    workers: int = Field(1, ge=1)  # bridge worker processes; each owns the beds hashed to it
     bundle_max_entries: int = Field(2000, ge=1)  # resources per FHIR transaction Bundle
     alerts: AlertsConfig = AlertsConfig()
     identifiers: IdentifierSystems = IdentifierSystems()

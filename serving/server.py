@@ -80,8 +80,8 @@ class Server:
         vitals = ray_predictor(handles["vitals"]) if "vitals" in handles else None
         self.bridge = build_bridge(cfg, self.store, self.outbox, vitals)
         self.bridge.start()
-        if self.bridge.pipeline.risk is not None:
-            self.bridge.pipeline.risk.start()
+        if self.bridge.risk is not None:
+            self.bridge.risk.start()
         self.outbox.start()
         from serving.imaging import ImagingPipeline
 
@@ -140,7 +140,7 @@ class Server:
         log.info("shutting down")
 
     def stop(self) -> None:
-        risk = self.bridge.pipeline.risk if self.bridge else None
+        risk = self.bridge.risk if self.bridge else None
         for part in (self.scp, self.pipeline, self.bridge, risk, self.outbox, self.broker):
             if part is not None:
                 try:

@@ -1,0 +1,261 @@
+"""Where the bridge's batches are processed and committed: in its own process, or in N children.
+
+The bridge (:mod:`iomt.bridge`) keeps one MQTT session and hands each bed's messages, in arrival
+order, to the same worker (``iomt.workers``; :meth:`iomt.topics.Topics.partition`):
+
+- :class:`LocalWorker` (one worker): the pipeline runs in the bridge's process, as one thread.
+- :class:`ProcessWorker` (several): each partition is a child process (``spawn``) with its own
+  SQLite connection, device registry, NEWS2 state and alert de-duplication, built from a
+  picklable :class:`WorkerSpec`. A child that dies is started again and given the batch it had.
+
+Either way a worker runs the pipeline over one batch, commits everything it produced in one
+SQLite transaction (:func:`commit`), and returns a :class:`BatchResult`; the bridge acknowledges
+the messages only then. ADT messages go to every worker (each keeps its own registry); a parked
+message is replayed by the worker that owns its topic.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from iomt.alerts import BAND_RANK, AlertPolicy
+from iomt.identity import DeviceRegistry, IdentifierSystems
+from iomt.pipeline import BatchOut, VitalsPipeline
+from iomt.sink import ResourceSink
+from iomt.state import StateTable
+from iomt.topics import Topics
+
+log = logging.getLogger("medgate.iomt")
+
+COMMIT_RETRY_S = 0.5  # wait between attempts when the store refuses a batch (e.g. disk full)
+RESTART_WAIT_S = 1.0  # wait before starting a child again after it died
+READY_TIMEOUT_S = 120.0  # a child imports the pipeline and opens the store before it is ready
+
+
+@dataclass
+class BatchResult:
+    """What the bridge needs to know about one committed batch."""
+
+    processed: int
+    committed_at: float  # epoch seconds, just after the commit
+    dead_letters: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # to publish
+    outbox: bool = False  # outbox rows were written: wake the outbox
+    risk: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
+    alerts: int = 0
+
+
+def commit(out: BatchOut, sink: ResourceSink, store, outbox=None) -> None:
+    """Commit what one batch produced, in one transaction, retrying until the store takes it:
+    nothing is acknowledged that is not stored."""
+    while True:
+        try:
+            sink.commit(out.resources, out.dead_letters, out.outbox_rows)
+            break
+        except Exception:  # noqa: BLE001 - never ack what is not stored; keep trying
+            log.exception("committing a batch of %d resources failed; retrying", len(out.resources))
+            time.sleep(COMMIT_RETRY_S)
+    if out.replayed_ids:
+        store.mark_replayed(out.replayed_ids)
+    if out.beds and hasattr(store, "record_beds"):
+        try:
+            store.record_beds(list(out.beds.values()))
+        except Exception:  # noqa: BLE001 - the census is display state; never block the batch
+            log.exception("recording the bed census failed")
+    if out.outbox_rows and outbox is not None:
+        outbox.notify()
+
+
+def _result(out: BatchOut, risk: list | None = None) -> BatchResult:
+    return BatchResult(processed=out.processed, committed_at=time.time(),
+                       dead_letters=[(source, reason, payload)
+                                     for source, reason, payload, *_ in out.dead_letters],
+                       outbox=bool(out.outbox_rows), risk=risk or [], alerts=out.alerts)
+
+
+class LocalWorker:
+    """The pipeline in the bridge's own process (one worker)."""
+
+    def __init__(self, pipeline: VitalsPipeline, sink: ResourceSink, store, outbox=None) -> None:
+        self.pipeline, self.sink, self.store, self.outbox = pipeline, sink, store, outbox
+
+    def start(self) -> None:
+        pass
+
+    def process(self, messages: list[tuple[str, bytes]]) -> BatchResult:
+        out = self.pipeline.run(messages)
+        commit(out, self.sink, self.store, self.outbox)
+        return _result(out)
+
+    def stop(self) -> None:
+        pass
+
+
+class _RiskSamples:
+    """A child's stand-in for the risk scorer: the samples go back to the bridge's scorer."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[str, float, list[tuple[str, float]]]] = []
+
+    def add(self, patient_ref: str, time_s: float, samples: list[tuple[str, float]]) -> None:
+        self.samples.append((patient_ref, time_s, samples))
+
+    def take(self) -> list[tuple[str, float, list[tuple[str, float]]]]:
+        samples, self.samples = self.samples, []
+        return samples
+
+
+class _OutboxInParent:
+    """A child has no outbox worker: ``BatchResult.outbox`` asks the bridge to wake its own."""
+
+    def notify(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a child process needs to build its pipeline (picklable)."""
+
+    store_path: Path
+    topic_prefix: str
+    systems: IdentifierSystems
+    staleness_s: float
+    alerts_min_band: str
+    alerts_repeat_after_s: float
+    news2_interval_s: float
+    fhir_base_url: str | None = None
+    bundle_max_entries: int = 2000
+    risk: bool = False
+    log_level: int = logging.INFO
+
+    @classmethod
+    def of(cls, *, store, topic_prefix: str, registry: DeviceRegistry, states: StateTable,
+           alerts: AlertPolicy, sink: ResourceSink, news2_interval_s: float,
+           risk: bool) -> "WorkerSpec":
+        """The spec that rebuilds the parts the bridge was given, in a child."""
+        band = next(b for b, rank in BAND_RANK.items() if rank == alerts.min_rank)
+        return cls(store_path=Path(store.path), topic_prefix=topic_prefix,
+                   systems=registry.systems, staleness_s=states.staleness_s,
+                   alerts_min_band=band.value, alerts_repeat_after_s=alerts.repeat_after_s,
+                   news2_interval_s=news2_interval_s, fhir_base_url=sink.base_url,
+                   bundle_max_entries=sink.bundle_max_entries, risk=risk,
+                   log_level=logging.getLogger("medgate").getEffectiveLevel())
+
+    def build(self, store, owns: Callable[[str], bool]) -> tuple[VitalsPipeline, ResourceSink]:
+        sink = ResourceSink(store, _OutboxInParent() if self.fhir_base_url else None,
+                            self.fhir_base_url, self.bundle_max_entries)
+        pipeline = VitalsPipeline(
+            Topics(self.topic_prefix), store, DeviceRegistry(store, self.systems),
+            states=StateTable(self.staleness_s),
+            alerts=AlertPolicy(self.alerts_min_band, self.alerts_repeat_after_s),
+            risk=_RiskSamples() if self.risk else None, news2_interval_s=self.news2_interval_s,
+            owns=owns)
+        return pipeline, sink
+
+
+def serve(spec: WorkerSpec, index: int, count: int, conn) -> None:
+    """A child's main loop: receive a batch, process and commit it, send its result."""
+    from serving.store import Store
+
+    logging.basicConfig(level=spec.log_level,
+                        format=f"%(asctime)s %(levelname)s %(name)s [worker {index}] %(message)s")
+    topics = Topics(spec.topic_prefix)
+    store = Store(spec.store_path)
+    pipeline, sink = spec.build(store, lambda topic: topics.partition(topic, count) == index)
+    conn.send("ready")
+    try:
+        while True:
+            try:
+                messages = conn.recv()
+            except EOFError:
+                break
+            if messages is None:
+                break
+            out = pipeline.run(messages)
+            commit(out, sink, store)
+            conn.send(_result(out, pipeline.risk.take() if pipeline.risk is not None else None))
+    finally:
+        store.close()
+
+
+class ProcessWorker:
+    """One partition in a child process; see the module docstring."""
+
+    def __init__(self, spec: WorkerSpec, index: int, count: int) -> None:
+        if not 0 <= index < count:
+            raise ValueError(f"index must be in [0, {count}), {index} is given.")
+        self.spec, self.index, self.count = spec, index, count
+        self._context = multiprocessing.get_context("spawn")  # never fork a threaded server
+        self._proc = None
+        self._conn = None
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        parent, child = self._context.Pipe()
+        self._proc = self._context.Process(target=serve, args=(self.spec, self.index, self.count, child),
+                                           name=f"medgate-vitals-{self.index}", daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        try:
+            ready = parent.poll(READY_TIMEOUT_S) and parent.recv() == "ready"
+        except EOFError:
+            raise RuntimeError(f"bridge worker {self.index} exited while starting (exit code "
+                               f"{self._proc.exitcode}); its log says why") from None
+        if not ready:
+            raise RuntimeError(f"bridge worker {self.index} did not start within {READY_TIMEOUT_S} s")
+
+    def process(self, messages: list[tuple[str, bytes]]) -> BatchResult:
+        while True:
+            try:
+                self._conn.send(messages)
+                return self._conn.recv()
+            except (EOFError, OSError) as exc:
+                log.error("bridge worker %d stopped (%s); starting it again with its batch of %d",
+                          self.index, exc, len(messages))
+                self._restart()
+
+    def _restart(self) -> None:
+        self._close()
+        self.restarts += 1
+        while True:
+            time.sleep(RESTART_WAIT_S)
+            try:
+                self.start()
+                return
+            except Exception:  # noqa: BLE001 - keep trying: its messages are not acknowledged
+                log.exception("starting bridge worker %d failed; retrying", self.index)
+                self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.terminate()
+            self._proc.join(10)
+            self._proc = None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+        if self._proc is not None:
+            self._proc.join(timeout_s)
+        self._close()
+
+    def kill(self) -> None:
+        """Kill the child at once (tests: a crash between batches)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(10)
