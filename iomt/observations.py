@@ -238,19 +238,19 @@ def _panel_observation(msg: VitalsMessage, parts: dict[str, Vital], patient_ref:
     return resource
 
 
-def vital_observations(msg: VitalsMessage, patient_ref: str,
-                       device_ref: str | None = None) -> list[dict[str, Any]]:
+def vital_observations(msg: VitalsMessage, patient_ref: str, device_ref: str | None = None, *,
+                       effective: str | None = None) -> list[dict[str, Any]]:
     """One vital-signs Observation per parameter in ``msg`` (the last reading of each).
 
     Systolic and diastolic pressure share one blood-pressure panel, placed where the first of
-    them appears in the message.
+    them appears in the message. ``effective``: ``msg.time.isoformat()`` when the caller has it.
     """
     if not isinstance(msg, VitalsMessage):
         raise TypeError(f"msg must be a VitalsMessage, {type(msg).__name__} is given.")
     _check_ref("patient_ref", patient_ref)
     _check_ref("device_ref", device_ref, optional=True)
     latest = msg.latest()
-    effective = msg.time.isoformat()
+    effective = effective or msg.time.isoformat()
     instant = effective if msg.time.tzinfo is timezone.utc else utc_instant(msg.time)
     shared = _shared_elements(msg, patient_ref, device_ref, effective)
     resources: list[dict[str, Any]] = []

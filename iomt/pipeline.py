@@ -116,16 +116,17 @@ class VitalsPipeline:
             scale = max(scale, assoc.spo2_scale)  # scale 2 when the ADT or the payload says so
         patient_ref = self._patient_ref(patient_id, patient_system)
         device_ref = self._device_ref(device) if device else None
+        effective = msg.time.isoformat()
         if location.ward and location.bed:  # the bed census of the dashboard's ward board
             out.beds[(location.ward, location.bed)] = (location.ward, location.bed, location.site,
-                                                       patient_ref, device, msg.time.isoformat())
+                                                       patient_ref, device, effective)
         if isinstance(msg, EcgChunk):
             out.resources.append(ecg_observation(msg, patient_ref, device_ref))
             out.processed += 1
             return
         if msg.device is None and device is not None:
             msg = dataclasses.replace(msg, device=device)
-        out.resources.extend(vital_observations(msg, patient_ref, device_ref))
+        out.resources.extend(vital_observations(msg, patient_ref, device_ref, effective=effective))
         out.processed += 1
         if self.risk is not None:
             self.risk.add(patient_ref, msg.time.timestamp(),

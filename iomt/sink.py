@@ -48,14 +48,15 @@ class ResourceSink:
 
     def commit(self, resources: list[dict[str, Any]],
                dead_letters: list[tuple[str, str, bytes | None, str | None]] = (),
-               outbox_rows: list[tuple[str, str, str, str]] = ()) -> None:
-        """One transaction: resources (or their Bundles), dead letters and outbox items."""
+               outbox_rows: list[tuple[str, str, str, str]] = (), beds: list[tuple] = ()) -> None:
+        """One transaction: resources (or their Bundles), dead letters, outbox items and the bed
+        census rows of the batch."""
         outbox_rows = list(outbox_rows)
         local = resources
         if self.base_url is not None and resources:
             outbox_rows += self.bundle_rows(resources)
             local = []
-        self.store.commit_batch(local, list(dead_letters), outbox_rows)
+        self.store.commit_batch(local, list(dead_letters), outbox_rows, list(beds))
         if outbox_rows and self.outbox is not None:
             self.outbox.notify()
 

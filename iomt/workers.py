@@ -53,18 +53,13 @@ def commit(out: BatchOut, sink: ResourceSink, store, outbox=None) -> None:
     nothing is acknowledged that is not stored."""
     while True:
         try:
-            sink.commit(out.resources, out.dead_letters, out.outbox_rows)
+            sink.commit(out.resources, out.dead_letters, out.outbox_rows, out.beds.values())
             break
         except Exception:  # noqa: BLE001 - never ack what is not stored; keep trying
             log.exception("committing a batch of %d resources failed; retrying", len(out.resources))
             time.sleep(COMMIT_RETRY_S)
     if out.replayed_ids:
         store.mark_replayed(out.replayed_ids)
-    if out.beds and hasattr(store, "record_beds"):
-        try:
-            store.record_beds(list(out.beds.values()))
-        except Exception:  # noqa: BLE001 - the census is display state; never block the batch
-            log.exception("recording the bed census failed")
     if out.outbox_rows and outbox is not None:
         outbox.notify()
 

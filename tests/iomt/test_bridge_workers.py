@@ -116,6 +116,9 @@ def test_two_workers_store_the_same_as_one(tmp_path):
         assert [tuple(r) for r in two.query(alerts)] == [tuple(r) for r in one.query(alerts)]
         assert one.query(alerts)  # the deteriorating beds did alert
         assert bridge.processed == len(messages)
+        census = "SELECT ward, bed, patient_ref, device, seen_at FROM bed_census ORDER BY bed"
+        assert [tuple(r) for r in two.query(census)] == [tuple(r) for r in one.query(census)]
+        assert len(two.query(census)) == BEDS
     finally:
         one.close()
         two.close()
