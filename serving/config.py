@@ -210,6 +210,15 @@ class StoreConfig(_Section):
         return value
 
 
+class OutboxConfig(_Section):
+    # A failed delivery is retried after a delay that doubles from backoff_base_s up to
+    # backoff_max_s; after max_attempts failures the item is dead until `medgate outbox retry`.
+    # The defaults ride out a destination that is down for about an hour and a half.
+    max_attempts: int = Field(100, ge=1)
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+
+
 class AlertsConfig(_Section):
     min_band: Literal["low-medium", "medium", "high"] = "low-medium"  # RCP NEWS2 table 2 bands
     repeat_after_s: float = Field(3600.0, ge=0)  # same band re-alerted at most this often
@@ -292,6 +301,7 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = MqttConfig()
     fhir: FhirConfig = FhirConfig()
     store: StoreConfig = StoreConfig()
+    outbox: OutboxConfig = OutboxConfig()
     iomt: IomtConfig = IomtConfig()
     serving: ServingConfig = ServingConfig()
     auth: AuthConfig = AuthConfig()

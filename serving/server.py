@@ -69,7 +69,7 @@ class Server:
             senders["fhir"] = FhirSender(cfg.fhir.base_url)
         from serving.outbox_db import open_outbox_db
 
-        self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store), senders)
+        self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store), senders, **cfg.outbox.model_dump())
         handles = self._start_ray()
         host, port, _ = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port)
         if cfg.mqtt.url is None:
