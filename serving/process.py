@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,7 +41,9 @@ class ServerProcess:
     """``medgate serve`` with ``config`` (a dict in the YAML file's shape), logging to ``root``.
 
     Entering starts it and waits until ``/readyz`` answers 200; leaving stops it with SIGINT (as
-    Ctrl-C does) and waits for a clean exit.
+    Ctrl-C does) and waits for a clean exit.  The server runs in a process group of its own, so
+    :meth:`kill` can crash the whole tree as a power cut would.  :meth:`start` again after
+    :meth:`stop` or :meth:`kill` is a restart on the same state directory.
     """
 
     def __init__(self, config: dict[str, Any], root: Path, ready_timeout_s: float = 180.0) -> None:
@@ -74,7 +77,7 @@ class ServerProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(MEDGATE + ["serve"], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, process_group=0)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -93,8 +96,42 @@ class ServerProcess:
         try:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+            return self.kill()
+
+    def kill(self) -> int | None:
+        """SIGKILL the server, its process group and every process under it (Ray puts its workers
+        in groups of their own): nothing is shut down cleanly. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        below = self.descendants()
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.proc.wait(30)
+
+    def descendants(self) -> dict[int, str]:
+        """pid -> command line of every live process under the server (Linux ``/proc``); Ray
+        workers show their process title, e.g. ``ray::ServeReplica:medgate:tb``."""
+        children: dict[int, list[tuple[int, str]]] = {}
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                stat = (entry / "stat").read_text()
+                state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            if state != "Z":
+                children.setdefault(int(ppid), []).append((int(entry.name), cmdline.strip()))
+        found: dict[int, str] = {}
+        todo = [self.proc.pid] if self.proc is not None else []
+        while todo:
+            for pid, cmdline in children.get(todo.pop(), []):
+                found[pid] = cmdline
+                todo.append(pid)
+        return found
 
     def log_tail(self, n_chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n_chars:] if self.log_path.exists() else ""

@@ -1,11 +1,17 @@
-"""Helpers for tests that talk to real peers: find them, free ports, wait, stop by pid."""
+"""Helpers for tests that talk to real peers: find them, free ports, wait, stop by pid; DCMTK
+storescu/storescp, a recording FHIR server, a restartable Mosquitto."""
 from __future__ import annotations
 
+import getpass
+import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -89,3 +95,100 @@ def dciodvfy_errors(path: str | Path) -> list[str]:
     iod = next((line.strip() for line in lines if line.strip() and not line.startswith(("Warning", "Error"))), "?")
     DCIODVFY_CHECKED.append((str(path), iod, errors))
     return errors
+
+
+def storescu(port: int, *files, calling: str = "MODALITY", called: str = "MEDGATE", extra=(),
+             timeout_s: float = 120) -> subprocess.CompletedProcess:
+    """DCMTK ``storescu``: ``files`` in one association to ``called`` on 127.0.0.1:``port``."""
+    return subprocess.run([find_peer("storescu"), "-aet", calling, "-aec", called, *extra, "127.0.0.1",
+                           str(port), *map(str, files)], env=DCMTK_ENV, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def start_storescp(port: int, out: Path, ae_title: str = "PACS") -> subprocess.Popen:
+    """DCMTK ``storescp`` as a PACS writing every received object to ``out``; with
+    ``--unique-filenames`` an object received twice is kept twice."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([require_peer("storescp", "dcmtk"), "-aet", ae_title, "--unique-filenames",
+                             "-od", str(out), str(port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc=proc)
+    return proc
+
+
+class FhirRecorder:
+    """A FHIR server on 127.0.0.1:``port`` that records each POSTed transaction Bundle and answers a
+    transaction-response. :meth:`stop` then :meth:`start` is an outage; the records are kept."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.requests = port, []
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                recorder.requests.append((self.path, body))
+                reply = {"resourceType": "Bundle", "type": "transaction-response",
+                         "entry": [{"response": {"status": "200 OK"}} for _ in body.get("entry", [])]}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def resources(self, resource_type: str) -> list[dict]:
+        """Every resource of ``resource_type`` in the recorded Bundles, in arrival order."""
+        return [e["resource"] for _, body in list(self.requests) for e in body.get("entry", [])
+                if e.get("resource", {}).get("resourceType") == resource_type]
+
+
+@dataclass
+class Broker:
+    """A Mosquitto process that can be restarted on the same port with the same config."""
+
+    config: Path
+    port: int
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = require_peer("mosquitto", "mosquitto")
+        self.proc = subprocess.Popen([binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)  # SIGTERM: mosquitto writes its persistence file on exit
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def broker(tmp_path: Path, *lines: str) -> Broker:
+    """A started :class:`Broker` on a free port; ``lines`` are added to its config."""
+    port = free_port()
+    config = tmp_path / f"mosquitto-{port}.conf"
+    # `user`: a broker started as root would switch to `mosquitto` and then fail to read tmp files.
+    config.write_text("\n".join([f"listener {port} 127.0.0.1", f"user {getpass.getuser()}",
+                                 "max_queued_messages 100000",
+                                 "max_inflight_messages 1000", *lines]) + "\n")
+    b = Broker(config, port)
+    b.start()
+    return b

@@ -1,7 +1,6 @@
 """Helpers shared by the gateway tests: a running SCP on free ports, CT series files, storescu."""
 from __future__ import annotations
 
-import subprocess
 import threading
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.testdata import make_ct_series
-from peers import DCMTK_ENV, find_peer, free_port
+from peers import free_port, storescu  # noqa: F401 - storescu is used from here
 from serving.store import Store
 
 
@@ -46,9 +45,3 @@ def write_ct_series(folder: Path, slices: int, size_px: int = 64, seed: int = 0,
         paths.append(path)
     return paths
 
-
-def storescu(port: int, *files, calling: str = "MODALITY", called: str = "MEDGATE", extra=(),
-             timeout_s: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([find_peer("storescu"), "-aet", calling, "-aec", called, *extra, "127.0.0.1",
-                           str(port), *map(str, files)], env=DCMTK_ENV, capture_output=True, text=True,
-                          timeout=timeout_s)

@@ -1,14 +1,14 @@
-"""Mosquitto variants for the IoMT tests: TLS with a throw-away CA, password file, persistence."""
+"""Mosquitto variants for the IoMT tests: TLS with a throw-away CA, password file (the broker
+itself: :class:`peers.Broker`)."""
 from __future__ import annotations
 
-import getpass
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from peers import find_peer, free_port, require_peer, stop_process, wait_for_port
+from peers import Broker, broker, find_peer  # noqa: F401 - Broker and broker are used from here
 
 USER, PASSWORD = "bridge", "s3cret-pw"
 
@@ -51,39 +51,3 @@ def password_file(folder: Path) -> Path:
     path.write_text("")
     subprocess.run([binary, "-b", str(path), USER, PASSWORD], check=True, capture_output=True, timeout=30)
     return path
-
-
-@dataclass
-class Broker:
-    """A Mosquitto process that can be restarted on the same port with the same config."""
-
-    config: Path
-    port: int
-    proc: subprocess.Popen | None = None
-    log: list[bytes] = field(default_factory=list)
-
-    def start(self) -> None:
-        binary = require_peer("mosquitto", "mosquitto")
-        self.proc = subprocess.Popen([binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)  # SIGTERM: mosquitto writes its persistence file on exit
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-def broker(tmp_path: Path, *lines: str) -> Broker:
-    port = free_port()
-    config = tmp_path / f"mosquitto-{port}.conf"
-    # `user`: a broker started as root would switch to `mosquitto` and then fail to read tmp files.
-    config.write_text("\n".join([f"listener {port} 127.0.0.1", f"user {getpass.getuser()}",
-                                 "max_queued_messages 100000",
-                                 "max_inflight_messages 1000", *lines]) + "\n")
-    b = Broker(config, port)
-    b.start()
-    return b

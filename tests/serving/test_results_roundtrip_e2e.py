@@ -12,57 +12,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dicom_gateway.testdata import make_dx_dataset
-from peers import DCMTK_ENV, dciodvfy_errors, find_peer, free_port, stop_process, wait_for_port, wait_until
+from peers import (FhirRecorder, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, wait_for_port,
+                   wait_until)
 from serving.fhir_report import report_id
 from serving.process import ServerProcess
 from training.synthetic.cxr import generate_cxr
 
 #: How long the archive and the FHIR server stay down after the study is pushed.
 OUTAGE_S = 6.0
-
-
-class FhirRecorder:
-    """A FHIR "server" that records each POST and answers a transaction-response Bundle."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.requests = port, []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                recorder.requests.append((self.path, body))
-                reply = {"resourceType": "Bundle", "type": "transaction-response",
-                         "entry": [{"response": {"status": "200 OK"}} for _ in body.get("entry", [])]}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def orthanc_api(port: int, path: str, body: bytes | dict | None = None):
@@ -117,14 +81,6 @@ def peers(tmp_path_factory):
         print(server.log_tail())
 
 
-def start_archive(port: int, out: Path) -> subprocess.Popen:
-    out.mkdir(exist_ok=True)
-    proc = subprocess.Popen([find_peer("storescp"), "-aet", "ARCHIVE", "--unique-filenames", "-od", str(out),
-                             str(port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, proc=proc)
-    return proc
-
-
 def test_cxr_results_reach_orthanc_archive_and_fhir_once(peers, tmp_path):
     root, orthanc = peers["root"], peers["orthanc"]["http"]
     ds = make_dx_dataset(generate_cxr(np.random.default_rng(11), tb=True).pixels, issuer="CCCD")
@@ -160,7 +116,7 @@ def test_cxr_results_reach_orthanc_archive_and_fhir_once(peers, tmp_path):
     # Archive and FHIR server were down: the outbox retries with backoff; bring them up.
     time.sleep(OUTAGE_S)
     server = peers["server"]
-    archive = start_archive(peers["archive_port"], root / "archive")
+    archive = start_storescp(peers["archive_port"], root / "archive", "ARCHIVE")
     fhir = FhirRecorder(peers["fhir_port"])
     fhir.start()
     try:
