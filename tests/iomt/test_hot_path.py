@@ -79,3 +79,18 @@ def test_compact_path_observations_validate_and_serialise_independently():
     assert len({r["id"] for r in resources}) == len(resources)
     assert heart[0]["effectiveDateTime"] == datetime.fromtimestamp(
         T0_MS / 1000, tz=timezone.utc).isoformat()
+
+
+def test_ids_are_time_ordered_version_8_uuids():
+    import uuid
+
+    from iomt.observations import observation_id
+
+    times = [datetime(2026, 11, 22, 3, 15, tzinfo=timezone.utc).replace(microsecond=k * 1000)
+             for k in range(0, 999, 7)]
+    ids = [observation_id("Patient/P1", codes.LOINC_SYSTEM, codes.HEART_RATE, t) for t in times]
+    for text, at in zip(ids, times):
+        parsed = uuid.UUID(text)
+        assert parsed.version == 8 and parsed.variant == uuid.RFC_4122
+        assert int(parsed.hex[:12], 16) == round(at.timestamp() * 1000)  # unix_ts_ms first
+    assert ids == sorted(ids)  # one patient's readings sort by time: the index grows at its end
