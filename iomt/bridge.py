@@ -93,7 +93,8 @@ class VitalsBridge:
         be a file the children can open, and the parts are rebuilt there from their settings).
     on_commit
         Called after each committed batch with ``(messages, commit_time_s)`` (monitoring); each
-        message has ``topic``, ``payload``, ``mid`` and ``qos``.
+        message has ``topic``, ``payload``, ``mid`` and ``qos``; an ADT message is in a batch of
+        every worker.
     """
 
     def __init__(self, host: str, port: int, *, topic_prefix: str, store, outbox=None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
+from serving.logs import JsonFormatter, configure
 
 log = logging.getLogger("medgate.iomt")
 
@@ -125,6 +127,7 @@ class WorkerSpec:
     bundle_max_entries: int = 2000
     risk: bool = False
     log_level: int = logging.INFO
+    log_format: str = "text"  # serving.logs formats: text or json
 
     @classmethod
     def of(cls, *, store, topic_prefix: str, registry: DeviceRegistry, states: StateTable,
@@ -137,7 +140,9 @@ class WorkerSpec:
                    alerts_min_band=band.value, alerts_repeat_after_s=alerts.repeat_after_s,
                    news2_interval_s=news2_interval_s, fhir_base_url=sink.base_url,
                    bundle_max_entries=sink.bundle_max_entries, risk=risk,
-                   log_level=logging.getLogger("medgate").getEffectiveLevel())
+                   log_level=logging.getLogger("medgate").getEffectiveLevel(),
+                   log_format="json" if any(isinstance(h.formatter, JsonFormatter)
+                                            for h in logging.getLogger().handlers) else "text")
 
     def build(self, store, owns: Callable[[str], bool]) -> tuple[VitalsPipeline, ResourceSink]:
         sink = ResourceSink(store, _OutboxInParent() if self.fhir_base_url else None,
@@ -155,8 +160,8 @@ def serve(spec: WorkerSpec, index: int, count: int, conn) -> None:
     """A child's main loop: receive a batch, process and commit it, send its result."""
     from serving.store import Store
 
-    logging.basicConfig(level=spec.log_level,
-                        format=f"%(asctime)s %(levelname)s %(name)s [worker {index}] %(message)s")
+    threading.current_thread().name = f"medgate-vitals-{index}"  # the thread of JSON log lines
+    configure(logging.getLevelName(spec.log_level), spec.log_format)
     topics = Topics(spec.topic_prefix)
     store = Store(spec.store_path)
     pipeline, sink = spec.build(store, lambda topic: topics.partition(topic, count) == index)
