@@ -171,7 +171,7 @@ def serve(spec: WorkerSpec, index: int, count: int, conn) -> None:
     # the cyclic collector's default thresholds would scan the batch and the caches every few
     # messages. Collect young objects rarely; never rescan what was loaded at start.
     gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 50, 1000)
+    gc.set_threshold(GC_THRESHOLD, 50, 10)
     conn.send("ready")
     try:
         while True:
