@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install run test peers bench clean serve-config
+.PHONY: install run test peers bench soak clean serve-config
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -30,8 +30,15 @@ test: install peers
 	$(BIN)/python -m pytest
 
 bench: install
-	@for script in benchmarks/bench_cxr_latency.py benchmarks/model_core.py benchmarks/serve_overhead.py \
-		benchmarks/dicom_ingest.py benchmarks/iomt_throughput.py; do $(BIN)/python $$script || exit 1; done
+	@for name in bench_cxr_latency bench_ct_latency model_core serve_overhead dicom_ingest iomt_throughput; do \
+		$(BIN)/python -m benchmarks.$$name || exit 1; done
+	$(BIN)/python -m benchmarks.readme_table
+
+# `make soak MINUTES=2` for a quick check; the tables in README.md are regenerated after it.
+MINUTES ?= 30
+soak: install
+	$(BIN)/python -m benchmarks.soak --minutes $(MINUTES)
+	$(BIN)/python -m benchmarks.readme_table
 
 clean:
 	rm -rf $(VENV) var

@@ -10,10 +10,7 @@ SR file appearing in the PACS's directory. Prints and saves p50/p95/max to
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,43 +21,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import free_port, save_figures  # noqa: E402
+from benchmarks.imaging_peers import imaging_server, missing_peers, send_files  # noqa: E402
+from benchmarks.report import save_figures  # noqa: E402
 from dicom_gateway.testdata import make_dx_dataset  # noqa: E402
-from serving.process import ServerProcess  # noqa: E402
 from training.synthetic.cxr import generate_cxr  # noqa: E402
-
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-
-def wait_for_new_file(folder: Path, known: set[str], timeout_s: float = 60.0) -> Path:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for entry in os.scandir(folder):
-            if entry.name.startswith("SR") and entry.name not in known:
-                return Path(entry.path)
-        time.sleep(0.002)
-    raise TimeoutError(f"no SR arrived in {folder} within {timeout_s} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30, help="studies to send")
     args = parser.parse_args(argv)
-    for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
-            print(f"{tool} (DCMTK) not installed: nothing measured")
-            return 1
+    missing = missing_peers("storescu", "storescp")
+    if missing:
+        print(f"{', '.join(missing)} (DCMTK) not installed: nothing measured")
+        return 1
     with tempfile.TemporaryDirectory(prefix="medgate-bench-") as tmp:
         root = Path(tmp)
-        pacs_dir, pacs_port = root / "pacs", free_port()
-        pacs_dir.mkdir()
-        pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
-                                env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        config = {"state_dir": str(root / "var"), "dicom": {"port": free_port()},
-                  "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}},
-                  "http": {"port": free_port()}, "mqtt": {"embedded_port": free_port()},
-                  "log_level": "WARNING"}
         rng = np.random.default_rng(0)
         files = []
         for i in range(args.n):
@@ -68,19 +44,13 @@ def main(argv: list[str] | None = None) -> int:
             make_dx_dataset(generate_cxr(rng, tb=bool(i % 2)).pixels).save_as(path, enforce_file_format=True)
             files.append(path)
         latencies_ms = []
-        try:
-            with ServerProcess(config, root) as server:
-                for path in files:
-                    known = {e.name for e in os.scandir(pacs_dir)}
-                    start = time.perf_counter()
-                    subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "MEDGATE", "127.0.0.1",
-                                    str(config["dicom"]["port"]), str(path)], env=DCMTK_ENV, check=True)
-                    wait_for_new_file(pacs_dir, known)
-                    latencies_ms.append((time.perf_counter() - start) * 1000)
-                server.stop()
-        finally:
-            pacs.terminate()
-            pacs.wait(10)
+        with imaging_server(root) as rig:
+            for path in files:
+                known = rig.pacs.names()
+                start = time.perf_counter()
+                send_files(rig.dicom_port, [path])
+                arrived = rig.pacs.wait_for(("SR",), known)
+                latencies_ms.append((arrived["SR"] - start) * 1000)
     lat = np.array(latencies_ms)
     figures = {"n": len(lat), "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
                "max_ms": float(lat.max()), "min_ms": float(lat.min()), "target_p50_ms": 300.0,

@@ -19,13 +19,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict[str, Any]:
     return {"node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "system": platform.platform()}
+            "cpu_model": cpu_model(), "python": platform.python_version(), "system": platform.platform()}
 
 
-def save_figures(name: str, figures: dict[str, Any], plot: Callable | None = None) -> Path:
-    """Write ``results/<name>.json`` (figures + machine + UTC date) and ``<name>.png`` if ``plot``."""
+def save_figures(name: str, figures: dict[str, Any], plot: Callable | None = None, panels: int = 1) -> Path:
+    """Write ``results/<name>.json`` (figures + machine + UTC date) and ``<name>.png`` if ``plot``;
+    with ``panels`` > 1, ``plot`` gets that many axes, one above the other."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), **figures}
@@ -37,9 +49,9 @@ def save_figures(name: str, figures: dict[str, Any], plot: Callable | None = Non
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(panels, 1, figsize=(7, 4 * panels), squeeze=True)
         plot(ax)
-        ax.set_title(f"{name} - {record['machine']['node']} {record['date'][:10]}")
+        (ax if panels == 1 else ax[0]).set_title(f"{name} - {record['machine']['node']} {record['date'][:10]}")
         fig.tight_layout()
         fig.savefig(RESULTS / f"{name}.png", dpi=100)
         plt.close(fig)

@@ -1,0 +1,201 @@
+"""Regenerate the benchmark tables in README.md from ``benchmarks/results/*.json``.
+
+The block between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is replaced; the rest of the
+README is left as it is. Each table names the machine and the date of its JSON; a benchmark with
+no JSON is "not measured". The output depends only on the JSON files, so a second run changes
+nothing.
+
+    python benchmarks/readme_table.py [--results benchmarks/results] [--readme README.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+NOT_MEASURED = "not measured"
+
+
+def fmt(value: Any, digits: int = 0) -> str:
+    """A number for a table cell: thousands separators, ``digits`` decimals; "—" when absent."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    return f"{value:,.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def provenance(record: dict[str, Any]) -> str:
+    """``2-core x86_64 (AMD EPYC), host `vm`, 2026-11-22`` and the load average when recorded."""
+    m = record.get("machine") or {}
+    text = f"{m.get('cpus', '?')}-core {m.get('machine', '?')}"
+    if m.get("cpu_model"):
+        text += f" ({m['cpu_model']})"
+    if m.get("node"):
+        text += f", host `{m['node']}`"
+    text += f", {str(record.get('date', '?'))[:10]}"
+    load = record.get("load_average_1m")
+    if isinstance(load, dict) and "before" in load:
+        text += f", load average {fmt(load.get('before'), 1)} → {fmt(load.get('after'), 1)}"
+    elif isinstance(record.get("load_average"), list) and record["load_average"]:
+        text += f", load average {fmt(record['load_average'][0], 1)}"
+    return text
+
+
+# -- one renderer per benchmark: record -> table lines ------------------------------------------
+def ingest(r: dict) -> list[str]:
+    rows = [[str(x.get("receiver", "?")), fmt(x.get("instances_per_s"), 0), fmt(x.get("ratio_to_storescp"), 2)]
+            for x in r.get("rows", [])]
+    return [f"{fmt(r.get('slices'))} CT slices of {fmt(r.get('size_px'))}² by DCMTK storescu; "
+            f"target ratio {fmt(r.get('target_ratio'), 1)}.", "",
+            *table(["receiver", "instances/s", "ratio to storescp"], rows)]
+
+
+def cxr_latency(r: dict) -> list[str]:
+    target = r.get("target_p50_ms")
+    met = "yes" if isinstance(target, (int, float)) and isinstance(r.get("p50_ms"), (int, float)) \
+        and r["p50_ms"] <= target else "no"
+    return table(["studies", "p50 ms", "p95 ms", "max ms", "target p50 ms", "met"],
+                 [[fmt(r.get("n")), fmt(r.get("p50_ms")), fmt(r.get("p95_ms")), fmt(r.get("max_ms")),
+                   fmt(target), met]])
+
+
+def ct_latency(r: dict) -> list[str]:
+    series = r.get("series") or {}
+    rows = []
+    for label, key in (("C-STORE start → SEG and SR at PACS", "seg_and_sr"), ("→ FHIR Bundle at FHIR server", "fhir"),
+                       ("storescu send", "send"), ("server inference + writing", "server_processing")):
+        p = r.get(key) or {}
+        rows.append([label, fmt(p.get("p50_ms")), fmt(p.get("p95_ms"))])
+    failed = f"; {fmt(r.get('failed'))} failed" if r.get("failed") else ""
+    return [f"{fmt(series.get('slices'))} slices of {fmt(series.get('rows'))}×{fmt(series.get('columns'))}, "
+            f"{fmt(r.get('n'))} studies{failed}; completion: {r.get('completion', '—')}.", "",
+            *table(["span", "p50 ms", "p95 ms"], rows)]
+
+
+def model_core(r: dict) -> list[str]:
+    rows = [[f"{x.get('model', '?')} {x.get('version', '')}".strip(), str(x.get("engine", "?")),
+             str(x.get("device", r.get("device", "?"))), fmt(x.get("batch1_p50_ms"), 2),
+             fmt(x.get("batch1_p99_ms"), 2), fmt(x.get("best_items_per_s"), 1), fmt(x.get("best_batch"))]
+            for x in r.get("rows", [])]
+    return table(["model", "engine", "device", "batch 1 p50 ms", "batch 1 p99 ms", "best items/s", "at batch"], rows)
+
+
+def serve_overhead(r: dict) -> list[str]:
+    rows = []
+    for name, path in (r.get("paths") or {}).items():
+        seq, conc = path.get("sequential") or {}, path.get("concurrent") or {}
+        rows.append([name, fmt(seq.get("p50_ms"), 1), fmt(seq.get("p99_ms"), 1), fmt(seq.get("req_per_s"), 0),
+                     fmt(conc.get("req_per_s"), 0), fmt(conc.get("p99_ms"), 0)])
+    c = fmt(r.get("concurrency"))
+    return [f"Model `{r.get('model', '?')}`, {fmt(r.get('n'))} requests per path.", "",
+            *table(["path", "sequential p50 ms", "p99 ms", "req/s", f"{c} concurrent req/s", "p99 ms"], rows)]
+
+
+def iomt(r: dict) -> list[str]:
+    rows = []
+    for label, key in (("bridge, saturation", "saturation"), ("bridge, paced", "paced")):
+        p = r.get(key)
+        if isinstance(p, dict):
+            rate = f" at {fmt(p['rate_msgs_per_s'])}/s" if "rate_msgs_per_s" in p else ""
+            rows.append([label + rate, fmt(p.get("msgs_per_s"), 0), fmt(p.get("p50_ms"), 1), fmt(p.get("p99_ms"), 1),
+                         fmt(p.get("lost"))])
+    raw = r.get("mosquitto_sub")
+    if isinstance(raw, dict):
+        rows.append(["`mosquitto_sub` alone (same run)", fmt(raw.get("msgs_per_s"), 0), "—", "—",
+                     fmt(raw["messages"] - raw["received"]) if "messages" in raw and "received" in raw else "—"])
+    target = r.get("target") or {}
+    return [f"{fmt(r.get('beds'))} beds → Mosquitto → bridge → stored Observations; target "
+            f"{fmt(target.get('msgs_per_s'))} msg/s, p99 ≤ {fmt(target.get('p99_ms'))} ms.", "",
+            *table(["phase", "msg/s", "p50 ms", "p99 ms", "lost"], rows)]
+
+
+def soak(r: dict) -> list[str]:
+    growth = r.get("growth_per_hour") or {}
+    roles = [n for n in growth if n not in ("total", "state_dir") and "rss_mib" in growth[n]]
+    roles.sort(key=lambda n: -(growth[n]["rss_mib"].get("end") or 0))
+    rows = []
+    for name in ["total", *roles[:6]]:
+        g = growth.get(name) or {}
+        rss, fds, threads = g.get("rss_mib") or {}, g.get("fds") or {}, g.get("threads") or {}
+        rows.append([name, fmt(rss.get("end"), 0), fmt(rss.get("per_hour"), 1), fmt(fds.get("end")),
+                     fmt(fds.get("per_hour"), 1), fmt(threads.get("end")), fmt(threads.get("per_hour"), 1)])
+    lost = r.get("lost") or {}
+    leaks = r.get("leaks")
+    short = " (short run: indicative only)" if r.get("indicative_only") else ""
+    var = (growth.get("state_dir") or {}).get("mib") or {}
+    return [f"{fmt(r.get('minutes'), 1)} minutes{short}; lost studies {fmt(lost.get('studies'))}, lost vitals "
+            f"{fmt(lost.get('vitals'))}, failed requests {fmt(r.get('failed_requests'))}; leaks: "
+            + ("; ".join(leaks) if leaks else "none above the limits") + f"; state_dir "
+            f"{fmt(var.get('per_hour'), 0)} MiB/h. Growth is a line fitted over the second half.", "",
+            *table(["process", "RSS MiB", "RSS MiB/h", "fds", "fds/h", "threads", "threads/h"], rows)]
+
+
+#: (JSON name, title, renderer), in README order.
+SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
+    ("dicom_ingest", "DICOM ingest vs DCMTK storescp", ingest),
+    ("cxr_latency", "Single chest X-ray: C-STORE → SR at the PACS", cxr_latency),
+    ("ct_latency", "Chest CT study: C-STORE → SEG + SR at the PACS", ct_latency),
+    ("model_core", "Model core (engine + preprocessing, no Ray)", model_core),
+    ("serve_overhead", "Serve overhead: direct vs Ray Serve handle vs HTTP", serve_overhead),
+    ("iomt_throughput", "IoMT vitals throughput", iomt),
+    ("soak", "Soak: growth per hour under mixed load", soak),
+]
+
+
+def render(results: Path) -> str:
+    """The markdown between the markers, from the JSON files in ``results``."""
+    lines = ["", "Generated by `benchmarks/readme_table.py` from `benchmarks/results/*.json` (`make bench`).", ""]
+    for name, title, renderer in SECTIONS:
+        path = results / f"{name}.json"
+        lines.append(f"### {title}")
+        lines.append("")
+        if not path.is_file():
+            lines += [f"_{NOT_MEASURED}_ (`{path.name}` missing).", ""]
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            lines += [f"_{NOT_MEASURED}_ (`{path.name}` is not valid JSON).", ""]
+            continue
+        plot = f" · [plot](benchmarks/results/{name}.png)" if path.with_suffix(".png").is_file() else ""
+        lines += [f"_{provenance(record)}{plot}_", "", *renderer(record), ""]
+    return "\n".join(lines)
+
+
+def replace_block(readme: str, block: str) -> str:
+    """``readme`` with the text between the markers replaced by ``block`` (markers kept).
+
+    Raises
+    ------
+    ValueError
+        When the markers are missing or out of order.
+    """
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README must contain {START} followed by {END}")
+    return readme[:start + len(START)] + "\n" + block.strip("\n") + "\n\n" + readme[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    old = args.readme.read_text()
+    new = replace_block(old, render(args.results))
+    if new != old:
+        args.readme.write_text(new)
+    print(f"{args.readme}: benchmark tables {'updated' if new != old else 'unchanged'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
