@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -57,6 +58,7 @@ class Outbox(PeriodicWorker):
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.poll_interval_s = poll_interval_s
+        self._delivering = threading.Lock()  # the worker and any direct caller never send one item twice
         super().__init__(poll_interval_s)
 
     def enqueue(self, key: str, kind: str, destination: str, payload: dict[str, Any],
@@ -91,11 +93,12 @@ class Outbox(PeriodicWorker):
     def deliver_due(self) -> int:
         """Attempt every pending item that is due; returns how many were delivered."""
         delivered = 0
-        for item in self.db.claim_due(time.time()):
-            if self._stop.is_set():
-                break
-            with correlation.bound(item.get("correlation_id")):
-                delivered += self._attempt(dict(item))
+        with self._delivering:
+            for item in self.db.claim_due(time.time()):
+                if self._stop.is_set():
+                    break
+                with correlation.bound(item.get("correlation_id")):
+                    delivered += self._attempt(dict(item))
         return delivered
 
     def _attempt(self, item: dict[str, Any]) -> bool:
