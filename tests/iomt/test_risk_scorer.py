@@ -65,3 +65,21 @@ def test_background_flush_and_arguments():
     assert len(written) == 1
     with pytest.raises(ValueError, match="max_batch"):
         RiskScorer(stub([]), print, max_batch=0)
+
+
+def test_window_keeps_only_the_last_hour_and_matches_the_training_features():
+    from models.vitals_features import WINDOW_S, window_features
+
+    batches, samples = [], []
+    scorer = RiskScorer(lambda b: batches.append(b) or np.full((len(b), 1), 0.5), lambda r: None)
+    rng = np.random.default_rng(0)
+    for s in range(2 * int(WINDOW_S)):  # two hours of a 1 Hz monitor
+        rows = [("8867-4", float(rng.normal(80, 10))), ("9279-1", float(rng.normal(16, 2)))]
+        samples += [(T0 + s, code, value) for code, value in rows]
+        scorer.add("Patient/P", T0 + s, rows)
+    scorer.flush()
+    end = T0 + 2 * WINDOW_S - 1
+    assert np.array_equal(batches[0][0], window_features(samples, end))
+    kept = scorer._history["Patient/P"]
+    assert len(kept.times) - kept.start == 2 * int(WINDOW_S)  # (end - 1 h, end] at 1 Hz, 2 vitals
+    assert len(kept.times) <= 2 * int(WINDOW_S) * 4 / 3  # older samples are let go, not only skipped
