@@ -60,6 +60,11 @@ def _uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=["medgate result", *map(str, parts)])
 
 
+#: Attempts of a study whose model call timed out or lost its replica, and the first retry delay.
+TRANSIENT_ATTEMPTS = 4
+RETRY_DELAY_S = 5.0
+
+
 class ImagingPipeline:
     """Process complete studies.
 
@@ -93,6 +98,7 @@ class ImagingPipeline:
         self.fhir_base_url = fhir_base_url
         self.identity = identity or PatientIdentity()
         self.timeout_s = timeout_s
+        self._attempts: dict[tuple[str, str], int] = {}  # transient failures so far, per dispatch
         self._info: dict[str, dict] = {}
         self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="medgate-imaging", daemon=True)
@@ -124,9 +130,28 @@ class ImagingPipeline:
                 try:
                     self.process(study, model)
                 except Exception as exc:  # noqa: BLE001 - the study fails, the pipeline goes on
+                    if self._retry_later(study, model, exc):
+                        continue  # not marked processed: a restart resumes it too
                     log.exception("study %s: processing failed", study)
                     self.store.set_study_status(study, "failed", detail=f"{type(exc).__name__}: {exc}")
+                self._attempts.pop((study, model), None)
                 mark_processed(self.store, study, model)
+
+    def _retry_later(self, study: str, model: str, exc: Exception) -> bool:
+        """A model call that timed out or lost its replica is tried again (at most
+        :data:`TRANSIENT_ATTEMPTS` times, after a growing delay) instead of failing the study."""
+        transient = isinstance(exc, TimeoutError) or type(exc).__module__.startswith("ray.")
+        attempt = self._attempts.get((study, model), 0) + 1
+        if not transient or attempt >= TRANSIENT_ATTEMPTS:
+            return False
+        self._attempts[(study, model)] = attempt
+        delay_s = RETRY_DELAY_S * 2 ** (attempt - 1)
+        log.warning("study %s: %s failed (%s: %s), attempt %d of %d; again in %.0f s", study, model,
+                    type(exc).__name__, exc, attempt, TRANSIENT_ATTEMPTS, delay_s)
+        timer = threading.Timer(delay_s, self.submit, (study, model))
+        timer.daemon = True
+        timer.start()
+        return True
 
     def model_info(self, model: str) -> dict:
         if model not in self._info:

@@ -149,3 +149,33 @@ def test_every_model_of_a_study_cut_off_by_a_crash_is_resumed(tmp_path):
         assert resumed == [(study, "tb")]
     finally:
         running.stop()
+
+
+def test_a_timed_out_model_call_is_tried_again_not_failed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from serving import imaging
+    from serving.store import Store
+
+    monkeypatch.setattr(imaging, "RETRY_DELAY_S", 0.05)
+    calls: list[str] = []
+
+    class Flaky(imaging.ImagingPipeline):
+        def process(self, study_uid, model):
+            calls.append(study_uid)
+            if len(calls) < 3:
+                raise TimeoutError("model call took longer than 60 s")
+            return []
+
+    store = Store(tmp_path / "db.sqlite3")
+    info = SimpleNamespace(remote=lambda: SimpleNamespace(result=lambda timeout_s: {}))
+    pipeline = Flaky(store, None, {"tb": SimpleNamespace(info=info)}, tmp_path / "results")
+    pipeline.start()
+    try:
+        pipeline.submit("1.2.3", "tb")
+        wait_until(lambda: len(calls) == 3, timeout_s=10)
+        time.sleep(0.3)
+    finally:
+        pipeline.stop()
+        store.close()
+    assert calls == ["1.2.3"] * 3
