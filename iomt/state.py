@@ -27,7 +27,9 @@ CONSCIOUSNESS = "consciousness"
 _SCORED_LOINC = frozenset({codes.RESPIRATORY_RATE, codes.OXYGEN_SATURATION, codes.SYSTOLIC_BP,
                            codes.HEART_RATE, codes.BODY_TEMPERATURE})
 _SCORED: dict[tuple, tuple[News2Input, News2Result]] = {}  # input values -> (input, result)
-_SCORED_MAX = 100_000
+#: ~800 bytes an entry: 8,192 keep the memo under ~7 MiB (100,000 grew the server by ~80 MiB in
+#: the soak before it was cleared); cleared when full, so it never grows past that.
+_SCORED_MAX = 8_192
 
 
 @dataclass(frozen=True)
