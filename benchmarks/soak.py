@@ -299,12 +299,77 @@ def heart_rates_stored(db: Path) -> int:
         return int(conn.execute(HEART_RATES).fetchone()[0])
 
 
+def study_states(db: Path, study_uids: list[str]) -> dict[str, dict[str, str | None]]:
+    """Status and detail the server recorded for each study (None when it never arrived)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        rows = {uid: {"status": status, "detail": detail} for uid, status, detail in conn.execute(
+            f"SELECT study_uid, status, detail FROM studies WHERE study_uid IN ({','.join('?' * len(study_uids))})",
+            study_uids)}
+    return {uid: rows.get(uid, {"status": None, "detail": None}) for uid in study_uids}
+
+
 def percentiles(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     a = np.asarray(values)
     return {"p50_ms": round(float(np.percentile(a, 50)), 1), "p95_ms": round(float(np.percentile(a, 95)), 1),
             "max_ms": round(float(a.max()), 1)}
+
+
+def make_inputs(ct_slices: int) -> tuple[list[np.ndarray], list[bytes], list[bytes], np.ndarray]:
+    """Generated radiographs (pixels, and as PNG), skin photos (JPEG) and a chest CT volume."""
+    from PIL import Image
+
+    from training.synthetic.cxr import generate_cxr
+    from training.synthetic.derm import generate_lesion
+
+    def encoded(array: np.ndarray, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, fmt)
+        return buffer.getvalue()
+
+    rng = np.random.default_rng(0)
+    pool = [generate_cxr(rng, tb=bool(i % 2)).pixels for i in range(8)]
+    pngs = [encoded((pixels >> 4).astype(np.uint8), "PNG") for pixels in pool]
+    photos = [encoded(generate_lesion(rng, cls, size_px=256).pixels, "JPEG") for cls in range(7)]
+    volume, _ = make_ct_phantom((ct_slices, 256, 256), nodule_centre_px=(ct_slices / 2, 100, 80), nodule_radius_px=8.0)
+    return pool, pngs, photos, volume
+
+
+def drain(pacs_folder: Path, studies: set[str], db: Path, acked: int, timeout_s: float
+          ) -> tuple[dict[str, tuple[str, str, float]], int]:
+    """Wait until every study has its SR at the PACS and ``acked`` heart rates are stored; returns
+    what arrived (:func:`results_at_pacs`) and the heart rates stored."""
+    seen: dict[str, tuple[str, str, float]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        srs = {uid for kind, uid, _ in results_at_pacs(pacs_folder, seen).values() if kind == "SR"}
+        if studies <= srs and heart_rates_stored(db) >= acked:
+            break
+        time.sleep(2.0)
+    return results_at_pacs(pacs_folder, seen), heart_rates_stored(db)
+
+
+def load_summary(drivers: list[Driver], seen: dict[str, tuple[str, str, float]]) -> dict[str, dict]:
+    """Per driver: sent, failed, and for studies the results received, lost and the time to them
+    (C-STORE/STOW start to the last of SEG and SR written at the PACS)."""
+    arrivals: dict[str, dict[str, float]] = {}
+    for kind, uid, at in seen.values():
+        arrivals.setdefault(uid, {})[kind] = min(at, arrivals.get(uid, {}).get(kind, at))
+    out = {}
+    for driver in drivers:
+        row = {"period_s": driver.period_s, "sent": driver.sent, "failed": driver.failed, "errors": driver.errors}
+        if driver.studies:
+            need = ("SEG", "SR") if driver.name.startswith("ct") else ("SR",)
+            done = {uid: max(arrivals[uid][k] for k in need) - t for uid, t in driver.studies.items()
+                    if all(k in arrivals.get(uid, {}) for k in need)}
+            row.update({"studies": len(driver.studies), "results_received": len(done),
+                        "lost": len(driver.studies) - len(done),
+                        "to_results": percentiles([v * 1000 for v in done.values()])})
+        else:
+            row["latency"] = percentiles(driver.latencies_ms)
+        out[driver.name] = row
+    return out
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -331,24 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{', '.join(missing)} not installed (Debian packages dcmtk, mosquitto): nothing measured")
         return 1
-    from PIL import Image
-
-    from training.synthetic.cxr import generate_cxr
-    from training.synthetic.derm import generate_lesion
-
-    rng = np.random.default_rng(0)
-    pool = [generate_cxr(rng, tb=bool(i % 2)).pixels for i in range(8)]
-    pngs, photos = [], []
-    for pixels in pool:
-        buffer = io.BytesIO()
-        Image.fromarray((pixels >> 4).astype(np.uint8)).save(buffer, "PNG")
-        pngs.append(buffer.getvalue())
-    for cls in range(7):
-        buffer = io.BytesIO()
-        Image.fromarray(generate_lesion(rng, cls, size_px=256).pixels).save(buffer, "JPEG", quality=90)
-        photos.append(buffer.getvalue())
-    ct_volume, _ = make_ct_phantom((args.ct_slices, 256, 256), nodule_centre_px=(args.ct_slices / 2, 100, 80),
-                                   nodule_radius_px=8.0)
+    pool, pngs, photos, ct_volume = make_inputs(args.ct_slices)
     load_before = os.getloadavg()[0]
     stop, stop_sampling = threading.Event(), threading.Event()
     with tempfile.TemporaryDirectory(prefix="medgate-soak-") as tmp:
@@ -391,39 +439,18 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed_s = time.monotonic() - started
                 fds_end = open_files(rig.server.proc.pid)
                 monitors.close()
-                # Drain: every study's results and every acknowledged message's Observation.
-                seen: dict[str, tuple[str, str, float]] = {}
-                expected = {uid for d, _ in drivers.values() for uid in d.studies}
                 db = root / "var" / "medgate.sqlite3"
-                deadline = time.monotonic() + args.drain_s
-                while time.monotonic() < deadline:
-                    srs = {uid for kind, uid, _ in results_at_pacs(rig.pacs.folder, seen).values() if kind == "SR"}
-                    if expected <= srs and heart_rates_stored(db) >= monitors.acked:
-                        break
-                    time.sleep(2.0)
-                stored = heart_rates_stored(db)
+                seen, stored = drain(rig.pacs.folder, {uid for d, _ in drivers.values() for uid in d.studies},
+                                     db, monitors.acked, args.drain_s)
+                with_sr = {uid for kind, uid, _ in seen.values() if kind == "SR"}
+                lost = {uid: d.name for d, _ in drivers.values() for uid in d.studies if uid not in with_sr}
+                lost_states = study_states(db, sorted(lost)[:50]) if lost else {}
                 log_bytes = rig.server.log_path.stat().st_size
         finally:
             mosquitto.stop()
     growth_by_role, leaks = analyse(sampler, args.rss_leak_mib_per_h, args.fd_leak_per_h)
-    arrivals: dict[str, dict[str, float]] = {}
-    for kind, uid, at in seen.values():
-        arrivals.setdefault(uid, {})[kind] = min(at, arrivals.get(uid, {}).get(kind, at))
-    load = {}
-    lost_studies = 0
-    for name, (driver, _) in drivers.items():
-        row = {"period_s": driver.period_s, "sent": driver.sent, "failed": driver.failed, "errors": driver.errors}
-        if driver.studies:
-            need = ("SEG", "SR") if name.startswith("ct") else ("SR",)
-            done = {uid: max(arrivals[uid][k] for k in need) - t for uid, t in driver.studies.items()
-                    if all(k in arrivals.get(uid, {}) for k in need)}
-            row.update({"studies": len(driver.studies), "results_received": len(done),
-                        "lost": len(driver.studies) - len(done),
-                        "to_results": percentiles([v * 1000 for v in done.values()])})
-            lost_studies += row["lost"]
-        else:
-            row["latency"] = percentiles(driver.latencies_ms)
-        load[name] = row
+    load = load_summary([d for d, _ in drivers.values()], seen)
+    lost_studies = sum(row.get("lost", 0) for row in load.values())
     vitals = {"beds": args.beds, "rate_msgs_per_s": args.beds, "sent": monitors.sent, "acked": monitors.acked,
               "heart_rate_observations": stored, "lost": monitors.acked - stored}
     failed_requests = sum(r["failed"] for r in load.values())
@@ -432,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "indicative_only": args.minutes < 10,
         "load": load, "vitals": vitals,
         "lost": {"studies": lost_studies, "vitals": vitals["lost"]}, "failed_requests": failed_requests,
+        "lost_studies": [{"study_uid": uid, "load": lost[uid], **state} for uid, state in lost_states.items()],
         "growth_per_hour": growth_by_role, "leak_limits": {"rss_mib_per_h": args.rss_leak_mib_per_h,
                                                            "fds_or_threads_per_h": args.fd_leak_per_h},
         "leaks": leaks,
