@@ -11,7 +11,7 @@ the server's own log gives the inference + writing time of each study. Saves p50
 
 The default volume (48 slices of 256x256 at 0.8 mm, 2.5 mm apart) is a block of the chest that
 the nodule model (64^3 patches at 1.25 x 0.7 x 0.7 mm) covers with 72 patches; a whole 512x512 CT
-of 150 slices needs about 720, ten times as long.
+of 150 slices needs about 860, twelve times as long (minutes on a CPU).
 
     python benchmarks/bench_ct_latency.py [--reps 5] [--slices 48] [--size-px 256]
 """

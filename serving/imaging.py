@@ -63,6 +63,10 @@ def _uid(*parts: str) -> str:
 #: Attempts of a study whose model call timed out or lost its replica, and the first retry delay.
 TRANSIENT_ATTEMPTS = 4
 RETRY_DELAY_S = 5.0
+#: Time allowed for one model call on a whole volume. Sliding-window inference over a chest CT takes
+#: minutes on a CPU (a 512x512x150 series is ~860 patches of 64^3, ~0.3 s each on 2 cores), and a
+#: retry cannot help a call that is slow rather than stuck: the replica is still busy with the first.
+VOLUME_TIMEOUT_S = 900.0
 
 
 class ImagingPipeline:
@@ -203,7 +207,7 @@ class ImagingPipeline:
     def _process_volume(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
         volume, spacing, series = ct_volume(datasets)  # sorted along the normal; VolumeError if mixed
         reply = self.handles[info["name"]].remote({"volume": volume, "spacing_mm": spacing}).result(
-            timeout_s=self.timeout_s)
+            timeout_s=max(self.timeout_s, VOLUME_TIMEOUT_S))
         findings = self._volume_findings(series, reply, info)
         paths, seg = [], None
         masked = [f for f in findings if f.mask is not None]
