@@ -24,7 +24,7 @@ def fmt(value: Any, digits: int = 0) -> str:
     """A number for a table cell: thousands separators, ``digits`` decimals; "—" when absent."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "—" if value is None else str(value)
-    return f"{value:,.{digits}f}"
+    return f"{value + 0.0 if round(value, digits) else 0.0:,.{digits}f}"  # no "-0.0"
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
