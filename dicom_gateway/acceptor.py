@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -146,10 +147,10 @@ class Acceptor:
         except TimeoutError:
             log.warning("connection from %s:%d aborted: network timeout (%s)", *address,
                         "ARTIM" if association is None else f"{self.network_timeout_s:g} s idle")
-            _send_quietly(connection, ul.abort_pdu(2, 0))
+            _send_and_await_close(connection, ul.abort_pdu(2, 0))
         except ul.UpperLayerError as exc:
             log.warning("connection from %s:%d aborted: %s", *address, exc)
-            _send_quietly(connection, ul.abort_pdu(2, exc.reason))
+            _send_and_await_close(connection, ul.abort_pdu(2, exc.reason))
         except (OSError, ssl.SSLError) as exc:
             log.warning("connection from %s:%d lost: %s", *address, exc)
         finally:
@@ -170,7 +171,7 @@ class Acceptor:
         rejection = self._check(request, calling, called, address)
         if rejection is not None:
             log.warning("association from %s (%s:%d) rejected: %s", calling, *address, rejection.why)
-            connection.sendall(ul.encode_associate(_rejection_primitive(rejection)))
+            _send_and_await_close(connection, ul.encode_associate(_rejection_primitive(rejection)))
             return None
         with self._lock:
             if self._active >= self.max_associations:
@@ -181,7 +182,7 @@ class Acceptor:
                 self._active += 1
         if rejection is not None:
             log.warning("association from %s (%s:%d) rejected: %s", calling, *address, rejection.why)
-            connection.sendall(ul.encode_associate(_rejection_primitive(rejection)))
+            _send_and_await_close(connection, ul.encode_associate(_rejection_primitive(rejection)))
             return None
         results, _ = negotiate_as_acceptor(request.presentation_context_definition_list, self.contexts)
         association = Association(next(self._ids), calling, called, address, peer_max_length=next(
@@ -301,8 +302,16 @@ def _rejection_primitive(rejection: Rejection) -> A_ASSOCIATE:
     return primitive
 
 
-def _send_quietly(connection: socket.socket, message: bytes) -> None:
+def _send_and_await_close(connection: socket.socket, message: bytes, wait_s: float = 2.0) -> None:
+    """Send an A-ASSOCIATE-RJ or A-ABORT, then wait (at most ``wait_s``) for the peer to close the
+    connection, as PS3.8 state Sta13 does: closing at once can reset the connection before the
+    peer has read the PDU, and the peer then sees a dropped connection instead of the reason."""
+    deadline = time.monotonic() + wait_s
     try:
         connection.sendall(message)
-    except OSError:
+        while (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            if not connection.recv(65536):
+                return
+    except (OSError, ValueError):
         pass
