@@ -299,13 +299,17 @@ def heart_rates_stored(db: Path) -> int:
         return int(conn.execute(HEART_RATES).fetchone()[0])
 
 
-def study_states(db: Path, study_uids: list[str]) -> dict[str, dict[str, str | None]]:
-    """Status and detail the server recorded for each study (None when it never arrived)."""
+def study_states(db: Path, study_uids: list[str]) -> dict[str, dict[str, str | int | None]]:
+    """Status, detail and instances stored that the server recorded for each study (status None
+    when it never arrived; "done" with an empty detail: processed, nothing found, nothing written)."""
+    marks = ",".join("?" * len(study_uids))
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         rows = {uid: {"status": status, "detail": detail} for uid, status, detail in conn.execute(
-            f"SELECT study_uid, status, detail FROM studies WHERE study_uid IN ({','.join('?' * len(study_uids))})",
-            study_uids)}
-    return {uid: rows.get(uid, {"status": None, "detail": None}) for uid in study_uids}
+            f"SELECT study_uid, status, detail FROM studies WHERE study_uid IN ({marks})", study_uids)}
+        counts = dict(conn.execute(f"SELECT study_uid, count(*) FROM instances WHERE study_uid IN ({marks})"
+                                   " GROUP BY study_uid", study_uids))
+    return {uid: {**rows.get(uid, {"status": None, "detail": None}), "instances": counts.get(uid, 0)}
+            for uid in study_uids}
 
 
 def percentiles(values: list[float]) -> dict[str, float] | None:
