@@ -25,7 +25,7 @@ from dicom_gateway.scu import send_files
 from dicom_gateway.testdata import make_dx_dataset
 from iomt.bridge import VitalsBridge
 from iomt.message_id import message_id
-from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_for_port, wait_until
+from peers import DCMTK_ENV, find_peer, free_port, start_storescp, stop_process, wait_for_port, wait_until
 from serving import status_cli
 from serving.config import load_config
 from serving.correlation import bound, current_id
@@ -242,9 +242,7 @@ def server(tmp_path_factory):
         pytest.skip(reason="storescp not installed (Debian package dcmtk; `make test` installs it as root)")
     root = tmp_path_factory.mktemp("observed")
     pacs_port, pacs_dir = free_port(), root / "pacs"
-    pacs_dir.mkdir()
-    pacs = subprocess.Popen([find_peer("storescp"), "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
-                            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pacs = start_storescp(pacs_port, pacs_dir)
     config = {
         "state_dir": str(root / "var"),
         "dicom": {"ae_title": "MEDGATE", "port": free_port()},
@@ -256,7 +254,6 @@ def server(tmp_path_factory):
     process = ServerProcess(config, root)
     process.env["MEDGATE_LOGGING__FORMAT"] = "json"
     try:
-        wait_for_port(pacs_port, proc=pacs)
         process.start()
         yield {"process": process, "config": config, "root": root, "pacs_dir": pacs_dir}
     finally:
