@@ -356,20 +356,22 @@ def drain(pacs_folder: Path, studies: set[str], db: Path, acked: int, timeout_s:
 
 def load_summary(drivers: list[Driver], seen: dict[str, tuple[str, str, float]]) -> dict[str, dict]:
     """Per driver: sent, failed, and for studies the results received, lost and the time to them
-    (C-STORE/STOW start to the last of SEG and SR written at the PACS)."""
+    (C-STORE/STOW start to the last of SEG and SR written at the PACS); for CT, how many had a SEG
+    (the nodule found)."""
     arrivals: dict[str, dict[str, float]] = {}
     for kind, uid, at in seen.values():
         arrivals.setdefault(uid, {})[kind] = min(at, arrivals.get(uid, {}).get(kind, at))
     out = {}
     for driver in drivers:
         row = {"period_s": driver.period_s, "sent": driver.sent, "failed": driver.failed, "errors": driver.errors}
-        if driver.studies:
-            need = ("SEG", "SR") if driver.name.startswith("ct") else ("SR",)
-            done = {uid: max(arrivals[uid][k] for k in need) - t for uid, t in driver.studies.items()
-                    if all(k in arrivals.get(uid, {}) for k in need)}
+        if driver.studies:  # a study without its SR is lost; a CT whose SR says "absent" has no SEG
+            done = {uid: max(arrivals[uid].values()) - t for uid, t in driver.studies.items()
+                    if "SR" in arrivals.get(uid, {})}
             row.update({"studies": len(driver.studies), "results_received": len(done),
                         "lost": len(driver.studies) - len(done),
                         "to_results": percentiles([v * 1000 for v in done.values()])})
+            if driver.name.startswith("ct"):
+                row["with_seg"] = sum("SEG" in arrivals.get(uid, {}) for uid in done)
         else:
             row["latency"] = percentiles(driver.latencies_ms)
         out[driver.name] = row

@@ -1,6 +1,7 @@
 """The imaging path after study completion: model inference, findings, result objects, delivery.
 
-One worker thread takes complete studies from a queue, sends each routed image to its model
+One worker thread per model takes complete studies from that model's queue (so a chest X-ray never
+waits behind a CT volume that takes minutes on a CPU), sends each routed image to its model
 deployment (all images of a study concurrently, so the deployment can batch them), turns the
 replies into :class:`~models.finding.Finding` objects and writes, per study:
 
@@ -8,6 +9,10 @@ replies into :class:`~models.finding.Finding` objects and writes, per study:
 * a DICOM SEG of the masks (volume models whose reply has a ``mask``);
 * a Secondary Capture overlay per source image (2D) or of the slice with the largest mask area;
 * a FHIR DiagnosticReport with one Observation per finding.
+
+A volume with no candidate at the operating point is reported too: one unlocated finding over the
+series, "absent", with the highest candidate probability the model saw (``max_probability``, 0 when
+it gives none), so the radiologist and the EHR learn that the AI read the study and found nothing.
 
 Each DICOM object is queued through the outbox for every destination whose ``objects`` list names
 its kind (``sr``, ``seg``, ``sc``); the FHIR resources go as one transaction Bundle to
@@ -54,6 +59,10 @@ log = logging.getLogger("medgate.imaging")
 VOLUME_MODELS = ("nodule",)
 #: Every DICOM result kind; a destination's ``objects`` selects among them.
 ALL_OBJECTS = ("sr", "seg", "sc")
+
+
+def _unit(value) -> float:
+    return min(max(float(value), 0.0), 1.0)
 
 
 def _uid(*parts: str) -> str:
@@ -104,13 +113,15 @@ class ImagingPipeline:
         self.timeout_s = timeout_s
         self._attempts: dict[tuple[str, str], int] = {}  # transient failures so far, per dispatch
         self._info: dict[str, dict] = {}
-        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="medgate-imaging", daemon=True)
+        self._queues: dict[str, queue.Queue[str | None]] = {model: queue.Queue() for model in handles}
+        self._threads = [threading.Thread(target=self._run, args=(model,), name=f"medgate-imaging-{model}",
+                                          daemon=True) for model in handles]
 
     def start(self) -> None:
         for model in self.handles:
             self.model_info(model)  # fail fast at start, and no first-study penalty
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         pending = unprocessed_dispatches(self.store)
         if pending is None:  # no gateway ledger in this store: one route per study
             pending = [(study, self.store.study(study)["route"])
@@ -121,15 +132,24 @@ class ImagingPipeline:
             self.submit(study, model)
 
     def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=self.timeout_s)
+        for pending in self._queues.values():
+            pending.put(None)
+        deadline = time.monotonic() + self.timeout_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def submit(self, study_uid: str, model: str) -> None:
-        self._queue.put((study_uid, model))
+        if model not in self._queues:  # e.g. a dispatch resumed after its model was undeployed
+            with bound(study_uid):
+                log.error("study %s: no deployment for model %r (deployed: %s)", study_uid, model,
+                          ", ".join(self._queues))
+            self.store.set_study_status(study_uid, "failed", detail=f"no deployment for model {model!r}")
+            mark_processed(self.store, study_uid, model)
+            return
+        self._queues[model].put(study_uid)
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            study, model = item
+    def _run(self, model: str) -> None:
+        while (study := self._queues[model].get()) is not None:
             with bound(study):
                 try:
                     self.process(study, model)
@@ -215,17 +235,16 @@ class ImagingPipeline:
             seg = build_segmentation(masked, series, series_instance_uid=_uid(study_uid, info["name"], "seg"),
                                      sop_instance_uid=_uid(study_uid, info["name"], info["version"], "seg"))
             paths.append(self._deliver_dicom(study_uid, "SEG", seg, info, masked))
-        if findings:
-            sr = self._sr(findings, series, info, seed=series[0].SeriesInstanceUID, segmentation=seg)
-            paths.append(self._deliver_dicom(study_uid, "SR", sr, info, findings))
-            for f in masked[:1]:
-                plane = int(np.argmax(f.mask.reshape(len(series), -1).sum(axis=1)))
-                shown = replace(f, source=f.sources[plane], other_sources=(), mask=f.mask[plane:plane + 1])
-                sc = build_overlay(series[plane], [shown],
-                                   series_instance_uid=_uid(study_uid, info["name"], info["version"], "sc"),
-                                   sop_instance_uid=_uid(series[plane].SOPInstanceUID, info["name"], "sc"))
-                paths.append(self._deliver_dicom(study_uid, "SC", sc, info, [shown]))
-            self._deliver_fhir(findings, series[0], info, sr_uid=sr.SOPInstanceUID)
+        sr = self._sr(findings, series, info, seed=series[0].SeriesInstanceUID, segmentation=seg)
+        paths.append(self._deliver_dicom(study_uid, "SR", sr, info, findings))
+        for f in masked[:1]:
+            plane = int(np.argmax(f.mask.reshape(len(series), -1).sum(axis=1)))
+            shown = replace(f, source=f.sources[plane], other_sources=(), mask=f.mask[plane:plane + 1])
+            sc = build_overlay(series[plane], [shown],
+                               series_instance_uid=_uid(study_uid, info["name"], info["version"], "sc"),
+                               sop_instance_uid=_uid(series[plane].SOPInstanceUID, info["name"], "sc"))
+            paths.append(self._deliver_dicom(study_uid, "SC", sc, info, [shown]))
+        self._deliver_fhir(findings, series[0], info, sr_uid=sr.SOPInstanceUID)
         return paths
 
     @staticmethod
@@ -238,8 +257,11 @@ class ImagingPipeline:
         for n, candidate in enumerate(reply.get("candidates", []), start=1):
             label = int(candidate.get("label", n))
             mask = labels == label if labels is not None and labels.shape[0] == len(series) else None
-            findings.append(Finding(probability=min(max(float(candidate["probability"]), 0.0), 1.0),
+            findings.append(Finding(probability=_unit(candidate["probability"]),
                                     mask=mask if mask is not None and mask.any() else None, **common))
+        if not findings:  # nothing at the operating point: the study is reported as read, "absent"
+            below = float(np.nextafter(info["threshold"], 0.0))
+            findings.append(Finding(probability=min(_unit(reply.get("max_probability", 0.0)), below), **common))
         return findings
 
     # -- writing and delivery ------------------------------------------------------------------

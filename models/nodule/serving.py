@@ -28,7 +28,8 @@ def serve_volume(run_patches: PatchBatchRunner, volume_hu: np.ndarray, spacing_m
     """Candidates at or above the operating threshold, and their labels in the source voxel grid.
 
     Returns ``{"mask": int32 (Z, Y, X) labels 1..k in the source grid, "candidates": [{"label",
-    "probability", "centre_vox", "centre_mm", "diameter_mm", "volume_mm3"}, ...]}``.
+    "probability", "centre_vox", "centre_mm", "diameter_mm", "volume_mm3"}, ...], "max_probability":
+    the highest probability of any component, kept or not (0 when there is none)}``.
     """
     image = metadata["network_data_format"]["inputs"]["image"]
     model_spacing, window = image["spacing_mm"], tuple(image["window_hu"])
@@ -56,4 +57,5 @@ def serve_volume(run_patches: PatchBatchRunner, volume_hu: np.ndarray, spacing_m
                            "centre_vox": [float(v) for v in centre],
                            "centre_mm": [float(v) for v in centre * spacing],
                            "diameter_mm": float(cand.diameter_mm), "volume_mm3": float(cand.volume_mm3)})
-    return {"mask": labels, "candidates": candidates}
+    return {"mask": labels, "candidates": candidates,
+            "max_probability": max((float(c.probability) for c in found), default=0.0)}
