@@ -241,6 +241,8 @@ class RiskConfig(_Section):
 class IomtConfig(_Section):
     staleness_s: float = Field(3600.0, gt=0)  # NEWS2 uses values no older than this
     news2_interval_s: float = Field(60.0, ge=0)  # unchanged score re-written at most this often
+    # vitals resources are kept this long in the local store (iomt/retention.py); None keeps them all
+    retention_hours: float | None = Field(72.0, gt=0)
     batch_max_messages: int = Field(1000, ge=1)  # messages per store transaction
     workers: int = Field(1, ge=1)  # bridge worker processes; each owns the beds hashed to it
     bundle_max_entries: int = Field(2000, ge=1)  # resources per FHIR transaction Bundle

@@ -41,6 +41,7 @@ class Server:
         self.store = Store(self.state_dir / "medgate.sqlite3")
         self.broker = None
         self.bridge: VitalsBridge | None = None
+        self.retention = None
         self.scp: StorageScp | None = None
         self.pipeline = None
         self.outbox: Outbox | None = None
@@ -82,6 +83,11 @@ class Server:
         self.bridge.start()
         if self.bridge.risk is not None:
             self.bridge.risk.start()
+        if cfg.iomt.retention_hours:
+            from iomt.retention import VitalsRetention
+
+            self.retention = VitalsRetention(self.store, cfg.iomt.retention_hours)
+            self.retention.start()
         self.outbox.start()
         from serving.imaging import ImagingPipeline
 
@@ -141,7 +147,7 @@ class Server:
 
     def stop(self) -> None:
         risk = self.bridge.risk if self.bridge else None
-        for part in (self.scp, self.pipeline, self.bridge, risk, self.outbox, self.broker):
+        for part in (self.scp, self.pipeline, self.bridge, risk, self.retention, self.outbox, self.broker):
             if part is not None:
                 try:
                     part.stop()

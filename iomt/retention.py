@@ -1,0 +1,68 @@
+"""Retention of the bridge's resources in the local store.
+
+Every vitals message leaves FHIR resources in the store (about 5 KB a message: the vital-sign
+Observations, NEWS2 scores, RiskAssessments). The store is the ward's working copy and the
+delivery buffer, not the health record (that is ``fhir.base_url``), so it keeps them for
+``iomt.retention_hours`` and then deletes them; the SQLite file stops growing once its free pages
+are reused, at about ``bytes per message x messages per hour x retention_hours``.
+
+Deleted are Observations of category ``vital-signs`` or ``survey`` (NEWS2) and RiskAssessments
+last written before the cutoff. Imaging results, alerts (Flag, DetectedIssue, Communication),
+patients, devices and anything not yet delivered through the outbox (it keeps its own copy) stay.
+
+Rows are visited in insertion (rowid) order, which is time order, a batch at a time: a pass stops
+at the first row younger than the cutoff, so it never scans the recent part of a large table, and
+it remembers the rowid it reached, so rows kept forever are read once per process.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from serving.worker import PeriodicWorker
+
+log = logging.getLogger("medgate.iomt")
+
+#: Observation categories written by the bridge (FHIR observation-category codes).
+BRIDGE_CATEGORIES = ("vital-signs", "survey")
+#: Rows examined per transaction, so the bridge's writers wait at most one short delete.
+BATCH_ROWS = 5000
+
+
+class VitalsRetention(PeriodicWorker):
+    """Deletes the bridge's resources older than ``retention_hours`` every ``interval_s``."""
+
+    worker_name = "medgate-vitals-retention"
+
+    def __init__(self, store, retention_hours: float, interval_s: float = 60.0) -> None:
+        super().__init__(interval_s)
+        if retention_hours <= 0:
+            raise ValueError(f"`retention_hours` must be positive, {retention_hours} is given.")
+        self.store, self.retention_s = store, retention_hours * 3600.0
+        self._reached = 0  # every row at or below this rowid was examined and kept
+
+    def tick(self, now: float | None = None) -> int:
+        """One pass; returns how many resources were deleted."""
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        deleted = 0
+        while True:
+            with self.store.transaction(durable=False) as db:
+                rows = db.execute(
+                    "SELECT rowid, updated_at, resource_type,"
+                    " json_extract(body, '$.category[0].coding[0].code') AS category"
+                    " FROM fhir_resources WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (self._reached, BATCH_ROWS)).fetchall()
+                young = next((i for i, row in enumerate(rows) if row[1] >= cutoff), len(rows))
+                old = rows[:young]
+                doomed = [(row[0],) for row in old if row[2] == "RiskAssessment"
+                          or (row[2] == "Observation" and row[3] in BRIDGE_CATEGORIES)]
+                db.executemany("DELETE FROM fhir_resources WHERE rowid=?", doomed)
+            deleted += len(doomed)
+            if old:
+                self._reached = old[-1][0]
+            if len(old) < len(rows) or len(rows) < BATCH_ROWS:  # reached rows younger than the cutoff
+                break
+        if deleted:
+            log.info("retention: deleted %d vitals resources older than %.0f h", deleted,
+                     self.retention_s / 3600.0)
+        return deleted

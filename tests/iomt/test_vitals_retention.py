@@ -1,0 +1,61 @@
+"""The local store keeps the bridge's vitals resources for ``iomt.retention_hours``, and only those."""
+from __future__ import annotations
+
+import time
+
+from iomt.retention import VitalsRetention
+from serving.store import Store
+
+
+def _observation(rid: str, category: str) -> dict:
+    return {"resourceType": "Observation", "id": rid, "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": category}]}],
+            "code": {"text": rid}, "subject": {"reference": "Patient/p1"}}
+
+
+def _put(store: Store, resources: list[dict], at: float) -> None:
+    store.put_resources(resources)
+    with store.transaction() as db:
+        db.executemany("UPDATE fhir_resources SET updated_at=? WHERE resource_type=? AND id=?",
+                       [(at, r["resourceType"], r["id"]) for r in resources])
+
+
+def _ids(store: Store) -> set[str]:
+    return {row["id"] for row in store.query("SELECT id FROM fhir_resources")}
+
+
+def test_old_vitals_go_and_everything_else_stays(tmp_path):
+    store = Store(tmp_path / "db.sqlite3")
+    now = time.time()
+    try:
+        old = now - 73 * 3600
+        _put(store, [_observation("hr-old", "vital-signs"), _observation("news2-old", "survey"),
+                     {"resourceType": "RiskAssessment", "id": "risk-old", "status": "final"},
+                     _observation("cxr-old", "imaging"),
+                     {"resourceType": "Flag", "id": "alert-old", "status": "active"},
+                     {"resourceType": "Patient", "id": "p1"}], old)
+        _put(store, [_observation("hr-new", "vital-signs"), _observation("news2-new", "survey"),
+                     {"resourceType": "RiskAssessment", "id": "risk-new", "status": "final"}], now - 3600)
+        retention = VitalsRetention(store, retention_hours=72)
+        assert retention.tick(now) == 3
+        assert _ids(store) == {"cxr-old", "alert-old", "p1", "hr-new", "news2-new", "risk-new"}
+        assert retention.tick(now) == 0
+        assert retention.tick(now + 72 * 3600) == 3  # an hour past the cutoff, the rest follow
+        assert _ids(store) == {"cxr-old", "alert-old", "p1"}
+    finally:
+        store.close()
+
+
+def test_a_large_backlog_goes_in_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr("iomt.retention.BATCH_ROWS", 7)
+    store = Store(tmp_path / "db.sqlite3")
+    now = time.time()
+    try:
+        _put(store, [_observation(f"hr-{i}", "vital-signs") for i in range(50)], now - 100 * 3600)
+        _put(store, [_observation("cxr", "imaging")], now - 100 * 3600)
+        _put(store, [_observation(f"new-{i}", "vital-signs") for i in range(5)], now)
+        assert VitalsRetention(store, retention_hours=72).tick(now) == 50
+        assert _ids(store) == {"cxr", *(f"new-{i}" for i in range(5))}
+    finally:
+        store.close()
