@@ -97,6 +97,16 @@ def dciodvfy_errors(path: str | Path) -> list[str]:
     return errors
 
 
+def association_rejection(port: int, calling: str = "MODALITY", called: str = "MEDGATE") -> str:
+    """The A-ASSOCIATE-RJ that DCMTK ``echoscu`` reports (its ``F:`` lines), e.g. ``Result: Rejected
+    Permanent, Source: Service User\nF: Reason: Calling AE Title Not Recognized``; fails the test
+    when the association was not rejected."""
+    check = subprocess.run([require_peer("echoscu", "dcmtk"), "-aet", calling, "-aec", called, "127.0.0.1",
+                            str(port)], capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0 and "Association Rejected" in check.stderr, check.stderr
+    return check.stderr
+
+
 def storescu(port: int, *files, calling: str = "MODALITY", called: str = "MEDGATE", extra=(),
              timeout_s: float = 120) -> subprocess.CompletedProcess:
     """DCMTK ``storescu``: ``files`` in one association to ``called`` on 127.0.0.1:``port``."""

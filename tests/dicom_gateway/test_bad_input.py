@@ -10,7 +10,7 @@ from dicom_gateway.routing import Rule
 from dicom_gateway.status import StoreStatus
 from dicom_gateway.testdata import make_ct_series, make_dx_dataset
 from gateway_helpers import Running, storescu
-from peers import require_peer
+from peers import association_rejection, require_peer
 
 RULES = (Rule(models=("tb",), modalities=frozenset({"DX", "CR"})),
          Rule(models=("nodule",), modalities=frozenset({"CT"})))
@@ -91,10 +91,8 @@ def test_unsupported_transfer_syntax_is_not_negotiated(gateway):
 
 
 def test_unknown_called_ae_is_rejected(gateway):
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", gateway.scp.port, ae_title="NOT-MEDGATE")
-    assert assoc.is_rejected and assoc.acceptor.primitive.diagnostic == 0x07
+    rejection = association_rejection(gateway.scp.port, called="NOT-MEDGATE")
+    assert "Reason: Called AE Title Not Recognized" in rejection  # PS3.8 9.3.4: diagnostic 7
 
 
 def test_slices_that_disagree_in_size(gateway, caplog):
