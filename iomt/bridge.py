@@ -38,6 +38,7 @@ from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
 from iomt.workers import BatchResult, LocalWorker, ProcessWorker, WorkerSpec, commit
+from serving.wal_checkpoint import WalCheckpointer
 
 __all__ = ["VitalsBridge", "broker_address", "patient_reference"]
 
@@ -148,6 +149,7 @@ class VitalsBridge:
         self._feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True,
                                           name=f"medgate-vitals-{i}")
                          for i in range(len(self.workers))]
+        self.checkpointer = WalCheckpointer(store.path)  # no batch commit waits for a checkpoint
 
     @property
     def deadletter_topic(self) -> str:
@@ -157,6 +159,9 @@ class VitalsBridge:
         return self.topics.alert(ward, bed)
 
     def start(self, timeout_s: float = 10.0) -> None:
+        self.checkpointer.start()
+        if self.pipeline is not None:
+            self.store.defer_checkpoints()
         for worker in self.workers:
             worker.start()
         for feeder in self._feeders:
@@ -179,6 +184,7 @@ class VitalsBridge:
                 feeder.join(timeout=30)
         for worker in self.workers:
             worker.stop()
+        self.checkpointer.stop()
 
     def publish(self, topic: str, payload: dict, timeout_s: float = 10.0) -> None:
         """Publish JSON at QoS 1 and wait for the broker's PUBACK (the outbox's MQTT sender)."""

@@ -166,6 +166,7 @@ def serve(spec: WorkerSpec, index: int, count: int, conn) -> None:
     configure(logging.getLevelName(spec.log_level), spec.log_format)
     topics = Topics(spec.topic_prefix)
     store = Store(spec.store_path)
+    store.defer_checkpoints()  # the bridge's WalCheckpointer runs them
     pipeline, sink = spec.build(store, lambda topic: topics.partition(topic, count) == index)
     # A batch allocates ~40 containers a message and frees them by reference counting (no cycles):
     # the cyclic collector's default thresholds would scan the batch and the caches every few

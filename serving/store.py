@@ -124,8 +124,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         # Vitals write ~3 resources a message: a 64 MiB page cache instead of 2 MiB keeps the
-        # indexes' pages in memory as the table grows. (Checkpoints stay at SQLite's default of
-        # every 1,000 WAL pages: rarer, longer ones cost the vitals bridge its p99 latency.)
+        # indexes' pages in memory as the table grows.
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._db.executescript(SCHEMA)
         for table, columns in (("dead_letters", DEAD_LETTER_COLUMNS), ("outbox", OUTBOX_COLUMNS)):
@@ -139,6 +138,12 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def defer_checkpoints(self) -> None:
+        """Commits on this connection no longer run WAL checkpoints; a
+        :class:`serving.wal_checkpoint.WalCheckpointer` must run them instead."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,49 @@
+"""WAL checkpoints of the store, on their own connection and thread.
+
+SQLite's default runs a checkpoint inside the commit that takes the write-ahead log past 1,000
+pages: that writer copies the pages back into the database file and fsyncs it before its commit
+returns. The vitals bridge commits a batch of ~1,000 messages that touches ~1,000 index pages (one
+per patient), so every batch paid for a checkpoint, and one bridge worker's checkpoint held up the
+others' commits. Writers that call :meth:`serving.store.Store.defer_checkpoints` skip that; this
+worker runs a PASSIVE checkpoint (it never blocks readers or writers) every ``interval_s``
+instead, so pages that every batch touches again are copied back once per interval, not once per
+batch. Durability is unchanged: each commit is still fsynced in the WAL (``synchronous=FULL``).
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from serving.worker import PeriodicWorker
+
+log = logging.getLogger("medgate.store")
+
+#: WAL pages after which a passive checkpoint that could not catch up is logged.
+WARN_FRAMES = 100_000
+
+
+class WalCheckpointer(PeriodicWorker):
+    """Checkpoints the SQLite database at ``path`` every ``interval_s``."""
+
+    worker_name = "medgate-wal-checkpoint"
+
+    def __init__(self, path: str | Path, interval_s: float = 0.5) -> None:
+        super().__init__(interval_s)
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self.last: tuple[int, int, int] | None = None  # (busy, WAL pages, pages checkpointed)
+
+    def tick(self) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=5000")
+        self.last = tuple(self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+        if self.last[1] - self.last[2] > WARN_FRAMES:
+            log.warning("WAL checkpoint is %d pages behind", self.last[1] - self.last[2])
+
+    def stop(self) -> None:
+        super().stop()
+        if self._db is not None:
+            self._db.close()
+            self._db = None

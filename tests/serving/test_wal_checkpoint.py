@@ -1,0 +1,53 @@
+"""WAL checkpoints run on the checkpointer's thread, not inside the commits of deferring writers."""
+from __future__ import annotations
+
+import sqlite3
+
+from serving.store import Store
+from serving.wal_checkpoint import WalCheckpointer
+
+
+def _write(store: Store, n: int, start: int = 0) -> None:
+    store.put_resources([{"resourceType": "Observation", "id": f"o{i}", "subject": {"reference": f"Patient/{i}"},
+                          "note": [{"text": "x" * 2000}]} for i in range(start, start + n)])
+
+
+def _wal_pages(path) -> tuple[int, int]:
+    """(pages in the WAL, pages of it already copied back), without checkpointing anything new."""
+    db = sqlite3.connect(path)
+    try:
+        busy, frames, backfilled = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return frames, backfilled
+    finally:
+        db.close()
+
+
+def test_deferring_writer_leaves_checkpoints_to_the_checkpointer(tmp_path):
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        store.defer_checkpoints()
+        sizes = []
+        for batch in range(4):  # ~3,000 pages: past SQLite's default of a checkpoint every 1,000
+            _write(store, 1500, batch * 1500)
+            sizes.append((tmp_path / "db.sqlite3-wal").stat().st_size)
+        assert sizes == sorted(sizes) and sizes[-1] > 2500 * 4096  # it only grew: no commit restarted it
+        checkpointer = WalCheckpointer(store.path)
+        checkpointer.tick()
+        busy, frames, backfilled = checkpointer.last
+        assert busy == 0 and frames == backfilled > 1000  # every page is back in the database file
+        _write(store, 10, 10_000)  # the next writer starts the WAL again from its beginning
+        assert _wal_pages(tmp_path / "db.sqlite3")[0] < 100
+        checkpointer.stop()
+        assert len(store.resources("Observation")) == 6010
+    finally:
+        store.close()
+
+
+def test_default_writer_still_checkpoints_itself(tmp_path):
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        for batch in range(4):
+            _write(store, 1500, batch * 1500)
+        assert (tmp_path / "db.sqlite3-wal").stat().st_size < 2000 * 4096  # restarted after ~1,000 pages
+    finally:
+        store.close()
