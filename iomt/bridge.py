@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import multiprocessing
 import threading
 from collections import deque
 from typing import Callable
@@ -130,7 +131,8 @@ class VitalsBridge:
             spec = WorkerSpec.of(store=store, topic_prefix=topic_prefix, registry=self.registry,
                                  states=states, alerts=alerts, sink=self.sink,
                                  news2_interval_s=news2_interval_s, risk=risk is not None)
-            self.workers = [ProcessWorker(spec, i, workers) for i in range(workers)]
+            commit_lock = multiprocessing.get_context("spawn").Lock()
+            self.workers = [ProcessWorker(spec, i, workers, commit_lock) for i in range(workers)]
         self.batch_max_messages = batch_max_messages
         self.queue_size = queue_size
         self.on_commit = on_commit
