@@ -46,17 +46,20 @@ class VitalsRetention(PeriodicWorker):
         cutoff = (time.time() if now is None else now) - self.retention_s
         deleted = 0
         while True:
-            with self.store.transaction(durable=False) as db:
-                rows = db.execute(
-                    "SELECT rowid, updated_at, resource_type,"
-                    " json_extract(body, '$.category[0].coding[0].code') AS category"
-                    " FROM fhir_resources WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                    (self._reached, BATCH_ROWS)).fetchall()
-                young = next((i for i, row in enumerate(rows) if row[1] >= cutoff), len(rows))
-                old = rows[:young]
-                doomed = [(row[0],) for row in old if row[2] == "RiskAssessment"
-                          or (row[2] == "Observation" and row[3] in BRIDGE_CATEGORIES)]
-                db.executemany("DELETE FROM fhir_resources WHERE rowid=?", doomed)
+            rows = self.store.query(  # read outside the write lock: the bridge commits meanwhile
+                "SELECT rowid, updated_at, resource_type,"
+                " CASE WHEN resource_type='Observation' AND updated_at < ?"
+                " THEN json_extract(body, '$.category[0].coding[0].code') END AS category"
+                " FROM fhir_resources WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (cutoff, self._reached, BATCH_ROWS))
+            young = next((i for i, row in enumerate(rows) if row[1] >= cutoff), len(rows))
+            old = rows[:young]
+            doomed = [(row[0],) for row in old if row[2] == "RiskAssessment"
+                      or (row[2] == "Observation" and row[3] in BRIDGE_CATEGORIES)]
+            if doomed:  # rows read above are only ever replaced by younger ones: the cutoff still holds
+                with self.store.transaction(durable=False) as db:
+                    db.executemany("DELETE FROM fhir_resources WHERE rowid=? AND updated_at<?",
+                                   [(rowid, cutoff) for (rowid,) in doomed])
             deleted += len(doomed)
             if old:
                 self._reached = old[-1][0]
