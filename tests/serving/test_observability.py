@@ -140,7 +140,7 @@ def test_a_study_keeps_one_correlation_id_from_intake_to_delivery(tmp_path, pacs
     assert any(" complete: " in m for m in messages)  # completion (assembler thread)
     assert any(m.startswith(f"study {study}: tb@") for m in messages)  # model call and results
     assert sum(m.startswith("delivered ") for m in messages) == 3  # outbox thread: SR, SC, Bundle
-    assert {line["thread"] for line in ours} >= {"medgate-assembler", "medgate-imaging", "medgate-outbox"}
+    assert {line["thread"] for line in ours} >= {"medgate-assembler", "medgate-imaging-tb", "medgate-outbox"}
     assert all(line.get("correlation_id") == study for line in lines
                if line["logger"] in ("medgate.imaging", "medgate.outbox"))
     assert {item["correlation_id"] for item in outbox.items()} == {study}
