@@ -54,12 +54,12 @@ class VitalsRetention(PeriodicWorker):
                 (cutoff, self._reached, BATCH_ROWS))
             young = next((i for i, row in enumerate(rows) if row[1] >= cutoff), len(rows))
             old = rows[:young]
-            doomed = [(row[0],) for row in old if row[2] == "RiskAssessment"
+            doomed = [row[0] for row in old if row[2] == "RiskAssessment"
                       or (row[2] == "Observation" and row[3] in BRIDGE_CATEGORIES)]
             if doomed:  # rows read above are only ever replaced by younger ones: the cutoff still holds
                 with self.store.transaction(durable=False) as db:
                     db.executemany("DELETE FROM fhir_resources WHERE rowid=? AND updated_at<?",
-                                   [(rowid, cutoff) for (rowid,) in doomed])
+                                   [(rowid, cutoff) for rowid in doomed])
             deleted += len(doomed)
             if old:
                 self._reached = old[-1][0]

@@ -11,11 +11,11 @@ order, to the same worker (``iomt.workers``; :meth:`iomt.topics.Topics.partition
 Either way a worker runs the pipeline over one batch, commits everything it produced in one
 SQLite transaction (:func:`commit`), and returns a :class:`BatchResult`. Children take turns at
 the database through one shared lock: SQLite alone would make a worker that finds the database
-busy sleep 5, 10, ... 100 ms before trying again, which was most of the bridge's p99 latency.
-The lock only orders the commits; SQLite still guarantees them, so a child that dies holding it
-costs the others at most :data:`COMMIT_LOCK_WAIT_S` before they commit without it. the bridge acknowledges
-the messages only then. ADT messages go to every worker (each keeps its own registry); a parked
-message is replayed by the worker that owns its topic.
+busy sleep 5, 10, ... 100 ms before trying again, straight onto the bridge's tail latency. The
+lock only orders the commits; SQLite still guarantees them, so a child that dies holding it costs
+the others at most :data:`COMMIT_LOCK_WAIT_S` before they commit without it. The bridge
+acknowledges the messages only then. ADT messages go to every worker (each keeps its own
+registry); a parked message is replayed by the worker that owns its topic.
 """
 from __future__ import annotations
 
@@ -218,7 +218,8 @@ class ProcessWorker:
 
     def start(self) -> None:
         parent, child = self._context.Pipe()
-        self._proc = self._context.Process(target=serve, args=(self.spec, self.index, self.count, child, self.commit_lock),
+        self._proc = self._context.Process(target=serve,
+                                           args=(self.spec, self.index, self.count, child, self.commit_lock),
                                            name=f"medgate-vitals-{self.index}", daemon=True)
         self._proc.start()
         child.close()

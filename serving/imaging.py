@@ -48,7 +48,7 @@ from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
-from models.finding import Concept, Finding, SourceImage
+from models.finding import Concept, Finding
 from serving.correlation import bound
 from serving.fhir_report import PatientIdentity, build_report_resources
 from serving.findings import image_finding, source_image
