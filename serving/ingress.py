@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from ray import serve
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -138,6 +139,11 @@ class Ingress:
             return _error(429, f"model {model!r} is at capacity; retry later", **{"Retry-After": str(RETRY_AFTER_S)})
         except asyncio.TimeoutError:
             return _error(504, f"model {model!r} did not answer within {self.timeout_s} s")
+        except RayTaskError as exc:  # the model raised: a JSON error, never a bare 500
+            return _error(500, f"model {model!r} failed: {type(exc.cause).__name__}: {exc.cause}")
+        except RayError as exc:  # its replica died or is restarting
+            return _error(503, f"model {model!r} is unavailable ({type(exc).__name__}); retry later",
+                          **{"Retry-After": str(RETRY_AFTER_S)})
         from serving.findings import findings_json, write_upload_results
 
         body = {"model": model, "version": reply["version"], "findings": findings_json(model, reply, info),
