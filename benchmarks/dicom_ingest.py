@@ -13,6 +13,15 @@ Measured side by side in one run on loopback, with ``TCP_NODELAY=1`` for both DC
 * ``medgate, association only``: the same acceptor with a handler that answers success and keeps
   nothing: the cost of the DICOM protocol path alone, for attributing the rest to durability.
 
+Then, with no network at all, the same 500 files written one after another by the gateway's own
+:func:`dicom_gateway.storage.write_durably` (temp file, fsync, rename, directory fsync) and by it
+without fsync: what the disk charges per instance for the durability the gateway promises. From
+those, the **durability ceiling**: the ratio a receiver would reach if it did nothing but the
+protocol path and the durable write, one after the other as C-STORE requires (the response may
+only leave once the instance is on disk)::
+
+    ceiling = (storescp s/instance) / (association-only s/instance + durable write s/instance)
+
 Prints instances/s of each, the ratio to storescp, and the time from the last instance (storescu's
 last response) to study-complete; saves ``results/dicom_ingest.json`` and ``.png``.
 
@@ -37,6 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from benchmarks.report import save_figures  # noqa: E402
 from dicom_gateway.routing import Rule  # noqa: E402
 from dicom_gateway.scp import StorageScp  # noqa: E402
+from dicom_gateway.storage import write_durably  # noqa: E402
 from dicom_gateway.testdata import make_ct_series  # noqa: E402
 from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_for_port  # noqa: E402
 from serving.store import Store  # noqa: E402
@@ -113,6 +123,19 @@ def run_medgate(files: list[Path], work: Path, name: str, keep: bool = True, fsy
             "last_stored_to_complete_s": round(latency.get("from_last_s", float("nan")), 3)}
 
 
+def time_writes(files: list[Path], folder: Path, fsync: bool) -> dict:
+    """Each file's bytes written by the gateway's durable writer, one after another: the disk's
+    share of an instance, with no network and no checks."""
+    blobs = [path.read_bytes() for path in files]
+    folder.mkdir()
+    start = time.perf_counter()
+    for index, blob in enumerate(blobs):
+        write_durably(folder / f"{index:04d}.dcm", blob, fsync=fsync)
+    elapsed = time.perf_counter() - start
+    return {"writer": f"write_durably(fsync={fsync})", "seconds": elapsed,
+            "ms_per_instance": round(elapsed / len(files) * 1000, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=500)
@@ -130,20 +153,28 @@ def main() -> None:
                 run_medgate(counted, work, "medgate, known count"),
                 run_medgate(plain, work, "medgate, no fsync", fsync=False),
                 run_medgate(plain, work, "medgate, association only", keep=False)]
+        writes = [time_writes(plain, work / "write-fsync", fsync=True),
+                  time_writes(plain, work / "write-plain", fsync=False)]
     reference = rows[0]["instances_per_s"]
+    protocol_ms = 1000 / rows[-1]["instances_per_s"]
+    ceiling = round((1000 / reference) / (protocol_ms + writes[0]["ms_per_instance"]), 3)
     print(f"{args.slices} CT slices {args.size_px}x{args.size_px} 16-bit, storescu -> receiver, TCP_NODELAY=1")
     print(f"{'receiver':32s} {'time s':>8s} {'inst/s':>8s} {'ratio':>6s} {'last->complete s':>17s}")
     for row in rows:
         row["ratio_to_storescp"] = round(row["instances_per_s"] / reference, 3)
         print(f"{row['receiver']:32s} {row['seconds']:8.2f} {row['instances_per_s']:8.1f} "
               f"{row['ratio_to_storescp']:6.2f} {row.get('last_instance_to_complete_s', ''):>17}")
+    for write in writes:
+        print(f"{write['writer']:32s} {write['seconds']:8.2f}  {write['ms_per_instance']:.3f} ms/instance, no network")
+    print(f"durability ceiling (storescp / (association only + durable write)): {ceiling:.2f}")
     figures = {"slices": args.slices, "size_px": args.size_px, "target_ratio": 0.8, "rows": rows,
-               "load_average": os.getloadavg()}
+               "writes": writes, "durability_ceiling_ratio": ceiling, "load_average": os.getloadavg()}
 
     def plot(ax):
         names = [r["receiver"] for r in rows]
         ax.barh(names, [r["instances_per_s"] for r in rows], color=["grey"] + ["tab:blue"] * (len(rows) - 1))
         ax.axvline(0.8 * reference, color="red", linestyle="--", label="0.8 x storescp")
+        ax.axvline(ceiling * reference, color="black", linestyle=":", label="durability ceiling")
         ax.set_xlabel("instances/s (higher is better)")
         ax.legend()
 

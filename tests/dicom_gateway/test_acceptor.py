@@ -177,3 +177,27 @@ def test_malformed_association_requests_are_rejected(gateway, caplog, field, val
     assert pdu_type == ul.ASSOCIATE_RJ
     assert reason in caplog.text
     assert echo_ok(gateway.scp.port)
+
+
+@pytest.mark.parametrize("sop_class, sop_instance", [(sc.CTImageStorage, "1.2.3.4.5"),  # odd: padded
+                                                     (sc.CTImageStorage, "1.2.3.45"),
+                                                     (sc.Verification, None)])  # C-ECHO: no instance
+def test_response_command_set_is_what_pydicom_encodes(sop_class, sop_instance):
+    """The hand-written C-xxx-RSP encoder gives the bytes pydicom gives for the same elements."""
+    command = Dataset()
+    command.AffectedSOPClassUID = sop_class
+    command.CommandField = dimse.C_STORE_RQ if sop_instance else dimse.C_ECHO_RQ
+    command.MessageID = 65535
+    if sop_instance:
+        command.AffectedSOPInstanceUID = sop_instance
+    expected = Dataset()
+    expected.AffectedSOPClassUID = sop_class
+    expected.CommandField = command.CommandField | 0x8000
+    expected.MessageIDBeingRespondedTo = 65535
+    expected.CommandDataSetType = dimse.NO_DATA_SET
+    expected.Status = 0xA700
+    if sop_instance:
+        expected.AffectedSOPInstanceUID = sop_instance
+    elements = encode(expected, True, True)
+    assert dimse.encode_response(command, 0xA700) == struct.pack("<HHII", 0, 0, 4, len(elements)) + elements
+    assert decode(BytesIO(dimse.encode_response(command, 0)), True, True).Status == 0
