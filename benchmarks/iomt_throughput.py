@@ -11,17 +11,21 @@ measured. Phases, in one run:
 2. per worker count (``--workers``, e.g. ``1,2``): saturation, ``--messages`` published flat out;
    the sustained rate is messages stored divided by the time from the first publish to the last
    commit;
-3. paced at ``--rate`` msg/s (the target) for ``--seconds`` with the last worker count: publish →
-   commit latency p50/p99 (each payload carries its publish time) and the rate achieved; when the
-   bridge cannot keep up, latency is queueing, so a second paced phase runs at ``--sustainable``
-   (default: 60 % of the best saturation rate of this run) to show latency where it keeps up.
+3. paced at ``--rate`` msg/s (the target) for ``--seconds`` with the last worker count, ``--repeats``
+   times (default 3): publish → commit latency p50/p99 (each payload carries its publish time) and
+   the rate achieved. One pause of a shared VM grows a backlog that a 10 s phase's p99 shows, so
+   every repeat is reported; the headline is the repeat with the median p99, and the JSON keeps
+   all of them with the worst. When the bridge cannot keep up, latency is queueing, so a last
+   paced phase runs at ``--sustainable`` (default: 60 % of the best saturation rate of this run)
+   to show latency where it keeps up.
 
 Lost = messages the broker acknowledged to the publisher minus distinct heart-rate Observations
 stored (each message has one); it must be 0. Duplicates cannot be stored (deterministic ids), and
 ``redelivered`` counts messages committed more than once. CPU: seconds of the bridge's processes
 (its own and its workers) and of the broker per message, from ``/proc`` via psutil: a figure that
 depends less on the other jobs on a shared machine than the rates do. The 1-minute load average
-is sampled every second during the run.
+is sampled every second during the run, and each phase records the CPU time the hypervisor stole
+from this VM (``steal`` in ``/proc/stat``) as a share of the machine's CPUs over the phase.
 
 Results: ``benchmarks/results/iomt_throughput.json`` and ``.png``.
 
@@ -94,6 +98,11 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor has given to other guests (0 where the kernel does not say)."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
+
+
 def start_broker(folder: Path, port: int) -> subprocess.Popen:
     config = folder / "mosquitto.conf"
     config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
@@ -143,11 +152,13 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
     assert bridge.connected.wait(10), "bridge could not connect"
     pids = [os.getpid(), *(w.pid for w in getattr(bridge, "workers", []) if getattr(w, "pid", None))]
     cpu0, broker0 = cpu_seconds(pids), cpu_seconds([broker_pid])
+    steal0, wall0 = stolen_seconds(), time.monotonic()
     proc, acked, started = run_publisher(port, beds, n, rate, f"pub-{name}")
     deadline = time.time() + 60 + n / 500
     while committed[0] < n and time.time() < deadline:
         time.sleep(0.05)
     cpu1, broker1 = cpu_seconds(pids), cpu_seconds([broker_pid])
+    steal_pct = 100 * (stolen_seconds() - steal0) / ((time.monotonic() - wall0) * (os.cpu_count() or 1))
     proc.join(timeout=120)
     bridge.stop()
     stored = store.query("SELECT count(*) AS n FROM fhir_resources WHERE resource_type='Observation'"
@@ -163,7 +174,8 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
             "p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "p99_ms": round(float(np.percentile(latencies, 99)), 1),
             "bridge_cpu_us_per_msg": round((cpu1 - cpu0) / max(stored, 1) * 1e6, 1),
-            "broker_cpu_us_per_msg": round((broker1 - broker0) / max(stored, 1) * 1e6, 1)}
+            "broker_cpu_us_per_msg": round((broker1 - broker0) / max(stored, 1) * 1e6, 1),
+            "cpu_steal_pct": round(steal_pct, 1)}
 
 
 def raw_phase(port: int, beds: int, n: int) -> dict:
@@ -196,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=60_000, help="saturation phases")
     parser.add_argument("--rate", type=float, default=10_000.0, help="paced phase, msg/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced phase duration")
+    parser.add_argument("--repeats", type=int, default=3, help="paced phases at --rate")
     parser.add_argument("--workers", default="1,2", help="iomt.workers values, comma-separated")
     parser.add_argument("--sustainable", type=float, default=0.0,
                         help="second paced phase, msg/s (0: 60%% of the best saturation rate)")
     args = parser.parse_args(argv)
     for name, value in (("beds", args.beds), ("messages", args.messages), ("rate", args.rate),
-                        ("seconds", args.seconds)):
+                        ("seconds", args.seconds), ("repeats", args.repeats)):
         if value <= 0:
             parser.error(f"--{name} must be positive, {value} is given")
     try:
@@ -218,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             raw = raw_phase(port, args.beds, args.messages)
             saturation = [bridge_phase(port, broker.pid, folder, args.beds, args.messages, 0, w,
                                        f"saturation-{w}") for w in counts]
-            paced = bridge_phase(port, broker.pid, folder, args.beds, int(args.rate * args.seconds),
-                                 args.rate, counts[-1], "paced")
+            repeats = [bridge_phase(port, broker.pid, folder, args.beds, int(args.rate * args.seconds),
+                                    args.rate, counts[-1], f"paced-{i}") for i in range(args.repeats)]
+            paced = sorted(repeats, key=lambda row: row["p99_ms"])[len(repeats) // 2]
             best = max(saturation, key=lambda row: row["msgs_per_s"])
             rate = args.sustainable or round(0.6 * best["msgs_per_s"], -2)
             kept_up = bridge_phase(port, broker.pid, folder, args.beds, int(rate * args.seconds),
@@ -231,24 +245,25 @@ def main(argv: list[str] | None = None) -> int:
                "broker": {"max_inflight_messages": MQTT_MAX_INFLIGHT, "queue_size": QUEUE_SIZE,
                           "protocol": "MQTT 5"},
                "saturation": best, "saturation_by_workers": saturation,
-               "paced": {"rate_msgs_per_s": args.rate, "seconds": args.seconds, **paced},
+               "paced": {"rate_msgs_per_s": args.rate, "seconds": args.seconds, "repeats": len(repeats),
+                         "worst_p99_ms": max(row["p99_ms"] for row in repeats), **paced},
+               "paced_repeats": repeats,
                "paced_sustainable": {"rate_msgs_per_s": rate, "seconds": args.seconds, **kept_up},
                "mosquitto_sub": raw, "target": {"msgs_per_s": 10_000, "p99_ms": 100},
                # A shared machine: the load average says how much CPU the run really had.
                "load_average_1m": load.summary()}
-    print(f"{'phase':<16}{'msg/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'lost':>6}{'cpu us/msg':>12}")
-    for row in saturation:
-        print(f"{'saturation w' + str(row['workers']):<16}{row['msgs_per_s']:>10}{row['p50_ms']:>10}"
-              f"{row['p99_ms']:>10}{row['lost']:>6}{row['bridge_cpu_us_per_msg']:>12}")
-    for label, row in ((f"paced {args.rate:.0f}", paced), (f"paced {rate:.0f}", kept_up)):
+    print(f"{'phase':<16}{'msg/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'lost':>6}{'cpu us/msg':>12}{'steal %':>9}")
+    rows = [(f"saturation w{row['workers']}", row) for row in saturation]
+    rows += [(f"paced {args.rate:.0f} #{i + 1}", row) for i, row in enumerate(repeats)]
+    for label, row in [*rows, (f"paced {rate:.0f}", kept_up)]:
         print(f"{label:<16}{row['msgs_per_s']:>10}{row['p50_ms']:>10}{row['p99_ms']:>10}"
-              f"{row['lost']:>6}{row['bridge_cpu_us_per_msg']:>12}")
+              f"{row['lost']:>6}{row['bridge_cpu_us_per_msg']:>12}{row['cpu_steal_pct']:>9}")
     print(f"{'mosquitto_sub':<16}{raw['msgs_per_s']:>10}    load {figures['load_average_1m']}")
 
     def plot(ax):
         names = [f"saturation\n{row['workers']} worker(s)" for row in saturation]
-        names += [f"paced {r:,.0f}/s\n{row['workers']} worker(s)" for r, row in
-                  ((args.rate, paced), (rate, kept_up))] + ["mosquitto_sub\nalone"]
+        names += [f"paced {args.rate:,.0f}/s\nmedian of {len(repeats)}", f"paced {rate:,.0f}/s",
+                  "mosquitto_sub\nalone"]
         values = [row["msgs_per_s"] for row in saturation]
         values += [paced["msgs_per_s"], kept_up["msgs_per_s"], raw["msgs_per_s"]]
         colors = ["tab:blue"] * len(saturation) + ["tab:cyan", "tab:cyan", "tab:gray"]
@@ -256,14 +271,15 @@ def main(argv: list[str] | None = None) -> int:
         ax.axhline(10_000, color="tab:red", linestyle="--", label="target 10,000 msg/s")
         ax.set_ylabel("messages / s")
         ax.legend()
-        for i, row in ((len(saturation), paced), (len(saturation) + 1, kept_up)):
-            ax.text(i, row["msgs_per_s"], f"p50 {row['p50_ms']:,.0f} ms\np99 {row['p99_ms']:,.0f} ms",
+        worst = f"\n(worst {figures['paced']['worst_p99_ms']:,.0f})"
+        for i, row, extra in ((len(saturation), paced, worst), (len(saturation) + 1, kept_up, "")):
+            ax.text(i, row["msgs_per_s"], f"p50 {row['p50_ms']:,.0f} ms\np99 {row['p99_ms']:,.0f} ms{extra}",
                     ha="center", va="bottom", fontsize=8)
         ax.set_xlabel(f"load average {figures['load_average_1m']['mean']} (mean, 1 min) on "
                       f"{os.cpu_count()} CPUs")
 
     save_figures("iomt_throughput", figures, plot)
-    lost = sum(row["lost"] for row in saturation) + paced["lost"] + kept_up["lost"]
+    lost = sum(row["lost"] for row in [*saturation, *repeats, kept_up])
     return 0 if lost == 0 else 1
 
 

@@ -53,9 +53,15 @@ def provenance(record: dict[str, Any]) -> str:
 def ingest(r: dict) -> list[str]:
     rows = [[str(x.get("receiver", "?")), fmt(x.get("instances_per_s"), 0), fmt(x.get("ratio_to_storescp"), 2)]
             for x in r.get("rows", [])]
+    ceiling = r.get("durability_ceiling_ratio")
+    writes = {w.get("writer"): w.get("ms_per_instance") for w in r.get("writes", []) if isinstance(w, dict)}
+    durable = writes.get("write_durably(fsync=True)")
+    note = [] if ceiling is None else [
+        "", f"Durability ceiling {fmt(ceiling, 2)}: the ratio of a receiver that only ran the protocol path "
+        f"and the durable write ({fmt(durable, 2)} ms an instance on this disk, no network), one after the other."]
     return [f"{fmt(r.get('slices'))} CT slices of {fmt(r.get('size_px'))}² by DCMTK storescu; "
             f"target ratio {fmt(r.get('target_ratio'), 1)}.", "",
-            *table(["receiver", "instances/s", "ratio to storescp"], rows)]
+            *table(["receiver", "instances/s", "ratio to storescp"], rows), *note]
 
 
 def cxr_latency(r: dict) -> list[str]:
@@ -105,6 +111,8 @@ def iomt(r: dict) -> list[str]:
         p = r.get(key)
         if isinstance(p, dict):
             rate = f" at {fmt(p['rate_msgs_per_s'])}/s" if "rate_msgs_per_s" in p else ""
+            if "repeats" in p:
+                rate += f", median of {fmt(p['repeats'])} runs (worst p99 {fmt(p.get('worst_p99_ms'), 1)} ms)"
             rows.append([label + rate, fmt(p.get("msgs_per_s"), 0), fmt(p.get("p50_ms"), 1), fmt(p.get("p99_ms"), 1),
                          fmt(p.get("lost"))])
     raw = r.get("mosquitto_sub")

@@ -25,12 +25,15 @@ def results(tmp_path):
                                    "rows": [{"receiver": "DCMTK storescp", "instances_per_s": 437.0,
                                              "ratio_to_storescp": 1.0},
                                             {"receiver": "medgate", "instances_per_s": 38.25,
-                                             "ratio_to_storescp": 0.088, "new_key": 1}]})
+                                             "ratio_to_storescp": 0.088, "new_key": 1}],
+                                   "writes": [{"writer": "write_durably(fsync=True)", "ms_per_instance": 1.214}],
+                                   "durability_ceiling_ratio": 0.612})
     write(folder, "iomt_throughput", {
         "beds": 1000, "target": {"msgs_per_s": 10000, "p99_ms": 100},
         "load_average_1m": {"before": 10.72, "after": 11.32},
         "saturation": {"msgs_per_s": 553.1, "p50_ms": 22930.9, "p99_ms": 31204.5, "lost": 0},
-        "paced": {"rate_msgs_per_s": 400.0, "msgs_per_s": 398.6, "p50_ms": 60.8, "p99_ms": 434.0, "lost": 0},
+        "paced": {"rate_msgs_per_s": 400.0, "msgs_per_s": 398.6, "p50_ms": 60.8, "p99_ms": 434.0, "lost": 0,
+                  "repeats": 3, "worst_p99_ms": 512.25},
         "mosquitto_sub": {"messages": 20000, "received": 20000, "msgs_per_s": 1481.6}})
     return folder
 
@@ -53,7 +56,9 @@ def test_tables_name_machine_and_date_and_keep_only_known_keys(results):
         "| medgate | 38 | 0.09 |",
     ]) in text
     assert "_2-core x86_64 (AMD EPYC), host `ci`, 2026-11-22, load average 10.7 → 11.3_" in text
-    assert "| bridge, paced at 400/s | 399 | 60.8 | 434.0 | 0 |" in text
+    assert "Durability ceiling 0.61: the ratio of a receiver that only ran the protocol path and the durable" \
+           " write (1.21 ms an instance on this disk, no network), one after the other." in text
+    assert "| bridge, paced at 400/s, median of 3 runs (worst p99 512.2 ms) | 399 | 60.8 | 434.0 | 0 |" in text
     assert "| `mosquitto_sub` alone (same run) | 1,482 | — | — | 0 |" in text
 
 
