@@ -3,24 +3,28 @@
 Measured side by side in one run on loopback, with ``TCP_NODELAY=1`` for both DCMTK programs:
 
 * ``storescp``: DCMTK's receiver writing each instance to a file (no fsync);
-* ``medgate``: :class:`dicom_gateway.scp.StorageScp` with a CT route (every slice is checked as
-  decodable), durable writes (temp file, fsync, rename, directory fsync) and its SQLite record
-  committed before each C-STORE success; completion by quiet period;
+* ``medgate``: :class:`dicom_gateway.scp.StorageScp` as configured by default, with a CT route
+  (every slice is checked as decodable): each instance flushed to disk (into a pre-written slot,
+  :mod:`dicom_gateway.slots`) before its C-STORE success; the slot pool starts empty, as after a
+  start, and the run reports how many instances found no slot ready (``slot_misses``); completion
+  by quiet period;
 * ``medgate, known count``: the same with Number of Study Related Instances in every slice, so the
   study completes at the last instance;
-* ``medgate, no fsync``: the same as the first with ``dicom.storage.fsync: false``, which is the
-  durability storescp offers (files left to the page cache): the like-for-like comparison;
+* ``medgate, new file per instance``: the same with the slot pool off (``dicom.storage.
+  slot_pool_bytes: 0``): temp file, fsync, rename, directory fsync per instance;
+* ``medgate, no fsync``: ``dicom.storage.fsync: false``, which is the durability storescp offers
+  (files left to the page cache): the like-for-like comparison;
 * ``medgate, association only``: the same acceptor with a handler that answers success and keeps
-  nothing: the cost of the DICOM protocol path alone, for attributing the rest to durability.
+  nothing: the cost of the DICOM protocol path alone;
+* ``medgate, association + durable write only``: a handler that only writes each instance into a
+  slot and flushes it before answering, checking nothing and recording nothing.  Its ratio is the
+  **durability ceiling**: what any receiver on this disk reaches with the protocol path and one
+  flush per instance, which C-STORE requires one after the other (the response may only leave
+  once the instance is on disk, and storescu sends the next instance only after the response).
 
-Then, with no network at all, the same 500 files written one after another by the gateway's own
-:func:`dicom_gateway.storage.write_durably` (temp file, fsync, rename, directory fsync) and by it
-without fsync: what the disk charges per instance for the durability the gateway promises. From
-those, the **durability ceiling**: the ratio a receiver would reach if it did nothing but the
-protocol path and the durable write, one after the other as C-STORE requires (the response may
-only leave once the instance is on disk)::
-
-    ceiling = (storescp s/instance) / (association-only s/instance + durable write s/instance)
+Then, with no network at all, the same files written one after another: by a slot (write, one
+``fdatasync``), by :func:`dicom_gateway.storage.write_durably` (temp file, fsync, rename,
+directory fsync) and by it without fsync: what the disk charges per instance.
 
 Prints instances/s of each, the ratio to storescp, and the time from the last instance (storescu's
 last response) to study-complete; saves ``results/dicom_ingest.json`` and ``.png``.
@@ -46,7 +50,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from benchmarks.report import save_figures  # noqa: E402
 from dicom_gateway.routing import Rule  # noqa: E402
 from dicom_gateway.scp import StorageScp  # noqa: E402
-from dicom_gateway.storage import write_durably  # noqa: E402
+from dicom_gateway.slots import SlotPool  # noqa: E402
+from dicom_gateway.storage import part10_header, write_durably  # noqa: E402
 from dicom_gateway.testdata import make_ct_series  # noqa: E402
 from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_for_port  # noqa: E402
 from serving.store import Store  # noqa: E402
@@ -97,29 +102,46 @@ class DiscardingScp(StorageScp):
         return 0
 
 
-def run_medgate(files: list[Path], work: Path, name: str, keep: bool = True, fsync: bool = True) -> dict:
+class DurableOnlyScp(StorageScp):
+    """Writes each instance into a slot and flushes it before answering success; checks nothing,
+    records nothing (the protocol path and the durable write alone)."""
+
+    def on_store(self, association, context_id, command, data) -> int:
+        sop_instance = str(command.AffectedSOPInstanceUID)
+        _, syntax = association.contexts[context_id]
+        header = part10_header(str(command.AffectedSOPClassUID), sop_instance, syntax, association.calling_ae)
+        self.intake.writer.begin([header, data], str(syntax)).commit(self.spool / "bench" / f"{sop_instance}.dcm")
+        return 0
+
+
+def run_medgate(files: list[Path], work: Path, name: str, scp_class=StorageScp, warm: bool = False,
+                **options) -> dict:
     store = Store(work / f"{name}.sqlite3")
     complete = threading.Event()
     latency: dict[str, float] = {}
-    scp = (StorageScp if keep else DiscardingScp)(
+    scp = scp_class(
         "MEDGATE", "127.0.0.1", free_port(), store, work / f"spool-{name}", lambda study, model: complete.set(),
         rules=(Rule(models=("nodule",), modalities={"CT"}),), quiet_period_s=2.0, poll_interval_s=0.05,
-        fsync=fsync)
+        **options)
     scp.assembler.listeners.append(lambda group, seconds: latency.setdefault("from_last_s", seconds))
     scp.start()
+    if warm and scp.slots is not None:
+        scp.slots.wait_ready(files[0].stat().st_size)
     try:
         elapsed = send(scp.port, files)
         last_response = time.time()
-        if not keep:
-            return {"receiver": name, "seconds": elapsed, "instances_per_s": len(files) / elapsed}
+        row = {"receiver": name, "seconds": elapsed, "instances_per_s": len(files) / elapsed}
+        if scp.slots is not None:
+            row["slot_misses"] = scp.slots.misses
+        if scp_class is not StorageScp:
+            return row
         if not complete.wait(30):
             raise RuntimeError("the study did not complete within 30 s")
         completed_at = store.query("SELECT completed_at FROM dicom_groups")[0]["completed_at"]
     finally:
         scp.stop()
         store.close()
-    return {"receiver": name, "seconds": elapsed, "instances_per_s": len(files) / elapsed,
-            "last_instance_to_complete_s": round(max(0.0, completed_at - last_response), 3),
+    return {**row, "last_instance_to_complete_s": round(max(0.0, completed_at - last_response), 3),
             "last_stored_to_complete_s": round(latency.get("from_last_s", float("nan")), 3)}
 
 
@@ -133,6 +155,23 @@ def time_writes(files: list[Path], folder: Path, fsync: bool) -> dict:
         write_durably(folder / f"{index:04d}.dcm", blob, fsync=fsync)
     elapsed = time.perf_counter() - start
     return {"writer": f"write_durably(fsync={fsync})", "seconds": elapsed,
+            "ms_per_instance": round(elapsed / len(files) * 1000, 3)}
+
+
+def time_slot_writes(files: list[Path], folder: Path) -> dict:
+    """Each file's bytes written into a ready slot and flushed (the pool filled beforehand)."""
+    blobs = [path.read_bytes() for path in files]
+    pool = SlotPool(folder / ".slots", pool_bytes=len(blobs) * (len(blobs[0]) + (64 << 10)))
+    pool.start()
+    try:
+        pool.wait_ready(len(blobs[0]), timeout_s=120)
+        start = time.perf_counter()
+        for index, blob in enumerate(blobs):
+            pool.begin(blob, "1.2.840.10008.1.2.1").commit(folder / f"{index:04d}.dcm")
+        elapsed = time.perf_counter() - start
+    finally:
+        pool.stop()
+    return {"writer": "slot (write, fdatasync, rename)", "seconds": elapsed,
             "ms_per_instance": round(elapsed / len(files) * 1000, 3)}
 
 
@@ -151,22 +190,27 @@ def main() -> None:
         rows = [run_storescp(plain, work),
                 run_medgate(plain, work, "medgate"),
                 run_medgate(counted, work, "medgate, known count"),
+                run_medgate(plain, work, "medgate, new file per instance", slot_pool_bytes=0),
                 run_medgate(plain, work, "medgate, no fsync", fsync=False),
-                run_medgate(plain, work, "medgate, association only", keep=False)]
-        writes = [time_writes(plain, work / "write-fsync", fsync=True),
+                run_medgate(plain, work, "medgate, association only", scp_class=DiscardingScp),
+                run_medgate(plain, work, "medgate, association + durable write only", scp_class=DurableOnlyScp,
+                            warm=True)]
+        writes = [time_slot_writes(plain, work / "write-slot"),
+                  time_writes(plain, work / "write-fsync", fsync=True),
                   time_writes(plain, work / "write-plain", fsync=False)]
     reference = rows[0]["instances_per_s"]
-    protocol_ms = 1000 / rows[-1]["instances_per_s"]
-    ceiling = round((1000 / reference) / (protocol_ms + writes[0]["ms_per_instance"]), 3)
+    ceiling = round(rows[-1]["instances_per_s"] / reference, 3)
     print(f"{args.slices} CT slices {args.size_px}x{args.size_px} 16-bit, storescu -> receiver, TCP_NODELAY=1")
-    print(f"{'receiver':32s} {'time s':>8s} {'inst/s':>8s} {'ratio':>6s} {'last->complete s':>17s}")
+    print(f"{'receiver':44s} {'time s':>8s} {'inst/s':>8s} {'ratio':>6s} {'last->complete s':>17s} "
+          f"{'no slot ready':>14s}")
     for row in rows:
         row["ratio_to_storescp"] = round(row["instances_per_s"] / reference, 3)
-        print(f"{row['receiver']:32s} {row['seconds']:8.2f} {row['instances_per_s']:8.1f} "
-              f"{row['ratio_to_storescp']:6.2f} {row.get('last_instance_to_complete_s', ''):>17}")
+        print(f"{row['receiver']:44s} {row['seconds']:8.2f} {row['instances_per_s']:8.1f} "
+              f"{row['ratio_to_storescp']:6.2f} {row.get('last_instance_to_complete_s', ''):>17} "
+              f"{row.get('slot_misses', ''):>14}")
     for write in writes:
-        print(f"{write['writer']:32s} {write['seconds']:8.2f}  {write['ms_per_instance']:.3f} ms/instance, no network")
-    print(f"durability ceiling (storescp / (association only + durable write)): {ceiling:.2f}")
+        print(f"{write['writer']:44s} {write['seconds']:8.2f}  {write['ms_per_instance']:.3f} ms/instance, no network")
+    print(f"durability ceiling (association + durable write only, over storescp): {ceiling:.2f}")
     figures = {"slices": args.slices, "size_px": args.size_px, "target_ratio": 0.8, "rows": rows,
                "writes": writes, "durability_ceiling_ratio": ceiling, "load_average": os.getloadavg()}
 

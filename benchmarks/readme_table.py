@@ -55,10 +55,12 @@ def ingest(r: dict) -> list[str]:
             for x in r.get("rows", [])]
     ceiling = r.get("durability_ceiling_ratio")
     writes = {w.get("writer"): w.get("ms_per_instance") for w in r.get("writes", []) if isinstance(w, dict)}
-    durable = writes.get("write_durably(fsync=True)")
+    slot, new_file = writes.get("slot (write, fdatasync, rename)"), writes.get("write_durably(fsync=True)")
     note = [] if ceiling is None else [
         "", f"Durability ceiling {fmt(ceiling, 2)}: the ratio of a receiver that only ran the protocol path "
-        f"and the durable write ({fmt(durable, 2)} ms an instance on this disk, no network), one after the other."]
+        "and one flush per instance, one after the other. The durable write alone, no network: "
+        f"{fmt(slot, 2)} ms an instance into a pre-written slot, {fmt(new_file, 2)} ms as a new file "
+        "(temp file, fsync, rename, directory fsync)."]
     return [f"{fmt(r.get('slices'))} CT slices of {fmt(r.get('size_px'))}² by DCMTK storescu; "
             f"target ratio {fmt(r.get('target_ratio'), 1)}.", "",
             *table(["receiver", "instances/s", "ratio to storescp"], rows), *note]

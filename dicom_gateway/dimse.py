@@ -10,6 +10,7 @@ from io import BytesIO
 from pydicom import Dataset
 from pynetdicom.dsutils import decode
 
+from dicom_gateway.header import Header
 from dicom_gateway.upper_layer import UpperLayerError
 
 #: Command Field values (PS3.7 E.1-1).
@@ -21,14 +22,52 @@ UNRECOGNIZED_OPERATION = 0x0211
 PROCESSING_FAILURE = 0x0110
 
 
-def decode_command(data: bytes | memoryview) -> Dataset:
-    """The command set of a request; :class:`UpperLayerError` when it cannot be read."""
+#: Command elements a request is read for (PS3.7 E.1-1): tag -> (keyword, VR).
+_COMMAND_ELEMENTS = {0x00000002: ("AffectedSOPClassUID", "UI"), 0x00000100: ("CommandField", "US"),
+                     0x00000110: ("MessageID", "US"), 0x00000700: ("Priority", "US"),
+                     0x00000800: ("CommandDataSetType", "US"), 0x00001000: ("AffectedSOPInstanceUID", "UI")}
+_ELEMENT_HEADER = struct.Struct("<HHI")
+_US_VALUE = struct.Struct("<H")
+
+
+def decode_command(data: bytes | memoryview) -> Header | Dataset:
+    """The command set of a request; :class:`UpperLayerError` when it cannot be read.
+
+    A plain command set (group 0000 only, the usual elements well formed) is read directly from its
+    bytes; anything else goes through pydicom, which reads what it can or fails."""
+    command = _plain_command(data)
+    if command is not None:
+        return command
     try:
         command = decode(BytesIO(data), True, True)
         int(command.CommandField), int(command.MessageID)
     except Exception as exc:  # noqa: BLE001 - any malformed command set aborts the association
         raise UpperLayerError(f"malformed DIMSE command set: {type(exc).__name__}: {exc}") from None
     return command
+
+
+def _plain_command(data) -> Header | None:
+    values, pos, end = {}, 0, len(data)
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, element, length = _ELEMENT_HEADER.unpack_from(data, pos)
+        pos += 8
+        if group != 0x0000 or length > end - pos:
+            return None
+        known = _COMMAND_ELEMENTS.get(element)
+        if known is not None:
+            value = bytes(data[pos:pos + length])
+            if known[1] == "US":
+                if length != 2:
+                    return None
+                values[known[0]] = _US_VALUE.unpack(value)[0]
+            else:
+                values[known[0]] = value.decode("ascii", "replace").strip("\0 ")
+        pos += length
+    if "CommandField" not in values or "MessageID" not in values:
+        return None
+    return Header(values)
 
 
 def has_data_set(command: Dataset) -> bool:

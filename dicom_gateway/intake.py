@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 from pydicom import Dataset, dcmread
 from pynetdicom import sop_class as sc
@@ -21,7 +21,7 @@ from dicom_gateway.pixels import PixelDataError, check_decodable
 from dicom_gateway.retention import below_watermark
 from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Rule, routes
 from dicom_gateway.status import StoreStatus
-from dicom_gateway.storage import check_uid, instance_path, write_durably
+from dicom_gateway.storage import DirectWriter, check_uid, instance_path
 from serving.correlation import bind, reset
 
 log = logging.getLogger("medgate.dicom")
@@ -70,9 +70,21 @@ def _study_uid(ds: Dataset) -> str | None:
         return None
 
 
+class PendingWrite(Protocol):
+    """An instance's bytes on their way to disk (:class:`dicom_gateway.storage.DirectWrite`,
+    :class:`dicom_gateway.slots.SlotWrite`)."""
+
+    def commit(self, path: Path) -> None:
+        """Make the instance durable at ``path``; raises OSError when it cannot."""
+
+    def abandon(self) -> None:
+        """The instance was refused; a no-op after :meth:`commit`."""
+
+
 @dataclass(frozen=True)
 class Accepted:
-    """The outcome of :meth:`Intake.accept`: status, group, whether a count was announced, reason."""
+    """The outcome of :meth:`Intake.accept`: status, group, whether a count was announced, reason;
+    with ``defer_record``, the ``arrival`` whose row the caller commits (see :meth:`Intake.accept`)."""
 
     status: StoreStatus
     group_uid: str | None = None
@@ -80,32 +92,42 @@ class Accepted:
     reason: str = ""
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
+    arrival: ledger.Arrival | None = None
 
 
 class Intake:
-    """Checks and stores received instances into ``spool`` and ``store``."""
+    """Checks and stores received instances into ``spool`` and ``store``.  ``writer.begin(buffers,
+    transfer_syntax)`` starts an instance's write (default: :class:`DirectWriter`, the classic
+    temp file, fsync, rename; the SCP uses :class:`dicom_gateway.slots.SlotPool`)."""
 
     def __init__(self, store, spool: Path, rules: tuple[Rule, ...], *, group_by: str = "study",
-                 min_free_bytes: int = 0, fsync: bool = True) -> None:
+                 min_free_bytes: int = 0, writer=None) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         self.store, self.spool, self.rules = store, Path(spool), rules
         self.group_by = group_by
         self.min_free_bytes = int(min_free_bytes)
-        self.fsync = fsync
+        self.writer = writer or DirectWriter()
+        self._first_geometry: dict[str, tuple[int, int, str]] = {}
         ledger.ensure_schema(store)
 
-    def accept(self, ds: Dataset, encoded: Callable[[], bytes], calling_ae: str, called_ae: str,
-               context_sop_class: str | None = None) -> Accepted:
-        """Check ``ds`` and store ``encoded()`` (its Part 10 bytes) durably before returning success."""
+    def accept(self, ds: Dataset, write: PendingWrite, calling_ae: str, called_ae: str,
+               context_sop_class: str | None = None, defer_record: bool = False) -> Accepted:
+        """Check ``ds``, then commit ``write`` (its Part 10 bytes, begun by :attr:`writer`) before
+        returning success; a refused instance's write is abandoned.
+
+        The instance's row is committed before returning, or, with ``defer_record``, left to the
+        caller (``Accepted.arrival``, for :meth:`record`): the spool file is already the durable
+        record, and a row lost to a crash is made again from it at start (:meth:`recover`)."""
         token = bind(_study_uid(ds))
         try:
-            return self._accept(ds, encoded, calling_ae, called_ae, context_sop_class)
+            return self._accept(ds, write, calling_ae, called_ae, context_sop_class, defer_record)
         finally:
+            write.abandon()
             reset(token)
 
-    def _accept(self, ds: Dataset, encoded: Callable[[], bytes], calling_ae: str, called_ae: str,
-                context_sop_class: str | None) -> Accepted:
+    def _accept(self, ds: Dataset, write: PendingWrite, calling_ae: str, called_ae: str,
+                context_sop_class: str | None, defer_record: bool) -> Accepted:
         try:
             sop_class = check_uid("SOPClassUID", ds.SOPClassUID)
             sop_instance = check_uid("SOPInstanceUID", ds.SOPInstanceUID)
@@ -134,32 +156,64 @@ class Intake:
             except PixelDataError as exc:
                 return self._refuse(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae, **ids)
         if modality in VOLUME_MODALITIES and rows and len(orientation) == 6:
-            mismatch = ledger.check_series_geometry(self.store, series, rows, columns, orientation)
+            mismatch = self._geometry_mismatch(series, rows, columns, orientation)
             if mismatch is not None:
                 return self._refuse(StoreStatus.CANNOT_UNDERSTAND, mismatch, calling_ae, **ids)
         try:
             path = instance_path(self.spool, study, sop_instance)
-            write_durably(path, encoded(), fsync=self.fsync)
-            group, new, count = self._record(ds, path, calling_ae, models)
-        except Exception as exc:  # noqa: BLE001 - disk or database: nothing was acknowledged
+            write.commit(path)
+        except Exception as exc:  # noqa: BLE001 - disk: nothing was acknowledged
             log.error("instance %s (study %s): cannot persist: %s", sop_instance, study, exc)
             return Accepted(StoreStatus.OUT_OF_RESOURCES, reason=f"cannot persist: {exc}", **ids)
-        log.debug("stored %s%s (study %s, %s) from %s -> %s", sop_instance, "" if new else " (duplicate)",
-                  study, modality or "?", calling_ae, ", ".join(models) or "no model")
-        return Accepted(StoreStatus.SUCCESS, group_uid=group, counted=bool(new and count), **ids)
+        arrival = self._arrival(ds, path, calling_ae, models)
+        if defer_record:
+            return Accepted(StoreStatus.SUCCESS, group_uid=arrival.group_uid,
+                            counted=bool(arrival.expected_count), arrival=arrival, **ids)
+        try:
+            new, = self.record([arrival])
+        except Exception as exc:  # noqa: BLE001 - database: the file is recorded again at start
+            return Accepted(StoreStatus.OUT_OF_RESOURCES, reason=f"cannot record: {exc}", **ids)
+        return Accepted(StoreStatus.SUCCESS, group_uid=arrival.group_uid,
+                        counted=bool(new and arrival.expected_count), **ids)
 
-    def _record(self, ds: Dataset, path: Path, calling_ae: str, models: tuple[str, ...]
-                ) -> tuple[str, bool, int | None]:
-        """Record the durable file ``path`` of ``ds``: (group UID, whether new, announced count)."""
+    def _geometry_mismatch(self, series: str, rows: int, columns: int, orientation: list[float]) -> str | None:
+        """The series geometry check; the first slice's geometry, once read, is kept in memory
+        (it never changes: the first slice defines it)."""
+        shown = ledger.orientation_text(orientation)
+        first = self._first_geometry.get(series)
+        if first is None:
+            if len(self._first_geometry) >= 4096:
+                self._first_geometry.clear()
+            first = self._first_geometry[series] = ledger.first_geometry(self.store, series, rows, columns, shown)
+        return ledger.geometry_mismatch(first, rows, columns, shown)
+
+    def _arrival(self, ds: Dataset, path: Path, calling_ae: str, models: tuple[str, ...]) -> ledger.Arrival:
+        """The row of the durable file ``path`` of ``ds``."""
         modality = str(ds.get("Modality", "")).upper()
-        group = str(ds.StudyInstanceUID if self.group_by == "study" else ds.SeriesInstanceUID)
-        count = expected_count(ds, self.group_by)
-        new = ledger.record_instance(self.store, ledger.Arrival(
+        return ledger.Arrival(
             sop_instance_uid=str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
             series_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID), modality=modality,
-            path=str(path), calling_ae=calling_ae, group_uid=group, models=models, expected_count=count,
-            single_image=modality in SINGLE_IMAGE_MODALITIES))
-        return group, new, count
+            path=str(path), calling_ae=calling_ae,
+            group_uid=str(ds.StudyInstanceUID if self.group_by == "study" else ds.SeriesInstanceUID),
+            models=models, expected_count=expected_count(ds, self.group_by),
+            single_image=modality in SINGLE_IMAGE_MODALITIES)
+
+    def record(self, arrivals: list[ledger.Arrival]) -> list[bool]:
+        """Commit the rows of durable instances, in one transaction; which were new (False: a
+        duplicate)."""
+        try:
+            news = ledger.record_instances(self.store, arrivals)
+        except Exception as exc:
+            log.error("%d instance(s) stored, but their rows cannot be committed (they are recorded "
+                      "again from the spool files at the next start): %s", len(arrivals), exc)
+            raise
+        for arrival, new in zip(arrivals, news) if log.isEnabledFor(logging.DEBUG) else ():
+            token = bind(arrival.study_uid)
+            log.debug("stored %s%s (study %s, %s) from %s -> %s", arrival.sop_instance_uid,
+                      "" if new else " (duplicate)", arrival.study_uid, arrival.modality or "?",
+                      arrival.calling_ae, ", ".join(arrival.models) or "no model")
+            reset(token)
+        return news
 
     def recover(self, called_ae: str) -> list[str]:
         """Record again the spool files whose rows were lost (see :func:`ledger.unrecorded_files`);
@@ -170,7 +224,9 @@ class Intake:
             try:
                 ds = dcmread(path, stop_before_pixels=True)
                 calling_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "")).strip()
-                group, _, _ = self._record(ds, path, calling_ae, routes(ds, self.rules, calling_ae, called_ae))
+                arrival = self._arrival(ds, path, calling_ae, routes(ds, self.rules, calling_ae, called_ae))
+                self.record([arrival])
+                group = arrival.group_uid
             except Exception as exc:  # noqa: BLE001 - keep the file, say why, go on with the others
                 log.error("spool file %s cannot be recorded again: %s", path, exc)
                 continue

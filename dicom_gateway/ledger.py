@@ -104,37 +104,46 @@ def record_instance(store, arrival: Arrival) -> bool:
     for the disk: the spool file is the durable record, and :func:`unrecorded_files` finds any file
     whose row a power loss took, so the gateway records it again at start.
     """
+    return record_instances(store, [arrival])[0]
+
+
+def record_instances(store, arrivals: list[Arrival]) -> list[bool]:
+    """:func:`record_instance` for several instances in one transaction; which were new."""
     now = time.time()
     with store.transaction(durable=False) as db:
-        new = db.execute(
-            "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?)",
-            (arrival.sop_instance_uid, arrival.study_uid, arrival.series_uid, arrival.sop_class_uid,
-             arrival.modality, arrival.path, arrival.calling_ae, now)).rowcount == 1
-        db.execute("INSERT OR IGNORE INTO studies(study_uid, status, received_at, updated_at)"
-                   " VALUES (?, 'receiving', ?, ?)", (arrival.study_uid, now, now))
-        if not new:
-            return False
-        db.execute("INSERT OR IGNORE INTO dicom_instance_routes VALUES (?,?,?,?)",
-                   (arrival.sop_instance_uid, arrival.study_uid, arrival.group_uid,
-                    json.dumps(list(arrival.models))))
-        row = db.execute("SELECT models, expected_count, state FROM dicom_groups WHERE group_uid=?",
-                         (arrival.group_uid,)).fetchone()
-        if row is None:
-            db.execute(
-                "INSERT INTO dicom_groups(group_uid, study_uid, models, expected_count, received_count,"
-                " single_image, last_received_at) VALUES (?,?,?,?,1,?,?)",
-                (arrival.group_uid, arrival.study_uid, json.dumps(list(arrival.models)),
-                 arrival.expected_count, int(arrival.single_image), now))
-            return True
-        models = list(dict.fromkeys([*json.loads(row["models"]), *arrival.models]))
-        expected = max(filter(None, (row["expected_count"], arrival.expected_count)), default=None)
-        late = row["state"] != "receiving"
+        return [_record(db, arrival, now) for arrival in arrivals]
+
+
+def _record(db: sqlite3.Connection, arrival: Arrival, now: float) -> bool:
+    new = db.execute(
+        "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?)",
+        (arrival.sop_instance_uid, arrival.study_uid, arrival.series_uid, arrival.sop_class_uid,
+         arrival.modality, arrival.path, arrival.calling_ae, now)).rowcount == 1
+    db.execute("INSERT OR IGNORE INTO studies(study_uid, status, received_at, updated_at)"
+               " VALUES (?, 'receiving', ?, ?)", (arrival.study_uid, now, now))
+    if not new:
+        return False
+    db.execute("INSERT OR IGNORE INTO dicom_instance_routes VALUES (?,?,?,?)",
+               (arrival.sop_instance_uid, arrival.study_uid, arrival.group_uid,
+                json.dumps(list(arrival.models))))
+    row = db.execute("SELECT models, expected_count, state FROM dicom_groups WHERE group_uid=?",
+                     (arrival.group_uid,)).fetchone()
+    if row is None:
         db.execute(
-            "UPDATE dicom_groups SET models=?, expected_count=?, received_count=received_count+1,"
-            " single_image=single_image AND ?, last_received_at=?, released_at=NULL,"
-            " reason=CASE WHEN ? THEN 'instance received after completion' ELSE reason END"
-            " WHERE group_uid=?",
-            (json.dumps(models), expected, int(arrival.single_image), now, int(late), arrival.group_uid))
+            "INSERT INTO dicom_groups(group_uid, study_uid, models, expected_count, received_count,"
+            " single_image, last_received_at) VALUES (?,?,?,?,1,?,?)",
+            (arrival.group_uid, arrival.study_uid, json.dumps(list(arrival.models)),
+             arrival.expected_count, int(arrival.single_image), now))
+        return True
+    models = list(dict.fromkeys([*json.loads(row["models"]), *arrival.models]))
+    expected = max(filter(None, (row["expected_count"], arrival.expected_count)), default=None)
+    late = row["state"] != "receiving"
+    db.execute(
+        "UPDATE dicom_groups SET models=?, expected_count=?, received_count=received_count+1,"
+        " single_image=single_image AND ?, last_received_at=?, released_at=NULL,"
+        " reason=CASE WHEN ? THEN 'instance received after completion' ELSE reason END"
+        " WHERE group_uid=?",
+        (json.dumps(models), expected, int(arrival.single_image), now, int(late), arrival.group_uid))
     return True
 
 
@@ -155,19 +164,27 @@ def mark_released(store, group_uids: Iterable[str]) -> None:
                        [(time.time(), g) for g in groups])
 
 
-def check_series_geometry(store, series_uid: str, rows: int, columns: int,
-                          orientation: Iterable[float]) -> str | None:
-    """None when the slice fits its series (the first slice defines it), else the reason."""
-    shown = "\\".join(f"{float(v):.4f}" for v in orientation)
+def orientation_text(orientation: Iterable[float]) -> str:
+    """Image Orientation (Patient) as the geometry table keeps it (4 decimals)."""
+    return "\\".join(f"{float(v):.4f}" for v in orientation)
+
+
+def first_geometry(store, series_uid: str, rows: int, columns: int, orientation: str) -> tuple[int, int, str]:
+    """Rows, Columns and orientation of the series' first slice; these, when this is its first."""
     with store.transaction() as db:
         db.execute("INSERT OR IGNORE INTO dicom_series_geometry VALUES (?,?,?,?)",
-                   (series_uid, rows, columns, shown))
+                   (series_uid, rows, columns, orientation))
         first = db.execute("SELECT * FROM dicom_series_geometry WHERE series_uid=?", (series_uid,)).fetchone()
-    if (first["rows"], first["columns"]) != (rows, columns):
-        return (f"slice size {rows}x{columns} differs from the series' {first['rows']}x{first['columns']}"
+    return first["rows"], first["columns"], first["orientation"]
+
+
+def geometry_mismatch(first: tuple[int, int, str], rows: int, columns: int, orientation: str) -> str | None:
+    """None when a slice fits its series' first slice ``first`` (see :func:`first_geometry`), else why."""
+    if first[:2] != (rows, columns):
+        return (f"slice size {rows}x{columns} differs from the series' {first[0]}x{first[1]}"
                 " (slices of one series must agree in size)")
-    if first["orientation"] != shown:
-        return (f"Image Orientation (Patient) {shown} differs from the series' {first['orientation']}"
+    if first[2] != orientation:
+        return (f"Image Orientation (Patient) {orientation} differs from the series' {first[2]}"
                 " (slices of one series must be parallel)")
     return None
 

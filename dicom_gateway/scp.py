@@ -1,9 +1,11 @@
 """DICOM Storage SCP: C-ECHO and C-STORE (PS3.4 Annex A and B).
 
 Associations are served by :class:`dicom_gateway.acceptor.Acceptor` (one thread each, blocking
-reads, no polling).  Each C-STORE's data set is checked for a well-formed encoding, decoded,
-checked, written durably to the spool (temp file, fsync, rename, directory fsync) and recorded in
-the store *before* success is returned.  Bad input gets a specific failure status (see
+reads, no polling).  Each C-STORE's data set starts on its way to disk at once (into a pre-written
+slot, :mod:`dicom_gateway.slots`, or the classic temp file); meanwhile it is checked for a
+well-formed encoding, decoded and checked; the write is flushed and put in place *before* success
+is returned.  The instance's row is committed in the background (:mod:`dicom_gateway.recorder`):
+the spool file is the durable record.  Bad input gets a specific failure status (see
 :class:`dicom_gateway.status.StoreStatus`), a log line with the reason, and the server keeps
 running.  Completion is decided by :class:`dicom_gateway.completion.StudyAssembler`; the SCP only
 reports arrivals and the end of each association.
@@ -20,7 +22,7 @@ import threading
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import Dataset, FileMetaDataset
+from pydicom import Dataset, FileMetaDataset, dcmread
 from pynetdicom import ALL_TRANSFER_SYNTAXES
 from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import decode
@@ -29,13 +31,16 @@ from pynetdicom.presentation import build_context
 from dicom_gateway import ledger
 from dicom_gateway.acceptor import Acceptor, Association, Rejection
 from dicom_gateway.completion import StudyAssembler, StudyCallback
+from dicom_gateway.header import read_header
 from dicom_gateway.intake import GROUP_BY, STORAGE_SOP_CLASSES, SUPPORTED_SOP_CLASSES, Intake
+from dicom_gateway.recorder import Recorder
 from dicom_gateway.retention import below_watermark, purge_processed
 from dicom_gateway.routing import DEFAULT_RULES, Rule
 from dicom_gateway.security import AllowList
 from dicom_gateway.status import RejectReason, RejectResult, RejectSource, StoreStatus
-from dicom_gateway.storage import check_uid, part10_header, remove_temporary_files
-from dicom_gateway.wellformed import dataset_problem
+from dicom_gateway.slots import SlotPool
+from dicom_gateway.storage import DirectWriter, check_uid, instance_path, part10_header, remove_temporary_files
+from dicom_gateway.wellformed import Element, dataset_problem
 
 log = logging.getLogger("medgate.dicom")
 
@@ -72,8 +77,11 @@ class StorageScp:
     max_pdu_bytes
         Our Maximum Length Received for P-DATA-TF PDUs (0 = unlimited).
     fsync
-        Flush each instance file and its directory to disk before success (default); turn off only
-        where the storage's write cache survives a power loss.
+        Flush each instance to disk before success (default); turn off only where the storage's
+        write cache survives a power loss.
+    slot_pool_bytes
+        With ``fsync``: bytes of pre-written slot files kept ready per instance size in demand
+        (:class:`dicom_gateway.slots.SlotPool`); 0 writes every instance the classic way.
     """
 
     def __init__(self, ae_title: str, host: str, port: int, store, spool: Path,
@@ -82,7 +90,7 @@ class StorageScp:
                  tls_port: int | None = None, ssl_context: ssl.SSLContext | None = None,
                  group_by: str = "study", quiet_period_s: float = 2.0, poll_interval_s: float = 0.1,
                  min_free_bytes: int = 0, retention_days: float | None = None,
-                 max_pdu_bytes: int = 1024 * 1024, fsync: bool = True) -> None:
+                 max_pdu_bytes: int = 1024 * 1024, fsync: bool = True, slot_pool_bytes: int = 256 << 20) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         if (tls_port is None) != (ssl_context is None):
@@ -106,8 +114,11 @@ class StorageScp:
         self.min_free_bytes = int(min_free_bytes)
         self.retention_days = retention_days
         self._stop_housekeeping = threading.Event()
+        self.slots = SlotPool(self.spool / ".slots", pool_bytes=slot_pool_bytes) \
+            if fsync and slot_pool_bytes > 0 else None
         self.intake = Intake(store, self.spool, rules, group_by=group_by, min_free_bytes=min_free_bytes,
-                             fsync=fsync)
+                             writer=self.slots or DirectWriter(fsync))
+        self.recorder = Recorder(self.intake.record, self._counted)
         self.assembler = StudyAssembler(store, on_study_complete, quiet_period_s=quiet_period_s,
                                         poll_interval_s=poll_interval_s)
         self._open: dict[int, set[str]] = {}  # association id -> groups it delivered to
@@ -128,9 +139,13 @@ class StorageScp:
         removed = remove_temporary_files(self.spool)
         if removed:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)
+        if self.slots is not None:
+            self.slots.recover(self._place_slot)
+            self.slots.start()
         recovered = self.intake.recover(self.ae_title)
         if recovered:
             ledger.mark_released(self.store, recovered)  # their senders are gone
+        self.recorder.start()
         self.assembler.start()
         if self.retention_days is not None:
             self._stop_housekeeping.clear()
@@ -146,7 +161,15 @@ class StorageScp:
         self.acceptor.stop()
         self._ports = []
         self._stop_housekeeping.set()
+        self.recorder.stop()
         self.assembler.stop()
+        if self.slots is not None:
+            self.slots.stop()
+
+    def _place_slot(self, slot: Path) -> Path:
+        """Where a slot's instance goes: its spool path, from its Study and SOP Instance UIDs."""
+        ds = dcmread(slot, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+        return instance_path(self.spool, str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
 
     def _housekeeping(self, interval_s: float = 3600.0) -> None:
         while True:
@@ -177,34 +200,57 @@ class StorageScp:
                  data: bytes | memoryview) -> int:
         calling = association.calling_ae
         abstract_syntax, transfer_syntax = association.contexts[context_id]
-        problem = dataset_problem(data, transfer_syntax)
-        if problem is not None:
-            log.warning("C-STORE from %s refused: malformed data set: %s", calling, problem)
-            return StoreStatus.CANNOT_UNDERSTAND
         try:
-            ds = decode(BytesIO(data), transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
-                        transfer_syntax.is_deflated)
             sop_class = check_uid("Affected SOP Class UID", command.AffectedSOPClassUID)
             sop_instance = check_uid("Affected SOP Instance UID", command.AffectedSOPInstanceUID)
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = transfer_syntax
-        except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
-            log.warning("C-STORE from %s refused: cannot decode dataset: %s", calling, exc)
+        except Exception as exc:  # noqa: BLE001 - a bad UID is "cannot understand"
+            log.warning("C-STORE from %s refused: %s", calling, exc)
             return StoreStatus.CANNOT_UNDERSTAND
-        result = self.intake.accept(
-            ds, lambda: [part10_header(sop_class, sop_instance, transfer_syntax, calling), data], calling,
-            self.ae_title, context_sop_class=str(abstract_syntax))
+        # the disk starts on the bytes now; the checks below decide whether they are kept
+        write = self.intake.writer.begin([part10_header(sop_class, sop_instance, transfer_syntax, calling), data],
+                                         str(transfer_syntax))
+        try:
+            top: list[Element] = []
+            problem = dataset_problem(data, transfer_syntax, top)
+            if problem is not None:
+                log.warning("C-STORE from %s refused: malformed data set: %s", calling, problem)
+                return StoreStatus.CANNOT_UNDERSTAND
+            ds = read_header(data, transfer_syntax, top) or _decoded(data, transfer_syntax, calling)
+            if ds is None:
+                return StoreStatus.CANNOT_UNDERSTAND
+            result = self.intake.accept(ds, write, calling, self.ae_title, context_sop_class=str(abstract_syntax),
+                                        defer_record=True)
+        finally:
+            write.abandon()
         if result.status != StoreStatus.SUCCESS:
             return result.status
+        self.recorder.submit(result.arrival)
         with self._lock:
             self._open.setdefault(association.id, set()).add(result.group_uid)
-        if result.counted:
-            self.assembler.nudge()
         return StoreStatus.SUCCESS
 
+    def _counted(self) -> None:
+        """A recorded instance announced its group's count: completion may be due."""
+        self.assembler.nudge()
+
     def on_end(self, association: Association) -> None:
+        self.recorder.flush()  # the rows of what this sender stored, before it counts as finished
         with self._lock:
             groups = self._open.pop(association.id, set())
         if groups:
             ledger.mark_released(self.store, groups)
             self.assembler.nudge()
+
+
+def _decoded(data, transfer_syntax, calling: str) -> Dataset | None:
+    """The data set decoded by pydicom (where :func:`read_header` does not apply), or None with a
+    log line when it cannot be."""
+    try:
+        ds = decode(BytesIO(data), transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
+                    transfer_syntax.is_deflated)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
+        log.warning("C-STORE from %s refused: cannot decode dataset: %s", calling, exc)
+        return None
+    return ds

@@ -59,39 +59,78 @@ def check_uid(name: str, value: str) -> str:
     return value
 
 
+def as_views(data: Buffers) -> list[memoryview]:
+    """``data`` as a list of non-empty byte views (no copy)."""
+    parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    return [view for view in (memoryview(part).cast("B") for part in parts) if view.nbytes]
+
+
+def pwritev_all(fd: int, views: list[memoryview], offset: int) -> int:
+    """Write ``views`` in order at ``offset`` (as many calls as short writes need); returns the end."""
+    views = list(views)
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+    return offset
+
+
+def fsync_directory(folder: Path) -> None:
+    """Flush a directory's entries (the files created, renamed or deleted in it)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def write_durably(path: Path, data: Buffers, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, dir fsync).
 
     ``data`` may be a list of buffers (e.g. the File Meta Information and the received data set),
-    written with one ``writev`` instead of being copied into one ``bytes`` first.  ``fsync=False``
+    written with one ``pwritev`` instead of being copied into one ``bytes`` first.  ``fsync=False``
     keeps the atomic rename but leaves flushing to the operating system.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
-        views = [memoryview(data)] if isinstance(data, (bytes, bytearray, memoryview)) else [
-            memoryview(part) for part in data]
-        views = [view.cast("B") for view in views if view.nbytes]
-        while views:
-            written = os.writev(fd, views)
-            while views and written >= views[0].nbytes:
-                written -= views[0].nbytes
-                views.pop(0)
-            if views and written:
-                views[0] = views[0][written:]
+        pwritev_all(fd, as_views(data), 0)
         if fsync:
             os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    if not fsync:
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if fsync:
+        fsync_directory(path.parent)
+
+
+class DirectWrite:
+    """An instance to be written by :func:`write_durably` when committed (see
+    :class:`dicom_gateway.slots.SlotWrite` for the other kind of pending write)."""
+
+    def __init__(self, data: Buffers, fsync: bool = True) -> None:
+        self.data, self.fsync = data, fsync
+
+    def commit(self, path: Path) -> None:
+        write_durably(path, self.data, fsync=self.fsync)
+
+    def abandon(self) -> None:
+        """Nothing was written yet."""
+
+
+class DirectWriter:
+    """Begins :class:`DirectWrite` s: every instance written the classic way."""
+
+    def __init__(self, fsync: bool = True) -> None:
+        self.fsync = fsync
+
+    def begin(self, data: Buffers, transfer_syntax: str = "") -> DirectWrite:
+        return DirectWrite(data, fsync=self.fsync)
 
 
 def instance_path(spool: Path, study_uid: str, sop_instance_uid: str) -> Path:

@@ -140,8 +140,10 @@ def _items_end(data, pos: int, end: int, implicit: bool, little: bool, depth: in
             pos = _element(data, pos, end, implicit, little, depth).end
 
 
-def dataset_problem(data, transfer_syntax: str) -> str | None:
-    """Why the data set ``data``, encoded in ``transfer_syntax``, is malformed, or None."""
+def dataset_problem(data, transfer_syntax: str, top: list[Element] | None = None) -> str | None:
+    """Why the data set ``data``, encoded in ``transfer_syntax``, is malformed, or None.  Its
+    top-level elements are appended to ``top`` when one is given (not for a deflated data set,
+    whose offsets are into the inflated bytes)."""
     syntax = str(transfer_syntax)
     if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         try:
@@ -155,6 +157,8 @@ def dataset_problem(data, transfer_syntax: str) -> str | None:
         for element in elements(data, syntax == IMPLICIT_VR_LITTLE_ENDIAN, syntax != EXPLICIT_VR_BIG_ENDIAN):
             if element.tag == PIXEL_DATA and syntax not in NATIVE and element.length != UNDEFINED:
                 return f"Pixel Data must be encapsulated (undefined length) in transfer syntax {syntax}"
+            if top is not None and syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                top.append(element)
     except MalformedError as exc:
         return str(exc)
     return None

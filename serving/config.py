@@ -70,6 +70,9 @@ class DicomStorage(_Section):
     min_free_bytes: int = Field(1024**3, ge=0)  # below this, associations/instances are refused
     # fsync each instance before success; false only where the disk's write cache survives power loss
     fsync: bool = True
+    # pre-written slot files kept ready per instance size (one data flush per instance instead of a
+    # new file's journal commits; see dicom_gateway/slots.py); 0 writes each instance as a new file
+    slot_pool_bytes: int = Field(256 * 1024**2, ge=0)
 
 
 class DicomRoute(_Section):

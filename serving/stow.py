@@ -110,7 +110,8 @@ class StowReceiver:
             except Exception:  # noqa: BLE001 - not a DICOM file: cannot understand
                 failed.append(("", "", CANNOT_UNDERSTAND))
                 continue
-            result = intake.accept(ds, lambda p=payload: p, STOW_CALLING_AE, called, context_sop_class=declared)
+            result = intake.accept(ds, intake.writer.begin(payload), STOW_CALLING_AE, called,
+                                   context_sop_class=declared)
             if result.status == StoreStatus.SUCCESS:
                 stored.append((result.sop_class_uid, result.sop_instance_uid))
                 groups.add(result.group_uid)

@@ -26,7 +26,8 @@ def results(tmp_path):
                                              "ratio_to_storescp": 1.0},
                                             {"receiver": "medgate", "instances_per_s": 38.25,
                                              "ratio_to_storescp": 0.088, "new_key": 1}],
-                                   "writes": [{"writer": "write_durably(fsync=True)", "ms_per_instance": 1.214}],
+                                   "writes": [{"writer": "slot (write, fdatasync, rename)", "ms_per_instance": 0.9},
+                                              {"writer": "write_durably(fsync=True)", "ms_per_instance": 1.214}],
                                    "durability_ceiling_ratio": 0.612})
     write(folder, "iomt_throughput", {
         "beds": 1000, "target": {"msgs_per_s": 10000, "p99_ms": 100},
@@ -56,8 +57,9 @@ def test_tables_name_machine_and_date_and_keep_only_known_keys(results):
         "| medgate | 38 | 0.09 |",
     ]) in text
     assert "_2-core x86_64 (AMD EPYC), host `ci`, 2026-11-22, load average 10.7 → 11.3_" in text
-    assert "Durability ceiling 0.61: the ratio of a receiver that only ran the protocol path and the durable" \
-           " write (1.21 ms an instance on this disk, no network), one after the other." in text
+    assert "Durability ceiling 0.61: the ratio of a receiver that only ran the protocol path and one flush per" \
+           " instance, one after the other. The durable write alone, no network: 0.90 ms an instance into a" \
+           " pre-written slot, 1.21 ms as a new file (temp file, fsync, rename, directory fsync)." in text
     assert "| bridge, paced at 400/s, median of 3 runs (worst p99 512.2 ms) | 399 | 60.8 | 434.0 | 0 |" in text
     assert "| `mosquitto_sub` alone (same run) | 1,482 | — | — | 0 |" in text
 
