@@ -161,7 +161,7 @@ def time_writes(files: list[Path], folder: Path, fsync: bool) -> dict:
 def time_slot_writes(files: list[Path], folder: Path) -> dict:
     """Each file's bytes written into a ready slot and flushed (the pool filled beforehand)."""
     blobs = [path.read_bytes() for path in files]
-    pool = SlotPool(folder / ".slots", pool_bytes=len(blobs) * (len(blobs[0]) + (64 << 10)))
+    pool = SlotPool(folder / ".slots", pool_bytes=len(blobs) * (len(blobs[0]) + (64 << 10)), max_slots=len(blobs))
     pool.start()
     try:
         pool.wait_ready(len(blobs[0]), timeout_s=120)

@@ -160,7 +160,7 @@ class SlotPool:
     is given up and its slots deleted.  Slot sizes are multiples of ``granule`` bytes."""
 
     def __init__(self, folder: Path, *, pool_bytes: int = 256 << 20, granule: int = 64 << 10,
-                 min_slots: int = 4, max_slots: int = 1024, batch: int = 32, idle_s: float = 3600.0,
+                 min_slots: int = 4, max_slots: int = 256, batch: int = 16, idle_s: float = 3600.0,
                  finish_interval_s: float = 0.2) -> None:
         self.folder = Path(folder)
         self.pool_bytes, self.granule = int(pool_bytes), int(granule)
