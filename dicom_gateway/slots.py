@@ -17,7 +17,9 @@ being written when the machine stopped (never acknowledged).
 
 The life of a slot:
 
-1. the refill thread creates slots of the sizes in demand (zeros, ``fsync``, directory ``fsync``);
+1. the refill thread creates slots of the sizes in demand (zeros, ``fsync``, directory ``fsync``),
+   in the pauses between instances: while instances arrive it would double the bytes the disk
+   writes and slow the flushes they wait for;
 2. :meth:`SlotPool.begin` writes the instance into a ready slot and starts its writeback
    (``sync_file_range``), so the disk works while the caller checks the instance;
 3. :meth:`SlotWrite.commit` writes the trailer, ``fdatasync`` (the data is on disk: Success may
@@ -160,12 +162,13 @@ class SlotPool:
     is given up and its slots deleted.  Slot sizes are multiples of ``granule`` bytes."""
 
     def __init__(self, folder: Path, *, pool_bytes: int = 256 << 20, granule: int = 64 << 10,
-                 min_slots: int = 4, max_slots: int = 256, batch: int = 16, idle_s: float = 3600.0,
-                 finish_interval_s: float = 0.2) -> None:
+                 min_slots: int = 4, max_slots: int = 512, batch: int = 16, idle_s: float = 3600.0,
+                 finish_interval_s: float = 0.2, refill_pause_s: float = 0.5) -> None:
         self.folder = Path(folder)
         self.pool_bytes, self.granule = int(pool_bytes), int(granule)
         self.min_slots, self.max_slots, self.batch, self.idle_s = min_slots, max_slots, batch, idle_s
-        self.finish_interval_s = finish_interval_s
+        self.finish_interval_s, self.refill_pause_s = finish_interval_s, refill_pause_s
+        self._last_take = 0.0  # monotonic time an instance last asked for a slot
         self._ready: dict[int, deque[_Slot]] = {}
         self._wanted: dict[int, float] = {}  # size -> when last asked for
         self._cond = threading.Condition()
@@ -259,7 +262,7 @@ class SlotPool:
 
     def _take(self, size: int) -> _Slot | None:
         with self._cond:
-            self._wanted[size] = time.monotonic()
+            self._wanted[size] = self._last_take = time.monotonic()
             ready = self._ready.get(size)
             if ready:
                 slot = ready.popleft()
@@ -282,6 +285,10 @@ class SlotPool:
     def _refill_loop(self) -> None:
         while not self._stopping.is_set():
             with self._cond:
+                busy_for = self.refill_pause_s - (time.monotonic() - self._last_take)
+                if busy_for > 0:  # instances are arriving: refill in the next pause
+                    self._cond.wait(busy_for)
+                    continue
                 self._forget_idle()
                 short = {size: self._target(size) - len(self._ready.get(size, ()))
                          for size in self._wanted}
