@@ -134,15 +134,18 @@ class SlotWrite:
         """Flush the instance and put it at ``path``: once this returns, Success may be sent."""
         if self._done:
             raise RuntimeError(f"slot {self.slot.path.name} is already committed or abandoned")
-        os.pwrite(self._fd, self._trailer, self.slot.size - TRAILER.size)
-        os.fdatasync(self._fd)
         try:
+            os.pwrite(self._fd, self._trailer, self.slot.size - TRAILER.size)
+            os.fdatasync(self._fd)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self.slot.path, path)
-        except BaseException:
-            os.pwrite(self._fd, bytes(TRAILER.size), self.slot.size - TRAILER.size)  # not an instance
+        except BaseException:  # not acknowledged: the slot must not pass for an instance, nor be used again
             self._done = True
-            os.close(self._fd)
+            try:
+                os.pwrite(self._fd, bytes(TRAILER.size), self.slot.size - TRAILER.size)
+                self.slot.path.unlink(missing_ok=True)
+            finally:
+                os.close(self._fd)
             raise
         self._done = True
         self.pool._finish(self._fd, path, self.length)

@@ -158,3 +158,16 @@ def test_the_scp_records_and_routes_an_instance_whose_rename_a_crash_lost(tmp_pa
         assert row["calling_ae"] == "CTSCANNER"
     finally:
         running.stop()
+
+
+def test_a_commit_that_fails_leaves_no_instance_behind(pool, tmp_path):
+    buffers, _ = _instance()
+    _ready(pool, buffers)
+    write = pool.begin(buffers, ExplicitVRLittleEndian)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_bytes(b"")
+    with pytest.raises(OSError):
+        write.commit(blocked / "a.dcm")
+    assert not write.slot.path.exists()  # neither put in place at the next start nor used again
+    write.abandon()  # what the intake does after a failed commit: nothing more happens
+    assert write.slot not in [slot for slots in pool._ready.values() for slot in slots]
