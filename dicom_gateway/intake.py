@@ -83,8 +83,9 @@ class PendingWrite(Protocol):
 
 @dataclass(frozen=True)
 class Accepted:
-    """The outcome of :meth:`Intake.accept`: status, group, whether a count was announced, reason;
-    with ``defer_record``, the ``arrival`` whose row the caller commits (see :meth:`Intake.accept`)."""
+    """The outcome of :meth:`Intake.accept`: status, group, whether a new instance announced a count,
+    reason; with ``defer_record``, the ``arrival`` whose row the caller commits (and ``counted`` is
+    unknown until then; see :meth:`Intake.accept`)."""
 
     status: StoreStatus
     group_uid: str | None = None
@@ -167,8 +168,7 @@ class Intake:
             return Accepted(StoreStatus.OUT_OF_RESOURCES, reason=f"cannot persist: {exc}", **ids)
         arrival = self._arrival(ds, path, calling_ae, models)
         if defer_record:
-            return Accepted(StoreStatus.SUCCESS, group_uid=arrival.group_uid,
-                            counted=bool(arrival.expected_count), arrival=arrival, **ids)
+            return Accepted(StoreStatus.SUCCESS, group_uid=arrival.group_uid, arrival=arrival, **ids)
         try:
             new, = self.record([arrival])
         except Exception as exc:  # noqa: BLE001 - database: the file is recorded again at start
