@@ -52,6 +52,7 @@ import orjson
 import psutil
 
 from benchmarks.mqtt_load import PREFIX, publish
+from iomt import codes, vital_records
 from benchmarks.report import free_port, save_figures
 
 MQTT_MAX_INFLIGHT = 20_000  # broker side; the bridge announces the same as MQTT 5 Receive Maximum
@@ -161,8 +162,7 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
     steal_pct = 100 * (stolen_seconds() - steal0) / ((time.monotonic() - wall0) * (os.cpu_count() or 1))
     proc.join(timeout=120)
     bridge.stop()
-    stored = store.query("SELECT count(*) AS n FROM fhir_resources WHERE resource_type='Observation'"
-                         " AND body LIKE '%\"8867-4\"%' AND body NOT LIKE '%1104051000000101%'")[0]["n"]
+    stored = vital_records.count(store, codes.HEART_RATE)
     store.close()
     latencies = np.array([at - orjson.loads(p)["t"] / 1000.0 for at, payloads in commits
                           for p in payloads]) * 1000.0

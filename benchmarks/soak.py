@@ -52,9 +52,8 @@ from peers import broker  # noqa: E402
 
 PREFIX = "medgate"
 MDC_HR, MDC_SPO2, MDC_RR = 147842, 150456, 151562  # IEEE 11073-10101
-#: Heart-rate Observations (LOINC 8867-4) that are not NEWS2 scores (SNOMED 1104051000000101).
-HEART_RATES = ("SELECT count(*) FROM fhir_resources WHERE resource_type='Observation'"
-               " AND body LIKE '%\"8867-4\"%' AND body NOT LIKE '%1104051000000101%'")
+#: Stored vitals messages with a heart rate (LOINC 8867-4): one heart-rate Observation each.
+HEART_RATES = "SELECT count(*) FROM vital_signs WHERE instr(',' || codes || ',', ',8867-4,')"
 MIB = 1024 * 1024
 
 

@@ -31,6 +31,7 @@ from collections import deque
 from typing import Callable
 from urllib.parse import urlparse
 
+from iomt import vital_records
 from iomt.alerts import AlertPolicy
 from iomt.identity import DeviceRegistry, IdentifierSystems, patient_reference
 from iomt.mqtt_client import MqttOptions, connect_async, make_client
@@ -288,4 +289,4 @@ class VitalsBridge:
         out = self.pipeline.run([(topic, payload)])
         self._commit(out)
         self.processed += out.processed
-        return out.resources
+        return vital_records.observations(out.vitals) + out.resources

@@ -7,10 +7,11 @@ before acknowledging the messages. Per message:
 1. ``{prefix}/adt``: apply the admission/transfer/discharge to the device registry, store the
    Patient and Device, and replay the messages parked for that device.
 2. Vitals topics: decode (full, compact or ECG form); find the patient (in the payload, else the
-   device's association; none: park as dead letter "unknown device", never guess); build the
-   vital-sign Observations (or the ECG Observation); merge into the patient's state and, for the
-   patient's newest message, score NEWS2 from the latest values within the staleness window;
-   alert per :class:`iomt.alerts.AlertPolicy`; feed the risk scorer.
+   device's association; none: park as dead letter "unknown device", never guess); keep the
+   message as one row whose vital-sign Observations are built when read
+   (:mod:`iomt.vital_records`), or build the ECG Observation; merge into the patient's state
+   and, for the patient's newest message, score NEWS2 from the latest values within the
+   staleness window; alert per :class:`iomt.alerts.AlertPolicy`; feed the risk scorer.
 
 Every newest message is scored; a NEWS2 Observation is written when the score (total, band,
 completeness or a sub-score) changes, when it alerts, or ``news2_interval_s`` (measurement time)
@@ -18,7 +19,6 @@ after the last one written — a 1 Hz monitor does not need 3,600 identical scor
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -29,7 +29,8 @@ from iomt.alerts import AlertPolicy, alert_message, flag_resource
 from iomt.compact import EcgChunk, decode
 from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
 from iomt.message_id import each_message
-from iomt.observations import news2_observation, vital_observations
+from iomt import vital_records
+from iomt.observations import news2_observation
 from iomt.payload import PayloadError
 from iomt.state import StateTable
 from iomt.topics import Topics
@@ -48,6 +49,7 @@ class BatchOut:
     """What one batch produced."""
 
     resources: list[dict[str, Any]] = field(default_factory=list)
+    vitals: list[tuple] = field(default_factory=list)  # iomt.vital_records rows
     dead_letters: list[tuple[str, str, bytes | None, str | None]] = field(default_factory=list)
     outbox_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     replayed_ids: list[int] = field(default_factory=list)
@@ -115,18 +117,16 @@ class VitalsPipeline:
             patient_id, patient_system = assoc.patient_id, assoc.patient_system
             scale = max(scale, assoc.spo2_scale)  # scale 2 when the ADT or the payload says so
         patient_ref = self._patient_ref(patient_id, patient_system)
-        device_ref = self._device_ref(device) if device else None
         effective = msg.time.isoformat()
         if location.ward and location.bed:  # the bed census of the dashboard's ward board
             out.beds[(location.ward, location.bed)] = (location.ward, location.bed, location.site,
                                                        patient_ref, device, effective)
         if isinstance(msg, EcgChunk):
-            out.resources.append(ecg_observation(msg, patient_ref, device_ref))
+            out.resources.append(ecg_observation(msg, patient_ref,
+                                                 self._device_ref(device) if device else None))
             out.processed += 1
             return
-        if msg.device is None and device is not None:
-            msg = dataclasses.replace(msg, device=device)
-        out.resources.extend(vital_observations(msg, patient_ref, device_ref, effective=effective))
+        out.vitals.append(vital_records.record(msg, patient_ref, device, effective))
         out.processed += 1
         if self.risk is not None:
             self.risk.add(patient_ref, msg.time.timestamp(),

@@ -1,18 +1,25 @@
 """Retention of the bridge's resources in the local store.
 
-Every vitals message leaves FHIR resources in the store (about 5 KB a message: the vital-sign
-Observations, NEWS2 scores, RiskAssessments). The store is the ward's working copy and the
-delivery buffer, not the health record (that is ``fhir.base_url``), so it keeps them for
-``iomt.retention_hours`` and then deletes them; the SQLite file stops growing once its free pages
-are reused, at about ``bytes per message x messages per hour x retention_hours``.
+Every vitals message leaves a row in the store (``vital_signs``, :mod:`iomt.vital_records`,
+about 200 bytes with its index entry) and now and then FHIR resources (NEWS2 scores,
+RiskAssessments). The store is the ward's working copy and the delivery buffer, not the health
+record (that is ``fhir.base_url``), so it keeps them for ``iomt.retention_hours`` and then
+deletes them; the SQLite file stops growing once its free pages are reused, at about
+``bytes per message x messages per hour x retention_hours``.
 
-Deleted are Observations of category ``vital-signs`` or ``survey`` (NEWS2) and RiskAssessments
-last written before the cutoff. Imaging results, alerts (Flag, DetectedIssue, Communication),
-patients, devices and anything not yet delivered through the outbox (it keeps its own copy) stay.
+Deleted are:
 
-Rows are visited in insertion (rowid) order, which is time order, a batch at a time: a pass stops
-at the first row younger than the cutoff, so it never scans the recent part of a large table, and
-it remembers the rowid it reached, so rows kept forever are read once per process.
+- vitals messages measured before the cutoff. Their key starts with the measurement time, so a
+  pass deletes from the start of the table, a batch at a time. A message that arrives later
+  than the retention window after it was measured goes at the next pass;
+- Observations of category ``vital-signs`` or ``survey`` (NEWS2) and RiskAssessments last
+  written before the cutoff. These rows are visited in insertion (rowid) order, which is time
+  order, a batch at a time: a pass stops at the first row younger than the cutoff, so it never
+  scans the recent part of a large table, and it remembers the rowid it reached, so rows kept
+  forever are read once per process.
+
+Imaging results, alerts (Flag, DetectedIssue, Communication), patients, devices and anything not
+yet delivered through the outbox (it keeps its own copy) stay.
 """
 from __future__ import annotations
 
@@ -42,9 +49,9 @@ class VitalsRetention(PeriodicWorker):
         self._reached = 0  # every row at or below this rowid was examined and kept
 
     def tick(self, now: float | None = None) -> int:
-        """One pass; returns how many resources were deleted."""
+        """One pass; returns how many resources and vitals messages were deleted."""
         cutoff = (time.time() if now is None else now) - self.retention_s
-        deleted = 0
+        deleted = self._vital_signs(cutoff)
         while True:
             rows = self.store.query(  # read outside the write lock: the bridge commits meanwhile
                 "SELECT rowid, updated_at, resource_type,"
@@ -66,6 +73,18 @@ class VitalsRetention(PeriodicWorker):
             if len(old) < len(rows) or len(rows) < BATCH_ROWS:  # reached rows younger than the cutoff
                 break
         if deleted:
-            log.info("retention: deleted %d vitals resources older than %.0f h", deleted,
-                     self.retention_s / 3600.0)
+            log.info("retention: deleted %d vitals messages and resources older than %.0f h",
+                     deleted, self.retention_s / 3600.0)
         return deleted
+
+    def _vital_signs(self, cutoff: float) -> int:
+        deleted, cutoff_us = 0, int(cutoff * 1e6)
+        while True:
+            with self.store.transaction(durable=False) as db:
+                count = db.execute(
+                    "DELETE FROM vital_signs WHERE (effective_us, subject, codes) IN"
+                    " (SELECT effective_us, subject, codes FROM vital_signs WHERE effective_us<?"
+                    " ORDER BY effective_us LIMIT ?)", (cutoff_us, BATCH_ROWS)).rowcount
+            deleted += count
+            if count < BATCH_ROWS:
+                return deleted

@@ -1,7 +1,8 @@
 """Where the bridge's FHIR resources go: the local store, or the FHIR server via the outbox.
 
-Without ``fhir.base_url`` resources are upserted into the store's ``fhir_resources`` table. With
-it they become transaction Bundles (at most ``bundle_max_entries`` resources each) written as
+Without ``fhir.base_url`` resources are upserted into the store's ``fhir_resources`` table and
+vitals messages into ``vital_signs`` (:mod:`iomt.vital_records`). With it the resources and the
+vitals messages' Observations become transaction Bundles (at most ``bundle_max_entries`` resources each) written as
 ``fhir`` outbox items in the same SQLite transaction as the rest of the batch, so an acknowledged
 MQTT message always has its delivery persisted.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from iomt import vital_records
 from serving.fhir_client import transaction_bundle
 
 FHIR_KIND = "fhir"  # outbox sender kind
@@ -48,15 +50,17 @@ class ResourceSink:
 
     def commit(self, resources: list[dict[str, Any]],
                dead_letters: list[tuple[str, str, bytes | None, str | None]] = (),
-               outbox_rows: list[tuple[str, str, str, str]] = (), beds: list[tuple] = ()) -> None:
-        """One transaction: resources (or their Bundles), dead letters, outbox items and the bed
-        census rows of the batch."""
+               outbox_rows: list[tuple[str, str, str, str]] = (), beds: list[tuple] = (),
+               vitals: list[tuple] = ()) -> None:
+        """One transaction: resources and vitals rows (or their Bundles), dead letters, outbox
+        items and the bed census rows of the batch."""
         outbox_rows = list(outbox_rows)
-        local = resources
-        if self.base_url is not None and resources:
-            outbox_rows += self.bundle_rows(resources)
-            local = []
-        self.store.commit_batch(local, list(dead_letters), outbox_rows, list(beds))
+        local, local_vitals = resources, vitals
+        if self.base_url is not None and (resources or vitals):
+            outbox_rows += self.bundle_rows(vital_records.observations(vitals) + list(resources))
+            local, local_vitals = [], []
+        self.store.commit_batch(local, list(dead_letters), outbox_rows, list(beds),
+                                list(local_vitals))
         if outbox_rows and self.outbox is not None:
             self.outbox.notify()
 

@@ -62,10 +62,12 @@ def commit(out: BatchOut, sink: ResourceSink, store, outbox=None) -> None:
     nothing is acknowledged that is not stored."""
     while True:
         try:
-            sink.commit(out.resources, out.dead_letters, out.outbox_rows, out.beds.values())
+            sink.commit(out.resources, out.dead_letters, out.outbox_rows, out.beds.values(),
+                        out.vitals)
             break
         except Exception:  # noqa: BLE001 - never ack what is not stored; keep trying
-            log.exception("committing a batch of %d resources failed; retrying", len(out.resources))
+            log.exception("committing a batch of %d resources and %d vitals messages failed; "
+                          "retrying", len(out.resources), len(out.vitals))
             time.sleep(COMMIT_RETRY_S)
     if out.replayed_ids:
         store.mark_replayed(out.replayed_ids)

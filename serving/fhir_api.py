@@ -5,6 +5,9 @@
 AuditEvent (admin only); ``GET /fhir/Patient/{id}``.  Each request that returns patient data is
 one audit row (a search is one row however many resources it returns).
 
+Observations include those of the stored vitals messages, built when read
+(:mod:`iomt.vital_records`).
+
 Patients: a stored Patient (from an admission message) is returned as stored.  A patient known
 only as the subject of stored resources (vitals carrying a patient identifier, no admission) is
 returned with its id, ``active`` unknown and a ``meta.tag`` saying so: no name, gender or birth
@@ -19,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from iomt import vital_records
 from serving.fhir_audit import audit_event
 from serving.fhir_capability import capability_statement
 from serving.fhir_search import PARAMETERS, SearchError, operation_outcome, parse_search, searchset, \
@@ -46,12 +50,22 @@ def metadata(request: Request) -> JSONResponse:
 
 
 def _stored(resource_type: str, subject: str | None) -> list[dict]:
+    return current().store().resources(resource_type, subject)
+
+
+def _read(resource_type: str, resource_id: str) -> dict | None:
     store = current().store()
-    sql, params = "SELECT body FROM fhir_resources WHERE resource_type=?", [resource_type]
-    if subject is not None:
-        sql += " AND subject=?"
-        params.append(subject)
-    return [json.loads(r["body"]) for r in store.query(sql, tuple(params))]
+    rows = store.query("SELECT body FROM fhir_resources WHERE resource_type=? AND id=?",
+                       (resource_type, resource_id))
+    if rows:
+        return json.loads(rows[0]["body"])
+    return vital_records.find(store, resource_id) if resource_type == "Observation" else None
+
+
+def _known_subject(ref: str) -> bool:
+    store = current().store()
+    return bool(store.query("SELECT 1 FROM fhir_resources WHERE subject=? LIMIT 1", (ref,))) \
+        or vital_records.has_subject(store, ref)
 
 
 def _audit_events(search) -> tuple[list[dict], int]:
@@ -71,9 +85,7 @@ async def read_patient(patient_id: str, request: Request) -> JSONResponse:
         patient = json.loads(rows[0]["body"])
     else:
         ref = f"Patient/{patient_id}"
-        known = await run_in_threadpool(ctx.store().query,
-                                        "SELECT 1 FROM fhir_resources WHERE subject=? LIMIT 1", (ref,))
-        if not known:
+        if not await run_in_threadpool(_known_subject, ref):
             ctx.record(request, "read", "not-found", resource_type="Patient", resource_id=patient_id)
             return _fhir(operation_outcome(f"Patient/{patient_id} is not known", "not-found"), 404)
         patient = {"resourceType": "Patient", "id": patient_id, "meta": {"tag": [REFERENCED_ONLY_TAG]}}
@@ -114,10 +126,7 @@ async def read(resource_type: str, resource_id: str, request: Request) -> JSONRe
         rows = ctx.audit().rows(since_seq=int(seq) - 1, limit=1) if seq.isdigit() else []
         resource = audit_event(rows[0]) if rows and str(rows[0]["seq"]) == seq else None
     else:
-        rows = await run_in_threadpool(ctx.store().query,
-                                       "SELECT body FROM fhir_resources WHERE resource_type=? AND id=?",
-                                       (resource_type, resource_id))
-        resource = json.loads(rows[0]["body"]) if rows else None
+        resource = await run_in_threadpool(_read, resource_type, resource_id)
     if resource is None:
         ctx.record(request, "read", "not-found", resource_type=resource_type, resource_id=resource_id)
         return _fhir(operation_outcome(f"{resource_type}/{resource_id} is not known", "not-found"), 404)

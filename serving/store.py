@@ -60,6 +60,17 @@ CREATE TABLE IF NOT EXISTS fhir_resources (
     PRIMARY KEY (resource_type, id)
 );
 CREATE INDEX IF NOT EXISTS fhir_resources_subject ON fhir_resources(resource_type, subject, updated_at);
+CREATE TABLE IF NOT EXISTS vital_signs (   -- one row per vitals message: iomt.vital_records
+    effective_us INTEGER NOT NULL,  -- measurement time, Unix microseconds
+    subject TEXT NOT NULL,          -- Patient reference
+    codes TEXT NOT NULL,            -- LOINC codes of the message, comma-separated
+    device TEXT,
+    effective TEXT NOT NULL,        -- ISO 8601 as sent
+    vitals TEXT NOT NULL,           -- JSON [[loinc, value, out_of_range], ...]
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (effective_us, subject, codes)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vital_signs_subject ON vital_signs(subject, effective_us);
 CREATE TABLE IF NOT EXISTS bed_census (
     ward TEXT NOT NULL,
     bed TEXT NOT NULL,
@@ -231,12 +242,19 @@ class Store:
             db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", rows)
 
     def resources(self, resource_type: str, subject: str | None = None) -> list[dict[str, Any]]:
+        """Stored resources of a type (of ``subject`` when given), oldest written first; for
+        Observation also those of the stored vitals messages (:mod:`iomt.vital_records`)."""
         sql = "SELECT body FROM fhir_resources WHERE resource_type=?"
         params: tuple = (resource_type,)
         if subject is not None:
             sql += " AND subject=?"
             params += (subject,)
-        return [json.loads(r["body"]) for r in self.query(sql + " ORDER BY updated_at", params)]
+        found = [json.loads(r["body"]) for r in self.query(sql + " ORDER BY updated_at", params)]
+        if resource_type == "Observation":
+            from iomt import vital_records  # the vitals bridge's row format, built on read
+
+            found += vital_records.observations(reversed(vital_records.select(self, subject)))
+        return found
 
     def add_dead_letter(self, source: str, reason: str, payload: bytes | None,
                         device: str | None = None) -> None:
@@ -249,16 +267,21 @@ class Store:
 
     def commit_batch(self, resources: list[dict[str, Any]],
                      dead_letters: list[tuple[str, str, bytes | None, str | None]],
-                     outbox_rows: list[tuple] = (), beds: list[tuple] = ()) -> None:
+                     outbox_rows: list[tuple] = (), beds: list[tuple] = (),
+                     vitals: list[tuple] = ()) -> None:
         """Resources, dead letters ``(source, reason, payload, device)``, outbox items
-        ``(key, kind, destination, payload_json[, correlation_id])`` and bed census rows
-        (:meth:`record_beds`) of one batch, in one transaction."""
+        ``(key, kind, destination, payload_json[, correlation_id])``, bed census rows
+        (:meth:`record_beds`) and vitals messages (:func:`iomt.vital_records.record`) of one
+        batch, in one transaction."""
         now = time.time()
         rows = [(r["resourceType"], r["id"], (r.get("subject") or {}).get("reference"),
                  _dumps(r), now) for r in resources]
         with self.transaction() as db:
             if rows:
                 db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", rows)
+            if vitals:
+                db.executemany("INSERT OR REPLACE INTO vital_signs VALUES (?,?,?,?,?,?,?)",
+                               [(*v, now) for v in vitals])
             if dead_letters:
                 db.executemany(
                     "INSERT INTO dead_letters(source, reason, payload, device, created_at)"

@@ -16,20 +16,22 @@ import asyncio
 import json
 import re
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from iomt import codes
+from iomt import codes, vital_records
 from serving.web_context import current
 
 POINTS = 30
 WINDOW_S = 3600.0
 POLL_S = 1.5
 KEEPALIVE_S = 15.0
-MAX_OBSERVATIONS = 1500  # per patient and board refresh
+MAX_OBSERVATIONS = 1500  # whole resources (NEWS2, ECG) per patient and board refresh
+MAX_MESSAGES = 500  # vitals messages per patient and board refresh (iomt.vital_records)
 VITALS = {codes.HEART_RATE: "hr", codes.RESPIRATORY_RATE: "rr", codes.OXYGEN_SATURATION: "spo2",
           codes.BODY_TEMPERATURE: "temp"}
 _BAND = re.compile(r"(low-medium|low|medium|high)")
@@ -73,6 +75,8 @@ def _tile(store, patient_ref: str, since: float) -> dict[str, Any]:
     observations = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='Observation'"
                            " AND subject=? AND updated_at>? ORDER BY updated_at DESC LIMIT ?",
                            (patient_ref, since, MAX_OBSERVATIONS))
+    observations += vital_records.observations(vital_records.select(
+        store, patient_ref, datetime.fromtimestamp(since, timezone.utc), MAX_MESSAGES))
     observations.sort(key=lambda o: o.get("effectiveDateTime") or "")
     series, news2 = _series(observations)
     risk = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='RiskAssessment'"
@@ -97,8 +101,9 @@ def ward_board(store, now: float | None = None, window_s: float = WINDOW_S) -> d
                                          " ORDER BY ward, bed", (since,))]
     placed = {b["patient_ref"] for b in beds}
     loose = [r["subject"] for r in store.query(
-        "SELECT DISTINCT subject FROM fhir_resources WHERE resource_type='Observation'"
-        " AND updated_at>? AND subject IS NOT NULL", (since,)) if r["subject"] not in placed]
+        "SELECT subject FROM fhir_resources WHERE resource_type='Observation'"
+        " AND updated_at>? AND subject IS NOT NULL UNION SELECT subject FROM vital_signs"
+        " WHERE effective_us>?", (since, int(since * 1e6))) if r["subject"] not in placed]
     tiles = []
     for bed in beds:
         tiles.append({"ward": bed["ward"], "bed": bed["bed"], "site": bed["site"], "device": bed["device"],

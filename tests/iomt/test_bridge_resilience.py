@@ -6,6 +6,7 @@ import json
 import paho.mqtt.client as mqtt
 import pytest
 
+from iomt import codes, vital_records
 from iomt.bridge import VitalsBridge
 from iomt.identity import AdtEvent
 from iomt.mqtt_client import MqttOptions
@@ -52,9 +53,7 @@ def _t0():
 
 
 def heart_rates(store: Store) -> int:
-    rows = store.query("SELECT count(*) AS n FROM fhir_resources WHERE resource_type='Observation'"
-                       " AND body LIKE '%8867-4%' AND body NOT LIKE '%1104051000000101%'")
-    return rows[0]["n"]
+    return vital_records.count(store, codes.HEART_RATE)
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])

@@ -1,8 +1,12 @@
-"""The local store keeps the bridge's vitals resources for ``iomt.retention_hours``, and only those."""
+"""The local store keeps the bridge's vitals messages and resources for ``iomt.retention_hours``, and only those."""
 from __future__ import annotations
 
 import time
 
+import orjson
+
+from iomt import codes, vital_records
+from iomt.compact import decode
 from iomt.retention import VitalsRetention
 from serving.store import Store
 
@@ -57,5 +61,22 @@ def test_a_large_backlog_goes_in_batches(tmp_path, monkeypatch):
         _put(store, [_observation(f"new-{i}", "vital-signs") for i in range(5)], now)
         assert VitalsRetention(store, retention_hours=72).tick(now) == 50
         assert _ids(store) == {"cxr", *(f"new-{i}" for i in range(5))}
+    finally:
+        store.close()
+
+
+def test_vitals_messages_go_by_measurement_time_in_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr("iomt.retention.BATCH_ROWS", 7)
+    store = Store(tmp_path / "db.sqlite3")
+    now = time.time()
+    try:
+        rows = []
+        for k, age_h in enumerate([100] * 20 + [72.5] + [71.5] * 3):
+            msg = decode(orjson.dumps({"d": "dev1", "t": int((now - age_h * 3600) * 1000) + k,
+                                       "v": [[147842, 60]]}))
+            rows.append(vital_records.record(msg, "Patient/p1", "dev1", msg.time.isoformat()))
+        store.commit_batch([], [], vitals=rows)
+        assert VitalsRetention(store, retention_hours=72).tick(now) == 21
+        assert vital_records.count(store, codes.HEART_RATE) == 3
     finally:
         store.close()

@@ -39,6 +39,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from dicom_gateway.testdata import make_dx_dataset
+from iomt import vital_records
 from peers import (FhirRecorder, broker, find_peer, free_port, start_storescp, stop_process, storescu,
                    wait_until)
 from serving.process import ServerProcess
@@ -235,6 +236,7 @@ def heart_rates(resources: list[dict]) -> dict[tuple[str, datetime], set[str]]:
 def persisted_resources(store: Store) -> list[dict]:
     """Resources the server holds: the local store, and Bundles in its outbox (sent or not)."""
     resources = [json.loads(r["body"]) for r in store.query("SELECT body FROM fhir_resources")]
+    resources += vital_records.observations(vital_records.select(store))
     for row in store.query("SELECT payload FROM outbox WHERE kind='fhir'"):
         resources += [e["resource"] for e in json.loads(row["payload"]).get("entry", [])]
     return resources

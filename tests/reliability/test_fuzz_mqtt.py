@@ -44,7 +44,7 @@ def _client(port: int, client_id: str) -> mqtt.Client:
 
 
 def _observations(store: Store) -> int:
-    return store.query("SELECT count(*) AS n FROM fhir_resources WHERE resource_type='Observation'")[0]["n"]
+    return len(store.resources("Observation"))
 
 
 def _good(k: int) -> bytes:

@@ -5,10 +5,13 @@ import sqlite3
 import subprocess
 import sys
 
+import orjson
 import pytest
 import requests
 import yaml
 
+from iomt import vital_records
+from iomt.compact import decode
 from serving.audit import AuditLog
 from serving.store import Store
 from web_app import TOKENS, WebApp, auth
@@ -43,6 +46,9 @@ def web(tmp_path_factory):
                    "subject": {"reference": "Patient/p1"}, "occurrenceDateTime": "2026-11-24T08:00:00+07:00",
                    "prediction": [{"probabilityDecimal": 0.8}]}]
     store.put_resources(resources)
+    vitals = decode(orjson.dumps({"d": "MON-9", "t": 1_795_000_000_000, "v": [[147842, 88], [150456, 96]]}))
+    store.commit_batch([], [], vitals=[vital_records.record(vitals, "Patient/p3", "MON-9",
+                                                            vitals.time.isoformat())])
     store.close()
     with WebApp(root) as app:
         yield {"url": app.url, "root": root}
@@ -123,6 +129,18 @@ def test_observation_search_code_date_and_paging(web):
     bad = get(web, "/fhir/Observation?date=yesterday")
     assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
     assert get(web, "/fhir/Observation?colour=red").status_code == 400
+
+
+def test_vitals_message_observations_are_searched_and_read_by_id(web):
+    bundle = get(web, f"/fhir/Observation?patient=p3&code={HR}").json()
+    assert bundle["total"] == 1
+    heart = bundle["entry"][0]["resource"]
+    assert heart["valueQuantity"]["value"] == 88 and heart["device"]["display"] == "MON-9"
+    assert get(web, "/fhir/Observation?patient=p3").json()["total"] == 2
+    assert get(web, f"/fhir/Observation/{heart['id']}").json() == heart
+    missing = heart["id"][:-1] + ("0" if heart["id"][-1] != "0" else "1")
+    assert get(web, f"/fhir/Observation/{missing}").status_code == 404
+    assert get(web, "/fhir/Patient/p3").json()["meta"]["tag"][0]["code"] == "referenced-only"
 
 
 def test_patient_read_never_invents_demographics(web):

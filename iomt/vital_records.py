@@ -1,0 +1,127 @@
+"""The stored form of a vitals message: one row, its FHIR vital-sign Observations built when read.
+
+A monitor's message of three vitals is three R4 Observations of about 1 KB each. Stored as
+such, they cost the bridge more than everything else it does with the message (serialising
+them, three rows and their index entries, the bytes through the WAL). So the store keeps each
+vitals message as one short row of table ``vital_signs`` (schema in :mod:`serving.store`) and
+builds the Observations when they are read (FHIR API, ward board) or sent to a FHIR server
+(:mod:`iomt.sink`):
+
+- ``effective_us``: the measurement time, Unix microseconds (UTC);
+- ``subject``: the Patient reference;
+- ``codes``: the message's LOINC codes in message order, comma-separated;
+- ``device``: the device identifier (the Observation's ``device.display``), or NULL;
+- ``effective``: the measurement time as sent (ISO 8601 with the sender's offset);
+- ``vitals``: JSON ``[[loinc, value, out_of_range], ...]``, values normalised to UCUM;
+- ``updated_at``: when the row was written (epoch seconds).
+
+The key is (``effective_us``, ``subject``, ``codes``): a message delivered again replaces its row,
+and two messages about one patient at one instant with other codes both stay. The
+Observations are built by :func:`iomt.observations.vital_observations` from the row, so they are
+the ones the message itself gives: the same deterministic ids (subject, code, instant), the same
+elements. When two rows give an Observation of the same id (one instant, overlapping codes),
+the one written last is returned, as an upsert of the resource would have kept it. An
+Observation id begins with its instant in Unix milliseconds (:mod:`iomt.observations`), so
+reading one by id is a look-up of that millisecond in the key.
+
+NEWS2 scores, ECG chunks, alerts and everything else stay whole resources in ``fhir_resources``.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+import orjson
+
+from iomt import codes
+from iomt.identity import device_reference
+from iomt.payload import Vital, VitalsMessage
+from iomt.observations import vital_observations
+
+COLUMNS = "effective_us, subject, codes, device, effective, vitals, updated_at"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UUID_HEX = frozenset("0123456789abcdef-")
+
+
+def unix_us(at: datetime) -> int:
+    """``at`` (aware) in Unix microseconds."""
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def record(msg: VitalsMessage, subject: str, device: str | None, effective: str) -> tuple:
+    """The row of ``msg`` about ``subject`` (a Patient reference) from ``device``, without
+    ``updated_at``; ``effective`` is ``msg.time.isoformat()``."""
+    latest = msg.latest()
+    vitals = orjson.dumps([(v.loinc, v.value, v.out_of_range) for v in latest.values()])
+    return (unix_us(msg.time), subject, ",".join(latest), device, effective,
+            vitals.decode("ascii"))
+
+
+def _vital(loinc: str, value: float, out_of_range: bool) -> Vital:
+    unit = codes.VITAL_SIGNS[loinc].ucum
+    return Vital(loinc=loinc, value=value, unit=unit, out_of_range=out_of_range,
+                 source_code=loinc, source_system=codes.LOINC_SYSTEM, source_value=value,
+                 source_unit=unit)
+
+
+def message_of(row: Sequence) -> VitalsMessage:
+    """The message a row keeps: normalised vitals, time, device (the patient is ``row[1]``)."""
+    effective, device = row[4], row[3]
+    vitals = tuple(_vital(*item) for item in orjson.loads(row[5]))
+    return VitalsMessage.checked(patient_id=None, patient_system=None,
+                                 time=datetime.fromisoformat(effective), vitals=vitals,
+                                 device=device)
+
+
+def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
+    """The vital-sign Observations of ``rows`` (in their order; of two with one id, the later
+    row's, or the one with the greater ``updated_at`` when the rows carry it)."""
+    built: dict[str, tuple[float, dict[str, Any]]] = {}
+    for n, row in enumerate(rows):
+        rank = row[6] if len(row) > 6 else n
+        device = row[3]
+        for resource in vital_observations(message_of(row), row[1],
+                                           device_reference(device) if device else None,
+                                           effective=row[4]):
+            kept = built.get(resource["id"])
+            if kept is None or rank >= kept[0]:
+                built[resource["id"]] = (rank, resource)
+    return [resource for _, resource in built.values()]
+
+
+def select(store, subject: str | None = None, since: datetime | None = None,
+           limit: int | None = None) -> list[Any]:
+    """Rows of ``subject`` (all when None) measured after ``since``, newest first."""
+    sql, params = f"SELECT {COLUMNS} FROM vital_signs WHERE 1", []
+    if subject is not None:
+        sql += " AND subject=?"
+        params.append(subject)
+    if since is not None:
+        sql += " AND effective_us>?"
+        params.append(unix_us(since))
+    sql += " ORDER BY effective_us DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return store.query(sql, tuple(params))
+
+
+def find(store, observation_id: str) -> dict[str, Any] | None:
+    """The vital-sign Observation of that id, or None."""
+    if len(observation_id) != 36 or not _UUID_HEX.issuperset(observation_id):
+        return None
+    millis = int(observation_id[:8] + observation_id[9:13], 16)
+    rows = store.query(f"SELECT {COLUMNS} FROM vital_signs WHERE effective_us BETWEEN ? AND ?",
+                       (millis * 1000, millis * 1000 + 999))
+    return next((r for r in observations(rows) if r["id"] == observation_id), None)
+
+
+def has_subject(store, subject: str) -> bool:
+    return bool(store.query("SELECT 1 FROM vital_signs WHERE subject=? LIMIT 1", (subject,)))
+
+
+def count(store, loinc: str) -> int:
+    """Stored vitals messages with a reading of ``loinc`` (each gives one such Observation)."""
+    return store.query("SELECT count(*) AS n FROM vital_signs WHERE instr(',' || codes || ',', ?)",
+                       (f",{loinc},",))[0]["n"]
