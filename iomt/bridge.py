@@ -141,6 +141,7 @@ class VitalsBridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_messages = self._on_messages
         self.connected = threading.Event()
         self.processed = 0
         self.batches = 0
@@ -219,22 +220,35 @@ class VitalsBridge:
             topic = message.topic
         except UnicodeDecodeError:  # paho's MQTTMessage; a broker should have refused it
             topic = bytes(getattr(message, "_topic", b"")).decode("utf-8", "replace")
-        if self.topics.is_adt(topic):
-            targets = range(len(self.workers))  # every worker's registry follows the ADT feed
-        else:
-            route = self._routes.get(topic)
-            if route is None:
-                if len(self._routes) >= ROUTE_CACHE_SIZE:
-                    self._routes.clear()
-                route = self._routes[topic] = self.topics.partition(topic, len(self.workers))
-            targets = (route,)
-        received = Received(message.mid, message.qos, topic, message.payload, len(targets))
+        self._queue([(message, topic)])
+
+    def _on_messages(self, client, userdata, messages) -> None:
+        """The whole PUBLISH packets of one socket read (:class:`iomt.mqtt_client.BridgeClient`)."""
+        self._queue([(message, message.topic) for message in messages])
+
+    def _queue(self, messages: list) -> None:
+        """Route to the workers, in arrival order; waits while the ledger is full (a read's
+        messages go in together, so it may exceed ``queue_size`` by one read)."""
+        workers, routes, queued = len(self.workers), self._routes, []
+        for message, topic in messages:
+            if self.topics.is_adt(topic):
+                targets = range(workers)  # every worker's registry follows the ADT feed
+            else:
+                route = routes.get(topic)
+                if route is None:
+                    if len(routes) >= ROUTE_CACHE_SIZE:
+                        routes.clear()
+                    route = routes[topic] = self.topics.partition(topic, workers)
+                targets = (route,)
+            queued.append((Received(message.mid, message.qos, topic, message.payload,
+                                    len(targets)), targets))
         with self._cond:
             while len(self._ledger) >= self.queue_size and not self._stopping:
                 self._cond.wait()  # back-pressure: the broker keeps what is not read
-            self._ledger.append(received)
-            for target in targets:
-                self._pending[target].append(received)
+            for received, targets in queued:
+                self._ledger.append(received)
+                for target in targets:
+                    self._pending[target].append(received)
             self._cond.notify_all()
 
     # -- feeders: one thread per worker --------------------------------------------------------

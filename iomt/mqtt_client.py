@@ -14,8 +14,8 @@
 stock paho reads a packet with three ``recv`` calls and one ``select``, builds an
 ``MQTTMessage`` (with a ``Condition``) and matches topic callbacks per message, and sends each
 PUBACK as its own packet. The subclass reads the socket 64 KiB at a time, handles every buffered
-packet per read event, decodes QoS 0/1 PUBLISH packets into a slotted :class:`Message`, and
-writes the PUBACKs of a committed batch in one packet (:meth:`BridgeClient.ack_many`). It relies
+packet per read event, decodes QoS 0/1 PUBLISH packets into a slotted :class:`Message`, hands all of a read's to ``on_messages`` at once
+when that is set, and writes the PUBACKs of a committed batch in one packet (:meth:`BridgeClient.ack_many`). It relies
 on paho-mqtt 2.1/2.2 internals (``_sock_recv``, ``_packet_read``, ``_in_packet``,
 ``_packet_queue``); with any other paho version it behaves exactly as stock paho.
 """
@@ -91,6 +91,9 @@ class BridgeClient(mqtt.Client):
         self._rsock = None  # the socket _rbuf was read from
         self._rbuf, self._rpos, self._rbudget = b"", 0, 0
         self._filtered = False
+        #: ``on_messages(client, userdata, messages)``: when set, each read's whole QoS 0/1
+        #: PUBLISH packets come as one list (lean path); the others still go to ``on_message``.
+        self.on_messages = None
 
     def message_callback_add(self, sub, callback) -> None:
         self._filtered = True  # topic callbacks: stock dispatch
@@ -111,19 +114,76 @@ class BridgeClient(mqtt.Client):
     def _sock_recv(self, bufsize: int) -> bytes:
         if not self.lean:
             return super()._sock_recv(bufsize)
-        if self._rpos < len(self._rbuf) and self._rsock is self._sock:
-            start = self._rpos
-            self._rpos = start + bufsize
-            return self._rbuf[start:self._rpos]
-        if self._rbudget <= 0:
-            raise BlockingIOError()  # still readable: the next select() returns at once
-        self._rbudget -= 1
-        data = super()._sock_recv(RECV_BYTES)
-        if len(data) <= bufsize:
-            self._rbuf = b""
-            return data
-        self._rsock, self._rbuf, self._rpos = self._sock, data, bufsize
-        return data[:bufsize]
+        while True:
+            if self._rpos < len(self._rbuf) and self._rsock is self._sock:
+                if bufsize == 1 and self._in_packet["command"] == 0 and self._bulk():
+                    self._rpos = self._deliver(self._rbuf, self._rpos)  # whole PUBLISH packets
+                    if self._rpos >= len(self._rbuf):
+                        continue
+                start = self._rpos
+                self._rpos = start + bufsize
+                return self._rbuf[start:self._rpos]
+            if self._rbudget <= 0:
+                raise BlockingIOError()  # still readable: the next select() returns at once
+            self._rbudget -= 1
+            data = super()._sock_recv(RECV_BYTES)
+            if not data:
+                return data  # connection closed: paho's handling
+            self._rsock, self._rbuf, self._rpos = self._sock, data, 0
+
+    def _bulk(self) -> bool:
+        return self.on_messages is not None and not self._filtered
+
+    def _deliver(self, buf: bytes, pos: int) -> int:
+        """Hand every whole QoS 0/1 PUBLISH packet from ``buf[pos:]`` to ``on_messages`` at
+        once; returns where the first other packet (or an incomplete one) starts, for paho."""
+        messages: list[Message] = []
+        end_of_buf, v5 = len(buf), self._protocol == mqtt.MQTTv5
+        while pos + 2 <= end_of_buf:
+            header = buf[pos]
+            if header & 0xF0 != 0x30 or header & 0x06 == 0x06:
+                break  # not a PUBLISH, or QoS 2 (or the reserved QoS 3): paho
+            i, shift, length = pos + 1, 0, 0
+            while i < end_of_buf and i <= pos + 4:  # remaining length: 1-4 bytes (2.2.3)
+                byte = buf[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            else:
+                break  # incomplete or malformed: paho reads it, and reports a bad one
+            end = i + length
+            if end > end_of_buf or length < 2:
+                break
+            topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+            qos = (header & 0x06) >> 1
+            body = topic_end + (2 if qos else 0) + (1 if v5 else 0)
+            if topic_end == i + 2 or body > end or (v5 and buf[body - 1] != 0):
+                break  # empty topic, a short packet or MQTT 5 properties: paho
+            try:
+                topic = buf[i + 2:topic_end].decode("utf-8")
+            except UnicodeDecodeError:
+                break
+            mid = (buf[topic_end] << 8) | buf[topic_end + 1] if qos else 0
+            messages.append(Message(mid, qos, topic, buf[body:end], bool(header & 0x08),
+                                    bool(header & 0x01)))
+            pos = end
+        if messages:
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+            with self._in_callback_mutex:
+                try:
+                    self.on_messages(self, self._userdata, messages)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_messages: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+            if not self._manual_ack:
+                for message in messages:
+                    if message.qos == 1:
+                        self._send_puback(message.mid)
+        return pos
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         if not self.lean:

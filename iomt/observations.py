@@ -18,9 +18,10 @@ third less CPU and half the time at 300,000 rows, the gap growing with the table
 used UUID 5 over the same name: resources stored then keep their ids, and a message delivered
 again across the upgrade is stored once more under its new id.
 
-The builders run once per message on the bridge's hot path: the parts that depend only on the code
-(``meta``, ``category``, ``code``) are built once and shared by every resource, so callers treat
-the returned dicts as read-only (they are serialised, never edited). Conformance is checked with
+The builders run on the bridge's hot path: the parts of a vital sign that depend only on the code
+(``meta``, ``category``, ``code``) and the parts of a NEWS2 score that depend only on the score
+are built once and shared by every resource, so callers treat the returned dicts as read-only
+(they are serialised, never edited). Conformance is checked with
 ``fhir.resources`` in the tests, not per message.
 """
 from __future__ import annotations
@@ -294,6 +295,41 @@ def _subscore_component(result: News2Result, parameter: str) -> dict[str, Any]:
     return component
 
 
+_NEWS2_PARTS: dict[tuple, dict[str, Any]] = {}
+_NEWS2_PARTS_MAX = 4096  # distinct scores (total, band, completeness, sub-scores, scale) kept
+
+
+def _news2_parts(result: News2Result) -> dict[str, Any]:
+    """The elements of a NEWS2 Observation that depend only on the score (shared, read-only)."""
+    key = (result.total, result.band, result.complete, result.missing,
+           tuple(result.scores.items()), result.spo2_scale)
+    parts = _NEWS2_PARTS.get(key)
+    if parts is not None:
+        return parts
+    band = result.band.value
+    qualifier = "" if result.complete else "at least "
+    note = f"NEWS2 {result.total}, clinical risk {band} (SpO2 scale {result.spo2_scale})."
+    if not result.complete:
+        missing = ", ".join(NEWS2_PARAMETER_LABELS[name] for name in result.missing)
+        note += (f" Incomplete, not scored: {missing}. The total and the risk band are lower "
+                 f"bounds.")
+    parts = {
+        "status": "final" if result.complete else "preliminary",
+        "category": [_concept(codes.OBSERVATION_CATEGORY_SYSTEM, codes.SURVEY_CATEGORY,
+                              codes.SURVEY_CATEGORY_DISPLAY)],
+        "code": _concept(codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE,
+                         codes.NEWS2_TOTAL_SCORE_DISPLAY, "NEWS2 total score"),
+        "valueInteger": result.total,
+        "interpretation": [{"text": f"NEWS2 clinical risk: {qualifier}{band}"}],
+        "note": [{"text": note}],
+        "component": [_subscore_component(result, name) for name in news2.PARAMETERS],
+    }
+    if len(_NEWS2_PARTS) >= _NEWS2_PARTS_MAX:
+        _NEWS2_PARTS.clear()
+    _NEWS2_PARTS[key] = parts
+    return parts
+
+
 def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
                       measured: Mapping[str, datetime] | None = None) -> dict[str, Any]:
     """The NEWS2 total score Observation for ``msg``.
@@ -302,32 +338,29 @@ def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
     interpretation name the risk band and any missing parameters. ``measured`` (LOINC code ->
     measurement time, see :class:`iomt.state.Snapshot`) points ``derivedFrom`` at the vital-sign
     Observations the score used when they came from earlier messages; by default all are
-    taken from ``msg``.
+    taken from ``msg``. The elements that depend only on the score are shared between the
+    Observations of equal scores (see the module docstring).
     """
     if not isinstance(result, News2Result):
         raise TypeError(f"result must be a News2Result, {type(result).__name__} is given.")
     if not isinstance(msg, VitalsMessage):
         raise TypeError(f"msg must be a VitalsMessage, {type(msg).__name__} is given.")
     _check_ref("patient_ref", patient_ref)
-    obs_id = observation_id(patient_ref, codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE, msg.time)
-    resource = _base(msg, obs_id, patient_ref, None)
-    resource["status"] = "final" if result.complete else "preliminary"
-    resource["category"] = [_concept(codes.OBSERVATION_CATEGORY_SYSTEM, codes.SURVEY_CATEGORY,
-                                     codes.SURVEY_CATEGORY_DISPLAY)]
-    resource["code"] = _concept(codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE,
-                                codes.NEWS2_TOTAL_SCORE_DISPLAY, "NEWS2 total score")
-    resource["valueInteger"] = result.total
-
-    band = result.band.value
-    qualifier = "" if result.complete else "at least "
-    resource["interpretation"] = [{"text": f"NEWS2 clinical risk: {qualifier}{band}"}]
-    note = f"NEWS2 {result.total}, clinical risk {band} (SpO2 scale {result.spo2_scale})."
-    if not result.complete:
-        missing = ", ".join(NEWS2_PARAMETER_LABELS[name] for name in result.missing)
-        note += (f" Incomplete, not scored: {missing}. The total and the risk band are lower "
-                 f"bounds.")
-    resource["note"] = [{"text": note}]
-    resource["component"] = [_subscore_component(result, name) for name in news2.PARAMETERS]
+    if msg.time.tzinfo is None or msg.time.utcoffset() is None:
+        raise ValueError(f"effective must carry a UTC offset, {msg.time.isoformat()} is given.")
+    stamps = {msg.time: id_time(msg.time)}  # one stamp per distinct measurement time
+    obs_id = _observation_id(patient_ref, codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE,
+                             *stamps[msg.time])
+    parts = _news2_parts(result)
+    resource: dict[str, Any] = {
+        "resourceType": "Observation", "id": obs_id,
+        "identifier": [{"system": URI_SYSTEM, "value": f"urn:uuid:{obs_id}"}],
+        "status": parts["status"], "subject": {"reference": patient_ref},
+        "effectiveDateTime": msg.time.isoformat(),
+        "category": parts["category"], "code": parts["code"],
+        "valueInteger": parts["valueInteger"], "interpretation": parts["interpretation"],
+        "note": parts["note"], "component": parts["component"],
+    }
 
     if measured is None:
         measured = {loinc: msg.time for loinc in msg.latest()}
@@ -335,9 +368,18 @@ def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
         measured = {k: v for k, v in measured.items() if k in codes.VITAL_SIGNS}
     if codes.SYSTOLIC_BP in measured:  # NEWS2 uses the systolic component of the panel
         measured = {**measured, codes.BLOOD_PRESSURE_PANEL: measured[codes.SYSTOLIC_BP]}
-    source_ids = [observation_id(patient_ref, codes.LOINC_SYSTEM, code, measured[code])
-                  for code in NEWS2_SOURCE_CODES if code in measured]
-    derived = [{"reference": f"Observation/{source_id}"} for source_id in source_ids]
+    derived = []
+    for code in NEWS2_SOURCE_CODES:
+        at = measured.get(code)
+        if at is None:
+            continue
+        stamp = stamps.get(at)
+        if stamp is None:
+            if at.tzinfo is None or at.utcoffset() is None:
+                raise ValueError(f"effective must carry a UTC offset, {at.isoformat()} is given.")
+            stamp = stamps[at] = id_time(at)
+        derived.append({"reference": "Observation/"
+                        + _observation_id(patient_ref, codes.LOINC_SYSTEM, code, *stamp)})
     if derived:
         resource["derivedFrom"] = derived
     return resource

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from iomt.alerts import AlertPolicy, alert_message, flag_resource
@@ -42,6 +42,7 @@ log = logging.getLogger("medgate.iomt")
 UNKNOWN_DEVICE = "unknown device"  # dead-letter reason of a parked message
 REF_CACHE_SIZE = 100_000  # patient and device references remembered per pipeline
 MQTT_KIND = "mqtt"  # outbox sender kind for alerts
+CENSUS_REFRESH = timedelta(seconds=30)  # a bed's census row is rewritten at least this often
 
 
 @dataclass
@@ -85,6 +86,7 @@ class VitalsPipeline:
         self._news2_written: dict[str, tuple[datetime, tuple, Any]] = {}
         self._patient_refs: dict[tuple[str, str | None], str] = {}
         self._device_refs: dict[str, str] = {}
+        self._beds: dict[tuple[str, str], tuple[str, str | None, datetime]] = {}  # census: due
 
     def run(self, messages: list[tuple[str, bytes]]) -> BatchOut:
         out = BatchOut()
@@ -119,8 +121,7 @@ class VitalsPipeline:
         patient_ref = self._patient_ref(patient_id, patient_system)
         effective = msg.time.isoformat()
         if location.ward and location.bed:  # the bed census of the dashboard's ward board
-            out.beds[(location.ward, location.bed)] = (location.ward, location.bed, location.site,
-                                                       patient_ref, device, effective)
+            self._census(out, location, patient_ref, device, msg.time, effective)
         if isinstance(msg, EcgChunk):
             out.resources.append(ecg_observation(msg, patient_ref,
                                                  self._device_ref(device) if device else None))
@@ -158,6 +159,20 @@ class VitalsPipeline:
         out.alerts += 1
         log.info("NEWS2 %s (%d) for %s at %s/%s: %s alert queued", result.band.value, result.total,
                  patient_id, location.ward, location.bed, decision.reason)
+
+    def _census(self, out: BatchOut, location, patient_ref: str, device: str | None,
+                at: datetime, effective: str) -> None:
+        """Rewrite the bed's census row when its patient or device changes, or when
+        ``CENSUS_REFRESH`` of measurement time has passed since it was written: one row a
+        message would be most of the bridge's writes to the database."""
+        bed = (location.ward, location.bed)
+        held = self._beds.get(bed)
+        if held is not None and held[0] == patient_ref and held[1] == device and at < held[2]:
+            return
+        if held is None and len(self._beds) >= REF_CACHE_SIZE:
+            self._beds.clear()
+        self._beds[bed] = (patient_ref, device, at + CENSUS_REFRESH)
+        out.beds[bed] = (location.ward, location.bed, location.site, patient_ref, device, effective)
 
     def _patient_ref(self, patient_id: str, system: str | None) -> str:
         ref = self._patient_refs.get((patient_id, system))

@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS bed_census (
     site TEXT,
     patient_ref TEXT NOT NULL,     -- who the latest vitals from this bed were for
     device TEXT,
-    seen_at TEXT NOT NULL,         -- ISO 8601 time of that message
+    seen_at TEXT NOT NULL,         -- ISO 8601 time of a message from it (30 s at most before the latest)
     updated_at REAL NOT NULL,
     PRIMARY KEY (ward, bed)
 );

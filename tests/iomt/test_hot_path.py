@@ -94,3 +94,35 @@ def test_ids_are_time_ordered_version_8_uuids():
         assert parsed.version == 8 and parsed.variant == uuid.RFC_4122
         assert int(parsed.hex[:12], 16) == round(at.timestamp() * 1000)  # unix_ts_ms first
     assert ids == sorted(ids)  # one patient's readings sort by time: the index grows at its end
+
+
+def test_bed_census_is_written_on_change_and_refreshed(tmp_path):
+    from iomt.alerts import AlertPolicy
+    from iomt.bridge import DEFAULT_SYSTEMS
+    from iomt.identity import AdtEvent, DeviceRegistry
+    from iomt.pipeline import CENSUS_REFRESH, VitalsPipeline
+    from iomt.topics import Topics
+    from serving.store import Store
+
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        registry = DeviceRegistry(store, DEFAULT_SYSTEMS)
+        since = datetime(2020, 1, 1, tzinfo=timezone.utc)
+        registry.apply(AdtEvent("admit", "MON-1", since, patient_id="P1"))
+        registry.apply(AdtEvent("admit", "MON-2", since, patient_id="P2"))
+        pipeline = VitalsPipeline(Topics("medgate"), store, registry, states=StateTable(),
+                                  alerts=AlertPolicy())
+        refresh_ms = int(CENSUS_REFRESH.total_seconds() * 1000)
+
+        def census(device: str, t_ms: int) -> list:
+            payload = orjson.dumps({"d": device, "t": t_ms, "v": [[147842, 72]]})
+            return list(pipeline.run([("medgate/h1/w1/b1/x/vitals", payload)]).beds.values())
+
+        assert [row[3:5] for row in census("MON-1", T0_MS)] == [("Patient/P1", "MON-1")]
+        assert census("MON-1", T0_MS + 1000) == []  # unchanged, written 1 s ago
+        assert census("MON-1", T0_MS - 5000) == []  # a late message never rewrites it
+        [row] = census("MON-1", T0_MS + refresh_ms)  # refreshed
+        assert row[5] == datetime.fromtimestamp((T0_MS + refresh_ms) / 1000, timezone.utc).isoformat()
+        assert [row[3:5] for row in census("MON-2", T0_MS + refresh_ms + 1)] == [("Patient/P2", "MON-2")]
+    finally:
+        store.close()

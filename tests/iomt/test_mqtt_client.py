@@ -1,5 +1,6 @@
-"""BridgeClient against a real Mosquitto: the lean receive path hands on_message what stock paho
-would, in order, and PUBACKs written by ack_many are the only ones the broker sees."""
+"""BridgeClient against a real Mosquitto: the lean receive path hands on_message (or a read at a
+time to on_messages) what stock paho would, in order, and PUBACKs written by ack_many are the
+only ones the broker sees."""
 from __future__ import annotations
 
 import threading
@@ -22,7 +23,8 @@ def payloads() -> list[tuple[str, bytes]]:
     return out
 
 
-def subscriber(port: int, client_id: str, protocol: str, received: list) -> BridgeClient:
+def subscriber(port: int, client_id: str, protocol: str, received: list,
+               bulk: bool = False) -> BridgeClient:
     client = make_client(client_id, MqttOptions(protocol=protocol, reconnect_min_s=0.2,
                                                 reconnect_max_s=1))
     ready = threading.Event()
@@ -33,6 +35,8 @@ def subscriber(port: int, client_id: str, protocol: str, received: list) -> Brid
 
     client.on_connect = on_connect
     client.on_message = lambda c, userdata, message: received.append(message)
+    if bulk:
+        client.on_messages = lambda c, userdata, messages: received.extend(messages)
     connect_async(client, "127.0.0.1", port, MqttOptions(protocol=protocol))
     client.loop_start()
     assert ready.wait(10)
@@ -50,13 +54,13 @@ def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
     pub.disconnect()
 
 
-@pytest.mark.parametrize("lean", [True, False])
+@pytest.mark.parametrize("lean, bulk", [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
-def test_messages_arrive_whole_and_in_order(tmp_path, monkeypatch, protocol, lean):
+def test_messages_arrive_whole_and_in_order(tmp_path, monkeypatch, protocol, lean, bulk):
     monkeypatch.setattr(BridgeClient, "lean", lean)
     mosq = broker(tmp_path, "allow_anonymous true", "persistence false")
     received: list = []
-    client = subscriber(mosq.port, f"lean-{protocol}-{lean}", protocol, received)
+    client = subscriber(mosq.port, f"lean-{protocol}-{lean}-{bulk}", protocol, received, bulk)
     sent = payloads()
     try:
         publish_all(mosq.port, sent)
@@ -72,13 +76,13 @@ def test_messages_arrive_whole_and_in_order(tmp_path, monkeypatch, protocol, lea
         assert all(isinstance(m, Message) for m in received)
 
 
-@pytest.mark.parametrize("lean", [True, False])
-def test_only_acknowledged_messages_are_not_delivered_again(tmp_path, monkeypatch, lean):
+@pytest.mark.parametrize("lean, bulk", [(True, True), (True, False), (False, False)])
+def test_only_acknowledged_messages_are_not_delivered_again(tmp_path, monkeypatch, lean, bulk):
     monkeypatch.setattr(BridgeClient, "lean", lean)
     mosq = broker(tmp_path, "allow_anonymous true", "persistence false")
     sent = [(TOPIC.format(1, 1), str(k).encode()) for k in range(200)]
     first: list = []
-    client = subscriber(mosq.port, "ack-many", "5", first)
+    client = subscriber(mosq.port, "ack-many", "5", first, bulk)
     try:
         publish_all(mosq.port, sent)
         wait_until(lambda: len(first) >= len(sent), timeout_s=30)
@@ -87,7 +91,7 @@ def test_only_acknowledged_messages_are_not_delivered_again(tmp_path, monkeypatc
         client.disconnect()
         client.loop_stop()
         again: list = []
-        client = subscriber(mosq.port, "ack-many", "5", again)  # same session: the rest comes back
+        client = subscriber(mosq.port, "ack-many", "5", again, bulk)  # same session: the rest again
         wait_until(lambda: len(again) >= 80, timeout_s=30)
         client.ack_many([m.mid for m in again])
     finally:
@@ -104,7 +108,7 @@ def test_publish_properties_go_through_paho(tmp_path):
 
     mosq = broker(tmp_path, "allow_anonymous true", "persistence false")
     received: list = []
-    client = subscriber(mosq.port, "props", "5", received)
+    client = subscriber(mosq.port, "props", "5", received, bulk=True)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="props-pub", protocol=mqtt.MQTTv5)
     pub.connect("127.0.0.1", mosq.port)
     pub.loop_start()
