@@ -119,15 +119,14 @@ class VitalsPipeline:
             patient_id, patient_system = assoc.patient_id, assoc.patient_system
             scale = max(scale, assoc.spo2_scale)  # scale 2 when the ADT or the payload says so
         patient_ref = self._patient_ref(patient_id, patient_system)
-        effective = msg.time.isoformat()
         if location.ward and location.bed:  # the bed census of the dashboard's ward board
-            self._census(out, location, patient_ref, device, msg.time, effective)
+            self._census(out, location, patient_ref, device, msg.time)
         if isinstance(msg, EcgChunk):
             out.resources.append(ecg_observation(msg, patient_ref,
                                                  self._device_ref(device) if device else None))
             out.processed += 1
             return
-        out.vitals.append(vital_records.record(msg, patient_ref, device, effective))
+        out.vitals.append(vital_records.record(msg, patient_ref, device))
         out.processed += 1
         if self.risk is not None:
             self.risk.add(patient_ref, msg.time.timestamp(),
@@ -161,7 +160,7 @@ class VitalsPipeline:
                  patient_id, location.ward, location.bed, decision.reason)
 
     def _census(self, out: BatchOut, location, patient_ref: str, device: str | None,
-                at: datetime, effective: str) -> None:
+                at: datetime) -> None:
         """Rewrite the bed's census row when its patient or device changes, or when
         ``CENSUS_REFRESH`` of measurement time has passed since it was written: one row a
         message would be most of the bridge's writes to the database."""
@@ -172,7 +171,8 @@ class VitalsPipeline:
         if held is None and len(self._beds) >= REF_CACHE_SIZE:
             self._beds.clear()
         self._beds[bed] = (patient_ref, device, at + CENSUS_REFRESH)
-        out.beds[bed] = (location.ward, location.bed, location.site, patient_ref, device, effective)
+        out.beds[bed] = (location.ward, location.bed, location.site, patient_ref, device,
+                         at.isoformat())
 
     def _patient_ref(self, patient_id: str, system: str | None) -> str:
         ref = self._patient_refs.get((patient_id, system))

@@ -11,7 +11,8 @@ builds the Observations when they are read (FHIR API, ward board) or sent to a F
 - ``subject``: the Patient reference;
 - ``codes``: the message's LOINC codes in message order, comma-separated;
 - ``device``: the device identifier (the Observation's ``device.display``), or NULL;
-- ``effective``: the measurement time as sent (ISO 8601 with the sender's offset);
+- ``effective``: the measurement time as sent (ISO 8601 with the sender's offset), or NULL when
+  that offset is UTC (the time is then ``effective_us``: compact messages send epoch ms);
 - ``vitals``: JSON ``[[loinc, value, out_of_range], ...]``, values normalised to UCUM;
 - ``updated_at``: when the row was written (epoch seconds).
 
@@ -28,7 +29,7 @@ NEWS2 scores, ECG chunks, alerts and everything else stay whole resources in ``f
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 import orjson
@@ -49,13 +50,17 @@ def unix_us(at: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def record(msg: VitalsMessage, subject: str, device: str | None, effective: str) -> tuple:
+def record(msg: VitalsMessage, subject: str, device: str | None) -> tuple:
     """The row of ``msg`` about ``subject`` (a Patient reference) from ``device``, without
-    ``updated_at``; ``effective`` is ``msg.time.isoformat()``."""
-    latest = msg.latest()
+    ``updated_at``."""
+    latest, at = msg.latest(), msg.time
     vitals = orjson.dumps([(v.loinc, v.value, v.out_of_range) for v in latest.values()])
-    return (unix_us(msg.time), subject, ",".join(latest), device, effective,
-            vitals.decode("ascii"))
+    return (unix_us(at), subject, ",".join(latest), device,
+            None if at.tzinfo is timezone.utc else at.isoformat(), vitals.decode("ascii"))
+
+
+def _effective(row: Sequence) -> str:
+    return row[4] or (_EPOCH + timedelta(microseconds=row[0])).isoformat()
 
 
 def _vital(loinc: str, value: float, out_of_range: bool) -> Vital:
@@ -67,11 +72,10 @@ def _vital(loinc: str, value: float, out_of_range: bool) -> Vital:
 
 def message_of(row: Sequence) -> VitalsMessage:
     """The message a row keeps: normalised vitals, time, device (the patient is ``row[1]``)."""
-    effective, device = row[4], row[3]
     vitals = tuple(_vital(*item) for item in orjson.loads(row[5]))
     return VitalsMessage.checked(patient_id=None, patient_system=None,
-                                 time=datetime.fromisoformat(effective), vitals=vitals,
-                                 device=device)
+                                 time=datetime.fromisoformat(_effective(row)), vitals=vitals,
+                                 device=row[3])
 
 
 def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
@@ -81,9 +85,10 @@ def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
     for n, row in enumerate(rows):
         rank = row[6] if len(row) > 6 else n
         device = row[3]
-        for resource in vital_observations(message_of(row), row[1],
+        msg = message_of(row)
+        for resource in vital_observations(msg, row[1],
                                            device_reference(device) if device else None,
-                                           effective=row[4]):
+                                           effective=msg.time.isoformat()):
             kept = built.get(resource["id"])
             if kept is None or rank >= kept[0]:
                 built[resource["id"]] = (rank, resource)

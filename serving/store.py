@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS vital_signs (   -- one row per vitals message: iomt.v
     subject TEXT NOT NULL,          -- Patient reference
     codes TEXT NOT NULL,            -- LOINC codes of the message, comma-separated
     device TEXT,
-    effective TEXT NOT NULL,        -- ISO 8601 as sent
+    effective TEXT,                 -- ISO 8601 as sent; NULL: UTC, effective_us
     vitals TEXT NOT NULL,           -- JSON [[loinc, value, out_of_range], ...]
     updated_at REAL NOT NULL,
     PRIMARY KEY (effective_us, subject, codes)

@@ -41,6 +41,7 @@ def full(**changes):
 MESSAGES = [
     (full(), "MON-3-12"),
     (full(vitals=[{"code": "150022", "value": 9.5, "unit": "kPa"}]), "MON-3-12"),  # diastolic only
+    (full(time="2026-11-22T03:15:00.000250Z"), "MON-3-12"),  # UTC: the row keeps no ISO text
     (decode(orjson.dumps({"d": "dev 7", "t": T0_MS, "v": [[147842, 60], [150456, 95],
                                                           [147842, 61]]})), "dev 7"),
     (parse_payload(json.dumps({k: v for k, v in FULL.items() if k != "device"}).encode()), None),
@@ -51,7 +52,8 @@ MESSAGES = [
 def test_stored_row_gives_the_message_observations(tmp_path, msg, device):
     direct = vital_observations(msg, PATIENT, device_reference(device) if device else None,
                                 effective=msg.time.isoformat())
-    row = vital_records.record(msg, PATIENT, device, msg.time.isoformat())
+    row = vital_records.record(msg, PATIENT, device)
+    assert (row[4] is None) == (msg.time.utcoffset().total_seconds() == 0)
     assert vital_records.observations([row]) == direct
     store = Store(tmp_path / "db.sqlite3")
     try:
@@ -66,11 +68,9 @@ def test_stored_row_gives_the_message_observations(tmp_path, msg, device):
 
 
 def test_redelivery_replaces_and_other_codes_at_one_instant_stay(tmp_path):
-    at = datetime.fromtimestamp(T0_MS / 1000, timezone.utc)
-
     def row(pairs, device="dev1"):
         msg = decode(orjson.dumps({"d": device, "t": T0_MS, "v": pairs}))
-        return vital_records.record(msg, PATIENT, device, at.isoformat())
+        return vital_records.record(msg, PATIENT, device)
 
     store = Store(tmp_path / "db.sqlite3")
     try:
@@ -93,8 +93,7 @@ def test_unknown_ids_are_not_found(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     try:
         msg, device = MESSAGES[0]
-        store.commit_batch([], [], vitals=[vital_records.record(msg, PATIENT, device,
-                                                                msg.time.isoformat())])
+        store.commit_batch([], [], vitals=[vital_records.record(msg, PATIENT, device)])
         some_id = store.resources("Observation")[0]["id"]
         assert vital_records.find(store, some_id[:-1] + ("0" if some_id[-1] != "0" else "1")) is None
         assert vital_records.find(store, "hr-1") is None
@@ -110,7 +109,7 @@ def test_select_by_subject_and_time(tmp_path):
         rows = []
         for k in range(5):
             msg = decode(orjson.dumps({"d": "dev1", "t": T0_MS + k * 1000, "v": [[147842, 60 + k]]}))
-            rows.append(vital_records.record(msg, f"Patient/P{k % 2}", "dev1", msg.time.isoformat()))
+            rows.append(vital_records.record(msg, f"Patient/P{k % 2}", "dev1"))
         store.commit_batch([], [], vitals=rows)
         since = datetime.fromtimestamp(T0_MS / 1000 + 1.5, timezone.utc)
         newest_first = vital_records.select(store, "Patient/P0", since)

@@ -74,7 +74,7 @@ def test_vitals_messages_go_by_measurement_time_in_batches(tmp_path, monkeypatch
         for k, age_h in enumerate([100] * 20 + [72.5] + [71.5] * 3):
             msg = decode(orjson.dumps({"d": "dev1", "t": int((now - age_h * 3600) * 1000) + k,
                                        "v": [[147842, 60]]}))
-            rows.append(vital_records.record(msg, "Patient/p1", "dev1", msg.time.isoformat()))
+            rows.append(vital_records.record(msg, "Patient/p1", "dev1"))
         store.commit_batch([], [], vitals=rows)
         assert VitalsRetention(store, retention_hours=72).tick(now) == 21
         assert vital_records.count(store, codes.HEART_RATE) == 3
