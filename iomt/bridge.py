@@ -134,6 +134,7 @@ class VitalsBridge:
                                  news2_interval_s=news2_interval_s, risk=risk is not None)
             commit_lock = multiprocessing.get_context("spawn").Lock()
             self.workers = [ProcessWorker(spec, i, workers, commit_lock) for i in range(workers)]
+        writers_lock = commit_lock if workers > 1 else store.writer_lock
         self.batch_max_messages = batch_max_messages
         self.queue_size = queue_size
         self.on_commit = on_commit
@@ -153,7 +154,8 @@ class VitalsBridge:
         self._feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True,
                                           name=f"medgate-vitals-{i}")
                          for i in range(len(self.workers))]
-        self.checkpointer = WalCheckpointer(store.path)  # no batch commit waits for a checkpoint
+        # no batch commit waits for a checkpoint; the writers wait only to let the log restart
+        self.checkpointer = WalCheckpointer(store.path, lock=writers_lock)
 
     @property
     def deadletter_topic(self) -> str:

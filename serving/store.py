@@ -150,6 +150,11 @@ class Store:
         with self._lock:
             self._db.close()
 
+    @property
+    def writer_lock(self) -> threading.RLock:
+        """Held by every transaction of this connection (a checkpointer may hold the writers)."""
+        return self._lock
+
     def defer_checkpoints(self) -> None:
         """Commits on this connection no longer run WAL checkpoints; a
         :class:`serving.wal_checkpoint.WalCheckpointer` must run them instead."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 from serving.store import Store
 from serving.wal_checkpoint import WalCheckpointer
@@ -49,5 +50,56 @@ def test_default_writer_still_checkpoints_itself(tmp_path):
         for batch in range(4):
             _write(store, 1500, batch * 1500)
         assert (tmp_path / "db.sqlite3-wal").stat().st_size < 2000 * 4096  # restarted after ~1,000 pages
+    finally:
+        store.close()
+
+
+class CountingLock:
+    def __init__(self) -> None:
+        self.inner, self.acquired = threading.Lock(), 0
+
+    def acquire(self, timeout: float = -1) -> bool:
+        got = self.inner.acquire(timeout=timeout)
+        self.acquired += got
+        return got
+
+    def release(self) -> None:
+        self.inner.release()
+
+
+def test_a_long_log_is_copied_with_the_writers_held_so_that_it_restarts(tmp_path):
+    store = Store(tmp_path / "db.sqlite3")
+    lock = CountingLock()
+    try:
+        store.defer_checkpoints()
+        checkpointer = WalCheckpointer(store.path, lock=lock, restart_frames=500)
+        _write(store, 100)  # ~100 pages: under the threshold, the writers are not held
+        checkpointer.tick()
+        assert lock.acquired == 0 and checkpointer.restarts == 0
+        _write(store, 1500, 100)
+        checkpointer.tick()
+        assert lock.acquired == 1 and checkpointer.restarts == 1
+        busy, frames, backfilled = checkpointer.last
+        assert frames == backfilled
+        _write(store, 10, 10_000)
+        assert _wal_pages(tmp_path / "db.sqlite3")[0] < 100  # the log started again
+        checkpointer.stop()
+    finally:
+        store.close()
+
+
+def test_writers_that_hold_their_lock_only_delay_the_restart(tmp_path, monkeypatch):
+    monkeypatch.setattr("serving.wal_checkpoint.LOCK_WAIT_S", 0.05)
+    store = Store(tmp_path / "db.sqlite3")
+    lock = CountingLock()
+    try:
+        store.defer_checkpoints()
+        checkpointer = WalCheckpointer(store.path, lock=lock, restart_frames=500)
+        _write(store, 1500)
+        lock.acquire()  # a writer holds it
+        checkpointer.tick()  # passive pass only; returns after the wait
+        assert checkpointer.restarts == 0 and checkpointer.last[1] == checkpointer.last[2]
+        lock.release()
+        checkpointer.stop()
     finally:
         store.close()
