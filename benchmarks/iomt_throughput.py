@@ -11,9 +11,12 @@ measured. Phases, in one run:
 2. per worker count (``--workers``, e.g. ``1,2``): saturation, ``--messages`` published flat out;
    the sustained rate is messages stored divided by the time from the first publish to the last
    commit;
-3. paced at ``--rate`` msg/s (the target) for ``--seconds`` with the last worker count, ``--repeats``
-   times (default 3): publish → commit latency p50/p99 (each payload carries its publish time) and
-   the rate achieved. One pause of a shared VM grows a backlog that a 10 s phase's p99 shows, so
+3. paced at ``--rate`` msg/s (the target) for ``--warmup`` + ``--seconds`` with the last worker
+   count, ``--repeats`` times (default 3): publish → commit latency p50/p99 (each payload carries
+   its publish time) of the messages published after the warm-up, and the rate achieved. The
+   warm-up's own p99 is reported beside it: the first message of each bed after a start writes
+   the bed's first NEWS2 score, about three times the work of the messages after it. Every
+   phase starts after a ``sync`` of the disk. One pause of a shared VM grows a backlog that a 10 s phase's p99 shows, so
    every repeat is reported; the headline is the repeat with the median p99, and the JSON keeps
    all of them with the worst. When the bridge cannot keep up, latency is queueing, so a last
    paced phase runs at ``--sustainable`` (default: 60 % of the best saturation rate of this run)
@@ -124,7 +127,11 @@ def run_publisher(port: int, beds: int, n: int, rate: float, name: str):
 
 
 def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, rate: float,
-                 workers: int, name: str) -> dict:
+                 workers: int, name: str, warmup_s: float = 0.0) -> dict:
+    """One bridge, fresh store, ``n`` messages at ``rate`` (0: flat out). Paced phases publish
+    ``warmup_s`` of messages first at the same rate: stored and checked like the rest, but their
+    latency is reported apart (``warmup_p99_ms``), so the headline is the steady state, not the
+    start. The disk is synced before the phase, so that no earlier phase's writeback is in it."""
     from iomt.bridge import VitalsBridge
     from iomt.identity import AdtEvent
     from iomt.mqtt_client import MqttOptions
@@ -151,9 +158,13 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
         bridge.registry.apply(AdtEvent("admit", f"dev{bed}", since, patient_id=f"P{bed:05d}"))
     bridge.start()
     assert bridge.connected.wait(10), "bridge could not connect"
+    os.sync()  # the earlier phases' writes leave the disk before this one starts
+    time.sleep(1.0)
     pids = [os.getpid(), *(w.pid for w in getattr(bridge, "workers", []) if getattr(w, "pid", None))]
     cpu0, broker0 = cpu_seconds(pids), cpu_seconds([broker_pid])
     steal0, wall0 = stolen_seconds(), time.monotonic()
+    warmup = int(rate * warmup_s)
+    n += warmup
     proc, acked, started = run_publisher(port, beds, n, rate, f"pub-{name}")
     deadline = time.time() + 60 + n / 500
     while committed[0] < n and time.time() < deadline:
@@ -164,8 +175,10 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
     bridge.stop()
     stored = vital_records.count(store, codes.HEART_RATE)
     store.close()
-    latencies = np.array([at - orjson.loads(p)["t"] / 1000.0 for at, payloads in commits
-                          for p in payloads]) * 1000.0
+    measured_from = started.value + warmup_s
+    pairs = [(at, orjson.loads(p)["t"] / 1000.0) for at, payloads in commits for p in payloads]
+    latencies = np.array([at - t for at, t in pairs if t >= measured_from]) * 1000.0
+    early = np.array([at - t for at, t in pairs if t < measured_from]) * 1000.0
     last_commit = max(at for at, _ in commits) if commits else float("nan")
     elapsed = last_commit - started.value
     return {"workers": workers, "messages": n, "acked": acked.value, "stored": stored,
@@ -173,6 +186,9 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
             "msgs_per_s": round(stored / elapsed, 1), "batches": len(commits),
             "p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+            "warmup_s": warmup_s,
+            "warmup_p99_ms": round(float(np.percentile(early, 99)), 1) if warmup and early.size
+            else None,
             "bridge_cpu_us_per_msg": round((cpu1 - cpu0) / max(stored, 1) * 1e6, 1),
             "broker_cpu_us_per_msg": round((broker1 - broker0) / max(stored, 1) * 1e6, 1),
             "cpu_steal_pct": round(steal_pct, 1)}
@@ -209,18 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10_000.0, help="paced phase, msg/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced phase duration")
     parser.add_argument("--repeats", type=int, default=3, help="paced phases at --rate")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds published before each paced phase's measured --seconds")
     parser.add_argument("--workers", default="1,2", help="iomt.workers values, comma-separated")
     parser.add_argument("--sustainable", type=float, default=0.0,
                         help="second paced phase, msg/s (0: 60%% of the best saturation rate)")
     args = parser.parse_args(argv)
     for name, value in (("beds", args.beds), ("messages", args.messages), ("rate", args.rate),
                         ("seconds", args.seconds), ("repeats", args.repeats)):
-        if value <= 0:
+        if value <= 0 and name != "warmup":
             parser.error(f"--{name} must be positive, {value} is given")
     try:
         counts = [int(w) for w in args.workers.split(",")]
     except ValueError:
         parser.error(f"--workers must be integers separated by commas, {args.workers!r} is given")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, {args.warmup} is given")
     if not counts or min(counts) < 1:
         parser.error(f"--workers must all be >= 1, {args.workers!r} is given")
     with tempfile.TemporaryDirectory() as tmp, LoadSampler() as load:
@@ -232,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             saturation = [bridge_phase(port, broker.pid, folder, args.beds, args.messages, 0, w,
                                        f"saturation-{w}") for w in counts]
             repeats = [bridge_phase(port, broker.pid, folder, args.beds, int(args.rate * args.seconds),
-                                    args.rate, counts[-1], f"paced-{i}") for i in range(args.repeats)]
+                                    args.rate, counts[-1], f"paced-{i}", args.warmup)
+                       for i in range(args.repeats)]
             paced = sorted(repeats, key=lambda row: row["p99_ms"])[len(repeats) // 2]
             best = max(saturation, key=lambda row: row["msgs_per_s"])
             rate = args.sustainable or round(0.6 * best["msgs_per_s"], -2)
             kept_up = bridge_phase(port, broker.pid, folder, args.beds, int(rate * args.seconds),
-                                   rate, counts[-1], "sustainable")
+                                   rate, counts[-1], "sustainable", args.warmup)
         finally:
             broker.terminate()
             broker.wait(10)
@@ -252,12 +273,14 @@ def main(argv: list[str] | None = None) -> int:
                "mosquitto_sub": raw, "target": {"msgs_per_s": 10_000, "p99_ms": 100},
                # A shared machine: the load average says how much CPU the run really had.
                "load_average_1m": load.summary()}
-    print(f"{'phase':<16}{'msg/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'lost':>6}{'cpu us/msg':>12}{'steal %':>9}")
+    print(f"{'phase':<16}{'msg/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'lost':>6}{'cpu us/msg':>12}"
+          f"{'steal %':>9}{'warm-up p99':>13}")
     rows = [(f"saturation w{row['workers']}", row) for row in saturation]
     rows += [(f"paced {args.rate:.0f} #{i + 1}", row) for i, row in enumerate(repeats)]
     for label, row in [*rows, (f"paced {rate:.0f}", kept_up)]:
         print(f"{label:<16}{row['msgs_per_s']:>10}{row['p50_ms']:>10}{row['p99_ms']:>10}"
-              f"{row['lost']:>6}{row['bridge_cpu_us_per_msg']:>12}{row['cpu_steal_pct']:>9}")
+              f"{row['lost']:>6}{row['bridge_cpu_us_per_msg']:>12}{row['cpu_steal_pct']:>9}"
+              f"{row['warmup_p99_ms'] if row['warmup_p99_ms'] is not None else '':>13}")
     print(f"{'mosquitto_sub':<16}{raw['msgs_per_s']:>10}    load {figures['load_average_1m']}")
 
     def plot(ax):

@@ -13,8 +13,8 @@ A writer starts the log again from its beginning only when it finds every page o
 back. Under a steady stream of commits a passive checkpoint never sees that moment: the writers
 append while it copies, and the log grew by ~1 GB in 30 s at 10,000 vitals messages a second,
 each commit extending the file (and its fsync with it) and latency growing with it. So when
-the log holds more than ``restart_frames`` pages after a pass, the checkpointer takes the
-writers' ``lock`` (:class:`iomt.workers.ProcessWorker`'s commit lock, or the store's) and copies
+the log holds more than ``restart_frames`` pages after a pass, the checkpointer runs a second
+pass for the pages appended during the first, then takes the writers' ``lock`` (:class:`iomt.workers.ProcessWorker`'s commit lock, or the store's) and copies
 the few pages appended meanwhile; the next commit then restarts the log, and the file's blocks
 are written over instead of added.
 """
@@ -30,8 +30,8 @@ log = logging.getLogger("medgate.store")
 
 #: WAL pages after which a passive checkpoint that could not catch up is logged.
 WARN_FRAMES = 100_000
-#: WAL pages after which the checkpointer holds the writers to let the log restart (32 MiB).
-RESTART_FRAMES = 8192
+#: WAL pages after which the checkpointer holds the writers to let the log restart (128 MiB).
+RESTART_FRAMES = 32_768
 #: Seconds to wait for the writers' lock; then the log restarts at a later pass.
 LOCK_WAIT_S = 1.0
 
@@ -55,6 +55,8 @@ class WalCheckpointer(PeriodicWorker):
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=5000")
         self.last = self._passive()
+        if self.lock is not None and self.last[1] > self.restart_frames:
+            self.last = self._passive()  # what was appended meanwhile: the held pass is short
         if self.lock is not None and self.last[1] > self.restart_frames \
                 and self.lock.acquire(timeout=LOCK_WAIT_S):
             try:
