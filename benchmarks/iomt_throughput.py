@@ -16,7 +16,9 @@ measured. Phases, in one run:
    its publish time) of the messages published after the warm-up, and the rate achieved. The
    warm-up's own p99 is reported beside it: the first message of each bed after a start writes
    the bed's first NEWS2 score, about three times the work of the messages after it. Every
-   phase starts after a ``sync`` of the disk. One pause of a shared VM grows a backlog that a 10 s phase's p99 shows, so
+   phase starts after a ``sync`` of the disk. A last phase holds ``--rate`` for ``--sustain``
+   seconds (default 30) and reports p99 per 5 s as well: whether latency drifts as the store
+   grows. One pause of a shared VM grows a backlog that a 10 s phase's p99 shows, so
    every repeat is reported; the headline is the repeat with the median p99, and the JSON keeps
    all of them with the worst. When the bridge cannot keep up, latency is queueing, so a last
    paced phase runs at ``--sustainable`` (default: 60 % of the best saturation rate of this run)
@@ -179,6 +181,10 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
     pairs = [(at, orjson.loads(p)["t"] / 1000.0) for at, payloads in commits for p in payloads]
     latencies = np.array([at - t for at, t in pairs if t >= measured_from]) * 1000.0
     early = np.array([at - t for at, t in pairs if t < measured_from]) * 1000.0
+    windows: dict[int, list[float]] = {}  # p99 per 5 s of publish time: does latency drift?
+    for at, t in pairs:
+        if t >= measured_from:
+            windows.setdefault(int((t - measured_from) // 5), []).append((at - t) * 1000.0)
     last_commit = max(at for at, _ in commits) if commits else float("nan")
     elapsed = last_commit - started.value
     return {"workers": workers, "messages": n, "acked": acked.value, "stored": stored,
@@ -189,6 +195,7 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
             "warmup_s": warmup_s,
             "warmup_p99_ms": round(float(np.percentile(early, 99)), 1) if warmup and early.size
             else None,
+            "p99_ms_by_5s": [round(float(np.percentile(windows[k], 99)), 1) for k in sorted(windows)],
             "bridge_cpu_us_per_msg": round((cpu1 - cpu0) / max(stored, 1) * 1e6, 1),
             "broker_cpu_us_per_msg": round((broker1 - broker0) / max(stored, 1) * 1e6, 1),
             "cpu_steal_pct": round(steal_pct, 1)}
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="paced phases at --rate")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds published before each paced phase's measured --seconds")
+    parser.add_argument("--sustain", type=float, default=30.0,
+                        help="a last phase at --rate this long (0: none): does latency drift?")
     parser.add_argument("--workers", default="1,2", help="iomt.workers values, comma-separated")
     parser.add_argument("--sustainable", type=float, default=0.0,
                         help="second paced phase, msg/s (0: 60%% of the best saturation rate)")
@@ -239,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         counts = [int(w) for w in args.workers.split(",")]
     except ValueError:
         parser.error(f"--workers must be integers separated by commas, {args.workers!r} is given")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, {args.warmup} is given")
+    for name, value in (("warmup", args.warmup), ("sustain", args.sustain)):
+        if value < 0:
+            parser.error(f"--{name} must be >= 0, {value} is given")
     if not counts or min(counts) < 1:
         parser.error(f"--workers must all be >= 1, {args.workers!r} is given")
     with tempfile.TemporaryDirectory() as tmp, LoadSampler() as load:
@@ -259,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             rate = args.sustainable or round(0.6 * best["msgs_per_s"], -2)
             kept_up = bridge_phase(port, broker.pid, folder, args.beds, int(rate * args.seconds),
                                    rate, counts[-1], "sustainable", args.warmup)
+            sustained = bridge_phase(port, broker.pid, folder, args.beds,
+                                     int(args.rate * args.sustain), args.rate, counts[-1],
+                                     "sustained", args.warmup) if args.sustain > 0 else None
         finally:
             broker.terminate()
             broker.wait(10)
@@ -270,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                          "worst_p99_ms": max(row["p99_ms"] for row in repeats), **paced},
                "paced_repeats": repeats,
                "paced_sustainable": {"rate_msgs_per_s": rate, "seconds": args.seconds, **kept_up},
+               "sustained": {"rate_msgs_per_s": args.rate, "seconds": args.sustain, **sustained}
+               if sustained else None,
                "mosquitto_sub": raw, "target": {"msgs_per_s": 10_000, "p99_ms": 100},
                # A shared machine: the load average says how much CPU the run really had.
                "load_average_1m": load.summary()}
@@ -277,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'steal %':>9}{'warm-up p99':>13}")
     rows = [(f"saturation w{row['workers']}", row) for row in saturation]
     rows += [(f"paced {args.rate:.0f} #{i + 1}", row) for i, row in enumerate(repeats)]
-    for label, row in [*rows, (f"paced {rate:.0f}", kept_up)]:
+    rows.append((f"paced {rate:.0f}", kept_up))
+    if sustained:
+        rows.append((f"{args.rate:.0f} for {args.sustain:.0f} s", sustained))
+    for label, row in rows:
         print(f"{label:<16}{row['msgs_per_s']:>10}{row['p50_ms']:>10}{row['p99_ms']:>10}"
               f"{row['lost']:>6}{row['bridge_cpu_us_per_msg']:>12}{row['cpu_steal_pct']:>9}"
               f"{row['warmup_p99_ms'] if row['warmup_p99_ms'] is not None else '':>13}")
@@ -302,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{os.cpu_count()} CPUs")
 
     save_figures("iomt_throughput", figures, plot)
-    lost = sum(row["lost"] for row in [*saturation, *repeats, kept_up])
+    if sustained:
+        print(f"sustained: p99 ms per 5 s {sustained['p99_ms_by_5s']}")
+    lost = sum(row["lost"] for row in [*saturation, *repeats, kept_up, *([sustained] if sustained else [])])
     return 0 if lost == 0 else 1
 
 

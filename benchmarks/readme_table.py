@@ -109,12 +109,19 @@ def serve_overhead(r: dict) -> list[str]:
 
 def iomt(r: dict) -> list[str]:
     rows = []
-    for label, key in (("bridge, saturation", "saturation"), ("bridge, paced", "paced")):
+    for label, key in (("bridge, saturation", "saturation"), ("bridge, paced", "paced"),
+                       ("bridge, held", "sustained")):
         p = r.get(key)
         if isinstance(p, dict):
             rate = f" at {fmt(p['rate_msgs_per_s'])}/s" if "rate_msgs_per_s" in p else ""
+            if key == "sustained":
+                rate += f" for {fmt(p.get('seconds'))} s (p99 per 5 s: " \
+                        f"{', '.join(fmt(v, 0) for v in p.get('p99_ms_by_5s') or [])} ms)"
             if "repeats" in p:
-                rate += f", median of {fmt(p['repeats'])} runs (worst p99 {fmt(p.get('worst_p99_ms'), 1)} ms)"
+                rate += f" for {fmt(p['seconds'])} s," if "seconds" in p else ","
+                rate += f" median of {fmt(p['repeats'])} runs (worst p99 {fmt(p.get('worst_p99_ms'), 1)} ms)"
+            if p.get("warmup_s"):
+                rate += f", after a {fmt(p['warmup_s'])} s warm-up (its p99 {fmt(p.get('warmup_p99_ms'), 0)} ms)"
             rows.append([label + rate, fmt(p.get("msgs_per_s"), 0), fmt(p.get("p50_ms"), 1), fmt(p.get("p99_ms"), 1),
                          fmt(p.get("lost"))])
     raw = r.get("mosquitto_sub")

@@ -89,3 +89,17 @@ def test_block_replaced_between_markers_and_second_run_changes_nothing(results, 
 def test_readme_without_markers_is_refused():
     with pytest.raises(ValueError, match="bench:start"):
         replace_block("# no markers\n", "table")
+
+
+def test_iomt_table_gives_the_warm_up_and_the_held_phase_drift(results):
+    record = json.loads((results / "iomt_throughput.json").read_text())
+    record["paced"].update(seconds=10.0, warmup_s=2.0, warmup_p99_ms=130.2)
+    record["sustained"] = {"rate_msgs_per_s": 400.0, "seconds": 30.0, "msgs_per_s": 399.9, "p50_ms": 27.0,
+                           "p99_ms": 184.1, "lost": 0, "warmup_s": 2.0, "warmup_p99_ms": 131.0,
+                           "p99_ms_by_5s": [56.0, 85.3, 152.7]}
+    (results / "iomt_throughput.json").write_text(json.dumps(record))
+    text = render(results)
+    assert ("| bridge, paced at 400/s for 10 s, median of 3 runs (worst p99 512.2 ms), after a 2 s warm-up"
+            " (its p99 130 ms) | 399 | 60.8 | 434.0 | 0 |") in text
+    assert ("| bridge, held at 400/s for 30 s (p99 per 5 s: 56, 85, 153 ms), after a 2 s warm-up (its p99"
+            " 131 ms) | 400 | 27.0 | 184.1 | 0 |") in text
