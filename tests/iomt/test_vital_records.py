@@ -2,7 +2,6 @@
 itself gives: same ids, same elements, valid R4; redelivery replaces, look-up by id works."""
 from __future__ import annotations
 
-import copy
 import json
 from datetime import datetime, timezone
 
@@ -16,26 +15,15 @@ from iomt.identity import device_reference
 from iomt.observations import vital_observations
 from iomt.payload import parse_payload
 from serving.store import Store
+from test_observations import FULL, PATIENT, message
 
-PATIENT = "Patient/079123456789"
-FULL = {
-    "patient": {"id": "079123456789"},
-    "device": "MON-3-12",
-    "time": "2026-11-22T10:15:00.250+07:00",
-    "vitals": [
-        {"code": "8867-4", "value": 92, "unit": "/min"},
-        {"code": "150456", "system": "urn:iso:std:iso:11073:10101", "value": 0.95, "unit": "1"},
-        {"code": "150021", "value": 118, "unit": "mm[Hg]"},
-        {"code": "150022", "value": 76, "unit": "mm[Hg]"},
-        {"code": "8310-5", "value": 100.4, "unit": "[degF]"},
-        {"code": "9279-1", "value": 61, "unit": "/min"},  # out of the plausible range: noted
-    ],
-}
 T0_MS = 1_795_000_000_000
+OUT_OF_RANGE_RR = {"code": "9279-1", "value": 61, "unit": "/min"}  # noted, not dropped
 
 
 def full(**changes):
-    return parse_payload(json.dumps({**copy.deepcopy(FULL), **changes}).encode())
+    return message(**{"time": "2026-11-22T10:15:00.250+07:00",
+                      "vitals": [*FULL["vitals"], OUT_OF_RANGE_RR], **changes})
 
 
 MESSAGES = [
