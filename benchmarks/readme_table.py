@@ -119,9 +119,11 @@ def iomt(r: dict) -> list[str]:
                         f"{', '.join(fmt(v, 0) for v in p.get('p99_ms_by_5s') or [])} ms)"
             if "repeats" in p:
                 rate += f" for {fmt(p['seconds'])} s," if "seconds" in p else ","
-                rate += f" median of {fmt(p['repeats'])} runs (worst p99 {fmt(p.get('worst_p99_ms'), 1)} ms)"
+                rate += f" median of {fmt(p['repeats'])} runs" \
+                        f" (worst p99 {fmt(p.get('worst_p99_ms'), 1)} ms)"
             if p.get("warmup_s"):
-                rate += f", after a {fmt(p['warmup_s'])} s warm-up (its p99 {fmt(p.get('warmup_p99_ms'), 0)} ms)"
+                rate += f", after a {fmt(p['warmup_s'])} s warm-up" \
+                        f" (its p99 {fmt(p.get('warmup_p99_ms'), 0)} ms)"
             rows.append([label + rate, fmt(p.get("msgs_per_s"), 0), fmt(p.get("p50_ms"), 1), fmt(p.get("p99_ms"), 1),
                          fmt(p.get("lost"))])
     raw = r.get("mosquitto_sub")

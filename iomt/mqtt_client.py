@@ -14,10 +14,11 @@
 stock paho reads a packet with three ``recv`` calls and one ``select``, builds an
 ``MQTTMessage`` (with a ``Condition``) and matches topic callbacks per message, and sends each
 PUBACK as its own packet. The subclass reads the socket 64 KiB at a time, handles every buffered
-packet per read event, decodes QoS 0/1 PUBLISH packets into a slotted :class:`Message`, hands all of a read's to ``on_messages`` at once
-when that is set, and writes the PUBACKs of a committed batch in one packet (:meth:`BridgeClient.ack_many`). It relies
-on paho-mqtt 2.1/2.2 internals (``_sock_recv``, ``_packet_read``, ``_in_packet``,
-``_packet_queue``); with any other paho version it behaves exactly as stock paho.
+packet per read event, decodes QoS 0/1 PUBLISH packets into a slotted :class:`Message` (all of a
+read's at once to ``on_messages`` when that is set), and writes the PUBACKs of a committed batch
+in one packet (:meth:`BridgeClient.ack_many`). It relies on paho-mqtt 2.1/2.2 internals
+(``_sock_recv``, ``_packet_read``, ``_in_packet``, ``_packet_queue``); with any other paho
+version it behaves exactly as stock paho.
 """
 from __future__ import annotations
 

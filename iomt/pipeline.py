@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+from iomt import vital_records
 from iomt.alerts import AlertPolicy, alert_message, flag_resource
 from iomt.compact import EcgChunk, decode
 from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
 from iomt.message_id import each_message
-from iomt import vital_records
 from iomt.observations import news2_observation
 from iomt.payload import PayloadError
 from iomt.state import StateTable

@@ -2,9 +2,9 @@
 
 Without ``fhir.base_url`` resources are upserted into the store's ``fhir_resources`` table and
 vitals messages into ``vital_signs`` (:mod:`iomt.vital_records`). With it the resources and the
-vitals messages' Observations become transaction Bundles (at most ``bundle_max_entries`` resources each) written as
-``fhir`` outbox items in the same SQLite transaction as the rest of the batch, so an acknowledged
-MQTT message always has its delivery persisted.
+vitals messages' Observations become transaction Bundles (at most ``bundle_max_entries``
+resources each) written as ``fhir`` outbox items in the same SQLite transaction as the rest of
+the batch, so an acknowledged MQTT message always has its delivery persisted.
 """
 from __future__ import annotations
 

@@ -14,9 +14,10 @@ back. Under a steady stream of commits a passive checkpoint never sees that mome
 append while it copies, and the log grew by ~1 GB in 30 s at 10,000 vitals messages a second,
 each commit extending the file (and its fsync with it) and latency growing with it. So when
 the log holds more than ``restart_frames`` pages after a pass, the checkpointer runs a second
-pass for the pages appended during the first, then takes the writers' ``lock`` (:class:`iomt.workers.ProcessWorker`'s commit lock, or the store's) and copies
-the few pages appended meanwhile; the next commit then restarts the log, and the file's blocks
-are written over instead of added.
+pass for the pages appended during the first, then takes the writers' ``lock``
+(:class:`iomt.workers.ProcessWorker`'s commit lock, or the store's) and copies the few pages
+appended meanwhile; the next commit then restarts the log, and the file's blocks are written
+over instead of added.
 """
 from __future__ import annotations
 
