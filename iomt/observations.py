@@ -77,9 +77,7 @@ _BP_COMPONENTS = (codes.SYSTOLIC_BP, codes.DIASTOLIC_BP)
 
 def observation_id(subject_ref: str, system: str, code: str, effective: datetime) -> str:
     """Deterministic Observation id over subject, code and effective time (see the module docstring)."""
-    if effective.tzinfo is None or effective.utcoffset() is None:
-        raise ValueError(f"effective must carry a UTC offset, {effective.isoformat()} is given.")
-    return _observation_id(subject_ref, system, code, *id_time(effective))
+    return _observation_id(subject_ref, system, code, *_checked_id_time(effective))
 
 
 @lru_cache(maxsize=65536)  # NEWS2 derivedFrom asks again for the ids of the vitals just built
@@ -87,7 +85,7 @@ def _observation_id(subject_ref: str, system: str, code: str, instant: str, mill
     return time_ordered_uuid(millis, f"{subject_ref}|{system}|{code}|{instant}")
 
 
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}  # RFC 9562 variant nibble
 
 
@@ -97,9 +95,21 @@ def id_time(effective: datetime) -> tuple[str, int]:
     return utc.isoformat(), _unix_millis(utc)
 
 
+def _checked_id_time(effective: datetime) -> tuple[str, int]:
+    """:func:`id_time`, refusing a time without a UTC offset."""
+    if effective.tzinfo is None or effective.utcoffset() is None:
+        raise ValueError(f"effective must carry a UTC offset, {effective.isoformat()} is given.")
+    return id_time(effective)
+
+
+def unix_us(at: datetime) -> int:
+    """``at`` (aware) in Unix microseconds."""
+    delta = at - UNIX_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def _unix_millis(at: datetime) -> int:
-    delta = at - _UNIX_EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    return unix_us(at) // 1000
 
 
 def time_ordered_uuid(millis: int, name: str) -> str:
@@ -346,9 +356,7 @@ def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
     if not isinstance(msg, VitalsMessage):
         raise TypeError(f"msg must be a VitalsMessage, {type(msg).__name__} is given.")
     _check_ref("patient_ref", patient_ref)
-    if msg.time.tzinfo is None or msg.time.utcoffset() is None:
-        raise ValueError(f"effective must carry a UTC offset, {msg.time.isoformat()} is given.")
-    stamps = {msg.time: id_time(msg.time)}  # one stamp per distinct measurement time
+    stamps = {msg.time: _checked_id_time(msg.time)}  # one per distinct measurement time
     obs_id = _observation_id(patient_ref, codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE,
                              *stamps[msg.time])
     parts = _news2_parts(result)
@@ -375,9 +383,7 @@ def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
             continue
         stamp = stamps.get(at)
         if stamp is None:
-            if at.tzinfo is None or at.utcoffset() is None:
-                raise ValueError(f"effective must carry a UTC offset, {at.isoformat()} is given.")
-            stamp = stamps[at] = id_time(at)
+            stamp = stamps[at] = _checked_id_time(at)
         derived.append({"reference": "Observation/"
                         + _observation_id(patient_ref, codes.LOINC_SYSTEM, code, *stamp)})
     if derived:

@@ -36,18 +36,11 @@ import orjson
 
 from iomt import codes
 from iomt.identity import device_reference
+from iomt.observations import UNIX_EPOCH, unix_us, vital_observations
 from iomt.payload import Vital, VitalsMessage
-from iomt.observations import vital_observations
 
 COLUMNS = "effective_us, subject, codes, device, effective, vitals, updated_at"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _UUID_HEX = frozenset("0123456789abcdef-")
-
-
-def unix_us(at: datetime) -> int:
-    """``at`` (aware) in Unix microseconds."""
-    delta = at - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def record(msg: VitalsMessage, subject: str, device: str | None) -> tuple:
@@ -60,7 +53,7 @@ def record(msg: VitalsMessage, subject: str, device: str | None) -> tuple:
 
 
 def _effective(row: Sequence) -> str:
-    return row[4] or (_EPOCH + timedelta(microseconds=row[0])).isoformat()
+    return row[4] or (UNIX_EPOCH + timedelta(microseconds=row[0])).isoformat()
 
 
 def _vital(loinc: str, value: float, out_of_range: bool) -> Vital:
@@ -70,11 +63,12 @@ def _vital(loinc: str, value: float, out_of_range: bool) -> Vital:
                  source_unit=unit)
 
 
-def message_of(row: Sequence) -> VitalsMessage:
-    """The message a row keeps: normalised vitals, time, device (the patient is ``row[1]``)."""
+def message_of(row: Sequence, effective: str) -> VitalsMessage:
+    """The message a row keeps: normalised vitals, time, device (the patient is ``row[1]``);
+    ``effective`` is the row's time as ISO 8601 (:func:`_effective`)."""
     vitals = tuple(_vital(*item) for item in orjson.loads(row[5]))
     return VitalsMessage.checked(patient_id=None, patient_system=None,
-                                 time=datetime.fromisoformat(_effective(row)), vitals=vitals,
+                                 time=datetime.fromisoformat(effective), vitals=vitals,
                                  device=row[3])
 
 
@@ -84,11 +78,10 @@ def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
     built: dict[str, tuple[float, dict[str, Any]]] = {}
     for n, row in enumerate(rows):
         rank = row[6] if len(row) > 6 else n
-        device = row[3]
-        msg = message_of(row)
-        for resource in vital_observations(msg, row[1],
+        device, effective = row[3], _effective(row)
+        for resource in vital_observations(message_of(row, effective), row[1],
                                            device_reference(device) if device else None,
-                                           effective=msg.time.isoformat()):
+                                           effective=effective):
             kept = built.get(resource["id"])
             if kept is None or rank >= kept[0]:
                 built[resource["id"]] = (rank, resource)
@@ -120,6 +113,12 @@ def find(store, observation_id: str) -> dict[str, Any] | None:
     rows = store.query(f"SELECT {COLUMNS} FROM vital_signs WHERE effective_us BETWEEN ? AND ?",
                        (millis * 1000, millis * 1000 + 999))
     return next((r for r in observations(rows) if r["id"] == observation_id), None)
+
+
+def subjects(store, since: datetime) -> set[str]:
+    """Patients with vitals measured after ``since``."""
+    return {row[0] for row in store.query("SELECT DISTINCT subject FROM vital_signs"
+                                           " WHERE effective_us>?", (unix_us(since),))}
 
 
 def has_subject(store, subject: str) -> bool:

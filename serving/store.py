@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from iomt import vital_records
+
 try:  # orjson is several times faster on the vitals hot path; the output is the same JSON
     import orjson
 
@@ -256,8 +258,6 @@ class Store:
             params += (subject,)
         found = [json.loads(r["body"]) for r in self.query(sql + " ORDER BY updated_at", params)]
         if resource_type == "Observation":
-            from iomt import vital_records  # the vitals bridge's row format, built on read
-
             found += vital_records.observations(reversed(vital_records.select(self, subject)))
         return found
 

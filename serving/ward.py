@@ -100,10 +100,11 @@ def ward_board(store, now: float | None = None, window_s: float = WINDOW_S) -> d
     beds = [dict(r) for r in store.query("SELECT * FROM bed_census WHERE updated_at>?"
                                          " ORDER BY ward, bed", (since,))]
     placed = {b["patient_ref"] for b in beds}
-    loose = [r["subject"] for r in store.query(
-        "SELECT subject FROM fhir_resources WHERE resource_type='Observation'"
-        " AND updated_at>? AND subject IS NOT NULL UNION SELECT subject FROM vital_signs"
-        " WHERE effective_us>?", (since, int(since * 1e6))) if r["subject"] not in placed]
+    loose = {r["subject"] for r in store.query(
+        "SELECT DISTINCT subject FROM fhir_resources WHERE resource_type='Observation'"
+        " AND updated_at>? AND subject IS NOT NULL", (since,))}
+    loose |= vital_records.subjects(store, datetime.fromtimestamp(since, timezone.utc))
+    loose -= placed
     tiles = []
     for bed in beds:
         tiles.append({"ward": bed["ward"], "bed": bed["bed"], "site": bed["site"], "device": bed["device"],

@@ -103,5 +103,6 @@ def test_select_by_subject_and_time(tmp_path):
         newest_first = vital_records.select(store, "Patient/P0", since)
         assert [r["effective_us"] for r in newest_first] == [(T0_MS + 4000) * 1000, (T0_MS + 2000) * 1000]
         assert len(vital_records.select(store, limit=3)) == 3
+        assert vital_records.subjects(store, since) == {"Patient/P0", "Patient/P1"}
     finally:
         store.close()
