@@ -8,9 +8,12 @@ appends the message to its bed's worker (:meth:`iomt.topics.Topics.partition`, A
 every worker) and returns; when ``queue_size`` messages are unacknowledged it waits, which stops
 the network thread reading from the broker (back-pressure) instead of dropping. Each worker takes
 up to ``batch_max_messages`` of its messages at a time, processes them in arrival order, and
-commits everything the batch produced in one SQLite transaction (:func:`iomt.workers.commit`).
-Only then are the messages acknowledged: in the order they arrived (MQTT 3.1.1 and 5.0 section
-4.6), one write of PUBACKs per batch. A crash before the commit leaves them unacknowledged, and
+commits everything the batch produced in one SQLite transaction (:func:`iomt.workers.commit`),
+without waiting for the disk. One thread of the bridge then fsyncs the write-ahead log for every
+batch committed meanwhile (:meth:`serving.store.Store.sync_log`), so the workers go on with their
+next batch during the fsync and one fsync covers all of them. Only then are the messages
+acknowledged: in the order they arrived (MQTT 3.1.1 and 5.0 section 4.6), one write of PUBACKs
+per batch. A crash before the commit leaves them unacknowledged, and
 the persistent session makes the broker deliver them again; deterministic ids make that
 redelivery an update.
 
@@ -27,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import threading
+import time
 from collections import deque
 from typing import Callable
 from urllib.parse import urlparse
@@ -39,7 +43,8 @@ from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
-from iomt.workers import BatchResult, LocalWorker, ProcessWorker, WorkerSpec, commit
+from iomt.workers import (COMMIT_RETRY_S, BatchResult, LocalWorker, ProcessWorker, WorkerSpec,
+                          commit)
 from serving.wal_checkpoint import WalCheckpointer
 
 __all__ = ["VitalsBridge", "broker_address", "patient_reference"]
@@ -95,9 +100,9 @@ class VitalsBridge:
         each owning the beds :meth:`iomt.topics.Topics.partition` gives it (``store`` must then
         be a file the children can open, and the parts are rebuilt there from their settings).
     on_commit
-        Called after each committed batch with ``(messages, commit_time_s)`` (monitoring); each
-        message has ``topic``, ``payload``, ``mid`` and ``qos``; an ADT message is in a batch of
-        every worker.
+        Called after each committed batch, once it is durable and acknowledged, with
+        ``(messages, durable_time_s, worker_index)`` (monitoring); each message has ``topic``,
+        ``payload``, ``mid`` and ``qos``; an ADT message is in a batch of every worker.
     """
 
     def __init__(self, host: str, port: int, *, topic_prefix: str, store, outbox=None,
@@ -106,7 +111,7 @@ class VitalsBridge:
                  sink: ResourceSink | None = None, registry: DeviceRegistry | None = None,
                  states: StateTable | None = None, alerts: AlertPolicy | None = None, risk=None,
                  batch_max_messages: int = 1000, news2_interval_s: float = 60.0, workers: int = 1,
-                 on_commit: Callable[[list[Received], float], None] | None = None) -> None:
+                 on_commit: Callable[[list[Received], float, int], None] | None = None) -> None:
         if batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, {batch_max_messages} is given.")
         if queue_size < 1:
@@ -154,6 +159,9 @@ class VitalsBridge:
         self._feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True,
                                           name=f"medgate-vitals-{i}")
                          for i in range(len(self.workers))]
+        self._unsynced: list[tuple[int, list[Received], BatchResult]] = []  # committed, not durable
+        self._sync_cond = threading.Condition()
+        self._syncer = threading.Thread(target=self._sync, daemon=True, name="medgate-vitals-sync")
         # no batch commit waits for a checkpoint; the writers wait only to let the log restart
         self.checkpointer = WalCheckpointer(store.path, lock=writers_lock)
 
@@ -172,6 +180,7 @@ class VitalsBridge:
             worker.start()
         for feeder in self._feeders:
             feeder.start()
+        self._syncer.start()
         connect_async(self.client, self.host, self.port, self.options)
         self.client.loop_start()
         if not self.connected.wait(timeout_s):
@@ -185,7 +194,7 @@ class VitalsBridge:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for feeder in self._feeders:
+        for feeder in (*self._feeders, self._syncer):  # the syncer ends once the feeders have
             if feeder.is_alive():
                 feeder.join(timeout=30)
         for worker in self.workers:
@@ -265,9 +274,36 @@ class VitalsBridge:
                 batch = pending[:self.batch_max_messages]
                 del pending[:self.batch_max_messages]
             result = worker.process([(m.topic, m.payload) for m in batch])
-            self._committed(batch, result)
+            with self._sync_cond:
+                self._unsynced.append((index, batch, result))
+                self._sync_cond.notify()
 
-    def _committed(self, batch: list[Received], result: BatchResult) -> None:
+    def _sync(self) -> None:
+        """Make the committed batches durable, one fsync for all that are there, and then
+        acknowledge them (the workers commit without waiting for the disk: :func:`commit`)."""
+        while True:
+            with self._sync_cond:
+                while not self._unsynced and not (self._stopping and self._feeders_done()):
+                    self._sync_cond.wait(0.5)
+                if not self._unsynced:
+                    return
+                done, self._unsynced = self._unsynced, []
+            while True:
+                try:
+                    self.store.sync_log()
+                    break
+                except OSError:  # noqa: PERF203 - never acknowledge what is not on the disk
+                    log.exception("fsync of the store's write-ahead log failed; retrying")
+                    time.sleep(COMMIT_RETRY_S)
+            synced_at = time.time()
+            for index, batch, result in done:
+                result.committed_at = synced_at
+                self._committed(index, batch, result)
+
+    def _feeders_done(self) -> bool:
+        return not any(feeder.is_alive() for feeder in self._feeders)
+
+    def _committed(self, index: int, batch: list[Received], result: BatchResult) -> None:
         mids = []
         with self._cond:
             for message in batch:
@@ -291,7 +327,7 @@ class VitalsBridge:
                       "payload_base64": base64.b64encode(payload or b"").decode("ascii")}
             self.client.publish(self.deadletter_topic, json.dumps(letter), qos=1)
         if self.on_commit is not None:
-            self.on_commit(batch, result.committed_at)
+            self.on_commit(batch, result.committed_at, index)
 
     # -- without MQTT (one worker) -------------------------------------------------------------
     def _commit(self, out: BatchOut) -> None:

@@ -34,6 +34,9 @@ log = logging.getLogger("medgate.iomt")
 BRIDGE_CATEGORIES = ("vital-signs", "survey")
 #: Rows examined per transaction, so the bridge's writers wait at most one short delete.
 BATCH_ROWS = 5000
+#: The vitals tables and their keys (:mod:`iomt.vital_index`, :mod:`iomt.vital_records`).
+VITAL_TABLES = (("vital_subjects", "subject, effective_us, codes"),
+                ("vital_signs", "effective_us, subject, codes"))
 
 
 class VitalsRetention(PeriodicWorker):
@@ -81,10 +84,11 @@ class VitalsRetention(PeriodicWorker):
         deleted, cutoff_us = 0, int(cutoff * 1e6)
         while True:
             with self.store.transaction(durable=False) as db:
-                count = db.execute(
-                    "DELETE FROM vital_signs WHERE (effective_us, subject, codes) IN"
-                    " (SELECT effective_us, subject, codes FROM vital_signs WHERE effective_us<?"
-                    " ORDER BY effective_us LIMIT ?)", (cutoff_us, BATCH_ROWS)).rowcount
+                for table, key in VITAL_TABLES:  # the patient index, then the rows
+                    count = db.execute(
+                        f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM vital_signs"
+                        " WHERE effective_us<? ORDER BY effective_us LIMIT ?)",
+                        (cutoff_us, BATCH_ROWS)).rowcount
             deleted += count
             if count < BATCH_ROWS:
                 return deleted

@@ -51,16 +51,17 @@ class ResourceSink:
     def commit(self, resources: list[dict[str, Any]],
                dead_letters: list[tuple[str, str, bytes | None, str | None]] = (),
                outbox_rows: list[tuple[str, str, str, str]] = (), beds: list[tuple] = (),
-               vitals: list[tuple] = ()) -> None:
+               vitals: list[tuple] = (), durable: bool = True) -> None:
         """One transaction: resources and vitals rows (or their Bundles), dead letters, outbox
-        items and the bed census rows of the batch."""
+        items and the bed census rows of the batch (``durable``: see
+        :meth:`serving.store.Store.commit_batch`)."""
         outbox_rows = list(outbox_rows)
         local, local_vitals = resources, vitals
         if self.base_url is not None and (resources or vitals):
             outbox_rows += self.bundle_rows(vital_records.observations(vitals) + list(resources))
             local, local_vitals = [], []
         self.store.commit_batch(local, list(dead_letters), outbox_rows, list(beds),
-                                list(local_vitals))
+                                list(local_vitals), durable)
         if outbox_rows and self.outbox is not None:
             self.outbox.notify()
 

@@ -40,6 +40,7 @@ from iomt.observations import UNIX_EPOCH, unix_us, vital_observations
 from iomt.payload import Vital, VitalsMessage
 
 COLUMNS = "effective_us, subject, codes, device, effective, vitals, updated_at"
+KEY = "effective_us, subject, codes"
 _UUID_HEX = frozenset("0123456789abcdef-")
 
 
@@ -88,21 +89,54 @@ def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
     return [resource for _, resource in built.values()]
 
 
-def select(store, subject: str | None = None, since: datetime | None = None,
-           limit: int | None = None) -> list[Any]:
-    """Rows of ``subject`` (all when None) measured after ``since``, newest first."""
-    sql, params = f"SELECT {COLUMNS} FROM vital_signs WHERE 1", []
-    if subject is not None:
-        sql += " AND subject=?"
-        params.append(subject)
+def _keys(table: str, since: datetime | None, limit: int | None) -> str:
+    sql = f"SELECT effective_us, subject, codes FROM {table} WHERE subject=:subject"
     if since is not None:
-        sql += " AND effective_us>?"
-        params.append(unix_us(since))
+        sql += " AND effective_us>:since"
+    if limit is not None:
+        sql += " ORDER BY effective_us DESC LIMIT :limit"
+    return f"SELECT * FROM ({sql})"
+
+
+def select(store, subject: str | None = None, since: datetime | None = None,
+           limit: int | None = None, waiting: dict[str, list] | None = None) -> list[Any]:
+    """Rows of ``subject`` (all when None) measured after ``since``, newest first. A patient's
+    are found through the patient index and the log of keys not in it yet
+    (:mod:`iomt.vital_index`), or, for many patients, in ``waiting`` (:func:`waiting_rows`, the
+    log read once)."""
+    params = {"subject": subject, "since": None if since is None else unix_us(since),
+              "limit": limit}
+    if subject is None:
+        sql = f"SELECT {COLUMNS} FROM vital_signs"
+        if since is not None:
+            sql += " WHERE effective_us>:since"
+    elif waiting is None:
+        sql = (f"SELECT {COLUMNS} FROM ({_keys('vital_subjects', since, limit)} UNION"
+               f" {_keys('vital_unindexed', since, limit)}) JOIN vital_signs USING ({KEY})")
+    else:
+        sql = f"SELECT {COLUMNS} FROM ({_keys('vital_subjects', since, limit)}) JOIN vital_signs USING ({KEY})"
     sql += " ORDER BY effective_us DESC"
     if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return store.query(sql, tuple(params))
+        sql += " LIMIT :limit"
+    rows = store.query(sql, params)
+    if subject is None or waiting is None or subject not in waiting:
+        return rows
+    merged = {tuple(row[:3]): row for row in rows}
+    merged.update((tuple(row[:3]), row) for row in waiting[subject]
+                  if since is None or row[0] > params["since"])
+    return sorted(merged.values(), key=lambda row: row[0], reverse=True)[:limit]
+
+
+def waiting_rows(store, since: datetime | None = None) -> dict[str, list]:
+    """The rows measured after ``since`` whose keys are not in the patient index yet, by
+    patient: the log read once for many patients (the ward board)."""
+    sql = f"SELECT DISTINCT {COLUMNS} FROM vital_unindexed JOIN vital_signs USING ({KEY})"
+    if since is not None:
+        sql += " WHERE effective_us>?"
+    found: dict[str, list] = {}
+    for row in store.query(sql, () if since is None else (unix_us(since),)):
+        found.setdefault(row[1], []).append(row)
+    return found
 
 
 def find(store, observation_id: str) -> dict[str, Any] | None:
@@ -122,7 +156,9 @@ def subjects(store, since: datetime) -> set[str]:
 
 
 def has_subject(store, subject: str) -> bool:
-    return bool(store.query("SELECT 1 FROM vital_signs WHERE subject=? LIMIT 1", (subject,)))
+    return bool(store.query("SELECT 1 FROM vital_subjects WHERE subject=:s UNION ALL"
+                            " SELECT 1 FROM vital_unindexed WHERE subject=:s LIMIT 1",
+                            {"s": subject}))
 
 
 def count(store, loinc: str) -> int:

@@ -13,13 +13,13 @@ SQLite transaction (:func:`commit`), and returns a :class:`BatchResult`. Childre
 the database through one shared lock: SQLite alone would make a worker that finds the database
 busy sleep 5, 10, ... 100 ms before trying again, straight onto the bridge's tail latency. The
 lock only orders the commits; SQLite still guarantees them, so a child that dies holding it costs
-the others at most :data:`COMMIT_LOCK_WAIT_S` before they commit without it. The bridge
-acknowledges the messages only then. ADT messages go to every worker (each keeps its own
-registry); a parked message is replayed by the worker that owns its topic.
+the others at most :data:`COMMIT_LOCK_WAIT_S` before they commit without it. The commit does
+not wait for the disk; the bridge fsyncs the write-ahead log after it, for the batches of every
+worker at once, and acknowledges the messages only then. ADT messages go to every worker (each
+keeps its own registry); a parked message is replayed by the worker that owns its topic.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing
 import threading
@@ -34,6 +34,7 @@ from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
+from serving import heap
 from serving.logs import JsonFormatter, configure
 
 log = logging.getLogger("medgate.iomt")
@@ -42,7 +43,6 @@ COMMIT_RETRY_S = 0.5  # wait between attempts when the store refuses a batch (e.
 RESTART_WAIT_S = 1.0  # wait before starting a child again after it died
 READY_TIMEOUT_S = 120.0  # a child imports the pipeline and opens the store before it is ready
 COMMIT_LOCK_WAIT_S = 5.0  # then commit without the lock (its holder may have died mid-commit)
-GC_THRESHOLD = 100_000  # allocations between young collections in a worker process (default 700)
 
 
 @dataclass
@@ -50,20 +50,31 @@ class BatchResult:
     """What the bridge needs to know about one committed batch."""
 
     processed: int
-    committed_at: float  # epoch seconds, just after the commit
+    committed_at: float  # epoch seconds, just after the commit (the bridge: once durable)
     dead_letters: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # to publish
     outbox: bool = False  # outbox rows were written: wake the outbox
     risk: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
     alerts: int = 0
 
 
-def commit(out: BatchOut, sink: ResourceSink, store, outbox=None) -> None:
+def commit(out: BatchOut, sink: ResourceSink, store, outbox=None, lock=None,
+           durable: bool = True) -> None:
     """Commit what one batch produced, in one transaction, retrying until the store takes it:
-    nothing is acknowledged that is not stored."""
+    nothing is acknowledged that is not stored. The transaction is committed holding ``lock``
+    (the children's commit lock, when given) without waiting for the disk; with ``durable``
+    it is then made durable (:meth:`serving.store.Store.sync_log`), else the caller must do
+    that before it acknowledges the batch (the bridge does, for several batches at once)."""
     while True:
         try:
-            sink.commit(out.resources, out.dead_letters, out.outbox_rows, out.beds.values(),
-                        out.vitals)
+            locked = lock is not None and lock.acquire(timeout=COMMIT_LOCK_WAIT_S)
+            try:
+                sink.commit(out.resources, out.dead_letters, out.outbox_rows, out.beds.values(),
+                            out.vitals, durable=False)
+            finally:
+                if locked:
+                    lock.release()
+            if durable:
+                store.sync_log()
             break
         except Exception:  # noqa: BLE001 - never ack what is not stored; keep trying
             log.exception("committing a batch of %d resources and %d vitals messages failed; "
@@ -93,7 +104,7 @@ class LocalWorker:
 
     def process(self, messages: list[tuple[str, bytes]]) -> BatchResult:
         out = self.pipeline.run(messages)
-        commit(out, self.sink, self.store, self.outbox)
+        commit(out, self.sink, self.store, self.outbox, durable=False)
         return _result(out)
 
     def stop(self) -> None:
@@ -175,11 +186,7 @@ def serve(spec: WorkerSpec, index: int, count: int, conn, commit_lock=None) -> N
     store = Store(spec.store_path)
     store.defer_checkpoints()  # the bridge's WalCheckpointer runs them
     pipeline, sink = spec.build(store, lambda topic: topics.partition(topic, count) == index)
-    # A batch allocates ~40 containers a message and frees them by reference counting (no cycles):
-    # the cyclic collector's default thresholds would scan the batch and the caches every few
-    # messages. Collect young objects rarely; never rescan what was loaded at start.
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 50, 10)
+    heap.settle()  # a batch allocates ~40 containers a message and makes no cycles
     conn.send("ready")
     try:
         while True:
@@ -190,12 +197,7 @@ def serve(spec: WorkerSpec, index: int, count: int, conn, commit_lock=None) -> N
             if messages is None:
                 break
             out = pipeline.run(messages)
-            locked = commit_lock is not None and commit_lock.acquire(timeout=COMMIT_LOCK_WAIT_S)
-            try:
-                commit(out, sink, store)
-            finally:
-                if locked:
-                    commit_lock.release()
+            commit(out, sink, store, lock=commit_lock, durable=False)
             conn.send(_result(out, pipeline.risk.take() if pipeline.risk is not None else None))
     finally:
         store.close()

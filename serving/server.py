@@ -20,6 +20,7 @@ from dicom_gateway.scu import send_files
 from iomt.bridge import VitalsBridge, broker_address
 from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
+from serving import heap
 from serving.config import Settings
 from serving.fhir_client import FhirSender
 from serving.ingress import STATUS_FILE
@@ -103,6 +104,7 @@ class Server:
                              known_models=handles)
         self.scp.start()
         self.write_status()
+        heap.settle()
         pacs = cfg.destinations.pacs
         log.info("medgate ready: DICOM %s@%s:%d, HTTP http://%s:%d, MQTT %s:%d (prefix %s), "
                  "results -> %s", cfg.dicom.ae_title, cfg.dicom.host, self.scp.port, cfg.http.host,

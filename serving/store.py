@@ -7,6 +7,8 @@ One connection is shared by the server's threads behind a lock; SQLite serialise
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from iomt import vital_records
+from iomt.vital_index import VitalIndex
 
 try:  # orjson is several times faster on the vitals hot path; the output is the same JSON
     import orjson
@@ -24,6 +27,8 @@ try:  # orjson is several times faster on the vitals hot path; the output is the
 except ImportError:  # pragma: no cover - orjson is a declared dependency
     def _dumps(obj: Any) -> str:
         return json.dumps(obj)
+
+log = logging.getLogger("medgate.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -72,7 +77,18 @@ CREATE TABLE IF NOT EXISTS vital_signs (   -- one row per vitals message: iomt.v
     updated_at REAL NOT NULL,
     PRIMARY KEY (effective_us, subject, codes)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS vital_signs_subject ON vital_signs(subject, effective_us);
+CREATE TABLE IF NOT EXISTS vital_subjects (  -- vital_signs by patient, written lazily: iomt.vital_index
+    subject TEXT NOT NULL,
+    effective_us INTEGER NOT NULL,
+    codes TEXT NOT NULL,
+    PRIMARY KEY (subject, effective_us, codes)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vital_unindexed (  -- keys of vital_signs written lately, in order
+    subject TEXT NOT NULL,
+    effective_us INTEGER NOT NULL,
+    codes TEXT NOT NULL,
+    at REAL NOT NULL               -- epoch seconds written
+);
 CREATE TABLE IF NOT EXISTS bed_census (
     ward TEXT NOT NULL,
     bed TEXT NOT NULL,
@@ -125,9 +141,10 @@ OUTBOX_COLUMNS = (("correlation_id", "TEXT"),)
 
 
 class Store:
-    """Thread-safe access to the medgate SQLite database at ``path``."""
+    """Thread-safe access to the medgate SQLite database at ``path``; ``vital_index`` writes
+    the patient index of its vitals messages (:mod:`iomt.vital_index`)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, vital_index: VitalIndex | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -147,9 +164,22 @@ class Store:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS dead_letters_parked"
                          " ON dead_letters(device, replayed_at)")
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type='index'"
+                            " AND name='vital_signs_subject'").fetchone():
+            with self.transaction() as db:  # a store of 2026-12-01: its index becomes the table
+                db.execute("INSERT OR IGNORE INTO vital_subjects"
+                           " SELECT subject, effective_us, codes FROM vital_signs")
+                db.execute("DROP INDEX IF EXISTS vital_signs_subject")
+        self._vital_index = vital_index or VitalIndex()  # the patient index of vital_signs
 
     def close(self) -> None:
         with self._lock:
+            if self._vital_index.waiting:
+                try:
+                    with self.transaction() as db:
+                        self._vital_index.flush(db)
+                except sqlite3.Error:  # the log keeps them: readers find them, a writer indexes them
+                    log.exception("indexing the last vitals messages by patient failed")
             self._db.close()
 
     @property
@@ -183,6 +213,25 @@ class Store:
             finally:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")
+
+    def sync_log(self) -> None:
+        """Wait until every transaction committed so far, by any connection, is on the disk.
+
+        A commit in WAL mode appends its pages to the write-ahead log; ``synchronous=FULL``
+        fsyncs the log inside the commit, while the writer still holds the database's write lock.
+        A writer that commits with ``durable=False`` and then calls this gets the same
+        guarantee, fsyncing the log after the lock is released: other writers commit meanwhile,
+        and one fsync covers every commit appended before it. The log is only ever started
+        again from its beginning after a checkpoint has copied it into the database file and
+        fsynced that, so a commit is either in the log this fsyncs or already in the database."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no log: nothing committed since the last connection closed
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -273,32 +322,44 @@ class Store:
     def commit_batch(self, resources: list[dict[str, Any]],
                      dead_letters: list[tuple[str, str, bytes | None, str | None]],
                      outbox_rows: list[tuple] = (), beds: list[tuple] = (),
-                     vitals: list[tuple] = ()) -> None:
+                     vitals: list[tuple] = (), durable: bool = True) -> None:
         """Resources, dead letters ``(source, reason, payload, device)``, outbox items
         ``(key, kind, destination, payload_json[, correlation_id])``, bed census rows
         (:meth:`record_beds`) and vitals messages (:func:`iomt.vital_records.record`) of one
-        batch, in one transaction."""
+        batch, in one transaction; ``durable=False``: see :meth:`sync_log`."""
         now = time.time()
         rows = [(r["resourceType"], r["id"], (r.get("subject") or {}).get("reference"),
                  _dumps(r), now) for r in resources]
-        with self.transaction() as db:
-            if rows:
-                db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", rows)
-            if vitals:
-                db.executemany("INSERT OR REPLACE INTO vital_signs VALUES (?,?,?,?,?,?,?)",
-                               [(*v, now) for v in vitals])
-            if dead_letters:
-                db.executemany(
-                    "INSERT INTO dead_letters(source, reason, payload, device, created_at)"
-                    " VALUES (?,?,?,?,?)", [(*d, now) for d in dead_letters])
-            if outbox_rows:
-                db.executemany(
-                    "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
-                    " next_attempt_at, created_at) VALUES (?,?,?,?,?, 'pending', ?, ?)",
-                    [(*o[:4], o[4] if len(o) > 4 else None, now, now) for o in outbox_rows])
-            if beds:
-                db.executemany("INSERT OR REPLACE INTO bed_census VALUES (?,?,?,?,?,?,?)",
-                               [(*b, now) for b in beds])
+        try:
+            with self.transaction(durable) as db:
+                self._write_batch(db, now, rows, dead_letters, outbox_rows, beds, vitals)
+        except BaseException:
+            with self._lock:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._vital_index.discard()
+            raise
+
+    def _write_batch(self, db, now: float, rows: list[tuple], dead_letters, outbox_rows, beds,
+                     vitals) -> None:
+        if rows:
+            db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", rows)
+        if vitals:
+            db.executemany("INSERT OR REPLACE INTO vital_signs VALUES (?,?,?,?,?,?,?)",
+                           [(*v, now) for v in vitals])
+        self._vital_index.write(db, vitals)
+        if dead_letters:
+            db.executemany(
+                "INSERT INTO dead_letters(source, reason, payload, device, created_at)"
+                " VALUES (?,?,?,?,?)", [(*d, now) for d in dead_letters])
+        if outbox_rows:
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
+                " next_attempt_at, created_at) VALUES (?,?,?,?,?, 'pending', ?, ?)",
+                [(*o[:4], o[4] if len(o) > 4 else None, now, now) for o in outbox_rows])
+        if beds:
+            db.executemany("INSERT OR REPLACE INTO bed_census VALUES (?,?,?,?,?,?,?)",
+                           [(*b, now) for b in beds])
 
     def record_beds(self, beds: list[tuple[str, str, str | None, str, str | None, str]]) -> None:
         """Upsert the bed census: ``(ward, bed, site, patient_ref, device, seen_at_iso)`` rows."""

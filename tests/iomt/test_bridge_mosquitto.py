@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -115,3 +116,31 @@ def test_alert_only_when_the_band_changes(bridge):
     finally:
         client.loop_stop()
     assert len(alerts) == 1 and alerts[0]["band"] == "high"
+
+
+def test_acknowledged_only_after_the_log_is_on_the_disk(bridge, monkeypatch):
+    """The worker commits without waiting for the disk; the PUBACK waits for the fsync."""
+    b, store, port = bridge
+    events: list[str] = []
+    gate = threading.Event()
+    sync_log, ack_many = store.sync_log, b.client.ack_many
+
+    def gated_sync() -> None:
+        events.append("fsync started")
+        assert gate.wait(30)
+        sync_log()
+        events.append("fsync done")
+
+    def recorded_ack(mids) -> None:
+        events.append(f"ack {len(mids)}")
+        ack_many(mids)
+
+    monkeypatch.setattr(store, "sync_log", gated_sync)
+    monkeypatch.setattr(b.client, "ack_many", recorded_ack)
+    pub(port, "medgate/w/b/vitals", json.dumps(vitals_course(1, patient_id="P9", deteriorating=False)[0]))
+    wait_until(lambda: "fsync started" in events, timeout_s=15)
+    assert len(store.resources("Observation", "Patient/P9")) == 6  # committed meanwhile
+    assert b.processed == 0 and not any(e.startswith("ack") for e in events)
+    gate.set()
+    wait_until(lambda: b.processed >= 1, timeout_s=15)
+    assert events[:3] == ["fsync started", "fsync done", "ack 1"]

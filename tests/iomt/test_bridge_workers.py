@@ -72,9 +72,9 @@ def run_bridge(tmp_path, name: str, workers: int, messages, **kwargs):
     seen: list[tuple[str, str, bytes]] = []
     lock = threading.Lock()
 
-    def on_commit(batch, committed_at):
+    def on_commit(batch, committed_at, worker):
         with lock:
-            seen.extend((threading.current_thread().name, m.topic, m.payload) for m in batch)
+            seen.extend((worker, m.topic, m.payload) for m in batch)
 
     bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store,
                           client_id=f"workers-{name}", options=MqttOptions(protocol="5"),

@@ -31,9 +31,9 @@ def subscriber(port: int, client_id: str, protocol: str, received: list,
 
     def on_connect(c, userdata, flags, reason_code, properties):
         c.subscribe([("medgate/#", 1)])
-        ready.set()
 
     client.on_connect = on_connect
+    client.on_subscribe = lambda *args: ready.set()  # the broker has the subscription: SUBACK
     client.on_message = lambda c, userdata, message: received.append(message)
     if bulk:
         client.on_messages = lambda c, userdata, messages: received.extend(messages)

@@ -76,7 +76,12 @@ def test_vitals_messages_go_by_measurement_time_in_batches(tmp_path, monkeypatch
                                        "v": [[147842, 60]]}))
             rows.append(vital_records.record(msg, "Patient/p1", "dev1"))
         store.commit_batch([], [], vitals=rows)
+        store.close()  # its keys go to the patient index (iomt.vital_index)
+        store = Store(tmp_path / "db.sqlite3")
+        assert store.query("SELECT count(*) FROM vital_subjects")[0][0] == 24
         assert VitalsRetention(store, retention_hours=72).tick(now) == 21
         assert vital_records.count(store, codes.HEART_RATE) == 3
+        assert store.query("SELECT count(*) FROM vital_subjects")[0][0] == 3  # and their keys
+        assert len(vital_records.select(store, "Patient/p1")) == 3
     finally:
         store.close()

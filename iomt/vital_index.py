@@ -1,0 +1,106 @@
+"""The patient index of the stored vitals messages, written a few patients per commit.
+
+``vital_signs`` (:mod:`iomt.vital_records`) is keyed by measurement time, so a batch of vitals
+messages appends to the end of the table. An index by patient cannot be appended to: with 1,000
+monitored beds each message of a batch adds its entry at another patient's place, and the commit
+writes one 4 KiB page per message to the write-ahead log (and the checkpoint writes it again).
+At 10,000 messages a second that was ~40 MB/s of random page writes, and the bridge's latency
+grew with the disk's backlog when the rate was held.
+
+So the patient index is a table, ``vital_subjects`` (patient, time, codes), filled a few patients
+at a time, and what it does not hold yet is in a short log, ``vital_unindexed``:
+
+- each commit appends the keys of its batch to the log (a rowid table, so an append), and the
+  writer keeps them in memory by patient;
+- the same commit indexes the patients that have waited longest, about ``len(waiting) x seconds
+  since the last commit / lag_s`` of them: every patient's keys are indexed ``lag_s`` after they
+  came, its keys of that second together on one page of the index;
+- and it settles the start of the log: keys logged more than ``settle_s`` ago are indexed (a
+  look-up that finds them there, unless their writer stopped or died before it indexed them)
+  and deleted, about as many as the commit appended.
+
+A reader by patient takes the index and the log together (:func:`iomt.vital_records.select`), so
+a message is found from the commit that stored it. Nothing else is needed to recover: keys that a
+crashed writer left in the log are read from there and settled by the next commit of any writer.
+A key indexed twice is harmless (the index ignores a key it has). If a commit fails, the writer
+forgets what it was waiting for: the log still has it.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import Sequence
+
+#: Seconds a patient's keys wait in memory before they are indexed together.
+LAG_S = 1.0
+#: Seconds after which any writer indexes and deletes keys still in the log.
+SETTLE_S = 2.5
+#: Keys settled per commit at least (more when the commit appended more).
+SETTLE_MIN = 100
+
+
+class VitalIndex:
+    """One writer's side of the index (one per store connection); see the module docstring."""
+
+    def __init__(self, lag_s: float = LAG_S, settle_s: float = SETTLE_S,
+                 clock=time.monotonic, wall=time.time) -> None:
+        if not 0 < lag_s < settle_s:
+            raise ValueError(f"0 < lag_s < settle_s is required, {lag_s} and {settle_s} are given.")
+        self.lag_s, self.settle_s, self._clock, self._wall = lag_s, settle_s, clock, wall
+        self._waiting: dict[str, list[tuple[int, str]]] = {}  # patient -> keys, oldest patient first
+        self._last = clock()
+
+    @property
+    def waiting(self) -> int:
+        """Patients with keys not yet indexed by this writer."""
+        return len(self._waiting)
+
+    def write(self, db, rows: Sequence[Sequence]) -> None:
+        """In the writer's transaction: log the keys of ``rows`` (``vital_signs`` rows), index
+        the patients due and settle the start of the log."""
+        now = self._clock()
+        due = math.ceil(len(self._waiting) * min(1.0, (now - self._last) / self.lag_s))
+        self._last = now
+        if rows:
+            self._log(db, rows)
+        if due:
+            self._index(db, due)
+        self.settle(db, 2 * len(rows) + SETTLE_MIN)
+
+    def flush(self, db) -> None:
+        """Index everything this writer waits for (before it closes)."""
+        self._index(db, len(self._waiting))
+
+    def discard(self) -> None:
+        """Forget the waiting keys (the commit that logged them may have been rolled back)."""
+        self._waiting.clear()
+
+    def settle(self, db, limit: int, older_than_s: float | None = None) -> int:
+        """Index and delete up to ``limit`` of the oldest log entries logged more than
+        ``older_than_s`` (``settle_s``) ago; returns how many."""
+        before = self._wall() - (self.settle_s if older_than_s is None else older_than_s)
+        last = db.execute("SELECT max(rowid) FROM (SELECT rowid, at FROM vital_unindexed"
+                          " ORDER BY rowid LIMIT ?) WHERE at<?", (limit, before)).fetchone()[0]
+        if last is None:
+            return 0
+        db.execute("INSERT OR IGNORE INTO vital_subjects SELECT subject, effective_us, codes"
+                   " FROM vital_unindexed WHERE rowid<=?", (last,))
+        return db.execute("DELETE FROM vital_unindexed WHERE rowid<=?", (last,)).rowcount
+
+    def _log(self, db, rows: Sequence[Sequence]) -> None:
+        at, entries = self._wall(), []
+        for effective_us, subject, codes, *_ in rows:
+            entries.append((subject, effective_us, codes, at))
+            keys = self._waiting.get(subject)
+            if keys is None:
+                self._waiting[subject] = keys = []
+            keys.append((effective_us, codes))
+        db.executemany("INSERT INTO vital_unindexed VALUES (?,?,?,?)", entries)
+
+    def _index(self, db, count: int) -> None:
+        entries = []
+        for subject in list(itertools.islice(self._waiting, count)):
+            entries += [(subject, effective_us, codes)
+                        for effective_us, codes in self._waiting.pop(subject)]
+        db.executemany("INSERT OR IGNORE INTO vital_subjects VALUES (?,?,?)", entries)
