@@ -1,4 +1,5 @@
-"""The local store: one SQLite database under ``state_dir`` (WAL, synchronous=FULL).
+"""The local store: one SQLite database under ``state_dir`` (WAL, synchronous=FULL; the vitals
+bridge's batches commit without the fsync and are made durable by :meth:`Store.sync_log`).
 
 It records received instances and study state, produced results, FHIR resources (upserted by
 type and id, so a resend updates instead of duplicating), dead letters, and the delivery outbox.
@@ -218,10 +219,10 @@ class Store:
         """Wait until every transaction committed so far, by any connection, is on the disk.
 
         A commit in WAL mode appends its pages to the write-ahead log; ``synchronous=FULL``
-        fsyncs the log inside the commit, while the writer still holds the database's write lock.
-        A writer that commits with ``durable=False`` and then calls this gets the same
-        guarantee, fsyncing the log after the lock is released: other writers commit meanwhile,
-        and one fsync covers every commit appended before it. The log is only ever started
+        flushes the log (``fdatasync``) inside the commit, while the writer still holds the
+        database's write lock. A writer that commits with ``durable=False`` and then calls this
+        gets the same guarantee, flushing the log after the lock is released: other writers
+        commit meanwhile, and one flush covers every commit appended before it. The log is only ever started
         again from its beginning after a checkpoint has copied it into the database file and
         fsynced that, so a commit is either in the log this fsyncs or already in the database."""
         try:
@@ -229,7 +230,7 @@ class Store:
         except FileNotFoundError:  # no log: nothing committed since the last connection closed
             return
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)  # as SQLite's own commit: the data and the size, not the times
         finally:
             os.close(fd)
 

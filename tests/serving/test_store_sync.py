@@ -7,20 +7,20 @@ import os
 from serving.store import Store
 
 
-def test_sync_log_fsyncs_the_write_ahead_log(tmp_path, monkeypatch):
+def test_sync_log_flushes_the_write_ahead_log(tmp_path, monkeypatch):
     store = Store(tmp_path / "db.sqlite3")
     reader = Store(tmp_path / "db.sqlite3")  # another connection: the bridge's, for a worker's commit
     synced: list[str] = []
-    fsync = os.fsync
+    fdatasync = os.fdatasync
 
     def recorded(fd: int) -> None:
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
+        fdatasync(fd)
 
     try:
         store.commit_batch([], [("mqtt:w/b/vitals", "not JSON", b"x", None)], durable=False)
         assert store.query("PRAGMA synchronous")[0][0] == 2  # FULL again for other transactions
-        monkeypatch.setattr("serving.store.os.fsync", recorded)
+        monkeypatch.setattr("serving.store.os.fdatasync", recorded)
         reader.sync_log()
         assert synced == [str(tmp_path / "db.sqlite3-wal")]
         assert len(reader.dead_letters()) == 1
