@@ -32,10 +32,11 @@ import math
 import time
 from typing import Sequence
 
-#: Seconds a patient's keys wait in memory before they are indexed together.
-LAG_S = 1.0
+#: Seconds a patient's keys wait in memory before they are indexed together: a worker's commit of
+#: 59 messages from 500 patients wrote 33 WAL pages with 1 s, 26 with 2 s (90.8 with an index).
+LAG_S = 2.0
 #: Seconds after which any writer indexes and deletes keys still in the log.
-SETTLE_S = 2.5
+SETTLE_S = 4.0
 #: Keys settled per commit at least (more when the commit appended more).
 SETTLE_MIN = 100
 
