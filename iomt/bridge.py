@@ -43,8 +43,7 @@ from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
-from iomt.workers import (COMMIT_RETRY_S, BatchResult, LocalWorker, ProcessWorker, WorkerSpec,
-                          commit)
+from iomt.workers import BatchResult, LocalWorker, ProcessWorker, WorkerSpec, commit
 from serving.wal_checkpoint import WalCheckpointer
 
 __all__ = ["VitalsBridge", "broker_address", "patient_reference"]
@@ -162,6 +161,7 @@ class VitalsBridge:
         self._unsynced: list[tuple[int, list[Received], BatchResult]] = []  # committed, not durable
         self._sync_cond = threading.Condition()
         self._syncer = threading.Thread(target=self._sync, daemon=True, name="medgate-vitals-sync")
+        self.sync_failed: OSError | None = None  # the flush that stopped the acknowledgements
         # no batch commit waits for a checkpoint; the writers wait only to let the log restart
         self.checkpointer = WalCheckpointer(store.path, lock=writers_lock)
 
@@ -288,13 +288,16 @@ class VitalsBridge:
                 if not self._unsynced:
                     return
                 done, self._unsynced = self._unsynced, []
-            while True:
-                try:
-                    self.store.sync_log()
-                    break
-                except OSError:  # noqa: PERF203 - never acknowledge what is not on the disk
-                    log.exception("fsync of the store's write-ahead log failed; retrying")
-                    time.sleep(COMMIT_RETRY_S)
+            try:
+                self.store.sync_log()
+            except OSError as exc:
+                # After a failed flush Linux may drop the pages and report the next one a success:
+                # never acknowledge them. Unacknowledged, the broker delivers them again once the
+                # bridge is restarted; meanwhile the full ledger stops reading (back-pressure).
+                self.sync_failed = exc
+                log.critical("flushing the store's write-ahead log failed (%s): the vitals bridge "
+                             "acknowledges nothing more until it is restarted", exc)
+                return
             synced_at = time.time()
             for index, batch, result in done:
                 result.committed_at = synced_at

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -144,3 +145,21 @@ def test_acknowledged_only_after_the_log_is_on_the_disk(bridge, monkeypatch):
     gate.set()
     wait_until(lambda: b.processed >= 1, timeout_s=15)
     assert events[:3] == ["fsync started", "fsync done", "ack 1"]
+
+
+def test_a_failed_flush_acknowledges_nothing(bridge, monkeypatch):
+    """Linux may report the flush after a failed one a success with the pages gone: the bridge
+    stops acknowledging instead, and the broker keeps the messages for the next start."""
+    b, store, port = bridge
+
+    def failing_sync() -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "sync_log", failing_sync)
+    pub(port, "medgate/w/b/vitals", json.dumps(vitals_course(1, patient_id="P8",
+                                                             deteriorating=False)[0]))
+    wait_until(lambda: b.sync_failed is not None, timeout_s=15)
+    pub(port, "medgate/w/b/vitals", json.dumps(vitals_course(2, patient_id="P8",
+                                                             deteriorating=False)[1]))
+    time.sleep(1.0)
+    assert b.processed == 0 and b.sync_failed.errno == 5
