@@ -14,7 +14,7 @@ at a time, and what it does not hold yet is in a short log, ``vital_unindexed``:
   writer keeps them in memory by patient;
 - the same commit indexes the patients that have waited longest, about ``len(waiting) x seconds
   since the last commit / lag_s`` of them: every patient's keys are indexed ``lag_s`` after they
-  came, its keys of that second together on one page of the index;
+  came, its keys of those ``lag_s`` seconds together on one page of the index;
 - and it settles the start of the log: keys logged more than ``settle_s`` ago are indexed (a
   look-up that finds them there, unless their writer stopped or died before it indexed them)
   and deleted, about as many as the commit appended.
