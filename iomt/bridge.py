@@ -131,7 +131,7 @@ class VitalsBridge:
                                            alerts=alerts, risk=risk,
                                            news2_interval_s=news2_interval_s)
             self.workers: list[LocalWorker | ProcessWorker] = [
-                LocalWorker(self.pipeline, self.sink, store, outbox)]
+                LocalWorker(self.pipeline, self.sink, store)]
         else:
             spec = WorkerSpec.of(store=store, topic_prefix=topic_prefix, registry=self.registry,
                                  states=states, alerts=alerts, sink=self.sink,

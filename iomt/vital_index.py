@@ -49,7 +49,7 @@ class VitalIndex:
         if not 0 < lag_s < settle_s:
             raise ValueError(f"0 < lag_s < settle_s is required, {lag_s} and {settle_s} are given.")
         self.lag_s, self.settle_s, self._clock, self._wall = lag_s, settle_s, clock, wall
-        self._waiting: dict[str, list[tuple[int, str]]] = {}  # patient -> keys, oldest patient first
+        self._waiting: dict[str, list[tuple[int, str]]] = {}  # patient -> keys, oldest first
         self._last = clock()
 
     @property

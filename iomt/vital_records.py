@@ -114,7 +114,8 @@ def select(store, subject: str | None = None, since: datetime | None = None,
         sql = (f"SELECT {COLUMNS} FROM ({_keys('vital_subjects', since, limit)} UNION"
                f" {_keys('vital_unindexed', since, limit)}) JOIN vital_signs USING ({KEY})")
     else:
-        sql = f"SELECT {COLUMNS} FROM ({_keys('vital_subjects', since, limit)}) JOIN vital_signs USING ({KEY})"
+        sql = (f"SELECT {COLUMNS} FROM ({_keys('vital_subjects', since, limit)})"
+               f" JOIN vital_signs USING ({KEY})")
     sql += " ORDER BY effective_us DESC"
     if limit is not None:
         sql += " LIMIT :limit"

@@ -96,15 +96,15 @@ def _result(out: BatchOut, risk: list | None = None) -> BatchResult:
 class LocalWorker:
     """The pipeline in the bridge's own process (one worker)."""
 
-    def __init__(self, pipeline: VitalsPipeline, sink: ResourceSink, store, outbox=None) -> None:
-        self.pipeline, self.sink, self.store, self.outbox = pipeline, sink, store, outbox
+    def __init__(self, pipeline: VitalsPipeline, sink: ResourceSink, store) -> None:
+        self.pipeline, self.sink, self.store = pipeline, sink, store
 
     def start(self) -> None:
         pass
 
     def process(self, messages: list[tuple[str, bytes]]) -> BatchResult:
         out = self.pipeline.run(messages)
-        commit(out, self.sink, self.store, self.outbox, durable=False)
+        commit(out, self.sink, self.store, durable=False)  # the bridge wakes the outbox
         return _result(out)
 
     def stop(self) -> None:

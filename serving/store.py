@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS vital_signs (   -- one row per vitals message: iomt.v
     updated_at REAL NOT NULL,
     PRIMARY KEY (effective_us, subject, codes)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS vital_subjects (  -- vital_signs by patient, written lazily: iomt.vital_index
+CREATE TABLE IF NOT EXISTS vital_subjects (  -- vital_signs by patient: iomt.vital_index
     subject TEXT NOT NULL,
     effective_us INTEGER NOT NULL,
     codes TEXT NOT NULL,
@@ -179,7 +179,7 @@ class Store:
                 try:
                     with self.transaction() as db:
                         self._vital_index.flush(db)
-                except sqlite3.Error:  # the log keeps them: readers find them, a writer indexes them
+                except sqlite3.Error:  # the log keeps them: read there, indexed by a writer
                     log.exception("indexing the last vitals messages by patient failed")
             self._db.close()
 
@@ -222,9 +222,10 @@ class Store:
         flushes the log (``fdatasync``) inside the commit, while the writer still holds the
         database's write lock. A writer that commits with ``durable=False`` and then calls this
         gets the same guarantee, flushing the log after the lock is released: other writers
-        commit meanwhile, and one flush covers every commit appended before it. The log is only ever started
-        again from its beginning after a checkpoint has copied it into the database file and
-        fsynced that, so a commit is either in the log this fsyncs or already in the database."""
+        commit meanwhile, and one flush covers every commit appended before it. The log is only
+        ever started again from its beginning after a checkpoint has copied it into the database
+        file and fsynced that, so a commit is either in the log this flushes or already in the
+        database."""
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         except FileNotFoundError:  # no log: nothing committed since the last connection closed
@@ -336,7 +337,7 @@ class Store:
                 self._write_batch(db, now, rows, dead_letters, outbox_rows, beds, vitals)
         except BaseException:
             with self._lock:
-                if self._db.in_transaction:
+                if self._db.in_transaction:  # COMMIT failed (the body's errors roll back)
                     self._db.execute("ROLLBACK")
                 self._vital_index.discard()
             raise

@@ -71,12 +71,13 @@ def _bodies(store, sql: str, params: tuple) -> list[dict]:
     return [json.loads(r["body"]) for r in store.query(sql, params)]
 
 
-def _tile(store, patient_ref: str, since: float, waiting: dict[str, list]) -> dict[str, Any]:
+def _tile(store, patient_ref: str, since: float, since_at: datetime,
+          waiting: dict[str, list]) -> dict[str, Any]:
     observations = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='Observation'"
                            " AND subject=? AND updated_at>? ORDER BY updated_at DESC LIMIT ?",
                            (patient_ref, since, MAX_OBSERVATIONS))
     observations += vital_records.observations(vital_records.select(
-        store, patient_ref, datetime.fromtimestamp(since, timezone.utc), MAX_MESSAGES, waiting))
+        store, patient_ref, since_at, MAX_MESSAGES, waiting))
     observations.sort(key=lambda o: o.get("effectiveDateTime") or "")
     series, news2 = _series(observations)
     risk = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='RiskAssessment'"
@@ -103,16 +104,17 @@ def ward_board(store, now: float | None = None, window_s: float = WINDOW_S) -> d
     loose = {r["subject"] for r in store.query(
         "SELECT DISTINCT subject FROM fhir_resources WHERE resource_type='Observation'"
         " AND updated_at>? AND subject IS NOT NULL", (since,))}
-    loose |= vital_records.subjects(store, datetime.fromtimestamp(since, timezone.utc))
+    since_at = datetime.fromtimestamp(since, timezone.utc)
+    loose |= vital_records.subjects(store, since_at)
     loose -= placed
-    waiting = vital_records.waiting_rows(store, datetime.fromtimestamp(since, timezone.utc))
+    waiting = vital_records.waiting_rows(store, since_at)  # the patient index's log, read once
     tiles = []
     for bed in beds:
         tiles.append({"ward": bed["ward"], "bed": bed["bed"], "site": bed["site"], "device": bed["device"],
-                      **_tile(store, bed["patient_ref"], since, waiting)})
+                      **_tile(store, bed["patient_ref"], since, since_at, waiting)})
     for patient_ref in sorted(loose):
         tiles.append({"ward": None, "bed": None, "site": None, "device": None,
-                      **_tile(store, patient_ref, since, waiting)})
+                      **_tile(store, patient_ref, since, since_at, waiting)})
     return {"beds": tiles, "generated": now}
 
 
