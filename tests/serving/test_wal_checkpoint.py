@@ -1,8 +1,10 @@
 """WAL checkpoints run on the checkpointer's thread, not inside the commits of deferring writers."""
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+from pathlib import Path
 
 from serving.store import Store
 from serving.wal_checkpoint import WalCheckpointer
@@ -100,6 +102,41 @@ def test_writers_that_hold_their_lock_only_delay_the_restart(tmp_path, monkeypat
         checkpointer.tick()  # passive pass only; returns after the wait
         assert checkpointer.restarts == 0 and checkpointer.last[1] == checkpointer.last[2]
         lock.release()
+        checkpointer.stop()
+    finally:
+        store.close()
+
+
+def test_each_pass_flushes_the_database_file_before_the_writers_are_held(tmp_path, monkeypatch):
+    """SQLite itself flushes the database in the pass that copies the whole log, the held one;
+    the checkpointer's own flush after every pass leaves that one only its own pages."""
+    events: list[str] = []
+    fdatasync = os.fdatasync
+
+    def recorded(fd: int) -> None:
+        events.append(f"flush {Path(os.readlink(f'/proc/self/fd/{fd}')).name}")
+        fdatasync(fd)
+
+    class RecordingLock(CountingLock):
+        def acquire(self, timeout: float = -1) -> bool:
+            events.append("hold")
+            return super().acquire(timeout)
+
+    monkeypatch.setattr("serving.wal_checkpoint.os.fdatasync", recorded)
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        store.defer_checkpoints()
+        checkpointer = WalCheckpointer(store.path, lock=RecordingLock(), restart_frames=500)
+        _write(store, 100)
+        checkpointer.tick()
+        assert events == ["flush db.sqlite3"]  # under the threshold: one pass, then its flush
+        events.clear()
+        _write(store, 1500, 100)
+        checkpointer.tick()
+        assert checkpointer.restarts == 1
+        held = events.index("hold")
+        assert held >= 2 and events[held - 1] == "flush db.sqlite3"  # catch-up pass(es) flushed
+        assert events[held + 1:] == ["flush db.sqlite3"]  # the held pass, then its (tiny) flush
         checkpointer.stop()
     finally:
         store.close()
