@@ -85,7 +85,10 @@ def test_found_from_the_commit_then_indexed_oldest_patients_first(tmp_path, cloc
         assert count(store, "vital_subjects") == 22
         assert count(store, "vital_unindexed") == 22  # indexed, not yet settled
 
-        wall.now += 3.0  # past settle_s: the log's start is deleted
+        wall.now += 3.0  # past settle_s, but within every_s of the last commit that indexed
+        store.commit_batch([], [])
+        assert count(store, "vital_unindexed") == 22
+        mono.now += 0.05  # the next commit that indexes deletes the log's start
         store.commit_batch([], [])
         assert count(store, "vital_unindexed") == 0
         assert found(store, 0) == expected(0, range(3)) and found(store, 10) == expected(10, [0])
@@ -105,6 +108,7 @@ def test_keys_a_dead_writer_left_are_read_and_settled_by_another(tmp_path, clock
     try:
         assert count(other, "vital_subjects") == 0
         assert all(found(other, p) == expected(p, [0]) for p in range(4))  # from the log
+        mono.now += 0.1  # the next commit that indexes (VitalIndex.every_s after the last)
         wall.now += 3.0
         other.commit_batch([], [], vitals=[row(7, 1)])
         assert indexed(other) == {f"Patient/P{p}" for p in range(4)}
