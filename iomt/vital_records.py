@@ -36,7 +36,7 @@ import orjson
 
 from iomt import codes
 from iomt.identity import device_reference
-from iomt.observations import UNIX_EPOCH, unix_us, vital_observations
+from iomt.observations import UNIX_EPOCH, _number, unix_us, vital_observations
 from iomt.payload import Vital, VitalsMessage
 
 COLUMNS = "effective_us, subject, codes, device, effective, vitals, updated_at"
@@ -151,9 +151,23 @@ def find(store, observation_id: str) -> dict[str, Any] | None:
 
 
 def subjects(store, since: datetime) -> set[str]:
-    """Patients with vitals measured after ``since``."""
-    return {row[0] for row in store.query("SELECT DISTINCT subject FROM vital_signs"
-                                           " WHERE effective_us>?", (unix_us(since),))}
+    """Patients with vitals measured after ``since``: two look-ups a patient in the patient
+    index (its next patient, then its newest key) and the log, not a scan of every message
+    since then (36 million rows for an hour at 10,000 messages a second)."""
+    return {row[0] for row in store.query(
+        "WITH RECURSIVE patient(subject) AS (SELECT min(subject) FROM vital_subjects UNION ALL"
+        " SELECT (SELECT min(subject) FROM vital_subjects WHERE subject>patient.subject)"
+        " FROM patient WHERE patient.subject IS NOT NULL)"
+        " SELECT subject FROM patient WHERE subject IS NOT NULL AND (SELECT max(effective_us)"
+        " FROM vital_subjects WHERE subject=patient.subject)>:since"
+        " UNION SELECT subject FROM vital_unindexed WHERE effective_us>:since",
+        {"since": unix_us(since)})}
+
+
+def readings(row: Sequence) -> tuple[str, list[tuple[str, int | float]]]:
+    """A row's time (ISO 8601) and ``(LOINC code, value)`` readings, the values as its
+    Observations give them: what a chart needs, without building the Observations."""
+    return _effective(row), [(loinc, _number(value)) for loinc, value, _ in orjson.loads(row[5])]
 
 
 def has_subject(store, subject: str) -> bool:
