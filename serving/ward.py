@@ -1,8 +1,10 @@
 """The ward board's data: one tile per bed, and its live stream.
 
 ``GET /v1/ward`` returns the board once; ``GET /v1/stream/ward`` is a Server-Sent Events stream
-(``text/event-stream``) that polls the store every ``POLL_S`` seconds and sends the board when it
-changed (a comment line every ``KEEPALIVE_S`` otherwise); the open streams share one board a poll
+(``text/event-stream``) that polls the store every ``POLL_S`` seconds and sends the board's tiles
+when they changed (event ``ward``), the wards of the census when they changed (event ``wards``),
+and a comment line every ``KEEPALIVE_S`` otherwise. Both take ``?ward=``: that ward's beds alone,
+as a ward's own screen shows them. The open streams share one board a poll
 (:func:`polled_board`). A tile's sparklines are read from the vitals rows directly
 (:func:`iomt.vital_records.readings`), newest first until each has its ``POINTS``, not from
 Observations built for them: 1,000 beds of 100 messages took 7.8 s a board, now 2.2-2.6 s.  Beds come from the bed census the vitals
@@ -37,6 +39,7 @@ POLL_S = 1.5
 KEEPALIVE_S = 15.0
 MAX_OBSERVATIONS = 1500  # whole resources (NEWS2, ECG) per patient and board refresh
 MAX_MESSAGES = 500  # vitals messages per patient and board refresh (iomt.vital_records)
+LOG_READ_ONCE = 50  # tiles from which the patient index's log is read once for all of them
 VITALS = {codes.HEART_RATE: "hr", codes.RESPIRATORY_RATE: "rr", codes.OXYGEN_SATURATION: "spo2",
           codes.BODY_TEMPERATURE: "temp"}
 #: The sparkline of each reading a vitals row keeps (its Observation's codes, as VITALS above).
@@ -44,7 +47,7 @@ _READINGS = {**VITALS, codes.OXYGEN_SATURATION_PULSE_OXIMETRY: "spo2", codes.SYS
              codes.DIASTOLIC_BP: "dia"}
 _BAND = re.compile(r"(low-medium|low|medium|high)")
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
-_polled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # store -> (monotonic, board)
+_polled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # store -> ward -> (monotonic, board)
 _polled_lock = threading.Lock()
 router = APIRouter()
 
@@ -126,20 +129,27 @@ def _tile(store, patient_ref: str, since: float, since_at: datetime,
                        for f in flags if f.get("status") == "active"]}
 
 
-def ward_board(store, now: float | None = None, window_s: float = WINDOW_S) -> dict[str, Any]:
-    """The board: ``{"beds": [tile, ...], "generated": epoch}``; see the module docstring."""
+def ward_board(store, now: float | None = None, window_s: float = WINDOW_S,
+               ward: str | None = None) -> dict[str, Any]:
+    """The board: ``{"beds": [tile, ...], "wards": [...], "ward": ward, "generated": epoch}``
+    (see the module docstring); with ``ward``, that ward's beds alone (no unassigned tiles)."""
     now = time.time() if now is None else now
     since = now - window_s
-    beds = [dict(r) for r in store.query("SELECT * FROM bed_census WHERE updated_at>?"
-                                         " ORDER BY ward, bed", (since,))]
-    placed = {b["patient_ref"] for b in beds}
-    loose = {r["subject"] for r in store.query(
-        "SELECT DISTINCT subject FROM fhir_resources WHERE resource_type='Observation'"
-        " AND updated_at>? AND subject IS NOT NULL", (since,))}
+    census = [dict(r) for r in store.query("SELECT * FROM bed_census WHERE updated_at>?"
+                                           " ORDER BY ward, bed", (since,))]
+    wards = sorted({b["ward"] for b in census})
+    beds = census if ward is None else [b for b in census if b["ward"] == ward]
     since_at = datetime.fromtimestamp(since, timezone.utc)
-    loose |= vital_records.subjects(store, since_at)
-    loose -= placed
-    waiting = vital_records.waiting_rows(store, since_at)  # the patient index's log, read once
+    loose: set[str] = set()
+    if ward is None:
+        loose = {r["subject"] for r in store.query(
+            "SELECT DISTINCT subject FROM fhir_resources WHERE resource_type='Observation'"
+            " AND updated_at>? AND subject IS NOT NULL", (since,))}
+        loose |= vital_records.subjects(store, since_at)
+        loose -= {b["patient_ref"] for b in census}
+    # the patient index's log read once for a board of many tiles, else with each tile's own
+    waiting = vital_records.waiting_rows(store, since_at) \
+        if len(beds) + len(loose) > LOG_READ_ONCE else None
     tiles = []
     for bed in beds:
         tiles.append({"ward": bed["ward"], "bed": bed["bed"], "site": bed["site"], "device": bed["device"],
@@ -147,40 +157,45 @@ def ward_board(store, now: float | None = None, window_s: float = WINDOW_S) -> d
     for patient_ref in sorted(loose):
         tiles.append({"ward": None, "bed": None, "site": None, "device": None,
                       **_tile(store, patient_ref, since, since_at, waiting)})
-    return {"beds": tiles, "generated": now}
+    return {"beds": tiles, "wards": wards, "ward": ward, "generated": now}
 
 
-def polled_board(store) -> dict[str, Any]:
-    """The board for the streams: computed at most once every ``POLL_S`` for all of them, so
-    that each screen open on the ward board does not add a board's work (with 1,000 beds,
-    seconds of CPU in the bridge's process) every ``POLL_S``."""
+def polled_board(store, ward: str | None = None) -> dict[str, Any]:
+    """The board for the streams: computed at most once every ``POLL_S`` for all of them (per
+    ward), so that each screen open on the ward board does not add a board's work (with 1,000
+    beds, seconds of CPU in the bridge's process) every ``POLL_S``."""
     with _polled_lock:
-        at, board = _polled.get(store, (None, None))
+        boards = _polled.setdefault(store, {})
+        at, board = boards.get(ward, (None, None))
         if at is None or time.monotonic() - at >= POLL_S:
-            board = ward_board(store)
-            _polled[store] = (time.monotonic(), board)
+            board = ward_board(store, ward=ward)
+            boards[ward] = (time.monotonic(), board)
         return board
 
 
 @router.get("/v1/ward")
-async def ward(request: Request) -> dict:
+async def ward(request: Request, ward: str | None = None) -> dict:
     ctx = current()
-    board = await run_in_threadpool(ward_board, ctx.store())
+    board = await run_in_threadpool(ward_board, ctx.store(), None, WINDOW_S, ward or None)
     ctx.record(request, "search", resource_type="Observation", query="ward board",
-               detail=f"{len(board['beds'])} beds")
+               detail=f"{len(board['beds'])} beds" + (f" of ward {ward}" if ward else ""))
     return board
 
 
 @router.get("/v1/stream/ward")
-async def stream_ward(request: Request) -> StreamingResponse:
+async def stream_ward(request: Request, ward: str | None = None) -> StreamingResponse:
     ctx = current()
-    ctx.record(request, "stream", resource_type="Observation", query="ward board stream")
+    ctx.record(request, "stream", resource_type="Observation", query="ward board stream",
+               detail=f"ward {ward}" if ward else None)
 
     async def events():
-        last, last_sent = None, time.monotonic()
+        last, last_wards, last_sent = None, None, time.monotonic()
         yield "retry: 3000\n\n"
         while not await request.is_disconnected():
-            board = await run_in_threadpool(polled_board, ctx.store())
+            board = await run_in_threadpool(polled_board, ctx.store(), ward or None)
+            if board["wards"] != last_wards:
+                last_wards = board["wards"]
+                yield f"event: wards\ndata: {json.dumps(last_wards)}\n\n"
             data = json.dumps(board["beds"], separators=(",", ":"))
             if data != last:
                 last, last_sent = data, time.monotonic()

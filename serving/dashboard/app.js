@@ -73,20 +73,44 @@ function stopUpdates() {
 function setLive(key) { const live = $("#live"); live.hidden = false; live.dataset.state = key; live.textContent = t(key); }
 
 // -- ward board ---------------------------------------------------------------------------------
+const WARD_KEY = "medgate.ward";  // this screen's ward (a ward's own screen keeps it)
+
+function wardQuery() {
+  const ward = localStorage.getItem(WARD_KEY);
+  return ward ? `?ward=${encodeURIComponent(ward)}` : "";
+}
+
+function renderWards(wards) {
+  const select = $("#ward-filter"), chosen = localStorage.getItem(WARD_KEY) || "";
+  const names = chosen && !wards.includes(chosen) ? [...wards, chosen] : wards;
+  select.replaceChildren(el("option", { value: "", "data-i18n": "ward.all", text: t("ward.all") }),
+                         ...names.map((w) => el("option", { value: w, text: w })));
+  select.value = chosen;
+}
+
 function startWard() {
   // EventSource cannot send headers: the HttpOnly session cookie set at sign-in authenticates it.
-  const source = new EventSource("/v1/stream/ward", { withCredentials: true });
+  const source = new EventSource(`/v1/stream/ward${wardQuery()}`, { withCredentials: true });
   state.source = source;
   let failures = 0;
+  source.addEventListener("wards", (event) => renderWards(JSON.parse(event.data)));
   source.addEventListener("ward", (event) => { failures = 0; setLive("live"); state.beds = JSON.parse(event.data); renderWard(); });
   source.onerror = () => {
     failures += 1; setLive("reconnecting");
     if (failures >= 3 && state.source === source) {  // no SSE through this network: poll instead
       source.close(); state.source = null; setLive("polling");
-      const poll = async () => { const r = await api("/v1/ward"); if (r.ok) { state.beds = (await r.json()).beds; renderWard(); } };
+      const poll = async () => {
+        const r = await api(`/v1/ward${wardQuery()}`);
+        if (r.ok) { const board = await r.json(); renderWards(board.wards); state.beds = board.beds; renderWard(); }
+      };
       poll(); state.timer = setInterval(poll, 5000);
     }
   };
+}
+
+function chooseWard(ward) {
+  if (ward) localStorage.setItem(WARD_KEY, ward); else localStorage.removeItem(WARD_KEY);
+  stopUpdates(); state.beds = []; renderWard(); startWard();
 }
 
 function sparkline(points, width = 90, height = 24) {
@@ -211,6 +235,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("#token").value = "";
   });
   $("#logout").addEventListener("click", signOut);
+  $("#ward-filter").addEventListener("change", (event) => chooseWard(event.target.value));
   window.addEventListener("hashchange", route);
   if (state.token) signIn(state.token);
 });

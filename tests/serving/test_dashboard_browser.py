@@ -121,6 +121,13 @@ def test_ward_board_bed_turns_red(server, page, tmp_path):
     assert "NEWS2" in header.inner_text()
     assert page.get_attribute("#live", "data-state") == "live"  # updates came over SSE
     shoot(page, tmp_path, "dashboard-ward.png")
+    page.wait_for_selector('#ward-filter option[value="ward-a"]', state="attached", timeout=30_000)
+    page.select_option("#ward-filter", "ward-a")  # a ward's own screen: kept across reloads
+    page.reload()
+    page.wait_for_selector('.tile[data-bed="ward-a/bed-07"].band-high', timeout=60_000)
+    assert page.eval_on_selector("#ward-filter", "s => s.value") == "ward-a"
+    page.select_option("#ward-filter", "")
+    page.wait_for_selector('.tile[data-bed="ward-a/bed-02"]', timeout=60_000)
 
 
 def test_worklist_shows_the_overlay(server, page, tmp_path):

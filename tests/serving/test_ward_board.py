@@ -93,3 +93,25 @@ def test_open_streams_share_one_board_a_poll(tmp_path, monkeypatch):
         assert polled_board(store) is not first
     finally:
         store.close()
+
+
+def test_a_wards_board_has_its_beds_alone(tmp_path):
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        now = datetime.now(timezone.utc)
+        store.commit_batch([], [], vitals=[vital_records.record(m, f"Patient/p{k}", f"d{k}")
+                                           for k in range(4) for m in messages(now, 2)])
+        store.record_beds([(ward, f"bed-{k}", "site", f"Patient/p{k}", f"d{k}", now.isoformat())
+                           for k, ward in enumerate(("ward-a", "ward-b", "ward-a"))])
+        whole = ward_board(store)
+        assert whole["wards"] == ["ward-a", "ward-b"] and whole["ward"] is None
+        assert [(t["ward"], t["patient"]) for t in whole["beds"]] == \
+            [("ward-a", "Patient/p0"), ("ward-a", "Patient/p2"), ("ward-b", "Patient/p1"), (None, "Patient/p3")]
+        board = ward_board(store, ward="ward-a")
+        assert board["wards"] == ["ward-a", "ward-b"] and board["ward"] == "ward-a"
+        assert [t["patient"] for t in board["beds"]] == ["Patient/p0", "Patient/p2"]  # no unassigned
+        assert board["beds"] == whole["beds"][:2]  # the same tiles (the log read per tile)
+        assert ward_board(store, ward="ward-z")["beds"] == []
+        assert polled_board(store, "ward-a") is polled_board(store, "ward-a") is not polled_board(store)
+    finally:
+        store.close()
