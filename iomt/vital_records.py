@@ -128,14 +128,24 @@ def select(store, subject: str | None = None, since: datetime | None = None,
     return sorted(merged.values(), key=lambda row: row[0], reverse=True)[:limit]
 
 
-def waiting_rows(store, since: datetime | None = None) -> dict[str, list]:
+def waiting_rows(store, since: datetime | None = None,
+                 subjects: Iterable[str] | None = None) -> dict[str, list]:
     """The rows measured after ``since`` whose keys are not in the patient index yet, by
-    patient: the log read once for many patients (the ward board)."""
-    sql = f"SELECT DISTINCT {COLUMNS} FROM vital_unindexed JOIN vital_signs USING ({KEY})"
+    patient (of ``subjects`` alone when given): the log read once for many patients (the ward
+    board), where each patient's own look-up would read the whole log again."""
+    sql, params = f"SELECT DISTINCT {COLUMNS} FROM vital_unindexed JOIN vital_signs USING ({KEY})", []
+    where = []
     if since is not None:
-        sql += " WHERE effective_us>?"
+        where.append("effective_us>?")
+        params.append(unix_us(since))
+    if subjects is not None:
+        subjects = list(subjects)
+        where.append(f"vital_unindexed.subject IN ({','.join('?' * len(subjects))})")
+        params += subjects
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     found: dict[str, list] = {}
-    for row in store.query(sql, () if since is None else (unix_us(since),)):
+    for row in store.query(sql, tuple(params)):
         found.setdefault(row[1], []).append(row)
     return found
 

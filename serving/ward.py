@@ -39,7 +39,6 @@ POLL_S = 1.5
 KEEPALIVE_S = 15.0
 MAX_OBSERVATIONS = 1500  # whole resources (NEWS2, ECG) per patient and board refresh
 MAX_MESSAGES = 500  # vitals messages per patient and board refresh (iomt.vital_records)
-LOG_READ_ONCE = 50  # tiles from which the patient index's log is read once for all of them
 VITALS = {codes.HEART_RATE: "hr", codes.RESPIRATORY_RATE: "rr", codes.OXYGEN_SATURATION: "spo2",
           codes.BODY_TEMPERATURE: "temp"}
 #: The sparkline of each reading a vitals row keeps (its Observation's codes, as VITALS above).
@@ -147,9 +146,8 @@ def ward_board(store, now: float | None = None, window_s: float = WINDOW_S,
             " AND updated_at>? AND subject IS NOT NULL", (since,))}
         loose |= vital_records.subjects(store, since_at)
         loose -= {b["patient_ref"] for b in census}
-    # the patient index's log read once for a board of many tiles, else with each tile's own
-    waiting = vital_records.waiting_rows(store, since_at) \
-        if len(beds) + len(loose) > LOG_READ_ONCE else None
+    waiting = vital_records.waiting_rows(  # the patient index's log, read once for every tile
+        store, since_at, None if ward is None else [b["patient_ref"] for b in beds])
     tiles = []
     for bed in beds:
         tiles.append({"ward": bed["ward"], "bed": bed["bed"], "site": bed["site"], "device": bed["device"],

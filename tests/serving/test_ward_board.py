@@ -74,6 +74,9 @@ def test_recent_patients_come_from_the_index_and_the_log(tmp_path):
             {f"Patient/p{k}" for k in range(4)} | {"Patient/new"}
         assert vital_records.subjects(store, now - timedelta(days=1)) == \
             {f"Patient/p{k}" for k in range(4)} | {"Patient/new", "Patient/old"}
+        waiting = vital_records.waiting_rows(store)
+        assert waiting and vital_records.waiting_rows(store, subjects=["Patient/new", "Patient/x"]) == \
+            {p: rows for p, rows in waiting.items() if p == "Patient/new"}
         store.record_beds([("ward-a", "bed-1", "site", "Patient/p1", "d1", now.isoformat())])
         board = ward_board(store, time.time())
         tiles = {tile["patient"]: tile for tile in board["beds"]}
@@ -110,7 +113,7 @@ def test_a_wards_board_has_its_beds_alone(tmp_path):
         board = ward_board(store, ward="ward-a")
         assert board["wards"] == ["ward-a", "ward-b"] and board["ward"] == "ward-a"
         assert [t["patient"] for t in board["beds"]] == ["Patient/p0", "Patient/p2"]  # no unassigned
-        assert board["beds"] == whole["beds"][:2]  # the same tiles (the log read per tile)
+        assert board["beds"] == whole["beds"][:2]  # the same tiles
         assert ward_board(store, ward="ward-z")["beds"] == []
         assert polled_board(store, "ward-a") is polled_board(store, "ward-a") is not polled_board(store)
     finally:
