@@ -88,6 +88,7 @@ class VitalIndex:
     def discard(self) -> None:
         """Forget the waiting keys (the commit that logged them may have been rolled back)."""
         self._waiting.clear()
+        self._logged = 0
 
     def settle(self, db, limit: int, older_than_s: float | None = None) -> int:
         """Index and delete up to ``limit`` of the oldest log entries logged more than

@@ -7,9 +7,10 @@ and a comment line every ``KEEPALIVE_S`` otherwise. Both take ``?ward=``: that w
 as a ward's own screen shows them. The open streams share one board a poll
 (:func:`polled_board`). A tile's sparklines are read from the vitals rows directly
 (:func:`iomt.vital_records.readings`), newest first until each has its ``POINTS``, not from
-Observations built for them: 1,000 beds of 100 messages took 7.8 s a board, now 2.2-2.6 s.  Beds come from the bed census the vitals
-bridge keeps (topic ``<prefix>/<ward>/<bed>/vitals``); a patient with recent vitals and no bed
-appears as an unassigned tile.  Per tile: the last ``POINTS`` values of HR, RR, SpO2, BP and
+Observations built for them: 1,000 beds of 100 messages took 7.8 s a board, now 2.2-2.6 s.
+
+Beds come from the bed census the vitals bridge keeps (topic ``<prefix>/<ward>/<bed>/vitals``);
+a patient with recent vitals and no bed appears as an unassigned tile.  Per tile: the last ``POINTS`` values of HR, RR, SpO2, BP and
 temperature (sparklines), the latest NEWS2 total and band, the latest deterioration probability
 (RiskAssessment) and the active alerts (Flags) of the last hour.
 
@@ -174,7 +175,7 @@ def polled_board(store, ward: str | None = None) -> dict[str, Any]:
 @router.get("/v1/ward")
 async def ward(request: Request, ward: str | None = None) -> dict:
     ctx = current()
-    board = await run_in_threadpool(ward_board, ctx.store(), None, WINDOW_S, ward or None)
+    board = await run_in_threadpool(ward_board, ctx.store(), ward=ward or None)
     ctx.record(request, "search", resource_type="Observation", query="ward board",
                detail=f"{len(board['beds'])} beds" + (f" of ward {ward}" if ward else ""))
     return board
