@@ -18,6 +18,10 @@ from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATIO
 #: What :func:`write_durably` accepts: one buffer, or several written in order without joining.
 Buffers = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
 
+#: Spool and result files hold patient data: the server's user alone reads them (the folder a
+#: file is written into is made 0700 when it is new, the file 0600).
+PRIVATE_FILE_MODE, PRIVATE_DIR_MODE = 0o600, 0o700
+
 #: PS3.5 9.1: a UID is components of digits separated by single dots, at most 64 characters.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -95,9 +99,9 @@ def write_durably(path: Path, data: Buffers, fsync: bool = True) -> None:
     written with one ``pwritev`` instead of being copied into one ``bytes`` first.  ``fsync=False``
     keeps the atomic rename but leaves flushing to the operating system.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
     try:
         pwritev_all(fd, as_views(data), 0)
         if fsync:

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from iomt import vital_records
 from iomt.vital_index import VitalIndex
+from serving.state_permissions import private_database
 
 try:  # orjson is several times faster on the vitals hot path; the output is the same JSON
     import orjson
@@ -146,8 +147,7 @@ class Store:
     the patient index of its vitals messages (:mod:`iomt.vital_index`)."""
 
     def __init__(self, path: str | Path, vital_index: VitalIndex | None = None) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_database(path)  # 0600 (its -wal and -shm too), folder 0700 if new
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
