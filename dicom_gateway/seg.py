@@ -1,26 +1,56 @@
 """Findings with a 3D mask to a DICOM Segmentation (PS3.3 A.51) via highdicom.
 
 One segment per masked :class:`~models.finding.Finding` (e.g. one per CT nodule).  Each segment
-carries the finding's code as Segmented Property Type, the category "Morphologically abnormal
-structure", algorithm type AUTOMATIC with the Algorithm Identification (name, family "Artificial
-Intelligence", version) and the tracking identifiers, so the SR of the same findings can
-reference it.  The SEG references every source instance (Referenced Series / Derivation
+carries a Segmented Property Category and Type (PS3.3 C.8.20.2: what the voxels *are*, a
+structure or morphology, not a disorder), an Anatomic Region, a Recommended Display CIELab Value
+(one colour of :data:`DISPLAY_RGB` per segment, so viewers show neighbours apart), algorithm type
+AUTOMATIC with the Algorithm Identification (name, family "Artificial Intelligence", version) and
+the tracking identifiers, so the SR of the same findings can reference it.
+
+A finding coded as a disorder is segmented as its SNOMED CT associated morphology at its finding
+site (:data:`SEGMENTED_PROPERTIES`: the nodule model's SCT 786838002 "Pulmonary nodule" is SCT
+27925004 "Nodule" under SCT 49755003 "Morphologically abnormal structure", in SCT 39607008
+"Lung"); any other code is written as the type itself, under the same category.  The SEG references every source instance (Referenced Series / Derivation
 Image), lives in the source study, in a new series, and is labelled as not for clinical use.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from models.finding import Finding
 
 #: PS3.16 CID 7150 "Segmentation Property Categories": (49755003, SCT).
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure
+
+
+@dataclass(frozen=True)
+class SegmentedProperty:
+    """Segmented Property Category / Type (PS3.16 CID 7150 / CID 7159 for the category
+    "Morphologically abnormal structure") and the Anatomic Region (CID 4031) of a segment."""
+
+    category: Code
+    property_type: Code
+    anatomic_region: Code | None = None
+
+
+#: Finding code (value, scheme) -> how its segment is described.  A disorder is segmented as its
+#: SNOMED CT associated morphology at its finding site: SCT 786838002 "Pulmonary nodule"
+#: (disorder) = morphology SCT 27925004 "Nodule" in SCT 39607008 "Lung".
+SEGMENTED_PROPERTIES: dict[tuple[str, str], SegmentedProperty] = {
+    ("786838002", "SCT"): SegmentedProperty(MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.SCT.Nodule,
+                                            codes.SCT.Lung),
+}
+#: Recommended display colours (sRGB) of segments 1, 2, ... in turn: yellow, cyan, magenta,
+#: orange, green, blue; written as CIELab (PS3.3 C.10.7.1.1).
+DISPLAY_RGB = ((255, 215, 0), (0, 200, 255), (255, 0, 200), (255, 128, 0), (0, 220, 80), (80, 120, 255))
 #: PS3.16 CID 7162 "Algorithm Families" (PS3.3 C.8.20.2 Algorithm Family Code Sequence):
 #: (123110, DCM, "Artificial Intelligence").
 ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
@@ -29,6 +59,20 @@ SERIES_DESCRIPTION = "AI segmentation - not for clinical use"
 CONTENT_LABEL = "AI_RESULT"
 #: PS3.3 C.8.20.2: the SEG's "device" is the algorithm; a software-only device has no serial.
 DEVICE_SERIAL_NUMBER = "software"
+
+
+def segmented_property(finding: Finding) -> SegmentedProperty:
+    """Category, type and region of the segment of ``finding`` (see :data:`SEGMENTED_PROPERTIES`)."""
+    known = SEGMENTED_PROPERTIES.get((finding.code.value, finding.code.scheme))
+    if known is not None:
+        return known
+    return SegmentedProperty(MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                             Code(finding.code.value, finding.code.scheme, finding.code.meaning))
+
+
+def display_colour(index: int) -> hd.color.CIELabColor:
+    """Recommended display colour of the ``index``-th (1-based) segment."""
+    return hd.color.CIELabColor.from_rgb(*DISPLAY_RGB[(index - 1) % len(DISPLAY_RGB)])
 
 
 def segment_label(index: int, finding: Finding) -> str:
@@ -104,12 +148,14 @@ def build_segmentation(
     for n, finding in enumerate(masked, start=1):
         for plane, image in zip(finding.mask, finding.sources):
             labels[index_of[image.sop_instance_uid], :, :, n - 1] |= plane
-        finding_type = hd.sr.CodedConcept(finding.code.value, finding.code.scheme, finding.code.meaning)
+        segmented = segmented_property(finding)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=n,
             segment_label=segment_label(n, finding),
-            segmented_property_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-            segmented_property_type=finding_type,
+            segmented_property_category=segmented.category,
+            segmented_property_type=segmented.property_type,
+            anatomic_regions=[segmented.anatomic_region] if segmented.anatomic_region else None,
+            display_color=display_colour(n),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
                 name=finding.model, family=ALGORITHM_FAMILY, version=finding.model_version,

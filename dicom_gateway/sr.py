@@ -34,6 +34,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from models import coding_scheme
 from models.finding import NOT_FOR_CLINICAL_USE, Finding
 
 #: PS3.16 Annex D: (122157, DCM, "Probability"), the measurement concept for a model output
@@ -67,8 +68,6 @@ IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
 #: Series Description (0008,103E) of every report: PACS series lists show it.
 SERIES_DESCRIPTION = "AI result - not for clinical use"
 
-#: PS3.3 8.2: coding scheme designators starting "99" are private and must be identified.
-_PRIVATE_SCHEME_PREFIX = "99"
 #: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) that highdicom copies
 #: from the evidence; an incoming image that lacks one gets it empty in the report.
 _PATIENT_STUDY_TYPE2 = (
@@ -227,7 +226,8 @@ def _measurement_group(
                 value=float(finding.probability),
                 unit=NO_UNITS,
                 referenced_images=[
-                    hd.sr.SourceImageForMeasurement(image.sop_class_uid, image.sop_instance_uid)
+                    hd.sr.SourceImageForMeasurement(s.sop_class_uid, s.sop_instance_uid)
+                    for s in (finding.located_sources if finding.mask is not None else (image,))
                 ],
             )
         ],
@@ -238,7 +238,7 @@ def _measurement_group(
     if finding.mask is not None:
         seg_sources = [
             hd.sr.SourceImageForSegmentation(s.sop_class_uid, s.sop_instance_uid)
-            for s in finding.sources
+            for s in finding.located_sources
         ]
         if segmentation is not None:
             return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -268,6 +268,21 @@ def _measurement_group(
             **common,
         )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=_region(finding), **common)
+
+
+def _scheme_identification(designator: str) -> CodingSchemeIdentificationItem:
+    """PS3.3 C.12.1.1.3 Coding Scheme Identification of a private designator: medgate's own with
+    its UID, name and responsible organization (:mod:`models.coding_scheme`)."""
+    if designator != coding_scheme.DESIGNATOR:
+        return CodingSchemeIdentificationItem(designator)
+    item = CodingSchemeIdentificationItem(
+        designator, name=coding_scheme.NAME,
+        responsible_organization=coding_scheme.RESPONSIBLE_ORGANIZATION,
+    )
+    # Coding Scheme UID (0008,010C), Type 1C: required when the scheme has an OID, registered or
+    # not (highdicom sets it only together with a Coding Scheme Registry).
+    item.CodingSchemeUID = coding_scheme.UID
+    return item
 
 
 def _disclaimer(findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
@@ -383,7 +398,7 @@ def build_measurement_report(
     )
     report[0].ContentSequence.append(_disclaimer(findings))
 
-    private = {f.code.scheme for f in findings if f.code.scheme.startswith(_PRIVATE_SCHEME_PREFIX)}
+    private = {f.code.scheme for f in findings if coding_scheme.is_private(f.code.scheme)}
     return hd.sr.Comprehensive3DSR(
         evidence=[_evidence(ds) for ds in sources]
         + ([_evidence(segmentation)] if segmentation is not None else []),
@@ -398,5 +413,5 @@ def build_measurement_report(
         series_description=SERIES_DESCRIPTION,
         manufacturer_model_name=observer_name,
         software_versions=observer_version,
-        coding_schemes=[CodingSchemeIdentificationItem(s) for s in sorted(private)] or None,
+        coding_schemes=[_scheme_identification(s) for s in sorted(private)] or None,
     )

@@ -171,6 +171,15 @@ class Finding:
         return (self.source, *self.other_sources)
 
     @property
+    def located_sources(self) -> tuple[SourceImage, ...]:
+        """The images the finding lies on: with a ``mask``, those whose plane marks a voxel (a
+        nodule on 3 slices of an 80-slice series is on those 3); else every image of :attr:`sources`."""
+        if self.mask is None:
+            return self.sources
+        marked = self.mask.reshape(len(self.sources), -1).any(axis=1)
+        return tuple(image for image, on in zip(self.sources, marked) if on)
+
+    @property
     def location(self) -> str | None:
         """Name of the location field that is set (``"point"``, ``"box"``, ...), or None."""
         return next((name for name in LOCATION_FIELDS if getattr(self, name) is not None), None)

@@ -19,6 +19,8 @@ from peers import dciodvfy_errors, find_peer
 
 NODULE = Concept(codes.SCT.Nodule.value, "SCT", codes.SCT.Nodule.meaning)
 TUBERCULOSIS = Concept("56717001", "SCT", "Tuberculosis")
+#: The nodule model's finding: a disorder (SCT 786838002), as in models/nodule/1.0.0/metadata.json.
+PULMONARY_NODULE = Concept("786838002", "SCT", "Pulmonary nodule")
 
 
 def image_of(ds: pydicom.Dataset) -> SourceImage:
@@ -136,3 +138,62 @@ def test_segmentation_refuses_findings_without_mask(ct):
 
     with pytest.raises(ValueError, match="with a mask"):
         build_segmentation([replace(finding, mask=None, other_sources=())], series)
+
+
+@pytest.fixture(scope="module")
+def two_nodules():
+    """A 20-slice series with a nodule on slices 11-13 and another on slices 3-5."""
+    volume, first = make_ct_phantom(shape=(20, 64, 64), nodule_centre_px=(12.0, 24.0, 20.0),
+                                    nodule_radius_px=4.0)
+    _, second = make_ct_phantom(shape=(20, 64, 64), nodule_centre_px=(4.0, 40.0, 44.0),
+                                nodule_radius_px=4.0)
+    series = make_ct_series(volume)
+    images = [image_of(ds) for ds in series]
+    findings = [Finding(model="nodule", model_version="1.0.0", code=PULMONARY_NODULE, probability=p,
+                        threshold=0.5, source=images[0], other_sources=tuple(images[1:]), mask=mask)
+                for p, mask in ((0.97, first), (0.93, second))]
+    return series, findings
+
+
+def referenced_images(item: pydicom.Dataset, concept: str) -> list[str]:
+    """SOP Instance UIDs of the IMAGE items named ``concept`` anywhere under ``item``."""
+    found = []
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "IMAGE" and child.ConceptNameCodeSequence[0].CodeValue == concept:
+            found.append(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        found += referenced_images(child, concept)
+    return found
+
+
+@pytest.mark.parametrize("with_seg", [True, False], ids=["segment", "centroid"])
+def test_each_nodule_group_references_only_the_slices_it_is_on(two_nodules, with_seg, tmp_path):
+    series, findings = two_nodules
+    seg = build_segmentation(findings, series) if with_seg else None
+    sr = build_measurement_report(findings, series, segmentation=seg)
+    path = save(sr, tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+    root = pydicom.dcmread(path)
+    measurements = next(i for i in root.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    uids = [ds.SOPInstanceUID for ds in series]
+    for group, on in zip(measurements.ContentSequence, ([11, 12, 13], [3, 4, 5])):
+        slices = [uids[k] for k in on]
+        # Source of Measurement (121112) of the probability: the nodule's slices, not slice 1
+        assert referenced_images(group, "121112") == slices
+        # Source images for segmentation (121233) of the segment or volume surface: those slices only
+        assert referenced_images(group, "121233") == slices
+
+
+def test_segment_is_a_nodule_morphology_in_the_lung_with_a_display_colour(two_nodules, tmp_path):
+    series, findings = two_nodules
+    path = save(build_segmentation(findings, series), tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == []
+    segments = pydicom.dcmread(path).SegmentSequence
+    for segment in segments:
+        category = segment.SegmentedPropertyCategoryCodeSequence[0]
+        kind = segment.SegmentedPropertyTypeCodeSequence[0]
+        region = segment.AnatomicRegionSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == ("49755003", "SCT")
+        assert (kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning) == ("27925004", "SCT", "Nodule")
+        assert (region.CodeValue, region.CodingSchemeDesignator) == (codes.SCT.Lung.value, "SCT")
+        assert len(segment.RecommendedDisplayCIELabValue) == 3
+    assert segments[0].RecommendedDisplayCIELabValue != segments[1].RecommendedDisplayCIELabValue

@@ -18,7 +18,9 @@ from dicom_gateway.sr import (
     device_observer_uid,
 )
 from dicom_gateway.testdata import make_dx_dataset
+from models import coding_scheme
 from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, SourceImage
+from peers import dciodvfy_errors
 
 needs_dciodvfy = pytest.mark.skipif(
     shutil.which("dciodvfy") is None,
@@ -155,12 +157,18 @@ def test_algorithm_is_the_device_observer_and_identified_on_each_group(source):
     assert item(groups_of(default)[0], "TEXT", "111003").TextValue == "1.2.0"
 
 
-def test_private_finding_codes_identify_their_scheme(source):
+@needs_dciodvfy
+def test_private_finding_codes_identify_their_scheme(source, tmp_path):
     code = Concept("TB01", "99MEDGATE", "Tuberculosis-like opacity")
     sr = build_measurement_report([finding_for(source, code=code)], source)
-    assert [i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence] == [
-        "99MEDGATE"
-    ]
+    (scheme,) = sr.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == "99MEDGATE" == coding_scheme.DESIGNATOR
+    assert scheme.CodingSchemeName == "medgate local codes"
+    assert scheme.CodingSchemeResponsibleOrganization == "medgate contributors"
+    assert scheme.CodingSchemeUID == coding_scheme.UID and coding_scheme.UID.startswith("2.25.")
+    path = tmp_path / "sr-private.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
 
 
 @needs_dciodvfy
