@@ -25,7 +25,6 @@ see only part of a patient's values (NEWS2) and alerts. Several bridges may stil
 """
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import multiprocessing
@@ -35,7 +34,7 @@ from collections import deque
 from typing import Callable
 from urllib.parse import urlparse
 
-from iomt import vital_records
+from iomt import dead_letters, vital_records
 from iomt.alerts import AlertPolicy
 from iomt.identity import DeviceRegistry, IdentifierSystems, patient_reference
 from iomt.mqtt_client import MqttOptions, connect_async, make_client
@@ -247,9 +246,11 @@ class VitalsBridge:
             else:
                 route = routes.get(topic)
                 if route is None:
-                    if len(routes) >= ROUTE_CACHE_SIZE:
-                        routes.clear()
-                    route = routes[topic] = self.topics.partition(topic, workers)
+                    route = self.topics.partition(topic, workers)
+                    if len(topic) <= self.topics.max_topic_chars:  # never cache a 64 KiB topic
+                        if len(routes) >= ROUTE_CACHE_SIZE:
+                            routes.clear()
+                        routes[topic] = route
                 targets = (route,)
             queued.append((Received(message.mid, message.qos, topic, message.payload,
                                     len(targets)), targets))
@@ -325,10 +326,9 @@ class VitalsBridge:
         if self.risk is not None:
             for sample in result.risk:
                 self.risk.add(*sample)
-        for source, reason, payload in result.dead_letters:
-            letter = {"topic": source.removeprefix("mqtt:"), "reason": reason,
-                      "payload_base64": base64.b64encode(payload or b"").decode("ascii")}
-            self.client.publish(self.deadletter_topic, json.dumps(letter), qos=1)
+        for letter in result.dead_letters:  # bounded: iomt.dead_letters
+            self.client.publish(self.deadletter_topic, json.dumps(dead_letters.message(letter)),
+                                qos=1)
         if self.on_commit is not None:
             self.on_commit(batch, result.committed_at, index)
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from iomt import vital_records
 from iomt.alerts import AlertPolicy, alert_message, flag_resource
 from iomt.compact import EcgChunk, decode
+from iomt.dead_letters import DeadLetter, dead_letter
 from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
 from iomt.message_id import each_message
 from iomt.observations import news2_observation
@@ -36,6 +37,7 @@ from iomt.state import StateTable
 from iomt.topics import Topics
 from iomt.waveforms import ecg_observation
 from serving.correlation import current_id
+from serving.logs import Untrusted
 
 log = logging.getLogger("medgate.iomt")
 
@@ -51,7 +53,7 @@ class BatchOut:
 
     resources: list[dict[str, Any]] = field(default_factory=list)
     vitals: list[tuple] = field(default_factory=list)  # iomt.vital_records rows
-    dead_letters: list[tuple[str, str, bytes | None, str | None]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     outbox_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     replayed_ids: list[int] = field(default_factory=list)
     beds: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (ward, bed) -> census row
@@ -94,7 +96,7 @@ class VitalsPipeline:
             try:
                 self.handle(topic, payload, out)
             except Exception:  # noqa: BLE001 - one bad message must not stop the bridge
-                log.exception("message on %s failed", topic)
+                log.exception("message on %s failed", Untrusted(topic))
                 self._dead(out, topic, payload, "internal error while processing")
         return out
 
@@ -157,7 +159,8 @@ class VitalsPipeline:
                                 current_id()))
         out.alerts += 1
         log.info("NEWS2 %s (%d) for %s at %s/%s: %s alert queued", result.band.value, result.total,
-                 patient_id, location.ward, location.bed, decision.reason)
+                 Untrusted(patient_id), Untrusted(location.ward), Untrusted(location.bed),
+                 decision.reason)
 
     def _census(self, out: BatchOut, location, patient_ref: str, device: str | None,
                 at: datetime) -> None:
@@ -205,10 +208,11 @@ class VitalsPipeline:
         if assoc is None or assoc.device != event.device:
             return
         # Replay what was parked for this device: earlier batches (committed) and this one.
-        pending = [d for d in out.dead_letters if d[1] == UNKNOWN_DEVICE and d[3] == event.device]
+        pending = [d for d in out.dead_letters
+                   if d.reason == UNKNOWN_DEVICE and d.device == event.device]
         out.dead_letters = [d for d in out.dead_letters if d not in pending]
-        for source, _, parked_payload, _ in pending:
-            self.handle(source.removeprefix("mqtt:"), parked_payload, out)
+        for letter in pending:
+            self.handle(letter.source.removeprefix("mqtt:"), letter.payload, out)
         for row in self.store.parked(event.device):
             source = row["source"].removeprefix("mqtt:")
             if self.owns is not None and not self.owns(source):
@@ -216,11 +220,15 @@ class VitalsPipeline:
             out.replayed_ids.append(row["id"])
             self.handle(source, bytes(row["payload"]), out)
         if pending or out.replayed_ids:
-            log.info("device %s associated with %s: replayed %d parked message(s)", event.device,
-                     assoc.patient_ref, len(pending) + len(out.replayed_ids))
+            log.info("device %s associated with %s: replayed %d parked message(s)",
+                     Untrusted(event.device), Untrusted(assoc.patient_ref),
+                     len(pending) + len(out.replayed_ids))
 
     @staticmethod
     def _dead(out: BatchOut, topic: str, payload: bytes, reason: str, device: str | None = None) -> None:
-        log.warning("payload on %s dead-lettered: %s", topic, reason)
-        out.dead_letters.append((f"mqtt:{topic}", reason, payload, device))
+        """Dead-letter ``payload`` (bounded: :mod:`iomt.dead_letters`); a parked message
+        (``UNKNOWN_DEVICE``) is kept whole to be replayed."""
+        log.warning("payload on %s dead-lettered: %s", Untrusted(topic), Untrusted(reason))
+        out.dead_letters.append(dead_letter(f"mqtt:{topic}", reason, payload, device,
+                                            whole=reason == UNKNOWN_DEVICE))
 

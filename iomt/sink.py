@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from iomt import vital_records
+from iomt.dead_letters import DeadLetter
 from serving.fhir_client import transaction_bundle
 
 FHIR_KIND = "fhir"  # outbox sender kind
@@ -49,12 +50,12 @@ class ResourceSink:
         return rows
 
     def commit(self, resources: list[dict[str, Any]],
-               dead_letters: list[tuple[str, str, bytes | None, str | None]] = (),
+               dead_letters: list[DeadLetter] = (),
                outbox_rows: list[tuple[str, str, str, str]] = (), beds: list[tuple] = (),
                vitals: list[tuple] = (), durable: bool = True) -> None:
-        """One transaction: resources and vitals rows (or their Bundles), dead letters, outbox
-        items and the bed census rows of the batch (``durable``: see
-        :meth:`serving.store.Store.commit_batch`)."""
+        """One transaction: resources and vitals rows (or their Bundles), dead letters (bounded:
+        :mod:`iomt.dead_letters`), outbox items and the bed census rows of the batch
+        (``durable``: see :meth:`serving.store.Store.commit_batch`)."""
         outbox_rows = list(outbox_rows)
         local, local_vitals = resources, vitals
         if self.base_url is not None and (resources or vitals):

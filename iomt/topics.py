@@ -14,8 +14,15 @@ Outbound, QoS 1:
 - ``P/deadletter`` — payloads that could not be used, with the reason.
 
 Topic levels are matched by position only: a level may not contain ``/``, ``+`` or ``#``
-(MQTT 3.1.1 section 4.7). With ``mqtt.shared_group`` set, the vitals and ADT filters are
-subscribed as ``$share/{group}/{filter}`` (MQTT 5.0 section 4.8.2; Mosquitto also offers it to
+(MQTT 3.1.1 section 4.7). MQTT allows a topic of up to 65,535 bytes and forbids only U+0000 in
+it (section 1.5.3; other control characters are "SHOULD NOT"), so a broker may pass on what a
+device sends. medgate refuses, as dead letters, vitals topics with a level longer than
+:data:`MAX_LEVEL_CHARS` or holding a control character (U+0000-U+001F, U+007F-U+009F): ward,
+bed and device names never need them, and they would reach the database, the ward board and
+the logs.
+
+With ``mqtt.shared_group`` set, the vitals and ADT filters are subscribed as
+``$share/{group}/{filter}`` (MQTT 5.0 section 4.8.2; Mosquitto also offers it to
 3.1.1 clients) so that several bridges split the messages between them.
 
 Within one bridge, :meth:`Topics.partition` sends every message of one bed (site, ward, bed) to
@@ -23,6 +30,7 @@ the same worker: a bed's messages stay in order and its patient's state stays in
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -31,6 +39,10 @@ SHORT_FORM_LEVELS = 3  # {ward}/{bed}/vitals
 FULL_FORM_LEVELS = 5  # {site}/{ward}/{bed}/{device}/vitals
 SHARED_PREFIX = "$share"  # MQTT 5.0 section 4.8.2 shared subscriptions
 LOCATION_CACHE_SIZE = 100_000  # topics whose location is remembered (one per bedside device)
+MAX_LEVEL_CHARS = 128  # a site, ward, bed or device name; MQTT itself allows 65,535 bytes a topic
+#: MQTT 3.1.1 section 1.5.3 (5.0: 1.5.4): U+0000 is forbidden, U+0001-U+001F and U+007F-U+009F
+#: "SHOULD NOT" appear; medgate refuses them all.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,8 @@ class Topics:
         self.prefix = prefix
         self.shared_group = shared_group
         self._prefix_levels = prefix.count("/") + 1
+        #: The longest vitals topic :meth:`location` accepts (shorter ones are worth caching).
+        self.max_topic_chars = len(prefix) + FULL_FORM_LEVELS * (MAX_LEVEL_CHARS + 1)
         self._locations: dict[str, Location] = {}
 
     @property
@@ -128,14 +142,33 @@ class Topics:
         return location
 
     def _location(self, topic: str) -> Location:
+        if len(topic) > self.max_topic_chars:
+            raise ValueError(f"topic must be at most {self.max_topic_chars} characters, "
+                             f"{len(topic)} are given.")
+        control = _CONTROL.search(topic)
+        if control is not None:
+            raise ValueError(f"topic must not contain control characters, U+{ord(control.group()):04X} "
+                             f"is given at character {control.start()}.")
         levels = topic.split("/")
         rest = levels[self._prefix_levels:]
         if "/".join(levels[:self._prefix_levels]) != self.prefix or not rest \
                 or rest[-1] != VITALS_LEVEL:
-            raise ValueError(f"topic must be a vitals topic under {self.prefix!r}, {topic!r} is given.")
+            raise ValueError(f"topic must be a vitals topic under {self.prefix!r}, "
+                             f"{_shown(topic)} is given.")
+        longest = max(rest, key=len)
+        if len(longest) > MAX_LEVEL_CHARS:
+            raise ValueError(f"topic levels must be at most {MAX_LEVEL_CHARS} characters, one of "
+                             f"{len(longest)} is given.")
         if len(rest) == SHORT_FORM_LEVELS:
             return Location(ward=rest[0], bed=rest[1])
         if len(rest) == FULL_FORM_LEVELS:
             return Location(site=rest[0], ward=rest[1], bed=rest[2], device=rest[3])
         raise ValueError(f"topic must have {SHORT_FORM_LEVELS} or {FULL_FORM_LEVELS} levels after "
-                         f"the prefix, {topic!r} is given.")
+                         f"the prefix, {_shown(topic)} is given.")
+
+
+def _shown(topic: str) -> str:
+    """``topic`` for an error message: repr, cut to its first :data:`MAX_LEVEL_CHARS` characters."""
+    if len(topic) <= MAX_LEVEL_CHARS:
+        return repr(topic)
+    return f"{topic[:MAX_LEVEL_CHARS]!r}... ({len(topic)} characters)"

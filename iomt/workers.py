@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from iomt.alerts import BAND_RANK, AlertPolicy
+from iomt.dead_letters import DeadLetter
 from iomt.identity import DeviceRegistry, IdentifierSystems
 from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
@@ -51,7 +52,7 @@ class BatchResult:
 
     processed: int
     committed_at: float  # epoch seconds, just after the commit (the bridge: once durable)
-    dead_letters: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # to publish
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # to publish
     outbox: bool = False  # outbox rows were written: wake the outbox
     risk: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
     alerts: int = 0
@@ -88,8 +89,7 @@ def commit(out: BatchOut, sink: ResourceSink, store, outbox=None, lock=None,
 
 def _result(out: BatchOut, risk: list | None = None) -> BatchResult:
     return BatchResult(processed=out.processed, committed_at=time.time(),
-                       dead_letters=[(source, reason, payload)
-                                     for source, reason, payload, *_ in out.dead_letters],
+                       dead_letters=list(out.dead_letters),
                        outbox=bool(out.outbox_rows), risk=risk or [], alerts=out.alerts)
 
 

@@ -137,7 +137,8 @@ CREATE TABLE IF NOT EXISTS device_associations (
 CACHE_KIB = 64 * 1024  # page cache per connection
 
 #: Columns added to dead_letters after the first release: (name, declaration).
-DEAD_LETTER_COLUMNS = (("device", "TEXT"), ("replayed_at", "REAL"))
+DEAD_LETTER_COLUMNS = (("device", "TEXT"), ("replayed_at", "REAL"), ("payload_sha256", "TEXT"),
+                       ("payload_bytes", "INTEGER"))  # of the whole payload (iomt.dead_letters)
 #: Columns added to outbox after the first release.
 OUTBOX_COLUMNS = (("correlation_id", "TEXT"),)
 
@@ -325,7 +326,7 @@ class Store:
                      dead_letters: list[tuple[str, str, bytes | None, str | None]],
                      outbox_rows: list[tuple] = (), beds: list[tuple] = (),
                      vitals: list[tuple] = (), durable: bool = True) -> None:
-        """Resources, dead letters ``(source, reason, payload, device)``, outbox items
+        """Resources, dead letters (:class:`iomt.dead_letters.DeadLetter`), outbox items
         ``(key, kind, destination, payload_json[, correlation_id])``, bed census rows
         (:meth:`record_beds`) and vitals messages (:func:`iomt.vital_records.record`) of one
         batch, in one transaction; ``durable=False``: see :meth:`sync_log`."""
@@ -352,8 +353,9 @@ class Store:
         self._vital_index.write(db, vitals)
         if dead_letters:
             db.executemany(
-                "INSERT INTO dead_letters(source, reason, payload, device, created_at)"
-                " VALUES (?,?,?,?,?)", [(*d, now) for d in dead_letters])
+                "INSERT INTO dead_letters(source, reason, payload, device, payload_sha256,"
+                " payload_bytes, created_at) VALUES (?,?,?,?,?,?,?)",
+                [(*d, *(None,) * (6 - len(d)), now) for d in dead_letters])
         if outbox_rows:
             db.executemany(
                 "INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
