@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom import Dataset
 from pydicom.uid import UID
@@ -58,8 +58,10 @@ class Association:
 
 
 class Handlers(Protocol):
-    def on_requested(self, calling_ae: str, called_ae: str, address: tuple[str, int]) -> Rejection | None:
-        """Return a rejection, or None to go on with negotiation."""
+    def on_requested(self, calling_ae: str, called_ae: str, address: tuple[str, int],
+                     certificate: dict[str, Any] | None = None) -> Rejection | None:
+        """Return a rejection, or None to go on with negotiation.  ``certificate``: the peer's
+        verified certificate on a TLS port (:meth:`ssl.SSLSocket.getpeercert`), None on a plain one."""
 
     def on_echo(self, association: Association) -> int: ...
 
@@ -168,7 +170,8 @@ class Acceptor:
             raise ul.UpperLayerError(f"{ul.PDU_NAMES[pdu_type]} before A-ASSOCIATE-RQ", ul.UNEXPECTED_PDU)
         request = ul.decode_associate_rq(body)
         calling, called = request.calling_ae_title.strip(), request.called_ae_title.strip()
-        rejection = self._check(request, calling, called, address)
+        certificate = connection.getpeercert() if isinstance(connection, ssl.SSLSocket) else None
+        rejection = self._check(request, calling, called, address, certificate)
         if rejection is not None:
             log.warning("association from %s (%s:%d) rejected: %s", calling, *address, rejection.why)
             _send_and_await_close(connection, ul.encode_associate(_rejection_primitive(rejection)))
@@ -195,8 +198,8 @@ class Acceptor:
                   len(association.contexts))
         return association
 
-    def _check(self, request: A_ASSOCIATE, calling: str, called: str,
-               address: tuple[str, int]) -> Rejection | None:
+    def _check(self, request: A_ASSOCIATE, calling: str, called: str, address: tuple[str, int],
+               certificate: dict[str, Any] | None) -> Rejection | None:
         if not getattr(request, "protocol_version", 1) & 0x0001:  # PS3.8 9.3.2: bit 0 is version 1
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_PROVIDER_ACSE,
                              RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
@@ -213,7 +216,7 @@ class Acceptor:
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
                              RejectReason.CALLED_AE_NOT_RECOGNIZED,
                              f"called AE title {called!r} is not ours ({self.ae_title!r})")
-        return self.handlers.on_requested(calling, called, address)
+        return self.handlers.on_requested(calling, called, address, certificate)
 
     def _accept_primitive(self, request: A_ASSOCIATE, results: list[PresentationContext]) -> A_ASSOCIATE:
         primitive = A_ASSOCIATE()

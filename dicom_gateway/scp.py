@@ -11,8 +11,9 @@ running.  Completion is decided by :class:`dicom_gateway.completion.StudyAssembl
 reports arrivals and the end of each association.
 
 Associations are checked when requested: called AE title, the calling-AE allow-list with source
-address, and the spool's free-space watermark; each rejection is logged with its reason.  With a
-TLS context the same AE also listens on a second, TLS port.
+address (and, on the TLS port, the AE title named by the client certificate when the allow-list
+asks for it), and the spool's free-space watermark; each rejection is logged with its reason.
+With a TLS context the same AE also listens on a second, TLS port, or on that port alone.
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ class StorageScp:
         Calling AE titles with source addresses; empty allows all.
     tls_port, ssl_context
         A second, TLS listening port (``tls_port=0`` picks one, see :attr:`tls_port`).
+    tls_only
+        Listen on the TLS port alone: ``port`` is not opened (:attr:`port` is None).
     group_by, quiet_period_s, poll_interval_s
         Completion grouping and timing (:class:`~dicom_gateway.completion.StudyAssembler`).
     min_free_bytes
@@ -87,7 +90,7 @@ class StorageScp:
     def __init__(self, ae_title: str, host: str, port: int, store, spool: Path,
                  on_study_complete: StudyCallback, *, max_associations: int = 10,
                  rules: tuple[Rule, ...] = DEFAULT_RULES, allow: AllowList | None = None,
-                 tls_port: int | None = None, ssl_context: ssl.SSLContext | None = None,
+                 tls_port: int | None = None, ssl_context: ssl.SSLContext | None = None, tls_only: bool = False,
                  group_by: str = "study", quiet_period_s: float = 2.0, poll_interval_s: float = 0.1,
                  min_free_bytes: int = 0, retention_days: float | None = None,
                  max_pdu_bytes: int = 1024 * 1024, fsync: bool = True, slot_pool_bytes: int = 256 << 20) -> None:
@@ -96,6 +99,8 @@ class StorageScp:
         if (tls_port is None) != (ssl_context is None):
             raise ValueError("`tls_port` and `ssl_context` must be given together, "
                              f"tls_port={tls_port!r} and ssl_context={ssl_context!r} are given.")
+        if tls_only and ssl_context is None:
+            raise ValueError("`tls_only` needs `tls_port` and `ssl_context`, none are given.")
         contexts = [build_context(sc.Verification)] + [
             build_context(uid, ALL_TRANSFER_SYNTAXES) for uid in sorted(SUPPORTED_SOP_CLASSES)]
         for context_id, context in enumerate(contexts):
@@ -103,7 +108,7 @@ class StorageScp:
         self.ae_title = ae_title.strip()
         self.acceptor = Acceptor(self.ae_title, contexts, self, max_associations=max_associations,
                                  max_pdu_bytes=max_pdu_bytes)
-        self.address = (host, port)
+        self.address = (host, port) if not tls_only else None
         self.tls_address = (host, tls_port) if tls_port is not None else None
         self.ssl_context = ssl_context
         self.store = store
@@ -123,17 +128,16 @@ class StorageScp:
                                         poll_interval_s=poll_interval_s)
         self._open: dict[int, set[str]] = {}  # association id -> groups it delivered to
         self._lock = threading.Lock()
-        self._ports: list[int] = []
+        self._bound: dict[str, int] = {}  # "plain" / "tls" -> the port bound
 
     @property
-    def port(self) -> int:
-        return self._ports[0] if self._ports else self.address[1]
+    def port(self) -> int | None:
+        """The plain port (the bound one once started); None with TLS only."""
+        return self._bound.get("plain", self.address[1]) if self.address else None
 
     @property
     def tls_port(self) -> int | None:
-        if len(self._ports) > 1:
-            return self._ports[1]
-        return self.tls_address[1] if self.tls_address else None
+        return self._bound.get("tls", self.tls_address[1]) if self.tls_address else None
 
     def start(self) -> None:
         removed = remove_temporary_files(self.spool)
@@ -150,16 +154,17 @@ class StorageScp:
         if self.retention_days is not None:
             self._stop_housekeeping.clear()
             threading.Thread(target=self._housekeeping, name="medgate-retention", daemon=True).start()
-        self._ports.append(self.acceptor.listen(*self.address))
-        log.info("DICOM SCP %s listening on %s:%d", self.ae_title, self.address[0], self.port)
+        if self.address is not None:
+            self._bound["plain"] = self.acceptor.listen(*self.address)
+            log.info("DICOM SCP %s listening on %s:%d", self.ae_title, self.address[0], self.port)
         if self.tls_address is not None:
-            self._ports.append(self.acceptor.listen(*self.tls_address, ssl_context=self.ssl_context))
-            log.info("DICOM SCP %s listening with TLS on %s:%d", self.ae_title, self.tls_address[0],
-                     self.tls_port)
+            self._bound["tls"] = self.acceptor.listen(*self.tls_address, ssl_context=self.ssl_context)
+            log.info("DICOM SCP %s listening with TLS on %s:%d%s", self.ae_title, self.tls_address[0],
+                     self.tls_port, " (TLS only)" if self.address is None else "")
 
     def stop(self) -> None:
         self.acceptor.stop()
-        self._ports = []
+        self._bound = {}
         self._stop_housekeeping.set()
         self.recorder.stop()
         self.assembler.stop()
@@ -181,9 +186,11 @@ class StorageScp:
                 return
 
     # -- handlers (dicom_gateway.acceptor.Handlers) ----------------------------------------------
-    def on_requested(self, calling_ae: str, called_ae: str, address: tuple[str, int]) -> Rejection | None:
-        """A-ASSOCIATE-RQ for our AE title: the allow-list, then the spool's watermark."""
-        reason = self.allow.reason_to_reject(calling_ae, address[0])
+    def on_requested(self, calling_ae: str, called_ae: str, address: tuple[str, int],
+                     certificate: dict | None = None) -> Rejection | None:
+        """A-ASSOCIATE-RQ for our AE title: the allow-list (with the client certificate on the TLS
+        port), then the spool's watermark."""
+        reason = self.allow.reason_to_reject(calling_ae, address[0], certificate)
         if reason is not None:
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
                              RejectReason.CALLING_AE_NOT_RECOGNIZED, reason)

@@ -1,17 +1,21 @@
-"""Who may associate: calling-AE allow-list with source address, and the DICOM TLS context.
+"""Who may associate: calling-AE allow-list with source address, the client certificate, and the
+DICOM TLS context.
 
 An empty allow-list accepts every calling AE from every address (the called AE title is always
 checked, see :class:`dicom_gateway.scp.StorageScp`).  A listed entry allows one calling AE title
 from one IP address (``host: "*"`` for any).  The TLS context implements the Secure Transport
 Connection Profile (PS3.15 B.1): our certificate and key, TLS 1.2 or later, and client certificates
-required and verified when a CA file is given.
+required and verified when a CA file is given.  With ``match_certificate`` a TLS association's
+calling AE title must also be named by its verified client certificate (subject CN or a DNS
+subjectAltName, RFC 5280 4.1.2.6 and 4.2.1.6): a certificate issued to one modality cannot
+present another's AE title.
 """
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -28,23 +32,45 @@ class AllowedPeer:
             raise ValueError(f"`host` must be an IP address or '*', {self.host!r} is given.")
 
 
+#: A peer certificate as :meth:`ssl.SSLSocket.getpeercert` gives it (empty when none was verified).
+Certificate = dict[str, Any]
+
+
+def certificate_names(certificate: Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The subject's Common Names and the subjectAltName's DNS names of ``certificate``."""
+    common = tuple(value.strip() for rdn in certificate.get("subject", ()) for key, value in rdn
+                   if key == "commonName")
+    dns = tuple(value.strip() for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS")
+    return common, dns
+
+
 class AllowList:
-    """Calling AE titles with their source addresses; empty allows everyone."""
+    """Calling AE titles with their source addresses (empty allows everyone) and, with
+    ``match_certificate``, the calling AE title named by the client certificate of a TLS association."""
 
-    def __init__(self, peers: Iterable[AllowedPeer] = ()) -> None:
+    def __init__(self, peers: Iterable[AllowedPeer] = (), match_certificate: bool = False) -> None:
         self.peers = tuple(peers)
+        self.match_certificate = match_certificate
 
-    def reason_to_reject(self, calling_ae: str, address: str) -> str | None:
-        """None when allowed, else a sentence for the log."""
-        if not self.peers:
-            return None
+    def reason_to_reject(self, calling_ae: str, address: str, certificate: Certificate | None = None) -> str | None:
+        """None when allowed, else a sentence for the log.
+
+        ``certificate`` is the verified client certificate of a TLS association, None for a plain
+        one (not checked against the AE title: with ``match_certificate``, configure TLS only).
+        """
         calling = calling_ae.strip()
-        titles = [p for p in self.peers if p.ae_title.strip() == calling]
-        if not titles:
-            return f"calling AE title {calling!r} is not in dicom.allow"
-        if not any(p.host in ("*", address) for p in titles):
-            return (f"calling AE title {calling!r} is allowed from {sorted(p.host for p in titles)}, "
-                    f"not from {address}")
+        if self.peers:
+            titles = [p for p in self.peers if p.ae_title.strip() == calling]
+            if not titles:
+                return f"calling AE title {calling!r} is not in dicom.allow"
+            if not any(p.host in ("*", address) for p in titles):
+                return (f"calling AE title {calling!r} is allowed from {sorted(p.host for p in titles)}, "
+                        f"not from {address}")
+        if self.match_certificate and certificate is not None:
+            common, dns = certificate_names(certificate)
+            if calling not in common + dns:
+                return (f"calling AE title {calling!r} is not named by the client certificate "
+                        f"(CN {list(common)}, DNS subjectAltName {list(dns)}; dicom.tls.match_calling_ae)")
         return None
 
 

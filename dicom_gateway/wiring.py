@@ -5,6 +5,7 @@ deployed models, and the TLS files must load.  Errors name the key (``dicom.rout
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -12,6 +13,8 @@ from dicom_gateway.completion import StudyCallback
 from dicom_gateway.routing import rules_from_config
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.security import AllowedPeer, AllowList, tls_context
+
+log = logging.getLogger("medgate.dicom")
 
 
 def build_scp(dicom, store, spool: Path, on_study_complete: StudyCallback,
@@ -24,13 +27,18 @@ def build_scp(dicom, store, spool: Path, on_study_complete: StudyCallback,
         A route names an unknown model or is invalid, or the TLS certificate/key do not load.
     """
     rules = rules_from_config([r.model_dump(exclude_none=True) for r in dicom.routes], known_models)
-    allow = AllowList(AllowedPeer(p.ae_title, p.host) for p in dicom.allow)
     tls = dicom.tls
+    allow = AllowList((AllowedPeer(p.ae_title, p.host) for p in dicom.allow),
+                      match_certificate=tls is not None and tls.match_calling_ae)
     context = tls_context(tls.cert_file, tls.key_file, tls.ca_file) if tls is not None else None
+    if tls is not None and tls.match_calling_ae and not tls.only:
+        log.warning("dicom.tls.match_calling_ae is on but dicom.tls.only is off: associations on the "
+                    "plain port %d carry no certificate to match", dicom.port)
     return StorageScp(
         dicom.ae_title, dicom.host, dicom.port, store, spool, on_study_complete,
         max_associations=dicom.max_associations, rules=rules, allow=allow,
         tls_port=tls.port if tls is not None else None, ssl_context=context,
+        tls_only=tls is not None and tls.only,
         group_by=dicom.completion.group_by, quiet_period_s=dicom.completion.quiet_period_s,
         poll_interval_s=dicom.completion.poll_interval_s, min_free_bytes=dicom.storage.min_free_bytes,
         retention_days=dicom.storage.retention_days, max_pdu_bytes=dicom.max_pdu_bytes,

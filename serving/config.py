@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "MEDGATE_"
@@ -57,6 +57,16 @@ class DicomTls(_Section):
     cert_file: Path
     key_file: Path
     ca_file: Path | None = None  # set = client certificates signed by it are required
+    only: bool = False  # true: no plain port (dicom.port is not opened); associations over TLS only
+    # true: a TLS association's calling AE title must be the client certificate's subject CN or one
+    # of its DNS subjectAltNames (exact match), else A-ASSOCIATE-RJ calling-AE-title-not-recognized
+    match_calling_ae: bool = False
+
+    @model_validator(mode="after")
+    def _certificates_required(self) -> "DicomTls":
+        if self.match_calling_ae and self.ca_file is None:
+            raise ValueError("match_calling_ae needs ca_file: without it no client certificate is asked for")
+        return self
 
 
 class DicomCompletion(_Section):

@@ -110,8 +110,9 @@ class Server:
         self.write_status()
         heap.settle()
         pacs = cfg.destinations.pacs
-        log.info("medgate ready: DICOM %s@%s:%d, HTTP http://%s:%d, MQTT %s:%d (prefix %s), "
-                 "results -> %s", cfg.dicom.ae_title, cfg.dicom.host, self.scp.port, cfg.http.host,
+        log.info("medgate ready: DICOM %s@%s:%s, HTTP http://%s:%d, MQTT %s:%d (prefix %s), "
+                 "results -> %s", cfg.dicom.ae_title, cfg.dicom.host,
+                 self.scp.port or f"{self.scp.tls_port} (TLS only)", cfg.http.host,
                  cfg.http.port, host, port, cfg.mqtt.topic_prefix,
                  f"{pacs.ae_title}@{pacs.host}:{pacs.port}" if pacs else "local store only")
 
