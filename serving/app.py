@@ -41,7 +41,9 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
         ).bind(name, options)
     limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s,
               "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings),
-              "patient_identity": _identity_dict(settings), "store_url": settings.store.url}
+              "patient_identity": _identity_dict(settings), "store_url": settings.store.url,
+              "web": {"trusted_proxies": list(settings.http.trusted_proxies),
+                      "public_base_url": settings.http.public_base_url}}
     return Ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
 
 

@@ -51,7 +51,6 @@ ROLE_MATRIX: tuple[tuple[str, frozenset[str]], ...] = (
     ("/fhir/", CLINICAL),
     ("/dicomweb/", CLINICAL | {"engineer"}),  # STOW-RS: sending studies in, no reads
     ("/studies", CLINICAL | {"engineer"}),
-    ("/docs", TECHNICAL),
     ("/openapi.json", TECHNICAL),
 )
 #: Paths that read patient data: denials there are audited too.

@@ -10,6 +10,7 @@ names every offending key.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -159,6 +160,36 @@ class HttpConfig(_Section):
     port: int = Field(8000, ge=0, le=65535)
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     timeout_s: float = Field(30.0, gt=0)
+    # The URL clients reach the server at (https://medgate.hospital.local): the base of FHIR
+    # Bundle links and fullUrls, never taken from a request's Host header.  null: links relative
+    # to the server (/fhir/...).
+    public_base_url: str | None = None
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / Forwarded headers name
+    # the client; from any other peer, loopback included, those headers are ignored.
+    trusted_proxies: list[str] = []
+    # Ray Serve's HTTP proxy (uvicorn) closes a connection idle this long after a response.
+    keep_alive_timeout_s: int = Field(5, ge=1)
+    # End-to-end limit of one request in Ray Serve's proxy; null = none (the ward board's event
+    # stream is one long request).  Slow header senders: docs/security.md.
+    request_timeout_s: float | None = Field(None, gt=0)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(f"must be an http(s) URL without query or fragment, {value!r} is given")
+        return value.rstrip("/") if value else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"each entry must be an IP address or CIDR network, {entry!r} is given") \
+                    from None
+        return value
 
 
 class MqttConfig(_Section):

@@ -16,6 +16,7 @@ date is invented, and the resource stays a valid R4 Patient (no element is requi
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Request
@@ -39,14 +40,25 @@ def _fhir(body: dict, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
 
 
-def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
+#: AuditEvent ids are ``audit-<seq>``; seq is an SQLite INTEGER (at most 2**63 - 1, 19 digits).
+AUDIT_EVENT_ID = re.compile(r"^audit-([1-9][0-9]{0,17})$")
+
+
+def base_url() -> str:
+    """The FHIR base of links and fullUrls: ``http.public_base_url`` + ``/fhir``, never the Host header."""
+    return current().link_base() + "/fhir"
+
+
+def audit_seq(resource_id: str) -> int | None:
+    """The audit row number an AuditEvent id names; None for any id this server never issues."""
+    match = AUDIT_EVENT_ID.match(resource_id)
+    return int(match.group(1)) if match else None
 
 
 @router.get("/metadata")
 def metadata(request: Request) -> JSONResponse:
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return _fhir(capability_statement(base_url(request), "0.1.0", date=date))
+    return _fhir(capability_statement(base_url(), "0.1.0", date=date))
 
 
 def _stored(resource_type: str, subject: str | None) -> list[dict]:
@@ -113,7 +125,7 @@ async def search(resource_type: str, request: Request) -> JSONResponse:
     subject = parsed.subject.split("/", 1)[1] if parsed.subject else None
     ctx.record(request, "search", resource_type=resource_type, query=query,
                detail=f"{len(page)} of {total} returned" + (f" for Patient/{subject}" if subject else ""))
-    return _fhir(searchset(parsed, page, base_url(request), total))
+    return _fhir(searchset(parsed, page, base_url(), total))
 
 
 @router.get("/{resource_type}/{resource_id}")
@@ -122,9 +134,9 @@ async def read(resource_type: str, resource_id: str, request: Request) -> JSONRe
     if resource_type not in PARAMETERS:
         return _fhir(operation_outcome(f"resource type {resource_type!r} is not served", "not-supported"), 404)
     if resource_type == "AuditEvent":
-        seq = resource_id.removeprefix("audit-")
-        rows = ctx.audit().rows(since_seq=int(seq) - 1, limit=1) if seq.isdigit() else []
-        resource = audit_event(rows[0]) if rows and str(rows[0]["seq"]) == seq else None
+        seq = audit_seq(resource_id)
+        rows = ctx.audit().rows(since_seq=seq - 1, limit=1) if seq is not None else []
+        resource = audit_event(rows[0]) if rows and rows[0]["seq"] == seq else None
     else:
         resource = await run_in_threadpool(_read, resource_type, resource_id)
     if resource is None:

@@ -72,8 +72,8 @@ def date_range(value: str) -> tuple[datetime, datetime]:
             return start, start + timedelta(days=1)
         start = parse_instant(value)
         return start, start + timedelta(seconds=1)
-    except ValueError:
-        raise SearchError(f"date: {value!r} is not a FHIR date or dateTime") from None
+    except (ValueError, OverflowError):  # OverflowError: the range ends after year 9999
+        raise SearchError(f"date: {value!r} is not a FHIR date or dateTime before 9999-12-31") from None
 
 
 @dataclass

@@ -21,8 +21,9 @@ from iomt.bridge import VitalsBridge, broker_address
 from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
 from serving import heap
-from serving.config import Settings
+from serving.config import HttpConfig, Settings
 from serving.fhir_client import FhirSender
+from serving.forwarded import UVICORN_TRUST_NONE
 from serving.ingress import STATUS_FILE
 from serving.outbox import Outbox
 from serving.state_permissions import private_folder, restrict_umask, secure_tree
@@ -124,11 +125,14 @@ class Server:
         from serving.app import APP_NAME, build_app, model_names
 
         cfg = self.settings
+        # Ray Serve's proxy (uvicorn) would take X-Forwarded-For from any loopback peer as the client;
+        # it trusts no peer, and the ingress reads forwarding headers from http.trusted_proxies only.
+        os.environ["FORWARDED_ALLOW_IPS"] = UVICORN_TRUST_NONE  # inherited by Ray's workers
         # Logical CPUs: at least 8 so every model replica (num_cpus 1 each) is placed on a laptop too.
         ray.init(include_dashboard=False, namespace="medgate", logging_level=logging.WARNING,
                  num_cpus=max(os.cpu_count() or 2, 8))
         self.ray_address = ray.get_runtime_context().gcs_address
-        serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
+        serve.start(http_options=http_options(cfg.http))
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
         return {m: serve.get_deployment_handle(m, app_name=APP_NAME) for m in model_names()}
 
@@ -171,6 +175,14 @@ class Server:
         finally:
             self.store.close()
         log.info("medgate stopped")
+
+
+def http_options(http: HttpConfig) -> dict:
+    """Ray Serve's ``http_options`` from the ``http`` section (bind address, idle and request limits)."""
+    options = {"host": http.host, "port": http.port, "keep_alive_timeout_s": http.keep_alive_timeout_s}
+    if http.request_timeout_s is not None:
+        options["request_timeout_s"] = http.request_timeout_s
+    return options
 
 
 def first_start_token(settings: Settings) -> None:

@@ -1,11 +1,19 @@
-"""Everything the ingress serves besides its own methods: guard, dashboard, ward, worklist,
-system page and the FHIR read API.  :func:`install_routes` adds them to a FastAPI app."""
+"""Everything the ingress serves besides its own methods: guard, security headers, dashboard,
+ward, worklist, system page and the FHIR read API.  :func:`install_routes` adds them to a FastAPI app.
+
+The interactive API pages (``/docs``, ``/redoc``) are removed: FastAPI's Swagger UI and ReDoc load
+their script from a CDN (unreachable on an offline hospital network) and run inline script, which
+the Content-Security-Policy forbids.  ``/openapi.json`` stays (engineers and admins); any OpenAPI
+viewer opens the downloaded file.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
+
+from serving import web_headers
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -27,11 +35,22 @@ def asset(name: str) -> Response:
     return FileResponse(path, media_type=_MEDIA[path.suffix], headers={"Cache-Control": "no-cache"})
 
 
+#: FastAPI's CDN-backed documentation pages, removed by :func:`install_routes`.
+CDN_DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+def _remove_cdn_docs(app: FastAPI) -> None:
+    app.docs_url = app.redoc_url = app.swagger_ui_oauth2_redirect_url = None
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in CDN_DOC_PATHS]
+
+
 def install_routes(app: FastAPI) -> FastAPI:
-    """Add the guard middleware and every route module to ``app``."""
+    """Add the guard and security-header middleware and every route module to ``app``."""
     from serving import fhir_api, system_api, ward, web_auth, worklist
 
+    _remove_cdn_docs(app)
     app.middleware("http")(web_auth.guard)
+    app.middleware("http")(web_headers.security_headers)  # added last = outermost: 401/403 get them too
     for router in (dashboard, web_auth.router, ward.router, worklist.router, system_api.router,
                    fhir_api.router):
         app.include_router(router)

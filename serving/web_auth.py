@@ -2,7 +2,9 @@
 
 Credentials: ``Authorization: Bearer <token>`` on any request; for GET/HEAD only, the HttpOnly
 ``medgate_session`` cookie that ``POST /v1/session`` sets (the browser's EventSource and ``<img>``
-cannot send headers; see docs/security.md for why a cookie rather than a query parameter).
+cannot send headers; see docs/security.md for why a cookie rather than a query parameter).  The
+cookie holds a server-side session's random id (:mod:`serving.sessions`), never the token: it
+expires after ``auth.cookie_max_age_s`` and ``DELETE /v1/session`` revokes it.
 401 carries ``WWW-Authenticate: Bearer``; 403 names the roles allowed.  Refusals on patient-data
 paths are audited.  Neither the token nor the cookie value is ever logged.
 """
@@ -11,18 +13,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from serving.auth import SESSION_COOKIE, bearer, is_patient_data, required_roles
+from serving.auth import SESSION_COOKIE, Principal, bearer, is_patient_data, required_roles
 from serving.web_context import current
 
 SAFE_METHODS = ("GET", "HEAD")
 router = APIRouter()
 
 
-def _credential(request: Request) -> str | None:
+def _principal(request: Request, ctx) -> Principal | None:
+    """The bearer token's principal; for GET/HEAD without one, the session cookie's."""
     token = bearer(request.headers.get("authorization"))
-    if token is None and request.method in SAFE_METHODS:
-        token = request.cookies.get(SESSION_COOKIE) or None
-    return token
+    if token is not None:
+        return ctx.authenticator.authenticate(token)
+    session_id = request.cookies.get(SESSION_COOKIE) if request.method in SAFE_METHODS else None
+    return ctx.sessions().principal(session_id) if session_id else None
 
 
 async def guard(request: Request, call_next):
@@ -32,8 +36,7 @@ async def guard(request: Request, call_next):
     if not roles:
         return await call_next(request)
     ctx = current()
-    token = _credential(request)
-    principal = ctx.authenticator.authenticate(token) if token else None
+    principal = _principal(request, ctx)
     if principal is None:
         if is_patient_data(path):
             ctx.record(request, "read", "denied", query=path, detail="no valid token")
@@ -56,19 +59,29 @@ def whoami(request: Request) -> dict:
 
 @router.post("/v1/session")
 def open_session(request: Request) -> Response:
-    """Set the session cookie from the bearer token of this request (the dashboard's log-in)."""
-    token = bearer(request.headers.get("authorization"))
-    if token is None:
+    """Open a server-side session for the bearer token's principal and set its id as the cookie."""
+    if bearer(request.headers.get("authorization")) is None:
         return JSONResponse({"error": "send the token as Authorization: Bearer"}, status_code=400)
+    ctx = current()
     principal = request.state.principal
+    session_id = ctx.sessions().open(principal, ctx.cookie_max_age_s)
     response = JSONResponse({"name": principal.name, "role": principal.role})
-    response.set_cookie(SESSION_COOKIE, token, max_age=current().cookie_max_age_s, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https", path="/")
+    response.set_cookie(SESSION_COOKIE, session_id, max_age=ctx.cookie_max_age_s, httponly=True,
+                        samesite="strict", secure=_secure(request, ctx), path="/")
     return response
 
 
 @router.delete("/v1/session")
-def close_session() -> Response:
-    response = JSONResponse({"closed": True})
-    response.delete_cookie(SESSION_COOKIE, path="/")
+def close_session(request: Request) -> Response:
+    """Sign out: revoke the cookie's session (its id stops working everywhere) and clear the cookie."""
+    ctx = current()
+    revoked = ctx.sessions().revoke(request.cookies.get(SESSION_COOKIE) or "")
+    response = JSONResponse({"closed": True, "revoked": revoked})
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=_secure(request, ctx))
     return response
+
+
+def _secure(request: Request, ctx) -> bool:
+    """Secure cookies when the client uses HTTPS (directly, via a trusted proxy, or as configured)."""
+    return ctx.scheme(request) == "https" or ctx.link_base().startswith("https://")

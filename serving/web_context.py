@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving import forwarded
 from serving.auth import Authenticator, Principal, StaticTokens
 
 log = logging.getLogger("medgate.web")
@@ -32,8 +33,13 @@ class WebContext:
     authenticator: Authenticator
     models: dict[str, Any] = field(default_factory=dict)
     cookie_max_age_s: int = 8 * 3600
+    #: ``http.trusted_proxies`` as networks: only these peers' forwarding headers are read.
+    trusted_proxies: tuple = ()
+    #: ``http.public_base_url``: the base of every absolute link the server writes (never the Host header).
+    public_base_url: str | None = None
     _store: Any = None
     _audit: Any = None
+    _sessions: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -56,10 +62,32 @@ class WebContext:
                 self._audit = AuditLog(self.db_path)
             return self._audit
 
+    def sessions(self):
+        with self._lock:
+            if self._sessions is None:
+                from serving.sessions import SessionStore
+
+                self._sessions = SessionStore(self.db_path)
+            return self._sessions
+
+    def client_address(self, request) -> str | None:
+        """The client's address: the socket peer unless that is a trusted proxy (:mod:`serving.forwarded`)."""
+        peer = request.client.host if request.client else None
+        return forwarded.client_address(peer, request.headers, self.trusted_proxies)
+
+    def scheme(self, request) -> str:
+        """``https`` when the client reached us (or a trusted proxy in front) over TLS."""
+        peer = request.client.host if request.client else None
+        return forwarded.scheme(peer, request.url.scheme, request.headers, self.trusted_proxies)
+
+    def link_base(self) -> str:
+        """Where absolute links start: ``public_base_url``, else "" (links relative to this server)."""
+        return (self.public_base_url or "").rstrip("/")
+
     def record(self, request, action: str, outcome: str = "success", **what: str | None) -> None:
         """Audit one access by the request's principal (``anonymous`` when there is none)."""
         principal = getattr(request.state, "principal", None)
-        client = request.client.host if request.client else None
+        client = self.client_address(request)
         self.audit().record(who=principal.name if principal else "anonymous",
                             role=principal.role if principal else None, action=action,
                             outcome=outcome, client=client, **what)
@@ -76,11 +104,16 @@ def build_authenticator(token_digests: list[tuple[str, str, str]]) -> Authentica
 
 
 def install(state_dir: str | Path, token_digests: list[tuple[str, str, str]],
-            models: dict[str, Any] | None = None, cookie_max_age_s: int = 8 * 3600) -> WebContext:
-    """Create this process's context (the ingress replica calls it once at start)."""
+            models: dict[str, Any] | None = None, cookie_max_age_s: int = 8 * 3600, *,
+            trusted_proxies: list[str] | tuple[str, ...] = (), public_base_url: str | None = None) -> WebContext:
+    """Create this process's context (the ingress replica calls it once at start).
+
+    ``trusted_proxies`` and ``public_base_url`` are ``http.trusted_proxies`` and
+    ``http.public_base_url`` (:func:`serving.app.build_app` passes them as the ``web`` limits).
+    """
     global _current
     _current = WebContext(Path(state_dir), build_authenticator(token_digests), dict(models or {}),
-                          cookie_max_age_s)
+                          cookie_max_age_s, forwarded.parse_networks(trusted_proxies), public_base_url)
     return _current
 
 

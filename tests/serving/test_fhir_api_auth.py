@@ -169,11 +169,51 @@ def test_resources_validate_as_r4(web):
     assert get(web, f"/fhir/AuditEvent/{one['id']}", "admin").json()["id"] == one["id"]
 
 
+@pytest.mark.parametrize("path", ["/fhir/AuditEvent/audit-99999999999999999999999", "/fhir/AuditEvent/audit-%C2%B2",
+                                  "/fhir/AuditEvent/audit-0", "/fhir/AuditEvent/audit-", "/fhir/AuditEvent/audit--1",
+                                  "/fhir/AuditEvent/audit-1e3", "/fhir/AuditEvent/%00", "/fhir/AuditEvent/audit-٣"])
+def test_audit_event_ids_never_issued_are_404(web, path):
+    response = get(web, path, "admin")
+    assert response.status_code == 404, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("path", ["/fhir/Observation/%C2%B2", "/fhir/Observation/" + "9" * 400, "/fhir/Flag/%00",
+                                  "/fhir/Observation/ffffffff-ffff-4fff-8fff-ffffffffffff", "/fhir/Patient/%C2%B2",
+                                  "/fhir/RiskAssessment/" + "%F0%9F%98%80" * 10, "/fhir/Basic/1"])
+def test_read_of_any_id_is_404_never_500(web, path):
+    response = get(web, path)
+    assert response.status_code == 404, response.text
+
+
+@pytest.mark.parametrize("query", ["date=9999-12", "date=9999-12-31", "date=9999", "date=ge9999-12-31T23:59:59Z",
+                                   "date=0000-01-01", "date=%C2%B2%C2%B2%C2%B2%C2%B2", "date=2026-13", "date=ge",
+                                   "_count=%C2%B2", "_count=99999999999999999999999", "_offset=-1",
+                                   "_offset=99999999999999999999999", "code=%00", "patient=%C2%B2&code=a|b|c",
+                                   "_id=" + "x" * 5000, "patient:identifier=%7C"])
+@pytest.mark.parametrize("resource_type", ["Observation", "AuditEvent"])
+def test_search_parameters_are_answered_400_or_200_never_500(web, resource_type, query):
+    if resource_type == "AuditEvent" and not query.startswith(("date", "_")):
+        query = "outcome=%C2%B2"
+    response = get(web, f"/fhir/{resource_type}?{query}", "admin")
+    assert response.status_code in (200, 400), response.text
+    assert response.json()["resourceType"] in ("Bundle", "OperationOutcome")
+
+
+def test_bundle_links_never_reflect_the_host_header(web):
+    forged = {**auth("clinician"), "Host": "evil.example:666", "X-Forwarded-Host": "evil.example"}
+    bundle = get(web, "/fhir/Observation?patient=p1&_count=2", headers=forged).json()
+    urls = [link["url"] for link in bundle["link"]] + [e["fullUrl"] for e in bundle["entry"]]
+    assert urls and all(u.startswith(web["url"] + "/fhir/") for u in urls), urls
+    capability = get(web, "/fhir/metadata", headers=forged).json()
+    assert capability["implementation"]["url"] == web["url"] + "/fhir"
+
+
 def test_session_cookie_only_for_reads(web):
     session = requests.Session()
     assert session.post(web["url"] + "/v1/session", headers=auth("clinician"), timeout=30).status_code == 200
     cookie = session.cookies.get("medgate_session")
-    assert cookie == TOKENS["clinician"]
+    assert cookie and cookie != TOKENS["clinician"]  # a session id, not the token (tests/serving/test_sessions.py)
     assert session.get(web["url"] + "/v1/ward", timeout=30).status_code == 200
     assert session.delete(web["url"] + "/v1/session", timeout=30).status_code == 401  # cookie alone: no write
 
@@ -216,3 +256,4 @@ def test_audit_chain_detects_deleted_and_reordered_rows(tmp_path):
     swapped = [dict(r) for r in rows]
     swapped[1], swapped[2] = {**swapped[2], "seq": 2}, {**swapped[1], "seq": 3}  # renumbered to hide it
     assert verify_rows(swapped).bad_seq == 2
+

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from peers import free_port
 from serving import web_context
 from serving.auth import digest
+from serving.forwarded import UVICORN_TRUST_NONE
 from serving.web import install_routes
 
 TOKENS = {"clinician": "clinician-token-0123456789", "engineer": "engineer-token-0123456789",
@@ -20,13 +21,19 @@ TOKENS = {"clinician": "clinician-token-0123456789", "engineer": "engineer-token
 class WebApp:
     """``install_routes`` on a fresh app over ``state_dir``; ``url`` once started."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, **web: object) -> None:
+        """``web``: :func:`serving.web_context.install` keywords (default public_base_url: :attr:`url`)."""
         self.state_dir = Path(state_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = install_routes(FastAPI())
-        web_context.install(self.state_dir, [(digest(t), role, f"{role} user") for role, t in TOKENS.items()])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.context = web_context.install(
+            self.state_dir, [(digest(t), role, f"{role} user") for role, t in TOKENS.items()],
+            **{"public_base_url": self.url, **web})
+        # as Ray Serve's proxy runs under `medgate serve` (FORWARDED_ALLOW_IPS, serving.forwarded)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                forwarded_allow_ips=UVICORN_TRUST_NONE)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "WebApp":
