@@ -1,12 +1,16 @@
-"""Findings burnt into a Secondary Capture of the source image, for PACS that cannot show SEG/SR.
+"""Findings drawn on a Secondary Capture of the source image, for PACS that cannot show SEG/SR.
 
-The source image is windowed as a viewer would show it (Modality LUT, then the linear VOI window
-of PS3.3 C.11.2.1.2.1, MONOCHROME1 inverted), turned to RGB, and the findings drawn on it: the
-heatmap alpha-blended in a colour map, boxes and polygons outlined, points marked with a ring and
-cross.  A banner at the top reads :data:`BANNER` with the model, version and probabilities, so
-the picture is never taken for the original.  The result is an RGB Secondary Capture Image
-(PS3.3 A.8.1) in the source study, in a new series, with Burned In Annotation YES, Image Type
-DERIVED\\SECONDARY and a Source Image Sequence pointing to the source instance.
+The source image is shown as a viewer would show it (grayscale: Modality LUT, then the linear VOI
+window of PS3.3 C.11.2.1.2.1, MONOCHROME1 inverted; colour: RGB, YBR decoded to RGB, PALETTE
+COLOR through its lookup tables), and the findings drawn on it: the heatmap alpha-blended in a
+colour map, boxes and polygons outlined, points marked with a ring and cross.  A black border
+added above the image carries :data:`BANNER` ("NOT FOR CLINICAL USE", the wording of every other
+output) with the model, version and probabilities, so the picture is never taken for the original
+and no pixel of the image is hidden under text; on small images the text wraps onto more lines of
+the border instead of shrinking below :data:`BANNER_MIN_TEXT_PX`.  The result is an RGB Secondary
+Capture Image (PS3.3 A.8.1) in the source study, in a new series, with Burned In Annotation YES,
+Image Type DERIVED\\SECONDARY, a Source Image Sequence pointing to the source instance, the
+source's Recognizable Visual Features, and Laterality only where the body part is paired.
 """
 from __future__ import annotations
 
@@ -17,15 +21,16 @@ import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import generate_uid
 
 from models.finding import Finding
 
-#: Text of the banner burnt into every overlay.
-BANNER = "AI result \u2014 not for diagnosis"
+#: Text of the banner above every overlay: the wording of every other output (SR, SEG, FHIR).
+BANNER = "AI result - NOT FOR CLINICAL USE"
+BANNER_RGB = (255, 64, 64)
 #: Series Description (0008,103E) of every overlay series.
-SERIES_DESCRIPTION = "AI overlay - not for diagnosis"
+SERIES_DESCRIPTION = "AI overlay - not for clinical use"
 #: Maximum opacity of the heatmap, reached where the heatmap is 1.
 HEATMAP_MAX_ALPHA = 0.5
 #: Heatmap values below this are not drawn (keeps the image readable away from the finding).
@@ -33,11 +38,20 @@ HEATMAP_FLOOR = 0.2
 #: Outline colour of positive findings (yellow) and of negative ones (cyan), RGB.
 POSITIVE_RGB = (255, 215, 0)
 NEGATIVE_RGB = (0, 200, 255)
-#: Banner height as a fraction of the image height, and its minimum in pixels.
-BANNER_FRACTION = 0.1
-BANNER_MIN_PX = 24
+#: PS3.16 Annex L Body Part Examined values of unpaired structures (no Laterality required).
+UNPAIRED_BODY_PARTS = frozenset({
+    "ABDOMEN", "ABDOMENPELVIS", "BLADDER", "BRAIN", "CHEST", "CHESTABDOMEN", "CHESTABDPELVIS", "COCCYX",
+    "CSPINE", "ESOPHAGUS", "HEAD", "HEADNECK", "HEART", "LARYNX", "LIVER", "LSPINE", "MEDIASTINUM", "NECK",
+    "PANCREAS", "PELVIS", "PROSTATE", "RECTUM", "SACRUM", "SKULL", "SPINE", "SPLEEN", "SSPINE", "STOMACH",
+    "THORAX", "TLSPINE", "TRACHEA", "TSPINE", "UTERUS", "WHOLEBODY",
+})
+#: Banner text size as a fraction of the image's shorter side, and its floor in pixels: on small
+#: images the text wraps onto more lines of the border rather than shrinking below legibility.
+BANNER_TEXT_FRACTION = 0.04
+BANNER_MIN_TEXT_PX = 10
+BANNER_PADDING_PX = 3
 #: PS3.3 C.8.6.1: Secondary Capture "Derivation Description" of the overlay.
-DERIVATION_DESCRIPTION = "source image with AI findings burnt in; not for diagnosis"
+DERIVATION_DESCRIPTION = "source image with AI findings drawn on it and a banner border; not for clinical use"
 
 
 def displayed_gray(ds: Dataset) -> np.ndarray:
@@ -92,45 +106,73 @@ def _draw_locations(draw: ImageDraw.ImageDraw, findings: Sequence[Finding], line
             draw.line((col, row + r, col, row + 2 * r), fill=colour, width=line_px)
 
 
-def _draw_dashed_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
-                      font: ImageFont.FreeTypeFont, fill: tuple[int, int, int]) -> None:
-    """Draw ``text``; an em dash, which Pillow's default font lacks, is drawn as a line."""
-    x, y = xy
-    for i, part in enumerate(text.split("\u2014")):
-        if i:
-            width = font.getlength("M")
-            top, bottom = font.getbbox("x")[1], font.getbbox("x")[3]
-            mid = y + (top + bottom) / 2
-            draw.line((x + width * 0.1, mid, x + width * 0.9, mid), fill=fill, width=max(1, round(width / 8)))
-            x += width
-        draw.text((x, y), part, fill=fill, font=font)
-        x += font.getlength(part)
+def _wrapped(text: str, font: ImageFont.FreeTypeFont, width_px: float) -> list[str]:
+    """``text`` in lines no wider than ``width_px`` (a single longer word keeps its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width_px:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
-def _fitting_font(text: str, size: int, width_px: float) -> ImageFont.FreeTypeFont:
-    font = ImageFont.load_default(size=size)
-    while size > 6 and font.getlength(text) > width_px:
-        size -= 1
-        font = ImageFont.load_default(size=size)
-    return font
-
-
-def _draw_banner(image: Image.Image, findings: Sequence[Finding]) -> None:
-    columns, rows = image.size
-    height = max(BANNER_MIN_PX, round(rows * BANNER_FRACTION))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, columns, height), fill=(0, 0, 0))
+def _banner_layout(rows: int, columns: int, findings: Sequence[Finding]):
+    """The banner's lines as ``(text, font, colour, y)`` and its height in pixels."""
+    size = max(BANNER_MIN_TEXT_PX, round(min(rows, columns) * BANNER_TEXT_FRACTION))
+    title = ImageFont.load_default(size=size)
+    detail = ImageFont.load_default(size=max(BANNER_MIN_TEXT_PX, round(size * 0.75)))
     models = ", ".join(dict.fromkeys(f"{f.model} {f.model_version}" for f in findings))
     calls = "; ".join(f"{f.code.meaning} p={f.probability:.2f}" for f in findings[:3])
-    font = _fitting_font(BANNER, max(8, round(height * 0.45)), columns - 8)
-    _draw_dashed_text(draw, (4, 1), BANNER, font, (255, 64, 64))
-    line = f"{models}: {calls}"
-    small = _fitting_font(line, max(7, round(height * 0.34)), columns - 8)
-    draw.text((4, height * 0.55), line, fill=(255, 255, 255), font=small)
+    width = columns - 2 * BANNER_PADDING_PX
+    layout, y = [], BANNER_PADDING_PX
+    for text, font, colour in ((BANNER, title, BANNER_RGB), (f"{models}: {calls}", detail, (255, 255, 255))):
+        for line in _wrapped(text, font, width):
+            layout.append((line, font, colour, y))
+            y += round(font.size * 1.2)
+    return layout, y + BANNER_PADDING_PX
+
+
+def banner_height_px(rows: int, columns: int, findings: Sequence[Finding]) -> int:
+    """Height of the banner border added above a ``rows`` x ``columns`` image."""
+    return _banner_layout(rows, columns, findings)[1]
+
+
+def _with_banner(image: Image.Image, findings: Sequence[Finding]) -> Image.Image:
+    """``image`` below a black border that carries :data:`BANNER`, the models and the calls."""
+    columns, rows = image.size
+    layout, height = _banner_layout(rows, columns, findings)
+    framed = Image.new("RGB", (columns, rows + height), (0, 0, 0))
+    framed.paste(image, (0, height))
+    draw = ImageDraw.Draw(framed)
+    for text, font, colour, y in layout:
+        draw.text((BANNER_PADDING_PX, y), text, fill=colour, font=font)
+    return framed
+
+
+def displayed_rgb(ds: Dataset) -> np.ndarray:
+    """The source as a viewer shows it, ``(rows, columns, 3)`` ``float32`` in [0, 1].
+
+    Grayscale through :func:`displayed_gray`; RGB and YBR (pydicom decodes YBR to RGB) scaled by
+    Bits Stored; PALETTE COLOR through its lookup tables (PS3.3 C.7.6.3.1.5).
+    """
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if int(ds.get("SamplesPerPixel", 1)) == 1 and photometric != "PALETTE COLOR":
+        return np.repeat(displayed_gray(ds)[..., None], 3, axis=2)
+    values = ds.pixel_array
+    if photometric == "PALETTE COLOR":
+        values = apply_color_lut(values, ds)
+        full_scale = 65535.0 if values.max() > 255 else 255.0
+    else:
+        full_scale = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+    if values.ndim != 3 or values.shape[2] != 3:
+        raise ValueError(f"source must be a single-frame image, pixel array shape {values.shape} is given.")
+    return (values.astype(np.float32) / full_scale).clip(0.0, 1.0)
 
 
 def render_overlay(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
-    """The overlay picture: ``(rows, columns, 3)`` ``uint8`` RGB of ``source`` with ``findings``."""
+    """The overlay picture: ``(banner + rows, columns, 3)`` ``uint8`` RGB of ``source`` with
+    ``findings`` drawn on it, below a banner border (:func:`banner_height_px` rows)."""
     if not findings:
         raise ValueError("findings must contain at least one Finding, an empty sequence is given.")
     for i, finding in enumerate(findings):
@@ -139,7 +181,7 @@ def render_overlay(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
                 f"findings[{i}] is about image {finding.source.sop_instance_uid}, not the source image "
                 f"{source.SOPInstanceUID}; build one overlay per source image."
             )
-    rgb = np.repeat(displayed_gray(source)[..., None], 3, axis=2)
+    rgb = displayed_rgb(source)
     for finding in findings:
         if finding.heatmap is not None:
             rgb = _blend_heatmap(rgb, finding.heatmap)
@@ -148,8 +190,7 @@ def render_overlay(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
     image = Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB")
     line_px = max(1, round(min(image.size) / 250))
     _draw_locations(ImageDraw.Draw(image), findings, line_px)
-    _draw_banner(image, findings)
-    return np.asarray(image)
+    return np.asarray(_with_banner(image, findings))
 
 
 def _patient_orientation(source: Dataset) -> tuple[str, str]:
@@ -163,6 +204,22 @@ def _patient_orientation(source: Dataset) -> tuple[str, str]:
         return letters[axis][0 if vector[axis] > 0 else 1]
 
     return direction(orientation[:3]), direction(orientation[3:])
+
+
+def _set_laterality(sc: Dataset, source: Dataset) -> None:
+    """General Series Laterality (PS3.3 C.7.3.1), Type 2C, required for a paired body part only:
+    the source's side (L or R) when it says one; absent when the source shows an unpaired part
+    (Image Laterality U or an unpaired Body Part Examined, copied so a receiver can tell too);
+    empty (unknown) when the part is not known."""
+    sc.pop("Laterality", None)
+    body_part = str(source.get("BodyPartExamined", "") or "").strip().upper()
+    if body_part:
+        sc.BodyPartExamined = body_part
+    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
+    if laterality in ("L", "R"):
+        sc.Laterality = laterality
+    elif laterality != "U" and body_part not in UNPAIRED_BODY_PARTS:
+        sc.Laterality = ""
 
 
 def build_overlay(
@@ -180,7 +237,7 @@ def build_overlay(
     Parameters
     ----------
     source: pydicom.Dataset
-        The grayscale source image, pixel data included; patient and study are copied from it.
+        The source image (grayscale or colour), pixel data included; patient and study are copied from it.
     findings: Sequence[models.finding.Finding]
         Findings about ``source``; heatmaps, boxes, polygons, points and the first plane of a
         mask are drawn.
@@ -212,11 +269,11 @@ def build_overlay(
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
     sc.BurnedInAnnotation = "YES"
-    # General Series Laterality (PS3.3 C.7.3.1) is Type 2C (paired body parts); copy it, or leave
-    # it empty (allowed for Type 2) because an SC does not say whether the part is paired.
-    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
-    sc.Laterality = laterality if laterality in ("L", "R") else ""
-    sc.RecognizableVisualFeatures = "NO"
+    _set_laterality(sc, source)
+    # Recognizable Visual Features (0028,0302) of the picture are those of its source.
+    sc.pop("RecognizableVisualFeatures", None)
+    if "RecognizableVisualFeatures" in source:
+        sc.RecognizableVisualFeatures = source.RecognizableVisualFeatures
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.DerivationDescription = DERIVATION_DESCRIPTION
     for keyword in ("IssuerOfPatientID", "StudyDescription"):

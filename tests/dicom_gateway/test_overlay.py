@@ -1,11 +1,13 @@
 """Secondary Capture overlays: valid SC IOD, same patient/study, new series, banner, burnt-in marks."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pydicom
 import pytest
 
-from dicom_gateway.overlay import BANNER, build_overlay, colour_map, render_overlay, save_png
+from dicom_gateway.overlay import BANNER, banner_height_px, build_overlay, colour_map, render_overlay, save_png
 from dicom_gateway.testdata import make_ct_phantom, make_ct_series, make_dx_dataset
 from models.finding import Concept, Finding, SourceImage
 from peers import dciodvfy_errors
@@ -50,13 +52,15 @@ def test_sc_overlay_is_valid_and_in_the_source_study(cxr, tmp_path):
     assert back.StudyInstanceUID == ds.StudyInstanceUID and back.SeriesInstanceUID != ds.SeriesInstanceUID
     assert (back.PatientID, back.IssuerOfPatientID, back.AccessionNumber) == (ds.PatientID, "CCCD", "ACC-7")
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
-    assert "not for diagnosis" in back.SeriesDescription
+    assert "not for clinical use" in back.SeriesDescription
+    assert "not for clinical use" in back.DerivationDescription
     pixels = back.pixel_array
-    banner = pixels[: max(14, round(ds.Rows * 0.07))]
-    red_text = (banner[..., 0] > 200) & (banner[..., 1] < 120)
+    top = banner_height_px(ds.Rows, ds.Columns, [finding, box])
+    assert back.Rows == ds.Rows + top and back.Columns == ds.Columns, "the banner is a border above the image"
+    red_text = (pixels[:top, :, 0] > 200) & (pixels[:top, :, 1] < 120)
     assert red_text.sum() > 50, "the banner text is drawn"
     col, row = map(int, centre)
-    assert pixels[row, col, 0] != pixels[row, col, 2], "the heatmap is coloured at the finding"
+    assert pixels[top + row, col, 0] != pixels[top + row, col, 2], "the heatmap is coloured at the finding"
     save_png(back, tmp_path / "overlay.png")
 
 
@@ -82,6 +86,85 @@ def test_overlay_refuses_findings_about_another_image(cxr):
 
 
 def test_banner_text_and_colour_map_ends():
-    assert BANNER == "AI result \u2014 not for diagnosis"
+    assert BANNER == "AI result - NOT FOR CLINICAL USE"
     ends = colour_map(np.array([0.0, 1.0]))
     assert ends[0, 2] > 0.4 and ends[0, 0] == 0 and ends[1, 0] > 0.4 and ends[1, 2] == 0
+
+
+def test_banner_is_a_border_that_leaves_every_image_pixel_and_stays_legible_on_small_images():
+    ds = make_dx_dataset(np.full((64, 64), 2000, np.uint16))
+    finding = Finding(model="tb", model_version="1.1.0", code=TUBERCULOSIS, probability=0.7, threshold=0.5,
+                      source=image_of(ds))
+    pixels = render_overlay(ds, [finding])
+    top = banner_height_px(64, 64, [finding])
+    assert pixels.shape == (64 + top, 64, 3)
+    image = pixels[top:]
+    assert (image == image[0, 0]).all(), "nothing is burnt over the image itself"
+    rows_with_text = np.flatnonzero(((pixels[:top, :, 0] > 200) & (pixels[:top, :, 1] < 120)).any(axis=1))
+    assert rows_with_text.size >= 7, "the banner's letters are at least 7 pixels tall on a 64x64 image"
+
+
+def test_laterality_is_absent_for_unpaired_parts_and_copied_for_paired_ones(cxr, tmp_path):
+    ds, _ = cxr
+    finding = Finding(model="tb", model_version="1.0.0", code=TUBERCULOSIS, probability=0.3, threshold=0.5,
+                      source=image_of(ds))
+    assert ds.ImageLaterality == "U" and "Laterality" not in ds
+    sc = build_overlay(ds, [finding])
+    assert "Laterality" not in sc, "Type 2C: absent when the body part is not paired"
+    assert sc.BodyPartExamined == "CHEST", "copied, so a receiver can tell the part is unpaired"
+    paired = copy.deepcopy(ds)
+    paired.Laterality = "L"
+    assert build_overlay(paired, [finding]).Laterality == "L"
+    unknown = copy.deepcopy(ds)
+    del unknown.BodyPartExamined, unknown.ImageLaterality
+    unknown_sc = build_overlay(unknown, [finding])
+    assert unknown_sc.Laterality == "", "Type 2: empty when the part is not known"
+    for name, obj in (("unpaired", sc), ("unknown", unknown_sc)):
+        path = tmp_path / f"sc-{name}.dcm"
+        obj.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], name
+
+
+@pytest.mark.parametrize("value", ["YES", "NO", None])
+def test_recognizable_visual_features_are_copied_from_the_source(cxr, value):
+    ds, _ = cxr
+    source = copy.deepcopy(ds)
+    if value is None:
+        source.pop("RecognizableVisualFeatures", None)
+    else:
+        source.RecognizableVisualFeatures = value
+    finding = Finding(model="tb", model_version="1.0.0", code=TUBERCULOSIS, probability=0.3, threshold=0.5,
+                      source=image_of(source))
+    sc = build_overlay(source, [finding])
+    assert sc.get("RecognizableVisualFeatures") == value
+
+
+def colour_photo(photometric: str):
+    """A 48x64 8-bit colour picture (red left half, blue right half) in ``photometric``."""
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (200, 30, 30)
+    rgb[:, 32:] = (30, 30, 200)
+    ds = make_dx_dataset(np.zeros((48, 64), np.uint16))
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope", "RescaleType"):
+        ds.pop(keyword, None)
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    pixels = convert_color_space(rgb, "RGB", "YBR_FULL") if photometric == "YBR_FULL" else rgb
+    ds.PixelData = pixels.tobytes()
+    return ds, rgb
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
+def test_colour_sources_keep_their_colours(photometric, tmp_path):
+    ds, rgb = colour_photo(photometric)
+    finding = Finding(model="derm", model_version="1.0.0", code=Concept("372244006", "SCT", "Malignant melanoma"),
+                      probability=0.4, threshold=0.77, source=image_of(ds))
+    sc = build_overlay(ds, [finding])
+    top = banner_height_px(48, 64, [finding])
+    shown = sc.pixel_array[top:].astype(int)
+    assert np.abs(shown[24, 10] - rgb[24, 10]).max() <= 2 and np.abs(shown[24, 50] - rgb[24, 50]).max() <= 2
+    path = tmp_path / "sc-colour.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
