@@ -6,7 +6,6 @@ fsynced, renamed into place, and the directory fsynced (so a crash never leaves 
 from __future__ import annotations
 
 import os
-import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Union
 
 from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from dicom_gateway.uids import check_uid, inside  # noqa: F401 - check_uid: scp, intake
 
 #: What :func:`write_durably` accepts: one buffer, or several written in order without joining.
 Buffers = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
@@ -21,9 +21,6 @@ Buffers = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, m
 #: Spool and result files hold patient data: the server's user alone reads them (the folder a
 #: file is written into is made 0700 when it is new, the file 0600).
 PRIVATE_FILE_MODE, PRIVATE_DIR_MODE = 0o600, 0o700
-
-#: PS3.5 9.1: a UID is components of digits separated by single dots, at most 64 characters.
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _element(element: int, vr: bytes, value: bytes) -> bytes:
@@ -53,14 +50,6 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid
         _element(0x0016, b"AE", _padded(source_ae_title.strip() or "UNKNOWN", b" ")),
     ))
     return b"\x00" * 128 + b"DICM" + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
-
-
-def check_uid(name: str, value: str) -> str:
-    """Return ``value`` if it is a syntactically valid UID, else raise naming ``name``."""
-    value = str(value).rstrip("\x00 ")
-    if len(value) > 64 or not _UID.fullmatch(value):
-        raise ValueError(f"{name} must be a DICOM UID (digits and dots, <= 64), {value!r} is given.")
-    return value
 
 
 def as_views(data: Buffers) -> list[memoryview]:
@@ -138,8 +127,12 @@ class DirectWriter:
 
 
 def instance_path(spool: Path, study_uid: str, sop_instance_uid: str) -> Path:
-    return spool / check_uid("StudyInstanceUID", study_uid) / (
-        check_uid("SOPInstanceUID", sop_instance_uid) + ".dcm")
+    """``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``; both UIDs checked (PS3.5 9.1) and the
+    path checked to stay inside ``spool`` (returned as joined, not resolved: the rows keep the
+    spool's own spelling, which :func:`dicom_gateway.ledger.unrecorded_files` compares)."""
+    parts = (check_uid("StudyInstanceUID", study_uid), check_uid("SOPInstanceUID", sop_instance_uid) + ".dcm")
+    inside(spool, *parts)
+    return Path(spool).joinpath(*parts)
 
 
 def remove_temporary_files(spool: Path) -> int:
