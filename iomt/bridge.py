@@ -55,10 +55,11 @@ DEFAULT_SYSTEMS = IdentifierSystems(citizen_id="http://fhir.hl7.org.vn/core/sid/
 ROUTE_CACHE_SIZE = 100_000  # topics whose worker is remembered
 
 
-def broker_address(url: str | None, embedded_port: int) -> tuple[str, int, bool]:
+def broker_address(url: str | None, embedded_port: int,
+                   embedded_host: str = "127.0.0.1") -> tuple[str, int, bool]:
     """(host, port, tls) of the broker: ``url`` when given, else the embedded broker."""
     if url is None:
-        return "127.0.0.1", embedded_port, False
+        return embedded_host, embedded_port, False
     parsed = urlparse(url)
     tls = parsed.scheme == "mqtts"
     return parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883), tls

@@ -1,8 +1,11 @@
 """The embedded MQTT broker used when no external broker is configured (``mqtt.url: null``).
 
-amqtt runs in its own thread and event loop, bound to 127.0.0.1 only, with anonymous access.
-It is the zero-install default for a laptop or a demo; hospitals point ``mqtt.url`` at a real
-broker (Mosquitto with ``max_queued_messages`` raised, see docs/architecture.md).
+Demo only. amqtt runs in its own thread and event loop with anonymous access: no
+authentication, no ACL, no TLS. Whoever reaches it can publish vitals and alerts and subscribe
+to ``#``, so it binds a loopback address (``mqtt.embedded_host``) or refuses to start, and says
+so with a warning at every start. It is the zero-install default for a laptop or a demo;
+hospitals point ``mqtt.url`` at their broker, configured as ``deploy/mosquitto/`` shows
+(password file, per-device ACL, TLS listener; docs/security.md).
 """
 from __future__ import annotations
 
@@ -10,13 +13,29 @@ import asyncio
 import logging
 import threading
 
+from serving.config import is_loopback
+
 log = logging.getLogger("medgate.mqtt.broker")
+
+DEMO_WARNING = ("embedded MQTT broker on %s:%d is DEMO ONLY: no authentication, no ACL, no TLS; "
+                "any local process can publish vitals and alerts and read every message. "
+                "Set mqtt.url to the hospital's broker (docs/security.md, deploy/mosquitto/).")
 
 
 class EmbeddedBroker:
-    """Start/stop an amqtt broker on ``127.0.0.1:port`` in a background thread."""
+    """Start/stop an amqtt broker on ``host:port`` (loopback only) in a background thread.
+
+    Raises
+    ------
+    ValueError
+        When ``host`` is not a loopback address (``mqtt.embedded_host``).
+    """
 
     def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        if not is_loopback(host):
+            raise ValueError(f"mqtt.embedded_host must be a loopback address (127.0.0.1, ::1 or "
+                             f"localhost): the embedded broker is demo only, with no authentication, "
+                             f"ACL or TLS; set mqtt.url to the hospital's broker; {host!r} is given.")
         self.host, self.port = host, port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broker = None
@@ -31,7 +50,7 @@ class EmbeddedBroker:
             raise RuntimeError(f"embedded MQTT broker did not start within {timeout_s} s")
         if self._error:
             raise RuntimeError(f"embedded MQTT broker failed to start: {self._error}")
-        log.info("embedded MQTT broker listening on %s:%d", self.host, self.port)
+        log.warning(DEMO_WARNING, self.host, self.port)
 
     def _run(self) -> None:
         from amqtt.broker import Broker

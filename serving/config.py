@@ -192,8 +192,21 @@ class HttpConfig(_Section):
         return value
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class MqttConfig(_Section):
     url: str | None = None
+    # The embedded broker (url: null) is demo only, without authentication, ACL or TLS: it binds
+    # a loopback address or refuses to start (docs/security.md, "MQTT broker").
+    embedded_host: str = "127.0.0.1"
     embedded_port: int = Field(1883, ge=0, le=65535)
     topic_prefix: str = "medgate"
     client_id: str = "medgate-bridge"
@@ -215,6 +228,15 @@ class MqttConfig(_Section):
     def _check_group(cls, value: str | None) -> str | None:
         if value is not None and (not value or any(c in value for c in "/#+")):
             raise ValueError(f"must be one topic level without '/', '+' or '#', {value!r} is given")
+        return value
+
+    @field_validator("embedded_host")
+    @classmethod
+    def _check_embedded_host(cls, value: str) -> str:
+        if not is_loopback(value):
+            raise ValueError(f"must be a loopback address (127.0.0.1, ::1 or localhost): the embedded "
+                             f"broker is demo only, with no authentication, ACL or TLS; set mqtt.url "
+                             f"to the hospital's broker to receive from other machines")
         return value
 
     @field_validator("url")
