@@ -1,9 +1,20 @@
 """DICOM pixel data to model input: decode, modality LUT, VOI LUT, photometric handling, volumes.
 
 The array-level transform shared with training lives in :mod:`models.transforms`; this module only
-turns datasets into plain arrays: a 2D image in MONOCHROME2 orientation (high value = dense), the
-VOI LUT / windowed display values (PS3.3 C.11.2), the pixel spacing, and CT/MR volumes sorted by
-Image Position (Patient) along the slice normal (PS3.3 C.7.6.2.1.1) with their voxel spacing.
+turns datasets into plain arrays: a 2D image in MONOCHROME2 orientation (high value = dense), an
+``uint8`` RGB photograph for colour models, the VOI LUT / windowed display values (PS3.3 C.11.2),
+the pixel spacing, and CT/MR volumes sorted by Image Position (Patient) along the slice normal
+(PS3.3 C.7.6.2.1.1) with their voxel spacing.
+
+Decoding (:func:`decoded_pixels`) is pydicom's, with DCMTK ``dcmdjpeg`` as the fallback for the
+JPEG syntaxes its plugins refuse (:mod:`dicom_gateway.dcmtk_decoder`).  Colour arrays are RGB
+whatever the Photometric Interpretation (PS3.3 C.7.6.3.1.2): pydicom converts YBR_FULL and
+YBR_FULL_422 (native or JPEG) to RGB, JPEG 2000 decoders undo YBR_ICT/YBR_RCT, ``dcmdjpeg``
+converts YCbCr, and PALETTE COLOR goes through its lookup tables (:func:`rgb_image`).
+
+A 2D image model takes one frame: :func:`model_input` refuses a multi-frame instance, and refuses
+a MONOCHROME image for a colour (3-channel) model rather than inventing colour; a colour image for
+a grayscale model is converted to its luminance (ITU-R BT.601 weights).
 """
 from __future__ import annotations
 
@@ -12,11 +23,54 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from models.transforms import to_model_input
+from dicom_gateway.dcmtk_decoder import DCMDJPEG_SYNTAXES, DecoderError, dcmdjpeg_path, decode_jpeg
+from models.transforms import to_model_input, to_rgb_model_input
+
+#: ITU-R BT.601 luma weights of R, G, B: a colour image for a grayscale model.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+#: Photometric Interpretations whose decoded array is RGB (PS3.3 C.7.6.3.1.2).
+COLOUR_PHOTOMETRICS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})
 
 
 class PixelDataError(ValueError):
     """The dataset's pixels cannot be decoded or are not a usable image; the message says why."""
+
+
+def decoded_pixels(ds: Dataset) -> np.ndarray:
+    """Every frame of ``ds`` as pydicom's ``pixel_array`` gives it (colour as RGB), decoded by
+    ``dcmdjpeg`` where pydicom's plugins refuse one of :data:`DCMDJPEG_SYNTAXES`.
+
+    Raises
+    ------
+    PixelDataError
+        No Pixel Data, or no decoder can decode it (each decoder's reason is given).
+    """
+    if "PixelData" not in ds:
+        raise PixelDataError("the dataset has no Pixel Data (7FE0,0010)")
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - every decoder error is the same failure to us
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax in DCMDJPEG_SYNTAXES and dcmdjpeg_path() is not None:
+        try:
+            return decode_jpeg(ds).pixel_array
+        except DecoderError as exc:
+            reason = f"{reason}; {exc}"
+        except Exception as exc:  # noqa: BLE001 - dcmdjpeg's output unreadable
+            reason = f"{reason}; dcmdjpeg output: {type(exc).__name__}: {exc}"
+    raise PixelDataError(f"pixel data cannot be decoded: {reason}")
+
+
+def _photometric(ds: Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
 
 
 def grayscale_image(ds: Dataset) -> np.ndarray:
@@ -27,24 +81,15 @@ def grayscale_image(ds: Dataset) -> np.ndarray:
     PixelDataError
         No Pixel Data, an undecodable transfer syntax or a corrupt stream, or an empty image.
     """
-    if "PixelData" not in ds:
-        raise PixelDataError("the dataset has no Pixel Data (7FE0,0010)")
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - every decoder error is the same failure to us
-        raise PixelDataError(f"pixel data cannot be decoded: {type(exc).__name__}: {exc}") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    pixels = decoded_pixels(ds)
+    photometric = _photometric(ds)
+    frames = _frames(ds)
     if frames > 1:
         pixels = pixels[frames // 2]
     if photometric == "PALETTE COLOR":
-        try:
-            pixels = apply_color_lut(pixels, ds)
-        except Exception as exc:  # noqa: BLE001 - a broken palette is a broken image
-            raise PixelDataError(f"the palette color lookup table cannot be applied: {exc}") from None
-    # pydicom returns YBR_FULL/YBR_FULL_422 converted to RGB (as_rgb), so every colour image is RGB here.
-    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR") or pixels.ndim == 3:
-        pixels = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        pixels = _palette_rgb(pixels, ds)
+    if photometric in COLOUR_PHOTOMETRICS or photometric == "PALETTE COLOR" or pixels.ndim == 3:
+        pixels = pixels[..., :3].astype(np.float32) @ LUMA_WEIGHTS
     else:
         pixels = apply_modality_lut(pixels, ds).astype(np.float32)
     if photometric == "MONOCHROME1":
@@ -86,8 +131,69 @@ def check_decodable(ds: Dataset) -> None:
                              f"{ds.BitsAllocated} bits")
 
 
-def model_input(ds: Dataset, size_px: int) -> np.ndarray:
-    """The float32 ``(1, size_px, size_px)`` input of a 2D image model for ``ds``."""
+def _palette_rgb(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """PALETTE COLOR indices through the Red/Green/Blue Palette Color Lookup Tables (PS3.3 C.7.6.3.1.5)."""
+    try:
+        return apply_color_lut(pixels, ds)
+    except Exception as exc:  # noqa: BLE001 - a broken palette is a broken image
+        raise PixelDataError(f"the palette color lookup table cannot be applied: {exc}") from None
+
+
+def rgb_image(ds: Dataset) -> np.ndarray:
+    """Decode a single-frame colour image into ``uint8`` (rows, columns, 3) RGB.
+
+    RGB and the YBR family arrive as RGB from the decoders (see the module's docstring); PALETTE
+    COLOR is looked up, its 16-bit entries scaled to 8 bits; samples of more than 8 bits are scaled
+    by Bits Stored.
+
+    Raises
+    ------
+    PixelDataError
+        A MONOCHROME1/2 image (a colour model is not given invented colour), an unknown
+        Photometric Interpretation, more than one frame, or anything :func:`decoded_pixels` raises.
+    """
+    photometric = _photometric(ds)
+    if photometric not in COLOUR_PHOTOMETRICS and photometric != "PALETTE COLOR":
+        raise PixelDataError(f"a colour (RGB) image is required, Photometric Interpretation {photometric} "
+                             "is given; medgate does not turn grayscale into colour")
+    frames = _frames(ds)
+    if frames != 1:
+        raise PixelDataError(f"a single-frame image is required, Number of Frames {frames} is given")
+    pixels = decoded_pixels(ds)
+    if photometric == "PALETTE COLOR":
+        pixels = _palette_rgb(pixels, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    else:
+        bits = int(ds.get("BitsStored", 8) or 8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) < 8:
+        raise PixelDataError(f"expected a colour image of at least 8x8 pixels, shape {pixels.shape} is given")
+    if bits > 8:
+        pixels = np.rint(pixels.astype(np.float32) * (255.0 / (2 ** bits - 1)))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def model_input(ds: Dataset, size_px: int, channels: int = 1) -> np.ndarray:
+    """The float32 ``(channels, size_px, size_px)`` input of a 2D image model for ``ds``.
+
+    ``channels`` 1: the grayscale image (:func:`grayscale_image`, windowed by
+    :func:`models.transforms.to_model_input`); 3: the RGB photograph (:func:`rgb_image`,
+    :func:`models.transforms.to_rgb_model_input`).
+
+    Raises
+    ------
+    PixelDataError
+        A multi-frame instance (a 2D model reads one image; send each frame as an instance), a
+        MONOCHROME image for a colour model, an undecodable image; ValueError for ``channels``
+        other than 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB), {channels!r} is given.")
+    frames = _frames(ds)
+    if frames != 1:
+        raise PixelDataError(f"a 2D image model reads single-frame images, Number of Frames {frames} is "
+                             "given; send each frame as an instance of its own")
+    if channels == 3:
+        return to_rgb_model_input(rgb_image(ds), size_px)
     return to_model_input(grayscale_image(ds), size_px)
 
 
@@ -116,13 +222,11 @@ def windowed_image(ds: Dataset, index: int = 0) -> np.ndarray:
     PixelDataError
         As :func:`grayscale_image`, or a colour image (VOI LUTs apply to grayscale only).
     """
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    photometric = _photometric(ds)
     if not photometric.startswith("MONOCHROME"):
         raise PixelDataError(f"VOI LUT applies to MONOCHROME1/2 images, {photometric} is given")
-    if "PixelData" not in ds:
-        raise PixelDataError("the dataset has no Pixel Data (7FE0,0010)")
+    pixels = decoded_pixels(ds)
     try:
-        pixels = ds.pixel_array
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             pixels = pixels[int(ds.NumberOfFrames) // 2]
         values = apply_modality_lut(pixels, ds).astype(np.float32)
@@ -213,7 +317,7 @@ def ct_volume(datasets: list[Dataset]) -> tuple[np.ndarray, list[float], list[Da
     planes = []
     for ds in series:
         try:
-            planes.append(apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
+            planes.append(apply_modality_lut(decoded_pixels(ds), ds).astype(np.float32))
         except Exception as exc:  # noqa: BLE001 - one bad slice spoils the volume
             raise VolumeError(f"slice {ds.SOPInstanceUID} cannot be decoded: {type(exc).__name__}: {exc}") from None
     normal = _slice_normal(series[0])

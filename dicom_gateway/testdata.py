@@ -3,7 +3,9 @@
 :func:`make_dx_dataset` wraps a pixel array in a complete Digital X-Ray Image Storage - For
 Presentation (PS3.3 A.26) or Computed Radiography Image Storage (PS3.3 A.2) instance, with file
 meta information, so that it can be written with :func:`pydicom.dcmwrite`, sent with C-STORE and
-checked with ``dciodvfy``.  :func:`make_ct_series` does the same for a CT Image Storage series
+checked with ``dciodvfy``.  :func:`make_photo_dataset` does it for skin photographs (VL Photographic,
+Dermoscopic Photography, Multi-frame True Color SC; RGB, JPEG YBR_FULL_422, PALETTE COLOR,
+MONOCHROME2).  :func:`make_ct_series` does the same for a CT Image Storage series
 (PS3.3 A.3) from a volume, and :func:`make_ct_phantom` draws a chest-like volume with one spherical
 nodule and its ground-truth mask (for SEG tests).  Every Type 1 and Type 2 attribute of the
 mandatory modules is present.
@@ -12,15 +14,18 @@ The patient is a made-up demo patient: nothing here is clinical data.
 from __future__ import annotations
 
 import datetime
+import io
 
 import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
@@ -388,3 +393,143 @@ def make_ct_series(
         ds.KVP = 120
         out.append(_with_file_meta(ds))
     return out
+
+
+#: PS3.6 Annex A storage SOP classes of skin photographs: VL Photographic Image (PS3.3 A.32.4),
+#: Secondary Capture Image (A.8.1), and the multi-frame
+#: Video Photographic Image (A.32.7) and Multi-frame True Color Secondary Capture Image (A.8.5).
+VL_PHOTOGRAPHIC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.4")
+SECONDARY_CAPTURE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7")
+VIDEO_PHOTOGRAPHIC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.4.1")
+MULTIFRAME_TRUE_COLOR_SC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7.4")
+#: The photographs :func:`make_photo_dataset` writes, by ``kind``.
+PHOTO_SOP_CLASSES = {"photo": VL_PHOTOGRAPHIC_STORAGE, "sc": SECONDARY_CAPTURE_STORAGE, "video": VIDEO_PHOTOGRAPHIC_STORAGE,
+                     "multiframe": MULTIFRAME_TRUE_COLOR_SC_STORAGE}
+MULTIFRAME_KINDS = ("video", "multiframe")
+PHOTO_PHOTOMETRICS = ("RGB", "YBR_FULL_422", "PALETTE COLOR", "MONOCHROME2")
+#: Anatomic Region of generated skin photographs (PS3.16 CID 4031 "Common Anatomic Regions").
+SKIN_OF_TRUNK = Code("86381001", "SCT", "Skin of trunk")
+
+
+def make_photo_dataset(
+    rgb: np.ndarray,
+    *,
+    kind: str = "photo",
+    photometric: str = "RGB",
+    patient_id: str = "079123456789",
+    study_uid: str | None = None,
+) -> Dataset:
+    """Wrap an ``uint8`` RGB photograph, (rows, columns, 3), or (frames, rows, columns, 3) for
+    a multi-frame ``kind``, in a skin photograph instance (Modality XC) as a camera or dermatoscope
+    sends it.
+
+    Parameters
+    ----------
+    kind
+        ``"photo"`` VL Photographic Image, ``"sc"`` Secondary Capture Image; multi-frame: ``"video"`` Video Photographic Image, ``"multiframe"``
+        Multi-frame True Color Secondary Capture.
+    photometric
+        ``"RGB"`` native; ``"YBR_FULL_422"`` JPEG Baseline (Process 1) with 4:2:2 chroma
+        subsampling, as cameras write; ``"PALETTE COLOR"`` (``"sc"`` only: the VL IODs do not allow
+        it) 256 colours with 16-bit lookup tables; ``"MONOCHROME2"`` the luminance.
+    patient_id, study_uid
+        As for :func:`make_dx_dataset`.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind`` or ``photometric``, or ``rgb`` not ``uint8`` of the shape ``kind`` takes.
+    """
+    if kind not in PHOTO_SOP_CLASSES:
+        raise ValueError(f"kind must be one of {sorted(PHOTO_SOP_CLASSES)}, {kind!r} is given.")
+    if photometric not in PHOTO_PHOTOMETRICS:
+        raise ValueError(f"photometric must be one of {PHOTO_PHOTOMETRICS}, {photometric!r} is given.")
+    frames = np.asarray(rgb)
+    frames = frames if kind in MULTIFRAME_KINDS else frames[None]
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"rgb must be uint8 (rows, columns, 3), or (frames, rows, columns, 3) for a "
+                         f"multiframe, {frames.dtype} {np.asarray(rgb).shape} is given.")
+    if kind in MULTIFRAME_KINDS and photometric != "RGB":
+        raise ValueError(f"a multi-frame {kind} is written as RGB, {photometric!r} is given.")
+    if photometric == "PALETTE COLOR" and kind != "sc":
+        raise ValueError(f"PALETTE COLOR is written as a Secondary Capture (kind 'sc'), {kind!r} is given.")
+    gray = make_dx_dataset(np.zeros((8, 8), np.uint16), patient_id=patient_id, study_uid=study_uid,
+                           sop_class="CR")
+    ds = Dataset()
+    for keyword in ("SpecificCharacterSet", "InstanceCreationDate", "InstanceCreationTime", "PatientName",
+                    "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber", "Manufacturer", "ContentDate",
+                    "ContentTime", "AcquisitionDate", "AcquisitionTime", "SeriesDate", "SeriesTime"):
+        setattr(ds, keyword, gray[keyword].value)
+    ds.AcquisitionDateTime = gray.AcquisitionDate + gray.AcquisitionTime
+    ds.SOPClassUID = PHOTO_SOP_CLASSES[kind]
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyDescription = "Skin lesion photography"
+    ds.Modality = "XC"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = f"Skin lesion {kind}"
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.BurnedInAnnotation = "NO"
+    ds.ImageType = ["DERIVED", "SECONDARY"] if kind in ("sc", "multiframe") else ["ORIGINAL", "PRIMARY"]
+    if kind in ("sc", "multiframe"):  # SC Equipment (C.8.6.1); General Series: an unpaired part
+        ds.ConversionType = "DV"
+        ds.BodyPartExamined = "SKIN"
+        ds.Laterality = ""  # Type 2C; dciodvfy asks for it where no Image Laterality is given
+    else:  # Acquisition Context (C.7.6.14), VL Image (C.8.12.1): region of the photographed skin
+        ds.AcquisitionContextSequence = []
+        ds.AnatomicRegionSequence = [_code_item(SKIN_OF_TRUNK)]
+        ds.ImageLaterality = "U"
+    if kind in MULTIFRAME_KINDS:  # Multi-frame (C.7.6.6), Cine (C.7.6.5)
+        ds.NumberOfFrames = len(frames)
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
+        ds.FrameTime = 1000.0
+    ds.Rows, ds.Columns = frames.shape[1:3]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.LossyImageCompression = "00"
+    syntax = ExplicitVRLittleEndian
+    if photometric in ("RGB", "YBR_FULL_422"):
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+        ds.PixelData = frames.tobytes()
+    if photometric == "YBR_FULL_422":
+        ds.PixelData, syntax = encapsulate([_jpeg_baseline_422(frames[0])]), JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.LossyImageCompressionRatio = round(frames[0].nbytes / len(ds.PixelData), 2)
+    elif photometric == "PALETTE COLOR":
+        _add_palette(ds, frames[0])
+    elif photometric == "MONOCHROME2":
+        ds.SamplesPerPixel = 1
+        luma = frames[0].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        ds.PixelData = np.clip(np.rint(luma), 0, 255).astype(np.uint8).tobytes()
+    ds.PhotometricInterpretation = photometric
+    ds = _with_file_meta(ds)
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+def _jpeg_baseline_422(rgb: np.ndarray) -> bytes:
+    """One RGB frame as a JPEG Baseline stream, YCbCr with 4:2:2 chroma subsampling (PS3.5 8.2.1:
+    Photometric Interpretation YBR_FULL_422)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, "JPEG", quality=95, subsampling=1)  # 1: 4:2:2
+    return buffer.getvalue()
+
+
+def _add_palette(ds: Dataset, rgb: np.ndarray) -> None:
+    """Quantise ``rgb`` to 256 colours: indices as Pixel Data and 16-bit Red/Green/Blue Palette Color
+    Lookup Tables (PS3.3 C.7.6.3.1.5, C.7.9)."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb, "RGB").quantize(colors=256)
+    palette = np.zeros((256, 3), np.uint16)
+    entries = np.asarray(image.getpalette()[:768], np.uint16).reshape(-1, 3)
+    palette[:len(entries)] = entries * 257  # 8 -> 16 bits
+    ds.SamplesPerPixel = 1
+    ds.PixelData = np.asarray(image, np.uint8).tobytes()
+    for index, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", palette[:, index].astype("<u2").tobytes())

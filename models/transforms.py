@@ -2,7 +2,10 @@
 
 Both the training script and the inference server call exactly these functions, so a model
 always sees inputs prepared the same way it was trained on.  Nothing here knows about DICOM:
-callers hand in a plain 2D pixel array already in MONOCHROME2 orientation (high = dense).
+callers hand in a plain 2D pixel array already in MONOCHROME2 orientation (high = dense) for the
+single-channel models (:func:`to_model_input`), or an ``uint8`` (H, W, 3) RGB photograph for the
+colour models (:func:`to_rgb_model_input`).  A model's metadata says which: ``num_channels`` of
+its image input (:func:`input_channels`).
 """
 from __future__ import annotations
 
@@ -77,6 +80,62 @@ def to_model_input(pixels: np.ndarray, size_px: int) -> np.ndarray:
     shrinking = windowed.shape[0] > size or windowed.shape[1] > size
     resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
     return resized[0].clamp_(0.0, 1.0).numpy().astype(np.float32, copy=False)
+
+
+def input_channels(spec: dict) -> int:
+    """The channels of an image input described by a model's metadata (``network_data_format.inputs``
+    entry): ``num_channels``, else the channel axis of ``shape`` ``[N, C, ...]``.
+
+    Raises
+    ------
+    ValueError
+        Neither is given, or the count is not 1 (grayscale) or 3 (RGB).
+    """
+    channels = spec.get("num_channels")
+    if channels is None and isinstance(spec.get("shape"), (list, tuple)) and len(spec["shape"]) >= 4:
+        channels = spec["shape"][1]
+    if channels not in (1, 3):
+        raise ValueError(f"an image input must have `num_channels` 1 or 3, {channels!r} is given.")
+    return int(channels)
+
+
+def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` as an (H, W, 3) ``uint8`` view (the alpha of RGBA dropped); ValueError otherwise."""
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"`rgb` must be an (H, W, 3) RGB or (H, W, 4) RGBA array, shape {arr.shape} is given.")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"`rgb` must have dtype uint8 (0..255), {arr.dtype} is given.")
+    return arr[..., :3]
+
+
+def centre_square(rgb: np.ndarray) -> np.ndarray:
+    """The largest centred square of an (H, W, C) array (a view, no copy)."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return rgb[top:top + side, left:left + side]
+
+
+def rgb_batch_to_model_input(nhwc: np.ndarray, size_px: int) -> np.ndarray:
+    """(N, H, W, 3) ``uint8`` -> (N, 3, size_px, size_px) ``float32`` in [0, 1]: scaled by 1/255 and
+    resized bilinearly (antialiased when shrinking)."""
+    size = _check_size("size_px", size_px)
+    x = torch.from_numpy(np.ascontiguousarray(nhwc)).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (size, size):
+        shrinking = x.shape[-2] > size or x.shape[-1] > size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
+        x = x.clamp_(0.0, 1.0)
+    return x.numpy().astype(np.float32, copy=False)
+
+
+def to_rgb_model_input(rgb: np.ndarray, size_px: int, *, centre_crop: bool = False) -> np.ndarray:
+    """Prepare one ``uint8`` (H, W, 3) RGB photograph for a colour model: optionally its central
+    square, then :func:`rgb_batch_to_model_input`; ``float32`` (3, size_px, size_px) in [0, 1]."""
+    arr = check_rgb(rgb)
+    if centre_crop:
+        arr = centre_square(arr)
+    return rgb_batch_to_model_input(arr[None], size_px)[0]
 
 
 def to_model_input_batch(images: list[np.ndarray], size_px: int) -> np.ndarray:

@@ -22,6 +22,13 @@ Studies left ``complete`` by a crash are resubmitted at start.  Every UID and FH
 the source and the model version, so reprocessing a study replaces its results instead of adding
 more.
 
+A 2D model receives one ``float32`` (C, S, S) item per image, made by
+:func:`dicom_gateway.pixels.model_input` for the channels of the model's image input (``num_channels``
+in its metadata, ``network_data_format.inputs``): 1, the windowed grayscale image; 3, the RGB
+photograph (RGB, YBR and PALETTE COLOR photometrics).  An image the model cannot read (a MONOCHROME
+image for a colour model, a multi-frame instance) fails the study with the reason, shown in the
+worklist.
+
 A volume model (``nodule``) receives the series as ``{"volume": (Z, Y, X) float32, "spacing_mm"}``
 in slice order (ascending position along the normal) and is expected to reply
 ``{"mask": (Z, Y, X) integer labels, "candidates": [{"label": n, "probability": p}, ...]}``.
@@ -48,7 +55,9 @@ from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
-from models.finding import Concept, Finding
+from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding
+from models.registry import ModelRegistry
+from models.transforms import input_channels
 from serving.correlation import bound
 from serving.fhir_report import PatientIdentity, build_report_resources
 from serving.findings import image_finding, source_image
@@ -59,6 +68,47 @@ log = logging.getLogger("medgate.imaging")
 VOLUME_MODELS = ("nodule",)
 #: Every DICOM result kind; a destination's ``objects`` selects among them.
 ALL_OBJECTS = ("sr", "seg", "sc")
+
+
+def registered_input(info: dict) -> dict:
+    """The first input of ``network_data_format.inputs`` in the metadata of the served model version
+    (``info["name"]``, ``info["version"]``); empty when the registry does not hold that version."""
+    try:
+        manifest = ModelRegistry().get(info["name"], info["version"])
+    except Exception:  # noqa: BLE001 - no registered version: a 2D study then fails naming the model
+        return {}
+    return dict(next(iter(manifest.raw["network_data_format"]["inputs"].values())))
+
+
+def class_finding(ds, reply: dict, info: dict) -> Finding:
+    """The finding of a multi-class model's reply (``probabilities`` in the order of ``info["classes"]``)
+    about DICOM image ``ds``: the class that has its own operating point (``operating_point`` key
+    ``<class name>_threshold``, e.g. derm's ``mel_threshold``), the only decision its model card
+    validates; every class's probability goes into the finding's notes, most probable first.
+
+    Raises
+    ------
+    ValueError
+        The model names no class with an operating point, or the reply's length differs from the
+        classes'.
+    """
+    classes = info.get("classes") or []
+    probabilities = np.asarray(reply["probabilities"], dtype=np.float64).reshape(-1)
+    if len(probabilities) != len(classes):
+        raise ValueError(f"{info['name']}: {len(probabilities)} probabilities for {len(classes)} classes")
+    operating = info.get("operating_point") or {}
+    decided = [(i, c) for i, c in enumerate(classes) if f"{c['name']}_threshold" in operating]
+    if not decided:
+        raise ValueError(f"{info['name']}: no class has an operating point (`<class>_threshold`) in "
+                         f"{sorted(operating)}")
+    index, concept = decided[0]
+    ranked = sorted(zip(classes, probabilities), key=lambda item: -item[1])
+    notes = (NOT_FOR_CLINICAL_USE, "class probabilities: " + ", ".join(
+        f"{c['name']} ({c['meaning']}) {p:.3f}" for c, p in ranked))
+    return Finding(model=info["name"], model_version=info["version"],
+                   code=Concept(value=concept["value"], scheme=concept["scheme"], meaning=concept["meaning"]),
+                   probability=_unit(probabilities[index]), threshold=float(operating[f"{concept['name']}_threshold"]),
+                   source=source_image(ds), notes=notes)
 
 
 def _unit(value) -> float:
@@ -178,8 +228,10 @@ class ImagingPipeline:
         return True
 
     def model_info(self, model: str) -> dict:
+        """The deployment's ``info`` plus ``input``, its image input spec (see :func:`registered_input`)."""
         if model not in self._info:
-            self._info[model] = self.handles[model].info.remote().result(timeout_s=self.timeout_s)
+            info = self.handles[model].info.remote().result(timeout_s=self.timeout_s)
+            self._info[model] = {"input": info.get("input") or registered_input(info), **info}
         return self._info[model]
 
     # -- inference -----------------------------------------------------------------------------
@@ -207,11 +259,13 @@ class ImagingPipeline:
 
     def _process_images(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
         handle = self.handles[info["name"]]
-        pending = [handle.remote(model_input(ds, info["input_size_px"])) for ds in datasets]
+        channels = input_channels(info["input"])
+        items = [model_input(ds, info["input_size_px"], channels) for ds in datasets]  # PixelDataError: study fails
+        pending = [handle.remote(item) for item in items]
         replies = [p.result(timeout_s=self.timeout_s) for p in pending]
         paths, findings = [], []
         for ds, reply in zip(datasets, replies):
-            finding = image_finding(ds, reply, info)
+            finding = image_finding(ds, reply, info) if info.get("finding") else class_finding(ds, reply, info)
             if "heatmap" in reply:
                 finding = replace(finding, heatmap=np.asarray(reply["heatmap"], dtype=np.float32).squeeze())
             findings.append(finding)

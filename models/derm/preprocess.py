@@ -5,47 +5,20 @@ central square and resized with antialiased bilinear interpolation to ``size_px`
 scaled to [0, 1].  This matches :func:`training.loaders.images.rgb_to_model_input` (used for
 HAM10000 / ISIC) when ``centre_crop`` is off.  Per-channel standardisation happens inside the
 network (:class:`models.derm.network.DermClassifier`), so the ONNX input is plain [0, 1] RGB.
-Everything is array-level; no per-pixel Python loops.
+The array operations are :mod:`models.transforms`' RGB ones (the DICOM gateway calls those for any
+3-channel model); this module fixes the derm model's defaults.  No per-pixel Python loops.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-
-
-def _check_image(rgb: np.ndarray) -> np.ndarray:
-    arr = np.asarray(rgb)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"`rgb` must be an (H, W, 3) RGB or (H, W, 4) RGBA array, shape {arr.shape} is given.")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"`rgb` must have dtype uint8 (0..255), {arr.dtype} is given.")
-    return arr[..., :3]
+from models.transforms import check_rgb, rgb_batch_to_model_input, to_rgb_model_input
 
 
 def _check_size(size_px) -> int:
     if isinstance(size_px, bool) or not isinstance(size_px, (int, np.integer)) or size_px < 8:
         raise ValueError(f"`size_px` must be an integer of at least 8, {size_px!r} is given.")
     return int(size_px)
-
-
-def centre_square(rgb: np.ndarray) -> np.ndarray:
-    """The largest centred square of an (H, W, C) array (a view, no copy)."""
-    h, w = rgb.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return rgb[top:top + side, left:left + side]
-
-
-def _normalise_batch(nhwc: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W, 3) ``uint8`` -> (N, 3, size, size) ``float32`` in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(nhwc)).permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[-2:] != (size, size):
-        shrinking = x.shape[-2] > size or x.shape[-1] > size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
-        x = x.clamp_(0.0, 1.0)
-    return x.numpy().astype(np.float32, copy=False)
 
 
 def to_derm_input(rgb: np.ndarray, size_px: int = 128, *, centre_crop: bool = False) -> np.ndarray:
@@ -66,11 +39,7 @@ def to_derm_input(rgb: np.ndarray, size_px: int = 128, *, centre_crop: bool = Fa
     numpy.ndarray
         ``float32`` (3, size_px, size_px) in [0, 1].
     """
-    arr = _check_image(rgb)
-    size = _check_size(size_px)
-    if centre_crop:
-        arr = centre_square(arr)
-    return _normalise_batch(arr[None], size)[0]
+    return to_rgb_model_input(rgb, _check_size(size_px), centre_crop=centre_crop)
 
 
 def to_derm_input_batch(images, size_px: int = 128, *, centre_crop: bool = False) -> np.ndarray:
@@ -78,13 +47,13 @@ def to_derm_input_batch(images, size_px: int = 128, *, centre_crop: bool = False
     if len(images) == 0:
         raise ValueError("`images` must hold at least one image, an empty sequence is given.")
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        _check_image(images[0])
+        check_rgb(images[0])
         size = _check_size(size_px)
         n, h, w = images.shape[:3]
         side = min(h, w) if centre_crop else None
         batch = images[:, (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side] \
             if side else images
-        return _normalise_batch(batch[..., :3], size)
+        return rgb_batch_to_model_input(batch[..., :3], size)
     return np.stack([to_derm_input(image, size_px, centre_crop=centre_crop) for image in images])
 
 

@@ -5,6 +5,7 @@
 * A CT with no nodule at the operating point still gets an SR and a FHIR report, "absent", so the
   radiologist and the EHR know the AI read it.
 * Each model has its own worker: a chest X-ray is not held up behind a CT that takes minutes.
+* A skin photo reaches the colour model as RGB (the model's metadata says 3 channels).
 """
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ from types import SimpleNamespace
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.sr.codedict import codes
+
+from dicom_gateway.pixels import PixelDataError
 
 from dicom_gateway.testdata import make_ct_series
 from peers import dciodvfy_errors
 from serving import imaging
 from serving.store import Store
 
+#: dciodvfy cannot evaluate General Series Laterality's condition (Type 2C, a paired body part):
+#: the overlay leaves it absent for an unpaired part (Image Laterality U), as PS3.3 C.7.3.1 asks.
+OVERLAY_LATERALITY = ("Error - Missing attribute Type 2C Conditional Element=<Laterality> Module=<GeneralSeries>",)
 NODULE = {"name": "nodule", "version": "1.0.0", "threshold": 0.5,
           "finding": {"value": "786838002", "scheme": "SCT", "meaning": "Pulmonary nodule"}}
 
@@ -137,3 +144,46 @@ def _fhir(store, study):
     observations = store.resources("Observation")
     assert len(observations) == 1 and report["result"] == [{"reference": f"Observation/{observations[0]['id']}"}]
     return report, observations[0]
+
+
+class _LocalDeployment:
+    """A Ray-free stand-in for a deployment handle over the real :class:`ModelServer` (ONNX on CPU)."""
+
+    def __init__(self, model: str) -> None:
+        from serving.deployments import ModelServer
+
+        self.server = ModelServer(model, {"engine": "onnxruntime", "device": "cpu"})
+        self.server.reconfigure({})
+        self.info = SimpleNamespace(remote=lambda: _reply(self.server.info()))
+
+    def remote(self, item):
+        return _reply(self.server.run_batch([item])[0])
+
+
+def test_a_dicom_skin_photo_reaches_derm_as_rgb(tmp_path):
+    """The derm replica failed every DICOM photo: it was given the luminance, (1, S, S), where its
+    ONNX input is (3, S, S) ("index: 1 Got: 1 Expected: 3")."""
+    from dicom_gateway.testdata import make_photo_dataset
+
+    rng = np.random.default_rng(3)
+    rgb = np.clip(rng.normal(160, 30, (120, 120, 3)), 0, 255).astype(np.uint8)
+    ds = pydicom.dcmread(_saved(make_photo_dataset(rgb, photometric="YBR_FULL_422"), tmp_path / "photo.dcm"))
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        pipeline = imaging.ImagingPipeline(store, None, {"derm": _LocalDeployment("derm")}, tmp_path / "results")
+        info = pipeline.model_info("derm")
+        assert info["input"]["num_channels"] == 3
+        paths = pipeline._process_images(ds.StudyInstanceUID, [ds], info)
+        assert sorted(p.name.split("-")[0] for p in paths) == ["SC", "SR"]
+        for path in paths:
+            assert [e for e in dciodvfy_errors(path) if e not in OVERLAY_LATERALITY] == []
+        mono = pydicom.dcmread(_saved(make_photo_dataset(rgb, photometric="MONOCHROME2"), tmp_path / "mono.dcm"))
+        with pytest.raises(PixelDataError, match="colour .*MONOCHROME2 is given"):
+            pipeline._process_images(mono.StudyInstanceUID, [mono], info)
+    finally:
+        store.close()
+
+
+def _saved(ds, path):
+    ds.save_as(path, enforce_file_format=True)
+    return path
