@@ -1,122 +1,104 @@
-"""PS3.15 Basic Profile de-identification, attribute by attribute, on pydicom's test files."""
+"""The shipped PS3.15 Table E.1-1 and attribute Types: complete, of a recorded edition, rebuilt
+from their sources by ``python -m tools.deid_table``."""
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
 import pytest
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-from pydicom.uid import generate_uid
 
-from serving.deid import DeidentificationError, Deidentifier
-from serving.deid_profile import BASIC_PROFILE
+from serving.deid_profile import (
+    BASIC_PROFILE,
+    GROUP_RULES,
+    TABLE_EDITION,
+    TABLE_SOURCE,
+    action,
+    attribute_type,
+    choose,
+)
 
-FILES = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_small_odd.dcm", "examples_overlay.dcm", "rtdose.dcm",
-         "liver_1frame.dcm", "JPEG2000.dcm", "nested_priv_SQ.dcm"]
-SALT = b"0123456789abcdef-test-salt"
-_VALUES = {"PN": "Doe^Jane", "DA": "20261102", "TM": "101010", "DT": "20261102101010", "LO": "IDENT123",
-           "SH": "IDENT123", "LT": "Jane Doe text", "ST": "Jane Doe text", "UT": "Jane Doe text",
-           "CS": "IDENT", "AE": "SCANNER1", "DS": "1.5", "IS": "7", "AS": "042Y", "UC": "Jane Doe",
-           "UR": "http://example.org/jane", "US": 7, "UL": 7, "SS": 7, "SL": 7, "FL": 1.5, "FD": 1.5,
-           "OB": b"\x01\x02", "OW": b"\x01\x02"}
-
-
-def identifying(tag: int):
-    """(VR, value) that an identifying attribute could carry, or None for VRs not filled here."""
-    vr = dictionary_VR(tag)
-    if vr == "UI":
-        return vr, generate_uid()
-    if vr == "SQ":
-        item = Dataset()
-        item.PatientName = "Doe^Jane"
-        item.ReferencedSOPInstanceUID = generate_uid()
-        return vr, Sequence([item])
-    return (vr, _VALUES[vr]) if vr in _VALUES else None
+ROOT = Path(__file__).resolve().parents[2]
+needs_source = pytest.mark.skipif(importlib.util.find_spec("dicomanonymizer") is None,
+                                  reason="dicom-anonymizer (dev extras) not installed: the source cannot be read")
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
-def loaded(name: str):
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(reason=f"pydicom test file {name} is not available")
-    ds = dcmread(path)
-    ds.remove_private_tags()
-    ds.add_new(0x00091010, "LO", "private vendor note")  # a private attribute
-    ds.add_new(0x00091001, "LO", "Private Creator") if 0x00090010 not in ds else None
-    ds.add_new(0x60004000, "LT", "overlay comment Jane Doe")
-    for tag in BASIC_PROFILE:
-        if tag >> 16 == 0x0002 or tag in ds:
-            continue
-        filled = identifying(tag)
-        if filled:
-            ds.add_new(tag, *filled)
-    if "PatientID" not in ds or not ds.PatientID:
-        ds.PatientID = "079123456789"
-    return ds
+def test_table_is_complete_and_its_edition_recorded():
+    assert TABLE_EDITION == "2026c" and "dicom-anonymizer" in TABLE_SOURCE
+    counts = Counter(todo for _name, todo in BASIC_PROFILE.values())
+    assert counts == {"X": 412, "D": 93, "U": 55, "Z": 42, "X/D": 23, "X/Z": 11, "X/Z/D": 8, "Z/D": 6, "X/Z/U*": 2}
+    assert len(BASIC_PROFILE) == 652
+    assert {name for _v, _m, name, _a in GROUP_RULES} == {
+        "Private Attributes", "Curve Data", "Overlay Comments", "Overlay Data"}
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_every_basic_profile_attribute_is_handled(name):
-    ds = loaded(name)
-    before = {tag: ds[tag].value for tag in BASIC_PROFILE if tag in ds}
-    pixels = ds.get("PixelData")
-    assert len(before) > 250, f"only {len(before)} profile attributes could be filled in {name}"
-    deid = Deidentifier(SALT)
-    out = deid.apply(ds)
-    checked = 0
-    for tag, original in before.items():
-        keyword, action = BASIC_PROFILE[tag]
-        vr = dictionary_VR(tag)
-        where = f"{name}: ({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword} [{action}]"
-        if vr in ("DA", "DT", "TM") and action not in ("X", "U") and keyword != "PatientBirthDate":
-            assert tag in out, where  # Modified Dates option: kept, shifted
-            if vr != "TM" and original:
-                assert out[tag].value and out[tag].value != original, where
-        elif action.startswith("X"):
-            assert tag not in out, where
-        elif action == "U":
-            assert out[tag].value != original and str(out[tag].value).startswith("2.25."), where
-        elif action == "Z" and keyword in ("PatientName", "PatientID"):
-            assert str(out[tag].value).startswith("ANON-"), where
-        elif action == "Z" or vr == "SQ":
-            assert tag in out and not out[tag].value, where
-        elif action in ("D", "Z/D"):  # a dummy (Z/D: or zero length)
-            assert tag in out and out[tag].value != original, where
-            assert out[tag].value or action == "Z/D", where
-        else:
-            pytest.fail(f"unchecked action {where}")
-        checked += 1
-    assert checked == len(before)
-    assert not any(elem.tag.is_private for elem in out.iterall())
-    assert 0x60004000 not in out
-    assert out.get("PixelData") == pixels  # pixel data intact, byte for byte
-    assert out.PatientIdentityRemoved == "YES" and out.LongitudinalTemporalInformationModified == "MODIFIED"
-    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113107"]
-    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
-    text = str(out)
-    assert "Doe^Jane" not in text and "079123456789" not in text
+@pytest.mark.parametrize(("tag", "expected"), [
+    (0x0040A730, "D"),  # Content Sequence: kept as a dummy, not removed
+    (0x00400555, "X/Z"),  # Acquisition Context Sequence
+    (0x00160072, "X"),  # GPS Latitude
+    (0x0016004D, "X"),  # Camera Owner Name
+    (0x0016002B, "X"),  # Maker Note
+    (0x00100010, "Z"),  # Patient's Name
+    (0x00091010, "X"),  # private
+    (0x50023000, "X"),  # curve data
+    (0x60024000, "X"),  # overlay comments
+    (0x60003000, "X"),  # overlay data
+    (0x60000010, None),  # overlay rows: not identifying
+    (0x00080060, None),  # Modality: not listed
+])
+def test_action_of_attribute_and_group_rows(tag, expected):
+    assert action(tag) == expected
 
 
-def test_uids_and_dates_are_consistent_per_salt_and_patient():
-    a, b = loaded("CT_small.dcm"), loaded("CT_small.dcm")
-    b.SOPInstanceUID = generate_uid()
-    a.StudyDate = b.StudyDate = "20261102"
-    a.SeriesDate = "20261105"
-    deid = Deidentifier(SALT)
-    out_a, out_b = deid.apply(a), deid.apply(b)
-    assert out_a.StudyInstanceUID == out_b.StudyInstanceUID  # same study, same new UID
-    assert out_a.SOPInstanceUID != out_b.SOPInstanceUID
-    assert out_a.StudyDate == out_b.StudyDate  # same patient, same shift
-    from datetime import datetime
-
-    gap = datetime.strptime(out_a.SeriesDate, "%Y%m%d") - datetime.strptime(out_a.StudyDate, "%Y%m%d")
-    assert gap.days == 3  # intervals kept
-    other = Deidentifier(b"another-salt-0123456789").apply(loaded("CT_small.dcm"))
-    assert other.StudyInstanceUID != out_a.StudyInstanceUID
+def test_types_come_from_the_iod():
+    assert attribute_type(VL_PHOTOGRAPHIC, ["AcquisitionContextSequence"]) == "2"
+    assert attribute_type(DX, ["AcquisitionContextSequence"]) == "2"
+    assert attribute_type(CT, ["AcquisitionContextSequence"]) == "3"
+    assert attribute_type(COMPREHENSIVE_3D_SR, ["ContentDate"]) == "1"
+    assert attribute_type(DX, ["OperatorIdentificationSequence", "InstitutionName"]) == "1C"
+    assert attribute_type("1.2.3.4", ["AcquisitionContextSequence"]) == "3"  # unknown SOP Class
 
 
-def test_burned_in_annotation_is_not_exported():
-    ds = loaded("CT_small.dcm")
-    ds.BurnedInAnnotation = "YES"
-    with pytest.raises(DeidentificationError, match="Burned In Annotation"):
-        Deidentifier(SALT).apply(ds)
+@pytest.mark.parametrize(("todo", "kind", "expected"), [
+    ("X/Z", "3", "X"), ("X/Z", "2", "Z"), ("X/D", "2", "D"), ("X/D", "1", "D"), ("X/Z/D", "2C", "Z"),
+    ("X/Z/D", "1", "D"), ("Z/D", "3", "Z"), ("Z/D", "1C", "D"), ("X/Z/U*", "1", "U"), ("X/Z/U*", "3", "X"),
+    ("D", "3", "D"),
+])
+def test_composite_actions_by_type(todo, kind, expected):
+    assert choose(todo, kind) == expected
+
+
+def test_bad_action_or_type_is_named():
+    with pytest.raises(ValueError, match="'4' is given"):
+        choose("X/Z", "4")
+    with pytest.raises(ValueError, match="'X/K' is given"):
+        choose("X/K", "3")
+
+
+def test_table_is_shipped_as_package_data():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"deid_data/*.json"' in pyproject
+
+
+@needs_source
+def test_shipped_data_is_what_the_sources_give():
+    result = subprocess.run([sys.executable, "-m", "tools.deid_table", "--check"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+@needs_source
+def test_every_row_of_the_2024b_edition_is_shipped_with_its_action():
+    sys.path.insert(0, str(ROOT))
+    from tools.deid_table import build_table
+
+    older = build_table("2024b")
+    assert len(older["attributes"]) == 617
+    for row in older["attributes"]:
+        assert BASIC_PROFILE[int(row["tag"], 16)][1] == row["action"], row
