@@ -158,7 +158,10 @@ class Destinations(_Section):
 class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # /v1/infer bodies, counted as they stream
+    # STOW-RS bodies (POST /dicomweb/studies), counted as they stream: 413 as soon as one passes
+    # this; the parts wait in an anonymous file beside the spool, so this bounds disk, not memory
+    stow_max_bytes: int = Field(2 * 1024**3, ge=1024)
     timeout_s: float = Field(30.0, gt=0)
     # The URL clients reach the server at (https://medgate.hospital.local): the base of FHIR
     # Bundle links and fullUrls, never taken from a request's Host header.  null: links relative

@@ -10,21 +10,33 @@ SQLite store under ``state_dir``.  The server process's
 :class:`~dicom_gateway.completion.StudyAssembler` reads the store, so studies received here are
 completed and dispatched by the same code, once, to the same pipeline.
 
+The body is parsed as it streams and its parts spilled to an anonymous temporary file beside the
+spool (:mod:`serving.related_parts`), so memory does not grow with the body; its bytes are counted
+and the request refused with 413 as soon as they pass ``http.stow_max_bytes``, before any instance
+is stored.  Parts are then stored one at a time, each mapped from the file.  At most
+``LOGGED_WARNINGS`` warnings are logged per request (refused parts), then one line with the count.
+
 Responses (PS3.18 10.5.3): 200 when every instance was stored, 202 when some failed, 409 when all
-failed, 415 for another media type, 400 for a body that is not multipart; the body is a Store
+failed, 415 for another media type, 400 for a body that is not multipart, 413 for one over the
+limit; the body is a Store
 Instances Response Module dataset in DICOM JSON: Referenced SOP Sequence (0008,1199) and Failed SOP
 Sequence (0008,1198) with Failure Reason (0008,1197).
 """
 from __future__ import annotations
 
-import io
+import asyncio
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
+from serving import request_body
+from serving.related_parts import MultipartError, SpilledParts, spill
+from serving.uploads import UploadError
 
 router = APIRouter()
 log = logging.getLogger("medgate.dicom")
@@ -35,6 +47,10 @@ HTTP_OK, HTTP_ACCEPTED, HTTP_BAD_REQUEST, HTTP_CONFLICT, HTTP_UNSUPPORTED = 200,
 CANNOT_UNDERSTAND = 0xC000
 #: Calling AE recorded for instances received over STOW-RS (used by routing's ``calling_ae``).
 STOW_CALLING_AE = "STOW-RS"
+#: Default of ``http.stow_max_bytes`` (serving.config) when the settings give none.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+#: Warnings logged per request before the rest are only counted (a body of 10,000 bad parts).
+LOGGED_WARNINGS = 5
 
 
 def _boundary(content_type: str) -> str | None:
@@ -42,24 +58,19 @@ def _boundary(content_type: str) -> str | None:
     return match.group(1) if match else None
 
 
-def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
-    """The ``(headers, payload)`` of each part of a multipart body (RFC 2046 5.1)."""
-    delimiter = b"--" + boundary.encode("ascii")
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
-        head, sep, payload = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        headers = {}
-        for line in head.decode("latin-1").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name:
-                headers[name.strip().lower()] = value.strip()
-        parts.append((headers, payload[:-2] if payload.endswith(b"\r\n") else payload))
-    return parts
+class _RequestWarnings(logging.Filter):
+    """Passes the first ``limit`` warnings logged by one thread (one request's storing) and counts
+    the rest; other threads' records pass untouched."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.seen, self.thread = limit, 0, threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread or record.levelno != logging.WARNING:
+            return True
+        self.seen += 1
+        return self.seen <= self.limit
 
 
 class StowReceiver:
@@ -83,41 +94,29 @@ class StowReceiver:
                                   min_free_bytes=int(self.settings.get("min_free_bytes", 0)))
         return self._intake
 
-    def store_parts(self, parts: list[tuple[dict[str, str], bytes]]) -> tuple[int, dict]:
-        from pydicom import dcmread
+    @property
+    def max_bytes(self) -> int:
+        return int(self.settings.get("max_bytes") or DEFAULT_MAX_BYTES)
 
+    @property
+    def parts_folder(self) -> Path:
+        """Where bodies are spilled: beside the spool (the same disk and free-space watermark)."""
+        return self.state_dir / "spool"
+
+    def store_parts(self, parts: SpilledParts) -> tuple[int, dict]:
+        """Store each part as an instance; the PS3.18 10.5.3 status and Store Instances Response."""
         from dicom_gateway import ledger
-        from dicom_gateway.status import StoreStatus
-        from dicom_gateway.wellformed import part10_problem
 
-        intake = self.intake()
-        called = str(self.settings.get("ae_title", "MEDGATE"))
-        stored, failed, groups = [], [], set()
-        for headers, payload in parts:
-            media = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
-            if media != "application/dicom":
-                failed.append(("", "", CANNOT_UNDERSTAND))
-                continue
-            problem = part10_problem(payload)
-            if problem is not None:
-                log.warning("STOW-RS part refused: %s", problem)
-                failed.append(("", "", CANNOT_UNDERSTAND))
-                continue
-            try:
-                ds = dcmread(io.BytesIO(payload))
-                ds.SOPInstanceUID  # noqa: B018 - a file without it is not an instance
-                declared = str(ds.file_meta.get("MediaStorageSOPClassUID") or "") or None
-            except Exception:  # noqa: BLE001 - not a DICOM file: cannot understand
-                failed.append(("", "", CANNOT_UNDERSTAND))
-                continue
-            result = intake.accept(ds, intake.writer.begin(payload), STOW_CALLING_AE, called,
-                                   context_sop_class=declared)
-            if result.status == StoreStatus.SUCCESS:
-                stored.append((result.sop_class_uid, result.sop_instance_uid))
-                groups.add(result.group_uid)
-            else:
-                failed.append((result.sop_class_uid, result.sop_instance_uid, int(result.status)))
-        ledger.mark_released(intake.store, groups)
+        quiet = _RequestWarnings(LOGGED_WARNINGS)
+        log.addFilter(quiet)
+        try:
+            stored, failed, groups = self._store_each(parts)
+        finally:
+            log.removeFilter(quiet)
+        if quiet.seen > quiet.limit:
+            log.warning("STOW-RS request of %d parts (%d refused): %d more warnings not logged",
+                        len(parts), len(failed), quiet.seen - quiet.limit)
+        ledger.mark_released(self.intake().store, groups)
         body: dict[str, Any] = {}
         if stored:
             body["00081199"] = {"vr": "SQ", "Value": [
@@ -131,11 +130,59 @@ class StowReceiver:
         status = HTTP_OK if not failed else HTTP_ACCEPTED if stored else HTTP_CONFLICT
         return status, body
 
+    def _store_each(self, parts: SpilledParts) -> tuple[list, list, set]:
+        from dicom_gateway.status import StoreStatus
+
+        intake = self.intake()
+        called = str(self.settings.get("ae_title", "MEDGATE"))
+        stored, failed, groups = [], [], set()
+        for part in parts.parts:
+            media = part.headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+            if media != "application/dicom":
+                log.warning("STOW-RS part refused: its type is %r, not application/dicom", media[:80])
+                failed.append(("", "", CANNOT_UNDERSTAND))
+                continue
+            with parts.payload(part) as payload:
+                result = self._accept(intake, payload, called)
+            if result is None:
+                failed.append(("", "", CANNOT_UNDERSTAND))
+            elif result.status == StoreStatus.SUCCESS:
+                stored.append((result.sop_class_uid, result.sop_instance_uid))
+                groups.add(result.group_uid)
+            else:
+                failed.append((result.sop_class_uid, result.sop_instance_uid, int(result.status)))
+        return stored, failed, groups
+
+    @staticmethod
+    def _accept(intake, payload, called: str):
+        """One part (mapped from the spill file) through the intake: its outcome, or None when it is
+        not a DICOM file."""
+        from pydicom import dcmread
+
+        from dicom_gateway.wellformed import part10_problem
+
+        problem = part10_problem(payload)
+        if problem is not None:
+            log.warning("STOW-RS part refused: %s", problem)
+            return None
+        try:
+            payload.seek(0)
+            ds = dcmread(payload)  # the mapped part read as a file: values copied, not the whole part
+            ds.SOPInstanceUID  # noqa: B018 - a file without it is not an instance
+            declared = str(ds.file_meta.get("MediaStorageSOPClassUID") or "") or None
+        except Exception as exc:  # noqa: BLE001 - not a DICOM file: cannot understand
+            log.warning("STOW-RS part refused: not a readable DICOM file: %s", type(exc).__name__)
+            return None
+        with memoryview(payload) as data:  # written from the mapping, without a copy
+            return intake.accept(ds, intake.writer.begin(data), STOW_CALLING_AE, called,
+                                 context_sop_class=declared)
+
 
 def stow_settings(settings) -> dict[str, Any]:
     """What the route needs from the server's :class:`serving.config.Settings` (plain, picklable)."""
     dicom = settings.dicom
     return {"ae_title": dicom.ae_title, "group_by": dicom.completion.group_by,
+            "max_bytes": settings.http.stow_max_bytes,
             "min_free_bytes": dicom.storage.min_free_bytes,
             "routes": [r.model_dump(exclude_none=True) for r in dicom.routes]}
 
@@ -145,26 +192,33 @@ def configure(app, state_dir: str | Path, settings: dict[str, Any] | None) -> No
     app.state.stow = StowReceiver(state_dir, settings or {})
 
 
+def _refusal(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
 @router.post("/dicomweb/studies")
 async def store_instances(request: Request) -> JSONResponse:
     """Store Instances (PS3.18 10.5)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/related"):
-        return JSONResponse({"error": f"send multipart/related; type=\"application/dicom\", "
-                                      f"{content_type!r} is given"}, status_code=HTTP_UNSUPPORTED)
+        return _refusal(HTTP_UNSUPPORTED, f"send multipart/related; type=\"application/dicom\", "
+                                          f"{content_type[:200]!r} is given")
     kind = re.search(r'type="?([^";]+)"?', content_type)
     if kind and kind.group(1).lower() != "application/dicom":
-        return JSONResponse({"error": f"only type=\"application/dicom\" is accepted, {kind.group(1)!r} is given"},
-                            status_code=HTTP_UNSUPPORTED)
+        return _refusal(HTTP_UNSUPPORTED, f"only type=\"application/dicom\" is accepted, {kind.group(1)[:80]!r} "
+                                          "is given")
     boundary = _boundary(content_type)
     if boundary is None:
-        return JSONResponse({"error": "the multipart/related content type has no boundary"},
-                            status_code=HTTP_BAD_REQUEST)
-    parts = split_multipart(await request.body(), boundary)
-    if not parts:
-        return JSONResponse({"error": "the body holds no parts"}, status_code=HTTP_BAD_REQUEST)
+        return _refusal(HTTP_BAD_REQUEST, "the multipart/related content type has no boundary")
     receiver: StowReceiver = request.app.state.stow
-    import asyncio
-
-    status, body = await asyncio.to_thread(receiver.store_parts, parts)
+    try:
+        parts = await spill(request_body.chunks(request, receiver.max_bytes), boundary, receiver.parts_folder)
+    except MultipartError as exc:
+        return _refusal(HTTP_BAD_REQUEST, str(exc))
+    except UploadError as exc:  # 413 over the limit, 400 for a Content-Length that is not a number
+        return _refusal(exc.status, exc.reason)
+    with parts:
+        if not parts:
+            return _refusal(HTTP_BAD_REQUEST, "the body holds no parts")
+        status, body = await asyncio.to_thread(receiver.store_parts, parts)
     return JSONResponse(body, status_code=status, media_type="application/dicom+json")
