@@ -319,7 +319,7 @@ class SlotPool:
         try:
             for _ in range(count):
                 path = self.folder / f"{size}-{os.getpid()}-{next(self._names)}{SUFFIX}"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 made.append((_Slot(path, size), fd))
                 pwritev_all(fd, [zeros], 0)
             for _, fd in made:  # the first flush commits the journal for all of them
