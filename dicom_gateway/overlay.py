@@ -209,13 +209,17 @@ def _patient_orientation(source: Dataset) -> tuple[str, str]:
 def _set_laterality(sc: Dataset, source: Dataset) -> None:
     """General Series Laterality (PS3.3 C.7.3.1), Type 2C, required for a paired body part only:
     the source's side (L or R) when it says one; absent when the source shows an unpaired part
-    (Image Laterality U or an unpaired Body Part Examined, copied so a receiver can tell too);
-    empty (unknown) when the part is not known."""
+    (Image Laterality U or an unpaired Body Part Examined); empty (unknown) when the part is not
+    known.  Body Part Examined and Image Laterality (General Image, Type 3) are copied, so a
+    receiver can tell too."""
     sc.pop("Laterality", None)
     body_part = str(source.get("BodyPartExamined", "") or "").strip().upper()
     if body_part:
         sc.BodyPartExamined = body_part
-    laterality = str(source.get("Laterality", "") or source.get("ImageLaterality", ""))
+    image_laterality = str(source.get("ImageLaterality", "") or "")
+    if image_laterality in ("L", "R", "U", "B"):
+        sc.ImageLaterality = image_laterality
+    laterality = str(source.get("Laterality", "") or image_laterality)
     if laterality in ("L", "R"):
         sc.Laterality = laterality
     elif laterality != "U" and body_part not in UNPAIRED_BODY_PARTS:

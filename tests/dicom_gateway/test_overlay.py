@@ -119,7 +119,11 @@ def test_laterality_is_absent_for_unpaired_parts_and_copied_for_paired_ones(cxr,
     del unknown.BodyPartExamined, unknown.ImageLaterality
     unknown_sc = build_overlay(unknown, [finding])
     assert unknown_sc.Laterality == "", "Type 2: empty when the part is not known"
-    for name, obj in (("unpaired", sc), ("unknown", unknown_sc)):
+    skin = copy.deepcopy(ds)  # a photo of the skin of the trunk: the part is unpaired, the body part says not
+    skin.BodyPartExamined, skin.ImageLaterality = "SKIN", "U"
+    skin_sc = build_overlay(skin, [finding])
+    assert "Laterality" not in skin_sc and skin_sc.ImageLaterality == "U"
+    for name, obj in (("unpaired", sc), ("unknown", unknown_sc), ("skin", skin_sc)):
         path = tmp_path / f"sc-{name}.dcm"
         obj.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], name
