@@ -1,53 +1,84 @@
-"""Findings of one study to FHIR R4: a DiagnosticReport and one Observation per finding.
+"""Findings of one study to FHIR R4: a DiagnosticReport, one Observation per finding, the Device.
 
 This lives in ``serving`` rather than ``dicom_gateway`` because it is an EHR-side output: it needs
 the site's patient identifier systems (configuration) and is delivered by the outbox through
 :mod:`serving.fhir_client`, while ``dicom_gateway`` only speaks DICOM.
 
-* ``DiagnosticReport``: status ``preliminary`` (an unverified AI result), category RAD, code LOINC
-  18748-4 "Diagnostic imaging study", ``imagingStudy`` a logical reference by the Study Instance
-  UID (identifier system ``urn:dicom:uid``, value ``urn:oid:<uid>``; FHIR R4 ImagingStudy),
-  ``identifier`` the SR's SOP Instance UID, ``result`` the Observations, ``conclusion`` the calls
-  and :data:`~models.finding.NOT_FOR_CLINICAL_USE`.
+* ``DiagnosticReport``: status ``preliminary`` (an unverified AI result); category and code by
+  :class:`ReportKind` (radiology: HL7 v2-0074 RAD, LOINC 18748-4 "Diagnostic imaging study";
+  dermatology: v2-0074 OTH plus SNOMED CT 394582007 "Dermatology", LOINC 34759-1 "Dermatology
+  Note"), ``imagingStudy`` a logical reference by the Study Instance UID (identifier system
+  ``urn:dicom:uid``, value ``urn:oid:<uid>``; FHIR R4 ImagingStudy), ``identifier`` the SR's SOP
+  Instance UID, ``result`` the Observations, ``conclusion`` each distinct finding once (present
+  when any finding of that code reaches the operating point, with the count and probability
+  range) and :data:`~models.finding.NOT_FOR_CLINICAL_USE`, ``conclusionCode`` each positive
+  code once.  No ``performer``: R4 allows only Practitioner, PractitionerRole, Organization or
+  CareTeam there, and an algorithm is none of them.
 * ``Observation`` (category ``imaging``): code the finding type, value present/absent at the
   model's operating point (SNOMED CT, as the SR's qualitative evaluation), a component with the
-  probability (DCM 122157, UCUM "1"), the model in ``device.display`` and ``method``.
+  probability (DCM 122157, UCUM "1"), ``device`` a literal reference to the algorithm's
+  ``Device`` and ``method`` the model, version and operating point.
+* ``Device``: the algorithm (model name and version, manufacturer medgate), one per model
+  version, the same id on every report.
 
 Ids are UUID 5 of (study, model, version[, finding index]): a resend or a rerun of the same model
 version PUTs the same resources.
 
-Patient identity: Patient ID (0010,0020) with Issuer of Patient ID (0010,0021) becomes a logical
-reference ``subject.identifier`` whose system is looked up by issuer (:class:`PatientIdentity`);
-the FHIR server resolves it to its own Patient.  No Patient resource is ever created or guessed,
-and an image without Patient ID gives resources without ``subject`` (0..1 in R4 DiagnosticReport
-and Observation): the report still names its study, and the EHR reconciles it.
+Codes: SNOMED CT, LOINC and DICOM (DCM) by their FHIR system URIs; medgate's private scheme
+``99MEDGATE`` by ``urn:oid:`` of its own UID (:mod:`models.coding_scheme`); any other scheme is
+refused by name.
+
+Patient identity: Patient ID (0010,0020) with Issuer of Patient ID (0010,0021) becomes
+``subject`` with both a literal reference ``Patient/<id>`` and the ``identifier``, exactly as the
+IoMT vital signs write it (:func:`iomt.identity.patient_reference` over the same identifier
+system), so one patient's images and vitals share one Patient.  The identifier system is looked
+up by issuer (:class:`PatientIdentity`).  No Patient resource is created here: the id is the one
+the ADT feed writes, and an EHR with its own Patient ids re-links by the identifier.  An image
+without Patient ID gives resources without ``subject`` (0..1 in R4 DiagnosticReport and
+Observation): the report still names its study, and the EHR reconciles it.
 """
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from datetime import datetime, timezone
 from typing import Any
 
 from pydicom import Dataset
 
-from models.finding import NOT_FOR_CLINICAL_USE, Finding
+from iomt.identity import patient_reference
+from models import coding_scheme
+from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding
 
-#: FHIR R4 terminologies-systems and DICOM PS3.16 Annex D / FHIR "DICOM" system.
+#: FHIR R4 terminologies-systems, DICOM PS3.16 Annex D / FHIR "DICOM" system, and medgate's
+#: private scheme (:mod:`models.coding_scheme`), by DICOM Coding Scheme Designator.
 CODE_SYSTEMS = {
     "SCT": "http://snomed.info/sct",
     "LN": "http://loinc.org",
     "DCM": "http://dicom.nema.org/resources/ontology/DCM",
     "UCUM": "http://unitsofmeasure.org",
+    coding_scheme.DESIGNATOR: coding_scheme.SYSTEM_URI,
 }
 #: FHIR R4 ImagingStudy.identifier: DICOM UIDs as ``urn:oid:`` in system ``urn:dicom:uid``.
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+#: HL7 v2 table 0074 (FHIR R4 diagnostic-service-sections value set, an example binding).
+SERVICE_SECTIONS = "http://terminology.hl7.org/CodeSystem/v2-0074"
 #: LOINC 18748-4 "Diagnostic imaging study" (DiagnosticReport.code of imaging reports).
 REPORT_CODE = {"system": CODE_SYSTEMS["LN"], "code": "18748-4", "display": "Diagnostic imaging study"}
-#: HL7 v2 table 0074 "RAD" (FHIR R4 diagnostic-service-sections value set).
-RADIOLOGY = {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
-             "display": "Radiology"}
+#: v2-0074 "RAD".
+RADIOLOGY = {"system": SERVICE_SECTIONS, "code": "RAD", "display": "Radiology"}
+#: LOINC 34759-1 "Dermatology Note" (LOINC Document Ontology: kind of document Note, subject
+#: matter domain Dermatology; the general term, not the setting-specific 84080-1 "Dermatology
+#: Outpatient Note").  Source: LOINC document ontology listings (loinc.org).
+DERMATOLOGY_REPORT_CODE = {"system": CODE_SYSTEMS["LN"], "code": "34759-1", "display": "Dermatology Note"}
+#: v2-0074 has no dermatology section: "OTH" (Other) keeps the report out of RAD for systems that
+#: filter by v2-0074, and a second category names the specialty: SNOMED CT 394582007
+#: "Dermatology" (the FHIR practice-setting value set's concept; pydicom's codes.SCT.Dermatology
+#: is 309923008, the department as an environment, which is a place, not a service).
+OTHER_SECTION = {"system": SERVICE_SECTIONS, "code": "OTH", "display": "Other"}
+DERMATOLOGY = {"system": CODE_SYSTEMS["SCT"], "code": "394582007", "display": "Dermatology"}
 #: FHIR R4 observation-category "imaging".
 IMAGING = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging",
            "display": "Imaging"}
@@ -99,9 +130,90 @@ class PatientIdentity:
                    systems.get(unqualified, unqualified) if unqualified else None)
 
 
+class ReportKind(Enum):
+    """Which service files the report: ``(category, code)`` of the DiagnosticReport."""
+
+    RADIOLOGY = "radiology"
+    DERMATOLOGY = "dermatology"
+
+    @property
+    def category(self) -> list[dict[str, Any]]:
+        if self is ReportKind.DERMATOLOGY:
+            return [{"coding": [OTHER_SECTION], "text": "Dermatology"},
+                    {"coding": [DERMATOLOGY], "text": "Dermatology"}]
+        return [{"coding": [RADIOLOGY]}]
+
+    @property
+    def code(self) -> dict[str, str]:
+        return DERMATOLOGY_REPORT_CODE if self is ReportKind.DERMATOLOGY else REPORT_CODE
+
+
+#: Photographs (PS3.4 B.5 VL Photographic, Video Photographic, VL Microscopic, VL
+#: Slide-Coordinates Microscopic, Dermoscopic Photography) and Modality XC (External-camera
+#: Photography, PS3.3 C.7.3.1.1.1): the skin photos that medgate routes to dermatology.
+PHOTOGRAPH_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1",
+    "1.2.840.10008.5.1.4.1.1.77.1.2", "1.2.840.10008.5.1.4.1.1.77.1.3",
+    "1.2.840.10008.5.1.4.1.1.77.1.7",
+})
+
+
+def report_kind(source: Dataset, kind: ReportKind | str | None = None) -> ReportKind:
+    """``kind`` as a :class:`ReportKind`; when None, dermatology for photographs (see
+    :data:`PHOTOGRAPH_SOP_CLASSES`), radiology for everything else."""
+    if kind is not None:
+        try:
+            return ReportKind(kind.value if isinstance(kind, ReportKind) else kind)
+        except ValueError:
+            raise ValueError(f"kind must be one of {[k.value for k in ReportKind]}, {kind!r} is given.") from None
+    photo = str(source.get("SOPClassUID", "")) in PHOTOGRAPH_SOP_CLASSES or source.get("Modality") == "XC"
+    return ReportKind.DERMATOLOGY if photo else ReportKind.RADIOLOGY
+
+
 def _coding(scheme: str, value: str, meaning: str) -> dict[str, str]:
-    system = CODE_SYSTEMS.get(scheme, f"urn:medgate:codes:{scheme.lower()}")
+    system = CODE_SYSTEMS.get(scheme)
+    if system is None:
+        raise ValueError(f"coding scheme {scheme!r} of code {value!r} has no FHIR system; "
+                         f"known schemes: {', '.join(CODE_SYSTEMS)}.")
     return {"system": system, "code": value, "display": meaning}
+
+
+def _conclusion(findings: Sequence[Finding]) -> tuple[str, list[Concept]]:
+    """Each distinct finding code once: present (the positive findings' count and probability
+    range) when any reaches the operating point, else absent (the highest probability); and the
+    positive codes."""
+    by_code: dict[Concept, list[Finding]] = {}
+    for f in findings:
+        by_code.setdefault(f.code, []).append(f)
+    calls, positive_codes = [], []
+    for code, group in by_code.items():
+        positives = [f.probability for f in group if f.positive]
+        if positives:
+            positive_codes.append(code)
+            count = f"{len(positives)} findings, " if len(positives) > 1 else ""
+            spread = f"p={positives[0]:.2f}" if len(positives) == 1 else \
+                f"p={min(positives):.2f}-{max(positives):.2f}"
+            calls.append(f"{code.meaning}: present ({count}{spread})")
+        else:
+            highest = max(f.probability for f in group)
+            count = f"{len(group)} findings, highest " if len(group) > 1 else ""
+            calls.append(f"{code.meaning}: absent ({count}p={highest:.2f})")
+    return f"{'; '.join(calls)}. {NOT_FOR_CLINICAL_USE}.", positive_codes
+
+
+def device_resource(model: str, version: str) -> dict[str, Any]:
+    """The FHIR R4 Device of one model version (the algorithm that made the Observations)."""
+    return {
+        "resourceType": "Device",
+        "id": str(uuid.uuid5(ID_NAMESPACE, f"device|{model}|{version}")),
+        "status": "active",
+        "manufacturer": "medgate",
+        "deviceName": [{"name": f"medgate {model}", "type": "model-name"}],
+        "modelNumber": model,
+        "type": {"text": "AI algorithm (software)"},
+        "version": [{"value": version}],
+        "note": [{"text": NOT_FOR_CLINICAL_USE}],
+    }
 
 
 def _effective(source: Dataset) -> str | None:
@@ -129,8 +241,10 @@ def build_report_resources(
     *,
     sr_sop_instance_uid: str | None = None,
     issued: datetime | None = None,
+    kind: ReportKind | str | None = None,
 ) -> list[dict[str, Any]]:
-    """The DiagnosticReport (first) and its Observations (one per finding) as FHIR R4 JSON.
+    """The DiagnosticReport (first), its Observations (one per finding) and the algorithm's Device
+    (last) as FHIR R4 JSON.
 
     Parameters
     ----------
@@ -144,11 +258,19 @@ def build_report_resources(
         SOP Instance UID of the SR of the same findings (the report's identifier).
     issued: datetime.datetime | None, optional
         Report time (timezone-aware); now when None.
+    kind: ReportKind | str | None, optional
+        ``"radiology"`` or ``"dermatology"``; by the source's SOP class when None (:func:`report_kind`).
 
     Returns
     -------
     list[dict]
-        ``[DiagnosticReport, Observation, ...]``, ready for a transaction Bundle.
+        ``[DiagnosticReport, Observation, ..., Device]``, ready for a transaction Bundle.
+
+    Raises
+    ------
+    ValueError
+        No findings, findings of several model versions or another study, a naive ``issued``, an
+        unknown ``kind``, or a finding code in a scheme with no FHIR system.
     """
     if not findings:
         raise ValueError("findings must contain at least one Finding, an empty sequence is given.")
@@ -161,22 +283,28 @@ def build_report_resources(
     issued = issued or datetime.now(timezone.utc)
     if issued.tzinfo is None:
         raise ValueError(f"issued must be timezone-aware, {issued.isoformat()} is given.")
+    kind = report_kind(source, kind)
     rid = report_id(study_uid, model, version)
     patient_id = str(source.get("PatientID", "") or "").strip()
     common: dict[str, Any] = {}
     if patient_id:
         issuer = str(source.get("IssuerOfPatientID", "") or "") or None
-        common["subject"] = {"type": "Patient", "identifier": identity.identifier(patient_id, issuer)}
+        identifier = identity.identifier(patient_id, issuer)
+        common["subject"] = {"type": "Patient",
+                             "reference": patient_reference(identifier["value"], identifier.get("system")),
+                             "identifier": identifier}
     effective = _effective(source)
     if effective:
         common["effectiveDateTime"] = effective
     study_ref = {"type": "ImagingStudy",
                  "identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}}
-    device = {"display": f"medgate {model} {version} (AI algorithm)"}
+    algorithm = device_resource(model, version)
+    device = {"reference": f"Device/{algorithm['id']}", "display": f"medgate {model} {version} (AI algorithm)"}
     observations = []
     for index, f in enumerate(findings, start=1):
         code = _coding(f.code.scheme, f.code.value, f.code.meaning)
-        location = f" at {f.location}" if f.location else ""
+        on = " ".join(f"urn:oid:{image.sop_instance_uid}" for image in f.located_sources) \
+            if f.mask is not None else f"urn:oid:{f.source.sop_instance_uid}"
         observations.append({
             "resourceType": "Observation",
             "id": str(uuid.uuid5(ID_NAMESPACE, f"{rid}|{index}|{f.source.sop_instance_uid}")),
@@ -194,30 +322,26 @@ def build_report_resources(
                                              "system": CODE_SYSTEMS["UCUM"], "code": "1"}}],
             "derivedFrom": [study_ref],
             "note": [{"text": f"{note}"} for note in dict.fromkeys((NOT_FOR_CLINICAL_USE, *f.notes))]
-            + ([{"text": f"located{location} on image urn:oid:{f.source.sop_instance_uid}"}] if location else []),
+            + ([{"text": f"located at {f.location} on image(s) {on}"}] if f.location else []),
         })
-    positives = [f for f in findings if f.positive]
-    calls = "; ".join(f"{f.code.meaning}: {'present' if f.positive else 'absent'} (p={f.probability:.2f})"
-                      for f in findings)
+    conclusion, positive_codes = _conclusion(findings)
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": rid,
         "status": "preliminary",
-        "category": [{"coding": [RADIOLOGY]}],
-        "code": {"coding": [REPORT_CODE], "text": f"AI {model} {version} result"},
+        "category": kind.category,
+        "code": {"coding": [kind.code], "text": f"AI {model} {version} result"},
         **common,
         "issued": issued.isoformat(),
-        "performer": [device],
         "result": [{"reference": f"Observation/{o['id']}"} for o in observations],
         "imagingStudy": [study_ref],
-        "conclusion": f"{calls}. {NOT_FOR_CLINICAL_USE}.",
+        "conclusion": conclusion,
     }
     if sr_sop_instance_uid:
         report["identifier"] = [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sr_sop_instance_uid}"}]
-    if positives:
-        report["conclusionCode"] = [{"coding": [_coding(f.code.scheme, f.code.value, f.code.meaning)]}
-                                    for f in positives]
-    return [report, *observations]
+    if positive_codes:
+        report["conclusionCode"] = [{"coding": [_coding(c.scheme, c.value, c.meaning)]} for c in positive_codes]
+    return [report, *observations, algorithm]
 
 
 def patient_identity(settings) -> PatientIdentity:
