@@ -28,7 +28,8 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from dicom_gateway import dimse
 from dicom_gateway import upper_layer as ul
 from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from dicom_gateway.status import RejectReason, RejectResult, RejectSource
+from dicom_gateway.status import (REASONS_OF_SOURCE, AcseReason, PresentationReason, RejectReason, RejectResult,
+                                   RejectSource, ServiceUserReason)
 
 log = logging.getLogger("medgate.dicom")
 
@@ -43,6 +44,12 @@ class Rejection:
     source: RejectSource
     reason: RejectReason
     why: str
+
+    def __post_init__(self) -> None:
+        allowed = REASONS_OF_SOURCE[self.source]
+        if not isinstance(self.reason, allowed):
+            raise ValueError(f"reason {self.reason!r} is not one of {allowed.__name__}, the reasons of source "
+                             f"{self.source.name}")
 
 
 @dataclass
@@ -173,19 +180,17 @@ class Acceptor:
         certificate = connection.getpeercert() if isinstance(connection, ssl.SSLSocket) else None
         rejection = self._check(request, calling, called, address, certificate)
         if rejection is not None:
-            log.warning("association from %s (%s:%d) rejected: %s", calling, *address, rejection.why)
-            _send_and_await_close(connection, ul.encode_associate(_rejection_primitive(rejection)))
+            _reject(connection, calling, address, rejection)
             return None
         with self._lock:
             if self._active >= self.max_associations:
                 rejection = Rejection(RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                                      RejectReason.LOCAL_LIMIT_EXCEEDED,
+                                      PresentationReason.LOCAL_LIMIT_EXCEEDED,
                                       f"{self.max_associations} associations already in progress")
             else:
                 self._active += 1
         if rejection is not None:
-            log.warning("association from %s (%s:%d) rejected: %s", calling, *address, rejection.why)
-            _send_and_await_close(connection, ul.encode_associate(_rejection_primitive(rejection)))
+            _reject(connection, calling, address, rejection)
             return None
         results, _ = negotiate_as_acceptor(request.presentation_context_definition_list, self.contexts)
         association = Association(next(self._ids), calling, called, address, peer_max_length=next(
@@ -202,19 +207,19 @@ class Acceptor:
                certificate: dict[str, Any] | None) -> Rejection | None:
         if not getattr(request, "protocol_version", 1) & 0x0001:  # PS3.8 9.3.2: bit 0 is version 1
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_PROVIDER_ACSE,
-                             RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
+                             AcseReason.PROTOCOL_VERSION_NOT_SUPPORTED,
                              f"protocol version 0x{request.protocol_version:04X} does not include version 1")
         ids = [context.context_id for context in request.presentation_context_definition_list]
         if len(ids) != len(set(ids)) or any(i % 2 == 0 for i in ids):
-            return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.NO_REASON_GIVEN,
+            return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER, ServiceUserReason.NO_REASON_GIVEN,
                              f"presentation context IDs {ids} must be distinct odd numbers (PS3.8 9.3.2.2)")
         if request.application_context_name != APPLICATION_CONTEXT:
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
-                             RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED,
+                             ServiceUserReason.APPLICATION_CONTEXT_NOT_SUPPORTED,
                              f"application context {request.application_context_name} is not DICOM's")
         if called != self.ae_title:
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
-                             RejectReason.CALLED_AE_NOT_RECOGNIZED,
+                             ServiceUserReason.CALLED_AE_NOT_RECOGNIZED,
                              f"called AE title {called!r} is not ours ({self.ae_title!r})")
         return self.handlers.on_requested(calling, called, address, certificate)
 
@@ -295,6 +300,13 @@ class Acceptor:
 
 def _joined(parts: list[memoryview]) -> bytes | memoryview:
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _reject(connection, calling: str, address: tuple[str, int], rejection: Rejection) -> None:
+    """Log ``rejection`` by its source's reason name and send it as an A-ASSOCIATE-RJ."""
+    log.warning("association from %s (%s:%d) rejected (%s, %s): %s", calling, *address,
+                rejection.source.name, rejection.reason.name, rejection.why)
+    _send_and_await_close(connection, ul.encode_associate(_rejection_primitive(rejection)))
 
 
 def _rejection_primitive(rejection: Rejection) -> A_ASSOCIATE:

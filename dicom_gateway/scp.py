@@ -38,7 +38,7 @@ from dicom_gateway.recorder import Recorder
 from dicom_gateway.retention import below_watermark, purge_processed
 from dicom_gateway.routing import DEFAULT_RULES, Rule
 from dicom_gateway.security import AllowList
-from dicom_gateway.status import RejectReason, RejectResult, RejectSource, StoreStatus
+from dicom_gateway.status import PresentationReason, RejectResult, RejectSource, ServiceUserReason, StoreStatus
 from dicom_gateway.slots import SlotPool
 from dicom_gateway.storage import DirectWriter, check_uid, instance_path, part10_header, remove_temporary_files
 from dicom_gateway.wellformed import Element, dataset_problem
@@ -193,11 +193,11 @@ class StorageScp:
         reason = self.allow.reason_to_reject(calling_ae, address[0], certificate)
         if reason is not None:
             return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
-                             RejectReason.CALLING_AE_NOT_RECOGNIZED, reason)
+                             ServiceUserReason.CALLING_AE_NOT_RECOGNIZED, reason)
         reason = below_watermark(self.spool, self.min_free_bytes)
         if reason is not None:
             return Rejection(RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                             RejectReason.LOCAL_LIMIT_EXCEEDED, reason)
+                             PresentationReason.LOCAL_LIMIT_EXCEEDED, reason)
         return None
 
     def on_echo(self, association: Association) -> int:

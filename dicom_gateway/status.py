@@ -42,18 +42,45 @@ class RejectSource(IntEnum):
     SERVICE_PROVIDER_PRESENTATION = 0x03
 
 
-class RejectReason(IntEnum):
-    """A-ASSOCIATE-RJ Reason/Diag. (PS3.8 9.3.4, Table 9-21); the meaning depends on the source."""
+class ServiceUserReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. when the Source is the DICOM UL service-user (PS3.8 9.3.4, Table 9-21)."""
 
-    #: Source 1: no-reason-given.
+    #: no-reason-given.
     NO_REASON_GIVEN = 0x01
-    #: Source 2: protocol-version-not-supported.
-    PROTOCOL_VERSION_NOT_SUPPORTED = 0x02
-    #: Source 1: application-context-name-not-supported (same value as LOCAL_LIMIT_EXCEEDED).
+    #: application-context-name-not-supported.
     APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
-    #: Source 1: calling-AE-title-not-recognized.
+    #: calling-AE-title-not-recognized.
     CALLING_AE_NOT_RECOGNIZED = 0x03
-    #: Source 1: called-AE-title-not-recognized.
+    #: called-AE-title-not-recognized.
     CALLED_AE_NOT_RECOGNIZED = 0x07
-    #: Source 3: local-limit-exceeded (medgate: the spool's free-space watermark is reached).
+
+
+class AcseReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. when the Source is the service-provider, ACSE related function
+    (PS3.8 9.3.4, Table 9-21)."""
+
+    #: no-reason-given.
+    NO_REASON_GIVEN = 0x01
+    #: protocol-version-not-supported.
+    PROTOCOL_VERSION_NOT_SUPPORTED = 0x02
+
+
+class PresentationReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. when the Source is the service-provider, Presentation related
+    function (PS3.8 9.3.4, Table 9-21)."""
+
+    #: temporary-congestion.
+    TEMPORARY_CONGESTION = 0x01
+    #: local-limit-exceeded (medgate: the spool's free-space watermark is reached).
     LOCAL_LIMIT_EXCEEDED = 0x02
+
+
+#: A Reason/Diag. value: its meaning depends on the Source, so each Source has its own enumeration
+#: and every member its own name (one IntEnum for all would alias equal values under one name).
+RejectReason = ServiceUserReason | AcseReason | PresentationReason
+#: The enumeration of reasons each Source may give.
+REASONS_OF_SOURCE: dict[RejectSource, type[IntEnum]] = {
+    RejectSource.SERVICE_USER: ServiceUserReason,
+    RejectSource.SERVICE_PROVIDER_ACSE: AcseReason,
+    RejectSource.SERVICE_PROVIDER_PRESENTATION: PresentationReason,
+}
