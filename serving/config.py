@@ -331,7 +331,7 @@ class AuthConfig(_Section):
     # generates an admin token at first start, keeps it in state_dir/auth/admin.token (0600) and
     # prints it once.
     tokens: list[TokenEntry] = []
-    cookie_max_age_s: int = Field(8 * 3600, ge=60)  # dashboard session cookie lifetime
+    cookie_max_age_s: int = Field(8 * 3600, ge=60)  # dashboard session lifetime, enforced server-side
 
     @field_validator("tokens")
     @classmethod

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 
 from dicom_gateway.testdata import make_dx_dataset
-from peers import DCMTK_ENV, find_peer, free_port
+from peers import DCMTK_ENV, find_peer, free_port, wait_until
 from serving.process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.vitals import vitals_course
@@ -75,7 +76,11 @@ def browser(server):
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1180, "height": 820}, locale="en-GB")  # a 11" tablet
     page = context.new_page()
-    page.goto(server["url"] + "/")
+    refused = []  # Content-Security-Policy violations the browser reports
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    response = page.goto(server["url"] + "/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
     page.click("button[data-lang=en]")
     page.fill("#token", TOKENS["clinician"])
     page.click("#login button[type=submit]")
@@ -84,6 +89,7 @@ def page(browser, server):
     assert not page.is_visible('#tabs a[data-tab="system"]')  # not a clinician's page
     yield page
     context.close()
+    assert refused == []  # the dashboard runs under the strict policy
 
 
 def shoot(page, tmp_path: Path, name: str) -> Path:
@@ -179,3 +185,14 @@ def test_dashboard_reads_are_audited_and_chain_verifies(server):
     actions = {e["resource"]["subtype"][0]["code"] for e in events["entry"]}
     assert actions <= {"read", "search-type"}
     print(f"audit rows after the dashboard tests: {events['total']}")
+
+
+def test_sign_out_revokes_the_session_cookie(server, page):
+    url = server["url"]
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "medgate_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] not in TOKENS.values()
+    assert requests.get(url + "/v1/ward", cookies={"medgate_session": cookie["value"]}, timeout=30).status_code == 200
+    page.click("#logout")
+    page.wait_for_selector("#login", state="visible")
+    wait_until(lambda: requests.get(url + "/v1/ward", cookies={"medgate_session": cookie["value"]},
+                                    timeout=30).status_code == 401, timeout_s=10)

@@ -12,13 +12,16 @@ import io
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import requests
 
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.scu import send_files
@@ -34,9 +37,11 @@ from serving.logs import JsonFormatter, TextFormatter
 from serving.outbox import Outbox
 from serving.process import MEDGATE, ServerProcess
 from serving.store import Store
+from serving.web_headers import CONTENT_SECURITY_POLICY
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.vitals import vitals_course
 
+KEEP_ALIVE_S = 2  # http.keep_alive_timeout_s of the real server below
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 STUDY_LOGGERS = {"medgate.dicom", "medgate.imaging", "medgate.outbox"}
 
@@ -247,7 +252,8 @@ def server(tmp_path_factory):
         "state_dir": str(root / "var"),
         "dicom": {"ae_title": "MEDGATE", "port": free_port()},
         "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}},
-        "http": {"port": free_port()},
+        "http": {"port": (http_port := free_port()), "keep_alive_timeout_s": KEEP_ALIVE_S,
+                 "public_base_url": f"http://127.0.0.1:{http_port}"},
         "mqtt": {"url": None, "embedded_port": free_port(), "topic_prefix": "medgate"},
         "fhir": {"base_url": None},
     }
@@ -293,3 +299,49 @@ def test_status_of_a_running_server(server):
     text = subprocess.run(MEDGATE + ["status"], env=env, capture_output=True, text=True, timeout=120)
     print(text.stdout)
     assert text.returncode == 0 and "HEALTHY" in text.stdout and "mqtt bridge   connected" in text.stdout
+
+
+def test_a_local_client_cannot_forge_its_audited_address_through_ray(server):
+    """Ray Serve's proxy is uvicorn, which trusts X-Forwarded-For from loopback unless told not to."""
+    url = f"http://127.0.0.1:{server['config']['http']['port']}"
+    forged = {"Authorization": f"Bearer {server['process'].token}", "X-Forwarded-For": "203.0.113.9",
+              "Forwarded": "for=198.51.100.1"}
+    assert requests.get(url + "/fhir/Patient/forged-xff", headers=forged, timeout=30).status_code == 404
+    status, events = server["process"].http_get("/fhir/AuditEvent?_count=500")
+    assert status == 200
+    [event] = [e["resource"] for e in events["entry"]
+               if e["resource"].get("entity", [{}])[0].get("what", {}).get("reference") == "Patient/forged-xff"]
+    assert event["agent"][0]["network"]["address"] == "127.0.0.1"
+
+
+def test_ingress_responses_carry_the_security_headers(server):
+    url = f"http://127.0.0.1:{server['config']['http']['port']}"
+    token = {"Authorization": f"Bearer {server['process'].token}"}
+    for path, headers in (("/healthz", {}), ("/v1/models", token), ("/v1/results/1.2.3/none.dcm", token), ("/", {})):
+        response = requests.get(url + path, headers=headers, timeout=30)
+        assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY, path
+        assert response.headers["X-Frame-Options"] == "DENY" and response.headers["X-Content-Type-Options"] == "nosniff"
+    assert requests.get(url + "/v1/models", headers=token, timeout=30).headers["Cache-Control"] == "no-store"
+    assert requests.get(url + "/docs", headers=token, timeout=30).status_code == 404
+
+
+def test_bundle_links_ignore_a_forged_host_through_ray(server):
+    url = f"http://127.0.0.1:{server['config']['http']['port']}"
+    forged = {"Authorization": f"Bearer {server['process'].token}", "Host": "evil.example"}
+    bundle = requests.get(url + "/fhir/AuditEvent?_count=1", headers=forged, timeout=30).json()
+    links = [link["url"] for link in bundle["link"]] + [e["fullUrl"] for e in bundle["entry"]]
+    assert links and not any("evil" in link for link in links), links
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(server):
+    port = server["config"]["http"]["port"]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: medgate\r\n\r\n")
+        reply = conn.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200")
+        idle_from = time.monotonic()
+        while conn.recv(65536):  # the rest of the reply, then b"" when the server closes
+            pass
+        idle_s = time.monotonic() - idle_from
+    print(f"idle connection closed by the server after {idle_s:.2f} s (keep_alive_timeout_s {KEEP_ALIVE_S})")
+    assert KEEP_ALIVE_S - 0.5 <= idle_s <= KEEP_ALIVE_S + 3
