@@ -7,7 +7,13 @@ component that was not sent carries a ``dataAbsentReason``.
 
 The NEWS2 total is coded with SNOMED CT 1104051000000101 (no LOINC code exists for it), in the
 shape NHS England describes: ``valueInteger`` total, category ``survey``, one component per
-parameter sub-score.
+parameter sub-score.  These are UK Edition concepts, absent from the International Edition, so
+each SNOMED CT coding names its edition in ``Coding.version`` (:data:`SNOMED_UK_EDITION`) and a
+terminology server can validate it.
+
+``subject`` is the literal ``Patient/<id>`` reference, with the patient's identifier beside it when
+the caller gives it (``patient_identifier``), as the imaging DiagnosticReports write it
+(:mod:`serving.fhir_report`); ids never depend on the identifier.
 
 Resource ids are deterministic, time-ordered UUIDs (RFC 9562 version 8): the effective time in
 Unix milliseconds first, as in version 7, then bits of SHA-1 over a fixed namespace and (subject,
@@ -40,6 +46,11 @@ URI_SYSTEM = "urn:ietf:rfc:3986"  # FHIR R4 identifier system for URIs (here urn
 OBSERVATION_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:observation")
 """Fixed namespace for deterministic Observation ids; changing it re-keys every stored id."""
 _NAMESPACE_BYTES = OBSERVATION_ID_NAMESPACE.bytes
+
+SNOMED_UK_EDITION = "http://snomed.info/sct/83821000000107"
+"""FHIR R4 ``Coding.version`` of SNOMED CT UK Edition concepts (the NEWS2 codes): the edition URI
+``http://snomed.info/sct/[module id]`` of the UK Edition module 83821000000107 (FHIR R4
+"Using SNOMED CT with FHIR": an edition without a release date means its latest release)."""
 
 NEWS2_SUBSCORE_CODES: dict[str, str] = {
     news2.RESPIRATION_RATE: codes.NEWS2_RESPIRATION_RATE_SCORE,
@@ -155,19 +166,43 @@ def _range_note(vital: Vital) -> str:
     )
 
 
+def _news2_concept(code: str, text: str) -> dict[str, Any]:
+    """A NEWS2 score code: SNOMED CT UK Edition, with the edition as ``Coding.version``."""
+    coding = {"system": codes.SNOMED_SYSTEM, "version": SNOMED_UK_EDITION, "code": code,
+              "display": codes.SNOMED_DISPLAY[code]}
+    return {"coding": [coding], "text": text}
+
+
+def _subject(patient_ref: str, patient_identifier: Mapping[str, Any] | None) -> dict[str, Any]:
+    if patient_identifier is None:
+        return {"reference": patient_ref}
+    return {"reference": patient_ref, "identifier": dict(patient_identifier)}
+
+
+def vital_observation_id(patient_ref: str, loinc: str, effective: datetime) -> str | None:
+    """Id of the Observation :func:`vital_observations` writes for a reading of ``loinc`` at
+    ``effective`` (systolic or diastolic pressure: the blood-pressure panel's); None for a code it
+    writes no Observation for."""
+    if loinc in _BP_COMPONENTS:
+        loinc = codes.BLOOD_PRESSURE_PANEL
+    elif loinc not in codes.VITAL_SIGNS:
+        return None
+    return observation_id(patient_ref, codes.LOINC_SYSTEM, loinc, effective)
+
+
 def _absent(text: str) -> dict[str, Any]:
     unknown = _coding(codes.DATA_ABSENT_REASON_SYSTEM, codes.DATA_ABSENT_UNKNOWN, "Unknown")
     return {"coding": [unknown], "text": text}
 
 
-def _base(msg: VitalsMessage, obs_id: str, patient_ref: str, device_ref: str | None,
+def _base(msg: VitalsMessage, obs_id: str, subject: dict[str, Any], device_ref: str | None,
           profiles: tuple[str, ...] = ()) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Observation", "id": obs_id}
     if profiles:
         resource["meta"] = {"profile": list(profiles)}
     resource["identifier"] = [{"system": URI_SYSTEM, "value": f"urn:uuid:{obs_id}"}]
     resource["status"] = "final"
-    resource["subject"] = {"reference": patient_ref}
+    resource["subject"] = subject
     resource["effectiveDateTime"] = msg.time.isoformat()
     if device_ref is not None:
         resource["device"] = {"reference": device_ref}
@@ -208,7 +243,7 @@ def _single_observation(msg: VitalsMessage, vital: Vital, patient_ref: str,
     loinc = vital.loinc
     sign = codes.VITAL_SIGNS[loinc]
     obs_id = _observation_id(patient_ref, codes.LOINC_SYSTEM, loinc, *(stamp or id_time(msg.time)))
-    effective, subject, device = shared or _shared_elements(msg, patient_ref, device_ref,
+    effective, subject, device = shared or _shared_elements(msg, {"reference": patient_ref}, device_ref,
                                                             msg.time.isoformat())
     meta, category, code = _vital_static(loinc)
     resource: dict[str, Any] = {
@@ -228,19 +263,19 @@ def _single_observation(msg: VitalsMessage, vital: Vital, patient_ref: str,
     return resource
 
 
-def _shared_elements(msg: VitalsMessage, patient_ref: str, device_ref: str | None,
+def _shared_elements(msg: VitalsMessage, subject: dict[str, Any], device_ref: str | None,
                      effective: str) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     device = None
     if device_ref is not None:
         device = {"reference": device_ref, "display": msg.device} if msg.device \
             else {"reference": device_ref}
-    return effective, {"reference": patient_ref}, device
+    return effective, subject, device
 
 
 def _panel_observation(msg: VitalsMessage, parts: dict[str, Vital], patient_ref: str,
-                       device_ref: str | None) -> dict[str, Any]:
+                       device_ref: str | None, subject: dict[str, Any]) -> dict[str, Any]:
     obs_id = observation_id(patient_ref, codes.LOINC_SYSTEM, codes.BLOOD_PRESSURE_PANEL, msg.time)
-    resource = _base(msg, obs_id, patient_ref, device_ref,
+    resource = _base(msg, obs_id, subject, device_ref,
                      (codes.VITAL_SIGNS_PROFILE, codes.BLOOD_PRESSURE_PROFILE))
     resource["category"] = _vital_sign_category()
     resource["code"] = _concept(codes.LOINC_SYSTEM, codes.BLOOD_PRESSURE_PANEL,
@@ -261,11 +296,13 @@ def _panel_observation(msg: VitalsMessage, parts: dict[str, Vital], patient_ref:
 
 
 def vital_observations(msg: VitalsMessage, patient_ref: str, device_ref: str | None = None, *,
-                       effective: str | None = None) -> list[dict[str, Any]]:
+                       effective: str | None = None,
+                       patient_identifier: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """One vital-signs Observation per parameter in ``msg`` (the last reading of each).
 
     Systolic and diastolic pressure share one blood-pressure panel, placed where the first of
     them appears in the message. ``effective``: ``msg.time.isoformat()`` when the caller has it.
+    ``patient_identifier``: the FHIR Identifier of the patient, written beside ``patient_ref``.
     """
     if not isinstance(msg, VitalsMessage):
         raise TypeError(f"msg must be a VitalsMessage, {type(msg).__name__} is given.")
@@ -275,14 +312,14 @@ def vital_observations(msg: VitalsMessage, patient_ref: str, device_ref: str | N
     effective = effective or msg.time.isoformat()
     stamp = (effective, _unix_millis(msg.time)) if msg.time.tzinfo is timezone.utc \
         else id_time(msg.time)
-    shared = _shared_elements(msg, patient_ref, device_ref, effective)
+    shared = _shared_elements(msg, _subject(patient_ref, patient_identifier), device_ref, effective)
     resources: list[dict[str, Any]] = []
     panel_done = False
     for loinc, vital in latest.items():
         if loinc in _BP_COMPONENTS:
             if not panel_done:
                 bp_parts = {c: latest[c] for c in _BP_COMPONENTS if c in latest}
-                resources.append(_panel_observation(msg, bp_parts, patient_ref, device_ref))
+                resources.append(_panel_observation(msg, bp_parts, patient_ref, device_ref, shared[1]))
                 panel_done = True
             continue
         resources.append(_single_observation(msg, vital, patient_ref, device_ref, stamp, shared))
@@ -295,8 +332,7 @@ def _subscore_component(result: News2Result, parameter: str) -> dict[str, Any]:
     else:
         code = NEWS2_SUBSCORE_CODES[parameter]
     component: dict[str, Any] = {
-        "code": _concept(codes.SNOMED_SYSTEM, code, codes.SNOMED_DISPLAY[code],
-                         f"NEWS2 {NEWS2_PARAMETER_LABELS[parameter]} score")
+        "code": _news2_concept(code, f"NEWS2 {NEWS2_PARAMETER_LABELS[parameter]} score")
     }
     if parameter in result.scores:
         component["valueInteger"] = result.scores[parameter]
@@ -327,8 +363,7 @@ def _news2_parts(result: News2Result) -> dict[str, Any]:
         "status": "final" if result.complete else "preliminary",
         "category": [_concept(codes.OBSERVATION_CATEGORY_SYSTEM, codes.SURVEY_CATEGORY,
                               codes.SURVEY_CATEGORY_DISPLAY)],
-        "code": _concept(codes.SNOMED_SYSTEM, codes.NEWS2_TOTAL_SCORE,
-                         codes.NEWS2_TOTAL_SCORE_DISPLAY, "NEWS2 total score"),
+        "code": _news2_concept(codes.NEWS2_TOTAL_SCORE, "NEWS2 total score"),
         "valueInteger": result.total,
         "interpretation": [{"text": f"NEWS2 clinical risk: {qualifier}{band}"}],
         "note": [{"text": note}],
@@ -341,7 +376,8 @@ def _news2_parts(result: News2Result) -> dict[str, Any]:
 
 
 def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
-                      measured: Mapping[str, datetime] | None = None) -> dict[str, Any]:
+                      measured: Mapping[str, datetime] | None = None, *,
+                      patient_identifier: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The NEWS2 total score Observation for ``msg``.
 
     Status is ``final`` when every parameter was scored, else ``preliminary``; the note and the
@@ -363,7 +399,7 @@ def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
     resource: dict[str, Any] = {
         "resourceType": "Observation", "id": obs_id,
         "identifier": [{"system": URI_SYSTEM, "value": f"urn:uuid:{obs_id}"}],
-        "status": parts["status"], "subject": {"reference": patient_ref},
+        "status": parts["status"], "subject": _subject(patient_ref, patient_identifier),
         "effectiveDateTime": msg.time.isoformat(),
         "category": parts["category"], "code": parts["code"],
         "valueInteger": parts["valueInteger"], "interpretation": parts["interpretation"],

@@ -9,10 +9,12 @@ from fhir.resources.R4B.observation import Observation
 
 from iomt import codes, news2
 from iomt.news2 import score
-from iomt.observations import news2_observation, observation_id, vital_observations
+from iomt.observations import news2_observation, observation_id, vital_observation_id, vital_observations
 from iomt.payload import parse_payload
 
 PATIENT = "Patient/079123456789"
+#: SNOMED CT UK Edition (module 83821000000107), as FHIR R4 Coding.version of an edition.
+UK_EDITION = "http://snomed.info/sct/83821000000107"
 DEVICE = "Device/MON-3-12"
 
 FULL = {
@@ -202,7 +204,7 @@ def test_news2_complete():
     obs = news2_observation(result, msg, PATIENT)
     assert obs["status"] == "final"
     assert obs["code"]["coding"] == [{
-        "system": "http://snomed.info/sct", "code": "1104051000000101",
+        "system": "http://snomed.info/sct", "version": UK_EDITION, "code": "1104051000000101",
         "display": "Royal College of Physicians NEWS2 (National Early Warning Score 2) total score"}]
     assert obs["category"][0]["coding"][0]["code"] == "survey"
     assert obs["valueInteger"] == result.total == 4  # RR 22: 2, SpO2 95 %: 1, pulse 92: 1
@@ -284,3 +286,37 @@ def test_wrong_argument_types():
         news2_observation({"total": 0}, msg, PATIENT)
     with pytest.raises(TypeError, match="VitalsMessage"):
         news2_observation(score(msg.news2_input()), {"time": None}, PATIENT)
+
+
+def test_news2_snomed_codes_name_the_uk_edition():
+    msg = message()
+    news2_obs = news2_observation(score(msg.news2_input()), msg, PATIENT)
+    Observation.model_validate(news2_obs)
+    codings = news2_obs["code"]["coding"] + [c for comp in news2_obs["component"] for c in comp["code"]["coding"]]
+    snomed = [c for c in codings if c["system"] == codes.SNOMED_SYSTEM]
+    assert len(snomed) == 1 + len(news2.PARAMETERS)
+    assert all(c["version"] == UK_EDITION for c in snomed)
+    # LOINC codings of the vital signs carry no edition
+    assert all("version" not in c for r in vital_observations(msg, PATIENT) for c in r["code"]["coding"])
+
+
+def test_subject_carries_the_patient_identifier_when_given():
+    msg = message()
+    identifier = {"system": "http://fhir.hl7.org.vn/core/sid/cccd", "value": "079123456789"}
+    resources = vital_observations(msg, PATIENT, DEVICE, patient_identifier=identifier)
+    resources.append(news2_observation(score(msg.news2_input()), msg, PATIENT, patient_identifier=identifier))
+    for resource in resources:
+        Observation.model_validate(resource)
+        assert resource["subject"] == {"reference": PATIENT, "identifier": identifier}
+    plain = vital_observations(msg, PATIENT, DEVICE)
+    assert [r["id"] for r in plain] == [r["id"] for r in resources[:-1]], "ids do not depend on it"
+    assert all(r["subject"] == {"reference": PATIENT} for r in plain)
+
+
+def test_vital_observation_id_is_the_id_vital_observations_writes():
+    msg = message()
+    written = by_code(vital_observations(msg, PATIENT))
+    assert vital_observation_id(PATIENT, "8867-4", msg.time) == written["8867-4"]["id"]
+    assert vital_observation_id(PATIENT, "8480-6", msg.time) == written["85354-9"]["id"]  # the BP panel
+    assert vital_observation_id(PATIENT, "8462-4", msg.time) == written["85354-9"]["id"]
+    assert vital_observation_id(PATIENT, "0000-0", msg.time) is None
