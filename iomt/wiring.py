@@ -16,7 +16,7 @@ log = logging.getLogger("medgate.iomt")
 
 def mqtt_options(settings) -> MqttOptions:
     cfg = settings.mqtt
-    _, _, tls = broker_address(cfg.url, cfg.embedded_port)
+    _, _, tls = broker_address(cfg.url, cfg.embedded_port, cfg.embedded_host)
     return MqttOptions(protocol=cfg.protocol, tls=tls, username=cfg.username, password=cfg.password,
                        ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
                        session_expiry_s=cfg.session_expiry_s, keepalive_s=cfg.keepalive_s,
@@ -28,7 +28,7 @@ def build_bridge(settings, store, outbox, predictor: Predictor | None = None) ->
     """The bridge for ``settings``; ``predictor`` (the ``vitals`` deployment) enables risk scoring
     when ``iomt.risk.enabled``."""
     cfg, iomt = settings.mqtt, settings.iomt
-    host, port, _ = broker_address(cfg.url, cfg.embedded_port)
+    host, port, _ = broker_address(cfg.url, cfg.embedded_port, cfg.embedded_host)
     systems = IdentifierSystems(**iomt.identifiers.model_dump())
     sink = ResourceSink(store, outbox, settings.fhir.base_url, iomt.bundle_max_entries)
     risk = None

@@ -54,7 +54,7 @@ def run_demo(settings: Settings, timeout_s: float = 120.0) -> int:
         print(f"no running medgate found (no status under {state_dir}); start it with `make run`")
         return 1
     port = status.get("dicom_port") or settings.dicom.port
-    host, mqtt_port, tls = broker_address(settings.mqtt.url, settings.mqtt.embedded_port)
+    host, mqtt_port, tls = broker_address(settings.mqtt.url, settings.mqtt.embedded_port, settings.mqtt.embedded_host)
     prefix = settings.mqtt.topic_prefix
     alerts: list[dict] = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"medgate-demo-{uuid.uuid4().hex[:6]}")

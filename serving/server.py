@@ -78,11 +78,11 @@ class Server:
 
         self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store), senders, **cfg.outbox.model_dump())
         handles = self._start_ray()
-        host, port, _ = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port)
+        host, port, _ = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port, cfg.mqtt.embedded_host)
         if cfg.mqtt.url is None:
             from iomt.broker import EmbeddedBroker
 
-            self.broker = EmbeddedBroker(port)
+            self.broker = EmbeddedBroker(port, cfg.mqtt.embedded_host)
             self.broker.start()
         vitals = ray_predictor(handles["vitals"]) if "vitals" in handles else None
         self.bridge = build_bridge(cfg, self.store, self.outbox, vitals)
