@@ -10,19 +10,24 @@ a single parameter scoring 3, a "red score") reaches ``min_band`` and either
 So a ward is not flooded: a score that stays in, or flaps back into, an alerted band alerts again
 only after ``repeat_after_s``. Times are measurement times, so a replayed backlog alerts as it
 would have live. The MQTT message follows ``iomt/schemas/alert.schema.json``; the Flag (FHIR R4
-Flag, category ``clinical``) records the alert in the EHR with a deterministic id.
+Flag, category ``clinical``) records the alert in the EHR with a deterministic id and points at
+the NEWS2 Observation that raised it with the core extension ``flag-detail`` (R4 Flag has no
+element for its evidence; the extension's ``valueReference`` is the standard place).
 """
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 from iomt.news2 import RED_SCORE, Band, News2Result
 
 BAND_RANK = {Band.LOW: 0, Band.LOW_MEDIUM: 1, Band.MEDIUM: 2, Band.HIGH: 3}
 FLAG_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/flag-category"  # FHIR R4 Flag
+#: FHIR R4 core extension on Flag: "Points to the Observation ... that provides additional
+#: supporting information about this flag".
+FLAG_DETAIL_EXTENSION = "http://hl7.org/fhir/StructureDefinition/flag-detail"
 FLAG_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:flag")
 ALERT_SCHEMA_ID = "urn:medgate:iomt:schema:alert:1"
 
@@ -82,22 +87,28 @@ def flag_id(patient_ref: str, band: str, at: datetime) -> str:
 
 
 def flag_resource(patient_ref: str, result: News2Result, at: datetime, decision: Decision,
-                  news2_id: str) -> dict[str, Any]:
-    """An active FHIR R4 Flag for the alert (period starts at the scored time)."""
+                  news2_id: str, *, patient_identifier: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An active FHIR R4 Flag for the alert (period starts at the scored time), referencing the
+    NEWS2 Observation ``news2_id`` (``flag-detail``); ``patient_identifier`` is written beside the
+    literal subject reference when given."""
     band = result.band.value
     text = f"NEWS2 {result.total}: clinical risk {band}"
     if decision.red_flags:
         text += f" (score 3 in {', '.join(decision.red_flags)})"
     if not result.complete:
         text += "; incomplete, at least this"
+    subject: dict[str, Any] = {"reference": patient_ref}
+    if patient_identifier is not None:
+        subject["identifier"] = dict(patient_identifier)
     return {
         "resourceType": "Flag",
         "id": flag_id(patient_ref, band, at),
+        "extension": [{"url": FLAG_DETAIL_EXTENSION, "valueReference": {"reference": f"Observation/{news2_id}"}}],
         "status": "active",
         "category": [{"coding": [{"system": FLAG_CATEGORY_SYSTEM, "code": "clinical",
                                   "display": "Clinical"}]}],
         "code": {"text": f"{text} (Observation/{news2_id})"},
-        "subject": {"reference": patient_ref},
+        "subject": subject,
         "period": {"start": at.isoformat()},
     }
 

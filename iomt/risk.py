@@ -7,7 +7,12 @@ are due): it builds each due patient's one-hour window with
 :func:`models.vitals_features.window_features_arrays`, stacks many beds into one ``(N, 12, 10)`` array and
 calls ``predict`` once per batch — one Ray Serve request for many beds (:func:`ray_predictor`).
 Each probability becomes a FHIR R4 RiskAssessment whose id is a UUID 5 over (patient, model, window
-end), so a recomputation updates rather than duplicates.
+end), so a recomputation updates rather than duplicates.  ``prediction.outcome`` is coded (SNOMED
+CT 271299001 "Patient's condition worsened", the vitals model's finding in its metadata) and
+``prediction.probabilityDecimal`` is the calibrated probability as a decimal in [0, 1], the form
+R4 defines for it.  ``basis`` references the vital-sign Observations the window rests on: the
+newest reading of each vital sign in the window (systolic and diastolic: their blood-pressure
+panel), by the deterministic ids :func:`iomt.observations.vital_observation_id` gives.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from iomt.observations import vital_observation_id
 from models.vitals_features import LOINC_TO_INDEX, WINDOW_S, window_features_arrays
 from serving.worker import PeriodicWorker
 
@@ -30,6 +36,9 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 Sink = Callable[[list[dict[str, Any]]], None]
 RISK_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:riskassessment")
 OUTCOME_TEXT = "Clinical deterioration (vitals model)"
+#: SNOMED CT 271299001 "Patient's condition worsened": the finding of models/vitals metadata.
+DETERIORATION = {"system": "http://snomed.info/sct", "code": "271299001",
+                 "display": "Patient's condition worsened"}
 
 
 def ray_predictor(handle) -> Predictor:
@@ -43,19 +52,24 @@ def risk_assessment_id(patient_ref: str, model: str, end: datetime) -> str:
 
 
 def risk_assessment(patient_ref: str, probability: float, end: datetime, model: str,
-                    version: str | None) -> dict[str, Any]:
-    """FHIR R4 RiskAssessment for one window ending at ``end``."""
+                    version: str | None, basis: list[str] = (), *,
+                    outcome: dict[str, str] = DETERIORATION) -> dict[str, Any]:
+    """FHIR R4 RiskAssessment for one window ending at ``end``; ``basis``: ids of the Observations
+    it rests on; ``outcome``: the coding of the predicted outcome."""
     method = model if version is None else f"{model} {version}"
-    return {
+    resource: dict[str, Any] = {
         "resourceType": "RiskAssessment",
         "id": risk_assessment_id(patient_ref, model, end),
         "status": "final",
         "subject": {"reference": patient_ref},
         "occurrenceDateTime": end.isoformat(),
         "method": {"text": f"medgate deterioration model {method} on the last hour of vitals"},
-        "prediction": [{"outcome": {"text": OUTCOME_TEXT},
+        "prediction": [{"outcome": {"coding": [dict(outcome)], "text": OUTCOME_TEXT},
                         "probabilityDecimal": round(float(probability), 6)}],
     }
+    if basis:
+        resource["basis"] = [{"reference": f"Observation/{obs_id}"} for obs_id in basis]
+    return resource
 
 
 class _Window:
@@ -92,6 +106,14 @@ class _Window:
                 np.array(self.values[s:], dtype=np.float64))
 
 
+def _basis(patient_ref: str, readings: dict[str, float], end_s: float) -> list[str]:
+    """Ids of the Observations of the newest reading of each vital sign within the window ending
+    at ``end_s``, once each (both pressures map to one panel), in LOINC order."""
+    ids = (vital_observation_id(patient_ref, loinc, datetime.fromtimestamp(at_s, tz=timezone.utc))
+           for loinc, at_s in sorted(readings.items()) if end_s - WINDOW_S < at_s <= end_s)
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 class RiskScorer(PeriodicWorker):
     """Batching deterioration scorer.
 
@@ -118,6 +140,7 @@ class RiskScorer(PeriodicWorker):
         self.flush_interval_s, self.max_batch = flush_interval_s, max_batch
         self.min_interval_s, self.model, self.version = min_interval_s, model, version
         self._history: dict[str, _Window] = {}
+        self._latest: dict[str, dict[str, float]] = {}  # patient -> LOINC -> newest reading, epoch s
         self._newest: dict[str, float] = {}
         self._scored_end: dict[str, float] = {}
         self._due: set[str] = set()
@@ -135,6 +158,10 @@ class RiskScorer(PeriodicWorker):
             if history is None:
                 history = self._history[patient_ref] = _Window()
             history.add(time_s, rows)
+            latest = self._latest.setdefault(patient_ref, {})
+            for loinc, _ in samples:
+                if loinc in LOINC_TO_INDEX and latest.get(loinc, time_s) <= time_s:
+                    latest[loinc] = time_s
             newest = max(self._newest.get(patient_ref, time_s), time_s)
             self._newest[patient_ref] = newest
             history.drop_until(newest - WINDOW_S)
@@ -150,6 +177,7 @@ class RiskScorer(PeriodicWorker):
             due = sorted(self._due)
             self._due.clear()
             jobs = [(ref, self._newest[ref], self._history[ref].arrays()) for ref in due]
+            readings = {ref: dict(self._latest.get(ref, {})) for ref in due}
         resources: list[dict[str, Any]] = []
         for start in range(0, len(jobs), self.max_batch):
             chunk = jobs[start:start + self.max_batch]
@@ -167,7 +195,8 @@ class RiskScorer(PeriodicWorker):
                     log.error("vitals model returned %r for %s: not a probability, dropped", p, ref)
                     continue
                 end = datetime.fromtimestamp(end_s, tz=timezone.utc)
-                resources.append(risk_assessment(ref, float(p), end, self.model, self.version))
+                resources.append(risk_assessment(ref, float(p), end, self.model, self.version,
+                                                 _basis(ref, readings[ref], end_s)))
                 with self._lock:
                     self._scored_end[ref] = end_s
         if resources:

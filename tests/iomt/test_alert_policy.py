@@ -58,3 +58,15 @@ def test_flag_validates_and_alert_matches_its_schema():
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(json.loads(json.dumps(message)), schema)
+
+
+def test_flag_references_its_news2_observation():
+    decision = AlertPolicy().decide("Patient/P", HIGH, T0)
+    flag = flag_resource("Patient/P", HIGH, T0, decision, "obs-1")
+    Flag.model_validate(flag)
+    assert flag["extension"] == [{"url": "http://hl7.org/fhir/StructureDefinition/flag-detail",
+                                  "valueReference": {"reference": "Observation/obs-1"}}]
+    identified = flag_resource("Patient/P", HIGH, T0, decision, "obs-1",
+                               patient_identifier={"system": "urn:x", "value": "P"})
+    assert identified["subject"] == {"reference": "Patient/P", "identifier": {"system": "urn:x", "value": "P"}}
+    assert identified["id"] == flag["id"]

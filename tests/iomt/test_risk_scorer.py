@@ -83,3 +83,26 @@ def test_window_keeps_only_the_last_hour_and_matches_the_training_features():
     kept = scorer._history["Patient/P"]
     assert len(kept.times) - kept.start == 2 * int(WINDOW_S)  # (end - 1 h, end] at 1 Hz, 2 vitals
     assert len(kept.times) <= 2 * int(WINDOW_S) * 4 / 3  # older samples are let go, not only skipped
+
+
+def test_risk_assessment_has_a_coded_outcome_and_its_basis():
+    from datetime import datetime, timezone
+
+    from iomt.observations import vital_observation_id
+
+    written = []
+    scorer = RiskScorer(stub([]), written.extend)
+    scorer.add("Patient/P", T0 - 7200, [("8867-4", 70.0)])  # outside the last hour at the end
+    scorer.add("Patient/P", T0, [("8867-4", 120.0), ("8480-6", 118.0), ("8462-4", 76.0)])
+    scorer.add("Patient/P", T0 + 60, [("8867-4", 118.0)])
+    (risk,) = scorer.flush()
+    RiskAssessment.model_validate(risk)
+    outcome = risk["prediction"][0]["outcome"]
+    assert outcome["coding"] == [{"system": "http://snomed.info/sct", "code": "271299001",
+                                  "display": "Patient's condition worsened"}]
+    assert 0.0 <= risk["prediction"][0]["probabilityDecimal"] <= 1.0
+    at = lambda s: datetime.fromtimestamp(s, timezone.utc)  # noqa: E731
+    assert risk["basis"] == [
+        {"reference": f"Observation/{vital_observation_id('Patient/P', '8480-6', at(T0))}"},
+        {"reference": f"Observation/{vital_observation_id('Patient/P', '8867-4', at(T0 + 60))}"},
+    ], "the newest reading of each vital in the window, in LOINC order; both pressures share the panel"
