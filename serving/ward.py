@@ -191,6 +191,8 @@ async def stream_ward(request: Request, ward: str | None = None) -> StreamingRes
         last, last_wards, last_sent = None, None, time.monotonic()
         yield "retry: 3000\n\n"
         while not await request.is_disconnected():
+            if not await run_in_threadpool(ctx.still_signed_in, request):
+                return  # signed out (or the session expired) while streaming: end the stream
             board = await run_in_threadpool(polled_board, ctx.store(), ward or None)
             if board["wards"] != last_wards:
                 last_wards = board["wards"]

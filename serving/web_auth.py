@@ -26,6 +26,7 @@ def _principal(request: Request, ctx) -> Principal | None:
     if token is not None:
         return ctx.authenticator.authenticate(token)
     session_id = request.cookies.get(SESSION_COOKIE) if request.method in SAFE_METHODS else None
+    request.state.session_id = session_id  # long responses re-check it (WebContext.still_signed_in)
     return ctx.sessions().principal(session_id) if session_id else None
 
 

@@ -70,6 +70,12 @@ class WebContext:
                 self._sessions = SessionStore(self.db_path)
             return self._sessions
 
+    def still_signed_in(self, request) -> bool:
+        """False once the session cookie a request came in with is revoked or expired (a long
+        response such as the ward board's stream checks it as it goes); True for bearer tokens."""
+        session_id = getattr(request.state, "session_id", None)
+        return not session_id or self.sessions().principal(session_id) is not None
+
     def client_address(self, request) -> str | None:
         """The client's address: the socket peer unless that is a trusted proxy (:mod:`serving.forwarded`)."""
         peer = request.client.host if request.client else None

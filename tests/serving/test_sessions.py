@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 import requests
@@ -99,3 +100,15 @@ def test_cookie_is_secure_behind_a_trusted_tls_proxy(tmp_path):
     with WebApp(tmp_path) as app:  # the same header from an untrusted peer changes nothing
         response = requests.post(app.url + "/v1/session", headers=headers, timeout=30)
         assert "secure" not in response.headers["set-cookie"].lower()
+
+
+def test_sign_out_ends_an_open_ward_stream(web):
+    browser = sign_in(web)
+    with browser.get(web.url + "/v1/stream/ward", stream=True, timeout=30) as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        assert next(lines) == b"retry: 3000"
+        assert browser.delete(web.url + "/v1/session", headers=auth("clinician"), timeout=30).json()["revoked"]
+        started = time.monotonic()
+        rest = list(lines)  # ends when the server closes the stream
+        assert time.monotonic() - started < 10, rest
