@@ -1,8 +1,9 @@
 """medgate's private coding scheme ``99MEDGATE``: one identity for DICOM and FHIR.
 
-A few concepts have no standard code yet (derm classes ``bkl``, ``df`` and ``vasc`` until a
-licensed SNOMED CT browser confirms a concept; a site maps them in configuration, see
-:mod:`models.derm.codes`).  They are written in the private scheme described here:
+A few concepts have no standard code yet (derm classes ``bkl``, ``df`` and ``vasc`` keep local
+codes until a licensed SNOMED CT browser confirms a concept; a site maps them in configuration,
+``class_codes``, applied by :func:`map_classes`).  They are written in the private scheme
+described here:
 
 * DICOM: Coding Scheme Designator ``99MEDGATE`` (PS3.3 8.2.1.1: private designators start
   with ``99``), identified in every SR that uses it by a Coding Scheme Identification Sequence
@@ -18,6 +19,8 @@ with it would lose their meaning.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 #: PS3.3 8.2.1.1 Coding Scheme Designator of medgate's private codes.
 DESIGNATOR = "99MEDGATE"
@@ -35,3 +38,48 @@ RESPONSIBLE_ORGANIZATION = "medgate contributors"
 def is_private(designator: str) -> bool:
     """True for a private Coding Scheme Designator (PS3.3 8.2.1.1: it starts with ``99``)."""
     return designator.startswith("99")
+
+
+def map_classes(classes: Sequence[Mapping[str, Any]],
+                codes: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    """A multi-class model's ``classes`` (its metadata: ``name``, ``value``, ``scheme``, ``meaning``)
+    with the site's codes in place of the card's, e.g. derm's ``bkl`` mapped to a SNOMED CT concept.
+
+    Parameters
+    ----------
+    classes
+        The model card's classes, in output order.
+    codes
+        Class name -> ``{"value", "scheme", "meaning"}`` (configuration ``class_codes.<model>``).
+
+    Returns
+    -------
+    list[dict]
+        Copies of ``classes``; a mapped class gets the configured code, ``mapped_by:
+        "configuration"`` and the card's code under ``card_code``, and loses ``snomed_ct:
+        "UNVERIFIED"``.
+
+    Raises
+    ------
+    ValueError
+        A configured class name the model does not have, or a code without value, scheme or meaning.
+    """
+    names = [str(c["name"]) for c in classes]
+    unknown = sorted(set(codes) - set(names))
+    if unknown:
+        raise ValueError(f"class_codes name classes the model does not have: {', '.join(unknown)}; "
+                         f"its classes are {', '.join(names)}.")
+    mapped = []
+    for card in classes:
+        entry = dict(card)
+        code = codes.get(str(card["name"]))
+        if code is not None:
+            missing = [k for k in ("value", "scheme", "meaning") if not str(code.get(k) or "").strip()]
+            if missing:
+                raise ValueError(f"class_codes.{card['name']} lacks {', '.join(missing)}, {dict(code)!r} is given.")
+            entry.pop("snomed_ct", None)
+            entry.update(value=str(code["value"]), scheme=str(code["scheme"]), meaning=str(code["meaning"]),
+                         mapped_by="configuration",
+                         card_code={k: card.get(k) for k in ("value", "scheme", "meaning")})
+        mapped.append(entry)
+    return mapped

@@ -345,6 +345,16 @@ class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"  # json: one object per line (docs/observability.md)
 
 
+class ClassCode(_Section):
+    """The site's code for one class of a multi-class model, in place of its model card's
+    (models.coding_scheme.map_classes): e.g. derm's bkl, df, vasc once a licensed SNOMED CT
+    browser confirms a concept."""
+
+    value: str = Field(min_length=1, max_length=64)
+    scheme: str = Field(min_length=1, max_length=16)  # DICOM Coding Scheme Designator: SCT, LN, ...
+    meaning: str = Field(min_length=1, max_length=64)  # Code Meaning (LO)
+
+
 class ServingConfig(_Section):
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -378,6 +388,7 @@ class Settings(BaseSettings):
     auth: AuthConfig = AuthConfig()
     log_level: str = "INFO"
     logging: LoggingConfig = LoggingConfig()
+    class_codes: dict[str, dict[str, ClassCode]] = {}  # model -> class name -> the site's code
 
     @classmethod
     def settings_customise_sources(
