@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from serving.state_permissions import private_database
+
 GENESIS = "0" * 64
 FIELDS = ("recorded", "who", "role", "action", "resource_type", "resource_id", "study_uid", "query",
           "client", "outcome", "detail")
@@ -80,8 +82,7 @@ class AuditLog:
     """Append and read audit rows in the SQLite database at ``db_path`` (own connection)."""
 
     def __init__(self, db_path: str | Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db_path = private_database(db_path)  # 0600 in a 0700 folder, even when opened first here
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None,
                                    timeout=10.0)

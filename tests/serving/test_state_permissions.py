@@ -118,3 +118,18 @@ def test_restricted_umask_reaches_child_processes(tmp_path):
     made = tmp_path / "made-by-a-child"
     subprocess.run([sys.executable, "-c", PARENT, str(made)], check=True, timeout=60, cwd=Path(__file__).parents[2])
     assert _mode(made) == 0o600
+
+
+@pytest.mark.parametrize("opener", ["audit", "sessions"])
+def test_audit_log_and_sessions_alone_create_an_owner_only_database(tmp_path, open_umask, opener):
+    """`medgate audit` before any start opens the database through the audit log alone."""
+    from serving.audit import AuditLog
+    from serving.sessions import SessionStore
+
+    db = tmp_path / "var" / "medgate.sqlite3"
+    handle = AuditLog(db) if opener == "audit" else SessionStore(db)
+    try:
+        assert _mode(db.parent) == 0o700
+        assert _mode(db) == 0o600
+    finally:
+        handle.close()
