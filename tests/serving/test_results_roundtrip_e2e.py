@@ -99,7 +99,7 @@ def test_cxr_results_reach_orthanc_archive_and_fhir_once(peers, tmp_path):
     series = wait_until(series_in_orthanc, timeout_s=120, interval_s=0.5)
     descriptions = {s["MainDicomTags"].get("SeriesDescription", ""): s for s in series}
     assert "AI result - not for clinical use" in descriptions  # SR
-    assert "AI overlay - not for diagnosis" in descriptions  # SC
+    assert "AI overlay - not for clinical use" in descriptions  # SC
     assert all(s["ParentStudy"] == study_id for s in series)
     for s in series:
         for instance in s["Instances"]:
