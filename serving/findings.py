@@ -1,4 +1,5 @@
-"""Model replies to findings: the JSON the HTTP API returns and the Finding objects writers use."""
+"""Model replies to findings: the JSON the HTTP API returns and the Finding objects writers use;
+the result files of an upload, written and found again (only as the results table records them)."""
 from __future__ import annotations
 
 import io
@@ -49,13 +50,20 @@ def findings_json(model: str, reply: dict[str, Any], info: dict[str, Any]) -> li
     return [finding]
 
 
-def write_upload_results(state_dir: Path, ds, reply: dict[str, Any], info: dict[str, Any],
+def write_upload_results(store, results_dir: Path, ds, reply: dict[str, Any], info: dict[str, Any],
                          identity: dict[str, Any] | None = None) -> dict[str, str]:
-    """Write the TID 1500 SR and the FHIR DiagnosticReport + Observation (local store) for an
-    uploaded DICOM image; returns links to both."""
+    """Write the TID 1500 SR (``<results_dir>/<StudyInstanceUID>/SR-<uid>.dcm``, recorded in
+    ``store``'s results, so ``GET /v1/results/...`` serves it) and the FHIR DiagnosticReport +
+    Observation (local store) for an uploaded DICOM image; returns links to both.
+
+    The study UID names a folder: it must be a UID (PS3.5 9.1) and the file stay under
+    ``results_dir``, else :class:`ValueError` and nothing is written."""
     from dicom_gateway.sr import build_measurement_report
     from dicom_gateway.storage import write_durably
+    from dicom_gateway.uids import check_uid, inside
+    from serving.fhir_report import PatientIdentity, build_report_resources
 
+    study_uid = check_uid("StudyInstanceUID", ds.StudyInstanceUID)
     finding = image_finding(ds, reply, info)
     seed = [ds.SOPInstanceUID, info["name"], info["version"]]
     sr = build_measurement_report([finding], ds, algorithm_name=f"medgate-{info['name']}",
@@ -63,18 +71,31 @@ def write_upload_results(state_dir: Path, ds, reply: dict[str, Any], info: dict[
                                   series_instance_uid=generate_uid(entropy_srcs=seed + ["series"]),
                                   sop_instance_uid=generate_uid(entropy_srcs=seed))
     name = f"SR-{sr.SOPInstanceUID}.dcm"
+    path = inside(results_dir, study_uid, name)
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
-    write_durably(Path(state_dir) / "results" / str(ds.StudyInstanceUID) / name, buffer.getvalue())
-    from serving.fhir_report import PatientIdentity, build_report_resources
-    from serving.store import Store
-
+    write_durably(path, buffer.getvalue())
+    store.add_result(study_uid, "sr", str(path), {
+        "model": info["name"], "version": info["version"], "sop_instance_uid": sr.SOPInstanceUID,
+        "source": "upload", "findings": [{"probability": finding.probability, "positive": finding.positive,
+                                          "location": finding.location, "point": finding.point,
+                                          "source": finding.source.sop_instance_uid}]})
     resources = build_report_resources([finding], ds, PatientIdentity(**(identity or {})),
                                        sr_sop_instance_uid=sr.SOPInstanceUID)
-    store = Store(Path(state_dir) / "medgate.sqlite3")
+    store.put_resources(resources)
+    return {"sr": f"/v1/results/{study_uid}/{name}", "fhir": f"/fhir/DiagnosticReport/{resources[0]['id']}"}
+
+
+def recorded_result(store, results_dir: Path, study_uid: str, name: str) -> Path | None:
+    """The file ``<results_dir>/<study_uid>/<name>`` if ``store``'s results table records it for the
+    study and it exists, else None: a request names a result, never a path."""
+    from dicom_gateway.uids import PathOutsideFolder, inside
+
+    recorded = store.result_path(study_uid, name)
+    if recorded is None:
+        return None
     try:
-        store.put_resources(resources)
-    finally:
-        store.close()
-    return {"sr": f"/v1/results/{ds.StudyInstanceUID}/{name}",
-            "fhir": f"/fhir/DiagnosticReport/{resources[0]['id']}"}
+        path = inside(results_dir, study_uid, name)
+    except PathOutsideFolder:
+        return None
+    return path if recorded.resolve() == path and path.is_file() else None

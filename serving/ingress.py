@@ -5,8 +5,11 @@
   components (DICOM SCP, MQTT bridge, outbox) report ready through ``state_dir/components.json``.
 - ``GET /v1/models`` — name, version, engine, device of each deployment.
 - ``POST /v1/infer/{model}`` — multipart field ``file`` (DICOM, PNG or JPEG; ``vitals`` takes a JSON
-  body ``{"window": ...}``): findings JSON, and for a DICOM upload the TID 1500 SR written for it.
-- ``GET /v1/results/{study_uid}/{name}`` — a produced result object.
+  body ``{"window": ...}``): findings JSON, and for a DICOM upload by a clinician or an admin the
+  TID 1500 SR and the DiagnosticReport written for it (other roles get the findings only, and
+  ``results_not_written`` says why).  Every call is one audit row.
+- ``GET /v1/results/{study_uid}/{name}`` — a produced result object, only one recorded in the
+  results table (the path is never taken from the request alone).
 - ``GET /metrics`` — Prometheus text format.
 - ``POST /dicomweb/studies`` — STOW-RS into the DICOM gateway (:mod:`serving.stow`).
 - ``/`` (dashboard), ``/v1/ward``, ``/v1/stream/ward``, ``/v1/worklist``, ``/v1/overlay/...``,
@@ -15,12 +18,15 @@
 Every path except ``/healthz``, ``/readyz`` and the dashboard's static files needs a bearer token
 (:mod:`serving.auth` has the role matrix); reads of patient data are audited (:mod:`serving.audit`).
 
-Limits: bodies over ``max_upload_bytes`` get 413; a model whose queue is full gets 429 with
-``Retry-After``; a model that does not answer within ``timeout_s`` gets 504.
+Limits: bodies over ``max_upload_bytes`` get 413 as soon as their bytes, counted as they stream,
+pass it (:mod:`serving.request_body`); a model whose queue is full gets 429 with ``Retry-After``;
+a model that does not answer within ``timeout_s`` gets 504; a model that fails gets 500 without its
+internals (they are logged).
 """
 # No `from __future__ import annotations`: FastAPI must see real types on the ingress methods.
 
 import asyncio
+import logging
 import re
 import time
 from pathlib import Path
@@ -33,18 +39,25 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from serving import stow
+from dicom_gateway.uids import is_uid
+from serving import request_body, stow
+from serving.auth import CLINICAL
 from serving.components import STATUS_FILE, STATUS_STALE_S, read_components  # noqa: F401 - re-exported
+from serving.findings import findings_json, recorded_result, write_upload_results
 from serving.metrics import IngressMetrics
-from serving.uploads import UploadError, decode, model_item, vitals_window
+from serving.uploads import UploadError, decode, model_item, sample_shape, vitals_window
 from serving.web import install_routes
 from serving import web_context
+
+log = logging.getLogger("medgate.http")
 
 RETRY_AFTER_S = 1
 #: How long the ingress reuses a model's info (version, input size, threshold) between requests.
 INFO_TTL_S = 2.0
-_UID = re.compile(r"^[0-9.]{1,64}$")
-_RESULT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_RESULT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: Audit action of an inference call: the caller's upload (patient data) is read; the row's detail
+#: says which results were written.  (serving.audit.ACTIONS has no "create" or "execute" yet.)
+INFER_AUDIT_ACTION = "read"
 
 api = FastAPI(title="medgate", version="0.1.0",
               description="AI clinical decision support server. Results are NOT FOR CLINICAL USE.")
@@ -111,46 +124,64 @@ class Ingress:
     @api.post("/v1/infer/{model}")
     async def infer(self, model: str, request: Request) -> JSONResponse:
         start = time.perf_counter()
-        response = await self._infer(model, request)
+        audit = {"query": f"model={model[:64]}"}
+        response = await self._infer(model, request, audit)
         self.metrics.observe(model, response.status_code, time.perf_counter() - start)
+        status = response.status_code
+        outcome = "success" if status < 400 else "not-found" if status == 404 else "error"
+        audit["detail"] = f"HTTP {status}" + (f": {audit['detail']}" if "detail" in audit else "")
+        await asyncio.to_thread(web_context.current().record, request, INFER_AUDIT_ACTION, outcome, **audit)
         return response
 
-    async def _infer(self, model: str, request: Request) -> JSONResponse:
+    async def _infer(self, model: str, request: Request, audit: dict[str, str]) -> JSONResponse:
+        """The reply; what the audit row should say goes into ``audit``."""
         if model not in self.models:
             return _error(404, f"no model {model!r}; served: {sorted(self.models)}")
-        length = int(request.headers.get("content-length") or 0)
-        if length > self.max_upload_bytes:
-            return _error(413, f"body of {length} bytes exceeds the {self.max_upload_bytes}-byte limit")
         handle = self.models[model]
         try:
             info = await self._model_info(model)
             if model == "vitals":
-                item, decoded, context = vitals_window(await self._read_body(request)), None, {}
+                body = await request_body.read(request, self.max_upload_bytes)
+                item, decoded, context = vitals_window(body, sample_shape(model, info["version"])), None, {}
             else:
                 data, context = await self._read_file(request)
                 decoded, item = await asyncio.to_thread(_prepare, model, data, info)
+                if decoded.dataset is not None:
+                    audit["study_uid"] = str(decoded.dataset.StudyInstanceUID)
             reply = await asyncio.wait_for(handle.remote(item), timeout=self.timeout_s)
             if reply["version"] != info["version"]:  # deployed meanwhile: describe the version that answered
                 self._info_cache.pop(model, None)
                 info = await self._model_info(model)
         except UploadError as exc:
+            audit["detail"] = exc.reason[:300]
             return _error(exc.status, exc.reason)
         except BackPressureError:
             return _error(429, f"model {model!r} is at capacity; retry later", **{"Retry-After": str(RETRY_AFTER_S)})
         except asyncio.TimeoutError:
             return _error(504, f"model {model!r} did not answer within {self.timeout_s} s")
-        except RayTaskError as exc:  # the model raised: a JSON error, never a bare 500
-            return _error(500, f"model {model!r} failed: {type(exc.cause).__name__}: {exc.cause}")
+        except RayTaskError as exc:  # the model raised: a JSON error naming no internals, never a bare 500
+            log.error("model %r failed on an upload: %s: %s", model, type(exc.cause).__name__, exc.cause)
+            return _error(500, f"model {model!r} failed on this input; the server log has the details")
         except RayError as exc:  # its replica died or is restarting
             return _error(503, f"model {model!r} is unavailable ({type(exc).__name__}); retry later",
                           **{"Retry-After": str(RETRY_AFTER_S)})
-        from serving.findings import findings_json, write_upload_results
-
         body = {"model": model, "version": reply["version"], "findings": findings_json(model, reply, info),
                 "context": context, "links": {}, "intended_use": info.get("intended_use")}
+        audit["detail"] = f"{model} {reply['version']}: findings"
         if decoded is not None and decoded.dataset is not None and model == "tb":
-            body["links"] = write_upload_results(self.state_dir, decoded.dataset, reply, info,
-                                                 self.patient_identity)
+            principal = getattr(request.state, "principal", None)
+            role = principal.role if principal else None
+            if role in CLINICAL:
+                body["links"] = await asyncio.to_thread(
+                    write_upload_results, web_context.current().store(), self.state_dir / "results",
+                    decoded.dataset, reply, info, self.patient_identity)
+                audit["resource_type"] = "DiagnosticReport"
+                audit["resource_id"] = body["links"]["fhir"].rsplit("/", 1)[1]
+                audit["detail"] += f", SR and DiagnosticReport written ({body['links']['sr']})"
+            else:
+                body["results_not_written"] = (f"writing patient results (SR, DiagnosticReport) needs a clinical "
+                                               f"role ({', '.join(sorted(CLINICAL))}); the caller's role is {role}")
+                audit["detail"] += ", results not written (role)"
         return JSONResponse(body)
 
     async def _model_info(self, model: str) -> dict:
@@ -161,16 +192,10 @@ class Ingress:
             self._info_cache[model] = cached
         return cached[1]
 
-    async def _read_body(self, request: Request) -> bytes:
-        body = await request.body()
-        if len(body) > self.max_upload_bytes:
-            raise UploadError(413, f"body exceeds the {self.max_upload_bytes}-byte limit")
-        return body
-
     async def _read_file(self, request: Request) -> tuple[bytes, dict[str, str]]:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise UploadError(415, "send the image as multipart/form-data field `file`")
-        form = await request.form(max_part_size=self.max_upload_bytes)
+        form = await request_body.limited(request, self.max_upload_bytes).form()
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise UploadError(422, "multipart field `file` is missing")
@@ -182,11 +207,15 @@ class Ingress:
 
     @api.get("/v1/results/{study_uid}/{name}")
     def result_file(self, study_uid: str, name: str, request: Request):
-        if not _UID.match(study_uid) or not _RESULT_NAME.match(name):
-            return _error(400, "invalid study UID or result name")
-        path = self.state_dir / "results" / study_uid / name
+        """A result file recorded for the study (results table), inside ``state_dir/results``."""
         ctx = web_context.current()
-        if not path.is_file():
+        if not is_uid(study_uid) or not _RESULT_NAME.fullmatch(name):
+            ctx.record(request, "read", "error", query=f"{study_uid[:80]}/{name[:130]}",
+                       detail="not a study UID (PS3.5 9.1) and a result file name")
+            return _error(400, "the study must be a UID (PS3.5 9.1) and the name a result file name, "
+                               f"{study_uid[:80]!r} and {name[:130]!r} are given")
+        path = recorded_result(ctx.store(), self.state_dir / "results", study_uid, name)
+        if path is None:
             ctx.record(request, "read", "not-found", study_uid=study_uid, detail=name)
             return _error(404, "no such result")
         ctx.record(request, "read", study_uid=study_uid, detail=name)

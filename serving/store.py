@@ -291,6 +291,13 @@ class Store:
         rows = self.query("SELECT * FROM results WHERE study_uid=? ORDER BY id", (study_uid,))
         return [{**dict(r), "summary": json.loads(r["summary"] or "{}")} for r in rows]
 
+    def result_path(self, study_uid: str, name: str) -> Path | None:
+        """The file of a result recorded for ``study_uid`` whose file name is ``name`` (newest
+        first), or None: only recorded results are ever served."""
+        rows = self.query("SELECT path FROM results WHERE study_uid=? AND path IS NOT NULL ORDER BY id DESC",
+                          (study_uid,))
+        return next((Path(r["path"]) for r in rows if Path(r["path"]).name == name), None)
+
     # -- FHIR and dead letters -----------------------------------------------------------------
     def put_resources(self, resources: list[dict[str, Any]]) -> None:
         """Insert or replace FHIR resources by (resourceType, id), all in one transaction."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+#: The UIDs an uploaded DICOM image's results are filed and linked under: each must be a UID.
+IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 class UploadError(ValueError):
@@ -44,6 +47,17 @@ def sniff(data: bytes) -> str:
     raise UploadError(415, "`file` must be a DICOM Part 10 file, a PNG or a JPEG image")
 
 
+def _check_uids(ds) -> None:
+    """:class:`UploadError` (422) unless each of :data:`IDENTIFYING_UIDS` is a UID (PS3.5 9.1)."""
+    from dicom_gateway.uids import check_uid
+
+    for keyword in IDENTIFYING_UIDS:
+        try:
+            check_uid(keyword, ds.get(keyword, ""))
+        except ValueError as exc:
+            raise UploadError(422, str(exc)) from None
+
+
 def decode(data: bytes) -> Decoded:
     """Decode an uploaded file; raises :class:`UploadError` (415/422) with the reason."""
     kind = sniff(data)
@@ -54,9 +68,10 @@ def decode(data: bytes) -> Decoded:
 
         try:
             ds = dcmread(io.BytesIO(data))
+            _check_uids(ds)
             photometric = str(ds.get("PhotometricInterpretation", "")).upper()
             pixels = ds.pixel_array if photometric.startswith(("RGB", "YBR")) else grayscale_image(ds)
-        except PixelDataError as exc:
+        except (PixelDataError, UploadError) as exc:
             raise UploadError(422, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - any parse failure is a bad upload
             raise UploadError(422, f"not a readable DICOM file: {type(exc).__name__}: {exc}") from None
@@ -93,12 +108,31 @@ def model_item(model: str, decoded: Decoded, info: dict[str, Any]) -> np.ndarray
                            + ("; send the CT series by C-STORE or STOW-RS" if model == "nodule" else ""))
 
 
-def vitals_window(body: bytes) -> np.ndarray:
-    """A ``(T, F)`` float32 window from a JSON body ``{"window": [[...], ...]}``."""
+def vitals_window(body: bytes, sample_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A ``(T, F)`` float32 window from a JSON body ``{"window": [[...], ...]}``, of the model's
+    ``sample_shape`` when it is known (:func:`sample_shape`): a window of another shape never
+    reaches the model, where it would fail the whole batch it was joined to."""
     try:
         window = np.asarray(json.loads(body)["window"], dtype=np.float32)
     except (ValueError, KeyError, TypeError) as exc:
         raise UploadError(422, f"body must be JSON {{\"window\": [[...]]}}: {exc}") from None
     if window.ndim != 2 or not np.isfinite(window).all():
         raise UploadError(422, f"`window` must be a finite 2D array, shape {window.shape} is given")
+    if sample_shape is not None and window.shape != tuple(sample_shape):
+        raise UploadError(422, f"`window` must have the model's input shape {tuple(sample_shape)} "
+                               f"(time steps, features), shape {window.shape} is given")
     return window
+
+
+@lru_cache(maxsize=64)
+def sample_shape(model: str, version: str) -> tuple[int, ...] | None:
+    """One sample's shape (the batch axis left out) of the first input of ``model`` ``version``, as
+    its metadata declares it (``network_data_format.inputs``), or None when an axis is open."""
+    from models.registry import ModelRegistry
+
+    manifest = ModelRegistry().get(model, version)
+    shape = manifest.raw["network_data_format"]["inputs"][manifest.input_name].get("shape") or []
+    sample = shape[1:]
+    if not sample or not all(isinstance(n, int) and n > 0 for n in sample):
+        return None
+    return tuple(sample)

@@ -3,7 +3,8 @@
 ``GET /v1/worklist`` lists the newest ``LIMIT`` studies with the patient ID and modality of their
 first instance, the results per model (findings, links to the SR and the DiagnosticReport) and the
 overlay Secondary Captures.  ``GET /v1/overlay/{study_uid}/{name}.png`` renders a stored
-Secondary Capture (``results/<study>/SC-<uid>.dcm``) to PNG for the browser.  One audit row each.
+Secondary Capture (``results/<study>/SC-<uid>.dcm``, one the results table records) to PNG for the
+browser.  One audit row each.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from dicom_gateway.uids import is_uid
+from serving.findings import recorded_result
 from serving.fhir_report import report_id
 from serving.web_context import current
 
 LIMIT = 100
-_UID = re.compile(r"^[0-9.]{1,64}$")
-_NAME = re.compile(r"^SC-[0-9.]{1,64}$")
+_NAME = re.compile(r"SC-[0-9.]{1,64}")
 router = APIRouter()
 
 
@@ -104,10 +106,12 @@ def render_png(path: Path, max_side: int = 1024) -> bytes:
 @router.get("/v1/overlay/{study_uid}/{name}.png")
 async def overlay_png(study_uid: str, name: str, request: Request) -> Response:
     ctx = current()
-    if not _UID.match(study_uid) or not _NAME.match(name):
-        return JSONResponse({"error": "invalid study UID or overlay name"}, status_code=400)
-    path = ctx.state_dir / "results" / study_uid / f"{name}.dcm"
-    if not path.is_file():
+    if not is_uid(study_uid) or not _NAME.fullmatch(name):
+        return JSONResponse({"error": "the study must be a UID (PS3.5 9.1) and the name SC-<SOP Instance UID>, "
+                                      f"{study_uid[:80]!r} and {name[:80]!r} are given"}, status_code=400)
+    path = await run_in_threadpool(recorded_result, ctx.store(), ctx.state_dir / "results", study_uid,
+                                   f"{name}.dcm")
+    if path is None:
         ctx.record(request, "read", "not-found", study_uid=study_uid, resource_type="Media", detail=name)
         return JSONResponse({"error": "no such overlay"}, status_code=404)
     data = await run_in_threadpool(render_png, path)

@@ -18,7 +18,10 @@ from serving.config import load_config
 MAX_UPLOAD = 2 * 1024 * 1024
 TOKEN = "http-api-test-token-0123456789"
 ADMIN_TOKEN = "http-api-admin-token-0123456789"
+CLINICIAN_TOKEN = "http-api-clinician-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CLINICIAN = {"Authorization": f"Bearer {CLINICIAN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,8 @@ def app(tmp_path_factory):
     settings = load_config(None, state_dir=str(root), http={"port": free_port(), "max_upload_bytes": MAX_UPLOAD},
                            serving={"max_ongoing_requests": 2, "max_queued_requests": 2, "num_cpus": 0.5},
                            auth={"tokens": [{"token": TOKEN, "role": "engineer", "name": "api test"},
-                                             {"token": ADMIN_TOKEN, "role": "admin", "name": "api admin"}]})
+                                             {"token": ADMIN_TOKEN, "role": "admin", "name": "api admin"},
+                                             {"token": CLINICIAN_TOKEN, "role": "clinician", "name": "api clinician"}]})
     ray.init(include_dashboard=False, num_cpus=4, namespace="medgate-test", logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": settings.http.port})
     serve.run(build_app(settings, versions={}), name=APP_NAME, route_prefix="/")
@@ -43,10 +47,10 @@ def app(tmp_path_factory):
         ray.shutdown()
 
 
-def dicom_bytes() -> bytes:
+def dicom_bytes(study_uid: str | None = None) -> bytes:
     pixels = (np.random.default_rng(1).random((256, 256)) * 4000).astype(np.uint16)
     buffer = io.BytesIO()
-    make_dx_dataset(pixels).save_as(buffer, enforce_file_format=True)
+    make_dx_dataset(pixels, study_uid=study_uid).save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -58,9 +62,28 @@ def png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def infer(app, model: str, data: bytes, name: str = "x") -> requests.Response:
+def infer(app, model: str, data: bytes, name: str = "x", headers: dict | None = None) -> requests.Response:
     return requests.post(f"{app['url']}/v1/infer/{model}", files={"file": (name, data)},
-                         data={"patient_id": "079123456789"}, headers=AUTH, timeout=60)
+                         data={"patient_id": "079123456789"}, headers=headers or AUTH, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def records(app):
+    """The store and the audit log, read by this process over one connection each, kept open
+    (opening and closing connections per check would let SQLite checkpoint the write-ahead log
+    away from the server's connections, see the report on serving.state_permissions)."""
+    from serving.audit import AuditLog
+    from serving.store import Store
+
+    store, audit = Store(app["settings"].state_dir / "medgate.sqlite3"), AuditLog(
+        app["settings"].state_dir / "medgate.sqlite3")
+    yield store, audit
+    audit.close()
+    store.close()
+
+
+def audit_rows(records, who: str) -> list[dict]:
+    return records[1].rows(where={"who": who})
 
 
 def test_tokens_are_required_except_for_health_checks(app):
@@ -81,8 +104,8 @@ def test_models_listing(app):
     assert tb["version"] == ModelRegistry().get("tb").version
 
 
-def test_dicom_upload_gives_findings_and_an_sr(app):
-    response = infer(app, "tb", dicom_bytes(), "cxr.dcm")
+def test_dicom_upload_gives_findings_and_an_sr(app, records):
+    response = infer(app, "tb", dicom_bytes(), "cxr.dcm", headers=CLINICIAN)
     assert response.status_code == 200, response.text
     body = response.json()
     assert 0.0 <= body["findings"][0]["probability"] <= 1.0
@@ -90,14 +113,119 @@ def test_dicom_upload_gives_findings_and_an_sr(app):
     assert "not for clinical use" in body["intended_use"].lower()
     sr = requests.get(app["url"] + body["links"]["sr"], headers=AUTH, timeout=30)
     assert sr.status_code == 403  # results are patient data: clinicians and admins only
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    sr = requests.get(app["url"] + body["links"]["sr"], headers=admin, timeout=30)
+    sr = requests.get(app["url"] + body["links"]["sr"], headers=CLINICIAN, timeout=30)
     assert sr.status_code == 200 and sr.content[128:132] == b"DICM"
-    report = requests.get(app["url"] + body["links"]["fhir"], headers=admin, timeout=30)
+    report = requests.get(app["url"] + body["links"]["fhir"], headers=ADMIN, timeout=30)
     assert report.status_code == 200, report.text
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
     assert DiagnosticReport.model_validate(report.json()).status == "preliminary"
+    study_uid = body["links"]["sr"].split("/")[3]
+    [result] = records[0].results_of(study_uid)  # recorded as a result of the study, as the gateway's are
+    assert result["kind"] == "sr" and result["summary"]["model"] == "tb"
+    [row] = [r for r in audit_rows(records, "api clinician") if r["study_uid"] == study_uid and r["query"] == "model=tb"]
+    assert (row["action"], row["outcome"], row["resource_type"]) == ("read", "success", "DiagnosticReport")
+    assert "SR and DiagnosticReport written" in row["detail"]
+
+
+def test_an_engineer_gets_findings_but_writes_no_patient_results(app, records):
+    data = dicom_bytes()
+    response = infer(app, "tb", data, "cxr.dcm", headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["findings"] and body["links"] == {}
+    assert "clinical role (admin, clinician)" in body["results_not_written"]
+    assert "role is engineer" in body["results_not_written"]
+    study_uid = pydicom_study_uid(data)
+    assert records[0].results_of(study_uid) == []
+    assert not (app["settings"].state_dir / "results" / study_uid).exists()
+    rows = [r for r in audit_rows(records, "api test") if r["study_uid"] == study_uid and r["query"] == "model=tb"]
+    assert rows and all(r["outcome"] == "success" and "results not written (role)" in r["detail"] for r in rows)
+
+
+def pydicom_study_uid(data: bytes) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(io.BytesIO(data)).StudyInstanceUID)
+
+
+def test_every_infer_call_is_audited(app, records):
+    before = len(audit_rows(records, "api test"))
+    assert infer(app, "tb", png_bytes(), "cxr.png").status_code == 200
+    assert infer(app, "tb", b"hello, this is not an image").status_code == 415
+    assert infer(app, "xray9000", png_bytes()).status_code == 404
+    rows = audit_rows(records, "api test")[before:]
+    assert [(r["query"], r["outcome"]) for r in rows] == [
+        ("model=tb", "success"), ("model=tb", "error"), ("model=xray9000", "not-found")]
+    assert rows[1]["detail"].startswith("HTTP 415: `file` must be")
+
+
+@pytest.mark.parametrize("study_uid", ["{outside}/x", "../../../../tmp/x", "../spool/1.2.999.777"])
+def test_uploads_whose_study_uid_leaves_the_results_folder_write_nothing(app, tmp_path, study_uid):
+    study_uid = study_uid.format(outside=tmp_path)  # an absolute path: the test's own folder
+    state_dir = app["settings"].state_dir
+    target = (state_dir / "results" / study_uid).resolve()
+    before = set(target.glob("SR-*.dcm"))
+    response = infer(app, "tb", dicom_bytes(study_uid), "cxr.dcm", headers=ADMIN)  # a role that writes results
+    assert response.status_code == 422, response.text
+    assert "StudyInstanceUID must be a DICOM UID" in response.json()["error"]
+    assert set(target.glob("SR-*.dcm")) == before and not list(tmp_path.rglob("*.dcm"))
+    assert not (state_dir / "spool" / "1.2.999.777").exists()
+
+
+def _raw_get(app, path: str, headers: dict) -> tuple[int, bytes]:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(app["url"].rsplit(":", 1)[1]), timeout=30)
+    try:
+        connection.request("GET", path, headers=headers)  # sent as written: no dot-segment removal
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/results/%2e%2e/medgate.sqlite3", "/v1/results/%2E%2E/medgate.sqlite3-wal",
+    "/v1/results/%2e%2e/components.json", "/v1/results/../medgate.sqlite3", "/v1/results/./medgate.sqlite3",
+    "/v1/results/1.2.3/%2e%2e", "/v1/results/1.2.3/..%2f..%2fmedgate.sqlite3", "/v1/results/1.2.3/SR-1.2.4.dcm",
+    "/v1/overlay/%2e%2e/SC-1.2.png", "/v1/overlay/1.2.3/SC-1.2.4.png",
+])
+def test_result_downloads_serve_only_recorded_results(app, path):
+    state_dir = app["settings"].state_dir
+    (state_dir / "components.json").write_text('{"components": {"secret": "ok"}}')
+    planted = state_dir / "results" / "1.2.3"
+    planted.mkdir(parents=True, exist_ok=True)
+    (planted / "SR-1.2.4.dcm").write_bytes(b"\0" * 128 + b"DICM planted, never recorded")
+    (planted / "SC-1.2.4.dcm").write_bytes(b"\0" * 128 + b"DICM planted, never recorded")
+    status, body = _raw_get(app, path, CLINICIAN)
+    assert status in (400, 404), (status, body[:200])
+    assert b"SQLite format" not in body and b"secret" not in body and b"planted" not in body
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(app):
+    from chunked_upload import post_chunked
+
+    head = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n")
+    sent = post_chunked(f"{app['url']}/v1/infer/tb", {**AUTH, "Content-Type": "multipart/form-data; boundary=b"},
+                        head, total_bytes=256 * 1024 * 1024)
+    print(f"/v1/infer: 413 after {sent.body_bytes_sent / 2**20:.1f} MiB of a 256 MiB chunked body (limit 2 MiB)")
+    assert sent.status == 413, sent.response[:300]
+    assert sent.body_bytes_sent < 64 * 1024 * 1024
+
+
+def test_vitals_windows_of_another_shape_are_422_without_model_internals(app):
+    url = f"{app['url']}/v1/infer/vitals"
+    if "vitals" not in ModelRegistry().names():
+        pytest.skip(reason="no vitals model registered")
+    good = requests.post(url, json={"window": np.zeros((12, 10)).tolist()}, headers=AUTH, timeout=60)
+    assert good.status_code == 200, good.text
+    for window in (np.zeros((5, 3)), np.zeros((12, 11)), np.zeros((10, 12)), np.zeros((12, 10, 1))):
+        response = requests.post(url, json={"window": window.tolist()}, headers=AUTH, timeout=60)
+        assert response.status_code == 422, response.text
+        assert "onnx" not in response.text.lower() and "INVALID_ARGUMENT" not in response.text
+    assert "(12, 10)" in response.text or "2D" in response.text
 
 
 def test_derm_photo_upload_gives_seven_calibrated_classes(app):
