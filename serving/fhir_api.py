@@ -2,8 +2,10 @@
 
 ``GET /fhir/metadata``; ``GET /fhir/{type}?...`` searches (:mod:`serving.fhir_search`) and
 ``GET /fhir/{type}/{id}`` reads of Observation, DiagnosticReport, RiskAssessment, Flag and
-AuditEvent (admin only); ``GET /fhir/Patient/{id}``.  Each request that returns patient data is
-one audit row (a search is one row however many resources it returns).
+AuditEvent (admin only); reads of ``Patient`` and of ``Device`` (the algorithm an imaging
+Observation names in ``device``); ``GET /fhir/SearchParameter/{id}`` for the search parameters
+medgate defines (:mod:`serving.fhir_capability`).  Each request that returns patient data, and
+each Device read, is one audit row (a search is one row however many resources it returns).
 
 Observations include those of the stored vitals messages, built when read
 (:mod:`iomt.vital_records`).
@@ -25,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from iomt import vital_records
 from serving.fhir_audit import audit_event
-from serving.fhir_capability import capability_statement
+from serving.fhir_capability import READ_ONLY_TYPES, capability_statement, search_parameter
 from serving.fhir_search import PARAMETERS, SearchError, operation_outcome, parse_search, searchset, \
     sort_newest_first
 from serving.web_context import current
@@ -105,6 +107,15 @@ async def read_patient(patient_id: str, request: Request) -> JSONResponse:
     return _fhir(patient)
 
 
+@router.get("/SearchParameter/{definition}")
+def read_search_parameter(definition: str) -> JSONResponse:
+    """A SearchParameter medgate defines (conformance, no patient data: not audited)."""
+    found = search_parameter(definition, base_url())
+    if found is None:
+        return _fhir(operation_outcome(f"SearchParameter/{definition} is not known", "not-found"), 404)
+    return _fhir(found)
+
+
 @router.get("/{resource_type}")
 async def search(resource_type: str, request: Request) -> JSONResponse:
     ctx = current()
@@ -131,7 +142,7 @@ async def search(resource_type: str, request: Request) -> JSONResponse:
 @router.get("/{resource_type}/{resource_id}")
 async def read(resource_type: str, resource_id: str, request: Request) -> JSONResponse:
     ctx = current()
-    if resource_type not in PARAMETERS:
+    if resource_type not in PARAMETERS and resource_type not in READ_ONLY_TYPES:
         return _fhir(operation_outcome(f"resource type {resource_type!r} is not served", "not-supported"), 404)
     if resource_type == "AuditEvent":
         seq = audit_seq(resource_id)

@@ -1,18 +1,26 @@
 """FHIR R4 search over the local store: parameters, matching, searchset Bundles with paging.
 
 Supported per type (anything else is refused with 400 and an OperationOutcome, as a server does
-with ``Prefer: handling=strict``):
+with ``Prefer: handling=strict``); every name is an R4 search parameter of that type except
+Flag ``status``, which medgate defines in a SearchParameter it serves (:data:`PARAMETERS`,
+:mod:`serving.fhir_capability`):
 
-* every type: ``_id``, ``_count`` (default 50, at most 500), ``_offset``, ``_format``;
+* every type: ``_id``; result parameters ``_count`` (default 50, at most 500), ``_offset`` (index of
+  the first match of a page, as the Bundle's next/previous links write it) and ``_format``;
 * Observation: ``patient``/``subject``, ``code``, ``category``, ``date``, ``status``;
-* DiagnosticReport: ``patient``/``subject``, ``code``, ``date``, ``status``;
+* DiagnosticReport: ``patient``/``subject``, ``code``, ``category``, ``date``, ``status``;
 * RiskAssessment: ``patient``/``subject``, ``date``;  Flag: ``patient``/``subject``, ``date``, ``status``;
 * AuditEvent: ``date``, ``agent-name``, ``entity-type``, ``outcome``.
 
-``patient`` takes ``id`` or ``Patient/id``; ``patient:identifier`` / ``subject:identifier`` take
-``system|value`` and match the logical references of imaging reports.  Tokens take ``code`` or
-``system|code``, comma-separated alternatives.  ``date`` takes the prefixes eq, ge, gt, le, lt and
-partial dates; a date without a time zone is read as UTC.  Results are newest first.
+``patient`` takes ``id`` or ``Patient/id``; with the R4 reference modifier ``:identifier``
+(``patient:identifier=system|value``, R4 3.1.1.4.9) it matches the subject's logical identifier
+instead.  Tokens take ``code`` or ``system|code``, comma-separated alternatives (on elements of
+type ``code``, such as ``status``, only the code is compared).  ``date`` takes the prefixes eq, ge,
+gt, le, lt and partial dates; a date without a time zone is read as UTC.  ``agent-name`` is an R4
+string: it matches a name that starts with the value, ignoring case (``:contains`` anywhere,
+``:exact`` the whole name).  ``entity-type`` takes a resource type (system
+``http://hl7.org/fhir/resource-types``) and matches the entity's ``type`` or the type of the
+resource it references.  Results are newest first.
 """
 from __future__ import annotations
 
@@ -22,14 +30,58 @@ from typing import Any, Callable
 from urllib.parse import urlencode
 
 DEFAULT_COUNT, MAX_COUNT = 50, 500
-COMMON = {"_id", "_count", "_offset", "_format"}
-SUBJECT = {"patient", "subject", "patient:identifier", "subject:identifier"}
-PARAMETERS: dict[str, set[str]] = {
-    "Observation": COMMON | SUBJECT | {"code", "category", "date", "status"},
-    "DiagnosticReport": COMMON | SUBJECT | {"code", "date", "status"},
-    "RiskAssessment": COMMON | SUBJECT | {"date"},
-    "Flag": COMMON | SUBJECT | {"date", "status"},
-    "AuditEvent": COMMON | {"date", "agent-name", "entity-type", "outcome"},
+#: R4 3.1.1.5-3.1.1.6 result parameters (``_offset``: medgate's paging position); not search parameters.
+RESULT_PARAMETERS = frozenset({"_count", "_offset", "_format"})
+#: R4 resource-types code system (AuditEvent ``entity-type`` values).
+RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One search parameter a resource type supports here.
+
+    ``name`` and ``type`` (R4 SearchParamType) as the R4 registry defines them; ``modifiers`` the
+    R4 modifiers accepted after ``name:``.  For a parameter R4 does not define, ``definition`` is
+    the id of the SearchParameter medgate serves for it and ``expression`` its FHIRPath (None for
+    R4's own).
+    """
+
+    name: str
+    type: str
+    documentation: str | None = None
+    modifiers: frozenset[str] = frozenset()
+    definition: str | None = None
+    expression: str | None = None
+
+
+ID = Parameter("_id", "token", "logical id; comma-separated alternatives")
+_BY_IDENTIFIER = "; :identifier takes system|value of the subject's identifier (R4 reference modifier)"
+PATIENT = Parameter("patient", "reference", "id or Patient/id" + _BY_IDENTIFIER, frozenset({"identifier"}))
+SUBJECT = Parameter("subject", "reference", "Type/id, or id of a Patient" + _BY_IDENTIFIER, frozenset({"identifier"}))
+DATE = Parameter("date", "date", "eq, ge, gt, le, lt prefixes; partial dates; no zone = UTC")
+CODE = Parameter("code", "token", "code or system|code, comma-separated alternatives")
+CATEGORY = Parameter("category", "token", "code or system|code, comma-separated alternatives")
+STATUS = Parameter("status", "token", "status code, comma-separated alternatives")
+#: R4 defines no search parameter on Flag.status: medgate's SearchParameter ``Flag-status`` does.
+FLAG_STATUS = Parameter("status", "token", "active | inactive | entered-in-error, comma-separated alternatives",
+                        definition="Flag-status", expression="Flag.status")
+
+
+def _params(*params: Parameter) -> dict[str, Parameter]:
+    return {p.name: p for p in (ID, *params)}
+
+
+PARAMETERS: dict[str, dict[str, Parameter]] = {
+    "Observation": _params(PATIENT, SUBJECT, CODE, CATEGORY, DATE, STATUS),
+    "DiagnosticReport": _params(PATIENT, SUBJECT, CODE, CATEGORY, DATE, STATUS),
+    "RiskAssessment": _params(PATIENT, SUBJECT, DATE),
+    "Flag": _params(PATIENT, SUBJECT, DATE, FLAG_STATUS),
+    "AuditEvent": _params(
+        Parameter("date", "date", "when recorded; " + DATE.documentation),
+        Parameter("agent-name", "string", "start of the requesting user's name, any case; :contains, :exact",
+                  frozenset({"contains", "exact"})),
+        Parameter("entity-type", "token", "resource type of the entity read or searched (resource-types)"),
+        Parameter("outcome", "token", "0 success, 4 denied or not found, 8 error")),
 }
 DATE_PATH: dict[str, Callable[[dict], str | None]] = {
     "Observation": lambda r: r.get("effectiveDateTime") or r.get("issued"),
@@ -98,7 +150,6 @@ class Search:
 
     resource_type: str
     subject: str | None = None
-    subject_identifier: tuple[str | None, str] | None = None
     filters: list[Callable[[dict], bool]] = field(default_factory=list)
     count: int = DEFAULT_COUNT
     offset: int = 0
@@ -128,44 +179,83 @@ def parse_search(resource_type: str, items: list[tuple[str, str]]) -> Search:
     if allowed is None:
         raise SearchError(f"resource type {resource_type!r} is not searchable here")
     search = Search(resource_type, params=[(k, v) for k, v in items if k not in ("_count", "_offset")])
-    when = DATE_PATH[resource_type]
     for key, value in items:
-        if key not in allowed:
-            raise SearchError(f"parameter {key!r} is not supported on {resource_type}; "
-                              f"supported: {sorted(allowed)}")
         if key == "_count":
             search.count = _int(key, value, 0, MAX_COUNT)
         elif key == "_offset":
             search.offset = _int(key, value, 0, 10**9)
-        elif key in ("patient", "subject"):
-            search.subject = value if "/" in value else f"Patient/{value}"
-        elif key in ("patient:identifier", "subject:identifier"):
-            system, _, code = value.rpartition("|")
-            search.subject_identifier = (system or None, code)
-            search.filters.append(_identifier_filter(system or None, code))
-        elif key == "_id":
-            ids = set(value.split(","))
-            search.filters.append(lambda r, ids=ids: r.get("id") in ids)
-        elif key == "code":
-            wanted = _tokens(value)
-            search.filters.append(lambda r, w=wanted: _coding_match([r.get("code")], w))
-        elif key == "category":
-            wanted = _tokens(value)
-            search.filters.append(lambda r, w=wanted: _coding_match(r.get("category", []), w))
-        elif key in ("status", "outcome"):
-            values = set(value.split(","))
-            search.filters.append(lambda r, k=key, v=values: r.get(k) in v)
-        elif key == "date":
-            test = date_test(value)
-            search.filters.append(lambda r, t=test: _date_ok(when(r), t))
-        elif key == "agent-name":
-            search.filters.append(lambda r, v=value.lower(): any(
-                v in (a.get("who", {}).get("display", "").lower()) for a in r.get("agent", [])))
-        elif key == "entity-type":
-            search.filters.append(lambda r, v=value: any(
-                (e.get("what", {}).get("reference", "").startswith(v + "/") or e.get("description") == v)
-                for e in r.get("entity", [])))
+        elif key != "_format":
+            _add(search, _parameter(resource_type, allowed, key), key.partition(":")[2], value)
     return search
+
+
+def _parameter(resource_type: str, allowed: dict[str, Parameter], key: str) -> Parameter:
+    name, colon, modifier = key.partition(":")
+    param = allowed.get(name)
+    if param is None:
+        raise SearchError(f"parameter {name!r} is not supported on {resource_type}; "
+                          f"supported: {sorted(allowed) + sorted(RESULT_PARAMETERS)}")
+    if colon and modifier not in param.modifiers:
+        raise SearchError(f"modifier {':' + modifier!r} is not supported on {resource_type} {name}; "
+                          f"supported: {sorted(':' + m for m in param.modifiers) or 'none'}")
+    return param
+
+
+def _add(search: Search, param: Parameter, modifier: str, value: str) -> None:
+    """Add the filter of one ``param[:modifier]=value`` to ``search``."""
+    name, when = param.name, DATE_PATH[search.resource_type]
+    if name in ("patient", "subject") and modifier == "identifier":
+        system, _, code = value.rpartition("|")
+        search.filters.append(_identifier_filter(system or None, code))
+    elif name in ("patient", "subject"):
+        search.subject = value if "/" in value else f"Patient/{value}"
+    elif name == "_id":
+        ids = set(value.split(","))
+        search.filters.append(lambda r: r.get("id") in ids)
+    elif name in ("code", "category"):
+        wanted = _tokens(value)
+        search.filters.append(lambda r: _coding_match(_concepts(r.get(name)), wanted))
+    elif name in ("status", "outcome"):
+        codes = {code for _, code in _tokens(value)}
+        search.filters.append(lambda r: r.get(name) in codes)
+    elif name == "date":
+        test = date_test(value)
+        search.filters.append(lambda r: _date_ok(when(r), test))
+    elif name == "agent-name":
+        search.filters.append(_string_filter(value, modifier))
+    elif name == "entity-type":
+        wanted = {code for system, code in _tokens(value) if system in (None, RESOURCE_TYPES)}
+        search.filters.append(lambda r: any(_entity_types(e) & wanted for e in r.get("entity", [])))
+
+
+def _concepts(element: Any) -> list[dict]:
+    """A CodeableConcept element (0..1 or 0..*) as a list."""
+    return element if isinstance(element, list) else [element] if element else []
+
+
+def _string_filter(value: str, modifier: str) -> Callable[[dict], bool]:
+    """R4 string search on AuditEvent agents' names (``agent.name``, else ``agent.who.display``)."""
+    wanted = value.casefold()
+
+    def match(resource: dict) -> bool:
+        for agent in resource.get("agent", []):
+            name = (agent.get("name") or (agent.get("who") or {}).get("display") or "").casefold()
+            if (wanted in name if modifier == "contains" else name == wanted if modifier == "exact"
+                    else name.startswith(wanted)):
+                return True
+        return False
+    return match
+
+
+def _entity_types(entity: dict) -> set[str]:
+    """Resource types an AuditEvent entity names: its ``type`` coding and its reference's type."""
+    kinds = {(entity.get("type") or {}).get("code")}
+    reference = (entity.get("what") or {}).get("reference") or ""
+    if "/" in reference:
+        kinds.add(reference.split("/", 1)[0])
+    elif entity.get("description"):
+        kinds.add(entity["description"])
+    return kinds - {None}
 
 
 def _identifier_filter(system: str | None, value: str) -> Callable[[dict], bool]:

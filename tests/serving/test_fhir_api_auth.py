@@ -13,10 +13,12 @@ import yaml
 from iomt import vital_records
 from iomt.compact import decode
 from serving.audit import AuditLog
+from serving.fhir_report import device_resource
 from serving.store import Store
 from web_app import TOKENS, WebApp, auth
 
 HR, NEWS2 = "8867-4", "1104051000000101"
+DEVICE = device_resource("derm", "1.2.0")
 
 
 def observation(oid: str, patient: str, code: str, when: str, value: int) -> dict:
@@ -44,7 +46,19 @@ def web(tmp_path_factory):
                    "effectiveDateTime": "2026-11-22T10:00:00+07:00", "issued": "2026-11-22T10:01:00+07:00"},
                   {"resourceType": "RiskAssessment", "id": "ra-1", "status": "final",
                    "subject": {"reference": "Patient/p1"}, "occurrenceDateTime": "2026-11-24T08:00:00+07:00",
-                   "prediction": [{"probabilityDecimal": 0.8}]}]
+                   "prediction": [{"probabilityDecimal": 0.8}]},
+                  {"resourceType": "Observation", "id": "derm-1", "status": "preliminary",
+                   "code": {"coding": [{"system": "http://snomed.info/sct", "code": "372130007"}]},
+                   "subject": {"reference": "Patient/p2"}, "issued": "2026-11-23T09:01:00Z",
+                   "device": {"reference": f"Device/{DEVICE['id']}"}},
+                  {"resourceType": "DiagnosticReport", "id": "dr-derm", "status": "preliminary",
+                   "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "394582007"}]}],
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "34759-1"}]},
+                   "subject": {"reference": "Patient/p2"}, "issued": "2026-11-23T09:01:00Z"},
+                  DEVICE,
+                  *({"resourceType": "Flag", "id": f"flag-{status}", "status": status,
+                     "code": {"text": "NEWS2 7"}, "subject": {"reference": "Patient/p1"},
+                     "period": {"start": "2026-11-24T08:00:00+07:00"}} for status in ("active", "inactive"))]
     store.put_resources(resources)
     vitals = decode(orjson.dumps({"d": "MON-9", "t": 1_795_000_000_000, "v": [[147842, 88], [150456, 96]]}))
     store.commit_batch([], [], vitals=[vital_records.record(vitals, "Patient/p3", "MON-9")])
@@ -158,7 +172,7 @@ def test_resources_validate_as_r4(web):
     from fhir.resources.R4B.patient import Patient
 
     CapabilityStatement.model_validate(get(web, "/fhir/metadata").json())
-    for search in ("Observation?patient=p1", "DiagnosticReport", "RiskAssessment"):
+    for search in ("Observation?patient=p1", "DiagnosticReport", "RiskAssessment", "Flag"):
         Bundle.model_validate(get(web, f"/fhir/{search}").json())
     Patient.model_validate(get(web, "/fhir/Patient/p1").json())
     events = get(web, "/fhir/AuditEvent?_count=500", "admin").json()
@@ -167,6 +181,53 @@ def test_resources_validate_as_r4(web):
         AuditEvent.model_validate(entry["resource"])
     one = events["entry"][-1]["resource"]
     assert get(web, f"/fhir/AuditEvent/{one['id']}", "admin").json()["id"] == one["id"]
+
+
+def test_device_of_an_observation_is_read_and_audited(web):
+    from fhir.resources.R4B.device import Device
+
+    observation = get(web, "/fhir/Observation/derm-1").json()
+    path = "/fhir/" + observation["device"]["reference"]
+    before = audit_rows(web)
+    response = get(web, path)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/fhir+json")
+    assert response.json() == DEVICE
+    Device.model_validate(response.json())
+    log = AuditLog(web["root"] / "medgate.sqlite3")
+    row = log.rows(newest_first=True, limit=1)[0]
+    log.close()
+    assert audit_rows(web) == before + 1
+    assert (row["action"], row["resource_type"], row["resource_id"], row["outcome"]) == \
+        ("read", "Device", DEVICE["id"], "success")
+    assert get(web, path, "admin").status_code == 200
+    assert get(web, path, "engineer").status_code == 403
+    missing = get(web, "/fhir/Device/" + "0" * 36)
+    assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
+    assert get(web, "/fhir/Device").status_code == 404  # read only: no search-type
+
+
+def test_search_parameters_the_capability_statement_names_are_served(web):
+    from fhir.resources.R4B.searchparameter import SearchParameter
+
+    capability = get(web, "/fhir/metadata", "engineer").json()
+    flag = next(r for r in capability["rest"][0]["resource"] if r["type"] == "Flag")
+    status = next(p for p in flag["searchParam"] if p["name"] == "status")
+    assert status["definition"] == web["url"] + "/fhir/SearchParameter/Flag-status"
+    served = requests.get(status["definition"], headers=auth("clinician"), timeout=30).json()
+    SearchParameter.model_validate(served)
+    assert served["url"] == status["definition"] and served["expression"] == "Flag.status"
+    assert get(web, "/fhir/SearchParameter/Observation-status").status_code == 404
+    active = get(web, "/fhir/Flag?patient=p1&status=active").json()
+    assert [e["resource"]["id"] for e in active["entry"]] == ["flag-active"]
+    assert get(web, "/fhir/Flag?patient=p1").json()["total"] == 2
+
+
+def test_modifiers_and_categories_on_searches(web):
+    assert get(web, "/fhir/DiagnosticReport?category=http://snomed.info/sct|394582007").json()["total"] == 1
+    assert get(web, "/fhir/DiagnosticReport?subject:identifier=urn:cccd|079123").json()["total"] == 1
+    refused = get(web, "/fhir/Observation?code:text=heart")
+    assert refused.status_code == 400 and "modifier ':text'" in refused.json()["issue"][0]["diagnostics"]
+    assert get(web, "/fhir/Observation?patient:missing=true").status_code == 400
 
 
 @pytest.mark.parametrize("path", ["/fhir/AuditEvent/audit-99999999999999999999999", "/fhir/AuditEvent/audit-%C2%B2",
