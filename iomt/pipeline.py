@@ -16,6 +16,10 @@ before acknowledging the messages. Per message:
 Every newest message is scored; a NEWS2 Observation is written when the score (total, band,
 completeness or a sub-score) changes, when it alerts, or ``news2_interval_s`` (measurement time)
 after the last one written — a 1 Hz monitor does not need 3,600 identical scores an hour.
+
+The NEWS2 Observation and the Flag name the patient as the imaging DiagnosticReports do: the
+literal ``Patient/...`` reference and the identifier (the message's or association's system, else
+``iomt.identifiers.citizen_id``, the system the registry gives an ADT patient without one).
 """
 from __future__ import annotations
 
@@ -144,11 +148,12 @@ class VitalsPipeline:
                 and (last[2] is result or last[1] == _score_key(result)):
             return  # same score, written recently: no new NEWS2 Observation
         self._news2_written[patient_ref] = (msg.time, _score_key(result), result)
-        news2 = news2_observation(result, msg, patient_ref, snapshot.measured)
+        identifier = self._patient_identifier(patient_id, patient_system)
+        news2 = news2_observation(result, msg, patient_ref, snapshot.measured, patient_identifier=identifier)
         out.resources.append(news2)
         if decision is None:
             return
-        flag = flag_resource(patient_ref, result, msg.time, decision, news2["id"])
+        flag = flag_resource(patient_ref, result, msg.time, decision, news2["id"], patient_identifier=identifier)
         out.resources.append(flag)
         where = {"site": location.site, "ward": location.ward, "bed": location.bed}
         alert = alert_message(patient_id=patient_id, patient_ref=patient_ref, location=where,
@@ -184,6 +189,11 @@ class VitalsPipeline:
                 self._patient_refs.clear()
             ref = self._patient_refs[(patient_id, system)] = patient_reference(patient_id, system)
         return ref
+
+    def _patient_identifier(self, patient_id: str, system: str | None) -> dict[str, str]:
+        """The FHIR Identifier written beside the patient's reference; a patient sent without a
+        system is in the citizen-id system, as :meth:`DeviceRegistry.apply` records an ADT one."""
+        return {"system": system or self.registry.systems.citizen_id, "value": patient_id}
 
     def _device_ref(self, device: str) -> str:
         ref = self._device_refs.get(device)

@@ -1,0 +1,61 @@
+"""The pipeline's NEWS2 Observations and Flags name the patient by literal reference and by
+identifier, as the imaging DiagnosticReports do (serving.fhir_report)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+from fhir.resources.R4B.flag import Flag
+from fhir.resources.R4B.observation import Observation
+
+from iomt.alerts import AlertPolicy
+from iomt.identity import AdtEvent, DeviceRegistry, IdentifierSystems
+from iomt.pipeline import VitalsPipeline
+from iomt.state import StateTable
+from iomt.topics import Topics
+from serving.store import Store
+
+SYSTEMS = IdentifierSystems(citizen_id="urn:test:citizen", social_insurance="urn:test:insurance",
+                            device="urn:test:device")
+#: heart rate 135, SpO2 88 %, respiration 28: NEWS2 high (an alert with the default policy).
+ALARMING = [[147842, 135], [150456, 88], [151562, 28]]
+T0_MS = 1_795_000_000_000
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    store = Store(tmp_path / "db.sqlite3")
+    registry = DeviceRegistry(store, SYSTEMS)
+    since = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    registry.apply(AdtEvent("admit", "MON-1", since, patient_id="P1"))
+    registry.apply(AdtEvent("admit", "MON-2", since, patient_id="P2", patient_system="urn:test:mrn"))
+    yield VitalsPipeline(Topics("medgate"), store, registry, states=StateTable(), alerts=AlertPolicy())
+    store.close()
+
+
+def scored(pipeline, payload: dict) -> dict[str, dict]:
+    out = pipeline.run([("medgate/h1/w1/b1/x/vitals", orjson.dumps(payload))])
+    assert out.dead_letters == []
+    return {r["resourceType"]: r for r in out.resources}
+
+
+@pytest.mark.parametrize("device, patient, system", [("MON-1", "P1", "urn:test:citizen"),
+                                                     ("MON-2", "P2", "urn:test:mrn")])
+def test_news2_and_flag_carry_the_identifier_of_an_associated_patient(pipeline, device, patient, system):
+    resources = scored(pipeline, {"d": device, "t": T0_MS, "v": ALARMING})
+    for rtype in ("Observation", "Flag"):
+        assert resources[rtype]["subject"] == {"reference": f"Patient/{patient}",
+                                               "identifier": {"system": system, "value": patient}}
+    Observation.model_validate(resources["Observation"])
+    Flag.model_validate(resources["Flag"])
+
+
+def test_a_patient_in_the_payload_without_a_system_is_a_citizen_id(pipeline):
+    doc = {"patient": {"id": "P9"}, "device": "MON-9", "time": "2026-11-22T10:00:00Z",
+           "vitals": [{"code": "8867-4", "value": 135, "unit": "/min"}, {"code": "59408-5", "value": 88, "unit": "%"},
+                      {"code": "9279-1", "value": 28, "unit": "/min"}]}
+    resources = scored(pipeline, doc)
+    assert resources["Flag"]["subject"]["identifier"] == {"system": "urn:test:citizen", "value": "P9"}
+    doc["patient"] = {"id": "P10", "system": "urn:test:mrn"}
+    assert scored(pipeline, doc)["Observation"]["subject"]["identifier"] == {"system": "urn:test:mrn", "value": "P10"}
