@@ -6,6 +6,11 @@ tb@1.1.0``) makes Ray Serve call :meth:`ModelDeployment.reconfigure` on the runn
 new version is loaded and warmed up beside the old one, then swapped in with one assignment, so
 requests keep succeeding throughout.  A shadow version runs on the same batches; its results are
 logged and counted, never returned.
+
+A multi-class model's classes are reported (:meth:`Loaded.info`, read by the imaging pipeline to
+code its findings) with the site's codes in place of the model card's where the deployment
+options give ``class_codes`` (configuration ``class_codes.<model>``:
+:func:`models.coding_scheme.map_classes`), checked when the version is loaded.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from models.coding_scheme import map_classes
 from models.registry import ModelManifest, ModelRegistry
 from serving.engines import create_engine
 from serving.runners import make_runner
@@ -31,29 +37,53 @@ BATCH_HISTORY = 1000
 
 @dataclass
 class Loaded:
-    """One loaded model version: manifest, engine and runner."""
+    """One loaded model version: manifest, engine, runner and the classes it reports (the card's,
+    with the site's ``class_codes`` applied; None for a single-finding model)."""
 
     manifest: ModelManifest
     engine: Any
     runner: Any
+    classes: list[dict[str, Any]] | None = None
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
         return {"name": m.name, "version": m.version, "engine": self.engine.name,
                 "device": self.engine.device, "input_size_px": m.input_size_px, "threshold": m.threshold,
                 "finding": {"value": m.finding.value, "scheme": m.finding.scheme, "meaning": m.finding.meaning}
-                if m.finding else None, "classes": m.raw.get("classes"),
+                if m.finding else None, "classes": self.classes,
                 "operating_point": m.raw.get("operating_point"), "intended_use": m.intended_use}
 
 
+def site_classes(manifest: ModelManifest, class_codes: dict[str, dict[str, str]] | None) -> list[dict] | None:
+    """The classes ``manifest`` reports with the site's ``class_codes`` (class name -> code) applied.
+
+    Raises
+    ------
+    ValueError
+        ``class_codes`` given for a model without classes, or naming a class it does not have.
+    """
+    classes = manifest.raw.get("classes")
+    if not class_codes:
+        return classes
+    if not classes:
+        raise ValueError(f"class_codes.{manifest.name} is given, but {manifest.name} {manifest.version} "
+                         f"reports one finding, no classes.")
+    try:
+        return map_classes(classes, class_codes)
+    except ValueError as exc:
+        raise ValueError(f"class_codes.{manifest.name} ({manifest.name} {manifest.version}): {exc}") from None
+
+
 def load_version(model: str, version: str | None, options: dict[str, Any]) -> Loaded:
-    """Load, verify (sha256) and warm up ``model@version`` (latest when None)."""
+    """Load, verify (sha256) and warm up ``model@version`` (latest when None); ``options``
+    ``class_codes``: the site's codes of its classes (:func:`site_classes`)."""
     manifest = ModelRegistry().get(model, version)
     manifest.verify()
+    classes = site_classes(manifest, options.get("class_codes"))
     engine = create_engine(manifest.path.parent, manifest.path.name, engine=options.get("engine", "auto"),
                            device=options.get("device", "auto"), precision=options.get("precision", "fp32"),
                            max_batch_size=options.get("max_batch_size", 16))
-    loaded = Loaded(manifest, engine, make_runner(model, engine, manifest))
+    loaded = Loaded(manifest, engine, make_runner(model, engine, manifest), classes)
     engine.warmup()
     return loaded
 

@@ -92,3 +92,38 @@ def test_torch_engine_matches_onnxruntime(name):
     b = torch_engine.run({torch_engine.input_names[0]: batch})
     for key in a:
         assert np.abs(a[key] - b[key]).max() <= 1e-4 * max(1.0, float(np.abs(a[key]).max()))
+
+
+#: A site's own code for derm's melanoma class and for bkl (a local code until a licensed SNOMED CT
+#: browser confirms a concept), as configuration ``class_codes.derm`` gives them.
+SITE_CODES = {"mel": {"value": "mel-site", "scheme": "99MEDGATE", "meaning": "Melanoma (site code)"},
+              "bkl": {"value": "bkl-site", "scheme": "99MEDGATE", "meaning": "Benign keratosis (site code)"}}
+
+
+def test_class_codes_change_the_code_a_derm_finding_gets():
+    from dicom_gateway.testdata import make_photo_dataset
+    from serving.imaging import class_finding
+
+    ds = make_photo_dataset(np.full((64, 64, 3), 150, np.uint8))
+    findings = {}
+    for label, codes in (("card", None), ("site", SITE_CODES)):
+        server = ModelServer("derm", {"engine": "onnxruntime", "device": "cpu", "class_codes": codes})
+        server.reconfigure({})
+        info = server.info()
+        reply = server.run_batch([np.zeros((3, info["input_size_px"], info["input_size_px"]), np.float32)])[0]
+        findings[label] = class_finding(ds, reply, info)
+    assert (findings["card"].code.value, findings["card"].code.scheme) == ("372244006", "SCT")
+    site = findings["site"]
+    assert (site.code.value, site.code.scheme, site.code.meaning) == ("mel-site", "99MEDGATE", "Melanoma (site code)")
+    assert site.probability == findings["card"].probability
+    assert "bkl (Benign keratosis (site code))" in " ".join(site.notes)
+    mapped = {c["name"]: c for c in server.info()["classes"]}
+    assert mapped["bkl"]["card_code"]["value"] == "bkl" and mapped["df"]["snomed_ct"] == "UNVERIFIED"
+
+
+@pytest.mark.parametrize("model, codes, message", [
+    ("derm", {"melanoma": SITE_CODES["mel"]}, "class_codes.derm .*melanoma"),
+    ("tb", {"tb": SITE_CODES["mel"]}, "class_codes.tb is given, but tb .* no classes")])
+def test_class_codes_that_do_not_fit_the_model_fail_its_load(model, codes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelServer(model, {"device": "cpu", "class_codes": codes}).reconfigure({})
