@@ -54,10 +54,18 @@ def private_database(path: str | Path) -> Path:
 
     Its folder is created 0700 when missing; the file is created 0600 when missing, and the file
     and its side files (:data:`SQLITE_SIDE_FILES`) are made 0600 when they are not.
+
+    An existing file is never opened here: POSIX record locks belong to the process, and closing any
+    descriptor of a file drops all of them, so opening and closing a database that a connection of
+    this process holds would drop SQLite's locks (another process could then delete the WAL under
+    it).  Only a file that does not exist yet is created, exclusively.
     """
     path = Path(path)
     private_folder(path.parent)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
     for candidate in (str(path), *(f"{path}{suffix}" for suffix in SQLITE_SIDE_FILES)):
         try:
             _restrict(candidate, PRIVATE_FILE_MODE)

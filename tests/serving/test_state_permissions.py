@@ -133,3 +133,26 @@ def test_audit_log_and_sessions_alone_create_an_owner_only_database(tmp_path, op
         assert _mode(db) == 0o600
     finally:
         handle.close()
+
+
+def test_checking_a_database_this_process_has_open_keeps_sqlites_locks(tmp_path):
+    """Closing any descriptor of a file drops the process's POSIX locks on it: were the check to open
+    the database, another process closing its connection would believe itself the last one and delete
+    the WAL that this process's connection still writes to, losing its later commits."""
+    from serving.state_permissions import private_database
+
+    db = tmp_path / "medgate.sqlite3"
+    held = sqlite3.connect(db, isolation_level=None)
+    held.execute("PRAGMA journal_mode=WAL")
+    held.execute("CREATE TABLE t(x)")
+    held.execute("INSERT INTO t VALUES (1)")
+    private_database(db)  # e.g. the audit log opened after the store, in the same process
+    other = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+             " c.execute('INSERT INTO t VALUES (2)'); c.close()")
+    subprocess.run([sys.executable, "-c", other, str(db)], check=True)
+    held.execute("INSERT INTO t VALUES (3)")  # committed: every other process must see it now
+    reader = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+              " print(*[r[0] for r in c.execute('SELECT x FROM t ORDER BY x')])")
+    seen = subprocess.run([sys.executable, "-c", reader, str(db)], check=True, capture_output=True, text=True)
+    held.close()
+    assert seen.stdout.split() == ["1", "2", "3"]
