@@ -9,8 +9,8 @@ calls ``predict`` once per batch — one Ray Serve request for many beds (:func:
 Each probability becomes a FHIR R4 RiskAssessment whose id is a UUID 5 over (patient, model, window
 end), so a recomputation updates rather than duplicates.  ``prediction.outcome`` is coded (SNOMED
 CT 271299001 "Patient's condition worsened", the vitals model's finding in its metadata) and
-``prediction.probabilityDecimal`` is the calibrated probability as a decimal in [0, 1], the form
-R4 defines for it.  ``basis`` references the vital-sign Observations the window rests on: the
+``prediction.probabilityDecimal`` is the calibrated probability as a decimal in [0, 1], never a
+percentage (R4 allows either, up to 100, invariant ras-2; the CapabilityStatement says which).  ``basis`` references the vital-sign Observations the window rests on: the
 newest reading of each vital sign in the window (systolic and diastolic: their blood-pressure
 panel), by the deterministic ids :func:`iomt.observations.vital_observation_id` gives.
 """

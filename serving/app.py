@@ -38,13 +38,18 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
             name=name, user_config=user_config, num_replicas=cfg.replicas,
             max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-        ).bind(name, options)
+        ).bind(name, {**options, "class_codes": _class_codes(settings, name)})
     limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s,
               "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings),
               "patient_identity": _identity_dict(settings), "store_url": settings.store.url,
               "web": {"trusted_proxies": list(settings.http.trusted_proxies),
                       "public_base_url": settings.http.public_base_url}}
     return Ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
+
+
+def _class_codes(settings: Settings, model: str) -> dict[str, dict[str, Any]]:
+    """The site's codes for ``model``'s classes (``class_codes``), as plain data for the deployment."""
+    return {name: code.model_dump() for name, code in settings.class_codes.get(model, {}).items()}
 
 
 def _identity_dict(settings: Settings) -> dict[str, Any]:

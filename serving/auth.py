@@ -47,6 +47,7 @@ ROLE_MATRIX: tuple[tuple[str, frozenset[str]], ...] = (
     ("/v1/results/", CLINICAL),
     ("/v1/overlay/", CLINICAL),
     ("/fhir/metadata", ANY_ROLE),
+    ("/fhir/SearchParameter", ANY_ROLE),  # definitions the CapabilityStatement points to, no patient data
     ("/fhir/AuditEvent", ADMIN),
     ("/fhir/", CLINICAL),
     ("/dicomweb/", CLINICAL | {"engineer"}),  # STOW-RS: sending studies in, no reads
@@ -56,7 +57,7 @@ ROLE_MATRIX: tuple[tuple[str, frozenset[str]], ...] = (
 #: Paths that read patient data: denials there are audited too.
 PATIENT_DATA_PREFIXES = ("/v1/ward", "/v1/stream/ward", "/v1/worklist", "/v1/results/", "/v1/overlay/",
                          "/fhir/Observation", "/fhir/DiagnosticReport", "/fhir/RiskAssessment",
-                         "/fhir/Flag", "/fhir/Patient", "/fhir/AuditEvent")
+                         "/fhir/Flag", "/fhir/Patient", "/fhir/Device", "/fhir/AuditEvent")
 
 
 def required_roles(path: str) -> frozenset[str]:

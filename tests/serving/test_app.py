@@ -1,0 +1,19 @@
+"""The Serve application is built from the configuration: each model deployment gets its site options."""
+from __future__ import annotations
+
+from serving.app import build_app
+from serving.config import load_config
+
+
+def _model_options(app, name: str) -> dict:
+    """The options a model deployment of ``app`` is bound with (its second init argument)."""
+    models = app._bound_deployment.init_args[0]
+    return models[name]._bound_deployment.init_args[1]
+
+
+def test_class_codes_reach_the_model_deployment(tmp_path):
+    code = {"value": "123456789", "scheme": "SCT", "meaning": "Dermatofibroma"}
+    settings = load_config(None, state_dir=tmp_path, class_codes={"derm": {"df": code}})
+    app = build_app(settings, versions={})
+    assert _model_options(app, "derm")["class_codes"] == {"df": code}
+    assert _model_options(app, "tb")["class_codes"] == {}
