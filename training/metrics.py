@@ -206,3 +206,36 @@ def froc(candidates: Sequence[Sequence[tuple[Sequence[float], float]]],
     at = [float(sens[fps <= f].max()) for f in fp_per_scan]  # best sensitivity within the FP budget
     return {"fp_per_scan": [float(f) for f in fp_per_scan], "sensitivity": at, "cpm": float(np.mean(at)),
             "curve_fp_per_scan": fps.tolist(), "curve_sensitivity": sens.tolist()}
+
+
+def detection_counts(candidates: Sequence[Sequence[tuple[Sequence[float], float]]],
+                     truths: Sequence[Sequence[tuple[Sequence[float], float]]]) -> dict[str, Any]:
+    """Sensitivity and false positives per scan of detections already cut at an operating point.
+
+    Same inputs and hit rule as :func:`froc` (a candidate hits a lesion when its centre lies within
+    ``diameter / 2`` of the lesion centre); scans without lesions count (every candidate there is a
+    false positive), so this also measures lesion-free sets.
+
+    Returns
+    -------
+    dict
+        ``fp_per_scan``, ``sensitivity`` (``None`` without lesions), ``n_scans``, ``n_lesions``,
+        ``n_false_positives``.
+    """
+    if len(candidates) != len(truths):
+        raise ValueError(f"`candidates` and `truths` must list the same scans, {len(candidates)} and "
+                         f"{len(truths)} are given.")
+    if len(truths) == 0:
+        raise ValueError("`truths` must list at least one scan, 0 are given.")
+    found = fps = n_lesions = 0
+    for scan_candidates, scan_truths in zip(candidates, truths):
+        n_lesions += len(scan_truths)
+        hit = np.zeros(len(scan_truths), dtype=bool)
+        for centre, _ in scan_candidates:
+            dist = np.array([np.linalg.norm(np.subtract(centre, c)) for c, _ in scan_truths])
+            inside = dist <= np.array([d / 2.0 for _, d in scan_truths]) if len(scan_truths) else np.zeros(0, bool)
+            fps += int(not inside.any())
+            hit |= inside
+        found += int(hit.sum())
+    return {"fp_per_scan": fps / len(truths), "sensitivity": found / n_lesions if n_lesions else None,
+            "n_scans": len(truths), "n_lesions": n_lesions, "n_false_positives": fps}

@@ -6,19 +6,30 @@ is smaller than a patch) through :func:`monai.inferers.sliding_window_inference`
 patch probabilities with Gaussian weights into a map of the volume's own shape.  ``run_patch`` is
 any callable mapping a float32 tensor (B, 1, *roi_size) to probabilities of the same shape:
 :func:`torch_runner` wraps a network, :func:`onnx_runner` an ONNX Runtime session.
+
+:func:`segment_volume` is the one path from a preprocessed volume to candidates that serving
+(:mod:`models.nodule.serving`), :func:`detect` and the training evaluation share: the lung mask of
+the CT (:func:`models.nodule.lung.lung_mask`), sliding windows over the lungs' bounding box only
+(plus ``context_vox`` of surroundings; the rest of the map is 0), then candidates inside the lung
+mask bounded by density (:func:`models.nodule.postprocess.extract_candidates`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.inferers import sliding_window_inference
 
-from models.nodule.postprocess import COMPONENT_THRESHOLD, MIN_VOLUME_MM3, Candidate, extract_candidates
+from models.nodule.lung import lung_mask
+from models.nodule.postprocess import COMPONENT_THRESHOLD, MIN_VOLUME_MM3, SOLID_HU, Candidate, extract_candidates
 from models.nodule.preprocess import MODEL_SPACING_MM, WINDOW_HU, prepare_volume, to_source_vox
 
 PATCH_SIZE_VOX = (64, 64, 64)
+#: Voxels of surroundings kept on each side of the lungs' bounding box for sliding-window inference.
+CONTEXT_VOX = 16
 PatchRunner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -85,23 +96,73 @@ def infer_volume(run_patch: PatchRunner, volume01: np.ndarray, roi_size: Sequenc
     return np.clip(torch.as_tensor(out)[0, 0].numpy().astype(np.float32), 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class VolumeSegmentation:
+    """What :func:`segment_volume` found, on the model grid.
+
+    Attributes
+    ----------
+    candidates
+        Every candidate (no operating threshold applied), most probable first.
+    labels
+        ``int32`` (z, y, x) map: 0 background, ``i + 1`` for ``candidates[i]``.
+    lung
+        The search region (``bool``); all ``True`` when the search is not restricted.
+    """
+
+    candidates: list[Candidate]
+    labels: np.ndarray
+    lung: np.ndarray
+
+
+def segment_volume(run_patch: PatchRunner, volume01: np.ndarray, spacing_mm, *,
+                   window: tuple[float, float] = WINDOW_HU, roi_size: Sequence[int] = PATCH_SIZE_VOX,
+                   overlap: float = 0.25, component_threshold: float = COMPONENT_THRESHOLD,
+                   min_volume_mm3: float = MIN_VOLUME_MM3, lung_search: bool = True,
+                   solid_hu: float | None = SOLID_HU, context_vox: int = CONTEXT_VOX) -> VolumeSegmentation:
+    """Candidates of one preprocessed volume (``volume01``, windowed by ``window``, at ``spacing_mm``).
+
+    ``lung_search=False`` and ``solid_hu=None`` give the unbounded components of the whole map
+    (the behaviour before the lung mask and the density bound; kept to measure them).
+    """
+    arr = np.asarray(volume01, dtype=np.float32)
+    low, high = (float(v) for v in window)
+    hu = low + arr * (high - low)  # exact inside the window; both HU thresholds lie inside it
+    if lung_search:
+        lung = lung_mask(hu, spacing_mm)
+        probability = np.zeros(arr.shape, np.float32)
+        if lung.any():
+            box = tuple(slice(max(s.start - context_vox, 0), min(s.stop + context_vox, n))
+                        for s, n in zip(ndimage.find_objects(lung.astype(np.uint8))[0], arr.shape))
+            probability[box] = infer_volume(run_patch, arr[box], roi_size, overlap)
+    else:
+        lung = np.ones(arr.shape, dtype=bool)
+        probability = infer_volume(run_patch, arr, roi_size, overlap)
+    found, labels = extract_candidates(probability, spacing_mm, component_threshold, min_volume_mm3,
+                                       region=lung if lung_search else None,
+                                       volume_hu=hu if solid_hu is not None else None,
+                                       solid_hu=SOLID_HU if solid_hu is None else float(solid_hu))
+    return VolumeSegmentation(candidates=found, labels=labels, lung=lung)
+
+
 def detect(run_patch: PatchRunner, volume_hu: np.ndarray, spacing_mm, *, threshold: float,
            model_spacing_mm=MODEL_SPACING_MM, window: tuple[float, float] = WINDOW_HU,
            roi_size: Sequence[int] = PATCH_SIZE_VOX, overlap: float = 0.25,
            component_threshold: float = COMPONENT_THRESHOLD,
-           min_volume_mm3: float = MIN_VOLUME_MM3) -> list[Candidate]:
+           min_volume_mm3: float = MIN_VOLUME_MM3, solid_hu: float | None = SOLID_HU) -> list[Candidate]:
     """Nodule candidates of a CT volume in Hounsfield units, at or above ``threshold``.
 
-    The volume is windowed and resampled to ``model_spacing_mm``, inferred by sliding windows and
-    split into components; candidate centres are returned in the voxel grid (and millimetres)
+    The volume is windowed and resampled to ``model_spacing_mm``, and segmented by
+    :func:`segment_volume`; candidate centres are returned in the voxel grid (and millimetres)
     of the input volume, diameters in millimetres.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"`threshold` must be within (0, 1), {threshold!r} is given.")
     source = np.asarray(volume_hu)
     volume01 = prepare_volume(source, spacing_mm, model_spacing_mm, window)
-    probability = infer_volume(run_patch, volume01, roi_size, overlap)
-    found, _ = extract_candidates(probability, model_spacing_mm, component_threshold, min_volume_mm3)
+    found = segment_volume(run_patch, volume01, model_spacing_mm, window=window, roi_size=roi_size,
+                           overlap=overlap, component_threshold=component_threshold,
+                           min_volume_mm3=min_volume_mm3, solid_hu=solid_hu).candidates
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     out = []
     for cand in found:

@@ -2,7 +2,9 @@
 
 Used by :class:`serving.runners.VolumeRunner`; ``run_patches`` runs the exported patch network on a
 batch of ``(N, 1, 64, 64, 64)`` patches (onnxruntime or torch engine). All parameters come from the
-registry metadata, so training evaluation and serving share them.
+registry metadata (``postprocessing``; the constants of :mod:`models.nodule.postprocess` where a
+version's metadata predates them), and the path is :func:`models.nodule.inference.segment_volume`,
+the one the training evaluation measures: candidates only inside the lung mask, bounded by density.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.nodule.inference import infer_volume
-from models.nodule.postprocess import extract_candidates
+from models.nodule.inference import CONTEXT_VOX, segment_volume
+from models.nodule.postprocess import COMPONENT_THRESHOLD, MIN_VOLUME_MM3, SOLID_HU
 from models.nodule.preprocess import prepare_volume, to_source_vox
 
 PatchBatchRunner = Callable[[np.ndarray], np.ndarray]
@@ -21,6 +23,18 @@ PatchBatchRunner = Callable[[np.ndarray], np.ndarray]
 
 def _patch_runner(run_patches: PatchBatchRunner) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda patches: torch.from_numpy(run_patches(patches.cpu().numpy()))
+
+
+def _segment(run_patches, volume01, model_spacing, window, roi_size, post: dict[str, Any]):
+    solid_hu = post.get("solid_hu", SOLID_HU)
+    result = segment_volume(_patch_runner(run_patches), volume01, model_spacing, window=window, roi_size=roi_size,
+                            overlap=float(post.get("sliding_window_overlap", 0.25)),
+                            component_threshold=float(post.get("component_threshold", COMPONENT_THRESHOLD)),
+                            min_volume_mm3=float(post.get("min_volume_mm3", MIN_VOLUME_MM3)),
+                            lung_search=post.get("search_region", "lung_mask") == "lung_mask",
+                            solid_hu=None if solid_hu is None else float(solid_hu),
+                            context_vox=int(post.get("context_vox", CONTEXT_VOX)))
+    return result.candidates, result.labels
 
 
 def serve_volume(run_patches: PatchBatchRunner, volume_hu: np.ndarray, spacing_mm, metadata: dict[str, Any]
@@ -38,10 +52,7 @@ def serve_volume(run_patches: PatchBatchRunner, volume_hu: np.ndarray, spacing_m
     source = np.asarray(volume_hu, dtype=np.float32)
     spacing = np.asarray(spacing_mm if spacing_mm is not None else model_spacing, dtype=np.float64)
     volume01 = prepare_volume(source, spacing, model_spacing, window)
-    probability = infer_volume(_patch_runner(run_patches), volume01, image["spatial_shape"],
-                               post.get("sliding_window_overlap", 0.25))
-    found, labels = extract_candidates(probability, model_spacing, post.get("component_threshold", 0.5),
-                                       post.get("min_volume_mm3", 4.0))
+    found, labels = _segment(run_patches, volume01, model_spacing, window, image["spatial_shape"], post)
     kept = [(i + 1, c) for i, c in enumerate(found) if c.probability >= threshold]
     relabel = np.zeros(len(found) + 1, np.int32)
     for new, (old, _) in enumerate(kept, start=1):

@@ -47,3 +47,35 @@ def test_finds_a_large_nodule_with_few_false_positives():
         np.linalg.norm(np.subtract(c.centre_mm, n.centre_mm)) <= n.diameter_mm / 2 for n in sample.nodules)]
     assert any(hits), f"no hit on {large}; candidates {found}"
     assert len(false_positives) <= 3
+
+
+def test_no_candidate_outside_the_lungs_on_a_volume_of_another_generator():
+    """Issue 19: a 512x512 chest CT from a generator the model never saw, one dense 10 mm nodule.
+
+    Through the serving entry: no candidate in air (every reported segment has voxels above -950 HU
+    and lies inside the lung mask), the nodule found, its segment at most twice its true volume.
+    """
+    from models.nodule.lung import lung_mask
+    from models.nodule.serving import serve_volume
+    from training.synthetic.ct_phantom2 import generate_phantom
+
+    manifest = _manifest()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(manifest.path), options, providers=["CPUExecutionProvider"])
+    sample = generate_phantom(np.random.default_rng(1), (80, 512, 512), (1.25, 0.7, 0.7), n_nodules=1,
+                              nodule_diameter_mm=10.0, nodule_hu=40.0, body_fraction=0.7)
+    volume = sample.volume_hu.astype(np.float32)
+    reply = serve_volume(lambda patches: session.run(["probability"], {"image": patches})[0], volume,
+                         sample.spacing_mm, manifest.raw)
+    lungs = lung_mask(volume, sample.spacing_mm)
+    labels, (nodule,) = reply["mask"], sample.nodules
+    hits = []
+    for cand in reply["candidates"]:
+        segment = labels == cand["label"]
+        assert volume[segment].max() > -950, f"candidate {cand} lies wholly in air"
+        assert lungs[segment].all(), f"candidate {cand} reaches outside the lung mask"
+        if np.linalg.norm(np.subtract(cand["centre_mm"], nodule.centre_mm)) <= nodule.diameter_mm / 2:
+            hits.append(segment.sum())
+    assert hits, f"the nodule at {nodule.centre_vox} is missed: {reply['candidates']}"
+    assert max(hits) <= 2 * sample.nodule_mask.sum()

@@ -75,3 +75,37 @@ def test_torch_runner_with_a_real_network():
     net = NoduleNet().eval()
     out = infer_volume(torch_runner(net), np.zeros((20, 40, 33), np.float32), roi_size=(16, 32, 32))
     assert out.shape == (20, 40, 33) and 0 <= out.min() and out.max() <= 1
+
+
+def test_candidates_only_inside_the_region_and_bounded_by_density():
+    """A confident blob in air is no candidate; a probability halo does not inflate the nodule."""
+    shape = (40, 80, 80)
+    hu = np.full(shape, -850.0, np.float32)  # lung
+    hu[_ball(shape, (20, 40, 40), 5.0)] = 40.0  # a dense 10 mm nodule
+    hu[:, :, :10] = -1000.0  # air outside the patient
+    region = np.zeros(shape, bool)
+    region[:, :, 12:] = True
+    prob = np.zeros(shape, np.float32)
+    prob[_ball(shape, (20, 40, 40), 10.0)] = 0.99  # the nodule with a halo of twice its diameter
+    prob[_ball(shape, (20, 40, 40), 4.0)] = 0.999
+    prob[_ball(shape, (10, 20, 4), 3.0)] = 0.9997  # in air, outside the region
+    prob[_ball(shape, (32, 65, 65), 3.0)] = 0.998  # inside the region, but no dense core: lung only
+    cands, labels = extract_candidates(prob, SPACING, 0.5, region=region, volume_hu=hu, solid_hu=-500.0)
+    (nodule,) = cands
+    true_volume = _ball(shape, (20, 40, 40), 5.0).sum()
+    assert (labels > 0).sum() <= 1.1 * true_volume and nodule.diameter_mm == pytest.approx(10.0, rel=0.06)
+    assert hu[labels > 0].min() >= -500.0 and nodule.probability == pytest.approx(0.999)
+    assert np.allclose(nodule.centre_vox, (20, 40, 40), atol=0.2)
+    with pytest.raises(ValueError, match="region"):
+        extract_candidates(prob, SPACING, region=region[:-1])
+
+
+def test_a_dense_vessel_beside_the_nodule_is_not_its_segment():
+    shape = (30, 60, 60)
+    hu = np.full(shape, -850.0, np.float32)
+    hu[_ball(shape, (15, 30, 30), 4.0)] = 30.0
+    hu[15, 30, 40:] = 40.0  # a vessel inside the probability halo, not touching the nodule
+    prob = np.where(_ball(shape, (15, 30, 30), 12.0), 0.9, 0.0).astype(np.float32)
+    prob[_ball(shape, (15, 30, 30), 3.0)] = 0.99
+    cands, labels = extract_candidates(prob, SPACING, 0.5, volume_hu=hu)
+    assert len(cands) == 1 and labels[15, 30, 45] == 0 and labels[15, 30, 30] == 1

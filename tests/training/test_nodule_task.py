@@ -10,7 +10,8 @@ from training.config import deep_merge, load_task
 
 TINY = {"data": {"n_train": 2, "n_val": 2, "n_test": 1, "shape_vox": [32, 64, 64], "workers": 1},
         "input": {"patch_vox": [32, 32, 32], "train_patch_vox": [16, 32, 32], "positive_fraction": 1.0},
-        "eval": {"component_threshold": 0.5}}
+        "eval": {"component_threshold": 0.5},
+        "shift": {"n_lesion_free": 1, "n_air_heavy": 1, "n_nodule": 2, "shape_vox": [16, 96, 96]}}
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,39 @@ def test_predict_and_evaluate(tiny):
         # the lowest threshold within 1 FP per scan keeps the 0.2 false positive: 1 FP over 2 scans
         assert evaluation.operating_point["threshold"] == pytest.approx(0.2)
         assert evaluation.metrics["fp_per_scan"] == 0.5
+
+
+def test_test_split_holds_the_second_generator_and_reports_it(tiny):
+    task, config, data = tiny
+    test = data["test"]
+    assert test.sources == [0, 1, 2, 3, 3] and len(test) == 5
+    items = [test[i] for i in range(len(test))]
+    assert all(item["volume"].shape == (1, 32, 96, 96) for item in items)  # padded to one shape
+    assert tuple(items[1]["shape"].tolist()) == (16, 96, 96)
+    network = task.build_network(config).eval()
+    with torch.no_grad():
+        out = task.predict(network, default_collate(items))
+    assert out["source"].tolist() == [0, 1, 2, 3, 3] and out["segment_max_hu"].shape == (5, 32)
+    # Perfect detections on the shift nodules, one false positive in air on the air-heavy volume.
+    perfect = np.zeros_like(out["candidates"])
+    for s, nods in enumerate(out["nodules"]):
+        valid = nods[nods[:, 4] > 0]
+        perfect[s, : len(valid)] = np.c_[valid[:, :4], np.full(len(valid), 0.9), np.ones(len(valid))]
+    perfect[2, 0] = (1, 1, 1, 5.0, 0.95, 1)
+    hu = np.full_like(out["segment_max_hu"], 0.0)
+    hu[2, 0] = -1000.0
+    metrics = task.evaluate({**out, "candidates": perfect, "segment_max_hu": hu}, config,
+                            {"threshold": 0.5}).metrics
+    assert metrics["n_scans"] == 1  # FROC and sensitivity on the training generator only
+    assert metrics["shift_fp_per_volume_lesion_free"] == 0.0 and metrics["shift_fp_per_volume_air_heavy"] == 1.0
+    assert metrics["shift_candidates_in_air"] == 1
+    if metrics.get("shift_sensitivity") is not None:
+        assert metrics["shift_sensitivity"] == 1.0 and metrics["shift_oversegmentation"] == pytest.approx(1.0)
+
+
+def test_detection_counts_on_lesion_free_scans():
+    from training.metrics import detection_counts
+
+    counts = detection_counts([[((0, 0, 0), 0.9)], [((10, 0, 0), 0.9), ((0, 0, 0), 0.8)]],
+                              [[], [((10, 0, 0), 4.0)]])
+    assert counts == {"fp_per_scan": 1.0, "sensitivity": 1.0, "n_scans": 2, "n_lesions": 1, "n_false_positives": 2}

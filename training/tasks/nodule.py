@@ -16,9 +16,20 @@ over each whole volume, then connected components -> candidates (peak probabilit
 equivalent diameter).  Metrics: FROC (LUNA16 points 1/8..8 FPs per scan, CPM; a candidate hits a
 nodule when its centre lies within the nodule radius), sensitivity and FPs per scan at the
 operating threshold (all nodules, >= 8 mm, < 8 mm), scan-level AUC (max candidate probability vs.
-any nodule), voxel Dice at the component threshold and the diameter error of hits.  The
+any nodule), voxel Dice of the candidate segments and the diameter error of hits.  The
 operating threshold on candidate probability is the lowest one that keeps validation FPs per
-scan within ``eval.target_fp_per_scan``.
+scan within ``eval.target_fp_per_scan``.  Prediction is the serving path
+(:func:`models.nodule.inference.segment_volume`: candidates only inside the lung mask, segments
+bounded by density).
+
+Shift: the test split also holds volumes of a second, independent generator
+(:mod:`training.synthetic.ct_phantom2`; ``shift`` config): lesion-free volumes, lesion-free
+air-heavy ones (the body a small part of a wide field of view) and volumes with one nodule.  The
+FROC and the metrics above are read on the training generator's volumes only; on the shift
+volumes the evaluation reports false positives per volume of each kind, sensitivity, the
+over-segmentation ratio of hits (segment volume over true nodule volume) and the number of
+candidates lying wholly in air (every voxel below -950 HU).  Test items are padded with air to
+one shape so that they batch; ``shape`` gives each one's own.
 """
 from __future__ import annotations
 
@@ -28,12 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
-from models.nodule.inference import infer_volume
+from models.nodule.inference import segment_volume
 from models.nodule.network import NoduleNet, NoduleNetConfig, NoduleProbability
-from models.nodule.postprocess import candidates_array, extract_candidates
+from models.nodule.postprocess import SOLID_HU, candidates_array
 from models.nodule.preprocess import window_hu
 from training import metrics as M
 from training.tasks.base import Evaluation, ExportSpec, Task
@@ -43,6 +55,10 @@ from training.tasks.base import Evaluation, ExportSpec, Task
 FINDING = {"value": "786838002", "scheme": "SCT", "meaning": "Pulmonary nodule"}
 MAX_NODULES = 4
 LARGE_NODULE_MM = 8.0
+#: Shift volume kinds (``source`` of a test item; 0 is the training generator).
+SHIFT_KINDS = {1: "lesion_free", 2: "air_heavy", 3: "nodule"}
+#: A candidate whose every voxel is below this lies in air (outside the patient or in the lumen of an airway).
+AIR_HU = -950.0
 NOT_FOR_CLINICAL_USE = ("NOT FOR CLINICAL USE — trained on generated CT volumes only. Demonstration model of "
                         "medgate; its outputs say nothing about real patients.")
 
@@ -57,6 +73,28 @@ def _generate(job: tuple[int, int, int, tuple, tuple, tuple]):
     for k, nod in enumerate(sample.nodules[:MAX_NODULES]):
         nodules[k] = (*nod.centre_vox, nod.diameter_mm, 1.0)
     return window_hu(sample.volume_hu, window), sample.nodule_mask.astype(np.uint8), nodules
+
+
+def _generate_shift(job: tuple[int, int, int, tuple, tuple, tuple, float]):
+    """One second-generator volume of kind ``source``: (volume01, mask, nodules (4, 5))."""
+    from training.synthetic.ct_phantom2 import generate_phantom
+
+    seed, source, index, shape, spacing, window, body_fraction = job
+    rng = np.random.default_rng([seed, 100 + source, index])
+    sample = generate_phantom(rng, tuple(shape), tuple(spacing), n_nodules=int(source == 3),
+                              body_fraction=body_fraction if source == 2 else None)
+    nodules = np.zeros((MAX_NODULES, 5), dtype=np.float32)
+    for k, nod in enumerate(sample.nodules[:MAX_NODULES]):
+        nodules[k] = (*nod.centre_vox, nod.diameter_mm, 1.0)
+    return window_hu(sample.volume_hu, window), sample.nodule_mask.astype(np.uint8), nodules
+
+
+def generate_shift_volumes(seed: int, shift: dict[str, Any], data: dict[str, Any], window) -> list[tuple]:
+    """The shift set: ``(source, volume)`` pairs, ``shift.n_<kind>`` volumes of each kind."""
+    jobs = [(seed, source, i, tuple(shift["shape_vox"]), tuple(data["spacing_mm"]), tuple(window),
+             float(shift["air_heavy_body_fraction"]))
+            for source, kind in SHIFT_KINDS.items() for i in range(int(shift[f"n_{kind}"]))]
+    return [(job[1], _generate_shift(job)) for job in jobs]
 
 
 def generate_volumes(n: int, seed: int, split: int, data: dict[str, Any], window) -> list[tuple]:
@@ -107,19 +145,30 @@ class PatchDataset(Dataset):
 
 
 class VolumeDataset(Dataset):
-    """Whole preprocessed volumes with their nodule lists, for validation and testing."""
+    """Whole preprocessed volumes with their nodule lists, for validation and testing.
 
-    def __init__(self, volumes: list[tuple], spacing_mm) -> None:
+    ``sources`` tags each volume (0 the training generator, else a key of :data:`SHIFT_KINDS`);
+    volumes of different shapes are padded with air (0 after windowing) to the largest, and
+    ``shape`` gives each one's own.
+    """
+
+    def __init__(self, volumes: list[tuple], spacing_mm, sources: list[int] | None = None) -> None:
         self.volumes = volumes
+        self.sources = list(sources) if sources is not None else [0] * len(volumes)
+        if len(self.sources) != len(volumes):
+            raise ValueError(f"`sources` must tag each of the {len(volumes)} volumes, {len(self.sources)} are given.")
         self.spacing = torch.tensor([float(v) for v in spacing_mm], dtype=torch.float32)
+        self.shape = tuple(int(max(v[0].shape[a] for v in volumes)) for a in range(3)) if volumes else (0, 0, 0)
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         volume, mask, nodules = self.volumes[index]
-        return {"volume": torch.from_numpy(volume)[None], "label": torch.from_numpy(mask)[None],
-                "nodules": torch.from_numpy(nodules), "spacing_mm": self.spacing.clone()}
+        pad = [(0, n - s) for n, s in zip(self.shape, volume.shape)]
+        return {"volume": torch.from_numpy(np.pad(volume, pad))[None], "label": torch.from_numpy(np.pad(mask, pad))[None],
+                "nodules": torch.from_numpy(nodules), "spacing_mm": self.spacing.clone(),
+                "shape": torch.tensor(volume.shape), "source": torch.tensor(self.sources[index])}
 
 
 def match_candidates(cand_mm: np.ndarray, truth_mm: np.ndarray, diam_mm: np.ndarray) -> np.ndarray:
@@ -131,12 +180,51 @@ def match_candidates(cand_mm: np.ndarray, truth_mm: np.ndarray, diam_mm: np.ndar
     return np.where(np.isfinite(dist).any(axis=1), dist.argmin(axis=1), -1)
 
 
-def _scans(predictions: dict[str, np.ndarray]):
-    """Per scan: candidate centres (mm), probabilities, diameters, truth centres (mm), diameters, hits."""
-    for cands, nods, spacing in zip(predictions["candidates"], predictions["nodules"], predictions["spacing_mm"]):
+def _scans(predictions: dict[str, np.ndarray], source: int | None = 0):
+    """Per scan of ``source`` (all when ``None``): candidate centres (mm), probabilities, diameters,
+    truth centres (mm), diameters, hits."""
+    sources = predictions.get("source", np.zeros(len(predictions["candidates"]), dtype=int))
+    for cands, nods, spacing, src in zip(predictions["candidates"], predictions["nodules"], predictions["spacing_mm"],
+                                         sources):
+        if source is not None and int(src) != source:
+            continue
         c, t = cands[cands[:, 5] > 0], nods[nods[:, 4] > 0]
         c_mm, t_mm = c[:, :3] * spacing, t[:, :3] * spacing
         yield c_mm, c[:, 4], c[:, 3], t_mm, t[:, 3], match_candidates(c_mm, t_mm, t[:, 3])
+
+
+def _n_scans(predictions: dict[str, np.ndarray], source: int = 0) -> int:
+    return int(np.sum(predictions.get("source", np.zeros(len(predictions["candidates"]), dtype=int)) == source))
+
+
+def shift_metrics(predictions: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
+    """At ``threshold``, on the second generator's volumes: false positives per volume of each kind,
+    sensitivity on the nodule volumes, the median over-segmentation of hits (segment volume over
+    the true nodule's sphere volume) and candidates wholly in air (every voxel below :data:`AIR_HU`)."""
+    out: dict[str, Any] = {}
+    sources = predictions.get("source", np.zeros(len(predictions["candidates"]), dtype=int))
+    for source, kind in SHIFT_KINDS.items():
+        scans = list(_scans(predictions, source))
+        if not scans:
+            continue
+        cands = [[(c, p) for c, p in zip(c_mm, prob) if p >= threshold] for c_mm, prob, *_ in scans]
+        truths = [list(zip(t_mm, t_diam)) for _, _, _, t_mm, t_diam, _ in scans]
+        counts = M.detection_counts(cands, truths)
+        out[f"shift_fp_per_volume_{kind}"] = counts["fp_per_scan"]
+        out[f"shift_n_{kind}"] = len(scans)
+        if counts["n_lesions"]:
+            out["shift_sensitivity"] = counts["sensitivity"]
+            ratios = [float(v) / (np.pi * d ** 3 / 6.0)
+                      for c_mm, prob, c_diam, t_mm, t_diam, hits in scans for v, d, p, h in
+                      zip(np.pi * c_diam ** 3 / 6.0, t_diam[np.maximum(hits, 0)] if len(t_diam) else [], prob, hits)
+                      if p >= threshold and h >= 0]
+            out["shift_oversegmentation"] = float(np.median(ratios)) if ratios else None
+    if "segment_max_hu" in predictions:
+        shifted = sources > 0
+        in_air = (predictions["segment_max_hu"] < AIR_HU) & (predictions["candidates"][..., 5] > 0) \
+            & (predictions["candidates"][..., 4] >= threshold)
+        out["shift_candidates_in_air"] = int(in_air[shifted].sum())
+    return out
 
 
 def froc(predictions: dict[str, np.ndarray], fp_per_scan=M.FROC_FP_PER_SCAN) -> dict[str, Any]:
@@ -156,7 +244,7 @@ def froc(predictions: dict[str, np.ndarray], fp_per_scan=M.FROC_FP_PER_SCAN) -> 
     scores = np.array([e[0] for e in events])
     is_tp = np.array([e[1] for e in events], dtype=bool)
     last = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) if events else np.array([], dtype=int)
-    n_scans = len(predictions["candidates"])
+    n_scans = _n_scans(predictions)
     fps = np.r_[0.0, np.cumsum(~is_tp)[last] / n_scans]
     sens = np.r_[0.0, np.cumsum(is_tp)[last] / n_nodules]
     at = [float(sens[fps <= f].max()) for f in fp_per_scan]
@@ -179,7 +267,7 @@ def detection_at(predictions: dict[str, np.ndarray], threshold: float) -> dict[s
                 found["all"] += 1
                 found[group] += 1
                 errors.append(abs(float(c_diam[hit][np.argmax(prob[hit])]) - float(d)))
-    n = len(predictions["candidates"])
+    n = _n_scans(predictions)
     sens = {g: (found[g] / total[g] if total[g] else None) for g in total}
     return {"sensitivity": sens["all"], "sensitivity_ge8mm": sens["large"], "sensitivity_lt8mm": sens["small"],
             "fp_per_scan": fps / n, "n_nodules": total["all"], "n_nodules_ge8mm": total["large"],
@@ -211,14 +299,17 @@ class NoduleTask(Task):
             "train": {"batch_size": 2, "eval_batch_size": 2, "lr": 0.003, "weight_decay": 0.0, "max_steps": 240,
                       "seconds": None, "amp": True, "checkpoint_every": 50, "num_workers": 0, "schedule": "cosine"},
             "eval": {"overlap": 0.25, "component_threshold": 0.5, "min_volume_mm3": 4.0, "max_candidates": 32,
-                     "target_fp_per_scan": 1.0},
+                     "target_fp_per_scan": 1.0, "search_region": "lung_mask", "solid_hu": SOLID_HU},
+            "shift": {"n_lesion_free": 4, "n_air_heavy": 4, "n_nodule": 6, "shape_vox": [48, 448, 448],
+                      "air_heavy_body_fraction": 0.5},
         }
 
     def configure(self, config: dict[str, Any]) -> None:
         """Keep the sliding-window and component settings ``predict`` needs (its signature has no config);
         called by :meth:`build_network` and :meth:`datasets`."""
         self._eval_cfg = {**self.default_config()["eval"], **config.get("eval", {})}
-        self._patch_vox = list(config.get("input", {}).get("patch_vox", self.default_config()["input"]["patch_vox"]))
+        inp = {**self.default_config()["input"], **config.get("input", {})}
+        self._patch_vox, self._window = list(inp["patch_vox"]), tuple(float(v) for v in inp["window_hu"])
 
     def build_network(self, config: dict[str, Any]) -> nn.Module:
         self.configure(config)
@@ -240,9 +331,12 @@ class NoduleTask(Task):
                              f"{data['spacing_mm']} is given.")
         splits = {name: generate_volumes(int(data[f"n_{name}"]), seed, k, data, inp["window_hu"])
                   for k, name in enumerate(("train", "val", "test"), start=1)}
+        shift = generate_shift_volumes(seed, {**self.default_config()["shift"], **config.get("shift", {})}, data,
+                                       inp["window_hu"])
         return {"train": PatchDataset(splits["train"], inp["train_patch_vox"], inp["positive_fraction"]),
                 "val": VolumeDataset(splits["val"], inp["spacing_mm"]),
-                "test": VolumeDataset(splits["test"], inp["spacing_mm"])}
+                "test": VolumeDataset(splits["test"] + [v for _, v in shift], inp["spacing_mm"],
+                                      [0] * len(splits["test"]) + [k for k, _ in shift])}
 
     def training_step(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if not hasattr(self, "_loss"):
@@ -253,22 +347,39 @@ class NoduleTask(Task):
     def predict(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         cfg = getattr(self, "_eval_cfg", None) or self.default_config()["eval"]
         patch = getattr(self, "_patch_vox", None) or self.default_config()["input"]["patch_vox"]
+        window = getattr(self, "_window", None) or tuple(self.default_config()["input"]["window_hu"])
         device = next(network.parameters()).device
+        max_candidates = int(cfg["max_candidates"])
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(network(x.to(device)).float()).cpu()
 
-        cands, dice = [], []
+        cands, dice, max_hu = [], [], []
         spacings = batch["spacing_mm"].cpu().numpy()
-        for volume, label, spacing in zip(batch["volume"].cpu().numpy(), batch["label"].cpu().numpy(), spacings):
-            prob = infer_volume(run, volume[0], patch, float(cfg["overlap"]))
-            found, _ = extract_candidates(prob, spacing, float(cfg["component_threshold"]),
-                                          float(cfg["min_volume_mm3"]))
-            cands.append(candidates_array(found, int(cfg["max_candidates"])))
-            pred, truth = prob >= float(cfg["component_threshold"]), label[0] > 0
+        volumes, labels = batch["volume"].cpu().numpy(), batch["label"].cpu().numpy()
+        shapes = batch["shape"].cpu().numpy() if "shape" in batch else [v.shape[1:] for v in volumes]
+        for volume, label, spacing, shape in zip(volumes, labels, spacings, shapes):
+            own = tuple(slice(0, int(n)) for n in shape)
+            volume01 = volume[0][own]
+            found = segment_volume(run, volume01, spacing, window=window, roi_size=patch,
+                                   overlap=float(cfg["overlap"]), component_threshold=float(cfg["component_threshold"]),
+                                   min_volume_mm3=float(cfg["min_volume_mm3"]),
+                                   lung_search=cfg.get("search_region", "lung_mask") == "lung_mask",
+                                   solid_hu=cfg.get("solid_hu", SOLID_HU))
+            cands.append(candidates_array(found.candidates, max_candidates))
+            hu = window[0] + volume01 * (window[1] - window[0])
+            peaks = np.full(max_candidates, np.nan, dtype=np.float32)
+            if found.candidates:
+                index = np.arange(1, min(len(found.candidates), max_candidates) + 1)
+                peaks[: index.size] = ndimage.maximum(hu, found.labels, index)
+            max_hu.append(peaks)
+            pred, truth = found.labels > 0, label[0][own] > 0
             dice.append([np.sum(pred & truth), pred.sum(), truth.sum()])
         return {"candidates": np.stack(cands), "dice_counts": np.asarray(dice, dtype=np.float64),
-                "nodules": batch["nodules"].cpu().numpy(), "spacing_mm": spacings}
+                "nodules": batch["nodules"].cpu().numpy(), "spacing_mm": spacings,
+                "segment_max_hu": np.stack(max_hu),
+                "source": (batch["source"].cpu().numpy() if "source" in batch
+                           else np.zeros(len(volumes), dtype=np.int64))}
 
     def evaluate(self, predictions: dict[str, np.ndarray], config: dict[str, Any],
                  operating_point: dict[str, Any] | None = None) -> Evaluation:
@@ -280,14 +391,16 @@ class NoduleTask(Task):
         curve = froc(predictions)
         has_nodule = np.array([len(s[3]) > 0 for s in scans], dtype=int)
         scan_score = np.array([float(s[1].max()) if len(s[1]) else 0.0 for s in scans])
-        counts = predictions["dice_counts"].sum(axis=0)
+        own = predictions.get("source", np.zeros(len(predictions["candidates"]), dtype=int)) == 0
+        counts = predictions["dice_counts"][own].sum(axis=0)
         metrics = {"n_scans": len(scans), "cpm": curve["cpm"],
                    "froc": {f"{f:g}": s for f, s in zip(curve["fp_per_scan"], curve["sensitivity"])},
                    "threshold": threshold, **detection_at(predictions, threshold),
                    "scan_auc": (M.roc_auc(has_nodule, scan_score) if 0 < has_nodule.sum() < len(has_nodule)
                                 else None),
                    "dice": float(2 * counts[0] / max(counts[1] + counts[2], 1.0)),
-                   "hit_criterion": "candidate centre within the nodule radius"}
+                   "hit_criterion": "candidate centre within the nodule radius",
+                   **shift_metrics(predictions, threshold)}
         point = (metrics["fp_per_scan"], metrics["sensitivity"])
         return Evaluation(metrics=metrics, plots={"froc": lambda ax: _plot_froc(ax, curve, point)},
                           operating_point={"threshold": threshold,
