@@ -85,7 +85,7 @@ class Ingress:
         limits = limits or {}
         # auth: (sha256 digest, role, name) per token; never the tokens themselves.
         web_context.install(self.state_dir, [tuple(a) for a in auth or []], models,
-                            int(limits.get("cookie_max_age_s", 8 * 3600)))
+                            int(limits.get("cookie_max_age_s", 8 * 3600)), **(limits.get("web") or {}))
         self.max_upload_bytes = int(limits.get("max_upload_bytes", 64 * 1024 * 1024))
         self.timeout_s = float(limits.get("timeout_s", 30.0))
         self.metrics = IngressMetrics()

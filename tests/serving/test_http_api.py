@@ -22,6 +22,7 @@ CLINICIAN_TOKEN = "http-api-clinician-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CLINICIAN = {"Authorization": f"Bearer {CLINICIAN_TOKEN}"}
+PUBLIC_BASE_URL = "https://medgate.hospital.example"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def app(tmp_path_factory):
     from serving.app import APP_NAME, build_app
 
     root = tmp_path_factory.mktemp("api")
-    settings = load_config(None, state_dir=str(root), http={"port": free_port(), "max_upload_bytes": MAX_UPLOAD},
+    settings = load_config(None, state_dir=str(root), http={"port": free_port(), "max_upload_bytes": MAX_UPLOAD,
+                                                               "public_base_url": PUBLIC_BASE_URL},
                            serving={"max_ongoing_requests": 2, "max_queued_requests": 2, "num_cpus": 0.5},
                            auth={"tokens": [{"token": TOKEN, "role": "engineer", "name": "api test"},
                                              {"token": ADMIN_TOKEN, "role": "admin", "name": "api admin"},
@@ -328,3 +330,11 @@ def test_version_swap_under_load_loses_no_request(app):
         worker.join(60)
     assert codes and set(codes) == {200}, failed
     assert {versions[0], versions[-1]} <= seen
+
+
+def test_fhir_links_come_from_the_configured_base_url_not_the_host_header(app):
+    response = requests.get(f"{app['url']}/fhir/Observation?patient=p1",
+                            headers={**CLINICIAN, "Host": "attacker.example"}, timeout=30)
+    assert response.status_code == 200, response.text
+    links = [link["url"] for link in response.json()["link"]]
+    assert links and all(url.startswith(f"{PUBLIC_BASE_URL}/fhir/") for url in links), links
