@@ -2,8 +2,10 @@
 
 The source image is shown as a viewer would show it (grayscale: Modality LUT, then the linear VOI
 window of PS3.3 C.11.2.1.2.1, MONOCHROME1 inverted; colour: RGB, YBR decoded to RGB, PALETTE
-COLOR through its lookup tables), and the findings drawn on it: the heatmap alpha-blended in a
-colour map, boxes and polygons outlined, points marked with a ring and cross.  A black border
+COLOR through its lookup tables; decoded by :func:`dicom_gateway.pixels.decoded_pixels`, so DCMTK
+decodes a 12-bit JPEG Extended source where pydicom cannot), and the findings drawn on it: the
+heatmap alpha-blended in a colour map, boxes and polygons outlined, points marked with a ring and
+cross.  A black border
 added above the image carries :data:`BANNER` ("NOT FOR CLINICAL USE", the wording of every other
 output) with the model, version and probabilities, so the picture is never taken for the original
 and no pixel of the image is hidden under text; on small images the text wraps onto more lines of
@@ -24,6 +26,7 @@ from pydicom import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import generate_uid
 
+from dicom_gateway.pixels import decoded_pixels
 from models.finding import Finding
 
 #: Text of the banner above every overlay: the wording of every other output (SR, SEG, FHIR).
@@ -58,7 +61,7 @@ def displayed_gray(ds: Dataset) -> np.ndarray:
     """The source pixels as a viewer shows them, as ``float32`` in [0, 1] (0 = black)."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ValueError(f"source must be a grayscale image, SamplesPerPixel {ds.SamplesPerPixel} is given.")
-    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    values = apply_modality_lut(decoded_pixels(ds), ds).astype(np.float64)
     if values.ndim != 2:
         raise ValueError(f"source must be a single-frame image, pixel array shape {values.shape} is given.")
     if "WindowCenter" in ds and "WindowWidth" in ds:
@@ -159,7 +162,7 @@ def displayed_rgb(ds: Dataset) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if int(ds.get("SamplesPerPixel", 1)) == 1 and photometric != "PALETTE COLOR":
         return np.repeat(displayed_gray(ds)[..., None], 3, axis=2)
-    values = ds.pixel_array
+    values = decoded_pixels(ds)
     if photometric == "PALETTE COLOR":
         values = apply_color_lut(values, ds)
         full_scale = 65535.0 if values.max() > 255 else 255.0

@@ -172,3 +172,29 @@ def test_colour_sources_keep_their_colours(photometric, tmp_path):
     path = tmp_path / "sc-colour.dcm"
     sc.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
+
+
+def test_a_12_bit_jpeg_source_is_decoded_by_dcmtk(tmp_path):
+    """The overlay writer read ``ds.pixel_array``, which pydicom's plugins cannot give for 12-bit JPEG
+    Extended: the DX was accepted and inferred, then its study failed in the overlay writer."""
+    import subprocess
+
+    from peers import DCMTK_ENV, require_peer
+
+    require_peer("dcmdjpeg", "dcmtk")
+    y, x = np.mgrid[0:96, 0:128]
+    source, target = tmp_path / "dx.dcm", tmp_path / "dx-jpeg12.dcm"
+    make_dx_dataset((2048 + 1500 * np.sin(x / 9.0) * np.cos(y / 13.0)).astype(np.uint16)).save_as(
+        source, enforce_file_format=True)
+    subprocess.run([require_peer("dcmcjpeg", "dcmtk"), "+ee", str(source), str(target)], env=DCMTK_ENV,
+                   check=True, capture_output=True, timeout=60)
+    ds = pydicom.dcmread(target)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"
+    finding = Finding(model="tb", model_version="1.0.0", code=TUBERCULOSIS, probability=0.6, threshold=0.5,
+                      source=image_of(ds), heatmap=heatmap_at(96, 128, (64, 48)))
+    sc = build_overlay(ds, [finding])
+    shown = sc.pixel_array[banner_height_px(96, 128, [finding]):]
+    assert shown.shape == (96, 128, 3) and shown.std() > 10, "the radiograph itself, not a blank"
+    path = tmp_path / "sc-jpeg12.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
