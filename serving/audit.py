@@ -26,7 +26,7 @@ from serving.state_permissions import private_database
 GENESIS = "0" * 64
 FIELDS = ("recorded", "who", "role", "action", "resource_type", "resource_id", "study_uid", "query",
           "client", "outcome", "detail")
-ACTIONS = ("read", "search", "stream", "export")
+ACTIONS = ("read", "search", "stream", "export", "execute")  # execute: a model run on an upload
 OUTCOMES = ("success", "denied", "not-found", "error")
 
 SCHEMA = """
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     recorded TEXT NOT NULL,        -- ISO 8601 UTC
     who TEXT NOT NULL,             -- token name, or "anonymous"
     role TEXT,
-    action TEXT NOT NULL,          -- read | search | stream | export
+    action TEXT NOT NULL,          -- read | search | stream | export | execute
     resource_type TEXT,
     resource_id TEXT,
     study_uid TEXT,

@@ -1,7 +1,8 @@
 """Audit rows as FHIR R4 AuditEvent resources (read-only view of ``audit_log``).
 
 Mapping: ``type`` DCM 110110 "Patient Record" (reads) or DCM 110106 "Export"; ``subtype`` the
-FHIR restful interaction (read / search-type); ``action`` R (read, stream, export) or E (search);
+FHIR restful interaction (read / search-type / operation); ``action`` R (read, stream, export) or E
+(search, and execute: a model run on an upload, ``POST /v1/infer``);
 ``outcome`` 0 success, 4 minor failure (denied, not found), 8 serious failure (error); one
 requesting ``agent`` (token name, role, network address); ``source`` medgate; one ``entity`` for
 the resource read or the study exported, with the search query (base64) when there is one.  The
@@ -18,6 +19,8 @@ OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 NETWORK_IP = "2"  # AuditEvent.agent.network.type: IP address
 OUTCOME = {"success": "0", "denied": "4", "not-found": "4", "error": "8"}
 HASH_TAG_SYSTEM = "urn:medgate:audit-hash"
+#: The restful interaction (AuditEvent.subtype) of each audit action; others are reads.
+INTERACTION = {"search": "search-type", "execute": "operation"}
 
 
 def _event_type(action: str) -> dict[str, str]:
@@ -29,7 +32,7 @@ def _event_type(action: str) -> dict[str, str]:
 def audit_event(row: dict[str, Any]) -> dict[str, Any]:
     """The AuditEvent of one ``audit_log`` row."""
     action = row["action"]
-    interaction = "search-type" if action == "search" else "read"
+    interaction = INTERACTION.get(action, "read")
     agent: dict[str, Any] = {"who": {"display": row["who"]}, "requestor": True}
     if row.get("role"):
         agent["role"] = [{"text": row["role"]}]
@@ -52,7 +55,7 @@ def audit_event(row: dict[str, Any]) -> dict[str, Any]:
         "meta": {"tag": [{"system": HASH_TAG_SYSTEM, "code": row["hash"], "display": f"seq {row['seq']}"}]},
         "type": _event_type(action),
         "subtype": [{"system": RESTFUL, "code": interaction}],
-        "action": "E" if action == "search" else "R",
+        "action": "E" if action in ("search", "execute") else "R",
         "recorded": row["recorded"],
         "outcome": OUTCOME.get(row["outcome"], "8"),
         "agent": [agent],

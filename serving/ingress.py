@@ -55,9 +55,9 @@ RETRY_AFTER_S = 1
 #: How long the ingress reuses a model's info (version, input size, threshold) between requests.
 INFO_TTL_S = 2.0
 _RESULT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-#: Audit action of an inference call: the caller's upload (patient data) is read; the row's detail
-#: says which results were written.  (serving.audit.ACTIONS has no "create" or "execute" yet.)
-INFER_AUDIT_ACTION = "read"
+#: Audit action of an inference call (FHIR AuditEvent action E, a function performed on the
+#: caller's upload); the row's detail says which results were written.
+INFER_AUDIT_ACTION = "execute"
 
 api = FastAPI(title="medgate", version="0.1.0",
               description="AI clinical decision support server. Results are NOT FOR CLINICAL USE.")
