@@ -16,6 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
+from dicom_gateway.uids import check_uid, inside
+
 log = logging.getLogger("medgate.dicom")
 
 #: Store statuses whose studies may be deleted by retention.
@@ -56,7 +58,10 @@ def purge_processed(store, spool: Path, retention_days: float, now: float | None
                 db.execute(f"DELETE FROM {table} WHERE study_uid=?", (study,))
             db.execute("DELETE FROM dicom_groups WHERE study_uid=?", (study,))
             db.execute("DELETE FROM studies WHERE study_uid=?", (study,))
-        shutil.rmtree(spool / study, ignore_errors=True)
+        try:  # a study UID names a folder only when it is a UID and the folder lies inside the spool
+            shutil.rmtree(inside(spool, check_uid("StudyInstanceUID", study)), ignore_errors=True)
+        except ValueError as exc:
+            log.warning("retention: rows of study %s deleted, no folder removed: %s", study, exc)
         purged.append(study)
     if purged:
         log.info("retention: deleted %d processed stud%s older than %g days", len(purged),

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from dicom_gateway.uids import check_uid, inside
 from serving.audit import AuditLog
 from serving.deid import DeidentificationError, Deidentifier
 from serving.store import Store
@@ -102,8 +103,8 @@ def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: P
                     report.excluded["burned_in_annotation"] = report.excluded.get("burned_in_annotation", 0) + 1
                     continue
                 model = label["model"]
-                target = out / model / "images" / f"{ds.SOPInstanceUID}.dcm"
-                target.parent.mkdir(parents=True, exist_ok=True)
+                (out / model / "images").mkdir(parents=True, exist_ok=True)
+                target = inside(out / model / "images", f"{check_uid('SOPInstanceUID', ds.SOPInstanceUID)}.dcm")
                 ds.save_as(target, enforce_file_format=True)
                 point = label.get("point")
                 entries[model].append({

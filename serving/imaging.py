@@ -55,6 +55,7 @@ from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
+from dicom_gateway.uids import check_uid, inside
 from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding
 from models.registry import ModelRegistry
 from models.transforms import input_channels
@@ -329,7 +330,8 @@ class ImagingPipeline:
 
     def _deliver_dicom(self, study_uid: str, kind: str, obj, info: dict, findings: list[Finding]) -> Path:
         """Write ``obj``, record it, and queue it for each destination that takes ``kind``."""
-        path = self.results_dir / study_uid / f"{kind}-{obj.SOPInstanceUID}.dcm"
+        path = inside(self.results_dir, check_uid("StudyInstanceUID", study_uid),
+                      f"{kind}-{check_uid('SOPInstanceUID', obj.SOPInstanceUID)}.dcm")
         buffer = io.BytesIO()
         obj.save_as(buffer, enforce_file_format=True)
         write_durably(path, buffer.getvalue())

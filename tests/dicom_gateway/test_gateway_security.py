@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pynetdicom import AE
 
+from dicom_gateway.ledger import ensure_schema
 from dicom_gateway.retention import purge_processed
 from dicom_gateway.security import AllowedPeer, AllowList, tls_context
 from dicom_gateway.status import StoreStatus
@@ -208,3 +209,20 @@ def test_retention_deletes_processed_studies_only(tmp_path):
             assert (spool / study).is_dir() and running.store.instances_of(study)
     finally:
         running.stop()
+
+
+def test_retention_removes_only_spool_folders_named_by_a_uid(tmp_path):
+    """A study row whose UID is not a UID (a planted or damaged row) never names a folder to delete."""
+    spool, victim = tmp_path / "spool", tmp_path / "precious"
+    (spool / "1.2.3").mkdir(parents=True)
+    victim.mkdir()
+    store = Store(tmp_path / "medgate.sqlite3")
+    ensure_schema(store)
+    try:
+        with store.transaction() as db:  # as a row planted or damaged outside the intake would be
+            db.executemany("INSERT INTO studies(study_uid, status, received_at, updated_at) VALUES (?, 'done', 0, 0)",
+                           [("1.2.3",), ("../precious",)])
+        assert sorted(purge_processed(store, spool, 1.0, now=time.time() + 2 * 86400)) == ["../precious", "1.2.3"]
+        assert not (spool / "1.2.3").exists() and victim.is_dir()
+    finally:
+        store.close()
