@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from serving.state_permissions import private_database
+from serving.state_permissions import private_connection
 
 GENESIS = "0" * 64
 FIELDS = ("recorded", "who", "role", "action", "resource_type", "resource_id", "study_uid", "query",
@@ -82,14 +82,10 @@ class AuditLog:
     """Append and read audit rows in the SQLite database at ``db_path`` (own connection)."""
 
     def __init__(self, db_path: str | Path) -> None:
-        self.db_path = private_database(db_path)  # 0600 in a 0700 folder, even when opened first here
+        self.db_path = Path(db_path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None,
-                                   timeout=10.0)
+        self._db = private_connection(self.db_path, SCHEMA)  # 0600 in a 0700 folder, even when first
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from serving.auth import ROLES, Principal
-from serving.state_permissions import private_database
+from serving.state_permissions import private_connection
 
 #: Bytes of randomness in a session id (256 bits, OWASP Session Management: at least 64).
 SESSION_ID_BYTES = 32
@@ -49,10 +48,7 @@ class SessionStore:
     def __init__(self, db_path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(private_database(db_path), check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SCHEMA)
+        self._db = private_connection(db_path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:
