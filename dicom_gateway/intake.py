@@ -2,7 +2,9 @@
 
 :meth:`Intake.accept` is the single path from a decoded dataset to a durable, recorded instance:
 SOP class, UIDs, free-space watermark, routing, a pixel decode check for routed instances, the
-series geometry check for volume modalities, then the durable spool write and one store
+whether each routed model can read the instance (:class:`dicom_gateway.pixels.ImageInput`, from
+the model's metadata: a colour model is not sent a MONOCHROME image, a 2D model not a multi-frame
+one), the series geometry check for volume modalities, then the durable spool write and one store
 transaction.  It returns a named status (PS3.4 B.2.3) and the reason, never raises for bad input.
 Its log lines carry the Study Instance UID as correlation id (:mod:`serving.correlation`).
 """
@@ -10,18 +12,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Mapping, Protocol
 
 from pydicom import Dataset, dcmread
+from pydicom import uid as sop
 from pynetdicom import sop_class as sc
 
 from dicom_gateway import ledger
-from dicom_gateway.pixels import PixelDataError, check_decodable
+from dicom_gateway.pixels import ImageInput, PixelDataError, check_decodable
 from dicom_gateway.retention import below_watermark
 from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Rule, routes
 from dicom_gateway.status import StoreStatus
 from dicom_gateway.storage import DirectWriter, check_uid, instance_path
+from models.registry import ModelNotFoundError, ModelRegistry
 from serving.correlation import bind, reset
 
 log = logging.getLogger("medgate.dicom")
@@ -36,15 +41,16 @@ STORAGE_SOP_CLASSES = (
     sc.MRImageStorage,
     sc.EnhancedMRImageStorage,
     sc.VLPhotographicImageStorage,
+    sop.VideoPhotographicImageStorage,
+    sop.DermoscopicPhotographyImageStorage,
+    sop.VLMicroscopicImageStorage,
     sc.VLWholeSlideMicroscopyImageStorage,
     sc.SecondaryCaptureImageStorage,
     sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
 )
-#: Dermoscopic Photography Image Storage (PS3.4 B.5).
-DERMOSCOPY_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
-SUPPORTED_SOP_CLASSES = frozenset({str(uid) for uid in STORAGE_SOP_CLASSES} | {DERMOSCOPY_STORAGE})
+SUPPORTED_SOP_CLASSES = frozenset(str(uid) for uid in STORAGE_SOP_CLASSES)
 GROUP_BY = ("study", "series")
 
 
@@ -60,6 +66,19 @@ def expected_count(ds: Dataset, group_by: str) -> int | None:
         if value > 0:
             return value
     return None
+
+
+@lru_cache(maxsize=64)
+def registered_image_input(model: str) -> ImageInput | None:
+    """The image input of the newest registered version of ``model`` (:class:`models.registry.ModelRegistry`);
+    None when the registry has no such model or its input is not an image.  The versions of one model
+    read the same kind of image: a change of channels or dimensions is a new model."""
+    try:
+        manifest = ModelRegistry().get(model)
+    except (ModelNotFoundError, ValueError):
+        return None
+    spec = next(iter(manifest.raw["network_data_format"]["inputs"].values()))
+    return ImageInput.from_spec(spec)
 
 
 def _study_uid(ds: Dataset) -> str | None:
@@ -99,16 +118,20 @@ class Accepted:
 class Intake:
     """Checks and stores received instances into ``spool`` and ``store``.  ``writer.begin(buffers,
     transfer_syntax)`` starts an instance's write (default: :class:`DirectWriter`, the classic
-    temp file, fsync, rename; the SCP uses :class:`dicom_gateway.slots.SlotPool`)."""
+    temp file, fsync, rename; the SCP uses :class:`dicom_gateway.slots.SlotPool`).  ``image_inputs``
+    gives what each routed model reads (default: its registered metadata,
+    :func:`registered_image_input`); a model it gives None for is not checked."""
 
     def __init__(self, store, spool: Path, rules: tuple[Rule, ...], *, group_by: str = "study",
-                 min_free_bytes: int = 0, writer=None) -> None:
+                 min_free_bytes: int = 0, writer=None,
+                 image_inputs: Mapping[str, ImageInput | None] | None = None) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         self.store, self.spool, self.rules = store, Path(spool), rules
         self.group_by = group_by
         self.min_free_bytes = int(min_free_bytes)
         self.writer = writer or DirectWriter()
+        self.image_inputs = image_inputs
         self._first_geometry: dict[str, tuple[int, int, str]] = {}
         ledger.ensure_schema(store)
 
@@ -152,6 +175,9 @@ class Intake:
             return self._refuse(StoreStatus.OUT_OF_RESOURCES, full, calling_ae, **ids)
         models = routes(ds, self.rules, calling_ae, called_ae)
         if models:
+            unreadable = self._unreadable(ds, models)
+            if unreadable is not None:
+                return self._refuse(StoreStatus.NOT_READABLE_BY_MODEL, unreadable, calling_ae, **ids)
             try:
                 check_decodable(ds)
             except PixelDataError as exc:
@@ -175,6 +201,20 @@ class Intake:
             return Accepted(StoreStatus.OUT_OF_RESOURCES, reason=f"cannot record: {exc}", **ids)
         return Accepted(StoreStatus.SUCCESS, group_uid=arrival.group_uid,
                         counted=bool(new and arrival.expected_count), **ids)
+
+    def _image_input(self, model: str) -> ImageInput | None:
+        if self.image_inputs is None:
+            return registered_image_input(model)
+        return self.image_inputs.get(model)
+
+    def _unreadable(self, ds: Dataset, models: tuple[str, ...]) -> str | None:
+        """Why one of the routed ``models`` cannot read ``ds`` (the first that cannot, named), or None."""
+        for model in models:
+            image_input = self._image_input(model)
+            problem = image_input.problem(ds) if image_input is not None else None
+            if problem is not None:
+                return f"routed to {model}, which cannot read it: {problem}"
+        return None
 
     def _geometry_mismatch(self, series: str, rows: int, columns: int, orientation: list[float]) -> str | None:
         """The series geometry check; the first slice's geometry, once read, is kept in memory

@@ -14,9 +14,14 @@ converts YCbCr, and PALETTE COLOR goes through its lookup tables (:func:`rgb_ima
 
 A 2D image model takes one frame: :func:`model_input` refuses a multi-frame instance, and refuses
 a MONOCHROME image for a colour (3-channel) model rather than inventing colour; a colour image for
-a grayscale model is converted to its luminance (ITU-R BT.601 weights).
+a grayscale model is converted to its luminance (ITU-R BT.601 weights).  :class:`ImageInput` (from a
+model's metadata) says the same from the header alone, so the intake refuses such an instance to
+its sender (:mod:`dicom_gateway.intake`) before it is stored.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 from pydicom import Dataset
@@ -24,7 +29,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from dicom_gateway.dcmtk_decoder import DCMDJPEG_SYNTAXES, DecoderError, dcmdjpeg_path, decode_jpeg
-from models.transforms import to_model_input, to_rgb_model_input
+from models.transforms import input_channels, to_model_input, to_rgb_model_input
 
 #: ITU-R BT.601 luma weights of R, G, B: a colour image for a grayscale model.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
@@ -102,9 +107,11 @@ def grayscale_image(ds: Dataset) -> np.ndarray:
 def check_decodable(ds: Dataset) -> None:
     """Raise :class:`PixelDataError` unless ``grayscale_image(ds)`` would succeed, cheaply.
 
-    Native (uncompressed) Pixel Data is checked by its attributes and length (PS3.5 8.1.1), which
-    is all a decode of it can fail on; encapsulated Pixel Data is decoded, since only the decoder
-    can tell a corrupt stream.
+    Native (uncompressed) Pixel Data is checked by its attributes and length (PS3.5 8.1.1; YBR_FULL_422
+    holds two samples per pixel, PS3.3 C.7.6.3.1.2), which is all a decode of it can fail on, so ``ds``
+    may be the C-STORE header reader's :class:`dicom_gateway.header.Header`; a PALETTE COLOR image's
+    lookup tables are checked where ``ds`` carries them (a pydicom Dataset).  Encapsulated Pixel Data
+    is decoded, since only the decoder can tell a corrupt stream.
     """
     transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if transfer_syntax is None or transfer_syntax.is_compressed or "PixelData" not in ds:
@@ -113,22 +120,26 @@ def check_decodable(ds: Dataset) -> None:
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = rows * columns * frames * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
+        samples, bits = int(ds.SamplesPerPixel), int(ds.BitsAllocated)
         photometric = str(ds.PhotometricInterpretation).upper()
     except Exception as exc:  # noqa: BLE001 - a missing or malformed Image Pixel attribute
         raise PixelDataError(f"the Image Pixel Module is incomplete or malformed: {exc}") from None
     if min(rows, columns) < 8:
         raise PixelDataError(f"expected a 2D image of at least 8x8 pixels, {rows}x{columns} is given")
-    if int(ds.SamplesPerPixel) not in (1, 3) or frames < 1:
+    if samples not in (1, 3) or frames < 1:
         raise PixelDataError(f"Samples per Pixel must be 1 or 3 and Number of Frames positive, "
-                             f"{ds.SamplesPerPixel} and {frames} are given")
-    if photometric.startswith("YBR") and photometric != "YBR_FULL" or photometric == "PALETTE COLOR":
-        grayscale_image(ds)  # subsampled or palette native data: let the decoder check it
-        return
-    if int(ds.BitsAllocated) not in (1, 8, 16, 32, 64) or len(ds.PixelData) < expected:
+                             f"{samples} and {frames} are given")
+    if photometric == "PALETTE COLOR" and samples != 1:
+        raise PixelDataError(f"PALETTE COLOR has one sample per pixel (PS3.3 C.7.6.3.1.2), {samples} are given")
+    if bits not in (1, 8, 16, 32, 64):
+        raise PixelDataError(f"Bits Allocated must be 1, 8, 16, 32 or 64, {bits} is given")
+    per_pixel = 2 if photometric == "YBR_FULL_422" else samples
+    expected = (rows * columns * frames * per_pixel * bits + 7) // 8
+    if len(ds.PixelData) < expected:
         raise PixelDataError(f"Pixel Data holds {len(ds.PixelData)} bytes, {expected} expected for "
-                             f"{frames} frame(s) of {rows}x{columns}x{ds.SamplesPerPixel} at "
-                             f"{ds.BitsAllocated} bits")
+                             f"{frames} frame(s) of {rows}x{columns}x{samples} at {bits} bits, {photometric}")
+    if photometric == "PALETTE COLOR" and isinstance(ds, Dataset):
+        _palette_rgb(np.zeros((1, 1), np.uint16 if bits > 8 else np.uint8), ds)
 
 
 def _palette_rgb(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -152,13 +163,10 @@ def rgb_image(ds: Dataset) -> np.ndarray:
         A MONOCHROME1/2 image (a colour model is not given invented colour), an unknown
         Photometric Interpretation, more than one frame, or anything :func:`decoded_pixels` raises.
     """
+    problem = _colour_problem(ds) or _frames_problem(ds)
+    if problem is not None:
+        raise PixelDataError(problem)
     photometric = _photometric(ds)
-    if photometric not in COLOUR_PHOTOMETRICS and photometric != "PALETTE COLOR":
-        raise PixelDataError(f"a colour (RGB) image is required, Photometric Interpretation {photometric} "
-                             "is given; medgate does not turn grayscale into colour")
-    frames = _frames(ds)
-    if frames != 1:
-        raise PixelDataError(f"a single-frame image is required, Number of Frames {frames} is given")
     pixels = decoded_pixels(ds)
     if photometric == "PALETTE COLOR":
         pixels = _palette_rgb(pixels, ds)
@@ -170,6 +178,68 @@ def rgb_image(ds: Dataset) -> np.ndarray:
     if bits > 8:
         pixels = np.rint(pixels.astype(np.float32) * (255.0 / (2 ** bits - 1)))
     return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _colour_problem(ds) -> str | None:
+    photometric = _photometric(ds)
+    if photometric in COLOUR_PHOTOMETRICS or photometric == "PALETTE COLOR":
+        return None
+    return (f"a colour (RGB) image is required, Photometric Interpretation {photometric} is given; "
+            "medgate does not turn grayscale into colour")
+
+
+def _frames_problem(ds) -> str | None:
+    frames = _frames(ds)
+    if frames == 1:
+        return None
+    return (f"a 2D image model reads single-frame images, Number of Frames {frames} is given; send each "
+            "frame as an instance of its own")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """What a model's image input reads, from its metadata (``network_data_format.inputs``).
+
+    Attributes
+    ----------
+    channels
+        1: a grayscale image (any photometric; colour is turned into its luminance); 3: an RGB
+        photograph (RGB, the YBR family or PALETTE COLOR; MONOCHROME is refused).
+    dimensions
+        2: one image per instance, a single frame; 3: a volume assembled from a series.
+    """
+
+    channels: int
+    dimensions: int
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB), {self.channels!r} is given.")
+        if self.dimensions not in (2, 3):
+            raise ValueError(f"`dimensions` must be 2 (an image) or 3 (a volume), {self.dimensions!r} is given.")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "ImageInput | None":
+        """The image input described by one ``network_data_format.inputs`` entry (``num_channels`` or
+        the channel axis of ``shape``; ``spatial_shape``, else ``shape`` less its batch and channel
+        axes); None when the input is not an image (``type`` other than ``image``)."""
+        if spec.get("type", "image") != "image":
+            return None
+        spatial = spec.get("spatial_shape")
+        if not isinstance(spatial, (list, tuple)):
+            shape = spec.get("shape")
+            spatial = shape[2:] if isinstance(shape, (list, tuple)) and len(shape) >= 4 else None
+        if spatial is None:
+            raise ValueError(f"an image input must give `spatial_shape` or `shape`, {dict(spec)!r} is given.")
+        return cls(input_channels(spec), len(spatial))
+
+    def problem(self, ds) -> str | None:
+        """Why a model with this input cannot read ``ds``, from its header alone (Photometric
+        Interpretation, Number of Frames: a pydicom Dataset or a :class:`dicom_gateway.header.Header`);
+        None when it can.  A volume model's series is checked when it is assembled."""
+        if self.dimensions != 2:
+            return None
+        return _frames_problem(ds) or (_colour_problem(ds) if self.channels == 3 else None)
 
 
 def model_input(ds: Dataset, size_px: int, channels: int = 1) -> np.ndarray:
@@ -186,12 +256,9 @@ def model_input(ds: Dataset, size_px: int, channels: int = 1) -> np.ndarray:
         MONOCHROME image for a colour model, an undecodable image; ValueError for ``channels``
         other than 1 or 3.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB), {channels!r} is given.")
-    frames = _frames(ds)
-    if frames != 1:
-        raise PixelDataError(f"a 2D image model reads single-frame images, Number of Frames {frames} is "
-                             "given; send each frame as an instance of its own")
+    problem = ImageInput(channels, 2).problem(ds)
+    if problem is not None:
+        raise PixelDataError(problem)
     if channels == 3:
         return to_rgb_model_input(rgb_image(ds), size_px)
     return to_model_input(grayscale_image(ds), size_px)

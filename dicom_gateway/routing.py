@@ -7,8 +7,15 @@ Examined matches a rule that lists body parts (modalities often leave it empty).
 rule contributes its models, in rule order, without duplicates.  An instance that matches nothing
 is stored and logged (study status ``unrouted``), never refused.
 
-Single-image modalities (CR, DX, XC, GM: PS3.3 C.7.3.1.1.1) complete their study at association
+Single-image modalities (CR, DX, XC, GM, DMS: PS3.3 C.7.3.1.1.1) complete their study at association
 release, see :mod:`dicom_gateway.completion`.
+
+The default rules (:data:`DEFAULT_RULES`, the same as ``dicom.routes``' default in
+``serving/config.py``) send chest radiographs to ``tb``, chest CT to ``nodule``, and skin photographs
+to ``derm``: Modality XC (External-camera Photography) or DMS (Dermoscopy), and VL Microscopic Images
+of the skin (dermatoscopes that predate the Dermoscopic Photography IOD write them; an absent Body
+Part Examined matches, so a site that stores pathology as VL Microscopic Images without one narrows
+or removes that rule).
 """
 from __future__ import annotations
 
@@ -17,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pydicom import Dataset
+from pydicom.uid import VLMicroscopicImageStorage
 
 #: PS3.3 C.7.3.1.1.1 Modality defined terms that carry one image per acquisition.
-SINGLE_IMAGE_MODALITIES = frozenset({"CR", "DX", "XC", "GM"})
+SINGLE_IMAGE_MODALITIES = frozenset({"CR", "DX", "XC", "GM", "DMS"})
 #: Modalities whose series are volumes of parallel slices (geometry is checked per series).
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT"})
 
@@ -130,7 +138,8 @@ class Rule:
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(models=("tb",), modalities=frozenset({"CR", "DX"}), body_parts=frozenset({"CHEST"})),
     Rule(models=("nodule",), modalities=frozenset({"CT"}), body_parts=frozenset({"CHEST", "LUNG"})),
-    Rule(models=("derm",), modalities=frozenset({"XC"})),
+    Rule(models=("derm",), modalities=frozenset({"XC", "DMS"})),
+    Rule(models=("derm",), sop_classes=frozenset({VLMicroscopicImageStorage}), body_parts=frozenset({"SKIN"})),
 )
 
 

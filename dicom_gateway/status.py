@@ -20,6 +20,11 @@ class StoreStatus(IntEnum):
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     #: PS3.4 B.2.3 Error: Cannot understand (Cxxx); the data set cannot be decoded.
     CANNOT_UNDERSTAND = 0xC000
+    #: PS3.4 B.2.3 Error: Cannot understand (Cxxx, medgate's own code in that range): the instance is
+    #: well formed and matches its SOP class, but a model it is routed to cannot read it (a MONOCHROME
+    #: image for a colour model, a multi-frame instance for a 2D image model).  Not A900: a MONOCHROME2
+    #: VL Photographic Image does match its SOP class.
+    NOT_READABLE_BY_MODEL = 0xC001
 
 
 class RejectResult(IntEnum):

@@ -4,8 +4,8 @@
 Presentation (PS3.3 A.26) or Computed Radiography Image Storage (PS3.3 A.2) instance, with file
 meta information, so that it can be written with :func:`pydicom.dcmwrite`, sent with C-STORE and
 checked with ``dciodvfy``.  :func:`make_photo_dataset` does it for skin photographs (VL Photographic,
-Dermoscopic Photography, Multi-frame True Color SC; RGB, JPEG YBR_FULL_422, PALETTE COLOR,
-MONOCHROME2).  :func:`make_ct_series` does the same for a CT Image Storage series
+Dermoscopic Photography, VL Microscopic, Secondary Capture, Video Photographic, Multi-frame True Color
+SC; RGB, JPEG YBR_FULL_422, PALETTE COLOR, MONOCHROME2).  :func:`make_ct_series` does the same for a CT Image Storage series
 (PS3.3 A.3) from a volume, and :func:`make_ct_phantom` draws a chest-like volume with one spherical
 nodule and its ground-truth mask (for SEG tests).  Every Type 1 and Type 2 attribute of the
 mandatory modules is present.
@@ -24,9 +24,11 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import (
     UID,
+    DermoscopicPhotographyImageStorage,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     PYDICOM_IMPLEMENTATION_UID,
+    VLMicroscopicImageStorage,
     generate_uid,
 )
 
@@ -396,15 +398,20 @@ def make_ct_series(
 
 
 #: PS3.6 Annex A storage SOP classes of skin photographs: VL Photographic Image (PS3.3 A.32.4),
-#: Secondary Capture Image (A.8.1), and the multi-frame
-#: Video Photographic Image (A.32.7) and Multi-frame True Color Secondary Capture Image (A.8.5).
+#: Dermoscopic Photography Image (A.32.11), VL Microscopic Image (A.32.2), Secondary Capture Image
+#: (A.8.1), and the multi-frame Video Photographic Image (A.32.7) and Multi-frame True Color Secondary
+#: Capture Image (A.8.5).
 VL_PHOTOGRAPHIC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.4")
 SECONDARY_CAPTURE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7")
 VIDEO_PHOTOGRAPHIC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.4.1")
 MULTIFRAME_TRUE_COLOR_SC_STORAGE = UID("1.2.840.10008.5.1.4.1.1.7.4")
 #: The photographs :func:`make_photo_dataset` writes, by ``kind``.
-PHOTO_SOP_CLASSES = {"photo": VL_PHOTOGRAPHIC_STORAGE, "sc": SECONDARY_CAPTURE_STORAGE, "video": VIDEO_PHOTOGRAPHIC_STORAGE,
-                     "multiframe": MULTIFRAME_TRUE_COLOR_SC_STORAGE}
+PHOTO_SOP_CLASSES = {"photo": VL_PHOTOGRAPHIC_STORAGE, "dermoscopy": DermoscopicPhotographyImageStorage,
+                     "microscopic": VLMicroscopicImageStorage, "sc": SECONDARY_CAPTURE_STORAGE,
+                     "video": VIDEO_PHOTOGRAPHIC_STORAGE, "multiframe": MULTIFRAME_TRUE_COLOR_SC_STORAGE}
+#: General Series Modality (PS3.3 C.7.3.1.1.1) by ``kind``: External-camera Photography, except
+#: Dermoscopy (DMS, the Dermoscopic Photography IOD's) and General Microscopy (GM, VL Microscopic).
+PHOTO_MODALITIES = {"dermoscopy": "DMS", "microscopic": "GM"}
 MULTIFRAME_KINDS = ("video", "multiframe")
 PHOTO_PHOTOMETRICS = ("RGB", "YBR_FULL_422", "PALETTE COLOR", "MONOCHROME2")
 #: Anatomic Region of generated skin photographs (PS3.16 CID 4031 "Common Anatomic Regions").
@@ -426,7 +433,9 @@ def make_photo_dataset(
     Parameters
     ----------
     kind
-        ``"photo"`` VL Photographic Image, ``"sc"`` Secondary Capture Image; multi-frame: ``"video"`` Video Photographic Image, ``"multiframe"``
+        ``"photo"`` VL Photographic Image, ``"dermoscopy"`` Dermoscopic Photography Image (Modality
+        DMS), ``"microscopic"`` VL Microscopic Image (Modality GM, Body Part Examined SKIN), ``"sc"``
+        Secondary Capture Image; multi-frame: ``"video"`` Video Photographic Image, ``"multiframe"``
         Multi-frame True Color Secondary Capture.
     photometric
         ``"RGB"`` native; ``"YBR_FULL_422"`` JPEG Baseline (Process 1) with 4:2:2 chroma
@@ -465,7 +474,7 @@ def make_photo_dataset(
     ds.SOPClassUID = PHOTO_SOP_CLASSES[kind]
     ds.SOPInstanceUID = generate_uid()
     ds.StudyDescription = "Skin lesion photography"
-    ds.Modality = "XC"
+    ds.Modality = PHOTO_MODALITIES.get(kind, "XC")
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 1
     ds.SeriesDescription = f"Skin lesion {kind}"
@@ -473,14 +482,18 @@ def make_photo_dataset(
     ds.PatientOrientation = ""
     ds.BurnedInAnnotation = "NO"
     ds.ImageType = ["DERIVED", "SECONDARY"] if kind in ("sc", "multiframe") else ["ORIGINAL", "PRIMARY"]
-    if kind in ("sc", "multiframe"):  # SC Equipment (C.8.6.1); General Series: an unpaired part
+    # General Series Laterality (C.7.3.1) is Type 2C, for a paired part without Image Laterality: the
+    # skin of the trunk is unpaired, so Image Laterality U (General Image C.7.6.1) and no Laterality
+    ds.ImageLaterality = "U"
+    if kind in ("sc", "multiframe"):  # SC Equipment (C.8.6.1)
         ds.ConversionType = "DV"
-        ds.BodyPartExamined = "SKIN"
-        ds.Laterality = ""  # Type 2C; dciodvfy asks for it where no Image Laterality is given
     else:  # Acquisition Context (C.7.6.14), VL Image (C.8.12.1): region of the photographed skin
         ds.AcquisitionContextSequence = []
         ds.AnatomicRegionSequence = [_code_item(SKIN_OF_TRUNK)]
-        ds.ImageLaterality = "U"
+    if kind == "microscopic":  # what routes it to derm by default (dicom_gateway.routing)
+        ds.BodyPartExamined = "SKIN"
+    if kind == "dermoscopy":
+        _add_dermoscopy_modules(ds, gray)
     if kind in MULTIFRAME_KINDS:  # Multi-frame (C.7.6.6), Cine (C.7.6.5)
         ds.NumberOfFrames = len(frames)
         ds.FrameIncrementPointer = 0x00181063  # Frame Time
@@ -507,6 +520,22 @@ def make_photo_dataset(
     ds = _with_file_meta(ds)
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
+
+
+def _add_dermoscopy_modules(ds: Dataset, gray: Dataset) -> None:
+    """The Dermoscopic Photography Image IOD's own modules (PS3.3 A.32.11): Frame of Reference
+    (C.7.4.1), Enhanced General Equipment (C.7.5.2) and Dermoscopic Image (C.8.12.x); the Type 2
+    acquisition values a generator does not know are empty."""
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = ""
+    for keyword in ("ManufacturerModelName", "SoftwareVersions"):
+        setattr(ds, keyword, gray[keyword].value)
+    ds.DeviceSerialNumber = "MEDGATE-0001"
+    ds.RecognizableVisualFeatures = "NO"
+    ds.LightSourcePolarization = ""
+    ds.EmitterColorTemperature = None
+    ds.ContactMethod = ""
+    ds.OpticalMagnificationFactor = None
 
 
 def _jpeg_baseline_422(rgb: np.ndarray) -> bytes:

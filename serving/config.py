@@ -125,7 +125,8 @@ class DicomConfig(_Section):
     routes: list[DicomRoute] = [  # chest X-ray -> TB, chest CT -> lung nodules, skin photos -> derm
         DicomRoute(models=["tb"], modality=["CR", "DX"], body_part=["CHEST"]),
         DicomRoute(models=["nodule"], modality=["CT"], body_part=["CHEST", "LUNG"]),
-        DicomRoute(models=["derm"], modality=["XC"]),
+        DicomRoute(models=["derm"], modality=["XC", "DMS"]),  # External-camera Photography, Dermoscopy
+        DicomRoute(models=["derm"], sop_class=["1.2.840.10008.5.1.4.1.1.77.1.2"], body_part=["SKIN"]),  # VL Microscopic
     ]
     _check_ae = field_validator("ae_title")(_ae_title)
 

@@ -1,6 +1,7 @@
 """Helpers shared by the gateway tests: a running SCP on free ports, CT series files, storescu."""
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import numpy as np
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.testdata import make_ct_series
 from peers import free_port, storescu  # noqa: F401 - storescu is used from here
+
+#: The C-STORE response status as DCMTK ``storescu -d`` prints it ("DIMSE Status : 0xc001: Error: ...").
+_DIMSE_STATUS = re.compile(r"DIMSE Status\s*: 0x([0-9a-fA-F]{4})")
 from serving.store import Store
 
 
@@ -45,3 +49,13 @@ def write_ct_series(folder: Path, slices: int, size_px: int = 64, seed: int = 0,
         paths.append(path)
     return paths
 
+
+
+def store_statuses(port: int, *files, extra=()) -> list[int]:
+    """The C-STORE status DCMTK ``storescu`` was answered for each of ``files``, in one association.
+
+    ``-R`` proposes each file's own SOP class (its default list lacks some, Video Photographic among
+    them), ``-nh`` goes on after a refusal, ``-d`` prints each status: without it storescu (3.6.7)
+    says nothing of a refusal and exits 0."""
+    result = storescu(port, *files, extra=("-d", "-R", "-nh", *extra))
+    return [int(code, 16) for code in _DIMSE_STATUS.findall(result.stdout + result.stderr)]

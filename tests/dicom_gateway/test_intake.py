@@ -1,0 +1,111 @@
+"""The intake's checks, through DCMTK ``storescu`` and STOW-RS: what a routed model cannot read is refused
+to the sender, by name, and nothing of it is stored.
+
+* A MONOCHROME image routed to a colour model, and a multi-frame photo routed to a 2D model, were
+  stored and answered success; their study failed later, where no sender looks.  They are now refused
+  with 0xC001 (:attr:`StoreStatus.NOT_READABLE_BY_MODEL`) over C-STORE and as the STOW-RS Failure
+  Reason, with a log line naming the model and the reason.
+* A PALETTE COLOR Secondary Capture sent by ``storescu`` was refused 0xC000: the C-STORE header
+  reader carries no decoder, and the pixel check decoded palette images.  ``storescu`` (DCMTK 3.6.7)
+  says nothing of a refusal unless told to print it, which is how the route matrix missed it.
+* Dermoscopic Photography and VL Microscopic Images are accepted and routed to derm.
+"""
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+
+from dicom_gateway.intake import SUPPORTED_SOP_CLASSES, registered_image_input
+from dicom_gateway.pixels import ImageInput
+from dicom_gateway.status import StoreStatus
+from dicom_gateway.testdata import make_photo_dataset
+from gateway_helpers import Running, store_statuses
+from peers import require_peer, wait_until
+
+#: The photometric and frames refusals' texts (dicom_gateway.pixels.ImageInput.problem).
+COLOUR = "derm, which cannot read it: a colour (RGB) image is required, Photometric Interpretation MONOCHROME2"
+SINGLE = "derm, which cannot read it: a 2D image model reads single-frame images, Number of Frames 3"
+
+
+def _skin() -> np.ndarray:
+    y, x = np.mgrid[0:48, 0:48].astype(np.float32)
+    lesion = np.exp(-(((y - 24) / 9) ** 2 + ((x - 24) / 9) ** 2))
+    return np.clip(np.stack([215 - 120 * lesion, 170 - 110 * lesion, 150 - 100 * lesion], -1), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def running(tmp_path):
+    running = Running(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_storescu_is_told_what_derm_cannot_read_and_nothing_is_stored(running, tmp_path, caplog):
+    mono = make_photo_dataset(_skin(), photometric="MONOCHROME2")
+    video = make_photo_dataset(np.stack([_skin()] * 3), kind="video")
+    paths = []
+    for name, ds in (("mono", mono), ("video", video)):
+        paths.append(tmp_path / f"{name}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    require_peer("storescu", "dcmtk")
+    with caplog.at_level(logging.WARNING, logger="medgate.dicom"):
+        statuses = store_statuses(running.scp.port, *paths)
+    assert statuses == [StoreStatus.NOT_READABLE_BY_MODEL] * 2 == [0xC001] * 2
+    for ds in (mono, video):
+        assert running.store.instances_of(ds.StudyInstanceUID) == []
+        assert running.store.study(ds.StudyInstanceUID) is None
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "refused (0xC001 NOT_READABLE_BY_MODEL)" in logged
+    assert COLOUR in logged and SINGLE in logged
+
+
+@pytest.mark.parametrize("kind, photometric", [("sc", "PALETTE COLOR"), ("dermoscopy", "RGB"),
+                                               ("microscopic", "RGB"), ("photo", "RGB")])
+def test_storescu_colour_photos_are_stored_and_routed_to_derm(running, tmp_path, kind, photometric):
+    ds = make_photo_dataset(_skin(), kind=kind, photometric=photometric)
+    path = tmp_path / "photo.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    require_peer("storescu", "dcmtk")
+    assert store_statuses(running.scp.port, path) == [StoreStatus.SUCCESS]
+    wait_until(lambda: running.completed, timeout_s=10)
+    assert running.completed == [(ds.StudyInstanceUID, "derm")]
+
+
+def test_dermoscopy_and_vl_microscopic_are_accepted_by_their_own_uids():
+    # 1.2.840.10008.5.1.4.1.1.77.1.4.1 was accepted as "Dermoscopic Photography": it is Video Photographic
+    assert {"1.2.840.10008.5.1.4.1.1.77.1.7", "1.2.840.10008.5.1.4.1.1.77.1.2",
+            "1.2.840.10008.5.1.4.1.1.77.1.4.1"} <= SUPPORTED_SOP_CLASSES
+
+
+def test_the_registered_models_say_what_they_read():
+    assert registered_image_input("derm") == ImageInput(channels=3, dimensions=2)
+    assert registered_image_input("tb") == ImageInput(channels=1, dimensions=2)
+    assert registered_image_input("nodule") == ImageInput(channels=1, dimensions=3)
+    assert registered_image_input("vitals") is None  # not an image input
+    assert registered_image_input("no-such-model") is None
+
+
+def test_stow_rs_failure_reason_names_the_refusal(tmp_path):
+    pytest.importorskip("uvicorn")
+    from test_stow import BOUNDARY, _multipart, _post, _serving
+
+    mono = make_photo_dataset(_skin(), photometric="MONOCHROME2")
+    photo = make_photo_dataset(_skin(), study_uid=mono.StudyInstanceUID)
+    bodies = []
+    for ds in (mono, photo):
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        bodies.append(buffer.getvalue())
+    with _serving(tmp_path, routes=[{"models": ["derm"], "modality": ["XC"]}]) as base:
+        reply = _post(base, _multipart(*bodies))
+    assert BOUNDARY and reply.status_code == 202, reply.text  # PS3.18 10.5.3: some stored, some failed
+    failed, = reply.json()["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [mono.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [StoreStatus.NOT_READABLE_BY_MODEL] == [0xC001]
+    stored, = reply.json()["00081199"]["Value"]
+    assert stored["00081155"]["Value"] == [photo.SOPInstanceUID]
