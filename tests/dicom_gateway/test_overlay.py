@@ -198,3 +198,26 @@ def test_a_12_bit_jpeg_source_is_decoded_by_dcmtk(tmp_path):
     path = tmp_path / "sc-jpeg12.dcm"
     sc.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
+
+
+@pytest.mark.parametrize(("kind", "photometric"), [("photo", "RGB"), ("photo", "YBR_FULL_422"), ("dermoscopy", "RGB"),
+                                                   ("microscopic", "RGB"), ("sc", "PALETTE COLOR")])
+def test_photo_overlays_are_dciodvfy_clean(tmp_path, kind, photometric):
+    """General Series Laterality (PS3.3 C.7.3.1) is Type 2C: required for a paired part when Image
+    Laterality is not sent.  dciodvfy asks for it unless Image Laterality is present or Body Part Examined
+    is a part its tables know as unpaired (CHEST is, SKIN is not): a skin photo's overlay carries the
+    source's Image Laterality U and no Laterality."""
+    from dicom_gateway.testdata import make_photo_dataset
+
+    y, x = np.mgrid[0:48, 0:48]
+    rgb = np.stack([200 - x, 150 + y // 2, 120 + (x + y) // 3], axis=-1).astype(np.uint8)
+    path = tmp_path / "photo.dcm"
+    make_photo_dataset(rgb, kind=kind, photometric=photometric).save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    finding = Finding(model="derm", model_version="1.0.0", code=Concept("372244006", "SCT", "Malignant melanoma"),
+                      probability=0.4, threshold=0.77, source=image_of(ds))
+    sc = build_overlay(ds, [finding])
+    assert "Laterality" not in sc and sc.ImageLaterality == "U"
+    out = tmp_path / "sc.dcm"
+    sc.save_as(out, enforce_file_format=True)
+    assert dciodvfy_errors(out) == []
