@@ -17,9 +17,10 @@ Every newest message is scored; a NEWS2 Observation is written when the score (t
 completeness or a sub-score) changes, when it alerts, or ``news2_interval_s`` (measurement time)
 after the last one written — a 1 Hz monitor does not need 3,600 identical scores an hour.
 
-The NEWS2 Observation and the Flag name the patient as the imaging DiagnosticReports do: the
-literal ``Patient/...`` reference and the identifier (the message's or association's system, else
-``iomt.identifiers.citizen_id``, the system the registry gives an ADT patient without one).
+The vital-sign Observations, the NEWS2 Observation and the Flag name the patient as the imaging
+DiagnosticReports do: the literal ``Patient/...`` reference and the identifier (the message's or
+association's system, else ``iomt.identifiers.citizen_id``, the system the registry gives an ADT
+patient without one); the vitals row keeps the identifier for its Observations.
 """
 from __future__ import annotations
 
@@ -125,6 +126,9 @@ class VitalsPipeline:
             patient_id, patient_system = assoc.patient_id, assoc.patient_system
             scale = max(scale, assoc.spo2_scale)  # scale 2 when the ADT or the payload says so
         patient_ref = self._patient_ref(patient_id, patient_system)
+        # beside the reference, the identifier: a patient sent without a system is in the
+        # citizen-id system, as DeviceRegistry.apply records an ADT one
+        system = patient_system or self.registry.systems.citizen_id
         if location.ward and location.bed:  # the bed census of the dashboard's ward board
             self._census(out, location, patient_ref, device, msg.time)
         if isinstance(msg, EcgChunk):
@@ -132,7 +136,7 @@ class VitalsPipeline:
                                                  self._device_ref(device) if device else None))
             out.processed += 1
             return
-        out.vitals.append(vital_records.record(msg, patient_ref, device))
+        out.vitals.append(vital_records.record(msg, patient_ref, device, (system, patient_id)))
         out.processed += 1
         if self.risk is not None:
             self.risk.add(patient_ref, msg.time.timestamp(),
@@ -148,7 +152,7 @@ class VitalsPipeline:
                 and (last[2] is result or last[1] == _score_key(result)):
             return  # same score, written recently: no new NEWS2 Observation
         self._news2_written[patient_ref] = (msg.time, _score_key(result), result)
-        identifier = self._patient_identifier(patient_id, patient_system)
+        identifier = {"system": system, "value": patient_id}
         news2 = news2_observation(result, msg, patient_ref, snapshot.measured, patient_identifier=identifier)
         out.resources.append(news2)
         if decision is None:
@@ -189,11 +193,6 @@ class VitalsPipeline:
                 self._patient_refs.clear()
             ref = self._patient_refs[(patient_id, system)] = patient_reference(patient_id, system)
         return ref
-
-    def _patient_identifier(self, patient_id: str, system: str | None) -> dict[str, str]:
-        """The FHIR Identifier written beside the patient's reference; a patient sent without a
-        system is in the citizen-id system, as :meth:`DeviceRegistry.apply` records an ADT one."""
-        return {"system": system or self.registry.systems.citizen_id, "value": patient_id}
 
     def _device_ref(self, device: str) -> str:
         ref = self._device_refs.get(device)

@@ -14,7 +14,17 @@ builds the Observations when they are read (FHIR API, ward board) or sent to a F
 - ``effective``: the measurement time as sent (ISO 8601 with the sender's offset), or NULL when
   that offset is UTC (the time is then ``effective_us``: compact messages send epoch ms);
 - ``vitals``: JSON ``[[loinc, value, out_of_range], ...]``, values normalised to UCUM;
-- ``updated_at``: when the row was written (epoch seconds).
+- ``updated_at``: when the row was written (epoch seconds);
+- ``identifier_system``: the system of the patient's identifier, a small integer code of table
+  ``vital_identifier_systems`` (a few systems in all: the URI is not repeated in every row);
+- ``identifier_value``: the identifier's value, NULL when it is the id of ``subject``
+  (``Patient/<value>``, :func:`iomt.identity.patient_reference`), as it is for most patients.
+
+The Observations' ``subject`` is the reference and, as on the NEWS2 Observations and Flags, the
+patient's identifier (:mod:`iomt.pipeline`: the message's or the admission's system, else
+``iomt.identifiers.citizen_id``). Rows stored before these two columns existed have NULL in both
+(no default system is guessed: the message may have named another, and a hashed reference does
+not give the value back): their Observations carry the reference alone, as they did.
 
 The key is (``effective_us``, ``subject``, ``codes``): a message delivered again replaces its row,
 and two messages about one patient at one instant with other codes both stay. The
@@ -39,18 +49,41 @@ from iomt.identity import device_reference
 from iomt.observations import UNIX_EPOCH, _number, unix_us, vital_observations
 from iomt.payload import Vital, VitalsMessage
 
-COLUMNS = "effective_us, subject, codes, device, effective, vitals, updated_at"
+#: What a read gives: the columns of :func:`record`'s row (the identifier's system as its URI),
+#: then ``updated_at``.
+COLUMNS = ("effective_us, subject, codes, device, effective, vitals, (SELECT system FROM"
+           " vital_identifier_systems WHERE code=identifier_system) AS identifier_system,"
+           " identifier_value, updated_at")
 KEY = "effective_us, subject, codes"
+_UPDATED_AT = 8  # index of updated_at in a row read (a row of record() has 8 items)
+_PATIENT = "Patient/"
 _UUID_HEX = frozenset("0123456789abcdef-")
 
 
-def record(msg: VitalsMessage, subject: str, device: str | None) -> tuple:
+def record(msg: VitalsMessage, subject: str, device: str | None,
+           identifier: tuple[str, str] | None = None) -> tuple:
     """The row of ``msg`` about ``subject`` (a Patient reference) from ``device``, without
-    ``updated_at``."""
+    ``updated_at``; ``identifier``: the patient's identifier ``(system, value)``, whose system
+    the store keeps as its code (:meth:`serving.store.Store.commit_batch`)."""
     latest, at = msg.latest(), msg.time
     vitals = orjson.dumps([(v.loinc, v.value, v.out_of_range) for v in latest.values()])
+    if identifier is None:
+        system = value = None
+    else:
+        system, value = identifier
+        if subject == _PATIENT + value:
+            value = None  # the reference's id: not stored twice
     return (unix_us(at), subject, ",".join(latest), device,
-            None if at.tzinfo is timezone.utc else at.isoformat(), vitals.decode("ascii"))
+            None if at.tzinfo is timezone.utc else at.isoformat(), vitals.decode("ascii"),
+            system, value)
+
+
+def _identifier(row: Sequence) -> dict[str, str] | None:
+    """The patient's FHIR Identifier a row keeps, or None (a row stored without one)."""
+    if row[6] is None:
+        return None
+    value = row[7]
+    return {"system": row[6], "value": row[1][len(_PATIENT):] if value is None else value}
 
 
 def _effective(row: Sequence) -> str:
@@ -78,11 +111,11 @@ def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
     row's, or the one with the greater ``updated_at`` when the rows carry it)."""
     built: dict[str, tuple[float, dict[str, Any]]] = {}
     for n, row in enumerate(rows):
-        rank = row[6] if len(row) > 6 else n
+        rank = row[_UPDATED_AT] if len(row) > _UPDATED_AT else n
         device, effective = row[3], _effective(row)
         for resource in vital_observations(message_of(row, effective), row[1],
                                            device_reference(device) if device else None,
-                                           effective=effective):
+                                           effective=effective, patient_identifier=_identifier(row)):
             kept = built.get(resource["id"])
             if kept is None or rank >= kept[0]:
                 built[resource["id"]] = (rank, resource)

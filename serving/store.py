@@ -77,8 +77,14 @@ CREATE TABLE IF NOT EXISTS vital_signs (   -- one row per vitals message: iomt.v
     effective TEXT,                 -- ISO 8601 as sent; NULL: UTC, effective_us
     vitals TEXT NOT NULL,           -- JSON [[loinc, value, out_of_range], ...]
     updated_at REAL NOT NULL,
+    identifier_system INTEGER,      -- the patient identifier's system: vital_identifier_systems.code
+    identifier_value TEXT,          -- its value; NULL: the id of subject (both NULL: none kept)
     PRIMARY KEY (effective_us, subject, codes)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vital_identifier_systems (  -- identifier systems of vital_signs rows
+    code INTEGER PRIMARY KEY,
+    system TEXT NOT NULL UNIQUE    -- URI, e.g. iomt.identifiers.citizen_id
+);
 CREATE TABLE IF NOT EXISTS vital_subjects (  -- vital_signs by patient: iomt.vital_index
     subject TEXT NOT NULL,
     effective_us INTEGER NOT NULL,
@@ -141,6 +147,13 @@ DEAD_LETTER_COLUMNS = (("device", "TEXT"), ("replayed_at", "REAL"), ("payload_sh
                        ("payload_bytes", "INTEGER"))  # of the whole payload (iomt.dead_letters)
 #: Columns added to outbox after the first release.
 OUTBOX_COLUMNS = (("correlation_id", "TEXT"),)
+#: Columns added to vital_signs after the first release: rows stored before keep NULL (their
+#: Observations carry no patient identifier, :mod:`iomt.vital_records`).
+VITAL_SIGNS_COLUMNS = (("identifier_system", "INTEGER"), ("identifier_value", "TEXT"))
+#: vital_signs columns in the order of a row of iomt.vital_records.record, then updated_at.
+_VITAL_SIGNS_INSERT = ("INSERT OR REPLACE INTO vital_signs(effective_us, subject, codes, device,"
+                       " effective, vitals, identifier_system, identifier_value, updated_at)"
+                       " VALUES (?,?,?,?,?,?,?,?,?)")
 
 
 class Store:
@@ -159,7 +172,8 @@ class Store:
         # indexes' pages in memory as the table grows.
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._db.executescript(SCHEMA)
-        for table, columns in (("dead_letters", DEAD_LETTER_COLUMNS), ("outbox", OUTBOX_COLUMNS)):
+        for table, columns in (("dead_letters", DEAD_LETTER_COLUMNS), ("outbox", OUTBOX_COLUMNS),
+                               ("vital_signs", VITAL_SIGNS_COLUMNS)):
             present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
             for name, decl in columns:
                 if name not in present:
@@ -173,6 +187,7 @@ class Store:
                            " SELECT subject, effective_us, codes FROM vital_signs")
                 db.execute("DROP INDEX IF EXISTS vital_signs_subject")
         self._vital_index = vital_index or VitalIndex()  # the patient index of vital_signs
+        self._system_codes: dict[str | None, int | None] = {None: None}  # committed codes only
 
     def close(self) -> None:
         with self._lock:
@@ -342,7 +357,8 @@ class Store:
                  _dumps(r), now) for r in resources]
         try:
             with self.transaction(durable) as db:
-                self._write_batch(db, now, rows, dead_letters, outbox_rows, beds, vitals)
+                codes = self._write_batch(db, now, rows, dead_letters, outbox_rows, beds, vitals)
+            self._system_codes = codes  # committed: a rolled-back code may name another system
         except BaseException:
             with self._lock:
                 if self._db.in_transaction:  # COMMIT failed (the body's errors roll back)
@@ -351,12 +367,18 @@ class Store:
             raise
 
     def _write_batch(self, db, now: float, rows: list[tuple], dead_letters, outbox_rows, beds,
-                     vitals) -> None:
+                     vitals) -> dict[str | None, int | None]:
+        """Writes the batch; returns the identifier system codes, with those it assigned."""
+        codes = self._system_codes
         if rows:
             db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", rows)
         if vitals:
-            db.executemany("INSERT OR REPLACE INTO vital_signs VALUES (?,?,?,?,?,?,?)",
-                           [(*v, now) for v in vitals])
+            try:
+                params = [(*v[:6], codes[v[6]], v[7], now) for v in vitals]
+            except KeyError:  # a system first seen by this connection
+                codes = self._identifier_system_codes(db, {v[6] for v in vitals})
+                params = [(*v[:6], codes[v[6]], v[7], now) for v in vitals]
+            db.executemany(_VITAL_SIGNS_INSERT, params)
         self._vital_index.write(db, vitals)
         if dead_letters:
             db.executemany(
@@ -371,6 +393,16 @@ class Store:
         if beds:
             db.executemany("INSERT OR REPLACE INTO bed_census VALUES (?,?,?,?,?,?,?)",
                            [(*b, now) for b in beds])
+        return codes
+
+    def _identifier_system_codes(self, db, systems: set[str | None]) -> dict[str | None, int | None]:
+        """The codes of ``systems`` in ``vital_identifier_systems`` (assigned in ``db``'s
+        transaction to those it lacks) with those known before: codes are never reassigned, so
+        each connection keeps the ones it has seen committed."""
+        db.executemany("INSERT OR IGNORE INTO vital_identifier_systems(system) VALUES (?)",
+                       [(s,) for s in systems if s is not None and s not in self._system_codes])
+        found = dict(db.execute("SELECT system, code FROM vital_identifier_systems").fetchall())
+        return {None: None, **found}
 
     def record_beds(self, beds: list[tuple[str, str, str | None, str, str | None, str]]) -> None:
         """Upsert the bed census: ``(ward, bed, site, patient_ref, device, seen_at_iso)`` rows."""

@@ -320,3 +320,16 @@ def test_vital_observation_id_is_the_id_vital_observations_writes():
     assert vital_observation_id(PATIENT, "8480-6", msg.time) == written["85354-9"]["id"]  # the BP panel
     assert vital_observation_id(PATIENT, "8462-4", msg.time) == written["85354-9"]["id"]
     assert vital_observation_id(PATIENT, "0000-0", msg.time) is None
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_vital_sign_shape_carries_the_identifier_and_only_its_subject_changes(name):
+    msg = VARIANTS[name]
+    identifier = {"system": "urn:oid:1.2.3.4.5", "value": "MRN 42/7"}
+    plain = vital_observations(msg, PATIENT, DEVICE)
+    given = vital_observations(msg, PATIENT, DEVICE, patient_identifier=identifier)
+    assert len(given) == len(plain)
+    for resource, without in zip(given, plain):
+        Observation.model_validate(resource)
+        assert resource["subject"] == {"reference": PATIENT, "identifier": identifier}
+        assert {**resource, "subject": without["subject"]} == without

@@ -1,5 +1,5 @@
-"""The pipeline's NEWS2 Observations and Flags name the patient by literal reference and by
-identifier, as the imaging DiagnosticReports do (serving.fhir_report)."""
+"""The pipeline's vital-sign and NEWS2 Observations and Flags name the patient by literal
+reference and by identifier, as the imaging DiagnosticReports do (serving.fhir_report)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -10,7 +10,8 @@ from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.observation import Observation
 
 from iomt.alerts import AlertPolicy
-from iomt.identity import AdtEvent, DeviceRegistry, IdentifierSystems
+from iomt import vital_records
+from iomt.identity import AdtEvent, DeviceRegistry, IdentifierSystems, patient_reference
 from iomt.pipeline import VitalsPipeline
 from iomt.state import StateTable
 from iomt.topics import Topics
@@ -59,3 +60,26 @@ def test_a_patient_in_the_payload_without_a_system_is_a_citizen_id(pipeline):
     assert resources["Flag"]["subject"]["identifier"] == {"system": "urn:test:citizen", "value": "P9"}
     doc["patient"] = {"id": "P10", "system": "urn:test:mrn"}
     assert scored(pipeline, doc)["Observation"]["subject"]["identifier"] == {"system": "urn:test:mrn", "value": "P10"}
+
+
+@pytest.mark.parametrize("payload, patient, system", [
+    ({"d": "MON-1", "t": T0_MS, "v": ALARMING}, "P1", "urn:test:citizen"),  # ADT without a system
+    ({"d": "MON-2", "t": T0_MS, "v": ALARMING}, "P2", "urn:test:mrn"),  # the admission's system
+    ({"patient": {"id": "P 10", "system": "urn:test:mrn"}, "device": "MON-9", "time": "2026-11-22T10:00:00Z",
+      "vitals": [{"code": "8867-4", "value": 135, "unit": "/min"}]}, "P 10", "urn:test:mrn"),  # the message's
+    ({"patient": {"id": "P9"}, "device": "MON-9", "time": "2026-11-22T10:00:00Z",
+      "vitals": [{"code": "8867-4", "value": 135, "unit": "/min"}]}, "P9", "urn:test:citizen"),
+])
+def test_vital_sign_observations_carry_the_identifier_the_news2_observation_carries(
+        pipeline, payload, patient, system):
+    out = pipeline.run([("medgate/h1/w1/b1/x/vitals", orjson.dumps(payload))])
+    news2 = next(r for r in out.resources if r["resourceType"] == "Observation")
+    expected = {"reference": patient_reference(patient, system),
+                "identifier": {"system": system, "value": patient}}
+    assert news2["subject"] == expected
+    pipeline.store.commit_batch(out.resources, [], vitals=out.vitals)
+    for built in (vital_records.observations(out.vitals),  # Bundles to a FHIR server, bridge.handle
+                  vital_records.observations(vital_records.select(pipeline.store, expected["reference"]))):
+        assert built and all(r["subject"] == expected for r in built)
+        for resource in built:
+            Observation.model_validate(resource)

@@ -3,6 +3,7 @@ itself gives: same ids, same elements, valid R4; redelivery replaces, look-up by
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime, timezone
 
 import orjson
@@ -11,7 +12,7 @@ from fhir.resources.R4B.observation import Observation
 
 from iomt import codes, vital_records
 from iomt.compact import decode
-from iomt.identity import device_reference
+from iomt.identity import device_reference, patient_reference
 from iomt.observations import vital_observations
 from iomt.payload import parse_payload
 from serving.store import Store
@@ -106,3 +107,86 @@ def test_select_by_subject_and_time(tmp_path):
         assert vital_records.subjects(store, since) == {"Patient/P0", "Patient/P1"}
     finally:
         store.close()
+
+
+CITIZEN = "http://fhir.hl7.org.vn/core/sid/cccd"
+MRN = "urn:oid:1.2.3.4.5"  # a hospital's medical record numbers
+
+
+def test_stored_rows_give_the_patient_identifier_beside_the_reference(tmp_path):
+    hashed = patient_reference("MRN 42/7", MRN)  # not a FHIR id: the reference is a uuid5
+    cases = [(PATIENT, (CITIZEN, PATIENT.removeprefix("Patient/"))), (hashed, (MRN, "MRN 42/7"))]
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        for subject, (system, value) in cases:
+            msg, device = MESSAGES[0]
+            direct = vital_observations(msg, subject, device_reference(device),
+                                        patient_identifier={"system": system, "value": value})
+            row = vital_records.record(msg, subject, device, (system, value))
+            assert vital_records.observations([row]) == direct
+            store.commit_batch([], [], vitals=[row])
+            read = store.resources("Observation", subject)
+            assert read == json.loads(orjson.dumps(direct))
+            plain = vital_observations(msg, subject, device_reference(device))
+            assert [r["id"] for r in read] == [r["id"] for r in plain], "ids do not depend on it"
+            for resource, without in zip(read, plain):
+                assert resource["subject"] == {"reference": subject,
+                                               "identifier": {"system": system, "value": value}}
+                assert {**resource, "subject": without["subject"]} == json.loads(orjson.dumps(without))
+                Observation.model_validate(resource)
+                assert vital_records.find(store, resource["id"]) == resource
+        # the system as a small integer code per row; the value only where the reference hides it
+        stored = {r["subject"]: (r["identifier_system"], r["identifier_value"]) for r in store.query(
+            "SELECT subject, identifier_system, identifier_value FROM vital_signs")}
+        systems = dict(tuple(r) for r in store.query("SELECT system, code FROM vital_identifier_systems"))
+        assert stored == {PATIENT: (systems[CITIZEN], None), hashed: (systems[MRN], "MRN 42/7")}
+        assert sorted(systems.values()) == [1, 2]
+    finally:
+        store.close()
+
+
+def test_a_system_code_of_a_rolled_back_commit_is_not_kept(tmp_path):
+    """Two connections: the first assigns a code in a commit that fails; the second assigns that
+    code to another system; the first must not write rows under the other system's code."""
+    msg, device = MESSAGES[3]
+    first, second = Store(tmp_path / "db.sqlite3"), Store(tmp_path / "db.sqlite3")
+    try:
+        with pytest.raises(sqlite3.Error):  # a dead letter of too many values fails the batch
+            first.commit_batch([], [("mqtt:x", "bad", b"", None, None, None, None)],
+                               vitals=[vital_records.record(msg, "Patient/A", device, (MRN, "A"))])
+        second.commit_batch([], [], vitals=[vital_records.record(msg, "Patient/B", device, (CITIZEN, "B"))])
+        first.commit_batch([], [], vitals=[vital_records.record(msg, "Patient/A", device, (MRN, "A"))])
+        for store in (first, second):
+            subjects = {r["subject"]["reference"]: r["subject"]["identifier"]
+                        for r in store.resources("Observation")}
+            assert subjects == {"Patient/A": {"system": MRN, "value": "A"},
+                                "Patient/B": {"system": CITIZEN, "value": "B"}}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_store_of_the_earlier_layout_is_migrated_and_its_rows_keep_the_reference_alone(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    msg, device = MESSAGES[0]
+    old_row = vital_records.record(msg, PATIENT, device)[:6]
+    with sqlite3.connect(path) as db:  # vital_signs as released before the identifier columns
+        db.execute("CREATE TABLE vital_signs (effective_us INTEGER NOT NULL, subject TEXT NOT NULL,"
+                   " codes TEXT NOT NULL, device TEXT, effective TEXT, vitals TEXT NOT NULL,"
+                   " updated_at REAL NOT NULL, PRIMARY KEY (effective_us, subject, codes)) WITHOUT ROWID")
+        db.execute("INSERT INTO vital_signs VALUES (?,?,?,?,?,?,?)", (*old_row, 1.0))
+        db.execute("CREATE TABLE vital_unindexed (subject TEXT NOT NULL, effective_us INTEGER NOT NULL,"
+                   " codes TEXT NOT NULL, at REAL NOT NULL)")
+        db.execute("INSERT INTO vital_unindexed VALUES (?,?,?,?)", (PATIENT, old_row[0], old_row[2], 1.0))
+    store = Store(path)
+    try:
+        plain = json.loads(orjson.dumps(vital_observations(msg, PATIENT, device_reference(device))))
+        assert store.resources("Observation", PATIENT) == plain  # no system is guessed
+        later, _ = MESSAGES[2]
+        store.commit_batch([], [], vitals=[vital_records.record(later, PATIENT, device, (CITIZEN, "079123456789"))])
+        identified = [r for r in store.resources("Observation", PATIENT) if "identifier" in r["subject"]]
+        assert identified and len(identified) == len(vital_observations(later, PATIENT))
+    finally:
+        store.close()
+    store = Store(path)  # opened again: nothing to migrate twice
+    store.close()
