@@ -1,10 +1,10 @@
 """Accepting one received instance, whatever brought it (C-STORE or STOW-RS): check, store, record.
 
 :meth:`Intake.accept` is the single path from a decoded dataset to a durable, recorded instance:
-SOP class, UIDs, free-space watermark, routing, a pixel decode check for routed instances, the
-whether each routed model can read the instance (:class:`dicom_gateway.pixels.ImageInput`, from
-the model's metadata: a colour model is not sent a MONOCHROME image, a 2D model not a multi-frame
-one), the series geometry check for volume modalities, then the durable spool write and one store
+SOP class, UIDs, free-space watermark, routing, whether each routed model can read the instance
+(:class:`dicom_gateway.pixels.ImageInput`, from the model's metadata: a colour model is not sent a
+MONOCHROME image, a 2D model not a multi-frame one), a pixel decode check for routed instances, the
+series geometry check for volume modalities, then the durable spool write and one store
 transaction.  It returns a named status (PS3.4 B.2.3) and the reason, never raises for bad input.
 Its log lines carry the Study Instance UID as correlation id (:mod:`serving.correlation`).
 """
@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from pydicom import Dataset, dcmread
 from pydicom import uid as sop
@@ -118,20 +118,17 @@ class Accepted:
 class Intake:
     """Checks and stores received instances into ``spool`` and ``store``.  ``writer.begin(buffers,
     transfer_syntax)`` starts an instance's write (default: :class:`DirectWriter`, the classic
-    temp file, fsync, rename; the SCP uses :class:`dicom_gateway.slots.SlotPool`).  ``image_inputs``
-    gives what each routed model reads (default: its registered metadata,
-    :func:`registered_image_input`); a model it gives None for is not checked."""
+    temp file, fsync, rename; the SCP uses :class:`dicom_gateway.slots.SlotPool`).  What each
+    routed model reads is its registered metadata's (:func:`registered_image_input`)."""
 
     def __init__(self, store, spool: Path, rules: tuple[Rule, ...], *, group_by: str = "study",
-                 min_free_bytes: int = 0, writer=None,
-                 image_inputs: Mapping[str, ImageInput | None] | None = None) -> None:
+                 min_free_bytes: int = 0, writer=None) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         self.store, self.spool, self.rules = store, Path(spool), rules
         self.group_by = group_by
         self.min_free_bytes = int(min_free_bytes)
         self.writer = writer or DirectWriter()
-        self.image_inputs = image_inputs
         self._first_geometry: dict[str, tuple[int, int, str]] = {}
         ledger.ensure_schema(store)
 
@@ -202,15 +199,11 @@ class Intake:
         return Accepted(StoreStatus.SUCCESS, group_uid=arrival.group_uid,
                         counted=bool(new and arrival.expected_count), **ids)
 
-    def _image_input(self, model: str) -> ImageInput | None:
-        if self.image_inputs is None:
-            return registered_image_input(model)
-        return self.image_inputs.get(model)
-
-    def _unreadable(self, ds: Dataset, models: tuple[str, ...]) -> str | None:
+    @staticmethod
+    def _unreadable(ds: Dataset, models: tuple[str, ...]) -> str | None:
         """Why one of the routed ``models`` cannot read ``ds`` (the first that cannot, named), or None."""
         for model in models:
-            image_input = self._image_input(model)
+            image_input = registered_image_input(model)
             problem = image_input.problem(ds) if image_input is not None else None
             if problem is not None:
                 return f"routed to {model}, which cannot read it: {problem}"

@@ -92,7 +92,7 @@ def test_the_registered_models_say_what_they_read():
 
 def test_stow_rs_failure_reason_names_the_refusal(tmp_path):
     pytest.importorskip("uvicorn")
-    from test_stow import BOUNDARY, _multipart, _post, _serving
+    from test_stow import _multipart, _post, _serving
 
     mono = make_photo_dataset(_skin(), photometric="MONOCHROME2")
     photo = make_photo_dataset(_skin(), study_uid=mono.StudyInstanceUID)
@@ -103,7 +103,7 @@ def test_stow_rs_failure_reason_names_the_refusal(tmp_path):
         bodies.append(buffer.getvalue())
     with _serving(tmp_path, routes=[{"models": ["derm"], "modality": ["XC"]}]) as base:
         reply = _post(base, _multipart(*bodies))
-    assert BOUNDARY and reply.status_code == 202, reply.text  # PS3.18 10.5.3: some stored, some failed
+    assert reply.status_code == 202, reply.text  # PS3.18 10.5.3: some stored, some failed
     failed, = reply.json()["00081198"]["Value"]
     assert failed["00081155"]["Value"] == [mono.SOPInstanceUID]
     assert failed["00081197"]["Value"] == [StoreStatus.NOT_READABLE_BY_MODEL] == [0xC001]
