@@ -183,7 +183,8 @@ def test_a_store_of_the_earlier_layout_is_migrated_and_its_rows_keep_the_referen
         plain = json.loads(orjson.dumps(vital_observations(msg, PATIENT, device_reference(device))))
         assert store.resources("Observation", PATIENT) == plain  # no system is guessed
         later, _ = MESSAGES[2]
-        store.commit_batch([], [], vitals=[vital_records.record(later, PATIENT, device, (CITIZEN, "079123456789"))])
+        identified = vital_records.record(later, PATIENT, device, (CITIZEN, "079123456789"))
+        store.commit_batch([], [], vitals=[identified])
         identified = [r for r in store.resources("Observation", PATIENT) if "identifier" in r["subject"]]
         assert identified and len(identified) == len(vital_observations(later, PATIENT))
     finally:
