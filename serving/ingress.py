@@ -1,4 +1,4 @@
-"""The HTTP ingress (Ray Serve + FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
+"""The HTTP ingress (Ray Serve + FastAPI; the OpenAPI document at ``/openapi.json``).
 
 - ``GET /healthz`` — the HTTP path works.
 - ``GET /readyz`` — 200 only when every model deployment answers and the server's other
