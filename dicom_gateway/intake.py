@@ -11,6 +11,7 @@ Its log lines carry the Study Instance UID as correlation id (:mod:`serving.corr
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,8 @@ from dicom_gateway.pixels import ImageInput, PixelDataError, check_decodable
 from dicom_gateway.retention import below_watermark
 from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Rule, routes
 from dicom_gateway.status import StoreStatus
-from dicom_gateway.storage import DirectWriter, check_uid, instance_path
+from dicom_gateway.storage import PRIVATE_DIR_MODE, DirectWriter, instance_path
+from dicom_gateway.uids import check_uid
 from models.registry import ModelNotFoundError, ModelRegistry
 from serving.correlation import bind, reset
 
@@ -248,14 +250,33 @@ class Intake:
             reset(token)
         return news
 
+    @property
+    def quarantine(self) -> Path:
+        """Where :meth:`recover` moves spool files it will not record: ``<spool>-quarantine``, next
+        to the spool (``state_dir/spool-quarantine`` for the server)."""
+        return self.spool.with_name(f"{self.spool.name}-quarantine")
+
     def recover(self, called_ae: str) -> list[str]:
         """Record again the spool files whose rows were lost (see :func:`ledger.unrecorded_files`);
         returns their groups.  The sender is the file's Source Application Entity Title (0002,0016),
-        which the SCP sets to the calling AE title."""
+        which the SCP sets to the calling AE title.
+
+        A file is recorded only when its Study, Series and SOP Instance and SOP Class UIDs are UIDs
+        (PS3.5 9.1) and it lies where its own UIDs put it (:func:`dicom_gateway.storage.instance_path`):
+        one planted in the spool under another study's folder, or holding a UID that is not one, is
+        moved to :attr:`quarantine` with a log line, never recorded as a study."""
         groups = []
         for path in ledger.unrecorded_files(self.store, self.spool):
             try:
                 ds = dcmread(path, stop_before_pixels=True)
+            except Exception as exc:  # noqa: BLE001 - keep the file, say why, go on with the others
+                log.error("spool file %s cannot be recorded again: %s", path, exc)
+                continue
+            misplaced = self._misplaced(ds, path)
+            if misplaced is not None:
+                self._quarantine(path, misplaced)
+                continue
+            try:
                 calling_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "")).strip()
                 arrival = self._arrival(ds, path, calling_ae, routes(ds, self.rules, calling_ae, called_ae))
                 self.record([arrival])
@@ -267,6 +288,30 @@ class Intake:
         if groups:
             log.warning("recorded %d spool file(s) whose database rows were lost", len(groups))
         return sorted(set(groups))
+
+    def _misplaced(self, ds: Dataset, path: Path) -> str | None:
+        """Why the spool file ``path`` holding ``ds`` is not where the gateway would have written it, or None."""
+        try:
+            for keyword in ("SOPClassUID", "SeriesInstanceUID"):
+                check_uid(keyword, ds.get(keyword, ""))
+            expected = instance_path(self.spool, str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+        except (AttributeError, ValueError) as exc:  # a UID that is not one (uids.PathOutsideFolder too)
+            return str(exc)
+        if expected.resolve() != path.resolve():
+            return f"its UIDs place it at {expected}, not at {path}"
+        return None
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        """Move the spool file ``path`` into :attr:`quarantine` (kept, for an operator), with a log line."""
+        target = self.quarantine / path.parent.name / path.name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+            os.replace(path, target)
+        except OSError as exc:
+            log.error("spool file %s is not recorded (%s) and cannot be moved to %s: %s", path, why,
+                      self.quarantine, exc)
+            return
+        log.error("spool file %s is not recorded, moved to %s: %s", path, target, why)
 
     @staticmethod
     def _refuse(status: StoreStatus, reason: str, calling_ae: str, **ids: str) -> Accepted:

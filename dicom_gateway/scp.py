@@ -40,7 +40,8 @@ from dicom_gateway.routing import DEFAULT_RULES, Rule
 from dicom_gateway.security import AllowList
 from dicom_gateway.status import PresentationReason, RejectResult, RejectSource, ServiceUserReason, StoreStatus
 from dicom_gateway.slots import SlotPool
-from dicom_gateway.storage import DirectWriter, check_uid, instance_path, part10_header, remove_temporary_files
+from dicom_gateway.storage import DirectWriter, instance_path, part10_header, remove_temporary_files
+from dicom_gateway.uids import check_uid
 from dicom_gateway.wellformed import Element, dataset_problem
 
 log = logging.getLogger("medgate.dicom")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Union
 
 from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from dicom_gateway.uids import check_uid, inside  # noqa: F401 - check_uid: scp, intake
+from dicom_gateway.uids import check_uid, inside
 
 #: What :func:`write_durably` accepts: one buffer, or several written in order without joining.
 Buffers = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]

@@ -109,3 +109,45 @@ def test_stow_rs_failure_reason_names_the_refusal(tmp_path):
     assert failed["00081197"]["Value"] == [StoreStatus.NOT_READABLE_BY_MODEL] == [0xC001]
     stored, = reply.json()["00081199"]["Value"]
     assert stored["00081155"]["Value"] == [photo.SOPInstanceUID]
+
+
+def test_recover_quarantines_spool_files_not_where_their_uids_put_them(tmp_path, caplog):
+    """A file planted in the spool (issue: ``../spool/1.2.999.777`` written through an unchecked upload)
+    was recorded as a study at the next start and shown on the worklist."""
+    from pydicom.uid import generate_uid
+
+    from serving.store import Store
+    from serving.worklist import worklist
+
+    spool = tmp_path / "spool"
+    planted = make_photo_dataset(_skin())  # its own StudyInstanceUID is not 1.2.999.777
+    pathlike = make_photo_dataset(_skin())
+    pathlike.StudyInstanceUID = "../../tmp/x"
+    misnamed = make_photo_dataset(_skin())
+    placed = make_photo_dataset(_skin())  # where the gateway writes it: recorded as before
+    files = {
+        "planted": (planted, spool / "1.2.999.777" / f"{planted.SOPInstanceUID}.dcm"),
+        "pathlike": (pathlike, spool / "1.2.999.778" / f"{pathlike.SOPInstanceUID}.dcm"),
+        "misnamed": (misnamed, spool / str(misnamed.StudyInstanceUID) / f"{generate_uid()}.dcm"),
+        "placed": (placed, spool / str(placed.StudyInstanceUID) / f"{placed.SOPInstanceUID}.dcm"),
+    }
+    for ds, path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+    with caplog.at_level(logging.ERROR, logger="medgate.dicom"):
+        running = Running(tmp_path)
+    try:
+        shown = {s["study_uid"] for s in worklist(running.store)}
+        assert shown == {placed.StudyInstanceUID}
+        for name in ("planted", "pathlike", "misnamed"):
+            ds, path = files[name]
+            assert not path.exists()
+            assert (tmp_path / "spool-quarantine" / path.parent.name / path.name).is_file(), name
+            assert running.store.study(ds.StudyInstanceUID) is None
+        assert running.store.study("1.2.999.777") is None
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "not recorded, moved to" in logged and "StudyInstanceUID must be a DICOM UID" in logged
+        assert "its UIDs place it at" in logged
+    finally:
+        running.stop()
+
