@@ -53,6 +53,9 @@ STORAGE_SOP_CLASSES = (
     sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
 )
 SUPPORTED_SOP_CLASSES = frozenset(str(uid) for uid in STORAGE_SOP_CLASSES)
+#: Refusals the sender is expected to retry (PS3.4 B.2.3 Refused: Out of Resources); not shown as
+#: ``refused`` studies.
+TRANSIENT_STATUSES = frozenset({StoreStatus.OUT_OF_RESOURCES})
 GROUP_BY = ("study", "series")
 
 
@@ -164,27 +167,27 @@ class Intake:
         ids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_instance}
         if sop_class not in SUPPORTED_SOP_CLASSES:
             return self._refuse(StoreStatus.SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not supported",
-                                calling_ae, **ids)
+                                calling_ae, study, **ids)
         if context_sop_class is not None and sop_class != context_sop_class:
             return self._refuse(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                 f"SOP class {sop_class} differs from the context's {context_sop_class}",
-                                calling_ae, **ids)
+                                calling_ae, study, **ids)
         full = below_watermark(self.spool, self.min_free_bytes)
         if full is not None:
-            return self._refuse(StoreStatus.OUT_OF_RESOURCES, full, calling_ae, **ids)
+            return self._refuse(StoreStatus.OUT_OF_RESOURCES, full, calling_ae, study, **ids)
         models = routes(ds, self.rules, calling_ae, called_ae)
         if models:
             unreadable = self._unreadable(ds, models)
             if unreadable is not None:
-                return self._refuse(StoreStatus.NOT_READABLE_BY_MODEL, unreadable, calling_ae, **ids)
+                return self._refuse(StoreStatus.NOT_READABLE_BY_MODEL, unreadable, calling_ae, study, **ids)
             try:
                 check_decodable(ds)
             except PixelDataError as exc:
-                return self._refuse(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae, **ids)
+                return self._refuse(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae, study, **ids)
         if modality in VOLUME_MODALITIES and rows and len(orientation) == 6:
             mismatch = self._geometry_mismatch(series, rows, columns, orientation)
             if mismatch is not None:
-                return self._refuse(StoreStatus.CANNOT_UNDERSTAND, mismatch, calling_ae, **ids)
+                return self._refuse(StoreStatus.CANNOT_UNDERSTAND, mismatch, calling_ae, study, **ids)
         try:
             path = instance_path(self.spool, study, sop_instance)
             write.commit(path)
@@ -313,8 +316,17 @@ class Intake:
             return
         log.error("spool file %s is not recorded, moved to %s: %s", path, target, why)
 
-    @staticmethod
-    def _refuse(status: StoreStatus, reason: str, calling_ae: str, **ids: str) -> Accepted:
+    def _refuse(self, status: StoreStatus, reason: str, calling_ae: str, study: str | None = None,
+                **ids: str) -> Accepted:
+        """Log the refusal; with a checked ``study`` UID, show it on the worklist
+        (:func:`ledger.record_refusal`), unless it is transient (Out of Resources: the sender retries)."""
         log.warning("instance %s from %s refused (0x%04X %s): %s", ids.get("sop_instance_uid", "?"),
                     calling_ae, status, status.name, reason)
+        if study is not None and status not in TRANSIENT_STATUSES:
+            try:
+                ledger.record_refusal(self.store, ledger.Refusal(
+                    study, ids.get("sop_instance_uid", ""), calling_ae, status, reason))
+            except Exception as exc:  # noqa: BLE001 - the sender is still told; the log has it
+                log.error("refusal of instance %s (study %s) not recorded on the worklist: %s",
+                          ids.get("sop_instance_uid", "?"), study, exc)
         return Accepted(status, reason=reason, **ids)

@@ -11,6 +11,10 @@ Tables (created on first use, next to the store's ``instances`` and ``studies``)
     The models each instance was routed to when it arrived (so the pipeline uses the same decision).
 ``dicom_series_geometry``
     Rows, Columns and Image Orientation (Patient) of the first slice of each volume series.
+``studies`` (the store's)
+    Besides the rows of received instances' studies, a row ``refused`` for a study whose instance the
+    intake refused while nothing of it was stored (:func:`record_refusal`): the worklist shows the
+    reason and the sender, and a later instance of the study that is stored moves it on as usual.
 ``dicom_dispatches``
     The *dispatched* marker: one row per (group, model), inserted in the same transaction that
     marks the group complete.  A group is handed to a model only when that insert created the row,
@@ -22,11 +26,14 @@ instance row and its group update are one transaction.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from dicom_gateway.status import StoreStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dicom_groups (
@@ -121,6 +128,8 @@ def _record(db: sqlite3.Connection, arrival: Arrival, now: float) -> bool:
          arrival.modality, arrival.path, arrival.calling_ae, now)).rowcount == 1
     db.execute("INSERT OR IGNORE INTO studies(study_uid, status, received_at, updated_at)"
                " VALUES (?, 'receiving', ?, ?)", (arrival.study_uid, now, now))
+    db.execute("UPDATE studies SET status='receiving', detail=NULL, updated_at=? WHERE study_uid=?"
+               " AND status='refused'", (now, arrival.study_uid))  # a refusal does not block its study
     if not new:
         return False
     db.execute("INSERT OR IGNORE INTO dicom_instance_routes VALUES (?,?,?,?)",
@@ -145,6 +154,49 @@ def _record(db: sqlite3.Connection, arrival: Arrival, now: float) -> bool:
         " WHERE group_uid=?",
         (json.dumps(models), expected, int(arrival.single_image), now, int(late), arrival.group_uid))
     return True
+
+
+#: Longest refusal text a ``refused`` study row keeps (the log line has the reason whole).
+MAX_REFUSAL_CHARS = 256
+#: C0 and C1 controls, DEL, and the Unicode line and paragraph separators: removed from stored text.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An instance the intake refused (see :func:`record_refusal`): its study, the sender, the status
+    it was answered and why."""
+
+    study_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    status: StoreStatus
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.status == StoreStatus.SUCCESS:
+            raise ValueError(f"a refusal needs a non-success status, {self.status!r} is given")
+
+    @property
+    def detail(self) -> str:
+        """The study row's text: status, sender and reason, control characters removed, at most
+        :data:`MAX_REFUSAL_CHARS` characters."""
+        status = StoreStatus(self.status)
+        text = _CONTROLS.sub(" ", f"0x{status:04X} {status.name} from {self.calling_ae or '?'}: {self.reason}")
+        return text if len(text) <= MAX_REFUSAL_CHARS else text[:MAX_REFUSAL_CHARS - 1] + "…"
+
+
+def record_refusal(store, refusal: Refusal) -> None:
+    """Show a refused instance's study on the worklist: a new study row ``refused`` with
+    :attr:`Refusal.detail`, or the newest refusal on a study that is ``refused`` already.  A study with
+    stored instances keeps its status (its instances are processed; the log names the refusal), and a
+    later stored instance moves a ``refused`` study on to ``receiving`` (:func:`record_instances`)."""
+    now = time.time()
+    with store.transaction() as db:
+        db.execute("INSERT INTO studies(study_uid, status, detail, received_at, updated_at)"
+                   " VALUES (?, 'refused', ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE"
+                   " SET detail=excluded.detail, updated_at=excluded.updated_at WHERE status='refused'",
+                   (refusal.study_uid, refusal.detail, now, now))
 
 
 def unrecorded_files(store, spool: Path) -> list[Path]:

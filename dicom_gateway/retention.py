@@ -1,6 +1,7 @@
 """Spool housekeeping: retention of processed studies and the free-space watermark.
 
-Retention deletes studies whose processing has ended (store status ``done`` or ``unrouted``) and
+Retention deletes studies whose processing has ended (store status ``done`` or ``unrouted``), or
+whose instances were all refused at intake (``refused``: a row and no files), and
 that were last updated more than ``retention_days`` ago: their spool folder, instance rows and
 gateway bookkeeping.  Studies still ``receiving``, ``complete`` (waiting for or in the pipeline) or
 ``failed`` (an operator should look) are never deleted.  Results stay.
@@ -21,7 +22,7 @@ from dicom_gateway.uids import check_uid, inside
 log = logging.getLogger("medgate.dicom")
 
 #: Store statuses whose studies may be deleted by retention.
-PROCESSED_STATUSES = ("done", "unrouted")
+PROCESSED_STATUSES = ("done", "unrouted", "refused")
 SECONDS_PER_DAY = 86400.0
 
 

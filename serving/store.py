@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
-    status TEXT NOT NULL,          -- receiving | complete | done | unrouted | failed
+    status TEXT NOT NULL,          -- receiving | complete | done | unrouted | failed | refused
     route TEXT,
     detail TEXT,
     received_at REAL NOT NULL,

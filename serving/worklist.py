@@ -2,7 +2,9 @@
 
 ``GET /v1/worklist`` lists the newest ``LIMIT`` studies with the patient ID and modality of their
 first instance, the results per model (findings, links to the SR and the DiagnosticReport) and the
-overlay Secondary Captures.  ``GET /v1/overlay/{study_uid}/{name}.png`` renders a stored
+overlay Secondary Captures.  A study whose instances the gateway refused at intake is listed too, status
+``refused``, its ``detail`` the status, the sender and the reason (bounded, control characters removed;
+:func:`dicom_gateway.ledger.record_refusal`), with no instance.  ``GET /v1/overlay/{study_uid}/{name}.png`` renders a stored
 Secondary Capture (``results/<study>/SC-<uid>.dcm``, one the results table records) to PNG for the
 browser.  One audit row each.
 """

@@ -187,7 +187,8 @@ function renderWorklist() {
       el("td", { text: new Date(s.received_at * 1000).toLocaleString(LANG === "vi" ? "vi-VN" : "en-GB") }),
       el("td", { text: s.patient_id || "–" }),
       el("td", { text: s.modality || "–" }),
-      el("td", {}, el("span", { class: `status st-${s.status}`, text: t(`status.${s.status}`) })),
+      el("td", {}, el("span", { class: `status st-${s.status}`, text: t(`status.${s.status}`) }),
+        s.status === "refused" && s.detail ? el("div", { class: "reason", text: s.detail }) : null),
       el("td", {}, s.results.map(resultCell)),
       el("td", {}, overlays.map((src) => el("img", { class: "overlay", src, alt: "overlay", loading: "lazy",
         onclick: () => { $("#zoom img").src = src; $("#zoom").showModal(); } })))));

@@ -56,9 +56,12 @@ def test_storescu_is_told_what_derm_cannot_read_and_nothing_is_stored(running, t
     with caplog.at_level(logging.WARNING, logger="medgate.dicom"):
         statuses = store_statuses(running.scp.port, *paths)
     assert statuses == [StoreStatus.NOT_READABLE_BY_MODEL] * 2 == [0xC001] * 2
-    for ds in (mono, video):
+    for ds, reason in ((mono, COLOUR), (video, SINGLE)):
         assert running.store.instances_of(ds.StudyInstanceUID) == []
-        assert running.store.study(ds.StudyInstanceUID) is None
+        assert not (running.scp.spool / ds.StudyInstanceUID).exists()
+        study = running.store.study(ds.StudyInstanceUID)  # on the worklist, with the sender and why
+        assert study["status"] == "refused"
+        assert study["detail"].startswith(f"0xC001 NOT_READABLE_BY_MODEL from MODALITY: routed to {reason}")
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "refused (0xC001 NOT_READABLE_BY_MODEL)" in logged
     assert COLOUR in logged and SINGLE in logged
@@ -151,3 +154,46 @@ def test_recover_quarantines_spool_files_not_where_their_uids_put_them(tmp_path,
     finally:
         running.stop()
 
+
+
+def test_a_refused_study_moves_on_when_an_instance_of_it_is_stored(running, tmp_path):
+    from serving.worklist import worklist
+
+    mono = make_photo_dataset(_skin(), photometric="MONOCHROME2")
+    photo = make_photo_dataset(_skin(), study_uid=mono.StudyInstanceUID)
+    paths = [tmp_path / "mono.dcm", tmp_path / "photo.dcm"]
+    mono.save_as(paths[0], enforce_file_format=True)
+    photo.save_as(paths[1], enforce_file_format=True)
+    require_peer("storescu", "dcmtk")
+    assert store_statuses(running.scp.port, paths[0]) == [StoreStatus.NOT_READABLE_BY_MODEL]
+    row, = [s for s in worklist(running.store) if s["study_uid"] == mono.StudyInstanceUID]
+    assert row["status"] == "refused" and COLOUR in row["detail"] and row["instances"] == 0
+    assert store_statuses(running.scp.port, paths[1]) == [StoreStatus.SUCCESS]
+    wait_until(lambda: running.completed, timeout_s=10)
+    assert running.completed == [(mono.StudyInstanceUID, "derm")]
+    assert running.store.study(mono.StudyInstanceUID)["status"] == "complete"
+    # a refusal after the study was stored leaves it as it is
+    assert store_statuses(running.scp.port, paths[0]) == [StoreStatus.NOT_READABLE_BY_MODEL]
+    assert running.store.study(mono.StudyInstanceUID)["status"] == "complete"
+
+
+def test_refusal_text_is_bounded_and_without_control_characters(tmp_path):
+    from dicom_gateway import ledger
+    from serving.store import Store
+
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        ledger.ensure_schema(store)
+        refusal = ledger.Refusal("1.2.3", "1.2.3.4", "EVIL\r\nAE", StoreStatus.CANNOT_UNDERSTAND,
+                                 "forged\nlog line\x1b[31m" + "x" * 1000)
+        ledger.record_refusal(store, refusal)
+        detail = store.study("1.2.3")["detail"]
+        assert len(detail) == ledger.MAX_REFUSAL_CHARS
+        assert detail.startswith("0xC000 CANNOT_UNDERSTAND from EVIL  AE: forged log line [31mxxx")
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in detail)
+        ledger.record_refusal(store, ledger.Refusal("1.2.3", "1.2.3.5", "B", StoreStatus.NOT_READABLE_BY_MODEL, "r"))
+        assert store.study("1.2.3")["detail"] == "0xC001 NOT_READABLE_BY_MODEL from B: r"
+        with pytest.raises(ValueError, match="non-success"):
+            ledger.Refusal("1.2.3", "1.2.3.4", "A", StoreStatus.SUCCESS, "")
+    finally:
+        store.close()
