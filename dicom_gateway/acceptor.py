@@ -73,8 +73,9 @@ class Handlers(Protocol):
     def on_echo(self, association: Association) -> int: ...
 
     def on_store(self, association: Association, context_id: int, command: Dataset,
-                 data: bytes | memoryview) -> int:
-        """Handle a C-STORE request; return its status."""
+                 data: bytes | memoryview) -> dimse.Response | int:
+        """Handle a C-STORE request; return its status, with the reason of a refusal
+        (:class:`dimse.Response`, sent as Error Comment)."""
 
     def on_end(self, association: Association) -> None:
         """The association was released or aborted, or its connection was lost."""
@@ -277,25 +278,28 @@ class Acceptor:
                     if not is_last:
                         continue
                     data, data_parts = _joined(data_parts), []
-                status = self._dispatch(association, context_id, command, data)
-                for message in ul.command_pdus(context_id, dimse.encode_response(command, status),
+                response = self._dispatch(association, context_id, command, data)
+                for message in ul.command_pdus(context_id, dimse.encode_response(command, *response),
                                                association.peer_max_length):
                     connection.sendall(message)
                 command = None
 
     def _dispatch(self, association: Association, context_id: int, command: Dataset,
-                  data: bytes | memoryview | None) -> int:
+                  data: bytes | memoryview | None) -> tuple[int, str]:
+        """The handler's status and Error Comment for one request."""
         field_ = int(command.CommandField)
         try:
             if field_ == dimse.C_ECHO_RQ:
-                return self.handlers.on_echo(association)
+                response = dimse.Response.of(self.handlers.on_echo(association))
+                return response.status, response.comment
             if field_ == dimse.C_STORE_RQ and data is not None:
-                return self.handlers.on_store(association, context_id, command, data)
+                response = dimse.Response.of(self.handlers.on_store(association, context_id, command, data))
+                return response.status, response.comment
         except Exception:  # noqa: BLE001 - a handler bug fails this request, not the server
             log.exception("association %d: handler failed for command 0x%04X", association.id, field_)
-            return dimse.PROCESSING_FAILURE
+            return dimse.PROCESSING_FAILURE, "processing failure, named in the receiver's log"
         log.warning("association %d: unsupported DIMSE command 0x%04X", association.id, field_)
-        return dimse.UNRECOGNIZED_OPERATION
+        return dimse.UNRECOGNIZED_OPERATION, f"command 0x{field_:04X} is not supported"
 
 
 def _joined(parts: list[memoryview]) -> bytes | memoryview:

@@ -4,7 +4,9 @@ Command sets are always Implicit VR Little Endian, group 0000, led by Command Gr
 """
 from __future__ import annotations
 
+import re
 import struct
+from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import Dataset
@@ -20,6 +22,33 @@ NO_DATA_SET = 0x0101
 #: Status codes (PS3.7 C).
 UNRECOGNIZED_OPERATION = 0x0211
 PROCESSING_FAILURE = 0x0110
+#: Error Comment (0000,0902) is LO (PS3.7 E.1-1): at most 64 characters (PS3.5 6.2), of the default
+#: repertoire in a command set, no backslash and no control character.
+ERROR_COMMENT_MAX_CHARS = 64
+_NOT_LO = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a handler answers a request: the status and, for a non-success status, why, sent as Error
+    Comment (0000,0902) (see :func:`error_comment`).  A handler may return a bare status instead."""
+
+    status: int
+    comment: str = ""
+
+    @classmethod
+    def of(cls, reply: "Response | int") -> "Response":
+        return reply if isinstance(reply, Response) else cls(int(reply))
+
+
+def error_comment(text: str) -> str:
+    """``text`` as an Error Comment value (LO, PS3.5 6.2): control characters, backslashes and
+    characters outside the default repertoire replaced, at most :data:`ERROR_COMMENT_MAX_CHARS`
+    characters (a longer text cut, ending in ``...``)."""
+    value = " ".join(_NOT_LO.sub(" ", str(text)).split())
+    if len(value) > ERROR_COMMENT_MAX_CHARS:
+        value = value[:ERROR_COMMENT_MAX_CHARS - 3].rstrip() + "..."
+    return value
 
 
 #: Command elements a request is read for (PS3.7 E.1-1): tag -> (keyword, VR).
@@ -74,18 +103,21 @@ def has_data_set(command: Dataset) -> bool:
     return int(command.get("CommandDataSetType", NO_DATA_SET)) != NO_DATA_SET
 
 
-def encode_response(command: Dataset, status: int) -> bytes:
-    """The response command set to ``command`` (C-ECHO-RSP, C-STORE-RSP, ...) with ``status``.
+def encode_response(command: Dataset, status: int, comment: str = "") -> bytes:
+    """The response command set to ``command`` (C-ECHO-RSP, C-STORE-RSP, ...) with ``status`` and, for
+    a non-success status, ``comment`` as Error Comment (0000,0902) (PS3.7 C.4; :func:`error_comment`).
 
-    Written element by element (tags ascending, as PS3.5 7.1 requires): a response is at most six
+    Written element by element (tags ascending, as PS3.5 7.1 requires): a response is at most seven
     elements, and building a pydicom Dataset to encode it cost more than the rest of a C-STORE's
     protocol handling."""
+    comment = error_comment(comment) if int(status) != 0 else ""
     elements = b"".join((
         _uid(0x0002, command.get("AffectedSOPClassUID")),
         _us(0x0100, int(command.CommandField) | 0x8000),
         _us(0x0120, int(command.MessageID)),  # Message ID Being Responded To
         _us(0x0800, NO_DATA_SET),
         _us(0x0900, int(status)),
+        _lo(0x0902, comment),
         _uid(0x1000, command.get("AffectedSOPInstanceUID")),
     ))
     return _GROUP_LENGTH.pack(0x0000, 0x0000, 4, len(elements)) + elements
@@ -98,6 +130,17 @@ _US = struct.Struct("<HHIH")
 def _us(element: int, value: int) -> bytes:
     """An Implicit VR Little Endian US element of group 0000."""
     return _US.pack(0x0000, element, 2, value)
+
+
+def _lo(element: int, value: str) -> bytes:
+    """An Implicit VR Little Endian LO element of group 0000 (space-padded to even length), or
+    nothing for an empty value."""
+    if not value:
+        return b""
+    encoded = value.encode("ascii")
+    if len(encoded) % 2:
+        encoded += b" "
+    return struct.pack("<HHI", 0x0000, element, len(encoded)) + encoded
 
 
 def _uid(element: int, value: str | None) -> bytes:

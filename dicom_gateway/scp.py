@@ -32,6 +32,7 @@ from pynetdicom.presentation import build_context
 from dicom_gateway import ledger
 from dicom_gateway.acceptor import Acceptor, Association, Rejection
 from dicom_gateway.completion import StudyAssembler, StudyCallback
+from dicom_gateway.dimse import Response
 from dicom_gateway.header import read_header
 from dicom_gateway.intake import GROUP_BY, STORAGE_SOP_CLASSES, SUPPORTED_SOP_CLASSES, Intake
 from dicom_gateway.recorder import Recorder
@@ -205,7 +206,9 @@ class StorageScp:
         return StoreStatus.SUCCESS
 
     def on_store(self, association: Association, context_id: int, command: Dataset,
-                 data: bytes | memoryview) -> int:
+                 data: bytes | memoryview) -> Response:
+        """Check, store and record one instance (:meth:`Intake.accept`); a refusal's reason goes back
+        as Error Comment (0000,0902)."""
         calling = association.calling_ae
         abstract_syntax, transfer_syntax = association.contexts[context_id]
         try:
@@ -213,7 +216,7 @@ class StorageScp:
             sop_instance = check_uid("Affected SOP Instance UID", command.AffectedSOPInstanceUID)
         except Exception as exc:  # noqa: BLE001 - a bad UID is "cannot understand"
             log.warning("C-STORE from %s refused: %s", calling, exc)
-            return StoreStatus.CANNOT_UNDERSTAND
+            return Response(StoreStatus.CANNOT_UNDERSTAND, "Affected SOP Class or Instance UID is not a UID")
         # the disk starts on the bytes now; the checks below decide whether they are kept
         write = self.intake.writer.begin([part10_header(sop_class, sop_instance, transfer_syntax, calling), data],
                                          str(transfer_syntax))
@@ -222,20 +225,20 @@ class StorageScp:
             problem = dataset_problem(data, transfer_syntax, top)
             if problem is not None:
                 log.warning("C-STORE from %s refused: malformed data set: %s", calling, problem)
-                return StoreStatus.CANNOT_UNDERSTAND
+                return Response(StoreStatus.CANNOT_UNDERSTAND, f"malformed data set: {problem}")
             ds = read_header(data, transfer_syntax, top) or _decoded(data, transfer_syntax, calling)
             if ds is None:
-                return StoreStatus.CANNOT_UNDERSTAND
+                return Response(StoreStatus.CANNOT_UNDERSTAND, "the data set cannot be decoded")
             result = self.intake.accept(ds, write, calling, self.ae_title, context_sop_class=str(abstract_syntax),
                                         defer_record=True)
         finally:
             write.abandon()
         if result.status != StoreStatus.SUCCESS:
-            return result.status
+            return Response(result.status, result.reason)
         self.recorder.submit(result.arrival)
         with self._lock:
             self._open.setdefault(association.id, set()).add(result.group_uid)
-        return StoreStatus.SUCCESS
+        return Response(StoreStatus.SUCCESS)
 
     def _counted(self) -> None:
         """A recorded instance announced its group's count: completion may be due."""

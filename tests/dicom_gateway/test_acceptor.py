@@ -201,3 +201,23 @@ def test_response_command_set_is_what_pydicom_encodes(sop_class, sop_instance):
     elements = encode(expected, True, True)
     assert dimse.encode_response(command, 0xA700) == struct.pack("<HHII", 0, 0, 4, len(elements)) + elements
     assert decode(BytesIO(dimse.encode_response(command, 0)), True, True).Status == 0
+
+
+def test_error_comment_is_an_lo_of_at_most_64_characters():
+    """Error Comment (0000,0902) carries the refusal's reason: LO (PS3.5 6.2), default repertoire, no
+    control character or backslash, at most 64 characters; never on a success."""
+    command = Dataset()
+    command.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
+    command.CommandField = dimse.C_STORE_RQ
+    command.MessageID = 7
+    command.AffectedSOPInstanceUID = "1.2.3.4"
+    reason = "routed to derm\r\n\x1b[31mforged \\ line\x00 é " + "x" * 100
+    response = decode(BytesIO(dimse.encode_response(command, 0xC001, reason)), True, True)
+    assert response.Status == 0xC001
+    comment = response.ErrorComment
+    assert len(comment) <= dimse.ERROR_COMMENT_MAX_CHARS == 64
+    assert comment.startswith("routed to derm [31mforged line ") and comment.endswith("...")
+    assert all(0x20 <= ord(c) <= 0x7E and c != "\\" for c in comment)
+    assert "ErrorComment" not in decode(BytesIO(dimse.encode_response(command, 0, reason)), True, True)
+    assert "ErrorComment" not in decode(BytesIO(dimse.encode_response(command, 0xC000)), True, True)
+    assert dimse.error_comment("short reason") == "short reason"

@@ -103,3 +103,36 @@ def test_unsupported_sop_class_is_not_negotiated_and_server_stays_up(scp):
 def test_wrong_called_ae_is_rejected(scp):
     server, _, _ = scp
     assert "Reason: Called AE Title Not Recognized" in association_rejection(server.port, called="SOMEONE-ELSE")
+
+
+def test_a_refusal_tells_the_sender_why_in_error_comment(scp, tmp_path):
+    """The reason of every refusal reaches the sender as Error Comment (0000,0902): a pynetdicom SCU reads
+    it from the C-STORE-RSP, DCMTK ``storescu -d`` prints it."""
+    from dicom_gateway.testdata import make_photo_dataset
+    from gateway_helpers import storescu
+
+    server, _, _ = scp
+    mono = make_photo_dataset(np.full((48, 48, 3), 120, np.uint8), photometric="MONOCHROME2")
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(mono.SOPClassUID, mono.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MEDGATE")
+    assert assoc.is_established
+    status = assoc.send_c_store(mono)
+    assoc.release()
+    assert status.Status == StoreStatus.NOT_READABLE_BY_MODEL
+    assert status.ErrorComment == "routed to derm, which cannot read it: a colour (RGB) image is..."
+    require_peer("storescu", "dcmtk")
+    path = tmp_path / "mono.dcm"
+    mono.save_as(path, enforce_file_format=True)
+    out = storescu(server.port, path, extra=("-d", "-R"))
+    assert "(0000,0902) LO [routed to derm, which cannot read it: a colour (RGB) image is...]" \
+        in out.stdout + out.stderr
+    # a malformed data set: the reason names what the structural check found
+    broken = make_dx_dataset(np.zeros((64, 64), np.uint16))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(broken.SOPClassUID, broken.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MEDGATE")
+    broken.SOPInstanceUID = "1.2.3.abc"
+    status = assoc.send_c_store(broken)
+    assoc.release()
+    assert status.Status == StoreStatus.CANNOT_UNDERSTAND and status.ErrorComment
