@@ -3,7 +3,8 @@
 :meth:`Intake.accept` is the single path from a decoded dataset to a durable, recorded instance:
 SOP class, UIDs, free-space watermark, routing, whether each routed model can read the instance
 (:class:`dicom_gateway.pixels.ImageInput`, from the model's metadata: a colour model is not sent a
-MONOCHROME image, a 2D model not a multi-frame one), a pixel decode check for routed instances, the
+MONOCHROME image, a 2D model not a multi-frame one), a pixel decode check for routed instances (with
+the palette tables checked against their descriptors, :func:`dicom_gateway.header.palette_problem`), the
 series geometry check for volume modalities, then the durable spool write and one store
 transaction.  It returns a named status (PS3.4 B.2.3) and the reason, never raises for bad input.
 Its log lines carry the Study Instance UID as correlation id (:mod:`serving.correlation`).
@@ -22,6 +23,7 @@ from pydicom import uid as sop
 from pynetdicom import sop_class as sc
 
 from dicom_gateway import ledger
+from dicom_gateway.header import palette_problem
 from dicom_gateway.pixels import ImageInput, PixelDataError, check_decodable
 from dicom_gateway.retention import below_watermark
 from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Rule, routes
@@ -184,6 +186,9 @@ class Intake:
                 check_decodable(ds)
             except PixelDataError as exc:
                 return self._refuse(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae, study, **ids)
+            palette = palette_problem(ds)  # the C-STORE header too, which check_decodable cannot apply
+            if palette is not None:
+                return self._refuse(StoreStatus.CANNOT_UNDERSTAND, palette, calling_ae, study, **ids)
         if modality in VOLUME_MODALITIES and rows and len(orientation) == 6:
             mismatch = self._geometry_mismatch(series, rows, columns, orientation)
             if mismatch is not None:

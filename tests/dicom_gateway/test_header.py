@@ -14,8 +14,8 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom.dsutils import decode, encode
 
 from dicom_gateway import dimse
-from dicom_gateway.header import ATTRIBUTES, read_header
-from dicom_gateway.testdata import make_ct_series, make_dx_dataset
+from dicom_gateway.header import ATTRIBUTES, palette_problem, read_header
+from dicom_gateway.testdata import make_ct_series, make_dx_dataset, make_photo_dataset
 from dicom_gateway.wellformed import dataset_problem
 
 
@@ -43,8 +43,13 @@ def _ct() -> Dataset:
     return ds
 
 
+def _palette() -> Dataset:
+    rgb = np.random.default_rng(3).integers(0, 255, (16, 16, 3)).astype(np.uint8)
+    return make_photo_dataset(rgb, kind="sc", photometric="PALETTE COLOR")
+
+
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
-@pytest.mark.parametrize("make", [_ct, lambda: make_dx_dataset(np.zeros((64, 64), np.uint16))])
+@pytest.mark.parametrize("make", [_ct, lambda: make_dx_dataset(np.zeros((64, 64), np.uint16)), _palette])
 def test_header_values_equal_pydicom(syntax, make):
     ds = make()
     data = _encoded(ds, syntax)
@@ -93,3 +98,23 @@ def test_command_sets_are_read_like_pydicom_reads_them():
     assert dimse.encode_response(fast, 0) == dimse.encode_response(slow, 0)
     with pytest.raises(dimse.UpperLayerError):
         dimse.decode_command(b"\x00\x00\x00\x01\xff\xff")
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_palette_tables_are_checked_against_their_descriptors(syntax):
+    """The C-STORE header carries the palette descriptors and table lengths, so a broken palette is
+    found at intake (it passed the length check and failed later, in its study)."""
+    assert palette_problem(_header(_encoded(_palette(), syntax), syntax)) is None
+    short = _palette()
+    short.GreenPaletteColorLookupTableData = short.GreenPaletteColorLookupTableData[:256]  # 128 entries
+    assert "hold 256 entries of 16 bits each" in palette_problem(_header(_encoded(short, syntax), syntax))
+    twelve = _palette()
+    for colour in ("Red", "Green", "Blue"):
+        setattr(twelve, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 12])
+    assert "8 or 16 bits per entry" in palette_problem(_header(_encoded(twelve, syntax), syntax))
+    missing = _palette()
+    del missing.BluePaletteColorLookupTableDescriptor
+    assert "of three values" in palette_problem(_header(_encoded(missing, syntax), syntax))
+    for broken in (short, twelve, missing):  # a pydicom Dataset gets the same answer
+        assert palette_problem(broken) is not None
+    assert palette_problem(_ct()) is None  # not PALETTE COLOR

@@ -197,3 +197,17 @@ def test_refusal_text_is_bounded_and_without_control_characters(tmp_path):
             ledger.Refusal("1.2.3", "1.2.3.4", "A", StoreStatus.SUCCESS, "")
     finally:
         store.close()
+
+
+def test_storescu_palette_with_a_broken_table_is_refused_at_intake(running, tmp_path):
+    """A PALETTE COLOR image whose Green table holds half the entries its descriptor announces was
+    stored (0x0000) and failed later in its study: the header path now checks the tables."""
+    ds = make_photo_dataset(_skin(), kind="sc", photometric="PALETTE COLOR")
+    ds.GreenPaletteColorLookupTableData = ds.GreenPaletteColorLookupTableData[:256]
+    path = tmp_path / "palette.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    require_peer("storescu", "dcmtk")
+    assert store_statuses(running.scp.port, path) == [StoreStatus.CANNOT_UNDERSTAND]
+    assert running.store.instances_of(ds.StudyInstanceUID) == []
+    study = running.store.study(ds.StudyInstanceUID)
+    assert study["status"] == "refused" and "Palette Color Lookup Table Data must hold 256 entries" in study["detail"]
