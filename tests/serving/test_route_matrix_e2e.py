@@ -9,10 +9,10 @@ STOW-RS, and must end in one of:
 * ``result``: the sender was answered success (C-STORE 0x0000; STOW-RS 200, no Failed SOP Sequence),
   the worklist shows the study ``done`` and the SR (and, for 2D models, the overlay SC) of that study
   reach the PACS, ``dciodvfy`` clean (no Error line);
-* ``refused``: the sender was answered the named refusal (C-STORE 0xC001 NOT_READABLE_BY_MODEL; STOW-RS
-  409, Failure Reason 0xC001), the gateway's log names the instance and the reason, and nothing was
-  stored: the worklist, whose rows are the studies of stored instances, has no row for it and the
-  PACS received nothing.
+* ``refused``: the sender was answered the named refusal (C-STORE 0xC001 NOT_READABLE_BY_MODEL, with the
+  reason in Error Comment (0000,0902); STOW-RS 409, Failure Reason 0xC001), the gateway's log names the
+  instance and the reason, the worklist shows the study ``refused`` with the reason and the sender, and
+  nothing was stored: the study has no instance and the PACS received nothing.
 
 The matrix is printed (``-s``), cell by cell, with its outcome.
 """
@@ -25,23 +25,30 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
+from dicom_gateway.dimse import error_comment
 from dicom_gateway.status import StoreStatus
 from dicom_gateway.testdata import make_ct_series, make_dx_dataset, make_photo_dataset
 from peers import DCMTK_ENV, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, storescu, wait_until
 from serving.process import ServerProcess
+from serving.stow import STOW_CALLING_AE
 
 #: storescu option proposing a compressed transfer syntax (PS3.5 Annex A) besides the native ones.
 PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx"}
 #: The C-STORE response status as ``storescu -d`` prints it ("DIMSE Status : 0xc001: Error: ...").
 DIMSE_STATUS = re.compile(r"DIMSE Status\s*: 0x([0-9a-fA-F]{4})")
+#: The Error Comment of a C-STORE response as ``storescu -d`` prints it ("(0000,0902) LO [why] # ...").
+ERROR_COMMENT = re.compile(r"\(0000,0902\) LO \[([^]]*)\]")
 BOUNDARY = "medgate-matrix"
+#: The calling AE title the gateway records for each way in (storescu's ``-aet`` in peers.storescu;
+#: serving.stow.STOW_CALLING_AE).
+SENDER = {"c-store": "MODALITY", "stow-rs": STOW_CALLING_AE}
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Cell:
     outcome: str  # "result" | "refused"
     reason: str = ""  # part of the refusal the gateway logs
     via: str = "c-store"  # "c-store" | "stow-rs"
+    comments: list = field(default_factory=list)  # the Error Comments storescu printed
 
     @property
     def study(self) -> str:
@@ -170,6 +178,7 @@ def _send(running, cell: Cell, folder: Path) -> list[int]:
     syntax = str(cell.datasets[0].file_meta.TransferSyntaxUID)
     extra = ("-d", "-R", "-nh") + ((PROPOSE[syntax],) if syntax in PROPOSE else ())
     result = storescu(running["dicom_port"], *paths, extra=extra)
+    cell.comments = ERROR_COMMENT.findall(result.stdout + result.stderr)
     return [int(code, 16) for code in DIMSE_STATUS.findall(result.stdout + result.stderr)]
 
 
@@ -229,10 +238,15 @@ def test_route_matrix_end_to_end(running, tmp_path):
                 errors = dciodvfy_errors(path)
                 if errors:
                     failures.append(f"{line}: {modality} {errors}")
-        elif (told[cell.study] != [StoreStatus.NOT_READABLE_BY_MODEL] * len(cell.datasets) or study is not None
+        elif (told[cell.study] != [StoreStatus.NOT_READABLE_BY_MODEL] * len(cell.datasets) or study is None
+              or study["status"] != "refused" or study["instances"] != 0
+              or f"NOT_READABLE_BY_MODEL from {SENDER[cell.via]}: routed to {cell.reason}" not in study["detail"]
+              or (cell.via == "c-store" and cell.comments != [error_comment(f"routed to {cell.reason}")]
+                                            * len(cell.datasets))
               or objects or not any(str(ds.SOPInstanceUID) in entry and cell.reason in entry
                                     for ds in cell.datasets for entry in log.splitlines())):
-            failures.append(f"{line}: expected the refusal {cell.reason!r} told and logged, nothing stored")
+            failures.append(f"{line}: expected the refusal {cell.reason!r} told (Error Comment {cell.comments}), "
+                            "logged and on the worklist with its sender, nothing stored")
     print("\n".join(report))
     print(f"{len(cells)} cells in {time.monotonic() - start:.1f} s")
     assert not failures, "\n".join(failures)
