@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import requests
 
-from dicom_gateway.testdata import make_dx_dataset
+from dicom_gateway.testdata import make_dx_dataset, make_photo_dataset
 from peers import DCMTK_ENV, find_peer, free_port, wait_until
 from serving.process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
@@ -151,6 +151,24 @@ def test_worklist_shows_the_overlay(server, page, tmp_path):
     assert "079300000005" in page.inner_text(row)
     assert page.query_selector(f'{row} a[href*="/fhir/DiagnosticReport/"]') is not None
     shoot(page, tmp_path, "dashboard-worklist.png")
+
+
+def test_worklist_shows_a_refused_study_with_its_reason_as_text(server, page, tmp_path):
+    """A MONOCHROME photo routed to derm is refused at intake: its study is listed ``refused`` with the
+    reason and the sender, whose AE title (here markup) is shown as text, never as markup."""
+    ds = make_photo_dataset(np.full((48, 48, 3), 120, np.uint8), photometric="MONOCHROME2")
+    path = tmp_path / "mono.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    subprocess.run([find_peer("storescu"), "-aet", "<img src=x>", "-aec", "MEDGATE", "127.0.0.1",
+                    str(server["config"]["dicom"]["port"]), str(path)], env=DCMTK_ENV,
+                   capture_output=True, text=True, timeout=60)
+    page.goto(server["url"] + "/#worklist")
+    row = f'tr[data-study="{ds.StudyInstanceUID}"]'
+    page.wait_for_selector(f"{row} .st-refused", timeout=30_000)
+    assert page.inner_text(f"{row} .st-refused") == "refused"
+    reason = page.inner_text(f"{row} .reason")
+    assert reason.startswith("0xC001 NOT_READABLE_BY_MODEL from <img src=x>: routed to derm")
+    assert page.query_selector(f"{row} img") is None
 
 
 def test_language_switch(server, page, tmp_path):
