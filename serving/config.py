@@ -283,7 +283,9 @@ class StoreConfig(_Section):
 class OutboxConfig(_Section):
     # A failed delivery is retried after a delay that doubles from backoff_base_s up to
     # backoff_max_s; after max_attempts failures the item is dead until `medgate outbox retry`.
-    # The defaults ride out a destination that is down for about an hour and a half.
+    # The defaults ride out a destination that is down for about an hour and a half; they are
+    # written here only (serving.outbox.Outbox reads them).  A refusal (FHIR 4xx but 408/429, a
+    # DICOM rejection or error status: serving.delivery_errors) is dead at once, not retried.
     max_attempts: int = Field(100, ge=1)
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)

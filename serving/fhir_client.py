@@ -2,20 +2,37 @@
 
 A batch of resources becomes one ``transaction`` Bundle (FHIR R4 http.html#transaction) of
 ``PUT {type}/{id}`` entries: every id is deterministic, so a Bundle delivered twice (an outbox
-retry after a lost response) updates the same resources instead of creating new ones. Failures
-raise, and the outbox retries with backoff (serving.outbox).
+retry after a lost response) updates the same resources instead of creating new ones.
+
+Failures raise typed delivery errors (:mod:`serving.delivery_errors`): a 4xx other than 408 and 429
+(RFC 9110 15.5) is the server refusing this Bundle, a :class:`PermanentDeliveryError` carrying its
+OperationOutcome's diagnostics, and the outbox dead-letters it at once; a 5xx, 408, 429 (with its
+Retry-After, RFC 9110 10.2.3), a refused connection or a timeout is a
+:class:`TransientDeliveryError`, retried with backoff (serving.outbox).  A transaction-response
+entry whose status is not 2xx is classified the same way.
 """
 from __future__ import annotations
 
+import email.utils
+import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
+from http import HTTPStatus
 from typing import Any
+
+from serving.delivery_errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 FHIR_JSON = "application/fhir+json"  # FHIR R4 http.html#mime-type
 BUNDLE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:fhir:bundle")
 DEFAULT_TIMEOUT_S = 30.0
+#: 4xx statuses that say "not now" rather than "not this": 408 Request Timeout (RFC 9110 15.5.9),
+#: 429 Too Many Requests (RFC 6585 4).
+TRANSIENT_CLIENT_ERRORS = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS})
+#: Bytes of an error body read for its reason.
+MAX_ERROR_BODY_BYTES = 4096
 
 
 def transaction_bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
@@ -51,15 +68,71 @@ class FhirSender:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode("utf-8", "replace")
-            raise ConnectionError(f"FHIR server {url} answered {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConnectionError(f"FHIR server {url} not reachable: {exc}") from None
+            try:
+                detail = outcome_text(exc.read(MAX_ERROR_BODY_BYTES))
+            except (OSError, http.client.HTTPException):
+                detail = ""
+            raise http_failure(url, exc.code, detail, retry_after_s(exc.headers.get("Retry-After"))) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise TransientDeliveryError(f"FHIR server {url} not reachable: {exc}") from None
         try:
             reply = json.loads(body) if body else {}
         except ValueError:
-            raise ConnectionError(f"FHIR server {url} answered with non-JSON: {body[:100]!r}") from None
+            raise TransientDeliveryError(f"FHIR server {url} answered with non-JSON: {body[:100]!r}") from None
         for entry in reply.get("entry", []):
-            status = str((entry.get("response") or {}).get("status", ""))
+            response = entry.get("response") or {}
+            status = str(response.get("status", ""))
             if status and not status.startswith("2"):
-                raise ConnectionError(f"FHIR server {url} rejected an entry: {status}")
+                code = status.split(" ", 1)[0]
+                detail = outcome_text(json.dumps(response.get("outcome") or {}))
+                raise http_failure(url, int(code) if code.isdigit() else 0, detail or status,
+                                   entry_of="an entry")
+
+
+def http_failure(url: str, status: int, detail: str, retry_after: float | None = None,
+                 entry_of: str = "") -> DeliveryError:
+    """The delivery error for an HTTP ``status`` from the FHIR server at ``url``: permanent for a
+    4xx other than :data:`TRANSIENT_CLIENT_ERRORS`, transient otherwise."""
+    try:
+        phrase = f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        phrase = str(status)
+    what = f"FHIR server {url} answered {phrase}" + (f" for {entry_of}" if entry_of else "")
+    reason = f"{what}: {detail}" if detail else what
+    if 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS:
+        return PermanentDeliveryError(reason)
+    return TransientDeliveryError(reason, retry_after)
+
+
+def outcome_text(body: bytes | str) -> str:
+    """The reason in an error body: the OperationOutcome's issues (severity, code, diagnostics or
+    details.text; FHIR R4 operationoutcome.html), or the body's own text."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        outcome = json.loads(text)
+    except ValueError:
+        return text.strip()
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return text.strip() if outcome else ""
+    issues = []
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        said = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+        issues.append(" ".join(str(part) for part in (issue.get("severity"), issue.get("code"), said) if part))
+    return "; ".join(issues) or "OperationOutcome without issues"
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 10.2.3);
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo else None

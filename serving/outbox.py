@@ -2,10 +2,12 @@
 
 Every external side effect (an SR to PACS, an alert on MQTT, a resource to a FHIR server) is first
 written to the ``outbox`` table with an idempotency key, then attempted by one worker thread.
-A failed attempt is retried with exponential backoff; after ``max_attempts`` failures the item is
-marked ``dead`` with the last reason and stays visible (:meth:`Outbox.items`, ``medgate outbox
-list``) until :meth:`Outbox.retry` (``medgate outbox retry``) puts it back.  Items survive a
-restart.  The items live in the SQLite store, or in PostgreSQL when ``store.url`` names one
+A sender that raises :class:`~serving.delivery_errors.PermanentDeliveryError` (the peer refused
+the payload) sends the item to ``dead`` at once with the peer's reason; any other failure is
+retried with exponential backoff (no sooner than a peer's Retry-After), and after ``max_attempts``
+failures the item is marked ``dead`` with the last reason.  A dead item stays visible
+(:meth:`Outbox.items`, ``medgate outbox list``) until :meth:`Outbox.retry` (``medgate outbox
+retry``) puts it back.  Items survive a restart.  The items live in the SQLite store, or in PostgreSQL when ``store.url`` names one
 (see :mod:`serving.outbox_db`).  Each item keeps the correlation id in effect when it was
 enqueued (:mod:`serving.correlation`); its delivery attempt, and its log lines, run under it.
 """
@@ -18,13 +20,16 @@ import time
 from typing import Any, Callable
 
 from serving import correlation
+from serving.config import OutboxConfig
+from serving.delivery_errors import PermanentDeliveryError
 from serving.outbox_db import PostgresOutboxDb, SqliteOutboxDb
 from serving.store import Store
 from serving.worker import PeriodicWorker
 
 log = logging.getLogger("medgate.outbox")
 
-#: A sender delivers one payload to one destination or raises with a reason.
+#: A sender delivers one payload to one destination or raises with a reason: a
+#: :class:`~serving.delivery_errors.DeliveryError` says whether retrying can help.
 Sender = Callable[[str, dict[str, Any]], None]
 
 
@@ -39,16 +44,23 @@ class Outbox(PeriodicWorker):
     senders
         Delivery function per kind (``dicom``, ``mqtt``, ``fhir``).
     max_attempts
-        Failures before an item is dead-lettered.
+        Failures before an item is dead-lettered; a permanent failure dead-letters it at once.
     backoff_base_s, backoff_max_s
-        Delay after the n-th failure is ``min(backoff_base_s * 2**(n-1), backoff_max_s)``.
+        Delay after the n-th failure is ``min(backoff_base_s * 2**(n-1), backoff_max_s)``, or the
+        peer's Retry-After when longer.
+    Each of these left out takes its default from :class:`serving.config.OutboxConfig`, the one
+    place the defaults are written.
     """
 
     worker_name = "medgate-outbox"
 
-    def __init__(self, store: Store, senders: dict[str, Sender], *, max_attempts: int = 8,
-                 backoff_base_s: float = 1.0, backoff_max_s: float = 300.0,
+    def __init__(self, store: Store, senders: dict[str, Sender], *, max_attempts: int | None = None,
+                 backoff_base_s: float | None = None, backoff_max_s: float | None = None,
                  poll_interval_s: float = 0.5) -> None:
+        defaults = OutboxConfig()
+        max_attempts = defaults.max_attempts if max_attempts is None else max_attempts
+        backoff_base_s = defaults.backoff_base_s if backoff_base_s is None else backoff_base_s
+        backoff_max_s = defaults.backoff_max_s if backoff_max_s is None else backoff_max_s
         if max_attempts < 1:
             raise ValueError(f"`max_attempts` must be positive, {max_attempts} is given.")
         self.store = store
@@ -105,17 +117,28 @@ class Outbox(PeriodicWorker):
         try:
             self.senders[item["kind"]](item["destination"], json.loads(item["payload"]))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a retry or a dead letter
-            attempts = item["attempts"] + 1
-            status = "dead" if attempts >= self.max_attempts else "pending"
-            delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
-            reason = f"{type(exc).__name__}: {exc}"
-            self.db.mark_failed(item["id"], status, attempts, time.time() + delay, reason)
-            log.warning("delivery %s to %s failed (attempt %d, %s): %s", item["key"],
-                        item["destination"], attempts, status, reason)
+            self._failed(item, exc)
             return False
         self.db.mark_sent(item["id"])
         log.info("delivered %s to %s", item["key"], item["destination"])
         return True
+
+    def _failed(self, item: dict[str, Any], exc: Exception) -> None:
+        attempts = item["attempts"] + 1
+        permanent = isinstance(exc, PermanentDeliveryError)
+        status = "dead" if permanent or attempts >= self.max_attempts else "pending"
+        delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
+        retry_after_s = getattr(exc, "retry_after_s", None)  # TransientDeliveryError
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
+        reason = f"{type(exc).__name__}: {exc}"
+        self.db.mark_failed(item["id"], status, attempts, time.time() + delay, reason)
+        if permanent:
+            log.error("delivery %s to %s refused permanently (attempt %d, dead): %s", item["key"],
+                      item["destination"], attempts, reason)
+        else:
+            log.warning("delivery %s to %s failed (attempt %d, %s): %s", item["key"],
+                        item["destination"], attempts, status, reason)
 
     def tick(self) -> None:
         self.deliver_due()

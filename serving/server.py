@@ -22,6 +22,7 @@ from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
 from serving import heap
 from serving.config import HttpConfig, Settings
+from serving.delivery_errors import PermanentDeliveryError, TransientDeliveryError
 from serving.fhir_client import FhirSender
 from serving.forwarded import UVICORN_TRUST_NONE
 from serving.ingress import STATUS_FILE
@@ -58,14 +59,14 @@ class Server:
     # -- delivery senders ----------------------------------------------------------------------
     def _send_dicom(self, destination: str, payload: dict) -> None:
         dest = self.settings.destinations.named().get(destination)
-        if dest is None:
-            raise LookupError(f"destination {destination!r} is not configured")
+        if dest is None:  # fixed by configuration, then `medgate outbox retry`
+            raise PermanentDeliveryError(f"destination {destination!r} is not configured")
         send_files(payload["paths"], ae_title=dest.ae_title, host=dest.host, port=dest.port,
                    calling_ae_title=self.settings.dicom.ae_title)
 
     def _send_mqtt(self, topic: str, payload: dict) -> None:
         if self.bridge is None:
-            raise ConnectionError("the MQTT bridge is not running")
+            raise TransientDeliveryError("the MQTT bridge is not running")
         self.bridge.publish(topic, payload)
 
     # -- lifecycle -----------------------------------------------------------------------------
