@@ -45,10 +45,17 @@ def _remove_cdn_docs(app: FastAPI) -> None:
 
 
 def install_routes(app: FastAPI) -> FastAPI:
-    """Add the guard and security-header middleware and every route module to ``app``."""
+    """Add the guard and security-header middleware and every route module to ``app``.
+
+    Starlette's trailing-slash redirect is turned off: it builds its ``Location`` from the request's
+    Host header (``/healthz/`` answered ``Location: http://evil.example/healthz``); a path with a
+    stray slash is a 404 like any other unknown path.  An unhandled exception is answered by
+    :func:`serving.web_headers.server_error` (JSON, security headers, no internals)."""
     from serving import fhir_api, system_api, ward, web_auth, worklist
 
     _remove_cdn_docs(app)
+    app.router.redirect_slashes = False
+    app.add_exception_handler(Exception, web_headers.server_error)
     app.middleware("http")(web_auth.guard)
     app.middleware("http")(web_headers.security_headers)  # added last = outermost: 401/403 get them too
     for router in (dashboard, web_auth.router, ward.router, worklist.router, system_api.router,

@@ -8,10 +8,17 @@
 * ``Referrer-Policy: no-referrer`` (W3C Referrer Policy): no URL of ours travels to another site.
 * ``Cache-Control: no-store`` (RFC 9111 5.2.2.5) on every response that needed a credential
   (patient data and everything else behind the guard): no copy in browser or proxy caches.
+
+An unhandled exception never reaches the middleware (Starlette answers it outside every middleware,
+in ``ServerErrorMiddleware``): :func:`server_error` is installed as its handler and sets the same
+headers itself on a JSON 500 that names no internals (the traceback goes to the log).
 """
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from serving.auth import is_patient_data, required_roles
 
@@ -25,6 +32,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 NO_STORE = "no-store"
+#: RFC 9110 15.6.1.
+INTERNAL_SERVER_ERROR = 500
+log = logging.getLogger("medgate.http")
 
 
 def private(path: str) -> bool:
@@ -40,3 +50,12 @@ async def security_headers(request: Request, call_next):
     if private(request.url.path):
         response.headers["Cache-Control"] = NO_STORE
     return response
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    """Exception handler of last resort: a JSON 500 with every security header and ``no-store``
+    whatever the path (an error may be about patient data); the exception is logged, not sent."""
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path[:200],
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return JSONResponse({"error": "internal server error; the server log has the details"},
+                        status_code=INTERNAL_SERVER_ERROR, headers={**SECURITY_HEADERS, "Cache-Control": NO_STORE})

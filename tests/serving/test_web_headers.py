@@ -52,6 +52,29 @@ def test_no_documentation_page_loads_a_cdn(web, path):
     assert requests.get(web.url + "/openapi.json", headers=auth("engineer"), timeout=30).json()["openapi"]
 
 
+def test_unhandled_exception_is_a_json_500_with_the_headers(tmp_path):
+    with WebApp(tmp_path) as app:
+        @app.server.config.app.get("/v1/system/raise")
+        def _raise():
+            raise RuntimeError("secret internals /var/lib/medgate")
+
+        response = requests.get(app.url + "/v1/system/raise", headers=auth("admin"), timeout=30)
+    assert response.status_code == 500
+    assert "secret" not in response.text and "RuntimeError" not in response.text
+    assert response.json()["error"].startswith("internal server error")
+    for name, value in EXPECTED.items():
+        assert response.headers.get(name) == value, name
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/healthz/", "/v1/ward/", "/fhir/metadata/"])
+def test_no_redirect_takes_its_location_from_the_host_header(web, path):
+    response = requests.get(web.url + path, headers={"Host": "evil.example", **auth("admin")},
+                            allow_redirects=False, timeout=30)
+    assert response.status_code == 404, (response.status_code, response.headers)
+    assert "evil.example" not in response.headers.get("location", "")
+
+
 class _Inline(HTMLParser):
     """Collects what a strict CSP would block: inline scripts, inline styles, handler attributes."""
 
