@@ -11,7 +11,8 @@ any callable mapping a float32 tensor (B, 1, *roi_size) to probabilities of the 
 (:mod:`models.nodule.serving`), :func:`detect` and the training evaluation share: the lung mask of
 the CT (:func:`models.nodule.lung.lung_mask`), sliding windows over the lungs' bounding box only
 (plus ``context_vox`` of surroundings; the rest of the map is 0), then candidates inside the lung
-mask bounded by density (:func:`models.nodule.postprocess.extract_candidates`).
+mask bounded by density, tube-shaped segments (vessels) dropped by their elongation
+(:func:`models.nodule.postprocess.extract_candidates`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from scipy import ndimage
 from monai.inferers import sliding_window_inference
 
 from models.nodule.lung import lung_mask
-from models.nodule.postprocess import COMPONENT_THRESHOLD, MIN_VOLUME_MM3, SOLID_HU, Candidate, extract_candidates
+from models.nodule.postprocess import (COMPONENT_THRESHOLD, MAX_ELONGATION, MIN_VOLUME_MM3, SOLID_HU, Candidate,
+                                       extract_candidates)
 from models.nodule.preprocess import MODEL_SPACING_MM, WINDOW_HU, prepare_volume, to_source_vox
 
 PATCH_SIZE_VOX = (64, 64, 64)
@@ -119,11 +121,13 @@ def segment_volume(run_patch: PatchRunner, volume01: np.ndarray, spacing_mm, *,
                    window: tuple[float, float] = WINDOW_HU, roi_size: Sequence[int] = PATCH_SIZE_VOX,
                    overlap: float = 0.25, component_threshold: float = COMPONENT_THRESHOLD,
                    min_volume_mm3: float = MIN_VOLUME_MM3, lung_search: bool = True,
-                   solid_hu: float | None = SOLID_HU, context_vox: int = CONTEXT_VOX) -> VolumeSegmentation:
+                   solid_hu: float | None = SOLID_HU, context_vox: int = CONTEXT_VOX,
+                   max_elongation: float | None = MAX_ELONGATION) -> VolumeSegmentation:
     """Candidates of one preprocessed volume (``volume01``, windowed by ``window``, at ``spacing_mm``).
 
-    ``lung_search=False`` and ``solid_hu=None`` give the unbounded components of the whole map
-    (the behaviour before the lung mask and the density bound; kept to measure them).
+    ``lung_search=False``, ``solid_hu=None`` and ``max_elongation=None`` give the unbounded
+    components of the whole map, of any shape (the behaviour before the lung mask, the density
+    bound and the shape bound; kept to measure them).
     """
     arr = np.asarray(volume01, dtype=np.float32)
     low, high = (float(v) for v in window)
@@ -141,7 +145,8 @@ def segment_volume(run_patch: PatchRunner, volume01: np.ndarray, spacing_mm, *,
     found, labels = extract_candidates(probability, spacing_mm, component_threshold, min_volume_mm3,
                                        region=lung if lung_search else None,
                                        volume_hu=hu if solid_hu is not None else None,
-                                       solid_hu=SOLID_HU if solid_hu is None else float(solid_hu))
+                                       solid_hu=SOLID_HU if solid_hu is None else float(solid_hu),
+                                       max_elongation=max_elongation)
     return VolumeSegmentation(candidates=found, labels=labels, lung=lung)
 
 
@@ -149,7 +154,8 @@ def detect(run_patch: PatchRunner, volume_hu: np.ndarray, spacing_mm, *, thresho
            model_spacing_mm=MODEL_SPACING_MM, window: tuple[float, float] = WINDOW_HU,
            roi_size: Sequence[int] = PATCH_SIZE_VOX, overlap: float = 0.25,
            component_threshold: float = COMPONENT_THRESHOLD,
-           min_volume_mm3: float = MIN_VOLUME_MM3, solid_hu: float | None = SOLID_HU) -> list[Candidate]:
+           min_volume_mm3: float = MIN_VOLUME_MM3, solid_hu: float | None = SOLID_HU,
+           max_elongation: float | None = MAX_ELONGATION) -> list[Candidate]:
     """Nodule candidates of a CT volume in Hounsfield units, at or above ``threshold``.
 
     The volume is windowed and resampled to ``model_spacing_mm``, and segmented by
@@ -162,7 +168,8 @@ def detect(run_patch: PatchRunner, volume_hu: np.ndarray, spacing_mm, *, thresho
     volume01 = prepare_volume(source, spacing_mm, model_spacing_mm, window)
     found = segment_volume(run_patch, volume01, model_spacing_mm, window=window, roi_size=roi_size,
                            overlap=overlap, component_threshold=component_threshold,
-                           min_volume_mm3=min_volume_mm3, solid_hu=solid_hu).candidates
+                           min_volume_mm3=min_volume_mm3, solid_hu=solid_hu,
+                           max_elongation=max_elongation).candidates
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     out = []
     for cand in found:

@@ -4,7 +4,8 @@ Used by :class:`serving.runners.VolumeRunner`; ``run_patches`` runs the exported
 batch of ``(N, 1, 64, 64, 64)`` patches (onnxruntime or torch engine). All parameters come from the
 registry metadata (``postprocessing``; the constants of :mod:`models.nodule.postprocess` where a
 version's metadata predates them), and the path is :func:`models.nodule.inference.segment_volume`,
-the one the training evaluation measures: candidates only inside the lung mask, bounded by density.
+the one the training evaluation measures: candidates only inside the lung mask, bounded by density,
+vessel-shaped segments dropped (``max_elongation``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from models.nodule.inference import CONTEXT_VOX, segment_volume
-from models.nodule.postprocess import COMPONENT_THRESHOLD, MIN_VOLUME_MM3, SOLID_HU
+from models.nodule.postprocess import COMPONENT_THRESHOLD, MAX_ELONGATION, MIN_VOLUME_MM3, SOLID_HU
 from models.nodule.preprocess import prepare_volume, to_source_vox
 
 PatchBatchRunner = Callable[[np.ndarray], np.ndarray]
@@ -27,13 +28,15 @@ def _patch_runner(run_patches: PatchBatchRunner) -> Callable[[torch.Tensor], tor
 
 def _segment(run_patches, volume01, model_spacing, window, roi_size, post: dict[str, Any]):
     solid_hu = post.get("solid_hu", SOLID_HU)
+    max_elongation = post.get("max_elongation", MAX_ELONGATION)
     result = segment_volume(_patch_runner(run_patches), volume01, model_spacing, window=window, roi_size=roi_size,
                             overlap=float(post.get("sliding_window_overlap", 0.25)),
                             component_threshold=float(post.get("component_threshold", COMPONENT_THRESHOLD)),
                             min_volume_mm3=float(post.get("min_volume_mm3", MIN_VOLUME_MM3)),
                             lung_search=post.get("search_region", "lung_mask") == "lung_mask",
                             solid_hu=None if solid_hu is None else float(solid_hu),
-                            context_vox=int(post.get("context_vox", CONTEXT_VOX)))
+                            context_vox=int(post.get("context_vox", CONTEXT_VOX)),
+                            max_elongation=None if max_elongation is None else float(max_elongation))
     return result.candidates, result.labels
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.nodule.inference import infer_volume, torch_runner
-from models.nodule.postprocess import candidates_array, extract_candidates
+from models.nodule.postprocess import candidates_array, extract_candidates, segment_elongation
 from models.nodule.preprocess import resample, to_source_vox, window_hu
 
 SPACING = (1.25, 0.7, 0.7)
@@ -109,3 +109,45 @@ def test_a_dense_vessel_beside_the_nodule_is_not_its_segment():
     prob[_ball(shape, (15, 30, 30), 3.0)] = 0.99
     cands, labels = extract_candidates(prob, SPACING, 0.5, volume_hu=hu)
     assert len(cands) == 1 and labels[15, 30, 45] == 0 and labels[15, 30, 30] == 1
+
+
+def _tube(shape, start_vox, stop_vox, radius_mm, spacing=SPACING):
+    """Voxels within ``radius_mm`` of the segment from ``start_vox`` to ``stop_vox``."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), axis=-1)
+    a, b = np.multiply(start_vox, spacing), np.multiply(stop_vox, spacing)
+    t = np.clip(((grid - a) @ (b - a)) / np.dot(b - a, b - a), 0.0, 1.0)
+    return np.linalg.norm(grid - (a + t[..., None] * (b - a)), axis=-1) <= radius_mm
+
+
+def test_elongation_of_a_sphere_and_of_a_tube():
+    shape = (40, 80, 80)
+    labels = _ball(shape, (20, 40, 40), 5.0).astype(np.int32)
+    labels[_tube(shape, (5, 10, 10), (35, 10, 70), 1.5)] = 2  # 60 mm long, 3 mm wide
+    sphere, tube = segment_elongation(labels, SPACING)
+    assert sphere == pytest.approx(1.0, abs=0.05)
+    assert tube > 10.0
+    assert segment_elongation(np.zeros((4, 4, 4), np.int32), SPACING).size == 0
+    with pytest.raises(ValueError, match="labels"):
+        segment_elongation(np.zeros((4, 4, 4)), SPACING)
+
+
+def test_a_vessel_is_dropped_a_nodule_kept_also_where_it_touches_a_vessel():
+    """Issue 19: the false positives left were vessels; a tube-shaped dense segment is no nodule."""
+    shape = (40, 96, 96)
+    hu = np.full(shape, -850.0, np.float32)
+    prob = np.zeros(shape, np.float32)
+    vessel = _tube(shape, (8, 10, 20), (30, 40, 28), 1.5)  # a 35 mm stretch of a 3 mm vessel, no nodule
+    hu[vessel], prob[vessel] = 40.0, 0.999
+    nodule = _ball(shape, (12, 70, 30), 3.5)  # a 7 mm nodule, alone
+    hu[nodule], prob[nodule] = 40.0, 0.99
+    touching = _ball(shape, (28, 60, 75), 4.0)  # an 8 mm nodule on a 2.4 mm vessel
+    branch = _tube(shape, (28, 60, 75), (28, 95, 75), 1.2)
+    hu[touching | branch] = 40.0
+    prob[_ball(shape, (28, 60, 75), 7.0)] = 0.98  # the probability halo covers the vessel near the nodule
+    cands, labels = extract_candidates(prob, SPACING, 0.5, volume_hu=hu)
+    assert sorted(round(c.probability, 2) for c in cands) == [0.98, 0.99]
+    assert labels[vessel].max() == 0 and labels[12, 70, 30] > 0 and labels[28, 60, 75] > 0
+    kept, _ = extract_candidates(prob, SPACING, 0.5, volume_hu=hu, max_elongation=None)
+    assert len(kept) == 3
+    with pytest.raises(ValueError, match="max_elongation"):
+        extract_candidates(prob, SPACING, max_elongation=0.5)
