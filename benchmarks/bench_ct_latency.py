@@ -2,7 +2,7 @@
 (DCMTK storescp) and the FHIR DiagnosticReport Bundle at the FHIR server.
 
 Starts `medgate serve` with storescp as its PACS and a recording FHIR server, sends ``--reps``
-generated chest CT series (a phantom with one solid nodule, new UIDs each time) one after the
+generated chest CT series (training.synthetic.ct, one nodule, new UIDs each time) one after the
 other, each in one association as a scanner does, and times from the start of `storescu` to the
 SEG, the SR and the Bundle arriving. The study completes by the quiet period (`dicom.completion
 .quiet_period_s`, 2 s by default), as for a scanner that does not announce its instance count;
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/: the DICOM test data
 
 from benchmarks.imaging_peers import imaging_server, missing_peers, send_files  # noqa: E402
 from benchmarks.report import save_figures  # noqa: E402
-from dicom_gateway.testdata import make_ct_phantom, make_ct_series  # noqa: E402
+from dicom_testdata import CT_PIXEL_SPACING_MM, CT_SLICE_THICKNESS_MM, chest_ct, make_ct_series  # noqa: E402
 
 #: ``serving.imaging`` logs "study <uid>: nodule@1.0.0 -> 1 SEG, 1 SR, 1 SC in <ms> ms".
 PROCESSED = re.compile(r"study (?P<uid>[0-9.]+): \S+ -> .* in (?P<ms>\d+) ms")
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{', '.join(missing)} (DCMTK) not installed: nothing measured")
         return 1
     size = args.size_px
-    volume, _ = make_ct_phantom((args.slices, size, size), nodule_centre_px=(args.slices / 2, 0.39 * size, 0.31 * size),
-                                nodule_radius_px=max(4.0, size / 32))
+    volume, _ = chest_ct(seed=0, shape_vox=(args.slices, size, size))  # one nodule
     rows, failures = [], []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="medgate-bench-ct-") as tmp:
@@ -116,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     total = [r["seg_and_sr_ms"] for r in rows]
     figures = {
         "n": len(rows), "failed": len(failures), "failures": failures,
-        "series": {"slices": args.slices, "rows": size, "columns": size, "pixel_spacing_mm": 0.8,
-                   "slice_thickness_mm": 2.5, "bytes": int(volume.nbytes),
-                   "content": "generated chest phantom, one solid nodule (dicom_gateway.testdata.make_ct_phantom)"},
+        "series": {"slices": args.slices, "rows": size, "columns": size, "pixel_spacing_mm": CT_PIXEL_SPACING_MM,
+                   "slice_thickness_mm": CT_SLICE_THICKNESS_MM, "bytes": int(volume.nbytes),
+                   "content": "generated chest CT, one nodule (training.synthetic.ct via tests/dicom_testdata.chest_ct)"},
         "seg_and_sr": percentiles(total),
         "send": percentiles([r["send_ms"] for r in rows]),
         "server_processing": percentiles([r["server_processing_ms"] for r in rows if r["server_processing_ms"]])

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.imaging_peers import imaging_server, missing_peers, send_files  # noqa: E402
 from benchmarks.report import save_figures  # noqa: E402
-from dicom_gateway.testdata import make_dx_dataset  # noqa: E402
 from training.synthetic.cxr import generate_cxr  # noqa: E402
+from training.synthetic.dicom import make_dx_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ from dicom_gateway.routing import Rule  # noqa: E402
 from dicom_gateway.scp import StorageScp  # noqa: E402
 from dicom_gateway.slots import SlotPool  # noqa: E402
 from dicom_gateway.storage import part10_header, write_durably  # noqa: E402
-from dicom_gateway.testdata import make_ct_series  # noqa: E402
+from dicom_testdata import make_ct_series  # noqa: E402
 from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_for_port  # noqa: E402
 from serving.store import Store  # noqa: E402
 

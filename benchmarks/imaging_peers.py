@@ -24,7 +24,7 @@ sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "tests")) if p not in sys.path
 
 from benchmarks.report import free_port  # noqa: E402
 from peers import DCMTK_ENV, FhirRecorder, find_peer, stop_process, wait_for_port  # noqa: E402
-from serving.process import ServerProcess  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 #: Bearer token of the benchmark server's admin (loopback only, thrown away with the run).
 TOKEN = "benchmark-token-not-a-secret"

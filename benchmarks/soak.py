@@ -40,15 +40,17 @@ import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/: the DICOM test data
 
 from benchmarks.bench_ct_latency import write_study  # noqa: E402
 from benchmarks.imaging_peers import (  # noqa: E402
     TOKEN, Rig, imaging_server, missing_peers, result_kind, send_files)
 from benchmarks.process_tree import growth, open_files, sample_tree  # noqa: E402
 from benchmarks.report import save_figures  # noqa: E402
-from dicom_gateway.testdata import make_ct_phantom, make_dx_dataset  # noqa: E402
+from dicom_testdata import chest_ct  # noqa: E402
 from peers import broker  # noqa: E402
+from serving.store import DATABASE_FILE, database_path  # noqa: E402
+from training.synthetic.dicom import make_dx_dataset  # noqa: E402
 
 PREFIX = "medgate"
 MDC_HR, MDC_SPO2, MDC_RR = 147842, 150456, 151562  # IEEE 11073-10101
@@ -203,7 +205,7 @@ def folder_bytes(folder: Path) -> dict[str, int]:
     """Bytes under ``folder`` by first-level entry (the SQLite store's files as one)."""
     out: dict[str, int] = {}
     for entry in folder.iterdir() if folder.exists() else []:
-        key = "sqlite" if entry.name.startswith("medgate.sqlite3") else entry.name
+        key = "sqlite" if entry.name.startswith(DATABASE_FILE) else entry.name
         try:
             size = entry.stat().st_size if entry.is_file() else sum(
                 p.stat().st_size for p in entry.rglob("*") if p.is_file())
@@ -335,7 +337,7 @@ def make_inputs(ct_slices: int) -> tuple[list[np.ndarray], list[bytes], list[byt
     pool = [generate_cxr(rng, tb=bool(i % 2)).pixels for i in range(8)]
     pngs = [encoded((pixels >> 4).astype(np.uint8), "PNG") for pixels in pool]
     photos = [encoded(generate_lesion(rng, cls, size_px=256).pixels, "JPEG") for cls in range(7)]
-    volume, _ = make_ct_phantom((ct_slices, 256, 256), nodule_centre_px=(ct_slices / 2, 100, 80), nodule_radius_px=8.0)
+    volume, _ = chest_ct(seed=0, shape_vox=(ct_slices, 256, 256))  # one nodule
     return pool, pngs, photos, volume
 
 
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed_s = time.monotonic() - started
                 fds_end = open_files(rig.server.proc.pid)
                 monitors.close()
-                db = root / "var" / "medgate.sqlite3"
+                db = database_path(root / "var")
                 seen, stored = drain(rig.pacs.folder, {uid for d, _ in drivers.values() for uid in d.studies},
                                      db, monitors.acked, args.drain_s)
                 with_sr = {uid for kind, uid, _ in seen.values() if kind == "SR"}

@@ -10,8 +10,8 @@ is stored and logged (study status ``unrouted``), never refused.
 Single-image modalities (CR, DX, XC, GM, DMS: PS3.3 C.7.3.1.1.1) complete their study at association
 release, see :mod:`dicom_gateway.completion`.
 
-The default rules (:data:`DEFAULT_RULES`, the same as ``dicom.routes``' default in
-``serving/config.py``) send chest radiographs to ``tb``, chest CT to ``nodule``, and skin photographs
+The default rules (:data:`DEFAULT_RULES`: ``dicom.routes``' default, written in
+:mod:`dicom_gateway.config`) send chest radiographs to ``tb``, chest CT to ``nodule``, and skin photographs
 to ``derm``: Modality XC (External-camera Photography) or DMS (Dermoscopy), and VL Microscopic Images
 of the skin (dermatoscopes that predate the Dermoscopic Photography IOD write them; an absent Body
 Part Examined matches, so a site that stores pathology as VL Microscopic Images without one narrows
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from pydicom import Dataset
-from pydicom.uid import VLMicroscopicImageStorage
+
+from dicom_gateway.config import DicomConfig
 
 #: PS3.3 C.7.3.1.1.1 Modality defined terms that carry one image per acquisition.
 SINGLE_IMAGE_MODALITIES = frozenset({"CR", "DX", "XC", "GM", "DMS"})
@@ -135,14 +136,6 @@ class Rule:
                 and within(ds.get("Columns"), self.min_columns, self.max_columns))
 
 
-DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule(models=("tb",), modalities=frozenset({"CR", "DX"}), body_parts=frozenset({"CHEST"})),
-    Rule(models=("nodule",), modalities=frozenset({"CT"}), body_parts=frozenset({"CHEST", "LUNG"})),
-    Rule(models=("derm",), modalities=frozenset({"XC", "DMS"})),
-    Rule(models=("derm",), sop_classes=frozenset({VLMicroscopicImageStorage}), body_parts=frozenset({"SKIN"})),
-)
-
-
 def rules_from_config(items: Iterable[Mapping[str, Any]], known_models: Iterable[str] | None = None
                       ) -> tuple[Rule, ...]:
     """Validate ``dicom.routes`` entries; with ``known_models``, every named model must be one.
@@ -166,6 +159,11 @@ def rules_from_config(items: Iterable[Mapping[str, Any]], known_models: Iterable
                                  f"deployed: {sorted(known)}")
         rules.append(rule)
     return tuple(rules)
+
+
+#: ``dicom.routes``' default (:class:`dicom_gateway.config.DicomConfig`, written there only) as rules.
+DEFAULT_RULES: tuple[Rule, ...] = rules_from_config(
+    [route.model_dump(exclude_none=True) for route in DicomConfig().routes])
 
 
 def routes(ds: Dataset, rules: tuple[Rule, ...] = DEFAULT_RULES, calling_ae: str = "",

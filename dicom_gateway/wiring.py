@@ -19,7 +19,7 @@ log = logging.getLogger("medgate.dicom")
 
 def build_scp(dicom, store, spool: Path, on_study_complete: StudyCallback,
               known_models: Iterable[str] | None = None) -> StorageScp:
-    """A :class:`StorageScp` for ``dicom`` (a :class:`serving.config.DicomConfig`).
+    """A :class:`StorageScp` for ``dicom`` (a :class:`dicom_gateway.config.DicomConfig`).
 
     Raises
     ------

@@ -36,7 +36,8 @@ from urllib.parse import urlparse
 
 from iomt import dead_letters, vital_records
 from iomt.alerts import AlertPolicy
-from iomt.identity import DeviceRegistry, IdentifierSystems, patient_reference
+from iomt.config import IdentifierSystems
+from iomt.identity import DeviceRegistry, patient_reference
 from iomt.mqtt_client import MqttOptions, connect_async, make_client
 from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
@@ -49,9 +50,7 @@ __all__ = ["VitalsBridge", "broker_address", "patient_reference"]
 
 log = logging.getLogger("medgate.iomt")
 
-DEFAULT_SYSTEMS = IdentifierSystems(citizen_id="http://fhir.hl7.org.vn/core/sid/cccd",
-                                    social_insurance="http://fhir.hl7.org.vn/core/sid/bhyt",
-                                    device="urn:medgate:device-serial")
+DEFAULT_SYSTEMS = IdentifierSystems()  # iomt.identifiers' defaults
 ROUTE_CACHE_SIZE = 100_000  # topics whose worker is remembered
 
 

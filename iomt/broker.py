@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 
-from serving.config import is_loopback
+from iomt.config import is_loopback
 
 log = logging.getLogger("medgate.mqtt.broker")
 

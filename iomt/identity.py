@@ -6,12 +6,11 @@ to; :class:`DeviceRegistry` keeps that in the store (table ``device_associations
 bridge. The same registry is the Python API for an ADT feed that is not MQTT (an HL7 v2 listener):
 call :meth:`DeviceRegistry.apply`.
 
-Identifier systems are configuration (``iomt.identifiers``). The defaults are the draft VN Core
-FHIR IG (HL7 Vietnam) NamingSystems: citizen identity card (CCCD)
-``http://fhir.hl7.org.vn/core/sid/cccd`` and health insurance card, issued by Viet Nam Social
-Security (BHXH), ``http://fhir.hl7.org.vn/core/sid/bhyt``; the IG defines no separate URI for
-the 10-digit BHXH number, which that card number may be. Devices have no national system:
-``urn:medgate:device-serial`` is a local placeholder.
+Identifier systems are configuration (``iomt.identifiers``, :class:`iomt.config.IdentifierSystems`,
+where the defaults are written). They are the draft VN Core FHIR IG (HL7 Vietnam) NamingSystems of
+the citizen identity card (CCCD) and of the health insurance card, issued by Viet Nam Social
+Security (BHXH); the IG defines no separate URI for the 10-digit BHXH number, which that card
+number may be. Devices have no national system: the default is a local placeholder.
 """
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from iomt.config import IdentifierSystems
 from iomt.payload import EARLIEST, LATEST, TIME_PATTERN, PayloadError
 
 ADT_EVENTS = ("admit", "transfer", "discharge")
@@ -48,13 +48,6 @@ def device_reference(device: str) -> str:
     if _FHIR_ID.match(device):
         return f"Device/{device}"
     return f"Device/{uuid.uuid5(ID_NAMESPACE, device)}"
-
-
-@dataclass(frozen=True)
-class IdentifierSystems:
-    citizen_id: str
-    social_insurance: str
-    device: str
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import logging
 
 from iomt.alerts import AlertPolicy
 from iomt.bridge import VitalsBridge, broker_address
-from iomt.identity import DeviceRegistry, IdentifierSystems
+from iomt.identity import DeviceRegistry
 from iomt.mqtt_client import MqttOptions
 from iomt.risk import Predictor, RiskScorer
 from iomt.sink import ResourceSink
@@ -29,7 +29,6 @@ def build_bridge(settings, store, outbox, predictor: Predictor | None = None) ->
     when ``iomt.risk.enabled``."""
     cfg, iomt = settings.mqtt, settings.iomt
     host, port, _ = broker_address(cfg.url, cfg.embedded_port, cfg.embedded_host)
-    systems = IdentifierSystems(**iomt.identifiers.model_dump())
     sink = ResourceSink(store, outbox, settings.fhir.base_url, iomt.bundle_max_entries)
     risk = None
     if iomt.risk.enabled:
@@ -41,7 +40,7 @@ def build_bridge(settings, store, outbox, predictor: Predictor | None = None) ->
     return VitalsBridge(
         host, port, topic_prefix=cfg.topic_prefix, store=store, outbox=outbox,
         client_id=cfg.client_id, queue_size=cfg.queue_size, options=mqtt_options(settings),
-        shared_group=cfg.shared_group, sink=sink, registry=DeviceRegistry(store, systems),
+        shared_group=cfg.shared_group, sink=sink, registry=DeviceRegistry(store, iomt.identifiers),
         states=StateTable(iomt.staleness_s),
         alerts=AlertPolicy(iomt.alerts.min_band, iomt.alerts.repeat_after_s), risk=risk,
         batch_max_messages=iomt.batch_max_messages, news2_interval_s=iomt.news2_interval_s,

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Callable
 
 from iomt.alerts import BAND_RANK, AlertPolicy
+from iomt.config import IdentifierSystems
 from iomt.dead_letters import DeadLetter
-from iomt.identity import DeviceRegistry, IdentifierSystems
+from iomt.identity import DeviceRegistry
 from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable

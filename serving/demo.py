@@ -16,12 +16,12 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from dicom_gateway.scu import send_files
-from dicom_gateway.testdata import make_dx_dataset
 from iomt.bridge import broker_address
 from serving.config import Settings
 from serving.ingress import read_components
-from serving.store import Store
+from serving.store import Store, database_path
 from training.synthetic.cxr import generate_cxr
+from training.synthetic.dicom import make_dx_dataset
 from training.synthetic.vitals import vitals_course
 
 DEMO_WARD, DEMO_BED = "ward-a", "bed-01"
@@ -78,7 +78,7 @@ def run_demo(settings: Settings, timeout_s: float = 120.0) -> int:
 
 def _report(settings: Settings, state_dir: Path, study_uid: str, sent_at: float, patient_id: str,
             alerts: list[dict], timeout_s: float) -> int:
-    store = Store(state_dir / "medgate.sqlite3")
+    store = Store(database_path(state_dir))
     deadline = time.time() + timeout_s
     sr, observations, delivered = None, [], settings.destinations.pacs is None
     try:
@@ -112,7 +112,7 @@ def _report(settings: Settings, state_dir: Path, study_uid: str, sent_at: float,
         ok = False
     news2 = [o for o in observations if o.get("valueInteger") is not None]
     print(f"FHIR Observations stored for Patient/{patient_id}: {len(observations)} "
-          f"({len(news2)} NEWS2 scores) in {state_dir / 'medgate.sqlite3'}")
+          f"({len(news2)} NEWS2 scores) in {database_path(state_dir)}")
     if news2:
         print(f"latest NEWS2: {news2[-1]['valueInteger']}")
     print(f"alerts received on {settings.mqtt.topic_prefix}/alerts/{DEMO_WARD}/{DEMO_BED}: {len(alerts)}"

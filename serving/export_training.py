@@ -29,7 +29,7 @@ from pydicom import dcmread
 from dicom_gateway.uids import check_uid, inside
 from serving.audit import AuditLog
 from serving.deid import DeidentificationError, Deidentifier
-from serving.store import Store
+from serving.store import Store, database_path
 
 VOLUME_MODELS = ("nodule",)
 
@@ -78,7 +78,7 @@ def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: P
     if since.tzinfo is None:
         raise ValueError(f"since must be timezone-aware, {since.isoformat()} is given")
     state_dir, out = Path(state_dir), Path(out)
-    store, audit = Store(state_dir / "medgate.sqlite3"), AuditLog(state_dir / "medgate.sqlite3")
+    store, audit = Store(database_path(state_dir)), AuditLog(database_path(state_dir))
     operator = operator or getpass.getuser()
     salt, salt_path = _salt(state_dir, salt_file)
     deid = Deidentifier(salt)

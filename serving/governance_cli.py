@@ -48,8 +48,9 @@ def run(settings, args: argparse.Namespace) -> int:
         print(f"studies exported: {report.studies}; salt: {report.salt_path} (keep it private)")
         return 0
     from serving.audit import AuditLog
+    from serving.store import database_path
 
-    log = AuditLog(state_dir / "medgate.sqlite3")
+    log = AuditLog(database_path(state_dir))
     try:
         if args.audit_command == "list":
             for row in log.rows(limit=args.limit, newest_first=True):

@@ -43,6 +43,7 @@ from dicom_gateway.uids import is_uid
 from serving import request_body, stow
 from serving.auth import CLINICAL
 from serving.components import STATUS_FILE, STATUS_STALE_S, read_components  # noqa: F401 - re-exported
+from serving.config import AuthConfig, HttpConfig
 from serving.findings import findings_json, recorded_result, write_upload_results
 from serving.metrics import IngressMetrics
 from serving.uploads import UploadError, decode, model_item, sample_shape, vitals_window
@@ -83,11 +84,13 @@ class Ingress:
         self.models = models
         self.state_dir = Path(state_dir)
         limits = limits or {}
+        http, auth_defaults = HttpConfig(), AuthConfig()  # the configuration's defaults, for limits left out
         # auth: (sha256 digest, role, name) per token; never the tokens themselves.
         web_context.install(self.state_dir, [tuple(a) for a in auth or []], models,
-                            int(limits.get("cookie_max_age_s", 8 * 3600)), **(limits.get("web") or {}))
-        self.max_upload_bytes = int(limits.get("max_upload_bytes", 64 * 1024 * 1024))
-        self.timeout_s = float(limits.get("timeout_s", 30.0))
+                            int(limits.get("cookie_max_age_s", auth_defaults.cookie_max_age_s)),
+                            **(limits.get("web") or {}))
+        self.max_upload_bytes = int(limits.get("max_upload_bytes", http.max_upload_bytes))
+        self.timeout_s = float(limits.get("timeout_s", http.timeout_s))
         self.metrics = IngressMetrics()
         self.patient_identity = limits.get("patient_identity") or {}
         self.store_url = limits.get("store_url")  # outbox backend of the /metrics gauges

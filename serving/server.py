@@ -28,7 +28,7 @@ from serving.forwarded import UVICORN_TRUST_NONE
 from serving.ingress import STATUS_FILE
 from serving.outbox import Outbox
 from serving.state_permissions import private_folder, restrict_umask, secure_tree
-from serving.store import Store
+from serving.store import Store, database_path
 
 log = logging.getLogger("medgate.server")
 
@@ -45,7 +45,7 @@ class Server:
         if fixed:
             log.warning("state_dir %s: %d file(s) or folder(s) were readable by other users; now "
                         "owner-only (files 0600, folders 0700)", self.state_dir, fixed)
-        self.store = Store(self.state_dir / "medgate.sqlite3")
+        self.store = Store(database_path(self.state_dir))
         self.broker = None
         self.bridge: VitalsBridge | None = None
         self.retention = None

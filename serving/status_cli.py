@@ -20,17 +20,34 @@ import shutil
 import sqlite3
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
 from serving.components import STATUS_STALE_S, read_components
 from serving.config import Settings
-from serving.process import get_json
 
 COMMANDS = ("status",)
 #: Outbox states, in the order they are shown; ``failed`` is pending after a failed attempt.
 OUTBOX_STATES = ("pending", "failed", "dead", "sent", "relayed")
 TOKEN_ENV = "MEDGATE_TOKEN"
+
+
+def get_json(url: str, bearer: str | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+    """(status, JSON body) of ``GET url``; status 0 when nothing answers."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}
+    try:
+        return status, json.loads(body or b"{}")
+    except ValueError:  # e.g. the Serve proxy's plain-text 503 while the app deploys
+        return status, {"text": body.decode(errors="replace")}
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -32,6 +32,14 @@ except ImportError:  # pragma: no cover - orjson is a declared dependency
 
 log = logging.getLogger("medgate.store")
 
+#: The database's file under ``state_dir`` (WAL beside it: ``-wal``, ``-shm``).
+DATABASE_FILE = "medgate.sqlite3"
+
+
+def database_path(state_dir: str | os.PathLike) -> Path:
+    """The store's database file under ``state_dir``."""
+    return Path(state_dir) / DATABASE_FILE
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,

@@ -34,7 +34,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from dicom_gateway.config import DicomConfig
 from serving import request_body
+from serving.config import HttpConfig
 from serving.related_parts import MultipartError, SpilledParts, spill
 from serving.uploads import UploadError
 
@@ -47,8 +49,8 @@ HTTP_OK, HTTP_ACCEPTED, HTTP_BAD_REQUEST, HTTP_CONFLICT, HTTP_UNSUPPORTED = 200,
 CANNOT_UNDERSTAND = 0xC000
 #: Calling AE recorded for instances received over STOW-RS (used by routing's ``calling_ae``).
 STOW_CALLING_AE = "STOW-RS"
-#: Default of ``http.stow_max_bytes`` (serving.config) when the settings give none.
-DEFAULT_MAX_BYTES = 2 * 1024**3
+#: The configuration's defaults, for settings left out (each written in its model only).
+_DICOM, _HTTP = DicomConfig(), HttpConfig()
 #: Warnings logged per request before the rest are only counted (a body of 10,000 bad parts).
 LOGGED_WARNINGS = 5
 
@@ -85,18 +87,18 @@ class StowReceiver:
         if self._intake is None:
             from dicom_gateway.intake import Intake
             from dicom_gateway.routing import rules_from_config
-            from serving.store import Store
+            from serving.store import Store, database_path
 
-            store = Store(self.state_dir / "medgate.sqlite3")
+            store = Store(database_path(self.state_dir))
             rules = rules_from_config(self.settings.get("routes", []))
             self._intake = Intake(store, self.state_dir / "spool", rules,
-                                  group_by=self.settings.get("group_by", "study"),
+                                  group_by=self.settings.get("group_by", _DICOM.completion.group_by),
                                   min_free_bytes=int(self.settings.get("min_free_bytes", 0)))
         return self._intake
 
     @property
     def max_bytes(self) -> int:
-        return int(self.settings.get("max_bytes") or DEFAULT_MAX_BYTES)
+        return int(self.settings.get("max_bytes") or _HTTP.stow_max_bytes)
 
     @property
     def parts_folder(self) -> Path:
@@ -134,7 +136,7 @@ class StowReceiver:
         from dicom_gateway.status import StoreStatus
 
         intake = self.intake()
-        called = str(self.settings.get("ae_title", "MEDGATE"))
+        called = str(self.settings.get("ae_title", _DICOM.ae_title))
         stored, failed, groups = [], [], set()
         for part in parts.parts:
             media = part.headers.get("content-type", "application/dicom").split(";")[0].strip().lower()

@@ -14,8 +14,13 @@ from typing import Any
 
 from serving import forwarded
 from serving.auth import Authenticator, Principal, StaticTokens
+from serving.config import AuthConfig
+from serving.store import database_path
 
 log = logging.getLogger("medgate.web")
+
+#: ``auth.cookie_max_age_s``' default (written in :class:`serving.config.AuthConfig` only).
+DEFAULT_COOKIE_MAX_AGE_S = AuthConfig().cookie_max_age_s
 
 
 class _NoTokens:
@@ -32,7 +37,7 @@ class WebContext:
     state_dir: Path
     authenticator: Authenticator
     models: dict[str, Any] = field(default_factory=dict)
-    cookie_max_age_s: int = 8 * 3600
+    cookie_max_age_s: int = DEFAULT_COOKIE_MAX_AGE_S
     #: ``http.trusted_proxies`` as networks: only these peers' forwarding headers are read.
     trusted_proxies: tuple = ()
     #: ``http.public_base_url``: the base of every absolute link the server writes (never the Host header).
@@ -44,7 +49,7 @@ class WebContext:
 
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "medgate.sqlite3"
+        return database_path(self.state_dir)
 
     def store(self):
         with self._lock:
@@ -110,7 +115,7 @@ def build_authenticator(token_digests: list[tuple[str, str, str]]) -> Authentica
 
 
 def install(state_dir: str | Path, token_digests: list[tuple[str, str, str]],
-            models: dict[str, Any] | None = None, cookie_max_age_s: int = 8 * 3600, *,
+            models: dict[str, Any] | None = None, cookie_max_age_s: int = DEFAULT_COOKIE_MAX_AGE_S, *,
             trusted_proxies: list[str] | tuple[str, ...] = (), public_base_url: str | None = None) -> WebContext:
     """Create this process's context (the ingress replica calls it once at start).
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dicom_gateway.scp import StorageScp
-from dicom_gateway.testdata import make_ct_series
+from dicom_testdata import make_ct_series
 from peers import free_port, storescu  # noqa: F401 - storescu is used from here
 
 #: The C-STORE response status as DCMTK ``storescu -d`` prints it ("DIMSE Status : 0xc001: Error: ...").

@@ -19,10 +19,10 @@ from dicom_gateway import dimse
 from dicom_gateway import upper_layer as ul
 from dicom_gateway.acceptor import APPLICATION_CONTEXT
 from dicom_gateway.scp import StorageScp
-from dicom_gateway.testdata import make_dx_dataset
 from gateway_helpers import Running
 from peers import association_rejection, free_port, wait_until
 from serving.store import Store
+from training.synthetic.dicom import make_dx_dataset
 
 
 @pytest.fixture

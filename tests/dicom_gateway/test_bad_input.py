@@ -8,9 +8,10 @@ from pynetdicom import AE
 
 from dicom_gateway.routing import Rule
 from dicom_gateway.status import StoreStatus
-from dicom_gateway.testdata import make_ct_series, make_dx_dataset
+from dicom_testdata import make_ct_series
 from gateway_helpers import Running, storescu
 from peers import association_rejection, require_peer
+from training.synthetic.dicom import make_dx_dataset
 
 RULES = (Rule(models=("tb",), modalities=frozenset({"DX", "CR"})),
          Rule(models=("nodule",), modalities=frozenset({"CT"})))

@@ -9,7 +9,7 @@ from pydicom import dcmread
 from dicom_gateway import ledger
 from gateway_helpers import storescu, write_ct_series
 from peers import find_peer, free_port, wait_until
-from serving.process import ServerProcess
+from server_process import ServerProcess
 from serving.store import Store
 
 SLICES = 10

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from pynetdicom import AE
 
+from dicom_gateway.config import DicomConfig, DicomTls
 from dicom_gateway.ledger import ensure_schema
 from dicom_gateway.retention import purge_processed
 from dicom_gateway.security import AllowedPeer, AllowList, tls_context
 from dicom_gateway.status import StoreStatus
-from dicom_gateway.testdata import make_dx_dataset
 from dicom_gateway.wiring import build_scp
 from gateway_helpers import Running, storescu
 from peers import DCMTK_ENV, association_rejection, find_peer, free_port, require_peer, wait_until
-from serving.config import DicomConfig, DicomTls
 from serving.store import Store
+from training.synthetic.dicom import make_dx_dataset
 
 
 def _associate(port: int, calling: str = "MODALITY"):

@@ -15,8 +15,9 @@ from pynetdicom.dsutils import decode, encode
 
 from dicom_gateway import dimse
 from dicom_gateway.header import ATTRIBUTES, palette_problem, read_header
-from dicom_gateway.testdata import make_ct_series, make_dx_dataset, make_photo_dataset
 from dicom_gateway.wellformed import dataset_problem
+from dicom_testdata import make_ct_series, make_photo_dataset
+from training.synthetic.dicom import make_dx_dataset
 
 
 def _encoded(ds: Dataset, syntax: str) -> bytes:

@@ -21,7 +21,7 @@ import pytest
 from dicom_gateway.intake import SUPPORTED_SOP_CLASSES, registered_image_input
 from dicom_gateway.pixels import ImageInput
 from dicom_gateway.status import StoreStatus
-from dicom_gateway.testdata import make_photo_dataset
+from dicom_testdata import make_photo_dataset
 from gateway_helpers import Running, store_statuses
 from peers import require_peer, wait_until
 

@@ -8,10 +8,11 @@ import pydicom
 import pytest
 
 from dicom_gateway.overlay import BANNER, banner_height_px, build_overlay, colour_map, render_overlay, save_png
-from dicom_gateway.testdata import make_ct_phantom, make_ct_series, make_dx_dataset
+from dicom_testdata import chest_ct, make_ct_series
 from models.finding import Concept, Finding, SourceImage
 from peers import dciodvfy_errors
 from training.synthetic.cxr import generate_cxr
+from training.synthetic.dicom import make_dx_dataset
 
 TUBERCULOSIS = Concept("56717001", "SCT", "Tuberculosis")
 
@@ -65,11 +66,11 @@ def test_sc_overlay_is_valid_and_in_the_source_study(cxr, tmp_path):
 
 
 def test_ct_slice_overlay_with_mask(tmp_path):
-    volume, mask = make_ct_phantom()
-    series = make_ct_series(volume)
+    volume, sample = chest_ct(seed=6)
+    series, k = make_ct_series(volume), round(sample.nodules[0].centre_vox[0])  # the nodule's middle slice
     finding = Finding(model="nodule", model_version="0.1.0", code=Concept("27925004", "SCT", "Nodule"),
-                      probability=0.9, threshold=0.5, source=image_of(series[4]), mask=mask[4:5])
-    sc = build_overlay(series[4], [finding])
+                      probability=0.9, threshold=0.5, source=image_of(series[k]), mask=sample.nodule_mask[k:k + 1])
+    sc = build_overlay(series[k], [finding])
     path = tmp_path / "sc-ct.dcm"
     sc.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
@@ -207,7 +208,7 @@ def test_photo_overlays_are_dciodvfy_clean(tmp_path, kind, photometric):
     Laterality is not sent.  dciodvfy asks for it unless Image Laterality is present or Body Part Examined
     is a part its tables know as unpaired (CHEST is, SKIN is not): a skin photo's overlay carries the
     source's Image Laterality U and no Laterality."""
-    from dicom_gateway.testdata import make_photo_dataset
+    from dicom_testdata import make_photo_dataset
 
     y, x = np.mgrid[0:48, 0:48]
     rgb = np.stack([200 - x, 150 + y // 2, 120 + (x + y) // 3], axis=-1).astype(np.uint8)

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from dicom_gateway.pixels import PixelDataError, grayscale_image, model_input, rgb_image
-from dicom_gateway.testdata import make_photo_dataset
+from dicom_testdata import make_photo_dataset
 from models.derm.preprocess import to_derm_input
 
 

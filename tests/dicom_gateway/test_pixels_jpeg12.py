@@ -14,8 +14,8 @@ import pytest
 
 from dicom_gateway import dcmtk_decoder
 from dicom_gateway.pixels import PixelDataError, check_decodable, decoded_pixels, grayscale_image, model_input
-from dicom_gateway.testdata import make_dx_dataset
 from peers import DCMTK_ENV, require_peer
+from training.synthetic.dicom import make_dx_dataset
 
 JPEG_EXTENDED_12BIT = "1.2.840.10008.1.2.4.51"
 

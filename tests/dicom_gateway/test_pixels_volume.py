@@ -8,7 +8,7 @@ from pydicom.data import get_testdata_file
 
 from dicom_gateway.pixels import (VolumeError, ct_volume, grayscale_image, pixel_spacing_mm, sort_slices,
                                   windowed_image)
-from dicom_gateway.testdata import make_ct_series
+from dicom_testdata import make_ct_series
 
 
 def _series(n=6, size=16):

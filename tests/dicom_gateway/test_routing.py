@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dicom_gateway.config import DicomConfig
 from dicom_gateway.routing import DEFAULT_RULES, SINGLE_IMAGE_MODALITIES, routes, rules_from_config
-from dicom_gateway.testdata import make_ct_series, make_dx_dataset, make_photo_dataset
-from serving.config import DicomConfig
+from dicom_testdata import make_ct_series, make_photo_dataset
+from training.synthetic.dicom import make_dx_dataset
 
 SKIN = np.full((16, 16, 3), 180, np.uint8)
 
@@ -33,5 +34,5 @@ def test_dermoscopy_completes_at_release_like_other_single_images():
 
 
 def test_the_config_default_is_the_gateway_default():
-    """dicom.routes' default (serving/config.py) and DEFAULT_RULES are written twice: they must agree."""
+    """DEFAULT_RULES are dicom.routes' default (dicom_gateway/config.py, the one place it is written)."""
     assert rules_from_config([r.model_dump(exclude_none=True) for r in DicomConfig().routes]) == DEFAULT_RULES

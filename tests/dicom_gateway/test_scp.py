@@ -11,9 +11,9 @@ from pynetdicom import AE
 
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.status import StoreStatus
-from dicom_gateway.testdata import make_dx_dataset
 from peers import DCMTK_ENV, association_rejection, free_port, require_peer, wait_until
 from serving.store import Store
+from training.synthetic.dicom import make_dx_dataset
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_wrong_called_ae_is_rejected(scp):
 def test_a_refusal_tells_the_sender_why_in_error_comment(scp, tmp_path):
     """The reason of every refusal reaches the sender as Error Comment (0000,0902): a pynetdicom SCU reads
     it from the C-STORE-RSP, DCMTK ``storescu -d`` prints it."""
-    from dicom_gateway.testdata import make_photo_dataset
+    from dicom_testdata import make_photo_dataset
     from gateway_helpers import storescu
 
     server, _, _ = scp

@@ -10,12 +10,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report, mask_centroid_mm
-from dicom_gateway.testdata import make_ct_phantom, make_ct_series, make_dx_dataset
+from dicom_testdata import chest_ct, make_ct_series
 from models.finding import Concept, Finding, SourceImage
 from peers import dciodvfy_errors, find_peer
+from training.synthetic.dicom import make_dx_dataset
 
 NODULE = Concept(codes.SCT.Nodule.value, "SCT", codes.SCT.Nodule.meaning)
 TUBERCULOSIS = Concept("56717001", "SCT", "Tuberculosis")
@@ -30,7 +32,8 @@ def image_of(ds: pydicom.Dataset) -> SourceImage:
 
 @pytest.fixture(scope="module")
 def ct():
-    volume, mask = make_ct_phantom()
+    volume, sample = chest_ct(seed=6)  # one solid spherical nodule of about 7 mm
+    mask = sample.nodule_mask
     series = make_ct_series(volume, issuer="VN-MOH")
     images = [image_of(ds) for ds in series]
     finding = Finding(model="nodule", model_version="0.1.0", code=NODULE, probability=0.91, threshold=0.5,
@@ -90,8 +93,9 @@ def test_sr_without_seg_has_a_scoord3d_centroid(ct, tmp_path):
     path = save(sr, tmp_path / "sr-3d.dcm")
     assert dciodvfy_errors(path) == []
     centroid = mask_centroid_mm(finding, {ds.SOPInstanceUID: ds for ds in series})
-    # the phantom's nodule is centred at slice 4, row 24, column 20 (0.8 mm pixels, 2.5 mm slices)
-    assert np.allclose(centroid, [20 * 0.8, 24 * 0.8, 4 * 2.5], atol=0.2)
+    # (x, y, z) in the patient: the mask's mean column, row and slice (0.8 mm pixels, 2.5 mm slices)
+    z, y, x = np.argwhere(finding.mask).mean(axis=0)
+    assert np.allclose(centroid, [x * 0.8, y * 0.8, z * 2.5], atol=0.01)
     dump = subprocess.run([find_peer("dsrdump") or "dsrdump", path], capture_output=True, text=True)
     assert "SCOORD3D" in dump.stdout
 
@@ -99,7 +103,7 @@ def test_sr_without_seg_has_a_scoord3d_centroid(ct, tmp_path):
 def test_multi_finding_sr_with_box_polygon_and_3d_point(tmp_path):
     ds = make_dx_dataset(np.full((96, 80), 1000, np.uint16))
     image = image_of(ds)
-    ct_volume, _ = make_ct_phantom()
+    ct_volume, _ = chest_ct()
     ct_slice = make_ct_series(ct_volume, study_uid=ds.StudyInstanceUID)[4]
     ct_image = image_of(ct_slice)
     common = dict(model="tb", model_version="1.0.0", code=TUBERCULOSIS, threshold=0.5)
@@ -142,11 +146,11 @@ def test_segmentation_refuses_findings_without_mask(ct):
 
 @pytest.fixture(scope="module")
 def two_nodules():
-    """A 20-slice series with a nodule on slices 11-13 and another on slices 3-5."""
-    volume, first = make_ct_phantom(shape=(20, 64, 64), nodule_centre_px=(12.0, 24.0, 20.0),
-                                    nodule_radius_px=4.0)
-    _, second = make_ct_phantom(shape=(20, 64, 64), nodule_centre_px=(4.0, 40.0, 44.0),
-                                nodule_radius_px=4.0)
+    """A 20-slice series with a nodule on slices 10-14 and another on slices 17-18."""
+    volume, sample = chest_ct(seed=3, shape_vox=(20, 64, 64), n_nodules=2)
+    labels, count = ndimage.label(sample.nodule_mask)
+    assert count == 2, f"the two nodules must not touch, {count} regions are drawn"
+    first, second = labels == 1, labels == 2
     series = make_ct_series(volume)
     images = [image_of(ds) for ds in series]
     findings = [Finding(model="nodule", model_version="1.0.0", code=PULMONARY_NODULE, probability=p,
@@ -175,8 +179,9 @@ def test_each_nodule_group_references_only_the_slices_it_is_on(two_nodules, with
     root = pydicom.dcmread(path)
     measurements = next(i for i in root.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
     uids = [ds.SOPInstanceUID for ds in series]
-    for group, on in zip(measurements.ContentSequence, ([11, 12, 13], [3, 4, 5])):
-        slices = [uids[k] for k in on]
+    assert [list(np.flatnonzero(f.mask.any(axis=(1, 2)))) for f in findings] == [[10, 11, 12, 13, 14], [17, 18]]
+    for group, finding in zip(measurements.ContentSequence, findings):
+        slices = [uids[k] for k in np.flatnonzero(finding.mask.any(axis=(1, 2)))]
         # Source of Measurement (121112) of the probability: the nodule's slices, not slice 1
         assert referenced_images(group, "121112") == slices
         # Source images for segmentation (121233) of the segment or volume surface: those slices only

@@ -16,7 +16,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Exp
 from dicom_gateway.routing import Rule
 from dicom_gateway.slots import TRAILER, SlotPool, SlotWrite, read_trailer
 from dicom_gateway.storage import DirectWrite, instance_path, part10_header
-from dicom_gateway.testdata import make_ct_series
+from dicom_testdata import make_ct_series
 from gateway_helpers import Running
 from peers import wait_until
 

@@ -17,10 +17,10 @@ from dicom_gateway.sr import (
     build_measurement_report,
     device_observer_uid,
 )
-from dicom_gateway.testdata import make_dx_dataset
 from models import coding_scheme
 from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, SourceImage
 from peers import dciodvfy_errors
+from training.synthetic.dicom import make_dx_dataset
 
 needs_dciodvfy = pytest.mark.skipif(
     shutil.which("dciodvfy") is None,

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
+from chunked_upload import post_chunked
 from dicom_gateway import ledger
 from dicom_gateway.completion import StudyAssembler
-from dicom_gateway.testdata import make_dx_dataset
-from chunked_upload import post_chunked
 from peers import free_port, wait_until
 from serving import stow
 from serving.store import Store
+from training.synthetic.dicom import make_dx_dataset
 
 uvicorn = pytest.importorskip("uvicorn")
 BOUNDARY = "medgate-test-boundary"

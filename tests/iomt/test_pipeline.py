@@ -11,7 +11,8 @@ from fhir.resources.R4B.observation import Observation
 
 from iomt.alerts import AlertPolicy
 from iomt import vital_records
-from iomt.identity import AdtEvent, DeviceRegistry, IdentifierSystems, patient_reference
+from iomt.config import IdentifierSystems
+from iomt.identity import AdtEvent, DeviceRegistry, patient_reference
 from iomt.pipeline import VitalsPipeline
 from iomt.state import StateTable
 from iomt.topics import Topics

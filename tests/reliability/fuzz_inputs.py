@@ -38,9 +38,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import encode
 
-import dicom_wire as wire
-from dicom_gateway.testdata import make_ct_series, make_dx_dataset
 from dicom_gateway.wellformed import LONG_VRS, UNDEFINED, Element, elements
+from dicom_testdata import make_ct_series
+import dicom_wire as wire
+from training.synthetic.dicom import make_dx_dataset
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 #: The attributes every receiver needs to store an instance.

@@ -38,11 +38,11 @@ import requests
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from dicom_gateway.testdata import make_dx_dataset
 from iomt import vital_records
+from training.synthetic.dicom import make_dx_dataset
 from peers import (FhirRecorder, broker, find_peer, free_port, start_storescp, stop_process, storescu,
                    wait_until)
-from serving.process import ServerProcess
+from server_process import ServerProcess
 from serving.store import Store
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.vitals import vitals_course

@@ -67,3 +67,46 @@ def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
     (tmp_path / "x.yaml").write_text("dicom: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "x.yaml")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Product code: every package medgate ships, and the benchmarks.
+PRODUCT = ("serving", "dicom_gateway", "iomt", "models", "training", "benchmarks")
+#: A default (or name) written in the source -> the one module allowed to write it.
+DEFINED_ONCE = {
+    '"medgate.sqlite3"': "serving/store.py",
+    "8 * 3600": "serving/config.py",  # auth.cookie_max_age_s
+    "64 * 1024 * 1024": "serving/config.py",  # http.max_upload_bytes
+    "http://fhir.hl7.org.vn/core/sid/cccd": "iomt/config.py",  # iomt.identifiers.citizen_id
+    "urn:medgate:device-serial": "iomt/config.py",  # iomt.identifiers.device
+    'body_part=["CHEST", "LUNG"]': "dicom_gateway/config.py",  # dicom.routes: chest CT -> nodule
+}
+
+
+@pytest.mark.parametrize("text", DEFINED_ONCE)
+def test_each_default_is_written_in_one_module(text):
+    """Defaults live in the config model alone (and the database file name in the store): a second copy drifts."""
+    found = sorted(str(path.relative_to(ROOT)) for package in PRODUCT for path in (ROOT / package).rglob("*.py")
+                   if text in path.read_text(encoding="utf-8"))
+    assert found == [DEFINED_ONCE[text]]
+
+
+def test_each_layer_reads_its_own_typed_section():
+    """iomt and dicom_gateway own their sections (they import no serving); serving composes them."""
+    from dicom_gateway.config import DicomConfig
+    from dicom_gateway.routing import DEFAULT_RULES, rules_from_config
+    from iomt.bridge import DEFAULT_SYSTEMS
+    from iomt.config import IdentifierSystems, IomtConfig
+    from iomt.identity import IdentifierSystems as used_by_identity
+    from serving.config import Settings
+
+    settings = Settings()
+    assert used_by_identity is IdentifierSystems and DEFAULT_SYSTEMS == IdentifierSystems()
+    assert isinstance(settings.iomt, IomtConfig) and isinstance(settings.dicom, DicomConfig)
+    assert DEFAULT_RULES == rules_from_config([r.model_dump(exclude_none=True) for r in DicomConfig().routes])
+
+
+def test_the_database_path_is_the_store_s():
+    from serving.store import DATABASE_FILE, database_path
+
+    assert database_path(Path("var")) == Path("var") / DATABASE_FILE == load_config(state_dir="var").db_path

@@ -18,10 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 import requests
 
-from dicom_gateway.testdata import make_dx_dataset, make_photo_dataset
+from dicom_testdata import make_photo_dataset
 from peers import DCMTK_ENV, find_peer, free_port, wait_until
-from serving.process import MEDGATE, ServerProcess
+from server_process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
+from training.synthetic.dicom import make_dx_dataset
 from training.synthetic.vitals import vitals_course
 
 CHROMIUM = "/usr/bin/chromium"

@@ -18,10 +18,11 @@ from pydicom.uid import UID, generate_uid
 
 from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID
 from dicom_gateway.sr import build_measurement_report
-from dicom_gateway.testdata import make_ct_series, make_dx_dataset
+from dicom_testdata import make_ct_series
 from models.finding import Concept, Finding, SourceImage
 from serving.deid import DeidentificationError, Deidentifier
 from serving.deid_profile import BASIC_PROFILE
+from training.synthetic.dicom import make_dx_dataset
 
 SALT = b"0123456789abcdef-test-salt"
 #: PS3.6 Annex A: VL Photographic Image Storage.

@@ -10,9 +10,9 @@ import numpy as np
 import yaml
 from pydicom import dcmread
 
-from dicom_gateway.testdata import make_dx_dataset
 from serving.audit import AuditLog
 from serving.store import Store
+from training.synthetic.dicom import make_dx_dataset
 
 
 def add_study(store: Store, folder, patient_id: str, positive: bool, burned_in: bool = False) -> str:

@@ -10,13 +10,14 @@ from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
-from dicom_gateway.testdata import make_ct_phantom, make_ct_series, make_dx_dataset
+from dicom_testdata import chest_ct, make_ct_series
 from iomt.identity import Association, patient_reference
 from models import coding_scheme
 from models.finding import Concept, Finding, SourceImage
 from serving.config import load_config
 from serving.fhir_client import transaction_bundle
 from serving.fhir_report import PatientIdentity, build_report_resources, patient_identity
+from training.synthetic.dicom import make_dx_dataset
 
 TB = Concept("56717001", "SCT", "Tuberculosis")
 CCCD = "http://fhir.hl7.org.vn/core/sid/cccd"
@@ -175,7 +176,7 @@ def test_subjects_are_literal_patient_references_with_the_identifier_as_the_vita
 
 
 def test_the_report_concludes_each_distinct_finding_once(identity):
-    volume, _ = make_ct_phantom()
+    volume, _ = chest_ct()
     series = make_ct_series(volume)
     images = [SourceImage(s.StudyInstanceUID, s.SeriesInstanceUID, s.SOPInstanceUID, s.SOPClassUID,
                           int(s.Rows), int(s.Columns)) for s in series]

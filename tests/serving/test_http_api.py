@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import requests
 
-from dicom_gateway.testdata import make_dx_dataset
 from models.registry import ModelRegistry
 from peers import free_port, wait_until
 from serving.config import load_config
+from training.synthetic.dicom import make_dx_dataset
 
 MAX_UPLOAD = 2 * 1024 * 1024
 TOKEN = "http-api-test-token-0123456789"

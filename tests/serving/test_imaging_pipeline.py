@@ -20,7 +20,7 @@ from pydicom.sr.codedict import codes
 
 from dicom_gateway.pixels import PixelDataError
 
-from dicom_gateway.testdata import make_ct_series
+from dicom_testdata import make_ct_series
 from peers import dciodvfy_errors
 from serving import imaging
 from serving.store import Store
@@ -160,7 +160,7 @@ class _LocalDeployment:
 def test_a_dicom_skin_photo_reaches_derm_as_rgb(tmp_path):
     """The derm replica failed every DICOM photo: it was given the luminance, (1, S, S), where its
     ONNX input is (3, S, S) ("index: 1 Got: 1 Expected: 3")."""
-    from dicom_gateway.testdata import make_photo_dataset
+    from dicom_testdata import make_photo_dataset
 
     rng = np.random.default_rng(3)
     rgb = np.clip(rng.normal(160, 30, (120, 120, 3)), 0, 255).astype(np.uint8)

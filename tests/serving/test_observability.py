@@ -25,20 +25,20 @@ import requests
 
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.scu import send_files
-from dicom_gateway.testdata import make_dx_dataset
 from iomt.bridge import VitalsBridge
 from iomt.message_id import message_id
 from peers import DCMTK_ENV, find_peer, free_port, start_storescp, stop_process, wait_for_port, wait_until
+from server_process import MEDGATE, ServerProcess
 from serving import status_cli
 from serving.config import load_config
 from serving.correlation import bound, current_id
 from serving.imaging import ImagingPipeline
 from serving.logs import JsonFormatter, TextFormatter
 from serving.outbox import Outbox
-from serving.process import MEDGATE, ServerProcess
 from serving.store import Store
 from serving.web_headers import CONTENT_SECURITY_POLICY
 from training.synthetic.cxr import generate_cxr
+from training.synthetic.dicom import make_dx_dataset
 from training.synthetic.vitals import vitals_course
 
 KEEP_ALIVE_S = 2  # http.keep_alive_timeout_s of the real server below

@@ -18,11 +18,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from dicom_gateway.testdata import make_dx_dataset
+from training.synthetic.dicom import make_dx_dataset
 from peers import (FhirRecorder, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, wait_for_port,
                    wait_until)
+from server_process import ServerProcess
 from serving.fhir_report import report_id
-from serving.process import ServerProcess
 from training.synthetic.cxr import generate_cxr
 
 #: How long the archive and the FHIR server stay down after the study is pushed.
@@ -153,14 +153,11 @@ def test_ct_study_gives_a_seg_in_orthanc(peers, tmp_path):
     status, models = peers["server"].http_get("/v1/models")
     if status != 200 or "nodule" not in {m.get("name") for m in models}:
         pytest.skip(reason="the running server does not expose model 'nodule' in GET /v1/models")
-    from dicom_gateway.testdata import (CT_PIXEL_SPACING_MM, CT_RESCALE_INTERCEPT_HU, CT_SLICE_THICKNESS_MM,
-                                        make_ct_series)
-    from training.synthetic.ct import generate_ct
+    from dicom_testdata import chest_ct, make_ct_series
+    from training.synthetic.ct import DEFAULT_SHAPE_VOX
 
     orthanc = peers["orthanc"]["http"]
-    spacing = (CT_SLICE_THICKNESS_MM, CT_PIXEL_SPACING_MM, CT_PIXEL_SPACING_MM)
-    ct = generate_ct(np.random.default_rng(6), spacing_mm=spacing)  # a 20 mm nodule the model finds
-    stored = np.clip(ct.volume_hu.astype(np.int32) - CT_RESCALE_INTERCEPT_HU, 0, 4095).astype(np.uint16)
+    stored, _ = chest_ct(seed=6, shape_vox=DEFAULT_SHAPE_VOX, n_nodules=None)  # a 20 mm nodule the model finds
     series = make_ct_series(stored)
     study_id = None
     for i, ds in enumerate(series):

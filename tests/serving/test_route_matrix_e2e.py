@@ -34,10 +34,11 @@ import pytest
 
 from dicom_gateway.dimse import error_comment
 from dicom_gateway.status import StoreStatus
-from dicom_gateway.testdata import make_ct_series, make_dx_dataset, make_photo_dataset
+from dicom_testdata import make_ct_series, make_photo_dataset
 from peers import DCMTK_ENV, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, storescu, wait_until
-from serving.process import ServerProcess
+from server_process import ServerProcess
 from serving.stow import STOW_CALLING_AE
+from training.synthetic.dicom import make_dx_dataset
 
 #: storescu option proposing a compressed transfer syntax (PS3.5 Annex A) besides the native ones.
 PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx"}

@@ -14,10 +14,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from dicom_gateway.testdata import make_dx_dataset
 from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_until
-from serving.process import MEDGATE, ServerProcess
+from server_process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
+from training.synthetic.dicom import make_dx_dataset
 
 
 @pytest.fixture(scope="module")

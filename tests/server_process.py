@@ -1,40 +1,23 @@
-"""Run ``medgate serve`` as a child process: for tests, benchmarks and supervisors.
+"""Run ``medgate serve`` as a child process, for tests and benchmarks.
 
 >>> with ServerProcess(config) as server:          # doctest: +SKIP
 ...     server.http_get("/readyz")
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from serving.status_cli import get_json
+
 MEDGATE = [sys.executable, "-m", "serving.cli"]
-
-
-def get_json(url: str, bearer: str | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
-    """(status, JSON body) of ``GET url``; status 0 when nothing answers."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"} if bearer else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            status, body = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, {}
-    try:
-        return status, json.loads(body or b"{}")
-    except ValueError:  # e.g. the Serve proxy's plain-text 503 while the app deploys
-        return status, {"text": body.decode(errors="replace")}
 
 
 class ServerProcess:

@@ -1,42 +1,33 @@
-"""Generated, standard-conformant radiographs and CT series for demos and tests.
+"""DICOM test data: CT series and skin photographs as a scanner, camera or dermatoscope sends them.
 
-:func:`make_dx_dataset` wraps a pixel array in a complete Digital X-Ray Image Storage - For
-Presentation (PS3.3 A.26) or Computed Radiography Image Storage (PS3.3 A.2) instance, with file
-meta information, so that it can be written with :func:`pydicom.dcmwrite`, sent with C-STORE and
-checked with ``dciodvfy``.  :func:`make_photo_dataset` does it for skin photographs (VL Photographic,
-Dermoscopic Photography, VL Microscopic, Secondary Capture, Video Photographic, Multi-frame True Color
-SC; RGB, JPEG YBR_FULL_422, PALETTE COLOR, MONOCHROME2).  :func:`make_ct_series` does the same for a CT Image Storage series
-(PS3.3 A.3) from a volume, and :func:`make_ct_phantom` draws a chest-like volume with one spherical
-nodule and its ground-truth mask (for SEG tests).  Every Type 1 and Type 2 attribute of the
-mandatory modules is present.
+:func:`make_ct_series` wraps a volume in a CT Image Storage series (PS3.3 A.3); :func:`chest_ct`
+draws that volume with the project's CT phantom (:mod:`training.synthetic.ct`) at the series'
+spacing.  :func:`make_photo_dataset` wraps skin photographs (VL Photographic, Dermoscopic
+Photography, VL Microscopic, Secondary Capture, Video Photographic, Multi-frame True Color SC; RGB,
+JPEG YBR_FULL_422, PALETTE COLOR, MONOCHROME2).  Radiographs: :func:`training.synthetic.dicom.make_dx_dataset`,
+whose modules these reuse.  Every Type 1 and Type 2 attribute of the mandatory modules is present.
 The patient is a made-up demo patient: nothing here is clinical data.
 """
 from __future__ import annotations
 
-import datetime
 import io
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import (
     UID,
     DermoscopicPhotographyImageStorage,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    PYDICOM_IMPLEMENTATION_UID,
     VLMicroscopicImageStorage,
     generate_uid,
 )
 
-#: PS3.6 Annex A: Digital X-Ray Image Storage - For Presentation.
-DX_FOR_PRESENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")
-#: PS3.6 Annex A: Computed Radiography Image Storage.
-CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
-_SOP_CLASSES = {"DX": DX_FOR_PRESENTATION_STORAGE, "CR": CR_STORAGE}
+from training.synthetic.ct import CtSample, generate_ct
+from training.synthetic.dicom import BITS_STORED, check_pixels, code_item, make_dx_dataset, with_file_meta
+
 #: PS3.6 Annex A: CT Image Storage.
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 #: Rescale Intercept of generated CT (PS3.3 C.11.1.1.2): stored value 0 is -1024 HU.
@@ -45,280 +36,29 @@ CT_RESCALE_INTERCEPT_HU = -1024
 CT_PIXEL_SPACING_MM = 0.8
 CT_SLICE_THICKNESS_MM = 2.5
 
-#: Bits Stored of every generated image (PS3.3 C.8.11.3 DX Image: 6 to 16 are allowed).
-BITS_STORED = 12
-
-#: Detector element pitch in mm (Imager Pixel Spacing, PS3.3 C.8.11.4; also used as Pixel Spacing,
-#: i.e. the image is calibrated at the detector plane).
-PIXEL_SPACING_MM = 0.2
-
-#: Body Part Examined (PS3.16 Annex L) to Anatomic Region Sequence code (PS3.16 CID 4009
-#: "DX Anatomy Imaged").  Unpaired parts only, so Image Laterality is always "U" (unpaired).
-BODY_PARTS: dict[str, Code] = {
-    "CHEST": codes.SCT.Chest,
-    "ABDOMEN": codes.SCT.Abdomen,
-    "PELVIS": codes.SCT.Pelvis,
-    "SKULL": codes.SCT.Skull,
-}
-
-#: View Position (PS3.3 C.8.11.5) to View Code Sequence code (PS3.16 CID 4010 "DX View").
-VIEWS: dict[str, Code] = {
-    "PA": codes.SCT.PosteroAnterior,
-    "AP": codes.SCT.AnteroPosterior,
-    "LL": codes.SCT.LeftLateral,
-    "RL": codes.SCT.RightLateral,
-}
-
-#: Patient Orientation (PS3.3 C.7.6.1.1.1): direction of the rows, then of the columns, of an
-#: upright image in the usual display (frontal views as if facing the patient, laterals as if
-#: looking at the side against the detector).
-_PATIENT_ORIENTATION = {"PA": ["L", "F"], "AP": ["L", "F"], "LL": ["P", "F"], "RL": ["A", "F"]}
+#: Voxel spacing ``(z, y, x)`` of :func:`make_ct_series` and :func:`chest_ct`, in mm.
+CT_SPACING_MM = (CT_SLICE_THICKNESS_MM, CT_PIXEL_SPACING_MM, CT_PIXEL_SPACING_MM)
 
 
-def _code_item(code: Code) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme_designator
-    item.CodeMeaning = code.meaning
-    return item
+def stored_values(volume_hu: np.ndarray) -> np.ndarray:
+    """Hounsfield units as the 12-bit stored values of :func:`make_ct_series` (value 0 is
+    :data:`CT_RESCALE_INTERCEPT_HU`)."""
+    stored = np.asarray(volume_hu, np.int32) - CT_RESCALE_INTERCEPT_HU
+    return np.clip(stored, 0, (1 << BITS_STORED) - 1).astype(np.uint16)
 
 
-def _check_pixels(pixels: np.ndarray) -> np.ndarray:
-    if not isinstance(pixels, np.ndarray):
-        raise TypeError(f"pixels must be a numpy.ndarray, {type(pixels).__name__} is given.")
-    if pixels.dtype != np.uint16:
-        raise ValueError(f"pixels must have dtype uint16, {pixels.dtype} is given.")
-    if pixels.ndim != 2 or min(pixels.shape) < 1:
-        raise ValueError(f"pixels must be a non-empty 2D array, shape {pixels.shape} is given.")
-    if pixels.max() >= 1 << BITS_STORED:
-        raise ValueError(
-            f"pixels must fit in {BITS_STORED} bits (<= {(1 << BITS_STORED) - 1}), "
-            f"maximum {int(pixels.max())} is given."
-        )
-    return np.ascontiguousarray(pixels)
-
-
-def make_dx_dataset(
-    pixels: np.ndarray,
-    *,
-    patient_id: str = "079123456789",
-    patient_name: str = "Demo^Patient",
-    issuer: str | None = None,
-    study_uid: str | None = None,
-    accession: str | None = None,
-    sop_class: str = "DX",
-    body_part: str = "CHEST",
-    view: str = "PA",
-) -> Dataset:
-    """Wrap ``pixels`` in a complete DX (For Presentation) or CR image instance.
-
-    Parameters
-    ----------
-    pixels: numpy.ndarray
-        2D ``uint16`` array, rows by columns, values below ``2**BITS_STORED`` (MONOCHROME2: high
-        value = bright = dense).
-    patient_id: str, optional
-        Patient ID (0010,0020).
-    patient_name: str, optional
-        Patient's Name (0010,0010), in DICOM PN form (``Family^Given``).
-    issuer: str | None, optional
-        Issuer of Patient ID (0010,0021); left out when None.
-    study_uid: str | None, optional
-        Study Instance UID; a new UID when None (pass one to put several images in one study).
-    accession: str | None, optional
-        Accession Number (0008,0050); empty (Type 2) when None.
-    sop_class: str, optional
-        ``"DX"`` for Digital X-Ray Image Storage - For Presentation, ``"CR"`` for Computed
-        Radiography Image Storage.
-    body_part: str, optional
-        Body Part Examined (0018,0015), one of :data:`BODY_PARTS`.
-    view: str, optional
-        View Position (0018,5101), one of :data:`VIEWS`.
+def chest_ct(seed: int = 0, shape_vox: tuple[int, int, int] = (16, 64, 64), *,
+             n_nodules: int | None = 1) -> tuple[np.ndarray, CtSample]:
+    """A chest CT drawn by :func:`training.synthetic.ct.generate_ct` at :data:`CT_SPACING_MM`.
 
     Returns
     -------
-    pydicom.Dataset
-        The instance, with file meta information (Explicit VR Little Endian).
-
-    Raises
-    ------
-    TypeError
-        When ``pixels`` is not a numpy array.
-    ValueError
-        When an argument is out of range; the message names it.
+    tuple[numpy.ndarray, CtSample]
+        The volume as stored values for :func:`make_ct_series`, and the sample (its
+        ``nodule_mask`` and ``nodules`` are the ground truth).
     """
-    pixels = _check_pixels(pixels)
-    modality = str(sop_class).upper()
-    if modality not in _SOP_CLASSES:
-        raise ValueError(
-            f"sop_class must be one of {sorted(_SOP_CLASSES)}, {sop_class!r} is given."
-        )
-    body_part = str(body_part).upper()
-    if body_part not in BODY_PARTS:
-        raise ValueError(f"body_part must be one of {sorted(BODY_PARTS)}, {body_part!r} is given.")
-    view = str(view).upper()
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {sorted(VIEWS)}, {view!r} is given.")
-    if not patient_id or len(patient_id) > 64:
-        raise ValueError(f"patient_id must have 1 to 64 characters, {patient_id!r} is given.")
-
-    now = datetime.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    sop_class_uid = _SOP_CLASSES[modality]
-    sop_instance_uid = generate_uid()
-
-    ds = Dataset()
-    # SOP Common (PS3.3 C.12.1)
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = sop_instance_uid
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    # Patient (C.7.1.1)
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    if issuer is not None:
-        ds.IssuerOfPatientID = issuer
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    # General Study (C.7.2.1)
-    ds.StudyInstanceUID = study_uid if study_uid is not None else generate_uid()
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "1"
-    ds.AccessionNumber = accession if accession is not None else ""
-    ds.StudyDescription = f"XR {body_part.title()} {view}"
-    # General Series (C.7.3.1), DX Series (C.8.11.1) / CR Series (C.8.1.1)
-    ds.Modality = modality
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = 1
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.SeriesDescription = f"{body_part.title()} {view}"
-    ds.BodyPartExamined = body_part
-    ds.ViewPosition = view
-    if modality == "DX":
-        ds.PresentationIntentType = "FOR PRESENTATION"
-    # Laterality (C.7.3.1) is Type 2C for paired body parts only: BODY_PARTS has none.
-    # General Equipment (C.7.5.1)
-    ds.Manufacturer = "medgate"
-    ds.ManufacturerModelName = "medgate test data generator"
-    ds.SoftwareVersions = "1"
-    ds.InstitutionName = "medgate demo"
-    # General Acquisition (C.7.10.1), General Image (C.7.6.1)
-    ds.AcquisitionDate, ds.AcquisitionTime = date, time
-    ds.ContentDate, ds.ContentTime = date, time
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = _PATIENT_ORIENTATION[view]
-    ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
-    ds.BurnedInAnnotation = "NO"
-    ds.LossyImageCompression = "00"
-    # Image Pixel (C.7.6.3)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = BITS_STORED
-    ds.HighBit = BITS_STORED - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    # Modality LUT, VOI LUT (C.11.2: required for DX For Presentation), Presentation LUT
-    ds.RescaleIntercept = 0
-    ds.RescaleSlope = 1
-    ds.RescaleType = "US"
-    ds.WindowCenter = (1 << BITS_STORED) // 2
-    ds.WindowWidth = 1 << BITS_STORED
-    ds.PresentationLUTShape = "IDENTITY"
-    # Detector / plate geometry (DX Detector C.8.11.4, CR Image C.8.1.2)
-    ds.ImagerPixelSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
-    ds.PixelSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
-    ds.PixelSpacingCalibrationType = "GEOMETRY"
-    ds.PixelSpacingCalibrationDescription = "detector plane"
-    ds.KVP = 120
-    ds.ExposureTime = 10
-    ds.XRayTubeCurrent = 200
-    if modality == "DX":
-        _add_dx_modules(ds, body_part, view)
-    return _with_file_meta(ds)
-
-
-def _add_dx_modules(ds: Dataset, body_part: str, view: str) -> None:
-    """DX Anatomy Imaged (C.8.11.2), DX Image (C.8.11.3), DX Detector (C.8.11.4), DX Positioning
-    (C.8.11.5) and Acquisition Context (C.7.6.14, mandatory in the DX IOD only)."""
-    ds.AcquisitionContextSequence = []
-    ds.ImageLaterality = "U"
-    ds.AnatomicRegionSequence = [_code_item(BODY_PARTS[body_part])]
-    ds.PixelIntensityRelationship = "LIN"
-    ds.PixelIntensityRelationshipSign = 1
-    ds.CalibrationImage = "NO"
-    ds.DetectorType = "DIRECT"
-    ds.DetectorConfiguration = "AREA"
-    ds.DetectorID = "MEDGATE-0001"
-    ds.DetectorManufacturerName = "medgate"
-    ds.DetectorManufacturerModelName = "generated"
-    ds.DetectorConditionsNominalFlag = "YES"
-    ds.DetectorElementPhysicalSize = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
-    ds.DetectorElementSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
-    ds.DetectorActiveShape = "RECTANGLE"
-    height_mm, width_mm = (round(PIXEL_SPACING_MM * n, 3) for n in (ds.Rows, ds.Columns))
-    ds.DetectorActiveDimensions = [height_mm, width_mm]
-    ds.FieldOfViewShape = "RECTANGLE"
-    ds.FieldOfViewDimensions = [max(1, round(height_mm)), max(1, round(width_mm))]
-    ds.FieldOfViewOrigin = [0, 0]
-    ds.FieldOfViewRotation = "0"
-    ds.FieldOfViewHorizontalFlip = "NO"
-    ds.PositionerType = "COLUMN"
-    ds.ViewCodeSequence = [_code_item(VIEWS[view])]
-
-
-def _with_file_meta(ds: Dataset) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    ds.preamble = b"\x00" * 128
-    return ds
-
-
-def make_ct_phantom(
-    shape: tuple[int, int, int] = (8, 64, 64),
-    *,
-    nodule_centre_px: tuple[float, float, float] = (4.0, 24.0, 20.0),
-    nodule_radius_px: float = 5.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A chest-like CT volume (stored values, HU + 1024) with one solid nodule in the right lung.
-
-    Parameters
-    ----------
-    shape: tuple[int, int, int], optional
-        ``(slices, rows, columns)``.
-    nodule_centre_px: tuple[float, float, float], optional
-        ``(slice, row, column)`` of the nodule centre, in voxels.
-    nodule_radius_px: float, optional
-        Nodule radius in in-plane pixels (slices are thicker: the sphere is scaled in mm).
-
-    Returns
-    -------
-    tuple[numpy.ndarray, numpy.ndarray]
-        ``uint16`` volume and boolean nodule mask, both of ``shape``.
-    """
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"shape must be (slices, rows, columns) of positive sizes, {shape} is given.")
-    if nodule_radius_px <= 0:
-        raise ValueError(f"nodule_radius_px must be positive, {nodule_radius_px} is given.")
-    z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
-    rows, columns = shape[1], shape[2]
-    body = ((y - rows / 2) / (0.45 * rows)) ** 2 + ((x - columns / 2) / (0.48 * columns)) ** 2 <= 1
-    lungs = np.zeros(shape, bool)
-    for cx in (0.3 * columns, 0.7 * columns):
-        lungs |= ((y - rows / 2) / (0.32 * rows)) ** 2 + ((x - cx) / (0.16 * columns)) ** 2 <= 1
-    hu = np.full(shape, -1000.0)
-    hu[body] = 40.0
-    hu[lungs] = -850.0
-    dz = (z - nodule_centre_px[0]) * CT_SLICE_THICKNESS_MM / CT_PIXEL_SPACING_MM
-    nodule = dz**2 + (y - nodule_centre_px[1]) ** 2 + (x - nodule_centre_px[2]) ** 2 <= nodule_radius_px**2
-    hu[nodule] = 30.0
-    return np.round(hu - CT_RESCALE_INTERCEPT_HU).astype(np.uint16), nodule
+    sample = generate_ct(np.random.default_rng(seed), shape_vox, CT_SPACING_MM, n_nodules)
+    return stored_values(sample.volume_hu), sample
 
 
 def make_ct_series(
@@ -348,7 +88,7 @@ def make_ct_series(
         )
     if not patient_id or len(patient_id) > 64:
         raise ValueError(f"patient_id must have 1 to 64 characters, {patient_id!r} is given.")
-    first = make_dx_dataset(_check_pixels(volume[0]), patient_id=patient_id, patient_name=patient_name,
+    first = make_dx_dataset(check_pixels(volume[0]), patient_id=patient_id, patient_name=patient_name,
                             issuer=issuer, study_uid=study_uid, accession=accession, sop_class="CR")
     series_uid, frame_of_reference_uid = generate_uid(), generate_uid()
     out = []
@@ -387,13 +127,13 @@ def make_ct_series(
         ds.Rows, ds.Columns = plane.shape
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, BITS_STORED, BITS_STORED - 1
         ds.PixelRepresentation = 0
-        ds.PixelData = _check_pixels(plane).astype("<u2").tobytes()
+        ds.PixelData = check_pixels(plane).astype("<u2").tobytes()
         ds.RescaleIntercept = CT_RESCALE_INTERCEPT_HU
         ds.RescaleSlope = 1
         ds.RescaleType = "HU"
         ds.WindowCenter, ds.WindowWidth = -600, 1500
         ds.KVP = 120
-        out.append(_with_file_meta(ds))
+        out.append(with_file_meta(ds))
     return out
 
 
@@ -489,7 +229,7 @@ def make_photo_dataset(
         ds.ConversionType = "DV"
     else:  # Acquisition Context (C.7.6.14), VL Image (C.8.12.1): region of the photographed skin
         ds.AcquisitionContextSequence = []
-        ds.AnatomicRegionSequence = [_code_item(SKIN_OF_TRUNK)]
+        ds.AnatomicRegionSequence = [code_item(SKIN_OF_TRUNK)]
     if kind == "microscopic":  # what routes it to derm by default (dicom_gateway.routing)
         ds.BodyPartExamined = "SKIN"
     if kind == "dermoscopy":
@@ -517,7 +257,7 @@ def make_photo_dataset(
         luma = frames[0].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         ds.PixelData = np.clip(np.rint(luma), 0, 255).astype(np.uint8).tobytes()
     ds.PhotometricInterpretation = photometric
-    ds = _with_file_meta(ds)
+    ds = with_file_meta(ds)
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
 

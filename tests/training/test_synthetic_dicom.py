@@ -1,4 +1,4 @@
-"""Generated DX/CR instances: complete, readable back, and valid for dicom3tools ``dciodvfy``."""
+"""Generated DX/CR instances (what `medgate demo` sends): complete, readable back, and valid for dicom3tools ``dciodvfy``."""
 from __future__ import annotations
 
 import shutil
@@ -9,12 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicom_gateway.testdata import (
-    BITS_STORED,
-    CR_STORAGE,
-    DX_FOR_PRESENTATION_STORAGE,
-    make_dx_dataset,
-)
+from training.synthetic.dicom import BITS_STORED, CR_STORAGE, DX_FOR_PRESENTATION_STORAGE, make_dx_dataset
 
 needs_dciodvfy = pytest.mark.skipif(
     shutil.which("dciodvfy") is None,
@@ -118,37 +113,3 @@ def test_bad_arguments_are_named(kwargs, name):
 def test_non_array_pixels_raise_type_error():
     with pytest.raises(TypeError, match="pixels"):
         make_dx_dataset([[0, 1], [2, 3]])
-
-
-def _skin(frames: int = 0) -> np.ndarray:
-    y, x = np.mgrid[0:48, 0:48]
-    rgb = np.stack([200 - x, 150 + y // 2, 120 + (x + y) // 3], axis=-1).astype(np.uint8)  # full 16-bit palette
-    return np.stack([rgb] * frames) if frames else rgb
-
-
-@needs_dciodvfy
-@pytest.mark.parametrize(("kind", "photometric", "iod"), [
-    ("photo", "RGB", "VLPhotographicImage"),
-    ("photo", "YBR_FULL_422", "VLPhotographicImage"),
-    ("dermoscopy", "RGB", "DermoscopicPhotographyImage"),
-    ("microscopic", "RGB", "VLMicroscopicImage"),
-    ("sc", "PALETTE COLOR", "SCImage"),
-    ("sc", "MONOCHROME2", "SCImage"),
-    ("video", "RGB", "VideoPhotographicImage"),
-    ("multiframe", "RGB", "MultiframeTrueColorSCImage"),
-])
-def test_photographs_are_valid_for_dciodvfy(tmp_path, kind, photometric, iod):
-    """Skin photographs of each SOP class the derm route takes: no Error line, and dciodvfy knows the
-    IOD (Dermoscopic Photography included; its 2022 tables do not yet list Modality DMS, a Warning)."""
-    from dicom_gateway.testdata import PHOTO_SOP_CLASSES, make_photo_dataset
-
-    ds = make_photo_dataset(_skin(3 if kind in ("video", "multiframe") else 0), kind=kind, photometric=photometric)
-    assert ds.SOPClassUID == PHOTO_SOP_CLASSES[kind]
-    path = tmp_path / f"{kind}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    lines = dciodvfy(path)
-    assert lines[0] == iod, lines
-    assert not [line for line in lines if "Error" in line], "\n".join(lines)
-    assert "Laterality" not in ds and ds.ImageLaterality == "U", "an unpaired part: Type 2C Laterality absent"
-    if kind == "dermoscopy":
-        assert ds.Modality == "DMS" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.7"

@@ -1,0 +1,116 @@
+"""The ``mqtt:`` and ``iomt:`` sections of the configuration: the vitals bridge's typed settings.
+
+:class:`serving.config.Settings` composes them; :mod:`iomt.wiring` builds the bridge from them.
+Every default is written here only (:data:`iomt.bridge.DEFAULT_SYSTEMS` is ``IdentifierSystems()``).
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Section(BaseModel):
+    """A configuration section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MqttConfig(Section):
+    url: str | None = None
+    # The embedded broker (url: null) is demo only, without authentication, ACL or TLS: it binds
+    # a loopback address or refuses to start (docs/security.md, "MQTT broker").
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = Field(1883, ge=0, le=65535)
+    topic_prefix: str = "medgate"
+    client_id: str = "medgate-bridge"
+    protocol: Literal["3.1.1", "5"] = "3.1.1"  # MQTT 3.1.1 (OASIS 2014) or MQTT 5.0 (OASIS 2019)
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None  # PEM CA bundle for mqtts://; None = the system trust store
+    cert_file: Path | None = None  # PEM client certificate (TLS client authentication)
+    key_file: Path | None = None  # PEM private key of cert_file
+    shared_group: str | None = None  # subscribe as $share/<group>/... so bridges split the load
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)  # MQTT 5 Session Expiry Interval
+    keepalive_s: int = Field(30, ge=5, le=65535)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    queue_size: int = Field(20_000, ge=1)  # bounded hand-off queue; full = stop reading
+
+    @field_validator("shared_group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/#+")):
+            raise ValueError(f"must be one topic level without '/', '+' or '#', {value!r} is given")
+        return value
+
+    @field_validator("embedded_host")
+    @classmethod
+    def _check_embedded_host(cls, value: str) -> str:
+        if not is_loopback(value):
+            raise ValueError(f"must be a loopback address (127.0.0.1, ::1 or localhost): the embedded "
+                             f"broker is demo only, with no authentication, ACL or TLS; set mqtt.url "
+                             f"to the hospital's broker to receive from other machines")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", value):
+            raise ValueError(f"must look like mqtt://host:port or mqtts://host:port, {value!r} is given")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"must be a plain topic level path without wildcards, {value!r} is given")
+        return value
+
+
+class AlertsConfig(Section):
+    min_band: Literal["low-medium", "medium", "high"] = "low-medium"  # RCP NEWS2 table 2 bands
+    repeat_after_s: float = Field(3600.0, ge=0)  # same band re-alerted at most this often
+
+
+class IdentifierSystems(Section):
+    """FHIR identifier systems of patients and devices (``iomt.identifiers``); immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # VN Core FHIR IG (HL7 Vietnam, draft): NamingSystem vn-cccd-ns and vn-bhyt-ns.
+    citizen_id: str = "http://fhir.hl7.org.vn/core/sid/cccd"
+    social_insurance: str = "http://fhir.hl7.org.vn/core/sid/bhyt"
+    device: str = "urn:medgate:device-serial"  # local serial numbers, no national system
+
+
+class RiskConfig(Section):
+    enabled: bool = True  # used when a `vitals` model is registered and deployed
+    flush_interval_s: float = Field(1.0, gt=0)
+    max_batch: int = Field(256, ge=1)
+    min_interval_s: float = Field(60.0, ge=0)  # per patient, in message time
+
+
+class IomtConfig(Section):
+    staleness_s: float = Field(3600.0, gt=0)  # NEWS2 uses values no older than this
+    news2_interval_s: float = Field(60.0, ge=0)  # unchanged score re-written at most this often
+    # vitals resources are kept this long in the local store (iomt/retention.py); None keeps them all
+    retention_hours: float | None = Field(72.0, gt=0)
+    batch_max_messages: int = Field(1000, ge=1)  # messages per store transaction
+    workers: int = Field(1, ge=1)  # bridge worker processes; each owns the beds hashed to it
+    bundle_max_entries: int = Field(2000, ge=1)  # resources per FHIR transaction Bundle
+    alerts: AlertsConfig = AlertsConfig()
+    identifiers: IdentifierSystems = IdentifierSystems()
+    risk: RiskConfig = RiskConfig()
