@@ -40,6 +40,7 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         ).bind(name, {**options, "class_codes": _class_codes(settings, name)})
     limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s,
+              "max_image_pixels": settings.http.max_image_pixels,
               "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings),
               "patient_identity": _identity_dict(settings), "store_url": settings.store.url,
               "web": {"trusted_proxies": list(settings.http.trusted_proxies),

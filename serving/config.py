@@ -72,6 +72,9 @@ class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # /v1/infer bodies, counted as they stream
+    # /v1/infer images: width x height (x frames of a DICOM) read from the header before decoding;
+    # over it 422.  Above the largest radiograph (18.5 MP) and a 48 MP phone photograph.
+    max_image_pixels: int = Field(50_000_000, ge=64 * 64)
     # STOW-RS bodies (POST /dicomweb/studies), counted as they stream: 413 as soon as one passes
     # this; the parts wait in an anonymous file beside the spool, so this bounds disk, not memory
     stow_max_bytes: int = Field(2 * 1024**3, ge=1024)

@@ -7,7 +7,9 @@
 - ``POST /v1/infer/{model}`` — multipart field ``file`` (DICOM, PNG or JPEG; ``vitals`` takes a JSON
   body ``{"window": ...}``): findings JSON, and for a DICOM upload by a clinician or an admin the
   TID 1500 SR and the DiagnosticReport written for it (other roles get the findings only, and
-  ``results_not_written`` says why).  Every call is one audit row.
+  ``results_not_written`` says why).  Every call is one audit row, whatever its end (an exception
+  included).  An upload naming a study already received for another patient (Patient ID or its
+  issuer differ) is refused with 409: no result of one patient is filed under another's study.
 - ``GET /v1/results/{study_uid}/{name}`` — a produced result object, only one recorded in the
   results table (the path is never taken from the request alone).
 - ``GET /metrics`` — Prometheus text format.
@@ -38,6 +40,7 @@ from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from dicom_gateway.uids import is_uid
 from serving import request_body, stow
@@ -59,6 +62,8 @@ _RESULT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Audit action of an inference call (FHIR AuditEvent action E, a function performed on the
 #: caller's upload); the row's detail says which results were written.
 INFER_AUDIT_ACTION = "execute"
+#: RFC 9110 15.5.10: the upload conflicts with the study the store holds under its UID.
+CONFLICT = 409
 
 api = FastAPI(title="medgate", version="0.1.0",
               description="AI clinical decision support server. Results are NOT FOR CLINICAL USE.")
@@ -66,10 +71,23 @@ api.include_router(stow.router)  # POST /dicomweb/studies (STOW-RS), see serving
 install_routes(api)  # guard (bearer tokens, roles), dashboard, ward, worklist, system, /fhir
 
 
-def _prepare(model: str, data: bytes, info: dict):
+def _prepare(model: str, data: bytes, info: dict, max_pixels: int):
     """Decode and preprocess an upload (run in a worker thread: it is CPU work)."""
-    decoded = decode(data)
+    decoded = decode(data, max_pixels)
     return decoded, model_item(model, decoded, info)
+
+
+def _check_same_patient(ds) -> None:
+    """:class:`UploadError` (409) when the store holds the upload's study for another patient:
+    its first stored instance has another Patient ID or Issuer of Patient ID (PS3.3 C.7.1.1)."""
+    stored = web_context.current().store().study_patient(str(ds.StudyInstanceUID))
+    if stored is None:
+        return
+    given = (str(ds.get("PatientID", "") or "").strip(), str(ds.get("IssuerOfPatientID", "") or "").strip())
+    if given != tuple(stored):
+        raise UploadError(CONFLICT, f"study {ds.StudyInstanceUID} is already held for another patient "
+                                    f"(Patient ID or Issuer of Patient ID differ from the upload's); "
+                                    f"no result was written")
 
 
 def _error(status: int, reason: str, **headers: str) -> JSONResponse:
@@ -90,6 +108,7 @@ class Ingress:
                             int(limits.get("cookie_max_age_s", auth_defaults.cookie_max_age_s)),
                             **(limits.get("web") or {}))
         self.max_upload_bytes = int(limits.get("max_upload_bytes", http.max_upload_bytes))
+        self.max_image_pixels = int(limits.get("max_image_pixels", http.max_image_pixels))
         self.timeout_s = float(limits.get("timeout_s", http.timeout_s))
         self.metrics = IngressMetrics()
         self.patient_identity = limits.get("patient_identity") or {}
@@ -128,13 +147,22 @@ class Ingress:
     async def infer(self, model: str, request: Request) -> JSONResponse:
         start = time.perf_counter()
         audit = {"query": f"model={model[:64]}"}
-        response = await self._infer(model, request, audit)
-        self.metrics.observe(model, response.status_code, time.perf_counter() - start)
-        status = response.status_code
-        outcome = "success" if status < 400 else "not-found" if status == 404 else "error"
-        audit["detail"] = f"HTTP {status}" + (f": {audit['detail']}" if "detail" in audit else "")
-        await asyncio.to_thread(web_context.current().record, request, INFER_AUDIT_ACTION, outcome, **audit)
-        return response
+        status = 500  # unless a response or a known exception says otherwise
+        try:
+            response = await self._infer(model, request, audit)
+            status = response.status_code
+            return response
+        except HTTPException as exc:  # Starlette's own refusals (a form over its field limits: 400)
+            status, audit["detail"] = exc.status_code, str(exc.detail)[:300]
+            raise
+        except Exception as exc:  # answered 500 by serving.web_headers.server_error
+            audit["detail"] = f"unhandled {type(exc).__name__}"
+            raise
+        finally:
+            self.metrics.observe(model, status, time.perf_counter() - start)
+            outcome = "success" if status < 400 else "not-found" if status == 404 else "error"
+            audit["detail"] = f"HTTP {status}" + (f": {audit['detail']}" if "detail" in audit else "")
+            await asyncio.to_thread(web_context.current().record, request, INFER_AUDIT_ACTION, outcome, **audit)
 
     async def _infer(self, model: str, request: Request, audit: dict[str, str]) -> JSONResponse:
         """The reply; what the audit row should say goes into ``audit``."""
@@ -148,9 +176,11 @@ class Ingress:
                 item, decoded, context = vitals_window(body, sample_shape(model, info["version"])), None, {}
             else:
                 data, context = await self._read_file(request)
-                decoded, item = await asyncio.to_thread(_prepare, model, data, info)
+                decoded, item = await asyncio.to_thread(_prepare, model, data, info, self.max_image_pixels)
                 if decoded.dataset is not None:
                     audit["study_uid"] = str(decoded.dataset.StudyInstanceUID)
+                    if model == "tb" and self._role(request) in CLINICAL:  # results will be written
+                        await asyncio.to_thread(_check_same_patient, decoded.dataset)
             reply = await asyncio.wait_for(handle.remote(item), timeout=self.timeout_s)
             if reply["version"] != info["version"]:  # deployed meanwhile: describe the version that answered
                 self._info_cache.pop(model, None)
@@ -172,8 +202,7 @@ class Ingress:
                 "context": context, "links": {}, "intended_use": info.get("intended_use")}
         audit["detail"] = f"{model} {reply['version']}: findings"
         if decoded is not None and decoded.dataset is not None and model == "tb":
-            principal = getattr(request.state, "principal", None)
-            role = principal.role if principal else None
+            role = self._role(request)
             if role in CLINICAL:
                 body["links"] = await asyncio.to_thread(
                     write_upload_results, web_context.current().store(), self.state_dir / "results",
@@ -186,6 +215,11 @@ class Ingress:
                                                f"role ({', '.join(sorted(CLINICAL))}); the caller's role is {role}")
                 audit["detail"] += ", results not written (role)"
         return JSONResponse(body)
+
+    @staticmethod
+    def _role(request: Request) -> str | None:
+        principal = getattr(request.state, "principal", None)
+        return principal.role if principal else None
 
     async def _model_info(self, model: str) -> dict:
         """A deployment's info, cached for ``INFO_TTL_S`` (it changes only when a version is deployed)."""

@@ -15,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from iomt import vital_records
 from iomt.vital_index import VitalIndex
@@ -31,6 +31,14 @@ except ImportError:  # pragma: no cover - orjson is a declared dependency
         return json.dumps(obj)
 
 log = logging.getLogger("medgate.store")
+
+
+class StudyPatient(NamedTuple):
+    """Whose study it is: Patient ID (0010,0020) and Issuer of Patient ID (0010,0021), '' when absent."""
+
+    patient_id: str
+    issuer: str
+
 
 #: The database's file under ``state_dir`` (WAL beside it: ``-wal``, ``-shm``).
 DATABASE_FILE = "medgate.sqlite3"
@@ -302,6 +310,26 @@ class Store:
 
     def instances_of(self, study_uid: str) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM instances WHERE study_uid=? ORDER BY received_at", (study_uid,))
+
+    def study_patient(self, study_uid: str) -> StudyPatient | None:
+        """Patient ID (0010,0020) and Issuer of Patient ID (0010,0021) of the study's first stored
+        instance, from its file's header; None when no instance of the study is stored (or its file
+        is gone).  The patient a received study belongs to: nothing for another patient may be
+        filed under it."""
+        from pydicom import dcmread
+
+        rows = self.query("SELECT path FROM instances WHERE study_uid=? ORDER BY received_at LIMIT 1",
+                          (study_uid,))
+        if not rows:
+            return None
+        try:
+            ds = dcmread(rows[0]["path"], stop_before_pixels=True, specific_tags=["PatientID", "IssuerOfPatientID"])
+        except (OSError, ValueError) as exc:
+            log.warning("study %s: the header of %s cannot be read: %s", study_uid, rows[0]["path"], exc)
+            return None
+        return StudyPatient(str(ds.get("PatientID", "") or "").strip(),
+                            str(ds.get("IssuerOfPatientID", "") or "").strip())
+
 
     def add_result(self, study_uid: str, kind: str, path: str | None, summary: dict) -> None:
         with self.transaction() as db:
