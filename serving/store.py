@@ -330,7 +330,6 @@ class Store:
         return StudyPatient(str(ds.get("PatientID", "") or "").strip(),
                             str(ds.get("IssuerOfPatientID", "") or "").strip())
 
-
     def add_result(self, study_uid: str, kind: str, path: str | None, summary: dict) -> None:
         with self.transaction() as db:
             db.execute(
