@@ -302,7 +302,9 @@ class NoduleTask(Task):
             "eval": {"overlap": 0.25, "component_threshold": 0.5, "min_volume_mm3": 4.0, "max_candidates": 32,
                      "target_fp_per_scan": 1.0, "search_region": "lung_mask", "solid_hu": SOLID_HU,
                      "max_elongation": MAX_ELONGATION},
-            "shift": {"n_lesion_free": 4, "n_air_heavy": 4, "n_nodule": 6, "shape_vox": [48, 448, 448],
+            # at least the 64-slice patch deep: thinner volumes are padded with air in z, which the
+            # model never saw (1.0.0 then misses every nodule; models/nodule/card_notes.md)
+            "shift": {"n_lesion_free": 4, "n_air_heavy": 4, "n_nodule": 6, "shape_vox": [64, 448, 448],
                       "air_heavy_body_fraction": 0.5},
         }
 
