@@ -49,11 +49,22 @@ def test_finds_a_large_nodule_with_few_false_positives():
     assert len(false_positives) <= 3
 
 
+#: The issue's volume was 80 x 512 x 512; this one has the same spacing, body fraction (air around
+#: the patient), nodule and anatomy drawn by the same generator, with fewer slices and a smaller field
+#: of view.  It keeps 64 slices, the model's patch depth: a thinner stack is padded with air in z by
+#: the sliding windows, which the model never saw, and then it misses the nodule.
+ISSUE_SHAPE_VOX = (64, 384, 384)
+#: Vessel false positives at the operating point on that volume after the shape bound (before it: 7
+#: here, 10 on the issue's volume); the assertion leaves a margin of 2.
+MEASURED_FP = 3
+
+
 def test_no_candidate_outside_the_lungs_on_a_volume_of_another_generator():
-    """Issue 19: a 512x512 chest CT from a generator the model never saw, one dense 10 mm nodule.
+    """Issue 19: a chest CT from a generator the model never saw, one dense 10 mm nodule.
 
     Through the serving entry: no candidate in air (every reported segment has voxels above -950 HU
-    and lies inside the lung mask), the nodule found, its segment at most twice its true volume.
+    and lies inside the lung mask), the nodule found, its segment at most twice its true volume, and
+    the vessels that were reported as nodules dropped by the shape bound (few false positives left).
     """
     from models.nodule.lung import lung_mask
     from models.nodule.serving import serve_volume
@@ -63,19 +74,22 @@ def test_no_candidate_outside_the_lungs_on_a_volume_of_another_generator():
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(manifest.path), options, providers=["CPUExecutionProvider"])
-    sample = generate_phantom(np.random.default_rng(1), (80, 512, 512), (1.25, 0.7, 0.7), n_nodules=1,
+    sample = generate_phantom(np.random.default_rng(1), ISSUE_SHAPE_VOX, (1.25, 0.7, 0.7), n_nodules=1,
                               nodule_diameter_mm=10.0, nodule_hu=40.0, body_fraction=0.7)
     volume = sample.volume_hu.astype(np.float32)
     reply = serve_volume(lambda patches: session.run(["probability"], {"image": patches})[0], volume,
                          sample.spacing_mm, manifest.raw)
     lungs = lung_mask(volume, sample.spacing_mm)
     labels, (nodule,) = reply["mask"], sample.nodules
-    hits = []
+    hits, false_positives = [], []
     for cand in reply["candidates"]:
         segment = labels == cand["label"]
         assert volume[segment].max() > -950, f"candidate {cand} lies wholly in air"
         assert lungs[segment].all(), f"candidate {cand} reaches outside the lung mask"
         if np.linalg.norm(np.subtract(cand["centre_mm"], nodule.centre_mm)) <= nodule.diameter_mm / 2:
             hits.append(segment.sum())
+        else:
+            false_positives.append(cand)
     assert hits, f"the nodule at {nodule.centre_vox} is missed: {reply['candidates']}"
     assert max(hits) <= 2 * sample.nodule_mask.sum()
+    assert len(false_positives) <= MEASURED_FP + 2, f"vessels reported as nodules: {false_positives}"
