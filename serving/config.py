@@ -78,6 +78,8 @@ class HttpConfig(_Section):
     # STOW-RS bodies (POST /dicomweb/studies), counted as they stream: 413 as soon as one passes
     # this; the parts wait in an anonymous file beside the spool, so this bounds disk, not memory
     stow_max_bytes: int = Field(2 * 1024**3, ge=1024)
+    # STOW-RS parts per request: 413 at the next part (each costs bookkeeping and a store attempt)
+    stow_max_parts: int = Field(10_000, ge=1)
     timeout_s: float = Field(30.0, gt=0)
     # The URL clients reach the server at (https://medgate.hospital.local): the base of FHIR
     # Bundle links and fullUrls, never taken from a request's Host header.  null: links relative

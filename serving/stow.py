@@ -13,7 +13,9 @@ completed and dispatched by the same code, once, to the same pipeline.
 The body is parsed as it streams and its parts spilled to an anonymous temporary file beside the
 spool (:mod:`serving.related_parts`), so memory does not grow with the body; its bytes are counted
 and the request refused with 413 as soon as they pass ``http.stow_max_bytes``, before any instance
-is stored.  Parts are then stored one at a time, each mapped from the file.  At most
+is stored; likewise past ``http.stow_max_parts`` parts, or when spilling would leave less free
+space than ``dicom.storage.min_free_bytes``.  Parts are then stored one at a time, each mapped from
+the file.  At most
 ``LOGGED_WARNINGS`` warnings are logged per request (refused parts), then one line with the count.
 
 Responses (PS3.18 10.5.3): 200 when every instance was stored, 202 when some failed, 409 when all
@@ -37,7 +39,7 @@ from fastapi.responses import JSONResponse
 from dicom_gateway.config import DicomConfig
 from serving import request_body
 from serving.config import HttpConfig
-from serving.related_parts import MultipartError, SpilledParts, spill
+from serving.related_parts import MultipartError, SpilledParts, SpillLimit, ViewReader, spill
 from serving.uploads import UploadError
 
 router = APIRouter()
@@ -45,6 +47,8 @@ log = logging.getLogger("medgate.dicom")
 
 #: PS3.18 10.5.3.1 status codes.
 HTTP_OK, HTTP_ACCEPTED, HTTP_BAD_REQUEST, HTTP_CONFLICT, HTTP_UNSUPPORTED = 200, 202, 400, 409, 415
+#: RFC 9110 15.5.14: over http.stow_max_parts parts, or too little free space to spill the body.
+HTTP_CONTENT_TOO_LARGE = 413
 #: Failure Reason (0008,1197) for a part that is not a DICOM file (PS3.4 B.2.3 "Cannot understand").
 CANNOT_UNDERSTAND = 0xC000
 #: Calling AE recorded for instances received over STOW-RS (used by routing's ``calling_ae``).
@@ -93,12 +97,20 @@ class StowReceiver:
             rules = rules_from_config(self.settings.get("routes", []))
             self._intake = Intake(store, self.state_dir / "spool", rules,
                                   group_by=self.settings.get("group_by", _DICOM.completion.group_by),
-                                  min_free_bytes=int(self.settings.get("min_free_bytes", 0)))
+                                  min_free_bytes=self.min_free_bytes)
         return self._intake
 
     @property
     def max_bytes(self) -> int:
         return int(self.settings.get("max_bytes") or _HTTP.stow_max_bytes)
+
+    @property
+    def max_parts(self) -> int:
+        return int(self.settings.get("max_parts") or _HTTP.stow_max_parts)
+
+    @property
+    def min_free_bytes(self) -> int:
+        return int(self.settings.get("min_free_bytes", 0))
 
     @property
     def parts_folder(self) -> Path:
@@ -168,8 +180,7 @@ class StowReceiver:
             log.warning("STOW-RS part refused: %s", problem)
             return None
         try:
-            payload.seek(0)
-            ds = dcmread(payload)  # the mapped part read as a file: values copied, not the whole part
+            ds = dcmread(ViewReader(payload))  # read as a file: values copied, not the whole part
             ds.SOPInstanceUID  # noqa: B018 - a file without it is not an instance
             declared = str(ds.file_meta.get("MediaStorageSOPClassUID") or "") or None
         except Exception as exc:  # noqa: BLE001 - not a DICOM file: cannot understand
@@ -184,7 +195,7 @@ def stow_settings(settings) -> dict[str, Any]:
     """What the route needs from the server's :class:`serving.config.Settings` (plain, picklable)."""
     dicom = settings.dicom
     return {"ae_title": dicom.ae_title, "group_by": dicom.completion.group_by,
-            "max_bytes": settings.http.stow_max_bytes,
+            "max_bytes": settings.http.stow_max_bytes, "max_parts": settings.http.stow_max_parts,
             "min_free_bytes": dicom.storage.min_free_bytes,
             "routes": [r.model_dump(exclude_none=True) for r in dicom.routes]}
 
@@ -214,9 +225,12 @@ async def store_instances(request: Request) -> JSONResponse:
         return _refusal(HTTP_BAD_REQUEST, "the multipart/related content type has no boundary")
     receiver: StowReceiver = request.app.state.stow
     try:
-        parts = await spill(request_body.chunks(request, receiver.max_bytes), boundary, receiver.parts_folder)
+        parts = await spill(request_body.chunks(request, receiver.max_bytes), boundary, receiver.parts_folder,
+                            receiver.max_parts, receiver.min_free_bytes)
     except MultipartError as exc:
         return _refusal(HTTP_BAD_REQUEST, str(exc))
+    except SpillLimit as exc:  # too many parts, or too little free space beside the spool
+        return _refusal(HTTP_CONTENT_TOO_LARGE, str(exc))
     except UploadError as exc:  # 413 over the limit, 400 for a Content-Length that is not a number
         return _refusal(exc.status, exc.reason)
     with parts:

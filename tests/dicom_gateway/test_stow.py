@@ -208,6 +208,24 @@ def test_a_256_mib_body_is_stored_in_bounded_memory(tmp_path):
     assert growth["RssAnon"] < 128 and growth["VmRSS"] < 192  # was 2.2 GiB for a 256 MiB body
 
 
+def test_a_body_of_more_parts_than_the_limit_is_413_and_stores_nothing(tmp_path):
+    data, ds = _dx_bytes()
+    with _serving(tmp_path, max_parts=3) as url:
+        assert _post(url, _multipart(data, data, data)).status_code == 200
+        response = _post(url, _multipart(*[data] * 4 + [b"x"] * 1000))
+    assert response.status_code == 413 and "more than 3 parts" in response.json()["error"], response.text
+    assert [p.name for p in (tmp_path / "spool").glob("*/*.dcm")] == [f"{ds.SOPInstanceUID}.dcm"]
+
+
+def test_a_body_that_would_fill_the_spool_disk_is_413(tmp_path):
+    import shutil
+
+    data, _ = _dx_bytes()
+    with _serving(tmp_path, min_free_bytes=shutil.disk_usage(tmp_path).free + 1) as url:
+        response = _post(url, _multipart(data))
+    assert response.status_code == 413 and "dicom.storage.min_free_bytes" in response.json()["error"], response.text
+
+
 def test_ten_thousand_bad_parts_log_a_handful_of_warnings(client, caplog):
     c, _ = client
     caplog.set_level(logging.WARNING, logger="medgate.dicom")
