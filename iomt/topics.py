@@ -17,9 +17,10 @@ Topic levels are matched by position only: a level may not contain ``/``, ``+`` 
 (MQTT 3.1.1 section 4.7). MQTT allows a topic of up to 65,535 bytes and forbids only U+0000 in
 it (section 1.5.3; other control characters are "SHOULD NOT"), so a broker may pass on what a
 device sends. medgate refuses, as dead letters, vitals topics with a level longer than
-:data:`MAX_LEVEL_CHARS` or holding a control character (U+0000-U+001F, U+007F-U+009F): ward,
-bed and device names never need them, and they would reach the database, the ward board and
-the logs.
+:data:`MAX_LEVEL_CHARS` or holding an unsafe character (:mod:`kernel.text`: controls, format
+characters such as the bidirectional overrides U+202A-U+202E and U+2066-U+2069, the line and
+paragraph separators U+2028/U+2029): ward, bed and device names never need them, and they would
+reach the database, the ward board and the logs.
 
 With ``mqtt.shared_group`` set, the vitals and ADT filters are subscribed as
 ``$share/{group}/{filter}`` (MQTT 5.0 section 4.8.2; Mosquitto also offers it to
@@ -30,9 +31,10 @@ the same worker: a bed's messages stay in order and its patient's state stays in
 """
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
+
+from kernel.text import describe_unsafe
 
 VITALS_LEVEL = "vitals"
 SHORT_FORM_LEVELS = 3  # {ward}/{bed}/vitals
@@ -40,9 +42,6 @@ FULL_FORM_LEVELS = 5  # {site}/{ward}/{bed}/{device}/vitals
 SHARED_PREFIX = "$share"  # MQTT 5.0 section 4.8.2 shared subscriptions
 LOCATION_CACHE_SIZE = 100_000  # topics whose location is remembered (one per bedside device)
 MAX_LEVEL_CHARS = 128  # a site, ward, bed or device name; MQTT itself allows 65,535 bytes a topic
-#: MQTT 3.1.1 section 1.5.3 (5.0: 1.5.4): U+0000 is forbidden, U+0001-U+001F and U+007F-U+009F
-#: "SHOULD NOT" appear; medgate refuses them all.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -145,10 +144,11 @@ class Topics:
         if len(topic) > self.max_topic_chars:
             raise ValueError(f"topic must be at most {self.max_topic_chars} characters, "
                              f"{len(topic)} are given.")
-        control = _CONTROL.search(topic)
-        if control is not None:
-            raise ValueError(f"topic must not contain control characters, U+{ord(control.group()):04X} "
-                             f"is given at character {control.start()}.")
+        # MQTT 3.1.1 section 1.5.3 (5.0: 1.5.4) forbids U+0000 and says U+0001-U+001F and
+        # U+007F-U+009F "SHOULD NOT" appear; medgate refuses those and every other unsafe character
+        unsafe = describe_unsafe(topic)
+        if unsafe is not None:
+            raise ValueError(f"topic must not contain control or format characters, {unsafe} is given.")
         levels = topic.split("/")
         rest = levels[self._prefix_levels:]
         if "/".join(levels[:self._prefix_levels]) != self.prefix or not rest \

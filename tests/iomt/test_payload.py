@@ -297,6 +297,24 @@ def test_error_names_the_place():
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("place, value, says", [
+    ("/device", "MON-3\n2026-11-22 10:00:00 INFO forged", "U+000A (Cc)"),
+    ("/device", "MON\u202e21-3", "U+202E (Cf)"),
+    ("/device", "MON-3\u2028", "U+2028 (Zl)"),
+    ("/patient/id", "0791234\u20665678", "U+2066 (Cf)"),
+    ("/patient/system", "urn:oid:1.2\x00", "U+0000 (Cc)"),
+])
+def test_identifiers_with_control_or_format_characters_are_refused(place, value, says):
+    doc = copy.deepcopy(EXAMPLE)
+    if place == "/device":
+        doc["device"] = value
+    else:
+        doc["patient"][place.rsplit("/", 1)[1]] = value
+    with pytest.raises(PayloadError) as info:
+        parse_payload(encode(doc))
+    assert info.value.path == place and says in info.value.reason
+
+
 def test_str_payload_is_a_programming_error():
     with pytest.raises(TypeError, match="payload must be bytes, str is given"):
         parse_payload(json.dumps(EXAMPLE))  # type: ignore[arg-type]

@@ -30,6 +30,11 @@ def test_short_and_full_form():
     ("medgate/w1/b1\x1b[2J/vitals", "U+001B"),
     (f"medgate/h1/w1/b1/{'M' * 60_000}/vitals", "at most"),
     (f"medgate/{'w' * (MAX_LEVEL_CHARS + 1)}/b1/vitals", f"at most {MAX_LEVEL_CHARS}"),
+    ("medgate/w1\u202e1b/b1/vitals", "U+202E (Cf)"),  # right-to-left override: shows as ward "w1b1"
+    ("medgate/w1/b1\u2028x/vitals", "U+2028 (Zl)"),
+    ("medgate/h1/w1/b1/MON\u2066-1/vitals", "U+2066 (Cf)"),
+    ("medgate/w\u200b1/b1/vitals", "U+200B (Cf)"),  # zero-width space: a second "w1"
+    ("medgate/w1/b1\x85/vitals", "U+0085 (Cc)"),
 ])
 def test_refused_with_a_short_reason(topic, says):
     with pytest.raises(ValueError, match=re.escape(says)) as refused:
