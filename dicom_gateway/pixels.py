@@ -35,6 +35,10 @@ from models.transforms import input_channels, to_model_input, to_rgb_model_input
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 #: Photometric Interpretations whose decoded array is RGB (PS3.3 C.7.6.3.1.2).
 COLOUR_PHOTOMETRICS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})
+#: Most pixels (Rows x Columns x Number of Frames) an instance may decode to: a breast tomosynthesis
+#: volume (2457 x 1890 x 70) or a 1000-frame enhanced CT fits; a compressed stream whose header
+#: claims 65535 x 65535 (a few kilobytes of RLE or JPEG-LS) is refused before the decoder allocates.
+MAX_DECODED_PIXELS = 1 << 29  # 1 GiB at 16 bits
 
 
 class PixelDataError(ValueError):
@@ -48,10 +52,18 @@ def decoded_pixels(ds: Dataset) -> np.ndarray:
     Raises
     ------
     PixelDataError
-        No Pixel Data, or no decoder can decode it (each decoder's reason is given).
+        No Pixel Data, more than :data:`MAX_DECODED_PIXELS` pixels by the header, or no decoder
+        can decode it (each decoder's reason is given).
     """
     if "PixelData" not in ds:
         raise PixelDataError("the dataset has no Pixel Data (7FE0,0010)")
+    try:
+        pixels = int(ds.Rows) * int(ds.Columns) * max(_frames(ds), 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise PixelDataError(f"the Image Pixel Module is incomplete or malformed: {exc}") from None
+    if pixels > MAX_DECODED_PIXELS:
+        raise PixelDataError(f"the image is {ds.Rows} x {ds.Columns} x {_frames(ds)} frames, {pixels} pixels, "
+                             f"over the {MAX_DECODED_PIXELS} this gateway decodes; nothing was decoded")
     try:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - every decoder error is the same failure to us
