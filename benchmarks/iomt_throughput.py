@@ -59,7 +59,7 @@ import psutil
 from benchmarks.mqtt_load import PREFIX, publish
 from iomt import codes, vital_records
 from benchmarks.report import free_port, save_figures
-from serving import heap
+from kernel import heap
 
 MQTT_MAX_INFLIGHT = 20_000  # broker side; the bridge announces the same as MQTT 5 Receive Maximum
 QUEUE_SIZE = 20_000  # mqtt.queue_size

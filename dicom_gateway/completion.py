@@ -17,7 +17,7 @@ The decision reads the store, not memory, so it covers instances written by the 
 the HTTP ingress process and survives restarts: after ``kill -9`` the groups left ``receiving``
 are picked up with their counts and arrival times.  Completing claims a durable dispatch marker
 per model (:func:`dicom_gateway.ledger.complete_group`) before the pipeline is called.  Completion
-and hand-off run under the Study Instance UID as correlation id (:mod:`serving.correlation`).
+and hand-off run under the Study Instance UID as correlation id (:mod:`kernel.correlation`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 from typing import Callable
 
 from dicom_gateway import ledger
-from serving.correlation import bound
+from kernel.correlation import bound
 
 log = logging.getLogger("medgate.dicom")
 

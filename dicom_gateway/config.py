@@ -10,16 +10,12 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from kernel.config import Section
 
 #: PS3.5 6.2: an AE title is 1-16 characters of the default repertoire, no backslash or controls.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
-
-
-class Section(BaseModel):
-    """A configuration section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 def check_ae_title(value: str) -> str:

@@ -7,7 +7,7 @@ MONOCHROME image, a 2D model not a multi-frame one), a pixel decode check for ro
 the palette tables checked against their descriptors, :func:`dicom_gateway.header.palette_problem`), the
 series geometry check for volume modalities, then the durable spool write and one store
 transaction.  It returns a named status (PS3.4 B.2.3) and the reason, never raises for bad input.
-Its log lines carry the Study Instance UID as correlation id (:mod:`serving.correlation`).
+Its log lines carry the Study Instance UID as correlation id (:mod:`kernel.correlation`).
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from dicom_gateway.routing import SINGLE_IMAGE_MODALITIES, VOLUME_MODALITIES, Ru
 from dicom_gateway.status import StoreStatus
 from dicom_gateway.storage import PRIVATE_DIR_MODE, DirectWriter, instance_path
 from dicom_gateway.uids import check_uid
+from kernel.correlation import bind, reset
 from models.registry import ModelNotFoundError, ModelRegistry
-from serving.correlation import bind, reset
 
 log = logging.getLogger("medgate.dicom")
 

@@ -1,7 +1,7 @@
 """C-STORE SCU: send stored result objects to a DICOM destination (PS3.4 Annex B).
 
 Used by the delivery outbox; every failure raises a typed delivery error
-(:mod:`serving.delivery_errors`) with the peer's reason, so the outbox dead-letters a refusal at
+(:mod:`kernel.delivery_errors`) with the peer's reason, so the outbox dead-letters a refusal at
 once and retries an outage:
 
 - permanent: the association rejected with Result 1 "rejected-permanent" (PS3.8 9.3.4); no
@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 
 from dicom_gateway.status import REASONS_OF_SOURCE, RejectResult, RejectSource, StoreStatus
-from serving.delivery_errors import PermanentDeliveryError, TransientDeliveryError
+from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
 
 #: PS3.7 Annex C Failure: Resource limitation (the peer's, not the data set's).
 RESOURCE_LIMITATION = 0x0213

@@ -44,7 +44,7 @@ from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
 from iomt.workers import BatchResult, LocalWorker, ProcessWorker, WorkerSpec, commit
-from serving.wal_checkpoint import WalCheckpointer
+from kernel.wal_checkpoint import WalCheckpointer
 
 __all__ = ["VitalsBridge", "broker_address", "patient_reference"]
 

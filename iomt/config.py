@@ -10,13 +10,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-
-class Section(BaseModel):
-    """A configuration section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+from kernel.config import Section
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,7 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
-from serving.correlation import CORRELATION_ID
+from kernel.correlation import CORRELATION_ID
 
 PREFIX = "mqtt:"
 
@@ -30,7 +30,7 @@ class MessageCursor:
     One cursor is set as the correlation id for a whole batch and only its ``message`` attribute
     changes per message, so the hot path does one attribute store per message and one
     ``ContextVar.set`` per batch.  Readers must take ``str()`` at once (as
-    :func:`serving.correlation.current_id` does), never keep the cursor.
+    :func:`kernel.correlation.current_id` does), never keep the cursor.
     """
 
     __slots__ = ("message", "_of", "_text")

@@ -41,8 +41,8 @@ from iomt.payload import PayloadError
 from iomt.state import StateTable
 from iomt.topics import Topics
 from iomt.waveforms import ecg_observation
-from serving.correlation import current_id
-from serving.logs import Untrusted
+from kernel.correlation import current_id
+from kernel.logs import Untrusted
 
 log = logging.getLogger("medgate.iomt")
 

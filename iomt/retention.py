@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 
-from serving.worker import PeriodicWorker
+from kernel.periodic import PeriodicWorker
 
 log = logging.getLogger("medgate.iomt")
 

@@ -27,8 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from iomt.observations import vital_observation_id
+from kernel.periodic import PeriodicWorker
 from models.vitals_features import LOINC_TO_INDEX, WINDOW_S, window_features_arrays
-from serving.worker import PeriodicWorker
 
 log = logging.getLogger("medgate.iomt.risk")
 

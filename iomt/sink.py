@@ -13,7 +13,7 @@ from typing import Any
 
 from iomt import vital_records
 from iomt.dead_letters import DeadLetter
-from serving.fhir_client import transaction_bundle
+from kernel.fhir_bundle import transaction_bundle
 
 FHIR_KIND = "fhir"  # outbox sender kind
 

@@ -36,8 +36,8 @@ from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
 from iomt.topics import Topics
-from serving import heap
-from serving.logs import JsonFormatter, configure
+from kernel import heap
+from kernel.logs import JsonFormatter, configure
 
 log = logging.getLogger("medgate.iomt")
 
@@ -148,7 +148,7 @@ class WorkerSpec:
     bundle_max_entries: int = 2000
     risk: bool = False
     log_level: int = logging.INFO
-    log_format: str = "text"  # serving.logs formats: text or json
+    log_format: str = "text"  # kernel.logs formats: text or json
 
     @classmethod
     def of(cls, *, store, topic_prefix: str, registry: DeviceRegistry, states: StateTable,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kernel.logs import configure
 from serving.config import ConfigError, load_config
-from serving.logs import configure
 
 #: Exit status for an invalid configuration (as argparse uses for usage errors).
 EXIT_CONFIG = 2

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_gateway.config import DicomConfig, check_ae_title
 from iomt.config import IomtConfig, MqttConfig
+from kernel.config import Section
 from serving.store import database_path
 
 ENV_PREFIX = "MEDGATE_"
@@ -39,15 +40,11 @@ class ConfigError(Exception):
     """The configuration is invalid; the message names the offending keys."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 #: Result objects a DICOM destination can receive: TID 1500 SR, SEG, Secondary Capture overlay.
 RESULT_OBJECTS = ("sr", "seg", "sc")
 
 
-class DicomDestination(_Section):
+class DicomDestination(Section):
     ae_title: str
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
@@ -55,7 +52,7 @@ class DicomDestination(_Section):
     _check_ae = field_validator("ae_title")(check_ae_title)
 
 
-class Destinations(_Section):
+class Destinations(Section):
     """DICOM destinations of results: ``pacs`` plus any other name (``viewer: {...}``)."""
 
     model_config = ConfigDict(extra="allow")
@@ -68,7 +65,7 @@ class Destinations(_Section):
         return {**out, **{k: v for k, v in (self.__pydantic_extra__ or {}).items() if v is not None}}
 
 
-class HttpConfig(_Section):
+class HttpConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # /v1/infer bodies, counted as they stream
@@ -113,7 +110,7 @@ class HttpConfig(_Section):
         return value
 
 
-class FhirConfig(_Section):
+class FhirConfig(Section):
     base_url: str | None = None
     send_reports: bool = True  # imaging DiagnosticReport + Observations (when base_url is set)
     # Issuer of Patient ID (0010,0021) -> identifier system: a key of iomt.identifiers or a URI.
@@ -122,7 +119,7 @@ class FhirConfig(_Section):
     unqualified_patient_id: str | None = "citizen_id"  # Patient ID without issuer; null = no system
 
 
-class StoreConfig(_Section):
+class StoreConfig(Section):
     # null = the outbox in the SQLite store under state_dir; postgresql://user@host:port/db = the
     # outbox in PostgreSQL, shared by every node (serving.outbox_db).
     url: str | None = None
@@ -135,24 +132,24 @@ class StoreConfig(_Section):
         return value
 
 
-class OutboxConfig(_Section):
+class OutboxConfig(Section):
     # A failed delivery is retried after a delay that doubles from backoff_base_s up to
     # backoff_max_s; after max_attempts failures the item is dead until `medgate outbox retry`.
     # The defaults ride out a destination that is down for about an hour and a half; they are
     # written here only (serving.outbox.Outbox reads them).  A refusal (FHIR 4xx but 408/429, a
-    # DICOM rejection or error status: serving.delivery_errors) is dead at once, not retried.
+    # DICOM rejection or error status: kernel.delivery_errors) is dead at once, not retried.
     max_attempts: int = Field(100, ge=1)
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
 
 
-class TokenEntry(_Section):
+class TokenEntry(Section):
     token: str = Field(min_length=16, repr=False)  # never shown by repr or logs
     role: Literal["clinician", "engineer", "admin"]
     name: str = Field(min_length=1)
 
 
-class AuthConfig(_Section):
+class AuthConfig(Section):
     # Static bearer tokens (docs/security.md has the role matrix). None configured: `medgate serve`
     # generates an admin token at first start, keeps it in state_dir/auth/admin.token (0600) and
     # prints it once.
@@ -167,11 +164,11 @@ class AuthConfig(_Section):
         return value
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     format: Literal["text", "json"] = "text"  # json: one object per line (docs/observability.md)
 
 
-class ClassCode(_Section):
+class ClassCode(Section):
     """The site's code for one class of a multi-class model, in place of its model card's
     (models.coding_scheme.map_classes): e.g. derm's bkl, df, vasc once a licensed SNOMED CT
     browser confirms a concept."""
@@ -181,7 +178,7 @@ class ClassCode(_Section):
     meaning: str = Field(min_length=1, max_length=64)  # Code Meaning (LO)
 
 
-class ServingConfig(_Section):
+class ServingConfig(Section):
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["fp32", "fp16"] = "fp32"

@@ -1,10 +1,7 @@
-"""FHIR transaction Bundles and the outbox sender that POSTs them (urllib, no extra dependency).
+"""The outbox sender that POSTs FHIR transaction Bundles (:mod:`kernel.fhir_bundle`; urllib, no
+extra dependency).
 
-A batch of resources becomes one ``transaction`` Bundle (FHIR R4 http.html#transaction) of
-``PUT {type}/{id}`` entries: every id is deterministic, so a Bundle delivered twice (an outbox
-retry after a lost response) updates the same resources instead of creating new ones.
-
-Failures raise typed delivery errors (:mod:`serving.delivery_errors`): a 4xx other than 408 and 429
+Failures raise typed delivery errors (:mod:`kernel.delivery_errors`): a 4xx other than 408 and 429
 (RFC 9110 15.5) is the server refusing this Bundle, a :class:`PermanentDeliveryError` carrying its
 OperationOutcome's diagnostics, and the outbox dead-letters it at once; a 5xx, 408, 429 (with its
 Retry-After, RFC 9110 10.2.3), a refused connection or a timeout is a
@@ -19,37 +16,18 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 from http import HTTPStatus
 from typing import Any
 
-from serving.delivery_errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from kernel.delivery_errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 FHIR_JSON = "application/fhir+json"  # FHIR R4 http.html#mime-type
-BUNDLE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:fhir:bundle")
 DEFAULT_TIMEOUT_S = 30.0
 #: 4xx statuses that say "not now" rather than "not this": 408 Request Timeout (RFC 9110 15.5.9),
 #: 429 Too Many Requests (RFC 6585 4).
 TRANSIENT_CLIENT_ERRORS = frozenset({HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS})
 #: Bytes of an error body read for its reason.
 MAX_ERROR_BODY_BYTES = 4096
-
-
-def transaction_bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
-    """A transaction Bundle that PUTs each resource at ``{type}/{id}``; its id is a UUID 5 of
-    the entry keys, so the same resources always give the same Bundle id."""
-    if not resources:
-        raise ValueError("resources must hold at least one resource, an empty list is given.")
-    base = base_url.rstrip("/")
-    keys = [f"{r['resourceType']}/{r['id']}" for r in resources]
-    return {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid5(BUNDLE_ID_NAMESPACE, "\n".join(keys))),
-        "type": "transaction",
-        "entry": [{"fullUrl": f"{base}/{key}", "resource": resource,
-                   "request": {"method": "PUT", "url": key}}
-                  for key, resource in zip(keys, resources)],
-    }
 
 
 class FhirSender:

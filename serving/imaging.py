@@ -17,7 +17,7 @@ it gives none), so the radiologist and the EHR learn that the AI read the study 
 Each DICOM object is queued through the outbox for every destination whose ``objects`` list names
 its kind (``sr``, ``seg``, ``sc``); the FHIR resources go as one transaction Bundle to
 ``fhir.base_url`` or, without it, into the local store.  Each study is processed, and its outbox
-items enqueued, under its Study Instance UID as correlation id (:mod:`serving.correlation`).
+items enqueued, under its Study Instance UID as correlation id (:mod:`kernel.correlation`).
 Studies left ``complete`` by a crash are resubmitted at start.  Every UID and FHIR id derives from
 the source and the model version, so reprocessing a study replaces its results instead of adding
 more.
@@ -56,10 +56,10 @@ from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
 from dicom_gateway.uids import check_uid, inside
+from kernel.correlation import bound
 from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding
 from models.registry import ModelRegistry
 from models.transforms import input_channels
-from serving.correlation import bound
 from serving.fhir_report import PatientIdentity, build_report_resources
 from serving.findings import image_finding, source_image
 
@@ -350,7 +350,7 @@ class ImagingPipeline:
         if self.fhir_base_url is None:
             self.store.put_resources(resources)
             return
-        from serving.fhir_client import transaction_bundle
+        from kernel.fhir_bundle import transaction_bundle
 
         bundle = transaction_bundle(resources, self.fhir_base_url)
         self.outbox.enqueue(f"fhir:bundle:{bundle['id']}", "fhir", self.fhir_base_url, bundle)

@@ -2,14 +2,14 @@
 
 Every external side effect (an SR to PACS, an alert on MQTT, a resource to a FHIR server) is first
 written to the ``outbox`` table with an idempotency key, then attempted by one worker thread.
-A sender that raises :class:`~serving.delivery_errors.PermanentDeliveryError` (the peer refused
+A sender that raises :class:`~kernel.delivery_errors.PermanentDeliveryError` (the peer refused
 the payload) sends the item to ``dead`` at once with the peer's reason; any other failure is
 retried with exponential backoff (no sooner than a peer's Retry-After), and after ``max_attempts``
 failures the item is marked ``dead`` with the last reason.  A dead item stays visible
 (:meth:`Outbox.items`, ``medgate outbox list``) until :meth:`Outbox.retry` (``medgate outbox
 retry``) puts it back.  Items survive a restart.  The items live in the SQLite store, or in PostgreSQL when ``store.url`` names one
 (see :mod:`serving.outbox_db`).  Each item keeps the correlation id in effect when it was
-enqueued (:mod:`serving.correlation`); its delivery attempt, and its log lines, run under it.
+enqueued (:mod:`kernel.correlation`); its delivery attempt, and its log lines, run under it.
 """
 from __future__ import annotations
 
@@ -19,17 +19,17 @@ import threading
 import time
 from typing import Any, Callable
 
-from serving import correlation
+from kernel import correlation
+from kernel.delivery_errors import PermanentDeliveryError
+from kernel.periodic import PeriodicWorker
 from serving.config import OutboxConfig
-from serving.delivery_errors import PermanentDeliveryError
 from serving.outbox_db import PostgresOutboxDb, SqliteOutboxDb
 from serving.store import Store
-from serving.worker import PeriodicWorker
 
 log = logging.getLogger("medgate.outbox")
 
 #: A sender delivers one payload to one destination or raises with a reason: a
-#: :class:`~serving.delivery_errors.DeliveryError` says whether retrying can help.
+#: :class:`~kernel.delivery_errors.DeliveryError` says whether retrying can help.
 Sender = Callable[[str, dict[str, Any]], None]
 
 

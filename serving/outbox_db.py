@@ -5,7 +5,7 @@ Both backends offer the same small interface (:class:`SqliteOutboxDb`, :class:`P
 attempt them at the same time), ``mark_sent``, ``mark_failed``, ``items``, ``retry`` and
 ``counts``.  :func:`open_outbox_db` picks one from a URL: ``None`` or ``sqlite:`` for the store,
 ``postgresql://user@host:port/db`` (libpq URI, RFC 3986) for PostgreSQL through psycopg 3.
-Each item keeps the correlation id it was enqueued under (:mod:`serving.correlation`), and
+Each item keeps the correlation id it was enqueued under (:mod:`kernel.correlation`), and
 ``depth`` summarises the items per destination for ``medgate status``.
 
 With PostgreSQL, components that write outbox rows into the SQLite store in the same transaction

@@ -20,9 +20,9 @@ from dicom_gateway.scu import send_files
 from iomt.bridge import VitalsBridge, broker_address
 from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
-from serving import heap
+from kernel import heap
+from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
 from serving.config import HttpConfig, Settings
-from serving.delivery_errors import PermanentDeliveryError, TransientDeliveryError
 from serving.fhir_client import FhirSender
 from serving.forwarded import UVICORN_TRUST_NONE
 from serving.ingress import STATUS_FILE

@@ -142,7 +142,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     created_at REAL NOT NULL,
     sent_at REAL,
-    correlation_id TEXT            -- study UID or MQTT message id (serving.correlation)
+    correlation_id TEXT            -- study UID or MQTT message id (kernel.correlation)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS device_associations (
@@ -222,7 +222,7 @@ class Store:
 
     def defer_checkpoints(self) -> None:
         """Commits on this connection no longer run WAL checkpoints; a
-        :class:`serving.wal_checkpoint.WalCheckpointer` must run them instead."""
+        :class:`kernel.wal_checkpoint.WalCheckpointer` must run them instead."""
         with self._lock:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
 

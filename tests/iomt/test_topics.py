@@ -10,7 +10,7 @@ import pytest
 from iomt.bridge import VitalsBridge
 from iomt.dead_letters import MAX_REASON_CHARS, MAX_SOURCE_CHARS
 from iomt.topics import MAX_LEVEL_CHARS, Location, Topics
-from serving.logs import TextFormatter
+from kernel.logs import TextFormatter
 from serving.store import Store
 from training.synthetic.vitals import vitals_course
 

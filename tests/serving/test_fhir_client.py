@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
+from kernel.fhir_bundle import transaction_bundle
 from peers import free_port
-from serving.delivery_errors import PermanentDeliveryError, TransientDeliveryError
-from serving.fhir_client import FhirSender, outcome_text, retry_after_s, transaction_bundle
+from serving.fhir_client import FhirSender, outcome_text, retry_after_s
 from serving.outbox import Outbox
 from serving.store import Store
 

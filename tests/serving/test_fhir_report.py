@@ -12,10 +12,10 @@ from fhir.resources.R4B.observation import Observation
 
 from dicom_testdata import chest_ct, make_ct_series
 from iomt.identity import Association, patient_reference
+from kernel.fhir_bundle import transaction_bundle
 from models import coding_scheme
 from models.finding import Concept, Finding, SourceImage
 from serving.config import load_config
-from serving.fhir_client import transaction_bundle
 from serving.fhir_report import PatientIdentity, build_report_resources, patient_identity
 from training.synthetic.dicom import make_dx_dataset
 

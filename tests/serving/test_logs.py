@@ -5,7 +5,7 @@ import json
 import logging
 import sys
 
-from serving.logs import (MAX_MESSAGE_CHARS, MAX_VALUE_CHARS, TRACEBACK_INDENT, JsonFormatter,
+from kernel.logs import (MAX_MESSAGE_CHARS, MAX_VALUE_CHARS, TRACEBACK_INDENT, JsonFormatter,
                           TextFormatter, Untrusted)
 
 FORGED = "\n2026-11-22 10:00:00,000 INFO    medgate.iomt: forged"

@@ -27,13 +27,13 @@ from dicom_gateway.scp import StorageScp
 from dicom_gateway.scu import send_files
 from iomt.bridge import VitalsBridge
 from iomt.message_id import message_id
+from kernel.correlation import bound, current_id
+from kernel.logs import JsonFormatter, TextFormatter
 from peers import DCMTK_ENV, find_peer, free_port, start_storescp, stop_process, wait_for_port, wait_until
 from server_process import MEDGATE, ServerProcess
 from serving import status_cli
 from serving.config import load_config
-from serving.correlation import bound, current_id
 from serving.imaging import ImagingPipeline
-from serving.logs import JsonFormatter, TextFormatter
 from serving.outbox import Outbox
 from serving.store import Store
 from serving.web_headers import CONTENT_SECURITY_POLICY

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from kernel.delivery_errors import (MAX_RETRY_AFTER_S, PermanentDeliveryError, TransientDeliveryError,
+                                    bounded_reason)
 from serving.config import OutboxConfig
-from serving.delivery_errors import (MAX_RETRY_AFTER_S, PermanentDeliveryError, TransientDeliveryError,
-                                     bounded_reason)
 from serving.outbox import Outbox
 from serving.store import Store
 

@@ -107,7 +107,7 @@ def test_idempotent_delivery_backoff_dead_letter_and_retry(backend):
 
 
 def test_items_keep_their_correlation_id_and_depth_counts_them(backend):
-    from serving.correlation import bound, current_id
+    from kernel.correlation import bound, current_id
 
     seen = []
 

@@ -6,8 +6,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from kernel.wal_checkpoint import WalCheckpointer
 from serving.store import Store
-from serving.wal_checkpoint import WalCheckpointer
 
 
 def _write(store: Store, n: int, start: int = 0) -> None:
@@ -91,7 +91,7 @@ def test_a_long_log_is_copied_with_the_writers_held_so_that_it_restarts(tmp_path
 
 
 def test_writers_that_hold_their_lock_only_delay_the_restart(tmp_path, monkeypatch):
-    monkeypatch.setattr("serving.wal_checkpoint.LOCK_WAIT_S", 0.05)
+    monkeypatch.setattr("kernel.wal_checkpoint.LOCK_WAIT_S", 0.05)
     store = Store(tmp_path / "db.sqlite3")
     lock = CountingLock()
     try:
@@ -122,7 +122,7 @@ def test_each_pass_flushes_the_database_file_before_the_writers_are_held(tmp_pat
             events.append("hold")
             return super().acquire(timeout)
 
-    monkeypatch.setattr("serving.wal_checkpoint.os.fdatasync", recorded)
+    monkeypatch.setattr("kernel.wal_checkpoint.os.fdatasync", recorded)
     store = Store(tmp_path / "db.sqlite3")
     try:
         store.defer_checkpoints()

@@ -2,7 +2,7 @@
 
 ``logging.format: json`` (``MEDGATE_LOGGING__FORMAT=json``) writes one JSON object per line:
 ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, ``thread``, ``correlation_id`` when
-one is in effect (:mod:`serving.correlation`), ``exception`` with the traceback when there is one,
+one is in effect (:mod:`kernel.correlation`), ``exception`` with the traceback when there is one,
 and every field passed with ``extra=``.  The text format shows the correlation id in brackets after
 the logger name.  ``docs/observability.md`` describes both.
 
@@ -22,7 +22,7 @@ import logging
 import re
 import time
 
-from serving.correlation import current_id
+from kernel.correlation import current_id
 
 FORMATS = ("text", "json")
 MAX_MESSAGE_CHARS = 8192  # one record's message; the rest is replaced by a count

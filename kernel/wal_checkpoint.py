@@ -36,7 +36,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from serving.worker import PeriodicWorker
+from kernel.periodic import PeriodicWorker
 
 log = logging.getLogger("medgate.store")
 

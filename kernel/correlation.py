@@ -2,7 +2,7 @@
 
 A study's log lines share its Study Instance UID from intake to delivery; an MQTT message's lines
 share its id (:mod:`iomt.message_id`).  Entry points set the id once
-(:func:`bound`), every log line emitted meanwhile carries it (:mod:`serving.logs`), and the outbox
+(:func:`bound`), every log line emitted meanwhile carries it (:mod:`kernel.logs`), and the outbox
 stores it with each item so that delivery lines carry it too, in another thread or after a
 restart.
 
