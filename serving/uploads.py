@@ -22,9 +22,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 #: The UIDs an uploaded DICOM image's results are filed and linked under: each must be a UID.
 IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-#: Default of ``http.max_image_pixels``: above the largest radiograph (a 43 x 43 cm detector at
-#: 0.1 mm is 18.5 MP, a full-field mammogram 4096 x 3328) and a 48 MP phone photograph.
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 #: RFC 9110 15.5.21: the body is within its limit, its image is not usable here.
 UNPROCESSABLE = 422
 
@@ -84,9 +81,9 @@ def _dicom_size(ds) -> tuple[int, int, int]:
         raise UploadError(422, f"the Image Pixel Module is incomplete or malformed: {exc}") from None
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded:
-    """Decode an uploaded file of at most ``max_pixels`` pixels (every frame of a DICOM counted);
-    raises :class:`UploadError` (415/422) with the reason."""
+def decode(data: bytes, max_pixels: int) -> Decoded:
+    """Decode an uploaded file of at most ``max_pixels`` pixels (``http.max_image_pixels``; every
+    frame of a DICOM counted); raises :class:`UploadError` (415/422) with the reason."""
     kind = sniff(data)
     if kind == "dicom":
         from pydicom import dcmread

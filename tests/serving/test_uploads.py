@@ -11,7 +11,14 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
 
-from serving.uploads import DEFAULT_MAX_IMAGE_PIXELS, UploadError, decode, vitals_window
+from serving.config import HttpConfig
+from serving.uploads import UploadError, decode as decode_with_limit, vitals_window
+
+MAX_PIXELS = HttpConfig().max_image_pixels  # the default: above a radiograph (18.5 MP) or a 48 MP photo
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS):
+    return decode_with_limit(data, max_pixels)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -83,7 +90,7 @@ def test_dicom_over_the_pixel_limit_is_refused_from_its_header():
     frames = dicom_file(1000, 1000, frames=60)
     with pytest.raises(UploadError) as refused:
         decode(frames)
-    assert "x 60 frames" in refused.value.reason and str(DEFAULT_MAX_IMAGE_PIXELS) in refused.value.reason
+    assert "x 60 frames" in refused.value.reason and str(MAX_PIXELS) in refused.value.reason
 
 
 def test_dicom_under_the_limit_decodes():
