@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kernel.logs import configure
@@ -9,9 +10,24 @@ from serving.config import ConfigError, load_config
 
 #: Exit status for an invalid configuration (as argparse uses for usage errors).
 EXIT_CONFIG = 2
+#: Ray's authentication mode for the cluster ``medgate serve`` starts and every driver that joins it.
+RAY_AUTH_MODE = "token"
+
+
+def fix_ray_auth_mode() -> None:
+    """Set ``RAY_AUTH_MODE`` unless the environment sets it, before anything imports Ray.
+
+    Ray reads its authentication mode once, when it is first imported. A second driver
+    (``medgate models deploy``) must use the same mode as the server that started the cluster, so
+    the mode is fixed by the command that starts either, rather than left to Ray's guess from
+    whether ``~/.ray/auth_token`` happens to exist. Only this process entry sets it: importing a
+    package changes no environment.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", RAY_AUTH_MODE)
 
 
 def main(argv: list[str] | None = None) -> int:
+    fix_ray_auth_mode()
     parser = argparse.ArgumentParser(prog="medgate", description=__doc__)
     parser.add_argument("--config", help="YAML configuration file (default: $MEDGATE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
