@@ -57,9 +57,10 @@ import orjson
 import psutil
 
 from benchmarks.mqtt_load import PREFIX, publish
-from iomt import codes, vital_records
+from iomt import vital_records
 from benchmarks.report import free_port, save_figures
 from kernel import heap
+from models import clinical_codes as codes
 
 MQTT_MAX_INFLIGHT = 20_000  # broker side; the bridge announces the same as MQTT 5 Receive Maximum
 QUEUE_SIZE = 20_000  # mqtt.queue_size

@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
-from iomt import codes
 from iomt.news2 import ACVPU, SPO2_SCALES
+from models import clinical_codes as codes
 from iomt.payload import (
     MAX_PAYLOAD_BYTES, MAX_VITALS, PLAUSIBLE_RANGES, PayloadError, Vital, VitalsMessage,
     parse_payload,

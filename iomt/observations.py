@@ -38,9 +38,10 @@ from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from iomt import codes, news2
+from iomt import news2
 from iomt.news2 import News2Result
 from iomt.payload import Vital, VitalsMessage
+from models import clinical_codes as codes
 
 URI_SYSTEM = "urn:ietf:rfc:3986"  # FHIR R4 identifier system for URIs (here urn:uuid)
 OBSERVATION_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:observation")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from iomt import codes
 from kernel.text import describe_unsafe
 from iomt.news2 import ACVPU, SPO2_SCALES, News2Input
+from models import clinical_codes as codes
 
 MAX_PAYLOAD_BYTES = 64 * 1024  # one message carries a handful of readings, never this much
 MAX_VITALS = 64  # vitals.schema.json: vitals.maxItems

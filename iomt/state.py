@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from iomt import codes
 from iomt.news2 import News2Input, News2Result, score
 from iomt.payload import VitalsMessage
+from models import clinical_codes as codes
 
 DEFAULT_STALENESS_S = 3600.0  # iomt.staleness_s default: one hour
 ON_OXYGEN = "on_oxygen"

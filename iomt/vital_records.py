@@ -44,10 +44,10 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
-from iomt import codes
 from iomt.identity import device_reference
 from iomt.observations import UNIX_EPOCH, _number, unix_us, vital_observations
 from iomt.payload import Vital, VitalsMessage
+from models import clinical_codes as codes
 
 #: What a read gives: the columns of :func:`record`'s row (the identifier's system as its URI),
 #: then ``updated_at``.

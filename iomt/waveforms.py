@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import timedelta, timezone
 from typing import Any
 
-from iomt import codes
 from iomt.compact import EcgChunk
 from iomt.observations import URI_SYSTEM, observation_id
+from models import clinical_codes as codes
 
 
 def _number(value: float) -> int | float:

@@ -6,7 +6,7 @@ A deterioration model sees the last hour of one patient's bedside vitals as a fi
 with :func:`window_features`, so the model always sees inputs prepared the way it was trained on.
 
 Vital signs are identified by their LOINC codes (FHIR R4 vital-signs profile, see
-:mod:`iomt.codes`); SpO2 is accepted as 2708-6 or as the pulse-oximetry code 59408-5.  Values must
+:mod:`models.clinical_codes`); SpO2 is accepted as 2708-6 or as the pulse-oximetry code 59408-5.  Values must
 be in the profile's canonical UCUM units: /min, %, mm[Hg], Cel.
 
 Grid layout, for ``F = len(FEATURES)``::
@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-from iomt import codes
+from models import clinical_codes as codes
 
 #: Model features, in channel order.
 FEATURES: tuple[str, ...] = ("heart_rate", "respiratory_rate", "spo2", "systolic_bp", "temperature")

@@ -31,7 +31,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from iomt import codes, vital_records
+from iomt import vital_records
+from models import clinical_codes as codes
 from serving.web_context import current
 
 POINTS = 30

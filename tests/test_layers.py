@@ -31,8 +31,6 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     # The bridge worker opens serving's Store (the vitals tables live in it): goes when iomt owns
     # its vitals store (issue 20, "a store per owner").
     ("iomt.workers", "serving.store"),
-    # Clinical codes are used by models and iomt; they move to models.
-    ("models.vitals_features", "iomt.codes"),
     # The medgate CLI declares training's commands; they become registered commands.
     ("serving.cli", "training.cli"),
     # The demo sends generated data.

@@ -6,11 +6,12 @@ import json
 import paho.mqtt.client as mqtt
 import pytest
 
-from iomt import codes, vital_records
+from iomt import vital_records
 from iomt.bridge import VitalsBridge
 from iomt.identity import AdtEvent
 from iomt.mqtt_client import MqttOptions
 from iomt_peers import broker
+from models import clinical_codes as codes
 from peers import wait_until
 from serving.store import Store
 

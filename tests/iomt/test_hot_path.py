@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 import orjson
 from fhir.resources.R4B.observation import Observation
 
-from iomt import codes
 from iomt.compact import decode
 from iomt.news2 import News2Input, score
 from iomt.observations import news2_observation, vital_observations
 from iomt.payload import VitalsMessage
 from iomt.state import StateTable
+from models import clinical_codes as codes
 
 T0_MS = 1_795_000_000_000
 

@@ -7,10 +7,11 @@ import json
 import pytest
 from fhir.resources.R4B.observation import Observation
 
-from iomt import codes, news2
+from iomt import news2
 from iomt.news2 import score
 from iomt.observations import news2_observation, observation_id, vital_observation_id, vital_observations
 from iomt.payload import parse_payload
+from models import clinical_codes as codes
 
 PATIENT = "Patient/079123456789"
 #: SNOMED CT UK Edition (module 83821000000107), as FHIR R4 Coding.version of an edition.

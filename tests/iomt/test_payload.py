@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from iomt import codes
 from iomt.news2 import ACVPU, News2Input
 from iomt.payload import MAX_PAYLOAD_BYTES, MAX_VITALS, PayloadError, parse_payload
+from models import clinical_codes as codes
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "iomt" / "schemas" / "vitals.schema.json"
 

@@ -10,11 +10,12 @@ import orjson
 import pytest
 from fhir.resources.R4B.observation import Observation
 
-from iomt import codes, vital_records
+from iomt import vital_records
 from iomt.compact import decode
 from iomt.identity import device_reference, patient_reference
 from iomt.observations import vital_observations
 from iomt.payload import parse_payload
+from models import clinical_codes as codes
 from serving.store import Store
 from test_observations import FULL, PATIENT, message
 

@@ -5,9 +5,10 @@ import time
 
 import orjson
 
-from iomt import codes, vital_records
+from iomt import vital_records
 from iomt.compact import decode
 from iomt.retention import VitalsRetention
+from models import clinical_codes as codes
 from serving.store import Store
 
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from iomt.codes import SNOMED_SYSTEM
 from iomt.news2 import MEDIUM_THRESHOLD
+from models.clinical_codes import SNOMED_SYSTEM
 from models.vitals import VitalsNet, VitalsNetConfig
 from models.vitals.network import VitalsProbability
 from models.vitals_features import (FEATURE_LOINC, FEATURE_UNITS, FEATURES, N_CHANNELS, NORMALISATION,

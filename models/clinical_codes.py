@@ -1,4 +1,7 @@
-"""Code systems, codes and units used by the IoMT vitals pipeline.
+"""Clinical code systems, codes and units (LOINC, UCUM, SNOMED CT, IEEE 11073 MDC).
+
+They sit at the bottom with the models, which read vitals by these codes
+(:mod:`models.vitals_features`); the IoMT bridge writes its Observations with them.
 
 Vital-sign codes and units follow the FHIR R4 vital-signs profile
 (http://hl7.org/fhir/R4/observation-vitalsigns.html); device codes are IEEE 11073-10101
