@@ -1,12 +1,17 @@
-"""The ``medgate`` command line."""
+"""The ``medgate`` command line.
+
+Commands of other packages (``medgate train``, ``medgate demo``) are found through the
+``medgate.commands`` entry point (:mod:`kernel.commands`), not imported from here.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
+from kernel.commands import command_groups
 from kernel.logs import configure
-from serving.config import ConfigError, load_config
+from serving.config import ConfigError, Settings, load_config
 
 #: Exit status for an invalid configuration (as argparse uses for usage errors).
 EXIT_CONFIG = 2
@@ -32,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML configuration file (default: $MEDGATE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the server with every component")
-    demo = sub.add_parser("demo", help="send a generated chest X-ray and a minute of vitals")
-    demo.add_argument("--timeout-s", type=float, default=120.0)
     sub.add_parser("check-config", help="validate the configuration and print it")
     models = sub.add_parser("models", help="list registered models or deploy a version").add_subparsers(
         dest="models_command", required=True)
@@ -42,22 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("ref", help="name@version, e.g. tb@1.1.0")
     deploy.add_argument("--shadow", help="also run this version on the same requests; results logged only")
     from serving import governance_cli, outbox_cli, status_cli
-    from training.cli import COMMANDS as TRAINING_COMMANDS, add_commands, run as run_training
 
     outbox_cli.add_commands(sub)
     governance_cli.add_commands(sub)
     status_cli.add_commands(sub)
-
-    add_commands(sub)
+    groups = command_groups()
+    for group in groups:
+        group.add(sub)
     args = parser.parse_args(argv)
-    if args.command in TRAINING_COMMANDS:  # offline tools: no server configuration needed
-        return run_training(args)
-    try:
-        settings = load_config(args.config)
-    except ConfigError as exc:
-        print(f"medgate: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure(settings.log_level, settings.logging.format)
+    for group in groups:
+        if args.command in group.names:
+            return group.run(args)
+    settings = load_settings(args)
+    if isinstance(settings, int):
+        return settings
     if args.command == "check-config":
         print(settings.public_json())
         return 0
@@ -72,15 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         return governance_cli.run(settings, args)
     if args.command in status_cli.COMMANDS:
         return status_cli.run(settings, args)
-    if args.command == "models":
-        from serving import models_cli
+    from serving import models_cli
 
-        if args.models_command == "list":
-            return models_cli.list_models(settings)
-        return models_cli.deploy(settings, args.ref, args.shadow)
-    from serving.demo import run_demo
+    if args.models_command == "list":
+        return models_cli.list_models(settings)
+    return models_cli.deploy(settings, args.ref, args.shadow)
 
-    return run_demo(settings, timeout_s=args.timeout_s)
+
+def load_settings(args: argparse.Namespace) -> Settings | int:
+    """The configuration of ``args.config`` (default ``$MEDGATE_CONFIG``) with logging configured
+    from it, or :data:`EXIT_CONFIG` after printing why it is invalid."""
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"medgate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure(settings.log_level, settings.logging.format)
+    return settings
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``medgate train`` / ``evaluate`` / ``export``: the training commands of the ``medgate`` CLI.
 
-``serving/cli.py`` calls :func:`add_commands` to declare them and :func:`run` to execute them.
+The ``medgate`` command finds them through the ``medgate.commands`` entry point (:data:`COMMAND_GROUP`,
+:mod:`kernel.commands`): :func:`add_commands` declares them and :func:`run` executes them.
 
 * ``train <model>``: config (task default < ``training/configs/<model>.yaml`` < ``--config`` <
   ``--seed/--max-steps/--seconds``), then :func:`training.loop.train` into ``--out``
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
+from kernel.commands import CommandGroup
 from models.registry import DEFAULT_ROOT, ModelRegistry, file_sha256, parse_reference
 from training.config import TaskNotFoundError, load_task, resolve_config
 from training.evaluate import evaluate_split, load_weights, save_evaluation
@@ -72,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"medgate: {exc}")
         return 2
     return 0
+
+
+#: The ``medgate`` sub-commands of this package (entry point ``medgate.commands``, pyproject.toml).
+COMMAND_GROUP = CommandGroup(COMMANDS, add_commands, run)
 
 
 def _summary(evaluation: Evaluation) -> dict[str, Any]:

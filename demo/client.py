@@ -1,4 +1,4 @@
-"""``medgate demo``: exercise a running server end to end and say where the results went.
+"""What ``medgate demo`` does: exercise a running server end to end and say where the results went.
 
 Sends one generated chest X-ray (DX, with upper-lobe opacities) by C-STORE and publishes a minute of
 generated, deteriorating vitals (one reading a second, sent at once) to the server's broker, then
