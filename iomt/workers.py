@@ -135,9 +135,14 @@ class _OutboxInParent:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a child process needs to build its pipeline (picklable)."""
+    """Everything a child process needs to build its pipeline (picklable).
+
+    ``store_type`` is the class of the store the bridge was given, opened again on ``store_path``
+    in the child: the bridge is handed its store by whoever wires it and names no store class.
+    """
 
     store_path: Path
+    store_type: type
     topic_prefix: str
     systems: IdentifierSystems
     staleness_s: float
@@ -156,7 +161,7 @@ class WorkerSpec:
            risk: bool) -> "WorkerSpec":
         """The spec that rebuilds the parts the bridge was given, in a child."""
         band = next(b for b, rank in BAND_RANK.items() if rank == alerts.min_rank)
-        return cls(store_path=Path(store.path), topic_prefix=topic_prefix,
+        return cls(store_path=Path(store.path), store_type=type(store), topic_prefix=topic_prefix,
                    systems=registry.systems, staleness_s=states.staleness_s,
                    alerts_min_band=band.value, alerts_repeat_after_s=alerts.repeat_after_s,
                    news2_interval_s=news2_interval_s, fhir_base_url=sink.base_url,
@@ -179,12 +184,10 @@ class WorkerSpec:
 
 def serve(spec: WorkerSpec, index: int, count: int, conn, commit_lock=None) -> None:
     """A child's main loop: receive a batch, process and commit it, send its result."""
-    from serving.store import Store
-
     threading.current_thread().name = f"medgate-vitals-{index}"  # the thread of JSON log lines
     configure(logging.getLevelName(spec.log_level), spec.log_format)
     topics = Topics(spec.topic_prefix)
-    store = Store(spec.store_path)
+    store = spec.store_type(spec.store_path)
     store.defer_checkpoints()  # the bridge's WalCheckpointer runs them
     pipeline, sink = spec.build(store, lambda topic: topics.partition(topic, count) == index)
     heap.settle()  # a batch allocates ~40 containers a message and makes no cycles
