@@ -27,6 +27,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicom_gateway import dimse
 from dicom_gateway import upper_layer as ul
+from dicom_gateway.config import DicomConfig
 from dicom_gateway.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicom_gateway.status import (REASONS_OF_SOURCE, AcseReason, PresentationReason, RejectReason, RejectResult,
                                    RejectSource, ServiceUserReason)
@@ -34,6 +35,12 @@ from dicom_gateway.status import (REASONS_OF_SOURCE, AcseReason, PresentationRea
 log = logging.getLogger("medgate.dicom")
 
 APPLICATION_CONTEXT = UID("1.2.840.10008.3.1.1.1")  # PS3.7 A.2.1
+_DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the constructor's defaults
+#: PS3.8 9.1.5: the ARTIM timer bounds the wait for the A-ASSOCIATE-RQ after the TCP connection
+#: (its value is the implementation's; 30 s as pynetdicom's ACSE timeout).
+ARTIM_S = 30.0
+#: Silence tolerated from the peer once associated (pynetdicom's network timeout) before an abort.
+NETWORK_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -91,8 +98,8 @@ class Acceptor:
     """
 
     def __init__(self, ae_title: str, contexts: list[PresentationContext], handlers: Handlers, *,
-                 max_associations: int = 10, max_pdu_bytes: int = 1 << 20, artim_s: float = 30.0,
-                 network_timeout_s: float = 60.0) -> None:
+                 max_associations: int = _DICOM.max_associations, max_pdu_bytes: int = _DICOM.max_pdu_bytes,
+                 artim_s: float = ARTIM_S, network_timeout_s: float = NETWORK_TIMEOUT_S) -> None:
         self.ae_title = ae_title.strip()
         self.contexts, self.handlers = contexts, handlers
         self.max_associations, self.max_pdu_bytes = max_associations, max_pdu_bytes

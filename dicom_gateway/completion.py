@@ -9,7 +9,7 @@ Rules, checked in this order for every group still ``receiving`` (see ``docs/dic
 2. **Single-image release.**  Every instance is of a single-image modality (CR, DX, XC, GM) and
    the sender that delivered the last one has finished (A-RELEASE, A-ABORT, or the end of the
    STOW-RS request).  Complete at once: such a sender sends each image of the exam in one go.
-3. **Quiet period.**  Otherwise, ``quiet_period_s`` (default 2 s) after the last instance, or
+3. **Quiet period.**  Otherwise, ``quiet_period_s`` (``dicom.completion``) after the last instance, or
    after the assembler started when that is later: a sender cut off by our restart gets the
    same quiet period to come back and finish.
 
@@ -27,9 +27,12 @@ import time
 from typing import Callable
 
 from dicom_gateway import ledger
+from dicom_gateway.config import DicomConfig
 from kernel.correlation import bound
 
 log = logging.getLogger("medgate.dicom")
+
+_DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the constructor's defaults
 
 #: Called with ``(study_uid, model)`` once per complete, routed group and model.
 StudyCallback = Callable[[str, str], None]
@@ -47,13 +50,15 @@ class StudyAssembler:
     on_study_complete
         Called with ``(study_uid, model)`` for each newly claimed dispatch.
     quiet_period_s
-        Rule 3's wait after the last instance.
+        Rule 3's wait after the last instance (default ``dicom.completion.quiet_period_s``).
     poll_interval_s
-        How often the store is read when nothing nudges the assembler.
+        How often the store is read when nothing nudges the assembler (default
+        ``dicom.completion.poll_interval_s``).
     """
 
-    def __init__(self, store, on_study_complete: StudyCallback, *, quiet_period_s: float = 2.0,
-                 poll_interval_s: float = 0.1) -> None:
+    def __init__(self, store, on_study_complete: StudyCallback, *,
+                 quiet_period_s: float = _DICOM.completion.quiet_period_s,
+                 poll_interval_s: float = _DICOM.completion.poll_interval_s) -> None:
         if quiet_period_s <= 0:
             raise ValueError(f"`quiet_period_s` must be positive, {quiet_period_s!r} is given.")
         if poll_interval_s <= 0:

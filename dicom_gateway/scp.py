@@ -32,6 +32,7 @@ from pynetdicom.presentation import build_context
 from dicom_gateway import ledger
 from dicom_gateway.acceptor import Acceptor, Association, Rejection
 from dicom_gateway.completion import StudyAssembler, StudyCallback
+from dicom_gateway.config import DicomConfig
 from dicom_gateway.dimse import Response
 from dicom_gateway.header import read_header
 from dicom_gateway.intake import GROUP_BY, STORAGE_SOP_CLASSES, SUPPORTED_SOP_CLASSES, Intake
@@ -49,12 +50,16 @@ log = logging.getLogger("medgate.dicom")
 
 __all__ = ["StorageScp", "STORAGE_SOP_CLASSES"]
 
+_DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the constructor's defaults
+HOUSEKEEPING_INTERVAL_S = 3600.0  # retention is checked at start, then hourly
+
 
 class StorageScp:
     """The gateway's listening AE.
 
     Parameters
     ----------
+    Each default is the ``dicom:`` section's (:class:`dicom_gateway.config.DicomConfig`).
     ae_title, host, port
         Our AE title and the address to bind (``port=0`` picks a free port, see :attr:`port`).
     store
@@ -76,7 +81,7 @@ class StorageScp:
     group_by, quiet_period_s, poll_interval_s
         Completion grouping and timing (:class:`~dicom_gateway.completion.StudyAssembler`).
     min_free_bytes
-        Free-space watermark of the spool's file system.
+        Free-space watermark of the spool's file system (0 turns it off).
     retention_days
         Processed studies older than this are deleted, checked at start and then hourly.
     max_pdu_bytes
@@ -90,12 +95,17 @@ class StorageScp:
     """
 
     def __init__(self, ae_title: str, host: str, port: int, store, spool: Path,
-                 on_study_complete: StudyCallback, *, max_associations: int = 10,
+                 on_study_complete: StudyCallback, *,
+                 max_associations: int = _DICOM.max_associations,
                  rules: tuple[Rule, ...] = DEFAULT_RULES, allow: AllowList | None = None,
                  tls_port: int | None = None, ssl_context: ssl.SSLContext | None = None, tls_only: bool = False,
-                 group_by: str = "study", quiet_period_s: float = 2.0, poll_interval_s: float = 0.1,
-                 min_free_bytes: int = 0, retention_days: float | None = None,
-                 max_pdu_bytes: int = 1024 * 1024, fsync: bool = True, slot_pool_bytes: int = 256 << 20) -> None:
+                 group_by: str = _DICOM.completion.group_by,
+                 quiet_period_s: float = _DICOM.completion.quiet_period_s,
+                 poll_interval_s: float = _DICOM.completion.poll_interval_s,
+                 min_free_bytes: int = _DICOM.storage.min_free_bytes,
+                 retention_days: float | None = _DICOM.storage.retention_days,
+                 max_pdu_bytes: int = _DICOM.max_pdu_bytes, fsync: bool = _DICOM.storage.fsync,
+                 slot_pool_bytes: int = _DICOM.storage.slot_pool_bytes) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         if (tls_port is None) != (ssl_context is None):
@@ -178,7 +188,7 @@ class StorageScp:
         ds = dcmread(slot, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
         return instance_path(self.spool, str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
 
-    def _housekeeping(self, interval_s: float = 3600.0) -> None:
+    def _housekeeping(self, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
         while True:
             try:
                 purge_processed(self.store, self.spool, self.retention_days)
