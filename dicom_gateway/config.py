@@ -2,7 +2,9 @@
 
 :class:`serving.config.Settings` composes it; :mod:`dicom_gateway.wiring` builds the Storage SCP from
 it, and :data:`dicom_gateway.routing.DEFAULT_RULES` are its default ``routes``.  Every default is
-written here only.
+written here only: a constructor whose parameter is a key of this section reads its default from a
+module-level ``_DICOM = DicomConfig()`` (``max_associations: int = _DICOM.max_associations``);
+``tests/serving/test_config.py`` checks it.
 """
 from __future__ import annotations
 

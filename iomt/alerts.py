@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from iomt.config import IomtConfig
 from iomt.news2 import RED_SCORE, Band, News2Result
 
+_IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 BAND_RANK = {Band.LOW: 0, Band.LOW_MEDIUM: 1, Band.MEDIUM: 2, Band.HIGH: 3}
 FLAG_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/flag-category"  # FHIR R4 Flag
 #: FHIR R4 core extension on Flag: "Points to the Observation ... that provides additional
@@ -47,9 +49,12 @@ class AlertPolicy:
         Lowest band that alerts (``low-medium``, ``medium`` or ``high``).
     repeat_after_s
         Seconds (measurement time) before the same or a lower band alerts again.
+
+    Defaults: the ``iomt.alerts`` section's.
     """
 
-    def __init__(self, min_band: str = Band.LOW_MEDIUM.value, repeat_after_s: float = 3600.0) -> None:
+    def __init__(self, min_band: str = _IOMT.alerts.min_band,
+                 repeat_after_s: float = _IOMT.alerts.repeat_after_s) -> None:
         try:
             self.min_rank = BAND_RANK[Band(min_band)]
         except ValueError:

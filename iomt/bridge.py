@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 from iomt import dead_letters, vital_records
 from iomt.alerts import AlertPolicy
-from iomt.config import IdentifierSystems
+from iomt.config import IomtConfig, MqttConfig
 from iomt.identity import DeviceRegistry, patient_reference
 from iomt.mqtt_client import MqttOptions, connect_async, make_client
 from iomt.pipeline import BatchOut, VitalsPipeline
@@ -50,18 +50,20 @@ __all__ = ["VitalsBridge", "broker_address", "patient_reference"]
 
 log = logging.getLogger("medgate.iomt")
 
-DEFAULT_SYSTEMS = IdentifierSystems()  # iomt.identifiers' defaults
+_MQTT, _IOMT = MqttConfig(), IomtConfig()  # the sections' defaults, the constructor's defaults
+DEFAULT_SYSTEMS = _IOMT.identifiers  # iomt.identifiers' defaults
 ROUTE_CACHE_SIZE = 100_000  # topics whose worker is remembered
+MQTT_PORT, MQTTS_PORT = 1883, 8883  # IANA service names "mqtt" and "secure-mqtt"
 
 
 def broker_address(url: str | None, embedded_port: int,
-                   embedded_host: str = "127.0.0.1") -> tuple[str, int, bool]:
+                   embedded_host: str = _MQTT.embedded_host) -> tuple[str, int, bool]:
     """(host, port, tls) of the broker: ``url`` when given, else the embedded broker."""
     if url is None:
         return embedded_host, embedded_port, False
     parsed = urlparse(url)
     tls = parsed.scheme == "mqtts"
-    return parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883), tls
+    return parsed.hostname or embedded_host, parsed.port or (MQTTS_PORT if tls else MQTT_PORT), tls
 
 
 class Received:
@@ -78,6 +80,8 @@ class VitalsBridge:
 
     Parameters
     ----------
+    Each default is the ``mqtt:`` or ``iomt:`` section's (:mod:`iomt.config`).
+
     host, port
         The broker.
     topic_prefix, shared_group
@@ -85,7 +89,7 @@ class VitalsBridge:
     store
         :class:`serving.store.Store`.
     outbox
-        :class:`serving.outbox.Outbox` for alerts (and Bundles); None sends no alerts.
+        :class:`serving.delivery.outbox.Outbox` for alerts (and Bundles); None sends no alerts.
     options
         :class:`iomt.mqtt_client.MqttOptions`; ``tls=True`` alone keeps the old meaning.
     queue_size
@@ -104,11 +108,12 @@ class VitalsBridge:
     """
 
     def __init__(self, host: str, port: int, *, topic_prefix: str, store, outbox=None,
-                 client_id: str = "medgate-bridge", tls: bool = False, queue_size: int = 20_000,
+                 client_id: str = _MQTT.client_id, tls: bool = False, queue_size: int = _MQTT.queue_size,
                  options: MqttOptions | None = None, shared_group: str | None = None,
                  sink: ResourceSink | None = None, registry: DeviceRegistry | None = None,
                  states: StateTable | None = None, alerts: AlertPolicy | None = None, risk=None,
-                 batch_max_messages: int = 1000, news2_interval_s: float = 60.0, workers: int = 1,
+                 batch_max_messages: int = _IOMT.batch_max_messages,
+                 news2_interval_s: float = _IOMT.news2_interval_s, workers: int = _IOMT.workers,
                  on_commit: Callable[[list[Received], float, int], None] | None = None) -> None:
         if batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, {batch_max_messages} is given.")

@@ -1,7 +1,10 @@
 """The ``mqtt:`` and ``iomt:`` sections of the configuration: the vitals bridge's typed settings.
 
 :class:`serving.config.Settings` composes them; :mod:`iomt.wiring` builds the bridge from them.
-Every default is written here only (:data:`iomt.bridge.DEFAULT_SYSTEMS` is ``IdentifierSystems()``).
+Every default is written here only (:data:`iomt.bridge.DEFAULT_SYSTEMS` is ``IdentifierSystems()``):
+a constructor whose parameter is a key of these sections reads its default from a module-level
+``_MQTT = MqttConfig()`` or ``_IOMT = IomtConfig()`` (``staleness_s: float = _IOMT.staleness_s``);
+``tests/serving/test_config.py`` checks it.
 """
 from __future__ import annotations
 

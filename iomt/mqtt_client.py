@@ -34,6 +34,9 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from iomt.config import MqttConfig
+
+_MQTT = MqttConfig()  # the ``mqtt:`` section's defaults, the options' defaults
 PROTOCOLS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 MAX_RECEIVE_MAXIMUM = 65535  # MQTT 5.0 3.1.2.11.3: two-byte integer
 LEAN_PAHO_VERSIONS = ("2.1.", "2.2.")  # paho-mqtt releases whose internals BridgeClient uses
@@ -44,20 +47,20 @@ PUBACK_PACKET = 0x40020000  # MQTT 3.1.1 3.4 / 5.0 3.4: PUBACK, remaining length
 
 @dataclass(frozen=True)
 class MqttOptions:
-    """Connection options (``mqtt.*`` configuration keys)."""
+    """Connection options (``mqtt.*`` configuration keys; their defaults are the section's)."""
 
-    protocol: str = "3.1.1"
+    protocol: str = _MQTT.protocol
     tls: bool = False
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    session_expiry_s: int = 7 * 24 * 3600
-    keepalive_s: int = 30
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
-    receive_maximum: int = MAX_RECEIVE_MAXIMUM
+    session_expiry_s: int = _MQTT.session_expiry_s
+    keepalive_s: int = _MQTT.keepalive_s
+    reconnect_min_s: float = _MQTT.reconnect_min_s
+    reconnect_max_s: float = _MQTT.reconnect_max_s
+    receive_maximum: int = MAX_RECEIVE_MAXIMUM  # the bridge gives mqtt.queue_size
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from iomt import vital_records
 from iomt.alerts import AlertPolicy, alert_message, flag_resource
 from iomt.compact import EcgChunk, decode
+from iomt.config import IomtConfig
 from iomt.dead_letters import DeadLetter, dead_letter
 from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
 from iomt.message_id import each_message
@@ -46,6 +47,7 @@ from kernel.logs import Untrusted
 
 log = logging.getLogger("medgate.iomt")
 
+_IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 UNKNOWN_DEVICE = "unknown device"  # dead-letter reason of a parked message
 REF_CACHE_SIZE = 100_000  # patient and device references remembered per pipeline
 MQTT_KIND = "mqtt"  # outbox sender kind for alerts
@@ -81,7 +83,7 @@ class VitalsPipeline:
     """
 
     def __init__(self, topics: Topics, store, registry: DeviceRegistry, *, states: StateTable,
-                 alerts: AlertPolicy, risk=None, news2_interval_s: float = 60.0,
+                 alerts: AlertPolicy, risk=None, news2_interval_s: float = _IOMT.news2_interval_s,
                  owns: Callable[[str], bool] | None = None) -> None:
         if news2_interval_s < 0:
             raise ValueError(f"news2_interval_s must be >= 0, {news2_interval_s} is given.")

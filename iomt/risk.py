@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from iomt.config import IomtConfig
 from iomt.observations import vital_observation_id
 from kernel.periodic import PeriodicWorker
 from models.vitals_features import LOINC_TO_INDEX, WINDOW_S, window_features_arrays
@@ -34,6 +35,7 @@ log = logging.getLogger("medgate.iomt.risk")
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 Sink = Callable[[list[dict[str, Any]]], None]
+_IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 RISK_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:iomt:riskassessment")
 OUTCOME_TEXT = "Clinical deterioration (vitals model)"
 #: SNOMED CT 271299001 "Patient's condition worsened": the finding of models/vitals metadata.
@@ -124,12 +126,12 @@ class RiskScorer(PeriodicWorker):
     sink
         Receives the RiskAssessments of each flush (the bridge's resource writer).
     flush_interval_s, max_batch, min_interval_s
-        See the module docstring.
+        See the module docstring; defaults: the ``iomt.risk`` section's.
     """
 
-    def __init__(self, predict: Predictor, sink: Sink, *, flush_interval_s: float = 1.0,
-                 max_batch: int = 256, min_interval_s: float = 60.0, model: str = "vitals",
-                 version: str | None = None) -> None:
+    def __init__(self, predict: Predictor, sink: Sink, *, flush_interval_s: float = _IOMT.risk.flush_interval_s,
+                 max_batch: int = _IOMT.risk.max_batch, min_interval_s: float = _IOMT.risk.min_interval_s,
+                 model: str = "vitals", version: str | None = None) -> None:
         if flush_interval_s <= 0:
             raise ValueError(f"flush_interval_s must be positive, {flush_interval_s} is given.")
         if max_batch < 1:

@@ -12,10 +12,12 @@ import json
 from typing import Any
 
 from iomt import vital_records
+from iomt.config import IomtConfig
 from iomt.dead_letters import DeadLetter
 from kernel.fhir_bundle import transaction_bundle
 
 FHIR_KIND = "fhir"  # outbox sender kind
+_IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 
 
 class ResourceSink:
@@ -26,15 +28,15 @@ class ResourceSink:
     store
         :class:`serving.store.Store`.
     outbox
-        :class:`serving.outbox.Outbox` (woken after each commit); may be None without a FHIR server.
+        :class:`serving.delivery.outbox.Outbox` (woken after each commit); may be None without a FHIR server.
     base_url
         ``fhir.base_url`` or None for the local store.
     bundle_max_entries
-        Resources per Bundle.
+        Resources per Bundle (default ``iomt.bundle_max_entries``).
     """
 
     def __init__(self, store, outbox=None, base_url: str | None = None,
-                 bundle_max_entries: int = 2000) -> None:
+                 bundle_max_entries: int = _IOMT.bundle_max_entries) -> None:
         if base_url is not None and outbox is None:
             raise ValueError(f"outbox must be given with base_url {base_url!r}, None is given.")
         if bundle_max_entries < 1:

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from iomt.config import IomtConfig
 from iomt.news2 import News2Input, News2Result, score
 from iomt.payload import VitalsMessage
 from models import clinical_codes as codes
 
-DEFAULT_STALENESS_S = 3600.0  # iomt.staleness_s default: one hour
+_IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 ON_OXYGEN = "on_oxygen"
 CONSCIOUSNESS = "consciousness"
 _SCORED_LOINC = frozenset({codes.RESPIRATORY_RATE, codes.OXYGEN_SATURATION, codes.SYSTOLIC_BP,
@@ -114,7 +115,7 @@ class PatientState:
 class StateTable:
     """:class:`PatientState` per patient reference."""
 
-    def __init__(self, staleness_s: float = DEFAULT_STALENESS_S) -> None:
+    def __init__(self, staleness_s: float = _IOMT.staleness_s) -> None:
         if staleness_s <= 0:
             raise ValueError(f"staleness_s must be positive, {staleness_s} is given.")
         self.staleness_s = staleness_s

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from iomt.alerts import BAND_RANK, AlertPolicy
-from iomt.config import IdentifierSystems
+from iomt.config import IdentifierSystems, IomtConfig
 from iomt.dead_letters import DeadLetter
 from iomt.identity import DeviceRegistry
 from iomt.pipeline import BatchOut, VitalsPipeline
@@ -41,6 +41,7 @@ from kernel.logs import JsonFormatter, configure
 
 log = logging.getLogger("medgate.iomt")
 
+_IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 COMMIT_RETRY_S = 0.5  # wait between attempts when the store refuses a batch (e.g. disk full)
 RESTART_WAIT_S = 1.0  # wait before starting a child again after it died
 READY_TIMEOUT_S = 120.0  # a child imports the pipeline and opens the store before it is ready
@@ -150,7 +151,7 @@ class WorkerSpec:
     alerts_repeat_after_s: float
     news2_interval_s: float
     fhir_base_url: str | None = None
-    bundle_max_entries: int = 2000
+    bundle_max_entries: int = _IOMT.bundle_max_entries
     risk: bool = False
     log_level: int = logging.INFO
     log_format: str = "text"  # kernel.logs formats: text or json

@@ -1,8 +1,12 @@
 """Configuration: YAML file, environment overrides with `__`, clear errors and exit code 2."""
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -79,6 +83,8 @@ DEFINED_ONCE = {
     "64 * 1024 * 1024": "serving/config.py",  # http.max_upload_bytes
     "http://fhir.hl7.org.vn/core/sid/cccd": "iomt/config.py",  # iomt.identifiers.citizen_id
     "urn:medgate:device-serial": "iomt/config.py",  # iomt.identifiers.device
+    '"medgate-bridge"': "iomt/config.py",  # mqtt.client_id
+    "7 * 24 * 3600": "iomt/config.py",  # mqtt.session_expiry_s
     'body_part=["CHEST", "LUNG"]': "dicom_gateway/config.py",  # dicom.routes: chest CT -> nodule
 }
 
@@ -110,3 +116,75 @@ def test_the_database_path_is_the_store_s():
     from serving.store import DATABASE_FILE, database_path
 
     assert database_path(Path("var")) == Path("var") / DATABASE_FILE == load_config(state_dir="var").db_path
+
+
+#: The classes and functions of the middle layers whose defaults are configuration keys: each such
+#: default is read from the layer's own section (a module-level ``_DICOM = DicomConfig()``, ``_MQTT``,
+#: ``_IOMT``), never written again beside it.
+SECTION_READERS = (
+    "dicom_gateway.scp:StorageScp", "dicom_gateway.completion:StudyAssembler", "dicom_gateway.acceptor:Acceptor",
+    "iomt.bridge:VitalsBridge", "iomt.bridge:broker_address", "iomt.pipeline:VitalsPipeline",
+    "iomt.risk:RiskScorer", "iomt.alerts:AlertPolicy", "iomt.sink:ResourceSink", "iomt.workers:WorkerSpec",
+    "iomt.mqtt_client:MqttOptions", "iomt.state:StateTable",
+)
+
+
+def _layer_keys(layer: str) -> dict[str, list]:
+    """Every key of ``layer``'s sections that holds a value (not a sub-section) -> its defaults."""
+    from dicom_gateway.config import DicomConfig
+    from iomt.config import IomtConfig, MqttConfig
+    from kernel.config import Section
+
+    keys: dict[str, list] = {}
+    pending = list({"dicom_gateway": [DicomConfig()], "iomt": [MqttConfig(), IomtConfig()]}[layer])
+    while pending:
+        section = pending.pop()
+        for name in type(section).model_fields:
+            value = getattr(section, name)
+            if isinstance(value, Section):
+                pending.append(value)
+            else:
+                keys.setdefault(name, []).append(value)
+    return keys
+
+
+def _written_defaults(obj) -> dict[str, ast.expr]:
+    """Parameter (or dataclass field) -> the default expression in ``obj``'s source."""
+    node = ast.parse(textwrap.dedent(inspect.getsource(obj))).body[0]
+    if isinstance(node, ast.ClassDef):
+        fields = {s.target.id: s.value for s in node.body
+                  if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None}
+        init = next((s for s in node.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
+        return fields if init is None else _written_defaults_of(init)
+    return _written_defaults_of(node)
+
+
+def _written_defaults_of(function: ast.FunctionDef) -> dict[str, ast.expr]:
+    args = function.args
+    positional = args.posonlyargs + args.args
+    pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+    pairs += [(arg, default) for arg, default in zip(args.kwonlyargs, args.kw_defaults) if default is not None]
+    return {arg.arg: default for arg, default in pairs}
+
+
+@pytest.mark.parametrize("target", SECTION_READERS)
+def test_defaults_that_are_settings_are_read_from_the_layer_s_section(target):
+    """A constructor default equal to a config key's default, written again, drifts: it is read."""
+    from kernel.config import Section
+
+    module_name, name = target.split(":")
+    module = importlib.import_module(module_name)
+    obj = getattr(module, name)
+    keys = _layer_keys(module_name.split(".")[0])
+    parameters = inspect.signature(obj).parameters
+    checked = {param: node for param, node in _written_defaults(obj).items()
+               if param in keys and not (isinstance(node, ast.Constant) and node.value is None)}
+    assert checked, f"{target} has no default named like a key of its layer's sections"
+    for param, node in checked.items():
+        root = node
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        written = f"{target}({param}={ast.unparse(node)})"
+        assert isinstance(node, ast.Attribute) and isinstance(root, ast.Name) \
+            and isinstance(getattr(module, root.id, None), Section), f"{written}: not read from a section"
+        assert parameters[param].default in keys[param], f"{written}: not the section's default {keys[param]}"
