@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from kernel.text import describe_unsafe
 from iomt.news2 import ACVPU, SPO2_SCALES
 from models import clinical_codes as codes
 from iomt.payload import (
@@ -93,9 +94,14 @@ def _epoch_ms(value: Any) -> datetime:
 
 
 def _device(doc: dict[str, Any]) -> str:
+    """``d``, checked as the full form's ``device``: non-blank, no control or format character
+    (:mod:`kernel.text`): it reaches the database, the ward board and the logs as sent."""
     device = doc.get("d")
     if not isinstance(device, str) or not device.strip():
         raise PayloadError(f"must be a non-blank device identifier, {device!r} is given", "/d")
+    unsafe = describe_unsafe(device)
+    if unsafe is not None:
+        raise PayloadError(f"must not contain control or format characters, {unsafe} is given", "/d")
     return device
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,6 +58,20 @@ def test_ecg_chunk_to_sampled_data_observation():
 def test_bad_compact_documents(doc, reason):
     with pytest.raises(PayloadError, match=reason):
         decode(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("device, says", [
+    ("MON\u202e21-3", "U+202E (Cf) at character 3"),  # right-to-left override: reads "MON3-12"
+    ("MON-1\nINFO forged", "U+000A (Cc) at character 5"),
+    ("MON\u200b-1", "U+200B (Cf) at character 3"),  # zero-width space: two devices look alike
+    ("MON-1\u2028", "U+2028 (Zl) at character 5"),
+])
+@pytest.mark.parametrize("form", [COMPACT, ECG])
+def test_a_device_id_with_a_control_or_format_character_is_refused(form, device, says):
+    """The compact forms' ``d`` is checked as the full form's ``device`` is (:mod:`kernel.text`)."""
+    with pytest.raises(PayloadError, match=f"control or format characters, {re.escape(says)}") as refused:
+        decode(json.dumps({**form, "d": device}).encode())
+    assert refused.value.path == "/d"
 
 
 def test_schema_describes_the_compact_and_ecg_forms():
