@@ -7,32 +7,29 @@ and every field passed with ``extra=``.  The text format shows the correlation i
 the logger name.  ``docs/observability.md`` describes both.
 
 Log lines carry what devices, modalities and clients sent (topics, device ids, payload errors), so
-neither format lets a value start a line of its own or drive a terminal. The text format writes
-control characters (C0 including CR, LF, NUL and ESC, DEL, C1, the Unicode line and paragraph
-separators and bidirectional overrides) as ``\\n``, ``\\x1b``, ``\\u2028``; the lines of a traceback
-follow indented, so a line that starts at the left margin always starts a record. The JSON format
-escapes the same characters inside its strings, so a parser still reads the original text. A
-message is cut at :data:`MAX_MESSAGE_CHARS`; callers wrap a value that came from outside in
+neither format lets a value start a line of its own, drive a terminal or reorder what a person
+reads. The text format writes the characters :mod:`kernel.text` refuses in input (C0 including CR,
+LF, NUL and ESC, DEL, C1, format characters such as the bidirectional overrides and zero-width
+characters, the Unicode line and paragraph separators, lone surrogates) as ``\\n``, ``\\x1b``,
+``\\u2028``, ``\\U000e0001``; the lines of a traceback follow indented, so a line that starts at the
+left margin always starts a record. The JSON format escapes the same characters inside its strings
+(``\\uXXXX``, a UTF-16 pair beyond U+FFFF, RFC 8259 section 7), so a parser still reads the original
+text. A message is cut at :data:`MAX_MESSAGE_CHARS`; callers wrap a value that came from outside in
 :class:`Untrusted`, cut at :data:`MAX_VALUE_CHARS`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 
 from kernel.correlation import current_id
+from kernel.text import replace_unsafe
 
 FORMATS = ("text", "json")
 MAX_MESSAGE_CHARS = 8192  # one record's message; the rest is replaced by a count
 MAX_VALUE_CHARS = 256  # one value from outside (a topic, a device id, a payload error)
 TRACEBACK_INDENT = "    "  # before each traceback line: only a record starts at the left margin
-#: C0 (CR, LF, NUL, ESC ...), DEL and C1 controls, the Unicode line/paragraph separators and the
-#: bidirectional embeddings, overrides and isolates (Unicode TR9 2.1-2.4).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-#: What json.dumps leaves raw of those (it escapes C0 itself).
-_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 NOISY = ("pynetdicom", "amqtt", "transitions", "filelock", "highdicom")
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -40,17 +37,26 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
                                                                                     "correlation_id"}
 
 
-def _escape_one(match: re.Match) -> str:
-    char = match.group()
+def _escape_one(char: str) -> str:
     named = _NAMED.get(char)
     if named is not None:
         return named
-    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _json_escape_one(char: str) -> str:
+    """RFC 8259 section 7: ``\\uXXXX``, beyond the BMP as its UTF-16 surrogate pair."""
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xd800 + (code >> 10):04x}\\u{0xdc00 + (code & 0x3ff):04x}"
 
 
 def escape(text: str) -> str:
-    """``text`` with every control character written as an escape (see the module docstring)."""
-    return _CONTROL.sub(_escape_one, text)
+    """``text`` with every unsafe character written as an escape (see the module docstring)."""
+    return replace_unsafe(text, _escape_one)
 
 
 def cut(text: str, limit: int) -> str:
@@ -103,7 +109,7 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         line = json.dumps(entry, ensure_ascii=False, default=str)
-        return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+        return replace_unsafe(line, _json_escape_one)  # json.dumps escapes C0 itself, not the rest
 
 
 class TextFormatter(logging.Formatter):
