@@ -34,7 +34,7 @@ from benchmarks.imaging_peers import imaging_server, missing_peers, send_files  
 from benchmarks.report import save_figures  # noqa: E402
 from dicom_testdata import CT_PIXEL_SPACING_MM, CT_SLICE_THICKNESS_MM, chest_ct, make_ct_series  # noqa: E402
 
-#: ``serving.imaging`` logs "study <uid>: nodule@1.0.0 -> 1 SEG, 1 SR, 1 SC in <ms> ms".
+#: ``serving.imaging.pipeline`` logs "study <uid>: nodule@1.0.0 -> 1 SEG, 1 SR, 1 SC in <ms> ms".
 PROCESSED = re.compile(r"study (?P<uid>[0-9.]+): \S+ -> .* in (?P<ms>\d+) ms")
 OBJECTS = ("SEG", "SR")
 

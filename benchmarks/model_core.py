@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import save_figures  # noqa: E402
 from models.registry import ModelRegistry  # noqa: E402
-from serving.engines import create_engine, gpu_visible  # noqa: E402
+from serving.inference.engines import create_engine, gpu_visible  # noqa: E402
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 

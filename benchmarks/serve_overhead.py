@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import free_port, save_figures  # noqa: E402
 from serving.config import load_config  # noqa: E402
-from serving.deployments import ModelServer  # noqa: E402
+from serving.inference.deployments import ModelServer  # noqa: E402
 
 TOKEN = "benchmark-token-not-a-secret"
 

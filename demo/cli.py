@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kernel.commands import CommandGroup
-from serving.cli import load_settings
+from serving.cli.main import load_settings
 
 COMMANDS = ("demo",)
 

@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 
 from dicom_gateway.scu import send_files
 from iomt.bridge import broker_address
+from serving.components import read_components
 from serving.config import Settings
-from serving.ingress import read_components
 from serving.store import Store, database_path
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset

@@ -13,7 +13,7 @@ terminology server can validate it.
 
 ``subject`` is the literal ``Patient/<id>`` reference, with the patient's identifier beside it when
 the caller gives it (``patient_identifier``), as the imaging DiagnosticReports write it
-(:mod:`serving.fhir_report`); ids never depend on the identifier.
+(:mod:`serving.fhir.report`); ids never depend on the identifier.
 
 Resource ids are deterministic, time-ordered UUIDs (RFC 9562 version 8): the effective time in
 Unix milliseconds first, as in version 7, then bits of SHA-1 over a fixed namespace and (subject,

@@ -1,6 +1,6 @@
 """Commands that other packages add to the ``medgate`` command line, found by entry point.
 
-The ``medgate`` command (:mod:`serving.cli`) does not import the packages that sit beside or above
+The ``medgate`` command (:mod:`serving.cli.main`) does not import the packages that sit beside or above
 ``serving`` (``training``, the demo): each declares a :class:`CommandGroup` under the entry point
 group :data:`ENTRY_POINT_GROUP` in ``pyproject.toml``::
 

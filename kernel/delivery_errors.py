@@ -1,6 +1,6 @@
 """Why a delivery failed: permanently (dead-letter at once) or transiently (retry with backoff).
 
-Every outbox sender (:mod:`serving.outbox`) raises one of these with the peer's reason:
+Every outbox sender (:mod:`serving.delivery.outbox`) raises one of these with the peer's reason:
 
 - :class:`PermanentDeliveryError`: the peer refused this payload and would refuse it again (a FHIR
   server answering 4xx other than 408/429, a PACS rejecting the association permanently or answering
@@ -11,7 +11,7 @@ Every outbox sender (:mod:`serving.outbox`) raises one of these with the peer's 
   with backoff, no sooner than ``retry_after_s`` when the peer said when (HTTP Retry-After).
 
 Any other exception a sender raises counts as transient.  Standard library only, so that the senders
-of every layer (``dicom_gateway.scu``, ``serving.fhir_client``) can raise them without importing the
+of every layer (``dicom_gateway.scu``, ``serving.delivery.fhir_sender``) can raise them without importing the
 outbox.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A batch of resources becomes one ``transaction`` Bundle (FHIR R4 http.html#transaction) of
 ``PUT {type}/{id}`` entries: every id is deterministic, so a Bundle delivered twice (an outbox
 retry after a lost response) updates the same resources instead of creating new ones.  The
-bridge (:mod:`iomt.sink`) and the imaging pipeline build them; :mod:`serving.fhir_client` sends
+bridge (:mod:`iomt.sink`) and the imaging pipeline build them; :mod:`serving.delivery.fhir_sender` sends
 them.
 """
 from __future__ import annotations

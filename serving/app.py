@@ -11,12 +11,13 @@ from typing import Any
 from ray.serve import Application
 
 from models.registry import ModelRegistry
-from serving.auth import token_digests
 from serving.config import Settings, load_config
-from serving.deployments import ModelDeployment
-from serving.ingress import Ingress
-from serving.stow import stow_settings
-from serving.versions import read_versions
+from serving.fhir.report import patient_identity
+from serving.http.auth import token_digests
+from serving.http.ingress import Ingress
+from serving.http.stow import stow_settings
+from serving.inference.deployments import ModelDeployment
+from serving.inference.versions import read_versions
 
 APP_NAME = "medgate"
 
@@ -54,8 +55,6 @@ def _class_codes(settings: Settings, model: str) -> dict[str, dict[str, Any]]:
 
 
 def _identity_dict(settings: Settings) -> dict[str, Any]:
-    from serving.fhir_report import patient_identity
-
     identity = patient_identity(settings)
     return {"issuers": dict(identity.issuers), "unqualified_system": identity.unqualified_system}
 

@@ -121,7 +121,7 @@ class FhirConfig(Section):
 
 class StoreConfig(Section):
     # null = the outbox in the SQLite store under state_dir; postgresql://user@host:port/db = the
-    # outbox in PostgreSQL, shared by every node (serving.outbox_db).
+    # outbox in PostgreSQL, shared by every node (serving.delivery.outbox_db).
     url: str | None = None
 
     @field_validator("url")
@@ -136,7 +136,7 @@ class OutboxConfig(Section):
     # A failed delivery is retried after a delay that doubles from backoff_base_s up to
     # backoff_max_s; after max_attempts failures the item is dead until `medgate outbox retry`.
     # The defaults ride out a destination that is down for about an hour and a half; they are
-    # written here only (serving.outbox.Outbox reads them).  A refusal (FHIR 4xx but 408/429, a
+    # written here only (serving.delivery.outbox.Outbox reads them).  A refusal (FHIR 4xx but 408/429, a
     # DICOM rejection or error status: kernel.delivery_errors) is dead at once, not retried.
     max_attempts: int = Field(100, ge=1)
     backoff_base_s: float = Field(1.0, gt=0)

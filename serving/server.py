@@ -22,11 +22,15 @@ from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
 from kernel import heap
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
+from serving.components import STATUS_FILE
 from serving.config import HttpConfig, Settings
-from serving.fhir_client import FhirSender
-from serving.forwarded import UVICORN_TRUST_NONE
-from serving.ingress import STATUS_FILE
-from serving.outbox import Outbox
+from serving.delivery.fhir_sender import FhirSender
+from serving.delivery.outbox import Outbox
+from serving.delivery.outbox_db import open_outbox_db
+from serving.fhir.report import patient_identity
+from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
+from serving.http.forwarded import UVICORN_TRUST_NONE
+from serving.imaging.pipeline import ImagingPipeline
 from serving.state_permissions import private_folder, restrict_umask, secure_tree
 from serving.store import Store, database_path
 
@@ -75,8 +79,6 @@ class Server:
         senders = {"dicom": self._send_dicom, "mqtt": self._send_mqtt}
         if cfg.fhir.base_url:
             senders["fhir"] = FhirSender(cfg.fhir.base_url)
-        from serving.outbox_db import open_outbox_db
-
         self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store), senders, **cfg.outbox.model_dump())
         handles = self._start_ray()
         host, port, _ = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port, cfg.mqtt.embedded_host)
@@ -96,10 +98,6 @@ class Server:
             self.retention = VitalsRetention(self.store, cfg.iomt.retention_hours)
             self.retention.start()
         self.outbox.start()
-        from serving.imaging import ImagingPipeline
-
-        from serving.fhir_report import patient_identity
-
         self.pipeline = ImagingPipeline(
             self.store, self.outbox, handles, self.state_dir / "results",
             destinations={name: list(d.objects) for name, d in cfg.destinations.named().items()},
@@ -190,8 +188,6 @@ def first_start_token(settings: Settings) -> None:
     """With no ``auth.tokens``, make sure an admin token exists under state_dir; print a new one once."""
     if settings.auth.tokens:
         return
-    from serving.auth import ADMIN_TOKEN_FILE, ensure_admin_token
-
     token, created = ensure_admin_token(settings.state_dir.resolve())
     path = settings.state_dir.resolve() / ADMIN_TOKEN_FILE
     if created:  # stdout, not the log: shown to whoever started the server, this once

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from serving.status_cli import get_json
+from serving.cli.status import get_json
 
 MEDGATE = [sys.executable, "-m", "serving.cli"]
 

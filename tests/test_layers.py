@@ -93,7 +93,7 @@ def test_importing_the_layers_leaves_ray_auth_mode_alone():
 
 
 def test_the_medgate_command_fixes_ray_auth_mode_before_ray_starts():
-    code = ("import os, sys; from serving.cli import main; main(['check-config']); "
+    code = ("import os, sys; from serving.cli.main import main; main(['check-config']); "
             "print(os.environ.get('RAY_AUTH_MODE'), 'ray' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "MEDGATE_CONFIG")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

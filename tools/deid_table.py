@@ -1,7 +1,7 @@
-"""Regenerate the de-identification data that ``serving/deid_profile.py`` reads.
+"""Regenerate the de-identification data that ``serving/governance/deid_profile.py`` reads.
 
 ``python -m tools.deid_table [--edition 2026c] [--check]`` writes two files under
-``serving/deid_data/``:
+``serving/governance/deid_data/``:
 
 ``table_e1_1.json``
     DICOM PS3.15 Table E.1-1 "Application Level Confidentiality Profile Attributes", column
@@ -20,7 +20,7 @@
     IOD).
 
 ``--check`` compares instead of writing and exits 1 when the shipped files differ from what the
-sources give (``tests/serving/test_deid_profile.py`` runs it when ``dicom-anonymizer`` is
+sources give (``tests/serving/governance/test_deid_profile.py`` runs it when ``dicom-anonymizer`` is
 installed).  Needs the dev extras (``dicom-anonymizer``); run-time code never imports it.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pydicom.datadict import DicomDictionary, keyword_for_tag
 
 #: The edition shipped: the newest the pinned ``dicom-anonymizer`` carries.
 DEFAULT_EDITION = "2026c"
-OUT = Path(__file__).resolve().parent.parent / "serving" / "deid_data"
+OUT = Path(__file__).resolve().parent.parent / "serving" / "governance" / "deid_data"
 TABLE_FILE, TYPES_FILE = "table_e1_1.json", "iod_types.json"
 
 #: dicom-anonymizer's list names -> the table's action codes (PS3.15 E.1.1, Table E.1-1a).

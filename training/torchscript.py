@@ -1,4 +1,4 @@
-"""TorchScript export for the torch serving engine (:class:`serving.engine_torch.TorchEngine`)."""
+"""TorchScript export for the torch serving engine (:class:`serving.inference.engine_torch.TorchEngine`)."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,6 @@
 """Serving entry for the nodule model: one whole CT volume in, candidates and a label mask out.
 
-Used by :class:`serving.runners.VolumeRunner`; ``run_patches`` runs the exported patch network on a
+Used by :class:`serving.inference.runners.VolumeRunner`; ``run_patches`` runs the exported patch network on a
 batch of ``(N, 1, 64, 64, 64)`` patches (onnxruntime or torch engine). All parameters come from the
 registry metadata (``postprocessing``; the constants of :mod:`models.nodule.postprocess` where a
 version's metadata predates them), and the path is :func:`models.nodule.inference.segment_volume`,

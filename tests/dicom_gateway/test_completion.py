@@ -124,7 +124,7 @@ def test_every_model_of_a_study_cut_off_by_a_crash_is_resumed(tmp_path):
     """A study routed to two models: each (study, model) dispatch is resumed until processed."""
     from types import SimpleNamespace
 
-    from serving.imaging import ImagingPipeline
+    from serving.imaging.pipeline import ImagingPipeline
 
     require_peer("storescu", "dcmtk")
     files = write_ct_series(tmp_path / "ct", 4)
@@ -154,13 +154,13 @@ def test_every_model_of_a_study_cut_off_by_a_crash_is_resumed(tmp_path):
 def test_a_timed_out_model_call_is_tried_again_not_failed(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from serving import imaging
+    from serving.imaging import pipeline as imaging_pipeline
     from serving.store import Store
 
-    monkeypatch.setattr(imaging, "RETRY_DELAY_S", 0.05)
+    monkeypatch.setattr(imaging_pipeline, "RETRY_DELAY_S", 0.05)
     calls: list[str] = []
 
-    class Flaky(imaging.ImagingPipeline):
+    class Flaky(imaging_pipeline.ImagingPipeline):
         def process(self, study_uid, model):
             calls.append(study_uid)
             if len(calls) < 3:

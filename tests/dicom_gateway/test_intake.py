@@ -119,8 +119,8 @@ def test_recover_quarantines_spool_files_not_where_their_uids_put_them(tmp_path,
     was recorded as a study at the next start and shown on the worklist."""
     from pydicom.uid import generate_uid
 
+    from serving.http.worklist import worklist
     from serving.store import Store
-    from serving.worklist import worklist
 
     spool = tmp_path / "spool"
     planted = make_photo_dataset(_skin())  # its own StudyInstanceUID is not 1.2.999.777
@@ -157,7 +157,7 @@ def test_recover_quarantines_spool_files_not_where_their_uids_put_them(tmp_path,
 
 
 def test_a_refused_study_moves_on_when_an_instance_of_it_is_stored(running, tmp_path):
-    from serving.worklist import worklist
+    from serving.http.worklist import worklist
 
     mono = make_photo_dataset(_skin(), photometric="MONOCHROME2")
     photo = make_photo_dataset(_skin(), study_uid=mono.StudyInstanceUID)

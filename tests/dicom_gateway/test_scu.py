@@ -14,7 +14,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 from dicom_gateway.scu import is_stored, is_transient, send_files
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
 from peers import DCMTK_ENV, free_port, require_peer, stop_process, wait_for_port
-from serving.outbox import Outbox
+from serving.delivery.outbox import Outbox
 from serving.store import Store
 
 CT = get_testdata_file("CT_small.dcm")

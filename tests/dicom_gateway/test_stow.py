@@ -22,7 +22,7 @@ from chunked_upload import post_chunked
 from dicom_gateway import ledger
 from dicom_gateway.completion import StudyAssembler
 from peers import free_port, wait_until
-from serving import stow
+from serving.http import stow
 from serving.store import Store
 from training.synthetic.dicom import make_dx_dataset
 

@@ -12,7 +12,7 @@ from fhir.resources.R4B.observation import Observation
 
 from iomt.bridge import VitalsBridge
 from peers import require_peer, wait_until
-from serving.outbox import Outbox
+from serving.delivery.outbox import Outbox
 from serving.store import Store
 from training.synthetic.vitals import vitals_course
 

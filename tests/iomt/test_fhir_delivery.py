@@ -12,8 +12,8 @@ from iomt.bridge import VitalsBridge
 from iomt.sink import ResourceSink
 from kernel.fhir_bundle import transaction_bundle
 from peers import wait_until
-from serving.fhir_client import FhirSender
-from serving.outbox import Outbox
+from serving.delivery.fhir_sender import FhirSender
+from serving.delivery.outbox import Outbox
 from serving.store import Store
 from training.synthetic.vitals import vitals_course
 

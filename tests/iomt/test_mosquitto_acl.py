@@ -16,7 +16,7 @@ from iomt.bridge import VitalsBridge
 from iomt.mqtt_client import MqttOptions
 from iomt_peers import broker, make_pki
 from peers import find_peer, wait_until
-from serving.outbox import Outbox
+from serving.delivery.outbox import Outbox
 from serving.store import Store
 from training.synthetic.vitals import vitals_course
 

@@ -1,5 +1,5 @@
 """The pipeline's vital-sign and NEWS2 Observations and Flags name the patient by literal
-reference and by identifier, as the imaging DiagnosticReports do (serving.fhir_report)."""
+reference and by identifier, as the imaging DiagnosticReports do (serving.fhir.report)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone

@@ -26,7 +26,7 @@ import fuzz_inputs as fuzz
 from dicom_gateway.routing import Rule
 from dicom_wire import Connection
 from peers import free_port, wait_until
-from serving import stow
+from serving.http import stow
 from serving.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom_gateway"))

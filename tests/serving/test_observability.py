@@ -1,7 +1,7 @@
 """Observability: JSON log lines, one correlation id per study and per MQTT message, ``medgate status``.
 
 In process: the real SCP, study completion, imaging pipeline (the registered ``tb`` model through
-:class:`serving.deployments.ModelServer`, no Ray) and outbox delivering to a DCMTK ``storescp``;
+:class:`serving.inference.deployments.ModelServer`, no Ray) and outbox delivering to a DCMTK ``storescp``;
 the vitals bridge on messages handed to it.  Then one ``medgate serve`` with
 ``MEDGATE_LOGGING__FORMAT=json``: its log file and ``medgate status`` against it.
 """
@@ -31,12 +31,12 @@ from kernel.correlation import bound, current_id
 from kernel.logs import JsonFormatter, TextFormatter
 from peers import DCMTK_ENV, find_peer, free_port, start_storescp, stop_process, wait_for_port, wait_until
 from server_process import MEDGATE, ServerProcess
-from serving import status_cli
+from serving.cli import status as status_cli
 from serving.config import load_config
-from serving.imaging import ImagingPipeline
-from serving.outbox import Outbox
+from serving.delivery.outbox import Outbox
+from serving.http.headers import CONTENT_SECURITY_POLICY
+from serving.imaging.pipeline import ImagingPipeline
 from serving.store import Store
-from serving.web_headers import CONTENT_SECURITY_POLICY
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset
 from training.synthetic.vitals import vitals_course
@@ -108,7 +108,7 @@ def test_formatters_carry_the_correlation_id_and_extra_fields():
 
 
 def test_a_study_keeps_one_correlation_id_from_intake_to_delivery(tmp_path, pacs, json_log):
-    from serving.deployments import ModelServer
+    from serving.inference.deployments import ModelServer
 
     pacs_port, pacs_dir = pacs
     store = Store(tmp_path / "medgate.sqlite3")

@@ -22,7 +22,7 @@ from training.synthetic.dicom import make_dx_dataset
 from peers import (FhirRecorder, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, wait_for_port,
                    wait_until)
 from server_process import ServerProcess
-from serving.fhir_report import report_id
+from serving.fhir.report import report_id
 from training.synthetic.cxr import generate_cxr
 
 #: How long the archive and the FHIR server stay down after the study is pushed.

@@ -37,7 +37,7 @@ from dicom_gateway.status import StoreStatus
 from dicom_testdata import make_ct_series, make_photo_dataset
 from peers import DCMTK_ENV, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, storescu, wait_until
 from server_process import ServerProcess
-from serving.stow import STOW_CALLING_AE
+from serving.http.stow import STOW_CALLING_AE
 from training.synthetic.dicom import make_dx_dataset
 
 #: storescu option proposing a compressed transfer syntax (PS3.5 Annex A) besides the native ones.
@@ -48,7 +48,7 @@ DIMSE_STATUS = re.compile(r"DIMSE Status\s*: 0x([0-9a-fA-F]{4})")
 ERROR_COMMENT = re.compile(r"\(0000,0902\) LO \[([^]]*)\]")
 BOUNDARY = "medgate-matrix"
 #: The calling AE title the gateway records for each way in (storescu's ``-aet`` in peers.storescu;
-#: serving.stow.STOW_CALLING_AE).
+#: serving.http.stow.STOW_CALLING_AE).
 SENDER = {"c-store": "MODALITY", "stow-rs": STOW_CALLING_AE}
 
 

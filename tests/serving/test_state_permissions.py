@@ -123,8 +123,8 @@ def test_restricted_umask_reaches_child_processes(tmp_path):
 @pytest.mark.parametrize("opener", ["audit", "sessions"])
 def test_audit_log_and_sessions_alone_create_an_owner_only_database(tmp_path, open_umask, opener):
     """`medgate audit` before any start opens the database through the audit log alone."""
-    from serving.audit import AuditLog
-    from serving.sessions import SessionStore
+    from serving.governance.audit import AuditLog
+    from serving.http.sessions import SessionStore
 
     db = tmp_path / "var" / "medgate.sqlite3"
     handle = AuditLog(db) if opener == "audit" else SessionStore(db)

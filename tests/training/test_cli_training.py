@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from models.registry import ModelRegistry
-from serving.cli import main
+from serving.cli.main import main
 
 TINY = {"data": {"n_train": 32, "n_val": 16, "n_test": 16, "source_size_px": 64, "workers": 1},
         "input": {"size_px": 48}, "train": {"batch_size": 8, "max_steps": 3, "checkpoint_every": 2},

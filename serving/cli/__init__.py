@@ -1,0 +1,1 @@
+"""The ``medgate`` command line (:mod:`serving.cli.main`) and its sub-commands."""

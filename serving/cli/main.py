@@ -1,0 +1,90 @@
+"""The ``medgate`` command line.
+
+Commands of other packages (``medgate train``, ``medgate demo``) are found through the
+``medgate.commands`` entry point (:mod:`kernel.commands`), not imported from here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kernel.commands import command_groups
+from kernel.logs import configure
+from serving.cli import governance, models, outbox, status
+from serving.config import ConfigError, Settings, load_config
+
+#: Exit status for an invalid configuration (as argparse uses for usage errors).
+EXIT_CONFIG = 2
+#: Ray's authentication mode for the cluster ``medgate serve`` starts and every driver that joins it.
+RAY_AUTH_MODE = "token"
+
+
+def fix_ray_auth_mode() -> None:
+    """Set ``RAY_AUTH_MODE`` unless the environment sets it, before anything imports Ray.
+
+    Ray reads its authentication mode once, when it is first imported. A second driver
+    (``medgate models deploy``) must use the same mode as the server that started the cluster, so
+    the mode is fixed by the command that starts either, rather than left to Ray's guess from
+    whether ``~/.ray/auth_token`` happens to exist. Only this process entry sets it: importing a
+    package changes no environment.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", RAY_AUTH_MODE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    fix_ray_auth_mode()
+    parser = argparse.ArgumentParser(prog="medgate", description=__doc__)
+    parser.add_argument("--config", help="YAML configuration file (default: $MEDGATE_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server with every component")
+    sub.add_parser("check-config", help="validate the configuration and print it")
+    models_sub = sub.add_parser("models", help="list registered models or deploy a version").add_subparsers(
+        dest="models_command", required=True)
+    models_sub.add_parser("list", help="registered versions and the deployed one")
+    deploy = models_sub.add_parser("deploy", help="serve <name>@<version> without downtime (rollback: same)")
+    deploy.add_argument("ref", help="name@version, e.g. tb@1.1.0")
+    deploy.add_argument("--shadow", help="also run this version on the same requests; results logged only")
+    outbox.add_commands(sub)
+    governance.add_commands(sub)
+    status.add_commands(sub)
+    groups = command_groups()
+    for group in groups:
+        group.add(sub)
+    args = parser.parse_args(argv)
+    for group in groups:
+        if args.command in group.names:
+            return group.run(args)
+    settings = load_settings(args)
+    if isinstance(settings, int):
+        return settings
+    if args.command == "check-config":
+        print(settings.public_json())
+        return 0
+    if args.command == "serve":
+        from serving.server import serve_forever
+
+        serve_forever(settings)
+        return 0
+    if args.command == "outbox":
+        return outbox.run(settings, args)
+    if args.command in governance.COMMANDS:
+        return governance.run(settings, args)
+    if args.command in status.COMMANDS:
+        return status.run(settings, args)
+    if args.models_command == "list":
+        return models.list_models(settings)
+    return models.deploy(settings, args.ref, args.shadow)
+
+
+def load_settings(args: argparse.Namespace) -> Settings | int:
+    """The configuration of ``args.config`` (default ``$MEDGATE_CONFIG``) with logging configured
+    from it, or :data:`EXIT_CONFIG` after printing why it is invalid."""
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"medgate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure(settings.log_level, settings.logging.format)
+    return settings
+

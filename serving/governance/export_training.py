@@ -1,0 +1,140 @@
+"""``medgate export-training --since DATE --out DIR``: de-identified images plus the model's findings
+as labels, in a layout ``medgate train`` reads.
+
+For every study processed (status ``done``) since DATE, each source image with a 2D model finding
+is de-identified (:mod:`serving.governance.deid`) and written to ``DIR/<model>/images/<new SOP UID>.dcm``;
+``DIR/<model>/dataset.json`` is a Medical Segmentation Decathlon-style datalist whose ``training``
+entries carry ``image`` (relative path), ``label`` (1 when the model called the finding positive),
+``probability`` and ``centres`` (finding point as (x, y) fractions of the image side).  The labels
+are the model's own outputs (pseudo-labels) and say so in the datalist: review before training.
+
+Images with Burned In Annotation YES are excluded and counted.  The salt that keys UIDs, pseudonyms
+and date shifts is random per export unless ``--salt-file`` names one; a new salt is kept under
+``state_dir/exports/`` (0600), never in DIR.  Every exported study is one audit row (action
+``export``).
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydicom import dcmread
+
+from dicom_gateway.uids import check_uid, inside
+from serving.governance.audit import AuditLog
+from serving.governance.deid import DeidentificationError, Deidentifier
+from serving.store import Store, database_path
+
+VOLUME_MODELS = ("nodule",)
+
+
+@dataclass
+class ExportReport:
+    """What one export wrote."""
+
+    studies: int = 0
+    images: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    salt_path: Path | None = None
+
+
+def _salt(state_dir: Path, salt_file: Path | None) -> tuple[bytes, Path]:
+    if salt_file is not None:
+        data = Path(salt_file).read_bytes()
+        if len(data) < 16:
+            raise ValueError(f"--salt-file must hold at least 16 bytes, {salt_file} has {len(data)}")
+        return data, Path(salt_file)
+    folder = state_dir / "exports"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"salt-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.bin"
+    data = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data, path
+
+
+def _labels(results: list[dict]) -> dict[str, dict]:
+    """Source SOP Instance UID -> {model, version, finding} from the SR result summaries."""
+    out = {}
+    for r in results:
+        summary = r["summary"]
+        if r["kind"] != "sr" or summary.get("model") in VOLUME_MODELS:
+            continue
+        for finding in summary.get("findings", []):
+            out[finding["source"]] = {"model": summary["model"], "version": summary["version"], **finding}
+    return out
+
+
+def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: Path | None = None,
+                    operator: str | None = None, meanings: dict[str, str] | None = None) -> ExportReport:
+    """Export studies done since ``since`` (aware datetime) to ``out``; see the module docstring."""
+    if since.tzinfo is None:
+        raise ValueError(f"since must be timezone-aware, {since.isoformat()} is given")
+    state_dir, out = Path(state_dir), Path(out)
+    store, audit = Store(database_path(state_dir)), AuditLog(database_path(state_dir))
+    operator = operator or getpass.getuser()
+    salt, salt_path = _salt(state_dir, salt_file)
+    deid = Deidentifier(salt)
+    report = ExportReport(salt_path=salt_path)
+    entries: dict[str, list[dict]] = defaultdict(list)
+    versions: dict[str, set[str]] = defaultdict(set)
+    try:
+        studies = store.query("SELECT study_uid FROM studies WHERE status='done' AND received_at>=?"
+                              " ORDER BY received_at", (since.timestamp(),))
+        for row in studies:
+            study_uid, written = row["study_uid"], 0
+            labels = _labels(store.results_of(study_uid))
+            for inst in store.instances_of(study_uid):
+                label = labels.get(inst["sop_instance_uid"])
+                if label is None or not Path(inst["path"]).is_file():
+                    continue
+                ds = dcmread(inst["path"])
+                rows, cols = int(ds.Rows), int(ds.Columns)
+                try:
+                    deid.apply(ds)
+                except DeidentificationError:
+                    report.excluded["burned_in_annotation"] = report.excluded.get("burned_in_annotation", 0) + 1
+                    continue
+                model = label["model"]
+                (out / model / "images").mkdir(parents=True, exist_ok=True)
+                target = inside(out / model / "images", f"{check_uid('SOPInstanceUID', ds.SOPInstanceUID)}.dcm")
+                ds.save_as(target, enforce_file_format=True)
+                point = label.get("point")
+                entries[model].append({
+                    "image": f"images/{target.name}", "label": int(bool(label["positive"])),
+                    "probability": round(float(label["probability"]), 6),
+                    "centres": [[point[0] / cols, point[1] / rows]] if point and label["positive"] else []})
+                versions[model].add(label["version"])
+                written += 1
+            if written:
+                report.studies += 1
+                audit.record(who=operator, role="operator", action="export", study_uid=study_uid,
+                             client="local", query=f"since={since.isoformat()}",
+                             detail=f"{written} de-identified images to {out}")
+        for model, items in entries.items():
+            _write_datalist(out / model, model, sorted(versions[model]), items, (meanings or {}).get(model))
+            report.images[model] = len(items)
+    finally:
+        store.close()
+        audit.close()
+    return report
+
+
+def _write_datalist(folder: Path, model: str, versions: list[str], items: list[dict],
+                    meaning: str | None) -> None:
+    datalist = {
+        "name": f"medgate-{model}-export",
+        "description": "De-identified images (PS3.15 Basic Profile, modified dates) with model findings as labels",
+        "labelSource": f"model output of medgate {model} {', '.join(versions)} (pseudo-labels: review before training)",
+        "labels": {"0": "no finding", "1": meaning or "finding"},
+        "numTraining": len(items),
+        "training": items,
+    }
+    (folder / "dataset.json").write_text(json.dumps(datalist, indent=1), encoding="utf-8")

@@ -1,0 +1,130 @@
+"""What the HTTP routes outside the ingress class share: state directory, authenticator, store,
+audit log and model handles of this replica.
+
+The ingress installs one :class:`WebContext` per replica process (:func:`install`); route modules
+read it with :func:`current`.  The store and audit connections open on first use.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.config import AuthConfig
+from serving.governance.audit import AuditLog
+from serving.http import forwarded
+from serving.http.auth import Authenticator, Principal, StaticTokens
+from serving.http.sessions import SessionStore
+from serving.store import Store, database_path
+
+log = logging.getLogger("medgate.web")
+
+#: ``auth.cookie_max_age_s``' default (written in :class:`serving.config.AuthConfig` only).
+DEFAULT_COOKIE_MAX_AGE_S = AuthConfig().cookie_max_age_s
+
+
+class _NoTokens:
+    """No token is configured: every protected request is refused (fail closed)."""
+
+    def authenticate(self, token: str) -> Principal | None:
+        return None
+
+
+@dataclass
+class WebContext:
+    """Per-replica state for the HTTP routes."""
+
+    state_dir: Path
+    authenticator: Authenticator
+    models: dict[str, Any] = field(default_factory=dict)
+    cookie_max_age_s: int = DEFAULT_COOKIE_MAX_AGE_S
+    #: ``http.trusted_proxies`` as networks: only these peers' forwarding headers are read.
+    trusted_proxies: tuple = ()
+    #: ``http.public_base_url``: the base of every absolute link the server writes (never the Host header).
+    public_base_url: str | None = None
+    _store: Any = None
+    _audit: Any = None
+    _sessions: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def db_path(self) -> Path:
+        return database_path(self.state_dir)
+
+    def store(self):
+        with self._lock:
+            if self._store is None:
+                self._store = Store(self.db_path)
+            return self._store
+
+    def audit(self):
+        with self._lock:
+            if self._audit is None:
+                self._audit = AuditLog(self.db_path)
+            return self._audit
+
+    def sessions(self):
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = SessionStore(self.db_path)
+            return self._sessions
+
+    def still_signed_in(self, request) -> bool:
+        """False once the session cookie a request came in with is revoked or expired (a long
+        response such as the ward board's stream checks it as it goes); True for bearer tokens."""
+        session_id = getattr(request.state, "session_id", None)
+        return not session_id or self.sessions().principal(session_id) is not None
+
+    def client_address(self, request) -> str | None:
+        """The client's address: the socket peer unless that is a trusted proxy (:mod:`serving.http.forwarded`)."""
+        peer = request.client.host if request.client else None
+        return forwarded.client_address(peer, request.headers, self.trusted_proxies)
+
+    def scheme(self, request) -> str:
+        """``https`` when the client reached us (or a trusted proxy in front) over TLS."""
+        peer = request.client.host if request.client else None
+        return forwarded.scheme(peer, request.url.scheme, request.headers, self.trusted_proxies)
+
+    def link_base(self) -> str:
+        """Where absolute links start: ``public_base_url``, else "" (links relative to this server)."""
+        return (self.public_base_url or "").rstrip("/")
+
+    def record(self, request, action: str, outcome: str = "success", **what: str | None) -> None:
+        """Audit one access by the request's principal (``anonymous`` when there is none)."""
+        principal = getattr(request.state, "principal", None)
+        client = self.client_address(request)
+        self.audit().record(who=principal.name if principal else "anonymous",
+                            role=principal.role if principal else None, action=action,
+                            outcome=outcome, client=client, **what)
+
+
+_current: WebContext | None = None
+
+
+def build_authenticator(token_digests: list[tuple[str, str, str]]) -> Authenticator:
+    if not token_digests:
+        log.warning("no API token is configured: every request except health checks gets 401")
+        return _NoTokens()
+    return StaticTokens(token_digests)
+
+
+def install(state_dir: str | Path, token_digests: list[tuple[str, str, str]],
+            models: dict[str, Any] | None = None, cookie_max_age_s: int = DEFAULT_COOKIE_MAX_AGE_S, *,
+            trusted_proxies: list[str] | tuple[str, ...] = (), public_base_url: str | None = None) -> WebContext:
+    """Create this process's context (the ingress replica calls it once at start).
+
+    ``trusted_proxies`` and ``public_base_url`` are ``http.trusted_proxies`` and
+    ``http.public_base_url`` (:func:`serving.app.build_app` passes them as the ``web`` limits).
+    """
+    global _current
+    _current = WebContext(Path(state_dir), build_authenticator(token_digests), dict(models or {}),
+                          cookie_max_age_s, forwarded.parse_networks(trusted_proxies), public_base_url)
+    return _current
+
+
+def current() -> WebContext:
+    if _current is None:
+        raise RuntimeError("the web context is not installed; the ingress calls install() at start")
+    return _current

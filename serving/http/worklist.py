@@ -1,0 +1,121 @@
+"""The imaging worklist: studies received, their status, model results, overlays as PNG.
+
+``GET /v1/worklist`` lists the newest ``LIMIT`` studies with the patient ID and modality of their
+first instance, the results per model (findings, links to the SR and the DiagnosticReport) and the
+overlay Secondary Captures.  A study whose instances the gateway refused at intake is listed too, status
+``refused``, its ``detail`` the status, the sender and the reason (bounded, control characters removed;
+:func:`dicom_gateway.ledger.record_refusal`), with no instance.  ``GET /v1/overlay/{study_uid}/{name}.png`` renders a stored
+Secondary Capture (``results/<study>/SC-<uid>.dcm``, one the results table records) to PNG for the
+browser.  One audit row each.
+"""
+from __future__ import annotations
+
+import io
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from dicom_gateway.uids import is_uid
+from serving.fhir.report import report_id
+from serving.http.context import current
+from serving.imaging.findings import recorded_result
+
+LIMIT = 100
+_NAME = re.compile(r"SC-[0-9.]{1,64}")
+router = APIRouter()
+
+
+@lru_cache(maxsize=512)
+def _header(path: str) -> dict[str, str]:
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - a spool file may be gone; the worklist still answers
+        return {}
+    return {"patient_id": str(ds.get("PatientID", "")), "modality": str(ds.get("Modality", "")),
+            "description": str(ds.get("StudyDescription", "")), "accession": str(ds.get("AccessionNumber", ""))}
+
+
+def _results(study_uid: str, results: list[dict]) -> list[dict[str, Any]]:
+    by_model: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        summary = r["summary"]
+        key = (summary.get("model", "?"), summary.get("version", "?"))
+        entry = by_model.setdefault(key, {
+            "model": key[0], "version": key[1], "findings": [], "sr": [], "overlays": [],
+            "report": f"/fhir/DiagnosticReport/{report_id(study_uid, *key)}"})
+        name = Path(r["path"]).name if r.get("path") else None
+        if r["kind"] == "sr" and name:
+            entry["sr"].append(f"/v1/results/{study_uid}/{name}")
+            entry["findings"].extend(summary.get("findings", []))
+        elif r["kind"] == "sc" and name:
+            entry["overlays"].append(f"/v1/overlay/{study_uid}/{Path(name).stem}.png")
+        elif r["kind"] == "seg" and name:
+            entry.setdefault("seg", []).append(f"/v1/results/{study_uid}/{name}")
+    return list(by_model.values())
+
+
+def worklist(store, limit: int = LIMIT) -> list[dict[str, Any]]:
+    studies = store.query("SELECT * FROM studies ORDER BY received_at DESC LIMIT ?", (limit,))
+    out = []
+    for s in studies:
+        instances = store.instances_of(s["study_uid"])
+        header = _header(instances[0]["path"]) if instances else {}
+        out.append({"study_uid": s["study_uid"], "status": s["status"], "route": s["route"],
+                    "detail": s["detail"], "received_at": s["received_at"], "updated_at": s["updated_at"],
+                    "instances": len(instances), **header,
+                    "results": _results(s["study_uid"], store.results_of(s["study_uid"]))})
+    return out
+
+
+@router.get("/v1/worklist")
+async def get_worklist(request: Request) -> dict:
+    ctx = current()
+    studies = await run_in_threadpool(worklist, ctx.store())
+    ctx.record(request, "search", resource_type="ImagingStudy", query="worklist",
+               detail=f"{len(studies)} studies")
+    return {"studies": studies}
+
+
+def render_png(path: Path, max_side: int = 1024) -> bytes:
+    """A stored (RGB or grayscale) Secondary Capture as 8-bit PNG, at most ``max_side`` pixels."""
+    from PIL import Image
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    pixels = ds.pixel_array
+    if pixels.ndim == 4 or (pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 1):
+        pixels = pixels[0]
+    if pixels.dtype != np.uint8:
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = ((pixels - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        pixels = 255 - pixels
+    image = Image.fromarray(pixels)
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@router.get("/v1/overlay/{study_uid}/{name}.png")
+async def overlay_png(study_uid: str, name: str, request: Request) -> Response:
+    ctx = current()
+    if not is_uid(study_uid) or not _NAME.fullmatch(name):
+        return JSONResponse({"error": "the study must be a UID (PS3.5 9.1) and the name SC-<SOP Instance UID>, "
+                                      f"{study_uid[:80]!r} and {name[:80]!r} are given"}, status_code=400)
+    path = await run_in_threadpool(recorded_result, ctx.store(), ctx.state_dir / "results", study_uid,
+                                   f"{name}.dcm")
+    if path is None:
+        ctx.record(request, "read", "not-found", study_uid=study_uid, resource_type="Media", detail=name)
+        return JSONResponse({"error": "no such overlay"}, status_code=404)
+    data = await run_in_threadpool(render_png, path)
+    ctx.record(request, "read", study_uid=study_uid, resource_type="Media", detail=name)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

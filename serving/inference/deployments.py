@@ -1,0 +1,199 @@
+"""The model deployment: one Ray Serve deployment per registered model, batching concurrent requests.
+
+The served version lives in the deployment's ``user_config`` (``{"version": ..., "shadow_version":
+..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``).  Changing it (``medgate models deploy
+tb@1.1.0``) makes Ray Serve call :meth:`ModelDeployment.reconfigure` on the running replicas: the
+new version is loaded and warmed up beside the old one, then swapped in with one assignment, so
+requests keep succeeding throughout.  A shadow version runs on the same batches; its results are
+logged and counted, never returned.
+
+A multi-class model's classes are reported (:meth:`Loaded.info`, read by the imaging pipeline to
+code its findings) with the site's codes in place of the model card's where the deployment
+options give ``class_codes`` (configuration ``class_codes.<model>``:
+:func:`models.coding_scheme.map_classes`), checked when the version is loaded.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from models.coding_scheme import map_classes
+from models.registry import ModelManifest, ModelRegistry
+from serving.inference.engines import create_engine
+from serving.inference.runners import make_runner
+
+log = logging.getLogger("medgate.serving")
+
+#: Batch-size histogram buckets reported by :meth:`ModelDeployment.stats`.
+BATCH_HISTORY = 1000
+
+
+@dataclass
+class Loaded:
+    """One loaded model version: manifest, engine, runner and the classes it reports (the card's,
+    with the site's ``class_codes`` applied; None for a single-finding model)."""
+
+    manifest: ModelManifest
+    engine: Any
+    runner: Any
+    classes: list[dict[str, Any]] | None = None
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"name": m.name, "version": m.version, "engine": self.engine.name,
+                "device": self.engine.device, "input_size_px": m.input_size_px, "threshold": m.threshold,
+                "finding": {"value": m.finding.value, "scheme": m.finding.scheme, "meaning": m.finding.meaning}
+                if m.finding else None, "classes": self.classes,
+                "operating_point": m.raw.get("operating_point"), "intended_use": m.intended_use}
+
+
+def site_classes(manifest: ModelManifest, class_codes: dict[str, dict[str, str]] | None) -> list[dict] | None:
+    """The classes ``manifest`` reports with the site's ``class_codes`` (class name -> code) applied.
+
+    Raises
+    ------
+    ValueError
+        ``class_codes`` given for a model without classes, or naming a class it does not have.
+    """
+    classes = manifest.raw.get("classes")
+    if not class_codes:
+        return classes
+    if not classes:
+        raise ValueError(f"class_codes.{manifest.name} is given, but {manifest.name} {manifest.version} "
+                         f"reports one finding, no classes.")
+    try:
+        return map_classes(classes, class_codes)
+    except ValueError as exc:
+        raise ValueError(f"class_codes.{manifest.name} ({manifest.name} {manifest.version}): {exc}") from None
+
+
+def load_version(model: str, version: str | None, options: dict[str, Any]) -> Loaded:
+    """Load, verify (sha256) and warm up ``model@version`` (latest when None); ``options``
+    ``class_codes``: the site's codes of its classes (:func:`site_classes`)."""
+    manifest = ModelRegistry().get(model, version)
+    manifest.verify()
+    classes = site_classes(manifest, options.get("class_codes"))
+    engine = create_engine(manifest.path.parent, manifest.path.name, engine=options.get("engine", "auto"),
+                           device=options.get("device", "auto"), precision=options.get("precision", "fp32"),
+                           max_batch_size=options.get("max_batch_size", 16))
+    loaded = Loaded(manifest, engine, make_runner(model, engine, manifest), classes)
+    engine.warmup()
+    return loaded
+
+
+class ModelServer:
+    """One model's versions, engine calls, shadow runs and counters; no Ray (see ModelDeployment)."""
+
+    def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.options = dict(options or {})
+        self.active: Loaded | None = None
+        self.shadow: Loaded | None = None
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=BATCH_HISTORY)
+        self.requests = self.failures = self.ongoing = self.shadow_runs = 0
+        self.shadow_log: collections.deque[dict] = collections.deque(maxlen=100)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> dict[str, Any]:
+        """Load the configured version (and shadow) beside the current one, then swap them in."""
+        options = {**self.options, **(user_config or {})}
+        version = options.get("version") or ModelRegistry().get(self.model).version
+        if self.active is None or self.active.manifest.version != version:
+            loaded = load_version(self.model, version, options)
+            previous, self.active = self.active, loaded
+            log.info("%s: serving version %s (was %s)", self.model, loaded.manifest.version,
+                     previous.manifest.version if previous else "none")
+        shadow = options.get("shadow_version")
+        self.shadow = load_version(self.model, shadow, options) if shadow else None
+        return options
+
+    def info(self) -> dict[str, Any]:
+        info = self.active.info()
+        info["shadow_version"] = self.shadow.manifest.version if self.shadow else None
+        return info
+
+    def stats(self) -> dict[str, Any]:
+        gpu_bytes = 0
+        if self.active and self.active.engine.device == "cuda":
+            import torch
+
+            gpu_bytes = int(torch.cuda.memory_allocated())
+        return {"model": self.model, "version": self.active.manifest.version, "requests": self.requests,
+                "failures": self.failures, "ongoing": self.ongoing, "batch_sizes": list(self.batch_sizes),
+                "shadow_runs": self.shadow_runs, "gpu_memory_bytes": gpu_bytes}
+
+    def run_batch(self, items: list[Any]) -> list[dict[str, Any]]:
+        """Run one batch on the active version (and the shadow, whose replies are only logged)."""
+        active, shadow = self.active, self.shadow
+        start = time.perf_counter()
+        replies = active.runner.run(items)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        if len(replies) != len(items):
+            raise RuntimeError(f"{self.model}: runner returned {len(replies)} replies for {len(items)} items")
+        self.batch_sizes.append(len(items))
+        if shadow is not None:
+            shadow_replies = shadow.runner.run(items)
+            self.shadow_runs += len(items)
+            self.shadow_log.append({"version": shadow.manifest.version, "batch_size": len(items),
+                                    "replies": [_summary(r) for r in shadow_replies],
+                                    "active": [_summary(r) for r in replies]})
+            log.info("%s shadow %s: %s", self.model, shadow.manifest.version, self.shadow_log[-1]["replies"])
+        meta = {"model": self.model, "version": active.manifest.version, "batch_size": len(items),
+                "inference_ms": round(elapsed_ms, 3)}
+        return [{**meta, **reply} for reply in replies]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256)
+class ModelDeployment:
+    """Serves one model with ``@serve.batch``; each request is one preprocessed item."""
+
+    def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
+        self.core = ModelServer(model, options)
+        if not self.core.options.get("defer_load"):
+            self.reconfigure({})
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        options = self.core.reconfigure(user_config)
+        self.predict.set_max_batch_size(int(options.get("max_batch_size", 16)))
+        self.predict.set_batch_wait_timeout_s(float(options.get("batch_wait_timeout_s", 0.01)))
+
+    def info(self) -> dict[str, Any]:
+        return self.core.info()
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    def shadow_results(self) -> list[dict]:
+        return list(self.core.shadow_log)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def predict(self, items: list[Any]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.core.run_batch, items)
+
+    async def __call__(self, item: Any) -> dict[str, Any]:
+        core = self.core
+        core.requests += 1
+        core.ongoing += 1
+        try:
+            return await self.predict(item)
+        except Exception:
+            core.failures += 1
+            raise
+        finally:
+            core.ongoing -= 1
+
+
+def _summary(reply: dict[str, Any]) -> dict[str, Any]:
+    """Small, JSON-friendly view of a reply for the shadow log (scalars and small arrays only)."""
+    out = {}
+    for key, value in reply.items():
+        array = np.asarray(value) if not isinstance(value, (dict, list, str)) else None
+        if array is not None and array.size <= 16:
+            out[key] = array.round(4).tolist()
+    return out

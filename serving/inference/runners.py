@@ -1,0 +1,80 @@
+"""How a model deployment turns a batch of request items into engine calls and per-item replies.
+
+A runner is chosen by model name.  Items arrive already preprocessed by the gateway or the HTTP
+ingress (decoded, resampled, windowed): the batched hot path only stacks arrays, runs the engine
+once per batch and splits the outputs, with no per-pixel Python work.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from models.registry import ModelManifest
+from serving.inference.engine_base import Engine
+
+
+class StackRunner:
+    """Fixed-shape items: one sample (an image ``(C,S,S)``, a vitals window ``(T,F)``) or a whole batch
+    of samples (``(N,T,F)``: many beds in one request). Items are joined along the batch axis, run in
+    as few engine calls as the engine's maximum batch allows, and the outputs split back per item."""
+
+    def __init__(self, engine: Engine, manifest: ModelManifest) -> None:
+        self.engine, self.manifest = engine, manifest
+        self.input_name = engine.input_names[0]
+        self.rank = len(engine.input_shapes[0])
+        self.max_batch = engine.buckets[-1] if getattr(engine, "device", "cpu") == "cuda" else None
+
+    def run(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
+        arrays = [np.asarray(item, dtype=np.float32) for item in items]
+        if any(a.ndim not in (self.rank - 1, self.rank) for a in arrays):
+            raise ValueError(f"items must have {self.rank - 1} dims (one sample) or {self.rank} (a batch), "
+                             f"shapes {[a.shape for a in arrays]} are given.")
+        batches = [a if a.ndim == self.rank else a[None] for a in arrays]
+        shapes = {b.shape[1:] for b in batches}
+        if len(shapes) != 1:
+            raise ValueError(f"items in one batch must share a shape, {sorted(shapes)} are given.")
+        joined = np.concatenate(batches)
+        step = self.max_batch or len(joined)
+        parts = [self.engine.run({self.input_name: joined[i:i + step]}) for i in range(0, len(joined), step)]
+        outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        replies, start = [], 0
+        for array, batch in zip(arrays, batches):
+            end = start + len(batch)
+            single = array.ndim == self.rank - 1
+            replies.append({name: out[start] if single else out[start:end] for name, out in outputs.items()})
+            start = end
+        return replies
+
+
+class VolumeRunner:
+    """Whole volumes (``{"volume": (Z,Y,X) HU, "spacing_mm": ...}``), one at a time: the model package's
+    ``serve_volume`` does sliding-window inference with the engine running batches of fixed-size
+    patches, then post-processing (shared with training evaluation)."""
+
+    def __init__(self, engine: Engine, manifest: ModelManifest, serve_volume: Callable[..., dict]) -> None:
+        self.engine, self.manifest, self.serve_volume = engine, manifest, serve_volume
+        self.input_name, self.output_name = engine.input_names[0], engine.output_names[0]
+        self.max_batch = engine.buckets[-1] if getattr(engine, "device", "cpu") == "cuda" else None
+
+    def _run_patches(self, patches: np.ndarray) -> np.ndarray:
+        patches = patches.astype(np.float32, copy=False)
+        step = self.max_batch or len(patches)
+        return np.concatenate([self.engine.run({self.input_name: patches[i:i + step]})[self.output_name]
+                               for i in range(0, len(patches), step)])
+
+    def run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self.serve_volume(self._run_patches, item["volume"], item.get("spacing_mm"), self.manifest.raw)
+                for item in items]
+
+
+#: Model name -> runner kind. Unknown models default to ``stack``.
+RUNNER_KINDS = {"tb": "stack", "derm": "stack", "vitals": "stack", "nodule": "volume"}
+
+
+def make_runner(model: str, engine: Engine, manifest: ModelManifest):
+    if RUNNER_KINDS.get(model, "stack") == "stack":
+        return StackRunner(engine, manifest)
+    from importlib import import_module
+
+    return VolumeRunner(engine, manifest, import_module(f"models.{model}.serving").serve_volume)
