@@ -23,6 +23,7 @@ from pydicom import uid as sop
 from pynetdicom import sop_class as sc
 
 from dicom_gateway import ledger
+from dicom_gateway.config import DicomConfig
 from dicom_gateway.header import palette_problem
 from dicom_gateway.pixels import ImageInput, PixelDataError, check_decodable
 from dicom_gateway.retention import below_watermark
@@ -32,6 +33,8 @@ from dicom_gateway.storage import PRIVATE_DIR_MODE, DirectWriter, instance_path
 from dicom_gateway.uids import check_uid
 from kernel.correlation import bind, reset
 from models.registry import ModelNotFoundError, ModelRegistry
+
+_DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the constructor's defaults
 
 log = logging.getLogger("medgate.dicom")
 
@@ -128,8 +131,8 @@ class Intake:
     temp file, fsync, rename; the SCP uses :class:`dicom_gateway.slots.SlotPool`).  What each
     routed model reads is its registered metadata's (:func:`registered_image_input`)."""
 
-    def __init__(self, store, spool: Path, rules: tuple[Rule, ...], *, group_by: str = "study",
-                 min_free_bytes: int = 0, writer=None) -> None:
+    def __init__(self, store, spool: Path, rules: tuple[Rule, ...], *, group_by: str = _DICOM.completion.group_by,
+                 min_free_bytes: int = _DICOM.storage.min_free_bytes, writer=None) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         self.store, self.spool, self.rules = store, Path(spool), rules

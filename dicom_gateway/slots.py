@@ -51,7 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dicom_gateway.config import DicomConfig
 from dicom_gateway.storage import Buffers, DirectWrite, as_views, fsync_directory, pwritev_all
+
+_DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the constructor's defaults
 
 log = logging.getLogger("medgate.dicom")
 
@@ -164,7 +167,7 @@ class SlotPool:
     in demand (at least ``min_slots``, at most ``max_slots``); a size not asked for in ``idle_s``
     is given up and its slots deleted.  Slot sizes are multiples of ``granule`` bytes."""
 
-    def __init__(self, folder: Path, *, pool_bytes: int = 256 << 20, granule: int = 64 << 10,
+    def __init__(self, folder: Path, *, pool_bytes: int = _DICOM.storage.slot_pool_bytes, granule: int = 64 << 10,
                  min_slots: int = 4, max_slots: int = 512, batch: int = 16, idle_s: float = 3600.0,
                  finish_interval_s: float = 0.2, refill_pause_s: float = 0.5) -> None:
         self.folder = Path(folder)

@@ -110,7 +110,7 @@ class StowReceiver:
 
     @property
     def min_free_bytes(self) -> int:
-        return int(self.settings.get("min_free_bytes", 0))
+        return int(self.settings.get("min_free_bytes", _DICOM.storage.min_free_bytes))
 
     @property
     def parts_folder(self) -> Path:

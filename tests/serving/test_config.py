@@ -123,6 +123,7 @@ def test_the_database_path_is_the_store_s():
 #: ``_IOMT``), never written again beside it.
 SECTION_READERS = (
     "dicom_gateway.scp:StorageScp", "dicom_gateway.completion:StudyAssembler", "dicom_gateway.acceptor:Acceptor",
+    "dicom_gateway.intake:Intake",
     "iomt.bridge:VitalsBridge", "iomt.bridge:broker_address", "iomt.pipeline:VitalsPipeline",
     "iomt.risk:RiskScorer", "iomt.alerts:AlertPolicy", "iomt.sink:ResourceSink", "iomt.workers:WorkerSpec",
     "iomt.mqtt_client:MqttOptions", "iomt.state:StateTable",
