@@ -40,7 +40,7 @@ from pydicom.errors import InvalidDicomError
 
 from iomt import vital_records
 from training.synthetic.dicom import make_dx_dataset
-from peers import (FhirRecorder, broker, find_peer, free_port, start_storescp, stop_process, storescu,
+from peers import (FhirRecorder, broker, free_port, require_peer, start_storescp, stop_process, storescu,
                    wait_until)
 from server_process import ServerProcess
 from serving.store import Store
@@ -58,8 +58,7 @@ TB_REPLICA = "ray::ServeReplica:medgate:tb"  # process title of the tb model rep
 @pytest.fixture(scope="module", autouse=True)
 def peers_installed():
     for name, package in (("storescu", "dcmtk"), ("storescp", "dcmtk"), ("mosquitto", "mosquitto")):
-        if find_peer(name) is None:
-            pytest.skip(reason=f"{name} not installed (Debian package {package}; `make test` installs it as root)")
+        require_peer(name, package)
     print(f"fault seed {SEED} (set MEDGATE_FAULT_SEED={SEED} to repeat)")
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from training.synthetic.dicom import make_dx_dataset
-from peers import (FhirRecorder, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, wait_for_port,
-                   wait_until)
+from peers import (FhirRecorder, dciodvfy_errors, find_peer, free_port, require_peer, start_storescp, stop_process,
+                   wait_for_port, wait_until)
 from server_process import ServerProcess
 from serving.fhir.report import report_id
 from training.synthetic.cxr import generate_cxr
@@ -44,8 +44,7 @@ def orthanc_api(port: int, path: str, body: bytes | dict | None = None):
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory):
     for name, package in (("Orthanc", "orthanc"), ("storescp", "dcmtk"), ("dciodvfy", "dicom3tools")):
-        if find_peer(name) is None:
-            pytest.skip(reason=f"{name} not installed (Debian package {package}; `make test` installs it as root)")
+        require_peer(name, package)
     root = tmp_path_factory.mktemp("roundtrip")
     medgate_port, http_port = free_port(), free_port()
     orthanc = {"http": free_port(), "dicom": free_port()}

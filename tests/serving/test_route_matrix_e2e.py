@@ -35,7 +35,8 @@ import pytest
 from dicom_gateway.dimse import error_comment
 from dicom_gateway.status import StoreStatus
 from dicom_testdata import make_ct_series, make_photo_dataset
-from peers import DCMTK_ENV, dciodvfy_errors, find_peer, free_port, start_storescp, stop_process, storescu, wait_until
+from peers import (DCMTK_ENV, dciodvfy_errors, find_peer, free_port, require_peer, start_storescp, stop_process, storescu,
+                   wait_until)
 from server_process import ServerProcess
 from serving.http.stow import STOW_CALLING_AE
 from training.synthetic.dicom import make_dx_dataset
@@ -123,8 +124,7 @@ def _cells(folder: Path) -> list[Cell]:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
     for name, package in (("storescp", "dcmtk"), ("dcmcjpeg", "dcmtk"), ("dciodvfy", "dicom3tools")):
-        if find_peer(name) is None:
-            pytest.skip(reason=f"{name} not installed (Debian package {package}; `make test` installs it as root)")
+        require_peer(name, package)
     root = tmp_path_factory.mktemp("matrix")
     pacs_port, dicom_port, http_port = free_port(), free_port(), free_port()
     pacs = start_storescp(pacs_port, root / "pacs")

@@ -14,7 +14,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from peers import DCMTK_ENV, find_peer, free_port, stop_process, wait_until
+from peers import DCMTK_ENV, find_peer, free_port, require_peer, stop_process, wait_until
 from server_process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset
@@ -23,8 +23,7 @@ from training.synthetic.dicom import make_dx_dataset
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     for name, package in (("storescp", "dcmtk"), ("dciodvfy", "dicom3tools")):
-        if find_peer(name) is None:
-            pytest.skip(reason=f"{name} not installed (Debian package {package}; `make test` installs it as root)")
+        require_peer(name, package)
     root = tmp_path_factory.mktemp("medgate")
     pacs_port, pacs_dir = free_port(), root / "pacs"
     pacs_dir.mkdir()
