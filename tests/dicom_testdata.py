@@ -302,3 +302,63 @@ def _add_palette(ds: Dataset, rgb: np.ndarray) -> None:
     for index, colour in enumerate(("Red", "Green", "Blue")):
         setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
         setattr(ds, f"{colour}PaletteColorLookupTableData", palette[:, index].astype("<u2").tobytes())
+
+
+#: Transfer syntaxes (PS3.5 Annex A) :func:`transcode` writes, and how: DCMTK ``dcmconv`` for the
+#: native encodings, ``dcmcjpeg`` for JPEG (PS3.5 A.4.1), pydicom's encoders (:meth:`Dataset.compress`:
+#: pyjpegls, pylibjpeg-openjpeg, pydicom's RLE) for JPEG-LS, JPEG 2000 and RLE.  JPEG Baseline is
+#: 8-bit: ``dcmcjpeg`` requantises 12-bit samples to 8 bits.
+DCMTK_TRANSCODERS = {
+    "1.2.840.10008.1.2": ("dcmconv", "+ti"),  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99": ("dcmconv", "+td"),  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": ("dcmconv", "+tb"),  # Explicit VR Big Endian (retired, still accepted)
+    "1.2.840.10008.1.2.4.50": ("dcmcjpeg", "+eb"),  # JPEG Baseline (Process 1), 8-bit
+    "1.2.840.10008.1.2.4.51": ("dcmcjpeg", "+ee"),  # JPEG Extended (Process 2 and 4), 8 or 12-bit
+    "1.2.840.10008.1.2.4.57": ("dcmcjpeg", "+el"),  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70": ("dcmcjpeg", "+e1"),  # JPEG Lossless, Selection Value 1
+}
+#: pydicom encoder options of a lossy syntax: JPEG-LS NEAR 2 (PS3.5 A.4.3); JPEG 2000 at 10:1.
+PYDICOM_TRANSCODERS = {
+    "1.2.840.10008.1.2.4.80": {},  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": {"jls_error": 2},  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": {},  # JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91": {"j2k_cr": [10]},  # JPEG 2000 (lossy)
+    "1.2.840.10008.1.2.5": {},  # RLE Lossless
+}
+TRANSCODED_SYNTAXES = tuple(DCMTK_TRANSCODERS) + tuple(PYDICOM_TRANSCODERS)
+
+
+def transcode(ds: Dataset, syntax: str, folder) -> Dataset:
+    """``ds`` (native Pixel Data) re-encoded in the transfer syntax ``syntax``, one of
+    :data:`TRANSCODED_SYNTAXES`, as read back from the Part 10 file written in ``folder``
+    (its ``filename``: send that file, since pydicom does not write every syntax it reads).
+
+    Raises
+    ------
+    ValueError
+        ``syntax`` is not one of :data:`TRANSCODED_SYNTAXES`.
+    subprocess.CalledProcessError
+        The DCMTK tool refused the image (its stderr says why).
+    """
+    import copy
+    import subprocess
+    from pathlib import Path
+
+    from pydicom import dcmread
+
+    from peers import DCMTK_ENV, find_peer
+
+    if syntax not in TRANSCODED_SYNTAXES:
+        raise ValueError(f"syntax must be one of {TRANSCODED_SYNTAXES}, {syntax!r} is given.")
+    folder = Path(folder)
+    source, target = folder / f"{ds.SOPInstanceUID}.dcm", folder / f"{ds.SOPInstanceUID}-{syntax}.dcm"
+    if syntax in DCMTK_TRANSCODERS:
+        ds.save_as(source, enforce_file_format=True)
+        tool, option = DCMTK_TRANSCODERS[syntax]
+        subprocess.run([find_peer(tool), option, str(source), str(target)], env=DCMTK_ENV, check=True,
+                       capture_output=True, timeout=60)
+    else:
+        encoded = copy.deepcopy(ds)
+        encoded.compress(syntax, **PYDICOM_TRANSCODERS[syntax])
+        encoded.save_as(target, enforce_file_format=True)
+    return dcmread(target)

@@ -1,18 +1,27 @@
 """Every route, SOP class, photometric and transfer syntax the gateway accepts, end to end.
 
 One ``medgate serve`` (Ray Serve, the real models) and one DCMTK ``storescp`` PACS for the whole
-matrix; small images.  Each cell is one study sent by DCMTK ``storescu`` (``-R``: proposing the file's
-own SOP class, which its default list lacks for Video Photographic; the file's own transfer syntax;
-``-d``: each response status printed, without which storescu says nothing of a refusal) or by
-STOW-RS, and must end in one of:
+matrix; small images.  Each route's representative instance (tb: DX; nodule: a 6-slice CT series;
+derm: a VL Photographic RGB photo) is sent once in every transfer syntax
+:func:`dicom_testdata.transcode` writes (every one the gateway decodes but High-Throughput JPEG 2000,
+which no installed encoder writes); the derm route also in every SOP class and photometric a camera or
+dermatoscope sends; SOP classes the gateway stores but routes to no model, too.  Each cell is one study
+sent by DCMTK ``storescu`` (``-R``: proposing the file's own SOP class, which its default list lacks
+for Video Photographic; :data:`PROPOSE`: the file's own transfer syntax, which the gateway must have
+received, as its spool file shows; ``-d``: each response status printed, without which storescu says
+nothing of a refusal) or by STOW-RS (JPEG Lossless Process 14, which storescu cannot propose without a
+configuration file, and a syntax the gateway negotiates but cannot decode), and must end in one of:
 
 * ``result``: the sender was answered success (C-STORE 0x0000; STOW-RS 200, no Failed SOP Sequence),
   the worklist shows the study ``done`` and the SR (and, for 2D models, the overlay SC) of that study
   reach the PACS, ``dciodvfy`` clean (no Error line);
-* ``refused``: the sender was answered the named refusal (C-STORE 0xC001 NOT_READABLE_BY_MODEL, with the
-  reason in Error Comment (0000,0902); STOW-RS 409, Failure Reason 0xC001), the gateway's log names the
-  instance and the reason, the worklist shows the study ``refused`` with the reason and the sender, and
-  nothing was stored: the study has no instance and the PACS received nothing.
+* ``unrouted``: success told, the study ``unrouted`` on the worklist with all its instances, nothing
+  sent to the PACS;
+* ``refused``: the sender was answered the named refusal (C-STORE 0xC001 NOT_READABLE_BY_MODEL or
+  0xC000 CANNOT_UNDERSTAND, with the reason in Error Comment (0000,0902); STOW-RS 409 with that Failure
+  Reason), the gateway's log names the instance and the reason, the worklist shows the study
+  ``refused`` with the reason and the sender, and nothing was stored: the study has no instance and the
+  PACS received nothing.
 
 The matrix is printed (``-s``), cell by cell, with its outcome.
 """
@@ -21,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -34,15 +42,21 @@ import pytest
 
 from dicom_gateway.dimse import error_comment
 from dicom_gateway.status import StoreStatus
-from dicom_testdata import make_ct_series, make_photo_dataset
-from peers import (DCMTK_ENV, dciodvfy_errors, find_peer, free_port, require_peer, start_storescp, stop_process, storescu,
+from dicom_testdata import TRANSCODED_SYNTAXES, make_ct_series, make_photo_dataset, transcode
+from peers import (dciodvfy_errors, free_port, require_peer, start_storescp, stop_process, storescu,
                    wait_until)
 from server_process import ServerProcess
 from serving.http.stow import STOW_CALLING_AE
 from training.synthetic.dicom import make_dx_dataset
 
-#: storescu option proposing a compressed transfer syntax (PS3.5 Annex A) besides the native ones.
-PROPOSE = {"1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx"}
+#: storescu option proposing a file's transfer syntax (PS3.5 Annex A): without one storescu proposes
+#: the native syntaxes, Explicit VR Little Endian first, and converts native files to it.
+PROPOSE = {"1.2.840.10008.1.2": "-xi", "1.2.840.10008.1.2.1.99": "-xd", "1.2.840.10008.1.2.2": "-xb",
+           "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.70": "-xs",
+           "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu", "1.2.840.10008.1.2.4.90": "-xv",
+           "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.5": "-xr"}
+#: JPEG XL (PS3.5 A.4.12): negotiated (pynetdicom's full list), decoded by no installed plugin.
+JPEG_XL = "1.2.840.10008.1.2.4.112"
 #: The C-STORE response status as ``storescu -d`` prints it ("DIMSE Status : 0xc001: Error: ...").
 DIMSE_STATUS = re.compile(r"DIMSE Status\s*: 0x([0-9a-fA-F]{4})")
 #: The Error Comment of a C-STORE response as ``storescu -d`` prints it ("(0000,0902) LO [why] # ...").
@@ -58,8 +72,9 @@ class Cell:
     route: str
     name: str
     datasets: list
-    outcome: str  # "result" | "refused"
-    reason: str = ""  # part of the refusal the gateway logs
+    outcome: str  # "result" | "unrouted" | "refused"
+    reason: str = ""  # the start of the refusal's reason the gateway logs
+    status: int = StoreStatus.NOT_READABLE_BY_MODEL  # of a refusal
     via: str = "c-store"  # "c-store" | "stow-rs"
     comments: list = field(default_factory=list)  # the Error Comments storescu printed
 
@@ -81,25 +96,60 @@ def _skin(rows: int = 64, columns: int = 64) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def _jpeg12(ds, folder: Path):
-    source, target = folder / f"{ds.SOPInstanceUID}.dcm", folder / f"{ds.SOPInstanceUID}-jpeg12.dcm"
-    ds.save_as(source, enforce_file_format=True)
-    subprocess.run([find_peer("dcmcjpeg"), "+ee", str(source), str(target)], env=DCMTK_ENV, check=True,
-                   capture_output=True, timeout=60)
-    return pydicom.dcmread(target)
+def _retyped(datasets: list, sop_class: str, modality: str, **attributes) -> list:
+    """``datasets`` as one new study of another SOP class and Modality (the same pixels)."""
+    study = pydicom.uid.generate_uid()
+    for ds in datasets:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.StudyInstanceUID, ds.Modality = study, modality
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+    return datasets
+
+
+def _jpeg_xl(ds):
+    """``ds`` with its Pixel Data encapsulated as JPEG XL (a codestream signature, PS3.5 A.4.12):
+    a syntax the gateway negotiates and no installed decoder reads."""
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x0a" + bytes(62)])
+    ds.file_meta.TransferSyntaxUID = JPEG_XL
+    return ds
 
 
 def _cells(folder: Path) -> list[Cell]:
     rng = np.random.default_rng(19)
     chest = rng.integers(500, 3500, (96, 96)).astype(np.uint16)
     frames = np.stack([_skin()] * 3)
-    colour = "derm, which cannot read it: a colour (RGB) image is required, Photometric Interpretation MONOCHROME2"
-    single = "derm, which cannot read it: a 2D image model reads single-frame images, Number of Frames 3"
+
+    def volume():
+        return rng.integers(0, 1400, (6, 32, 32)).astype(np.uint16)
+
+    colour = ("routed to derm, which cannot read it: a colour (RGB) image is required, Photometric "
+              "Interpretation MONOCHROME2")
+    single = "routed to derm, which cannot read it: a 2D image model reads single-frame images, Number of Frames 3"
+    representative = {"tb": lambda: [make_dx_dataset(chest)], "nodule": lambda: make_ct_series(volume()),
+                      "derm": lambda: [make_photo_dataset(_skin())]}
     cells = [
         Cell("tb", "DX", [make_dx_dataset(chest)], "result"),
+        Cell("tb", "DX", [make_dx_dataset(chest)], "result", via="stow-rs"),
         Cell("tb", "CR", [make_dx_dataset(chest, sop_class="CR")], "result"),
-        Cell("tb", "DX 12-bit JPEG", [_jpeg12(make_dx_dataset(chest), folder)], "result"),
-        Cell("nodule", "CT", make_ct_series(rng.integers(0, 1400, (6, 32, 32)).astype(np.uint16)), "result"),
+        Cell("nodule", "CT", make_ct_series(volume()), "result"),
+    ]
+    for syntax in TRANSCODED_SYNTAXES:
+        via = "c-store" if syntax in PROPOSE else "stow-rs"
+        cells += [Cell(route, syntax, [transcode(ds, syntax, folder) for ds in make()], "result", via=via)
+                  for route, make in representative.items()]
+    cells += [
+        Cell("tb", "DX JPEG XL", [_jpeg_xl(make_dx_dataset(chest))], "refused", "pixel data cannot be decoded",
+             StoreStatus.CANNOT_UNDERSTAND, via="stow-rs"),
+        Cell("-", "MR", _retyped(make_ct_series(volume()), pydicom.uid.MRImageStorage, "MR",
+                                 ScanningSequence="GR", SequenceVariant="NONE", ScanOptions="",
+                                 MRAcquisitionType="2D", EchoTime=5, RepetitionTime=20, EchoTrainLength=1,
+                                 MagneticFieldStrength=1.5, ImagedNucleus="1H", ImageType=["ORIGINAL", "PRIMARY", "M"]),
+             "unrouted"),
+        Cell("-", "CT abdomen", _retyped(make_ct_series(volume()), pydicom.uid.CTImageStorage, "CT",
+                                         BodyPartExamined="ABDOMEN"), "unrouted"),
+        Cell("-", "DX abdomen", [make_dx_dataset(chest, body_part="ABDOMEN")], "unrouted"),
+        Cell("-", "DX abdomen", [make_dx_dataset(chest, body_part="ABDOMEN")], "unrouted", via="stow-rs"),
     ]
     for via in ("c-store", "stow-rs"):
         cells += [
@@ -146,11 +196,19 @@ def running(tmp_path_factory):
         print(server.log_tail())
 
 
-def _stow(running, ds) -> tuple[int, dict]:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    body = (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buffer.getvalue()
-            + f"\r\n--{BOUNDARY}--\r\n".encode())
+def _part10(ds, folder: Path) -> Path:
+    """The Part 10 file of ``ds``: the one it was read from (pydicom does not write every syntax it
+    reads, Big Endian among them), else written to ``folder``."""
+    if isinstance(getattr(ds, "filename", None), str) and Path(ds.filename).is_file():
+        return Path(ds.filename)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _stow(running, paths: list[Path]) -> tuple[int, dict]:
+    body = b"".join(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes()
+                    + b"\r\n" for path in paths) + f"--{BOUNDARY}--\r\n".encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{running['http_port']}/dicomweb/studies", data=body, method="POST",
         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
@@ -165,17 +223,13 @@ def _stow(running, ds) -> tuple[int, dict]:
 def _send(running, cell: Cell, folder: Path) -> list[int]:
     """Send ``cell``; the status the sender was told for each instance (STOW-RS: 0x0000 for each
     Referenced SOP Sequence item, the Failure Reason of each Failed SOP Sequence item)."""
+    paths = [_part10(ds, folder) for ds in cell.datasets]
     if cell.via == "stow-rs":
-        code, reply = _stow(running, cell.datasets[0])
+        code, reply = _stow(running, paths)
         stored = [StoreStatus.SUCCESS] * len(reply.get("00081199", {}).get("Value", []))
         failed = [item["00081197"]["Value"][0] for item in reply.get("00081198", {}).get("Value", [])]
         assert code == (200 if not failed else 409), (code, reply)  # PS3.18 10.5.3
         return stored + failed
-    paths = []
-    for ds in cell.datasets:
-        path = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
     syntax = str(cell.datasets[0].file_meta.TransferSyntaxUID)
     extra = ("-d", "-R", "-nh") + ((PROPOSE[syntax],) if syntax in PROPOSE else ())
     result = storescu(running["dicom_port"], *paths, extra=extra)
@@ -197,15 +251,16 @@ def test_route_matrix_end_to_end(running, tmp_path):
     start = time.monotonic()
     cells = _cells(tmp_path)
     told = {cell.study: _send(running, cell, tmp_path) for cell in cells}
-    server, pacs = running["server"], running["root"] / "pacs"
+    server, pacs, spool = running["server"], running["root"] / "pacs", running["root"] / "var" / "spool"
     results = [c for c in cells if c.outcome == "result"]
+    final = {"result": ("done", "failed"), "unrouted": ("unrouted",), "refused": ("refused",)}
 
     last: dict = {}
 
     def settled():
         status, body = server.http_get("/v1/worklist")
         last.update({s["study_uid"]: s for s in body.get("studies", [])} if status == 200 else {})
-        done = all(last.get(c.study, {}).get("status") in ("done", "failed") for c in results)
+        done = all(last.get(c.study, {}).get("status") in final[c.outcome] for c in cells)
         return dict(last) if done else None
 
     try:
@@ -235,15 +290,23 @@ def test_route_matrix_end_to_end(running, tmp_path):
             if told[cell.study] != [StoreStatus.SUCCESS] * len(cell.datasets) or study is None \
                     or study["status"] != "done":
                 failures.append(line)
+            received_in = {str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                           for path in (spool / cell.study).glob("*.dcm")}
+            if received_in != {str(ds.file_meta.TransferSyntaxUID) for ds in cell.datasets}:
+                failures.append(f"{line}: the gateway received it in {received_in}")
             for modality, path in received.get(cell.study, []):
                 errors = dciodvfy_errors(path)
                 if errors:
                     failures.append(f"{line}: {modality} {errors}")
-        elif (told[cell.study] != [StoreStatus.NOT_READABLE_BY_MODEL] * len(cell.datasets) or study is None
+        elif cell.outcome == "unrouted":
+            if (told[cell.study] != [StoreStatus.SUCCESS] * len(cell.datasets) or study is None
+                    or study["status"] != "unrouted" or study["instances"] != len(cell.datasets) or objects):
+                failures.append(f"{line}: expected success told, the study unrouted with all its instances, "
+                                "nothing sent")
+        elif (told[cell.study] != [cell.status] * len(cell.datasets) or study is None
               or study["status"] != "refused" or study["instances"] != 0
-              or f"NOT_READABLE_BY_MODEL from {SENDER[cell.via]}: routed to {cell.reason}" not in study["detail"]
-              or (cell.via == "c-store" and cell.comments != [error_comment(f"routed to {cell.reason}")]
-                                            * len(cell.datasets))
+              or f"{StoreStatus(cell.status).name} from {SENDER[cell.via]}: {cell.reason}" not in study["detail"]
+              or (cell.via == "c-store" and cell.comments != [error_comment(cell.reason)] * len(cell.datasets))
               or objects or not any(str(ds.SOPInstanceUID) in entry and cell.reason in entry
                                     for ds in cell.datasets for entry in log.splitlines())):
             failures.append(f"{line}: expected the refusal {cell.reason!r} told (Error Comment {cell.comments}), "
