@@ -27,7 +27,6 @@ The matrix is printed (``-s``), cell by cell, with its outcome.
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
