@@ -174,7 +174,8 @@ def _news2_concept(code: str, text: str) -> dict[str, Any]:
     return {"coding": [coding], "text": text}
 
 
-def _subject(patient_ref: str, patient_identifier: Mapping[str, Any] | None) -> dict[str, Any]:
+def subject(patient_ref: str, patient_identifier: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``Observation.subject``: the literal reference, with the patient's identifier when given."""
     if patient_identifier is None:
         return {"reference": patient_ref}
     return {"reference": patient_ref, "identifier": dict(patient_identifier)}
@@ -313,7 +314,7 @@ def vital_observations(msg: VitalsMessage, patient_ref: str, device_ref: str | N
     effective = effective or msg.time.isoformat()
     stamp = (effective, _unix_millis(msg.time)) if msg.time.tzinfo is timezone.utc \
         else id_time(msg.time)
-    shared = _shared_elements(msg, _subject(patient_ref, patient_identifier), device_ref, effective)
+    shared = _shared_elements(msg, subject(patient_ref, patient_identifier), device_ref, effective)
     resources: list[dict[str, Any]] = []
     panel_done = False
     for loinc, vital in latest.items():
@@ -400,7 +401,7 @@ def news2_observation(result: News2Result, msg: VitalsMessage, patient_ref: str,
     resource: dict[str, Any] = {
         "resourceType": "Observation", "id": obs_id,
         "identifier": [{"system": URI_SYSTEM, "value": f"urn:uuid:{obs_id}"}],
-        "status": parts["status"], "subject": _subject(patient_ref, patient_identifier),
+        "status": parts["status"], "subject": subject(patient_ref, patient_identifier),
         "effectiveDateTime": msg.time.isoformat(),
         "category": parts["category"], "code": parts["code"],
         "valueInteger": parts["valueInteger"], "interpretation": parts["interpretation"],

@@ -134,8 +134,8 @@ class VitalsPipeline:
         if location.ward and location.bed:  # the bed census of the dashboard's ward board
             self._census(out, location, patient_ref, device, msg.time)
         if isinstance(msg, EcgChunk):
-            out.resources.append(ecg_observation(msg, patient_ref,
-                                                 self._device_ref(device) if device else None))
+            out.resources.append(ecg_observation(msg, patient_ref, self._device_ref(device) if device else None,
+                                                 {"system": system, "value": patient_id}))
             out.processed += 1
             return
         out.vitals.append(vital_records.record(msg, patient_ref, device, (system, patient_id)))

@@ -9,10 +9,10 @@ MDC_ECG_ELEC_POTL_* with SampledData (origin in mV, ``period`` in ms, ``factor``
 from __future__ import annotations
 
 from datetime import timedelta, timezone
-from typing import Any
+from typing import Any, Mapping
 
 from iomt.compact import EcgChunk
-from iomt.observations import URI_SYSTEM, observation_id
+from iomt.observations import URI_SYSTEM, observation_id, subject
 from models import clinical_codes as codes
 
 
@@ -31,8 +31,10 @@ def _sampled(chunk: EcgChunk, data: tuple[float, ...]) -> dict[str, Any]:
     }
 
 
-def ecg_observation(chunk: EcgChunk, patient_ref: str, device_ref: str | None) -> dict[str, Any]:
-    """The Observation for ``chunk``; ``effectivePeriod`` spans its first to last sample."""
+def ecg_observation(chunk: EcgChunk, patient_ref: str, device_ref: str | None,
+                    patient_identifier: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Observation for ``chunk``; ``effectivePeriod`` spans its first to last sample;
+    ``patient_identifier`` (a FHIR Identifier) is written beside ``patient_ref``, as the vital signs'."""
     if not isinstance(chunk, EcgChunk):
         raise TypeError(f"chunk must be an EcgChunk, {type(chunk).__name__} is given.")
     if not isinstance(patient_ref, str) or not patient_ref.strip():
@@ -51,7 +53,7 @@ def ecg_observation(chunk: EcgChunk, patient_ref: str, device_ref: str | None) -
                                   "display": codes.PROCEDURE_CATEGORY_DISPLAY}]}],
         "code": {"coding": [{"system": codes.MDC_SYSTEM, "code": codes.MDC_ECG_ELEC_POTL,
                              "display": "MDC_ECG_ELEC_POTL"}], "text": "ECG waveform"},
-        "subject": {"reference": patient_ref},
+        "subject": subject(patient_ref, patient_identifier),
         "effectivePeriod": {"start": chunk.time.astimezone(timezone.utc).isoformat(),
                             "end": end.astimezone(timezone.utc).isoformat()},
         "component": [

@@ -84,3 +84,15 @@ def test_vital_sign_observations_carry_the_identifier_the_news2_observation_carr
         assert built and all(r["subject"] == expected for r in built)
         for resource in built:
             Observation.model_validate(resource)
+
+
+@pytest.mark.parametrize("device, patient, system", [("MON-1", "P1", "urn:test:citizen"),
+                                                     ("MON-2", "P2", "urn:test:mrn")])
+def test_ecg_waveform_observations_carry_the_identifier_too(pipeline, device, patient, system):
+    ecg = {"d": device, "t": T0_MS, "ecg": {"period_ms": 4, "factor": 0.005, "origin": 0,
+                                            "leads": [{"code": 131330, "data": [0, 12, 40, -8]}]}}
+    [waveform] = [r for r in scored(pipeline, ecg).values() if r["resourceType"] == "Observation"]
+    assert waveform["code"]["text"] == "ECG waveform"
+    assert waveform["subject"] == {"reference": f"Patient/{patient}",
+                                   "identifier": {"system": system, "value": patient}}
+    Observation.model_validate(waveform)
