@@ -34,11 +34,10 @@ from typing import Any
 
 import orjson
 
-from kernel.text import describe_unsafe
 from iomt.news2 import ACVPU, SPO2_SCALES
 from models import clinical_codes as codes
 from iomt.payload import (
-    MAX_PAYLOAD_BYTES, MAX_VITALS, PLAUSIBLE_RANGES, PayloadError, Vital, VitalsMessage,
+    MAX_PAYLOAD_BYTES, MAX_VITALS, PLAUSIBLE_RANGES, PayloadError, Vital, VitalsMessage, check_safe,
     parse_payload,
 )
 
@@ -99,9 +98,7 @@ def _device(doc: dict[str, Any]) -> str:
     device = doc.get("d")
     if not isinstance(device, str) or not device.strip():
         raise PayloadError(f"must be a non-blank device identifier, {device!r} is given", "/d")
-    unsafe = describe_unsafe(device)
-    if unsafe is not None:
-        raise PayloadError(f"must not contain control or format characters, {unsafe} is given", "/d")
+    check_safe(device, "/d")
     return device
 
 

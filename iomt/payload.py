@@ -198,11 +198,11 @@ def _optional_text(obj: dict[str, Any], key: str, path: str) -> str | None:
     value = obj[key]
     if not isinstance(value, str) or not value.strip():
         raise PayloadError(f"must be a non-blank string, {value!r} is given", f"{path}/{key}")
-    _check_safe(value, f"{path}/{key}")
+    check_safe(value, f"{path}/{key}")
     return value
 
 
-def _check_safe(value: str, path: str) -> None:
+def check_safe(value: str, path: str) -> None:
     """:class:`PayloadError` when an identifier holds a control or format character (:mod:`kernel.text`):
     it would reach the database, the ward board and the logs as sent."""
     unsafe = describe_unsafe(value)
@@ -306,7 +306,7 @@ def _parse_object(doc: dict[str, Any]) -> VitalsMessage:
         raise PayloadError(
             f"missing patient id (a non-blank string), {patient_id!r} is given", "/patient/id"
         )
-    _check_safe(patient_id, "/patient/id")
+    check_safe(patient_id, "/patient/id")
     patient_system = _optional_text(patient, "system", "/patient")
     if "time" not in doc:
         raise PayloadError("missing time", "/time")
