@@ -23,7 +23,8 @@ from typing import Sequence
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from dicom_gateway.status import REASONS_OF_SOURCE, RejectResult, RejectSource, StoreStatus
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
@@ -71,9 +72,12 @@ def send_files(paths: Sequence[str | Path], *, ae_title: str, host: str, port: i
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for ds in datasets:
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    rejections: list[A_ASSOCIATE_RJ] = []
+    keep_rejection = (evt.EVT_PDU_RECV, lambda event: rejections.append(event.pdu)
+                      if isinstance(event.pdu, A_ASSOCIATE_RJ) else None)
+    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=[keep_rejection])
     if not assoc.is_established:
-        raise _not_established(assoc, peer)
+        raise _not_established(assoc, peer, rejections)
     try:
         for ds in datasets:
             _store(assoc, ds, peer)
@@ -100,15 +104,23 @@ def _store(assoc, ds, peer: str) -> None:
     raise (TransientDeliveryError if is_transient(code) else PermanentDeliveryError)(reason)
 
 
-def _not_established(assoc, peer: str) -> PermanentDeliveryError | TransientDeliveryError:
-    """The delivery error for an association that was not established (PS3.8 9.3.4)."""
-    reply = assoc.acceptor.primitive if assoc.acceptor is not None else None
-    if assoc.is_rejected and reply is not None:
-        result, source, diagnostic = reply.result, reply.result_source, reply.diagnostic
-        reason = f"{peer} rejected the association: {_rejection_text(result, source, diagnostic)}"
-        if result == RejectResult.PERMANENT:
+def _not_established(assoc, peer: str, rejections: Sequence[A_ASSOCIATE_RJ] = ()
+                     ) -> PermanentDeliveryError | TransientDeliveryError:
+    """The delivery error for an association that was not established (PS3.8 9.3.4).
+
+    ``rejections`` are the A-ASSOCIATE-RJ PDUs the reader thread decoded. They are the evidence of
+    a rejection when the peer sent A-ASSOCIATE-RJ and closed the connection before pynetdicom's
+    requestor looked at the socket: it then takes the connection for failed and aborts, leaving
+    ``is_rejected`` false and no primitive (seen under load with DCMTK ``storescp --refuse``).
+    """
+    if rejections:  # decoded before pynetdicom sets ``is_rejected``, so this covers that case too
+        pdu = rejections[0]
+        reason = (f"{peer} rejected the association: "
+                  f"{_rejection_text(pdu.result, pdu.source, pdu.reason_diagnostic)}")
+        if pdu.result == RejectResult.PERMANENT:
             return PermanentDeliveryError(reason)
         return TransientDeliveryError(reason)
+    reply = assoc.acceptor.primitive if assoc.acceptor is not None else None
     if reply is None:  # no A-ASSOCIATE-AC/RJ: not connected, or no answer within the ACSE timeout
         return TransientDeliveryError(f"association with {peer} was not established (not reachable "
                                       "or no answer)")
