@@ -183,7 +183,9 @@ class ServingConfig(Section):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["fp32", "fp16"] = "fp32"
     max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    #: Most a batch that is not full waits for more requests (0: a request that finds the model idle
+    #: runs at once; batches form from what queued while it was busy): serving.inference.batcher.
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
     replicas: int = Field(1, ge=1)
     max_ongoing_requests: int = Field(64, ge=1)
     max_queued_requests: int = Field(256, ge=1)

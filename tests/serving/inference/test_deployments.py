@@ -1,6 +1,6 @@
 """ModelServer (the deployment's core) used directly, without Ray: engines, batches, version swap, shadow.
 
-Batching of concurrent requests by ``@serve.batch`` needs a Serve replica: see test_http_api.py.
+Batching of concurrent requests (serving.inference.batcher) in a Serve replica: see test_http_api.py.
 """
 from __future__ import annotations
 
