@@ -20,8 +20,16 @@ present/absent qualitative evaluation at the model's operating point.  The repor
 not for clinical use both in Series Description and in a root "Qualitative Evaluations" TEXT
 item (TID 1500 row 12), which SR viewers display with the report content.
 
-Patient and study attributes are copied from the source image by highdicom (it is the
-evidence), so the SR files into the source study.
+Patient and study attributes are copied from the source image (it is the evidence), so the SR
+files into the source study.
+
+Two writers make the same report.  :func:`reference_measurement_report` builds it with highdicom,
+whose template classes validate every item (about 30 ms a report, and half a second for the first
+one in a process).  :func:`build_measurement_report` checks its arguments once and fills the
+template of the algorithm version (:mod:`dicom_gateway.sr_template`, about 1-2 ms) for the
+reports that template covers (findings on 2D images: points, boxes, polygons, unlocated), and
+calls the reference for the rest (3D locations, masks, a referenced SEG).  A test compares the
+two element by element.
 """
 from __future__ import annotations
 
@@ -29,68 +37,30 @@ from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from dicom_gateway import sr_template
+from dicom_gateway.sr_codes import (
+    ABSENT,
+    COMMENT,
+    NO_UNITS,
+    PATIENT_STUDY_TYPE2,
+    PRESENT,
+    PROBABILITY,
+    QUALITATIVE_EVALUATIONS,
+    SERIES_DESCRIPTION,
+    device_observer_uid,
+    procedure_reported,
+    scheme_identification,
+)
 from models import coding_scheme
 from models.finding import NOT_FOR_CLINICAL_USE, Finding
 
-#: PS3.16 Annex D: (122157, DCM, "Probability"), the measurement concept for a model output
-#: probability; the value is a dimensionless number in [0, 1].
-PROBABILITY = codes.DCM.Probability
-#: UCUM unit "1" (dimensionless, meaning "no units"), as listed in PS3.16 CID 7181.
-NO_UNITS = codes.UCUM.NoUnits
-#: PS3.16 CID 241 "Present-Absent Only": (52101004, SCT) and (272519000, SCT).
-PRESENT = codes.SCT.Present
-ABSENT = codes.SCT.Absent
-#: PS3.16 Annex D: (121106, DCM, "Comment"), name of the free-text disclaimer item.
-COMMENT = codes.DCM.Comment
-#: TID 1500 row 12 container concept name.
-QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-
-#: LOINC 36554-4 "XR Chest Single view" (LOINC/RSNA Radiology Playbook); TID 1500 Procedure
-#: Reported uses the extensible CID 100, which this code extends for single-image chest X-ray.
-XR_CHEST_SINGLE_VIEW = hd.sr.CodedConcept("36554-4", "LN", "XR Chest Single view")
-#: PS3.16 CID 100 "Quantitative Diagnostic Imaging Procedures" per source Modality.
-PROCEDURES_BY_MODALITY = {
-    "CR": codes.LN.XRUnspecifiedBodyRegion,
-    "DX": codes.LN.XRUnspecifiedBodyRegion,
-    "CT": codes.LN.CTUnspecifiedBodyRegion,
-    "MR": codes.LN.MRIUnspecifiedBodyRegion,
-    "NM": codes.LN.NMUnspecifiedBodyRegion,
-    "PT": codes.LN.PETUnspecifiedBodyRegion,
-}
-#: CID 100 fallback: (363679005, SCT, "Imaging procedure").
-IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
-
-#: Series Description (0008,103E) of every report: PACS series lists show it.
-SERIES_DESCRIPTION = "AI result - not for clinical use"
-
-#: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) that highdicom copies
-#: from the evidence; an incoming image that lacks one gets it empty in the report.
-_PATIENT_STUDY_TYPE2 = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-    "StudyDate", "StudyTime", "ReferringPhysicianName",
-)
 _REQUIRED_SOURCE_ATTRIBUTES = (
     "StudyInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns"
 )
-
-
-def procedure_reported(source: Dataset) -> hd.sr.CodedConcept:
-    """The TID 1500 Procedure Reported code derived from the source image's modality/body part."""
-    modality = str(source.get("Modality", "")).upper()
-    body_part = str(source.get("BodyPartExamined", "")).upper()
-    if modality in ("CR", "DX") and body_part == "CHEST":
-        return XR_CHEST_SINGLE_VIEW
-    return hd.sr.CodedConcept.from_code(PROCEDURES_BY_MODALITY.get(modality, IMAGING_PROCEDURE))
-
-
-def device_observer_uid(name: str, version: str) -> str:
-    """A UID that identifies one algorithm version: the same on every run and every host."""
-    return generate_uid(entropy_srcs=["medgate device observer", name, version])
 
 
 def _check_inputs(
@@ -151,7 +121,7 @@ def _evidence(source: Dataset) -> Dataset:
     for element in source:
         if element.keyword != "PixelData":
             evidence.add(element)
-    for keyword in _PATIENT_STUDY_TYPE2:
+    for keyword in PATIENT_STUDY_TYPE2:
         if keyword not in evidence:
             setattr(evidence, keyword, "")
     return evidence
@@ -270,21 +240,6 @@ def _measurement_group(
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=_region(finding), **common)
 
 
-def _scheme_identification(designator: str) -> CodingSchemeIdentificationItem:
-    """PS3.3 C.12.1.1.3 Coding Scheme Identification of a private designator: medgate's own with
-    its UID, name and responsible organization (:mod:`models.coding_scheme`)."""
-    if designator != coding_scheme.DESIGNATOR:
-        return CodingSchemeIdentificationItem(designator)
-    item = CodingSchemeIdentificationItem(
-        designator, name=coding_scheme.NAME,
-        responsible_organization=coding_scheme.RESPONSIBLE_ORGANIZATION,
-    )
-    # Coding Scheme UID (0008,010C), Type 1C: required when the scheme has an OID, registered or
-    # not (highdicom sets it only together with a Coding Scheme Registry).
-    item.CodingSchemeUID = coding_scheme.UID
-    return item
-
-
 def _disclaimer(findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
     notes = dict.fromkeys((NOT_FOR_CLINICAL_USE, *(n for f in findings for n in f.notes)))
     container = hd.sr.ContainerContentItem(
@@ -355,19 +310,68 @@ def build_measurement_report(
         When ``findings`` is empty or a finding is about another study or image than
         ``source``, or when a numeric argument is out of range; the message names the argument.
     """
+    findings, sources = _checked(findings, source, series_number, instance_number, manufacturer)
+    if sr_template.covers(findings, sources, segmentation):
+        template = sr_template.template_for(
+            algorithm_name or _unique([f.model for f in findings]),
+            algorithm_version or _unique([f.model_version for f in findings]),
+            manufacturer,
+        )
+        return template.fill(
+            findings, sources, series_number=series_number, instance_number=instance_number,
+            algorithm_name=algorithm_name, algorithm_version=algorithm_version,
+            series_instance_uid=series_instance_uid or generate_uid(),
+            sop_instance_uid=sop_instance_uid or generate_uid(),
+        )
+    return _highdicom_report(
+        findings, sources, series_number, instance_number, manufacturer, algorithm_name,
+        algorithm_version, series_instance_uid, sop_instance_uid, segmentation,
+    )
+
+
+def reference_measurement_report(
+    findings: Sequence[Finding],
+    source: Dataset | Sequence[Dataset],
+    *,
+    series_number: int = 9901,
+    instance_number: int = 1,
+    manufacturer: str = "medgate",
+    algorithm_name: str | None = None,
+    algorithm_version: str | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    segmentation: Dataset | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The report of :func:`build_measurement_report` (same arguments, same checks), always built
+    with highdicom's template classes: the reference the fast path is compared with."""
+    findings, sources = _checked(findings, source, series_number, instance_number, manufacturer)
+    return _highdicom_report(
+        findings, sources, series_number, instance_number, manufacturer, algorithm_name,
+        algorithm_version, series_instance_uid, sop_instance_uid, segmentation,
+    )
+
+
+def _unique(values: Sequence[str]) -> str:
+    return ", ".join(dict.fromkeys(values))
+
+
+def _checked(findings, source, series_number, instance_number, manufacturer):
     findings, sources = _check_inputs(findings, source)
-    datasets = {str(ds.SOPInstanceUID): ds for ds in sources}
     for arg, value in (("series_number", series_number), ("instance_number", instance_number)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
             raise ValueError(f"{arg} must be a positive integer, {value!r} is given.")
     if not isinstance(manufacturer, str) or not manufacturer.strip():
         raise ValueError(f"manufacturer must be a non-empty string, {manufacturer!r} is given.")
+    return findings, sources
 
-    def unique(values: Sequence[str]) -> str:
-        return ", ".join(dict.fromkeys(values))
 
-    observer_name = algorithm_name or unique([f.model for f in findings])
-    observer_version = algorithm_version or unique([f.model_version for f in findings])
+def _highdicom_report(
+    findings, sources, series_number, instance_number, manufacturer, algorithm_name,
+    algorithm_version, series_instance_uid, sop_instance_uid, segmentation,
+) -> hd.sr.Comprehensive3DSR:
+    datasets = {str(ds.SOPInstanceUID): ds for ds in sources}
+    observer_name = algorithm_name or _unique([f.model for f in findings])
+    observer_version = algorithm_version or _unique([f.model_version for f in findings])
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -413,5 +417,5 @@ def build_measurement_report(
         series_description=SERIES_DESCRIPTION,
         manufacturer_model_name=observer_name,
         software_versions=observer_version,
-        coding_schemes=[_scheme_identification(s) for s in sorted(private)] or None,
+        coding_schemes=[scheme_identification(s) for s in sorted(private)] or None,
     )

@@ -10,13 +10,8 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from dicom_gateway.sr import (
-    PROBABILITY,
-    SERIES_DESCRIPTION,
-    XR_CHEST_SINGLE_VIEW,
-    build_measurement_report,
-    device_observer_uid,
-)
+from dicom_gateway.sr import build_measurement_report
+from dicom_gateway.sr_codes import PROBABILITY, SERIES_DESCRIPTION, XR_CHEST_SINGLE_VIEW, device_observer_uid
 from models import coding_scheme
 from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, SourceImage
 from peers import dciodvfy_errors

@@ -1,0 +1,208 @@
+"""The report filled from a template per algorithm version is, element by element, the report
+highdicom builds (the reference), and stays valid for dciodvfy."""
+from __future__ import annotations
+
+import time
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset
+
+from dicom_gateway import sr_template
+from dicom_gateway.sr import build_measurement_report, reference_measurement_report
+from dicom_testdata import make_photo_dataset
+from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, SourceImage
+from peers import dciodvfy_errors
+from training.synthetic.dicom import make_dx_dataset
+
+TUBERCULOSIS = Concept("56717001", "SCT", "Tuberculosis")
+#: SCT 372244006 "Malignant melanoma of skin": the derm model's class with an operating point.
+MELANOMA = Concept("372244006", "SCT", "Malignant melanoma of skin")
+
+#: What legitimately differs between two reports of the same findings built one after the other:
+#: the creation date and time (SOP Common, SR Document General, and highdicom's Contributing
+#: Equipment item).  Every UID is compared: the tests pass the SR's own UIDs, and the one UID made
+#: inside the builder, each group's Tracking Unique Identifier (DCM 112040), is checked apart.
+CREATION_TIMES = frozenset({
+    "InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "ContributionDateTime",
+})
+#: (112040, DCM, "Tracking Unique Identifier"): a fresh UID per group on every build.
+TRACKING_UID = "112040"
+
+
+def differences(ours: Dataset, reference: Dataset, path: str = "") -> list[str]:
+    """Every data element that differs between two datasets, recursively into sequences: missing
+    on either side, another VR, another value, another number of items.  Creation times and the
+    tracking UIDs' values are skipped (see :data:`CREATION_TIMES`)."""
+    found = []
+    tags = sorted(set(ours.keys()) | set(reference.keys()))
+    tracking = any(
+        getattr(code, "CodeValue", None) == TRACKING_UID for code in ours.get("ConceptNameCodeSequence", [])
+    )
+    for tag in tags:
+        here = f"{path}/{pydicom.datadict.keyword_for_tag(tag) or tag}"
+        if tag not in ours or tag not in reference:
+            found.append(f"{here}: only in {'reference' if tag not in ours else 'fast path'}")
+            continue
+        a, b = ours[tag], reference[tag]
+        if a.keyword in CREATION_TIMES or (tracking and a.keyword == "UID"):
+            continue
+        if a.VR != b.VR:
+            found.append(f"{here}: VR {a.VR} != {b.VR}")
+        elif a.VR == "SQ":
+            if len(a.value) != len(b.value):
+                found.append(f"{here}: {len(a.value)} items != {len(b.value)}")
+            for i, (x, y) in enumerate(zip(a.value, b.value)):
+                found += differences(x, y, f"{here}[{i}]")
+        elif a.value != b.value or type(a.value) is not type(b.value):
+            found.append(f"{here}: {a.value!r} ({type(a.value).__name__}) != {b.value!r} ({type(b.value).__name__})")
+    return found
+
+
+def tracking_uids(sr: Dataset) -> list[str]:
+    uids = []
+    for item in sr.get("ContentSequence", []):
+        names = item.get("ConceptNameCodeSequence", [])
+        if names and names[0].CodeValue == TRACKING_UID:
+            uids.append(item.UID)
+        uids += tracking_uids(item)
+    return uids
+
+
+def image_of(ds: Dataset) -> SourceImage:
+    return SourceImage(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID,
+                       int(ds.Rows), int(ds.Columns))
+
+
+def chest_xray() -> Dataset:
+    ramp = np.add.outer(np.arange(96), np.arange(80)) * 20
+    return make_dx_dataset(ramp.astype(np.uint16), accession="ACC7", issuer="CCCD")
+
+
+def tb_finding(ds: Dataset, probability: float = 0.87, **location) -> Finding:
+    return Finding(model="tb", model_version="0.3.0", code=TUBERCULOSIS, probability=probability,
+                   threshold=0.5, source=image_of(ds), heatmap=np.linspace(0, 1, 64).reshape(8, 8), **location)
+
+
+def derm_finding(ds: Dataset) -> Finding:
+    """A derm class finding as ``serving.imaging.pipeline.class_finding`` makes it: melanoma at its
+    operating point, every class's probability in the notes."""
+    notes = (NOT_FOR_CLINICAL_USE, "class probabilities: nv (Melanocytic nevus) 0.610, mel (Melanoma) 0.220, "
+             "bkl (Benign keratosis) 0.100")
+    return Finding(model="derm", model_version="1.0.0", code=MELANOMA, probability=0.22, threshold=0.77,
+                   source=image_of(ds), notes=notes)
+
+
+def both(findings, source, **kwargs) -> tuple[Dataset, Dataset]:
+    uids = {"series_instance_uid": pydicom.uid.generate_uid(), "sop_instance_uid": pydicom.uid.generate_uid()}
+    return (build_measurement_report(findings, source, **uids, **kwargs),
+            reference_measurement_report(findings, source, **uids, **kwargs))
+
+
+CASES = {
+    "tb-point": lambda ds: [tb_finding(ds, point=(40.5, 22.0))],
+    "tb-unlocated-absent": lambda ds: [tb_finding(ds, probability=0.12)],
+    "tb-box-polygon-private": lambda ds: [
+        tb_finding(ds, box=(3.0, 4.0, 30.0, 40.0)),
+        tb_finding(ds, 0.3, polygon=((1.0, 1.0), (20.0, 2.5), (10.0, 30.0))),
+        Finding(model="tb", model_version="0.3.0", code=Concept("TB01", "99MEDGATE", "Tuberculosis-like opacity"),
+                probability=0.7, threshold=0.6, source=image_of(ds), notes=("reader note",)),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_chest_xray_report_is_the_reference_element_by_element(case):
+    source = chest_xray()
+    findings = CASES[case](source)
+    assert sr_template.covers(findings, [source], None)
+    ours, reference = both(findings, source, algorithm_name="medgate-tb", algorithm_version="0.3.0")
+    assert isinstance(ours, sr_template.TemplateReport) and isinstance(ours, hd.sr.Comprehensive3DSR)
+    assert not isinstance(reference, sr_template.TemplateReport)
+    assert differences(ours, reference) == []
+    assert differences(ours.file_meta, reference.file_meta) == []
+    ours_uids, reference_uids = tracking_uids(ours), tracking_uids(reference)
+    assert len(ours_uids) == len(reference_uids) == len(findings)
+    assert len(set(ours_uids)) == len(findings) and not set(ours_uids) & set(reference_uids)
+
+
+def test_derm_class_finding_report_is_the_reference_element_by_element():
+    photo = make_photo_dataset(np.full((48, 64, 3), 150, np.uint8), kind="dermoscopy")
+    ours, reference = both([derm_finding(photo)], photo, algorithm_name="medgate-derm", algorithm_version="1.0.0")
+    assert isinstance(ours, sr_template.TemplateReport)
+    assert differences(ours, reference) == []
+
+
+def test_source_without_type2_attributes_or_manufacturer_gives_the_reference():
+    source = chest_xray()
+    for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "ReferringPhysicianName", "Manufacturer",
+                    "SpecificCharacterSet"):
+        del source[keyword]
+    ours, reference = both([tb_finding(source)], source)
+    assert differences(ours, reference) == []
+    assert "PatientBirthDate" not in source  # the caller's dataset is left alone
+
+
+def test_reports_of_one_algorithm_version_share_one_template_and_nothing_mutable():
+    first, second = chest_xray(), chest_xray()
+    a = build_measurement_report([tb_finding(first, point=(1.0, 2.0))], first, algorithm_name="x", algorithm_version="1")
+    template = sr_template.template_for("x", "1", "medgate")
+    uids = {"series_instance_uid": "1.2.3.4", "sop_instance_uid": "1.2.3.5", "algorithm_name": "x",
+            "algorithm_version": "1"}
+    b = build_measurement_report([tb_finding(second, 0.2)], second, **uids)
+    assert sr_template.template_for("x", "1", "medgate") is template
+    a.ContentSequence[1].ConceptCodeSequence[0].CodeMeaning = "changed"
+    a.ContentSequence[-2].ContentSequence[0].ContentSequence[3].TextValue = "changed"
+    a.file_meta.ImplementationVersionName = "changed"
+    c = build_measurement_report([tb_finding(second, 0.2)], second, **uids)
+    assert differences(b, c) == [] and differences(b.file_meta, c.file_meta) == []
+
+
+def test_content_of_a_template_report_is_highdicom_content():
+    source = chest_xray()
+    sr = build_measurement_report([tb_finding(source, point=(40.5, 22.0))], source)
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert len(groups) == 1 and groups[0].get_measurements()[0].value == pytest.approx(0.87)
+
+
+def test_masks_and_3d_locations_go_to_the_reference():
+    source = chest_xray()
+    source.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    image = SourceImage(source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID,
+                        source.SOPClassUID, 96, 80, source.FrameOfReferenceUID)
+    located = Finding(model="tb", model_version="0.3.0", code=TUBERCULOSIS, probability=0.9, threshold=0.5,
+                      source=image, point_3d_mm=(1.0, 2.0, 3.0))
+    assert not sr_template.covers([located], [source], None)
+    sr = build_measurement_report([located], source)
+    assert not isinstance(sr, sr_template.TemplateReport) and isinstance(sr, hd.sr.Comprehensive3DSR)
+
+
+@pytest.mark.parametrize("case", ["tb-point", "tb-unlocated-absent", "derm"])
+def test_template_reports_are_valid_for_dciodvfy(tmp_path, case):
+    if case == "derm":
+        source = make_photo_dataset(np.full((48, 64, 3), 150, np.uint8), kind="dermoscopy")
+        findings = [derm_finding(source)]
+    else:
+        source = chest_xray()
+        findings = CASES[case](source)
+    sr = build_measurement_report(findings, source)
+    assert isinstance(sr, sr_template.TemplateReport)
+    path = tmp_path / f"{case}.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    assert pydicom.dcmread(path).SOPInstanceUID == sr.SOPInstanceUID
+
+
+def test_fast_path_takes_a_few_milliseconds():
+    source = chest_xray()
+    findings = [tb_finding(source, point=(40.5, 22.0))]
+    build_measurement_report(findings, source)  # the template is built once per algorithm version
+    times_ms = []
+    for _ in range(20):
+        start = time.perf_counter()
+        build_measurement_report(findings, source)
+        times_ms.append((time.perf_counter() - start) * 1000)
+    # generous on a shared 2-core machine: the reference takes ~30 ms here
+    assert float(np.median(times_ms)) < 10.0, times_ms
