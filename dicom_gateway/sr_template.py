@@ -30,7 +30,6 @@ from io import BytesIO
 
 import highdicom as hd
 from highdicom._standard_utils import (
-    does_iod_have_pixel_data,
     get_iod_module_map,
     get_module_attribute_map,
     get_sop_class_iod_map,
@@ -77,6 +76,54 @@ LANGUAGE_OF_CONTENT = codes.DCM.LanguageOfContentItemAndDescendants
 ENGLISH_US = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
 #: Locations the template writes; a finding with another one goes to the reference builder.
 PLANAR_LOCATIONS = ("point", "box", "polygon")
+#: Modules of the Patient and Study IEs in (nearly) every composite image IOD, in highdicom's table
+#: keys: PS3.3 C.7.1.1 Patient, C.7.1.3 Clinical Trial Subject, C.7.2.1 General Study, C.7.2.2
+#: Patient Study, C.7.2.3 Clinical Trial Study.
+PATIENT_STUDY_MODULES = ("patient", "clinical-trial-subject", "general-study", "patient-study",
+                         "clinical-trial-study")
+#: Their root attributes: what highdicom's ``copy_patient_and_study_information`` copies from a
+#: source of such an IOD.  Written out because reading highdicom's module table costs ~0.4 s on
+#: the first report of a process; a test checks this list against the table.
+PATIENT_STUDY_ATTRIBUTES = (
+    "ReferencedPatientSequence", "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence", "SourcePatientGroupIdentificationSequence",
+    "GroupOfPatientsIdentificationSequence", "PatientBirthDate", "PatientBirthTime",
+    "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar",
+    "PatientAlternativeCalendar", "PatientSex", "QualityControlSubject", "StrainDescription",
+    "StrainNomenclature", "StrainStockSequence", "StrainAdditionalInformation", "StrainCodeSequence",
+    "GeneticModificationsSequence", "OtherPatientNames", "OtherPatientIDsSequence",
+    "ReferencedPatientPhotoSequence", "EthnicGroupCodeSequence", "PatientSpeciesDescription",
+    "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence",
+    "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole",
+    "ResponsibleOrganization", "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence", "ClinicalTrialSponsorName", "ClinicalTrialProtocolID",
+    "ClinicalTrialProtocolName", "IssuerOfClinicalTrialProtocolID",
+    "OtherClinicalTrialProtocolIDsSequence", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
+    "IssuerOfClinicalTrialSiteID", "ClinicalTrialSubjectID", "IssuerOfClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID", "IssuerOfClinicalTrialSubjectReadingID",
+    "ClinicalTrialProtocolEthicsCommitteeName", "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+    "StudyDate", "StudyTime", "AccessionNumber", "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianName", "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName",
+    "ConsultingPhysicianIdentificationSequence", "StudyDescription", "ProcedureCodeSequence",
+    "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence", "ReferencedStudySequence", "StudyInstanceUID",
+    "StudyID", "RequestingService", "RequestingServiceCodeSequence",
+    "ReasonForPerformedProcedureCodeSequence", "AdmittingDiagnosesDescription",
+    "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize", "PatientSizeCodeSequence",
+    "PatientBodyMassIndex", "MeasuredAPDimension", "MeasuredLateralDimension", "PatientWeight",
+    "MedicalAlerts", "Allergies", "Occupation", "SmokingStatus", "AdditionalPatientHistory",
+    "PregnancyStatus", "LastMenstrualDate", "PatientSexNeutered", "ReasonForVisit",
+    "ReasonForVisitCodeSequence", "AdmissionID", "IssuerOfAdmissionIDSequence", "ServiceEpisodeID",
+    "ServiceEpisodeDescription", "IssuerOfServiceEpisodeIDSequence", "PatientState",
+    "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription",
+    "LongitudinalTemporalOffsetFromEvent", "LongitudinalTemporalEventType",
+    "ClinicalTrialTimePointTypeCodeSequence", "IssuerOfClinicalTrialTimePointID",
+    "ConsentForClinicalTrialUseSequence"
+)
+#: Modules that hold Pixel Data, Float Pixel Data or Double Float Pixel Data at their root (PS3.3
+#: C.7.6.3, C.7.6.24, C.7.6.25, and the Image Box Pixel Presentation of print), by highdicom's keys.
+PIXEL_DATA_MODULES = frozenset({"image-pixel", "floating-point-image-pixel", "double-floating-point-image-pixel",
+                                "image-box-pixel-presentation"})
 #: Templates kept per process (one per algorithm version and manufacturer in use).
 MAX_TEMPLATES = 64
 
@@ -117,7 +164,18 @@ def template_for(observer_name: str, observer_version: str, manufacturer: str) -
 @lru_cache(maxsize=None)
 def _patient_study_keywords(sop_class_uid: str) -> tuple[str, ...]:
     """Root attributes of the Patient and Study IE modules of the source's IOD: what highdicom's
-    ``copy_patient_and_study_information`` copies, read from its tables once per SOP Class."""
+    ``copy_patient_and_study_information`` copies (:data:`PATIENT_STUDY_ATTRIBUTES` for the
+    usual modules, else read from highdicom's tables), once per SOP Class."""
+    modules = [m["key"] for m in get_iod_module_map()[get_sop_class_iod_map()[sop_class_uid]]
+               if m["ie"] in ("Patient", "Study")]
+    if tuple(modules) == PATIENT_STUDY_MODULES:
+        return PATIENT_STUDY_ATTRIBUTES
+    return patient_study_keywords_in_tables(sop_class_uid)
+
+
+def patient_study_keywords_in_tables(sop_class_uid: str) -> tuple[str, ...]:
+    """The root attributes of the Patient and Study IE modules of an IOD, read from highdicom's
+    module table (slow the first time)."""
     modules = get_iod_module_map()[get_sop_class_iod_map()[sop_class_uid]]
     attributes = get_module_attribute_map()
     return tuple(
@@ -128,7 +186,12 @@ def _patient_study_keywords(sop_class_uid: str) -> tuple[str, ...]:
     )
 
 
-_has_pixel_data = lru_cache(maxsize=None)(does_iod_have_pixel_data)
+@lru_cache(maxsize=None)
+def _has_pixel_data(sop_class_uid: str) -> bool:
+    """Whether the IOD holds pixel data (highdicom's ``does_iod_have_pixel_data``), from its module
+    list: one of :data:`PIXEL_DATA_MODULES`."""
+    modules = get_iod_module_map()[get_sop_class_iod_map()[sop_class_uid]]
+    return any(module["key"] in PIXEL_DATA_MODULES for module in modules)
 
 
 def _clone(ds: Dataset) -> Dataset:

@@ -2,13 +2,18 @@
 highdicom builds (the reference), and stays valid for dciodvfy."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
+
+from highdicom._standard_utils import does_iod_have_pixel_data
 
 from dicom_gateway import sr_template
 from dicom_gateway.sr import build_measurement_report, reference_measurement_report
@@ -206,3 +211,32 @@ def test_fast_path_takes_a_few_milliseconds():
         times_ms.append((time.perf_counter() - start) * 1000)
     # generous on a shared 2-core machine: the reference takes ~30 ms here
     assert float(np.median(times_ms)) < 10.0, times_ms
+
+
+@pytest.mark.parametrize("sop_class", [
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.7",  # Dermoscopic Photography Image Storage
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+])
+def test_written_out_patient_and_study_attributes_are_highdicoms_table(sop_class):
+    assert sr_template._patient_study_keywords(sop_class) == sr_template.PATIENT_STUDY_ATTRIBUTES
+    assert sr_template.patient_study_keywords_in_tables(sop_class) == sr_template.PATIENT_STUDY_ATTRIBUTES
+    assert sr_template._has_pixel_data(sop_class) is does_iod_have_pixel_data(sop_class) is True
+
+
+def test_first_report_of_a_process_does_not_read_highdicoms_module_table():
+    code = ("import sys, time, numpy as np; sys.path[:0] = ['tests/dicom_gateway', 'tests', '.'];"
+            "from test_sr_template import chest_xray, tb_finding;"
+            "from dicom_gateway.sr import build_measurement_report;"
+            "from highdicom._standard_utils import get_module_attribute_map;"
+            "ds = chest_xray(); start = time.perf_counter();"
+            "build_measurement_report([tb_finding(ds, point=(1.0, 2.0))], ds);"
+            "print((time.perf_counter() - start) * 1000, get_module_attribute_map.cache_info().currsize)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stderr
+    first_ms, tables_read = run.stdout.split()
+    assert tables_read == "0" and float(first_ms) < 100.0, run.stdout
