@@ -10,19 +10,31 @@ as a MONAI bundle: ``metadata.json`` uses the bundle metadata keys (``version``,
 (one coded concept) or ``classes`` (a list of them), held-out ``metrics`` and ``training``
 (config, steps, seconds, device).  The folder may also hold the torch weights (``model.pt``,
 named by ``weights_file``), plots and the evaluation.  :mod:`training.bundle` writes versions.
+
+How a model is served (input kind, preprocessing, reply, result objects) is declared once per model
+folder (``<root>/<name>/serving.json``, :mod:`models.spec`), read through :attr:`ModelManifest.serving`.
+
+The registry root is this package's folder unless the environment names another in
+``MEDGATE_MODELS_ROOT`` (:data:`ROOT_ENV`: the configuration's ``models_root``, which ``medgate
+serve`` exports to every process it starts, Ray's workers included).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 from models.finding import Concept
+from models.spec import ServingSpec, load_spec
 
 DEFAULT_ROOT = Path(__file__).resolve().parent
+#: The environment variable naming another registry root (the configuration key ``models_root``).
+ROOT_ENV = "MEDGATE_MODELS_ROOT"
 METADATA_NAME = "metadata.json"
 MANIFEST_NAME = METADATA_NAME  # the file that describes a version
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
@@ -108,6 +120,17 @@ class ModelManifest:
         return self.path.parent
 
     @property
+    def input_spec(self) -> dict[str, Any]:
+        """The first input's ``network_data_format.inputs`` entry (channels, size, shape, ...)."""
+        return dict(self.raw["network_data_format"]["inputs"][self.input_name])
+
+    @cached_property
+    def serving(self) -> ServingSpec:
+        """How the model is served (:func:`models.spec.load_spec`: this version's metadata, else
+        the model folder's ``serving.json``)."""
+        return load_spec(self.folder.parent, self.raw)
+
+    @property
     def operating_point(self) -> dict[str, Any]:
         """Threshold(s) and how they were chosen."""
         return dict(self.raw.get("operating_point", {"threshold": self.threshold}))
@@ -171,6 +194,30 @@ class ModelManifest:
             )
 
 
+def default_root() -> Path:
+    """The registry root: ``$MEDGATE_MODELS_ROOT`` (:data:`ROOT_ENV`) when set, else the ``models``
+    package folder."""
+    value = os.environ.get(ROOT_ENV, "").strip()
+    return Path(value) if value else DEFAULT_ROOT
+
+
+def registered(name: str, version: str) -> ModelManifest:
+    """The manifest of ``name`` ``version`` in the registry at :func:`default_root`, read once per
+    process and root (a version folder does not change once written).
+
+    Raises
+    ------
+    ModelNotFoundError
+        The registry holds no such model or version.
+    """
+    return _registered(str(default_root()), name, version)
+
+
+@lru_cache(maxsize=128)
+def _registered(root: str, name: str, version: str) -> ModelManifest:
+    return ModelRegistry(Path(root)).get(name, version)
+
+
 def parse_reference(reference: str) -> tuple[str, str | None]:
     """``"tb@1.1.0"`` -> ``("tb", "1.1.0")``; ``"tb"`` -> ``("tb", None)``."""
     if not isinstance(reference, str) or reference.count("@") > 1:
@@ -187,11 +234,11 @@ class ModelRegistry:
     Parameters
     ----------
     root
-        Folder holding ``<name>/<version>/metadata.json``; the ``models`` package folder by default.
+        Folder holding ``<name>/<version>/metadata.json``; by default :func:`default_root`.
     """
 
-    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
         if not self.root.is_dir():
             raise ValueError(f"`root` must be an existing folder, {self.root} is given.")
 

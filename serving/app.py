@@ -23,6 +23,8 @@ APP_NAME = "medgate"
 
 
 def model_names() -> list[str]:
+    """Every model of the registry (``models_root``, :func:`models.registry.default_root`): each is
+    deployed; how it is fed and what it yields is its folder's serving spec (:mod:`models.spec`)."""
     return ModelRegistry().names()
 
 
@@ -44,6 +46,8 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
               "max_image_pixels": settings.http.max_image_pixels,
               "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings),
               "patient_identity": _identity_dict(settings), "store_url": settings.store.url,
+              "destinations": {name: list(d.objects) for name, d in settings.destinations.named().items()},
+              "fhir_base_url": settings.fhir.base_url if settings.fhir.send_reports else None,
               "web": {"trusted_proxies": list(settings.http.trusted_proxies),
                       "public_base_url": settings.http.public_base_url}}
     return Ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))

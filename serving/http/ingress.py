@@ -4,10 +4,13 @@
 - ``GET /readyz`` — 200 only when every model deployment answers and the server's other
   components (DICOM SCP, MQTT bridge, outbox) report ready through ``state_dir/components.json``.
 - ``GET /v1/models`` — name, version, engine, device of each deployment.
-- ``POST /v1/infer/{model}`` — multipart field ``file`` (DICOM, PNG or JPEG; ``vitals`` takes a JSON
-  body ``{"window": ...}``): findings JSON, and for a DICOM upload by a clinician or an admin the
-  TID 1500 SR and the DiagnosticReport written for it (other roles get the findings only, and
-  ``results_not_written`` says why).  Every call is one audit row, whatever its end (an exception
+- ``POST /v1/infer/{model}`` — multipart field ``file`` (DICOM, PNG or JPEG; a model whose input is
+  a window of vital signs takes a JSON body ``{"window": ...}``; what each model takes is its
+  serving spec's ``uploads``, :mod:`models.spec`): findings JSON, and for a DICOM upload by a
+  clinician or an admin the result objects its spec lists (TID 1500 SR, DiagnosticReport),
+  written, recorded and queued to the destinations and the FHIR server as a DICOM study's are
+  (:mod:`serving.imaging.results`); other roles get the findings only, and ``results_not_written``
+  says why.  Every call is one audit row, whatever its end (an exception
   included).  An upload naming a study already received for another patient (Patient ID or its
   issuer differ) is refused with 409: no result of one patient is filed under another's study.
 - ``GET /v1/results/{study_uid}/{name}`` — a produced result object, only one recorded in the
@@ -45,14 +48,20 @@ from starlette.exceptions import HTTPException
 from dicom_gateway.uids import is_uid
 from serving.components import STATUS_STALE_S, read_components
 from serving.config import AuthConfig, HttpConfig
+from kernel.delivery_errors import TransientDeliveryError
+from models.registry import registered
+from serving.delivery.outbox import Outbox
 from serving.delivery.outbox_db import open_outbox_db
+from serving.fhir.report import PatientIdentity
 from serving.http import request_body, stow
 from serving.http.auth import CLINICAL
 from serving.http.context import current, install as install_context
 from serving.http.metrics import IngressMetrics
 from serving.http.routes import install_routes
-from serving.http.uploads import UploadError, decode, model_item, sample_shape, vitals_window
-from serving.imaging.findings import findings_json, recorded_result, write_upload_results
+from serving.http.uploads import (UploadError, check_upload_kind, decode, model_item, sample_shape, takes_images,
+                                  vitals_window)
+from serving.imaging.findings import finding_of, findings_json, recorded_result
+from serving.imaging.results import DICOM_KIND, FHIR_KIND, ResultWriter
 
 log = logging.getLogger("medgate.http")
 
@@ -72,10 +81,15 @@ api.include_router(stow.router)  # POST /dicomweb/studies (STOW-RS), see serving
 install_routes(api)  # guard (bearer tokens, roles), dashboard, ward, worklist, system, /fhir
 
 
-def _prepare(model: str, data: bytes, info: dict, max_pixels: int):
+def _prepare(manifest, data: bytes, max_pixels: int):
     """Decode and preprocess an upload (run in a worker thread: it is CPU work)."""
     decoded = decode(data, max_pixels)
-    return decoded, model_item(model, decoded, info)
+    return decoded, model_item(manifest, decoded)
+
+
+def _delivered_by_the_server(destination: str, payload: dict) -> None:
+    """The ingress only queues deliveries; the server process's outbox worker sends them."""
+    raise TransientDeliveryError(f"delivery to {destination} is the medgate server process's outbox's work")
 
 
 def _check_same_patient(ds) -> None:
@@ -113,8 +127,11 @@ class Ingress:
         self.timeout_s = float(limits.get("timeout_s", http.timeout_s))
         self.metrics = IngressMetrics()
         self.patient_identity = limits.get("patient_identity") or {}
-        self.store_url = limits.get("store_url")  # outbox backend of the /metrics gauges
+        self.store_url = limits.get("store_url")  # outbox backend of the /metrics gauges and of uploads' results
+        self.destinations = dict(limits.get("destinations") or {})  # name -> result kinds it receives
+        self.fhir_base_url = limits.get("fhir_base_url")  # reports go there through the outbox when set
         self._outbox_db = None
+        self._results: ResultWriter | None = None
         self._info_cache: dict[str, tuple[float, dict]] = {}
         stow.configure(api, self.state_dir, limits.get("dicom"))
 
@@ -172,15 +189,19 @@ class Ingress:
         handle = self.models[model]
         try:
             info = await self._model_info(model)
-            if model == "vitals":
+            manifest = await asyncio.to_thread(registered, info["name"], info["version"])
+            spec = manifest.serving
+            if spec.accepts("json"):
                 body = await request_body.read(request, self.max_upload_bytes)
-                item, decoded, context = vitals_window(body, sample_shape(model, info["version"])), None, {}
+                item, decoded, context = vitals_window(body, sample_shape(manifest)), None, {}
+            elif not takes_images(manifest):
+                check_upload_kind(manifest, "dicom")  # UploadError naming what the model takes instead
             else:
                 data, context = await self._read_file(request)
-                decoded, item = await asyncio.to_thread(_prepare, model, data, info, self.max_image_pixels)
+                decoded, item = await asyncio.to_thread(_prepare, manifest, data, self.max_image_pixels)
                 if decoded.dataset is not None:
                     audit["study_uid"] = str(decoded.dataset.StudyInstanceUID)
-                    if model == "tb" and self._role(request) in CLINICAL:  # results will be written
+                    if spec.results and self._role(request) in CLINICAL:  # results will be written
                         await asyncio.to_thread(_check_same_patient, decoded.dataset)
             reply = await asyncio.wait_for(handle.remote(item), timeout=self.timeout_s)
             if reply["version"] != info["version"]:  # deployed meanwhile: describe the version that answered
@@ -199,23 +220,43 @@ class Ingress:
         except RayError as exc:  # its replica died or is restarting
             return _error(503, f"model {model!r} is unavailable ({type(exc).__name__}); retry later",
                           **{"Retry-After": str(RETRY_AFTER_S)})
-        body = {"model": model, "version": reply["version"], "findings": findings_json(model, reply, info),
+        if reply["version"] != manifest.version:
+            manifest = await asyncio.to_thread(registered, info["name"], info["version"])
+            spec = manifest.serving
+        body = {"model": model, "version": reply["version"], "findings": findings_json(reply, info, spec),
                 "context": context, "links": {}, "intended_use": info.get("intended_use")}
         audit["detail"] = f"{model} {reply['version']}: findings"
-        if decoded is not None and decoded.dataset is not None and model == "tb":
+        if decoded is not None and decoded.dataset is not None and spec.results:
             role = self._role(request)
             if role in CLINICAL:
-                body["links"] = await asyncio.to_thread(
-                    write_upload_results, current().store(), self.state_dir / "results",
-                    decoded.dataset, reply, info, self.patient_identity)
-                audit["resource_type"] = "DiagnosticReport"
-                audit["resource_id"] = body["links"]["fhir"].rsplit("/", 1)[1]
-                audit["detail"] += f", SR and DiagnosticReport written ({body['links']['sr']})"
+                body["links"] = await asyncio.to_thread(self._write_results, decoded.dataset, reply, info, spec)
+                if "fhir" in body["links"]:
+                    audit["resource_type"] = "DiagnosticReport"
+                    audit["resource_id"] = body["links"]["fhir"].rsplit("/", 1)[1]
+                written = [k.upper() for k in body["links"] if k != "fhir"]
+                written += ["DiagnosticReport"] if "fhir" in body["links"] else []
+                audit["detail"] += f", {' and '.join(written)} written ({body['links'].get('sr', '')})"
             else:
                 body["results_not_written"] = (f"writing patient results (SR, DiagnosticReport) needs a clinical "
                                                f"role ({', '.join(sorted(CLINICAL))}); the caller's role is {role}")
                 audit["detail"] += ", results not written (role)"
         return JSONResponse(body)
+
+    def _write_results(self, ds, reply: dict, info: dict, spec) -> dict[str, str]:
+        """Write the upload's results with the one result writer (run in a worker thread)."""
+        return self._result_writer().upload(ds, finding_of(ds, reply, info, spec), info, spec)
+
+    def _result_writer(self) -> ResultWriter:
+        """The result writer of uploads: the results and FHIR resources in this replica's store, the
+        deliveries queued in the configured outbox backend, sent by the server process's worker."""
+        if self._results is None:
+            store = current().store()
+            outbox = Outbox(open_outbox_db(self.store_url, store),
+                            {DICOM_KIND: _delivered_by_the_server, FHIR_KIND: _delivered_by_the_server})
+            self._results = ResultWriter(store, outbox, self.state_dir / "results", destinations=self.destinations,
+                                         fhir_base_url=self.fhir_base_url,
+                                         identity=PatientIdentity(**self.patient_identity))
+        return self._results
 
     @staticmethod
     def _role(request: Request) -> str | None:

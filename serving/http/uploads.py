@@ -1,8 +1,10 @@
 """HTTP uploads to model inputs: sniff, decode, preprocess (in the ingress, not in the model replica).
 
-Accepted: a DICOM Part 10 file (``DICM`` at byte 128), PNG or JPEG images, and for ``vitals`` a JSON
-body with a ``window``.  Anything else is refused with :class:`UploadError` carrying the HTTP status
-and the reason.
+Accepted, as the model's serving spec lists them (``uploads``, :mod:`models.spec`): a DICOM Part 10
+file (``DICM`` at byte 128), PNG or JPEG images, turned into the model item by the spec's
+``preprocess`` function; or, for a model whose input is a ``window`` of vital signs, a JSON body
+with a ``window``.  Anything else is refused with :class:`UploadError` carrying the HTTP status and
+the reason.
 
 An image's decoded size is checked from its header before anything is decoded (PNG and JPEG by
 Pillow's header read, DICOM by Rows x Columns x Number of Frames): an 11 KB PNG of 9500 x 9500
@@ -13,10 +15,13 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from models.registry import ModelManifest
+from models.spec import IMAGE_UPLOADS, InputKind
+from models.transforms import input_channels
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -123,19 +128,40 @@ def to_gray(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def model_item(model: str, decoded: Decoded, info: dict[str, Any]) -> np.ndarray:
-    """The request item for ``model`` from an uploaded image (see :mod:`serving.inference.runners`)."""
-    if model == "tb":
-        from models.transforms import to_model_input
+def to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as H x W x 3: a grayscale image repeated over three channels, RGBA without alpha."""
+    return pixels[..., :3] if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, -1)
 
-        return to_model_input(to_gray(decoded.pixels), int(info["input_size_px"]))
-    if model == "derm":
-        from models.derm.preprocess import to_derm_input as derm_input
 
-        pixels = decoded.pixels if decoded.pixels.ndim == 3 else np.repeat(decoded.pixels[..., None], 3, -1)
-        return derm_input(pixels, int(info["input_size_px"]))
-    raise UploadError(422, f"model {model!r} does not take a single image upload"
-                           + ("; send the CT series by C-STORE or STOW-RS" if model == "nodule" else ""))
+def check_upload_kind(manifest: ModelManifest, kind: str) -> None:
+    """:class:`UploadError` (422) unless the model's serving spec accepts uploads of ``kind``
+    (:data:`models.spec.UPLOAD_KINDS`), naming what it accepts instead."""
+    spec = manifest.serving
+    if spec.accepts(kind):
+        return
+    if not spec.uploads:
+        how = ("send the series by C-STORE or STOW-RS" if spec.input is InputKind.VOLUME
+               else "it is fed by the server itself")
+        raise UploadError(UNPROCESSABLE, f"model {manifest.name!r} takes no upload over HTTP "
+                                         f"({spec.input.value} input); {how}")
+    takes = [u.upper() if u != "json" else "a JSON body" for u in spec.uploads]
+    raise UploadError(UNPROCESSABLE, f"model {manifest.name!r} does not take a {kind.upper()} upload; "
+                                     f"it takes {', '.join(takes)}")
+
+
+def model_item(manifest: ModelManifest, decoded: Decoded) -> np.ndarray:
+    """The request item of the model ``manifest`` describes from an uploaded image: grayscale or
+    RGB as its input has 1 or 3 channels, through its serving spec's ``preprocess`` function at its
+    input size (see :mod:`serving.inference.runners`)."""
+    check_upload_kind(manifest, decoded.kind)
+    channels = input_channels(manifest.input_spec)
+    pixels = to_gray(decoded.pixels) if channels == 1 else to_rgb(decoded.pixels)
+    return manifest.serving.function("preprocess")(pixels, int(manifest.input_size_px))
+
+
+def takes_images(manifest: ModelManifest) -> bool:
+    """Whether the model accepts any image upload (DICOM, PNG, JPEG)."""
+    return any(manifest.serving.accepts(kind) for kind in IMAGE_UPLOADS)
 
 
 def vitals_window(body: bytes, sample_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -156,15 +182,10 @@ def vitals_window(body: bytes, sample_shape: tuple[int, ...] | None = None) -> n
     return window
 
 
-@lru_cache(maxsize=64)
-def sample_shape(model: str, version: str) -> tuple[int, ...] | None:
-    """One sample's shape (the batch axis left out) of the first input of ``model`` ``version``, as
-    its metadata declares it (``network_data_format.inputs``), or None when an axis is open."""
-    from models.registry import ModelRegistry
-
-    manifest = ModelRegistry().get(model, version)
-    shape = manifest.raw["network_data_format"]["inputs"][manifest.input_name].get("shape") or []
-    sample = shape[1:]
+def sample_shape(manifest: ModelManifest) -> tuple[int, ...] | None:
+    """One sample's shape (the batch axis left out) of the model's first input, as its metadata
+    declares it (``network_data_format.inputs``), or None when an axis is open."""
+    sample = (manifest.input_spec.get("shape") or [])[1:]
     if not sample or not all(isinstance(n, int) and n > 0 for n in sample):
         return None
     return tuple(sample)

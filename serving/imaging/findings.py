@@ -1,17 +1,18 @@
-"""Model replies to findings: the JSON the HTTP API returns and the Finding objects writers use;
-the result files of an upload, written and found again (only as the results table records them)."""
+"""Model replies to findings: the JSON the HTTP API returns and the :class:`~models.finding.Finding`
+objects the result writer (:mod:`serving.imaging.results`) uses, chosen by the model's reply format
+(``reply`` in its serving spec, :mod:`models.spec`); result files found again (only as the results
+table records them)."""
 from __future__ import annotations
 
-import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.uid import generate_uid
 
-from models.finding import Concept, Finding, SourceImage
+from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, SourceImage
+from models.spec import ReplyFormat, ServingSpec
 from models.transforms import heatmap_peak
-from serving.fhir.report import PatientIdentity, build_report_resources
 
 _FRACTION_SCALE = 10_000
 
@@ -34,9 +35,67 @@ def image_finding(ds, reply: dict[str, Any], info: dict[str, Any]) -> Finding:
                    source=source, point=point)
 
 
-def findings_json(model: str, reply: dict[str, Any], info: dict[str, Any]) -> list[dict[str, Any]]:
-    """JSON findings of one reply (probabilities, operating point, location when there is one)."""
-    if model == "derm":
+def class_finding(ds, reply: dict[str, Any], info: dict[str, Any]) -> Finding:
+    """The finding of a multi-class model's reply (``probabilities`` in the order of ``info["classes"]``)
+    about DICOM image ``ds``: the class that has its own operating point (``operating_point`` key
+    ``<class name>_threshold``, e.g. derm's ``mel_threshold``), the only decision its model card
+    validates; every class's probability goes into the finding's notes, most probable first.
+
+    Raises
+    ------
+    ValueError
+        The model names no class with an operating point, or the reply's length differs from the
+        classes'.
+    """
+    classes = info.get("classes") or []
+    probabilities = np.asarray(reply["probabilities"], dtype=np.float64).reshape(-1)
+    if len(probabilities) != len(classes):
+        raise ValueError(f"{info['name']}: {len(probabilities)} probabilities for {len(classes)} classes")
+    operating = info.get("operating_point") or {}
+    decided = [(i, c) for i, c in enumerate(classes) if f"{c['name']}_threshold" in operating]
+    if not decided:
+        raise ValueError(f"{info['name']}: no class has an operating point (`<class>_threshold`) in "
+                         f"{sorted(operating)}")
+    index, concept = decided[0]
+    ranked = sorted(zip(classes, probabilities), key=lambda item: -item[1])
+    notes = (NOT_FOR_CLINICAL_USE, "class probabilities: " + ", ".join(
+        f"{c['name']} ({c['meaning']}) {p:.3f}" for c, p in ranked))
+    return Finding(model=info["name"], model_version=info["version"],
+                   code=Concept(value=concept["value"], scheme=concept["scheme"], meaning=concept["meaning"]),
+                   probability=unit(probabilities[index]),
+                   threshold=float(operating[f"{concept['name']}_threshold"]), source=source_image(ds), notes=notes)
+
+
+def unit(value) -> float:
+    """``value`` clipped to [0, 1]."""
+    return min(max(float(value), 0.0), 1.0)
+
+
+def finding_of(ds, reply: dict[str, Any], info: dict[str, Any], spec: ServingSpec) -> Finding:
+    """The finding of a 2D model's reply about DICOM image ``ds``, as its reply format reads it
+    (``classes``: :func:`class_finding`; else :func:`image_finding`), with the reply's heatmap.
+
+    Raises
+    ------
+    ValueError
+        The spec's reply format is not one of an image model (``finding``, ``classes``).
+    """
+    if spec.reply is ReplyFormat.CLASSES:
+        finding = class_finding(ds, reply, info)
+    elif spec.reply is ReplyFormat.FINDING:
+        finding = image_finding(ds, reply, info)
+    else:
+        raise ValueError(f"{info['name']}: reply {spec.reply.value!r} is not one of an image model "
+                         f"({ReplyFormat.FINDING.value!r}, {ReplyFormat.CLASSES.value!r})")
+    if "heatmap" in reply:
+        finding = replace(finding, heatmap=np.asarray(reply["heatmap"], dtype=np.float32).squeeze())
+    return finding
+
+
+def findings_json(reply: dict[str, Any], info: dict[str, Any], spec: ServingSpec) -> list[dict[str, Any]]:
+    """JSON findings of one reply (probabilities, operating point, location when there is one), as
+    the model's reply format reads it: every class ranked, or one probability against the threshold."""
+    if spec.reply is ReplyFormat.CLASSES:
         probs = np.asarray(reply["probabilities"]).reshape(-1)
         classes = [c["name"] if isinstance(c, dict) else c for c in info.get("classes") or []]
         ranked = sorted(zip(classes, probs.tolist()), key=lambda kv: -kv[1])
@@ -49,41 +108,6 @@ def findings_json(model: str, reply: dict[str, Any], info: dict[str, Any]) -> li
         col, row = heatmap_peak(reply["heatmap"], _FRACTION_SCALE, _FRACTION_SCALE)
         finding["point_fraction"] = [round(col / _FRACTION_SCALE, 4), round(row / _FRACTION_SCALE, 4)]
     return [finding]
-
-
-def write_upload_results(store, results_dir: Path, ds, reply: dict[str, Any], info: dict[str, Any],
-                         identity: dict[str, Any] | None = None) -> dict[str, str]:
-    """Write the TID 1500 SR (``<results_dir>/<StudyInstanceUID>/SR-<uid>.dcm``, recorded in
-    ``store``'s results, so ``GET /v1/results/...`` serves it) and the FHIR DiagnosticReport +
-    Observation (local store) for an uploaded DICOM image; returns links to both.
-
-    The study UID names a folder: it must be a UID (PS3.5 9.1) and the file stay under
-    ``results_dir``, else :class:`ValueError` and nothing is written."""
-    from dicom_gateway.sr import build_measurement_report
-    from dicom_gateway.storage import write_durably
-    from dicom_gateway.uids import check_uid, inside
-
-    study_uid = check_uid("StudyInstanceUID", ds.StudyInstanceUID)
-    finding = image_finding(ds, reply, info)
-    seed = [ds.SOPInstanceUID, info["name"], info["version"]]
-    sr = build_measurement_report([finding], ds, algorithm_name=f"medgate-{info['name']}",
-                                  algorithm_version=info["version"],
-                                  series_instance_uid=generate_uid(entropy_srcs=seed + ["series"]),
-                                  sop_instance_uid=generate_uid(entropy_srcs=seed))
-    name = f"SR-{sr.SOPInstanceUID}.dcm"
-    path = inside(results_dir, study_uid, name)
-    buffer = io.BytesIO()
-    sr.save_as(buffer, enforce_file_format=True)
-    write_durably(path, buffer.getvalue())
-    store.add_result(study_uid, "sr", str(path), {
-        "model": info["name"], "version": info["version"], "sop_instance_uid": sr.SOPInstanceUID,
-        "source": "upload", "findings": [{"probability": finding.probability, "positive": finding.positive,
-                                          "location": finding.location, "point": finding.point,
-                                          "source": finding.source.sop_instance_uid}]})
-    resources = build_report_resources([finding], ds, PatientIdentity(**(identity or {})),
-                                       sr_sop_instance_uid=sr.SOPInstanceUID)
-    store.put_resources(resources)
-    return {"sr": f"/v1/results/{study_uid}/{name}", "fhir": f"/fhir/DiagnosticReport/{resources[0]['id']}"}
 
 
 def recorded_result(store, results_dir: Path, study_uid: str, name: str) -> Path | None:

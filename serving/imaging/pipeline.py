@@ -8,7 +8,13 @@ replies into :class:`~models.finding.Finding` objects and writes, per study:
 * a TID 1500 SR per source image (2D models) or per series (volume models);
 * a DICOM SEG of the masks (volume models whose reply has a ``mask``);
 * a Secondary Capture overlay per source image (2D) or of the slice with the largest mask area;
-* a FHIR DiagnosticReport with one Observation per finding.
+* a FHIR DiagnosticReport with one Observation per finding;
+
+each only when the model's serving spec lists it (``results``, :mod:`models.spec`).  Whether a model
+reads single images or whole series (``input``: ``image`` or ``volume``) and how its reply becomes
+findings (``reply``) come from its spec too, never from its name.  The objects are written,
+recorded and queued by the one result writer, :class:`serving.imaging.results.ResultWriter`, which
+the HTTP uploads use as well.
 
 A volume with no candidate at the operating point is reported too: one unlocated finding over the
 series, "absent", with the highest candidate probability the model saw (``max_probability``, 0 when
@@ -29,13 +35,12 @@ photograph (RGB, YBR and PALETTE COLOR photometrics).  An image the model cannot
 image for a colour model, a multi-frame instance) fails the study with the reason, shown in the
 worklist.
 
-A volume model (``nodule``) receives the series as ``{"volume": (Z, Y, X) float32, "spacing_mm"}``
+A volume model (input ``volume``, e.g. ``nodule``) receives the series as ``{"volume": (Z, Y, X) float32, "spacing_mm"}``
 in slice order (ascending position along the normal) and is expected to reply
 ``{"mask": (Z, Y, X) integer labels, "candidates": [{"label": n, "probability": p}, ...]}``.
 """
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import threading
@@ -46,79 +51,39 @@ from typing import Any
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.uid import generate_uid
 
 from dicom_gateway.overlay import build_overlay
 from dicom_gateway.ledger import mark_processed, routed_instances, unprocessed_dispatches
 from dicom_gateway.pixels import ct_volume, model_input
 from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
-from dicom_gateway.sr import build_measurement_report
-from dicom_gateway.storage import write_durably
-from dicom_gateway.uids import check_uid, inside
 from kernel.correlation import bound
-from kernel.fhir_bundle import transaction_bundle
-from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding
-from models.registry import ModelRegistry
+from models.finding import Concept, Finding
+from models.registry import registered
+from models.spec import InputKind, ServingSpec
 from models.transforms import input_channels
-from serving.fhir.report import PatientIdentity, build_report_resources
-from serving.imaging.findings import image_finding, source_image
+from serving.fhir.report import PatientIdentity
+from serving.imaging.findings import finding_of, source_image, unit
+from serving.imaging.results import OVERLAY_SERIES_NUMBER, ResultWriter, result_uid
 
 log = logging.getLogger("medgate.imaging")
 
-#: Models that take a whole series instead of single images.
-VOLUME_MODELS = ("nodule",)
 #: Every DICOM result kind; a destination's ``objects`` selects among them.
 ALL_OBJECTS = ("sr", "seg", "sc")
+
+
+def served_spec(info: dict) -> ServingSpec:
+    """The serving spec of the served model version (``info["name"]``, ``info["version"]``)."""
+    return registered(info["name"], info["version"]).serving
 
 
 def registered_input(info: dict) -> dict:
     """The first input of ``network_data_format.inputs`` in the metadata of the served model version
     (``info["name"]``, ``info["version"]``); empty when the registry does not hold that version."""
     try:
-        manifest = ModelRegistry().get(info["name"], info["version"])
+        return registered(info["name"], info["version"]).input_spec
     except Exception:  # noqa: BLE001 - no registered version: a 2D study then fails naming the model
         return {}
-    return dict(next(iter(manifest.raw["network_data_format"]["inputs"].values())))
-
-
-def class_finding(ds, reply: dict, info: dict) -> Finding:
-    """The finding of a multi-class model's reply (``probabilities`` in the order of ``info["classes"]``)
-    about DICOM image ``ds``: the class that has its own operating point (``operating_point`` key
-    ``<class name>_threshold``, e.g. derm's ``mel_threshold``), the only decision its model card
-    validates; every class's probability goes into the finding's notes, most probable first.
-
-    Raises
-    ------
-    ValueError
-        The model names no class with an operating point, or the reply's length differs from the
-        classes'.
-    """
-    classes = info.get("classes") or []
-    probabilities = np.asarray(reply["probabilities"], dtype=np.float64).reshape(-1)
-    if len(probabilities) != len(classes):
-        raise ValueError(f"{info['name']}: {len(probabilities)} probabilities for {len(classes)} classes")
-    operating = info.get("operating_point") or {}
-    decided = [(i, c) for i, c in enumerate(classes) if f"{c['name']}_threshold" in operating]
-    if not decided:
-        raise ValueError(f"{info['name']}: no class has an operating point (`<class>_threshold`) in "
-                         f"{sorted(operating)}")
-    index, concept = decided[0]
-    ranked = sorted(zip(classes, probabilities), key=lambda item: -item[1])
-    notes = (NOT_FOR_CLINICAL_USE, "class probabilities: " + ", ".join(
-        f"{c['name']} ({c['meaning']}) {p:.3f}" for c, p in ranked))
-    return Finding(model=info["name"], model_version=info["version"],
-                   code=Concept(value=concept["value"], scheme=concept["scheme"], meaning=concept["meaning"]),
-                   probability=_unit(probabilities[index]), threshold=float(operating[f"{concept['name']}_threshold"]),
-                   source=source_image(ds), notes=notes)
-
-
-def _unit(value) -> float:
-    return min(max(float(value), 0.0), 1.0)
-
-
-def _uid(*parts: str) -> str:
-    return generate_uid(entropy_srcs=["medgate result", *map(str, parts)])
 
 
 #: Attempts of a study whose model call timed out or lost its replica, and the first retry delay.
@@ -162,6 +127,8 @@ class ImagingPipeline:
             self.destinations[pacs_destination] = list(ALL_OBJECTS)
         self.fhir_base_url = fhir_base_url
         self.identity = identity or PatientIdentity()
+        self.results = ResultWriter(store, outbox, self.results_dir, destinations=self.destinations,
+                                    fhir_base_url=fhir_base_url, identity=self.identity)
         self.timeout_s = timeout_s
         self._attempts: dict[tuple[str, str], int] = {}  # transient failures so far, per dispatch
         self._info: dict[str, dict] = {}
@@ -247,7 +214,7 @@ class ImagingPipeline:
                                               else route(ds, DEFAULT_RULES) == model)]
         if not datasets:
             raise ValueError(f"study {study_uid} has no image routed to {model!r}")
-        if model in VOLUME_MODELS:
+        if served_spec(info).input is InputKind.VOLUME:
             paths = self._process_volume(study_uid, datasets, info)
         else:
             paths = self._process_images(study_uid, datasets, info)
@@ -260,47 +227,44 @@ class ImagingPipeline:
         return paths
 
     def _process_images(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
-        handle = self.handles[info["name"]]
+        handle, spec = self.handles[info["name"]], served_spec(info)
         channels = input_channels(info["input"])
         items = [model_input(ds, info["input_size_px"], channels) for ds in datasets]  # PixelDataError: study fails
         pending = [handle.remote(item) for item in items]
         replies = [p.result(timeout_s=self.timeout_s) for p in pending]
         paths, findings = [], []
         for ds, reply in zip(datasets, replies):
-            finding = image_finding(ds, reply, info) if info.get("finding") else class_finding(ds, reply, info)
-            if "heatmap" in reply:
-                finding = replace(finding, heatmap=np.asarray(reply["heatmap"], dtype=np.float32).squeeze())
+            finding = finding_of(ds, reply, info, spec)
             findings.append(finding)
-            sr = self._sr([finding], ds, info, seed=ds.SOPInstanceUID)
-            paths.append(self._deliver_dicom(study_uid, "SR", sr, info, [finding]))
-            sc = build_overlay(ds, [finding], series_number=9903,
-                               series_instance_uid=_uid(study_uid, info["name"], info["version"], "sc"),
-                               sop_instance_uid=_uid(ds.SOPInstanceUID, info["name"], info["version"], "sc"))
-            paths.append(self._deliver_dicom(study_uid, "SC", sc, info, [finding]))
-        self._deliver_fhir(findings, datasets[0], info, sr_uid=None)
+            paths.extend(self.results.image(ds, finding, info, spec).values())
+        if spec.yields("fhir"):
+            self.results.fhir(findings, datasets[0])
         return paths
 
     def _process_volume(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
+        spec = served_spec(info)
         volume, spacing, series = ct_volume(datasets)  # sorted along the normal; VolumeError if mixed
         reply = self.handles[info["name"]].remote({"volume": volume, "spacing_mm": spacing}).result(
             timeout_s=max(self.timeout_s, VOLUME_TIMEOUT_S))
         findings = self._volume_findings(series, reply, info)
         paths, seg = [], None
         masked = [f for f in findings if f.mask is not None]
-        if masked:
-            seg = build_segmentation(masked, series, series_instance_uid=_uid(study_uid, info["name"], "seg"),
-                                     sop_instance_uid=_uid(study_uid, info["name"], info["version"], "seg"))
-            paths.append(self._deliver_dicom(study_uid, "SEG", seg, info, masked))
-        sr = self._sr(findings, series, info, seed=series[0].SeriesInstanceUID, segmentation=seg)
-        paths.append(self._deliver_dicom(study_uid, "SR", sr, info, findings))
-        for f in masked[:1]:
+        if masked and spec.yields("seg"):
+            seg = build_segmentation(masked, series, series_instance_uid=result_uid(study_uid, info["name"], "seg"),
+                                     sop_instance_uid=result_uid(study_uid, info["name"], info["version"], "seg"))
+            paths.append(self.results.dicom(study_uid, "SEG", seg, info, masked))
+        sr = self.results.sr(findings, series, info, seed=series[0].SeriesInstanceUID, segmentation=seg)
+        if spec.yields("sr"):
+            paths.append(self.results.dicom(study_uid, "SR", sr, info, findings))
+        for f in masked[:1] if spec.yields("sc") else []:
             plane = int(np.argmax(f.mask.reshape(len(series), -1).sum(axis=1)))
             shown = replace(f, source=f.sources[plane], other_sources=(), mask=f.mask[plane:plane + 1])
-            sc = build_overlay(series[plane], [shown],
-                               series_instance_uid=_uid(study_uid, info["name"], info["version"], "sc"),
-                               sop_instance_uid=_uid(series[plane].SOPInstanceUID, info["name"], "sc"))
-            paths.append(self._deliver_dicom(study_uid, "SC", sc, info, [shown]))
-        self._deliver_fhir(findings, series[0], info, sr_uid=sr.SOPInstanceUID)
+            sc = build_overlay(series[plane], [shown], series_number=OVERLAY_SERIES_NUMBER,
+                               series_instance_uid=result_uid(study_uid, info["name"], info["version"], "sc"),
+                               sop_instance_uid=result_uid(series[plane].SOPInstanceUID, info["name"], "sc"))
+            paths.append(self.results.dicom(study_uid, "SC", sc, info, [shown]))
+        if spec.yields("fhir"):
+            self.results.fhir(findings, series[0], sr.SOPInstanceUID if spec.yields("sr") else None)
         return paths
 
     @staticmethod
@@ -313,43 +277,9 @@ class ImagingPipeline:
         for n, candidate in enumerate(reply.get("candidates", []), start=1):
             label = int(candidate.get("label", n))
             mask = labels == label if labels is not None and labels.shape[0] == len(series) else None
-            findings.append(Finding(probability=_unit(candidate["probability"]),
+            findings.append(Finding(probability=unit(candidate["probability"]),
                                     mask=mask if mask is not None and mask.any() else None, **common))
         if not findings:  # nothing at the operating point: the study is reported as read, "absent"
             below = float(np.nextafter(info["threshold"], 0.0))
-            findings.append(Finding(probability=min(_unit(reply.get("max_probability", 0.0)), below), **common))
+            findings.append(Finding(probability=min(unit(reply.get("max_probability", 0.0)), below), **common))
         return findings
-
-    # -- writing and delivery ------------------------------------------------------------------
-    @staticmethod
-    def _sr(findings, source, info: dict, seed: str, segmentation=None):
-        return build_measurement_report(
-            findings, source, algorithm_name=f"medgate-{info['name']}", algorithm_version=info["version"],
-            series_instance_uid=_uid(findings[0].source.study_uid, info["name"], info["version"], "sr"),
-            sop_instance_uid=generate_uid(entropy_srcs=[seed, info["name"], info["version"]]),
-            segmentation=segmentation)
-
-    def _deliver_dicom(self, study_uid: str, kind: str, obj, info: dict, findings: list[Finding]) -> Path:
-        """Write ``obj``, record it, and queue it for each destination that takes ``kind``."""
-        path = inside(self.results_dir, check_uid("StudyInstanceUID", study_uid),
-                      f"{kind}-{check_uid('SOPInstanceUID', obj.SOPInstanceUID)}.dcm")
-        buffer = io.BytesIO()
-        obj.save_as(buffer, enforce_file_format=True)
-        write_durably(path, buffer.getvalue())
-        summary = {"model": info["name"], "version": info["version"], "sop_instance_uid": obj.SOPInstanceUID,
-                   "findings": [{"probability": f.probability, "positive": f.positive, "location": f.location,
-                                 "point": f.point, "source": f.source.sop_instance_uid} for f in findings]}
-        self.store.add_result(study_uid, kind.lower(), str(path), summary)
-        for destination, objects in self.destinations.items():
-            if kind.lower() in objects:
-                self.outbox.enqueue(f"dicom:{obj.SOPInstanceUID}:{destination}", "dicom", destination,
-                                    {"paths": [str(path)]})
-        return path
-
-    def _deliver_fhir(self, findings: list[Finding], source, info: dict, sr_uid: str | None) -> None:
-        resources = build_report_resources(findings, source, self.identity, sr_sop_instance_uid=sr_uid)
-        if self.fhir_base_url is None:
-            self.store.put_resources(resources)
-            return
-        bundle = transaction_bundle(resources, self.fhir_base_url)
-        self.outbox.enqueue(f"fhir:bundle:{bundle['id']}", "fhir", self.fhir_base_url, bundle)

@@ -1,6 +1,7 @@
 """How a model deployment turns a batch of request items into engine calls and per-item replies.
 
-A runner is chosen by model name.  Items arrive already preprocessed by the gateway or the HTTP
+A runner is chosen by the model's serving spec (``runner`` in its folder's ``serving.json``,
+:mod:`models.spec`).  Items arrive already preprocessed by the gateway or the HTTP
 ingress (decoded, resampled, windowed): the batched hot path only stacks arrays, runs the engine
 once per batch and splits the outputs, with no per-pixel Python work.
 """
@@ -11,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from models.registry import ModelManifest
+from models.spec import RunnerKind
 from serving.inference.engine_base import Engine
 
 
@@ -68,13 +70,13 @@ class VolumeRunner:
                 for item in items]
 
 
-#: Model name -> runner kind. Unknown models default to ``stack``.
-RUNNER_KINDS = {"tb": "stack", "derm": "stack", "vitals": "stack", "nodule": "volume"}
-
-
-def make_runner(model: str, engine: Engine, manifest: ModelManifest):
-    if RUNNER_KINDS.get(model, "stack") == "stack":
-        return StackRunner(engine, manifest)
-    from importlib import import_module
-
-    return VolumeRunner(engine, manifest, import_module(f"models.{model}.serving").serve_volume)
+def make_runner(model: str, engine: Engine, manifest: ModelManifest) -> StackRunner | VolumeRunner:
+    """The runner ``model``'s serving spec names (``manifest.serving.runner``): ``stack``, or
+    ``volume`` calling the spec's ``entry``; :class:`ValueError` naming the model when the spec is bad."""
+    try:
+        spec = manifest.serving
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"{model} {manifest.version} cannot be served: {exc}") from None
+    if spec.runner is RunnerKind.VOLUME:
+        return VolumeRunner(engine, manifest, spec.function("entry"))
+    return StackRunner(engine, manifest)

@@ -103,7 +103,7 @@ SITE_CODES = {"mel": {"value": "mel-site", "scheme": "99MEDGATE", "meaning": "Me
 
 def test_class_codes_change_the_code_a_derm_finding_gets():
     from dicom_testdata import make_photo_dataset
-    from serving.imaging.pipeline import class_finding
+    from serving.imaging.findings import class_finding
 
     ds = make_photo_dataset(np.full((64, 64, 3), 150, np.uint8))
     findings = {}
