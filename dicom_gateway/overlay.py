@@ -27,6 +27,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import generate_uid
 
 from dicom_gateway.pixels import decoded_pixels
+from dicom_gateway.sc_image import secondary_capture
 from models.finding import Finding
 
 #: Text of the banner above every overlay: the wording of every other output (SR, SEG, FHIR).
@@ -258,8 +259,35 @@ def build_overlay(
     Returns
     -------
     highdicom.sc.SCImage
-        The overlay; write it with ``.save_as``.
+        The overlay; write it with ``.save_as``.  Its data elements are those of
+        :func:`reference_overlay` (highdicom's ``SCImage``), written by
+        :func:`dicom_gateway.sc_image.secondary_capture` without highdicom's per-call IOD look-ups.
     """
+    pixels = render_overlay(source, findings)
+    sc = secondary_capture(
+        source, pixels,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        patient_orientation=_patient_orientation(source),
+    )
+    return _as_overlay(sc, source)
+
+
+def reference_overlay(
+    source: Dataset,
+    findings: Sequence[Finding],
+    *,
+    manufacturer: str = "medgate",
+    series_number: int = 9903,
+    instance_number: int = 1,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sc.SCImage:
+    """The overlay of :func:`build_overlay` (same arguments) wrapped by highdicom's
+    ``SCImage.from_ref_dataset``: the reference the direct writer is compared with."""
     pixels = render_overlay(source, findings)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -275,6 +303,12 @@ def build_overlay(
         patient_orientation=_patient_orientation(source),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
+    return _as_overlay(sc, source)
+
+
+def _as_overlay(sc: hd.sc.SCImage, source: Dataset) -> hd.sc.SCImage:
+    """What makes a Secondary Capture of ``source`` medgate's overlay: burned-in annotation,
+    laterality, the source's recognizable visual features, descriptions and source reference."""
     sc.BurnedInAnnotation = "YES"
     _set_laterality(sc, source)
     # Recognizable Visual Features (0028,0302) of the picture are those of its source.

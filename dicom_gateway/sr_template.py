@@ -26,7 +26,6 @@ import copy
 import datetime
 from collections.abc import Sequence
 from functools import lru_cache
-from io import BytesIO
 
 import highdicom as hd
 from highdicom._standard_utils import (
@@ -35,14 +34,12 @@ from highdicom._standard_utils import (
     get_sop_class_iod_map,
 )
 from highdicom.valuerep import _check_specific_character_set
-from highdicom.version import __version__ as HIGHDICOM_VERSION
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DS, TM
 
+from dicom_gateway.sop_common import contributing_equipment, file_meta
 from dicom_gateway.sr_codes import (
     ABSENT,
     COMMENT,
@@ -61,8 +58,6 @@ from models.finding import NOT_FOR_CLINICAL_USE, Finding
 
 #: PS3.4 Annex B.5: Comprehensive 3D SR Storage.
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-#: highdicom's implementation class UID (PS3.7 D.3.3.2), written by the reference too.
-HIGHDICOM_IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.9.7433.1.1"
 #: PS3.3 C.17.3 Relationship Type values used in TID 1500.
 CONTAINS = "CONTAINS"
 HAS_OBS_CONTEXT = "HAS OBS CONTEXT"
@@ -294,13 +289,6 @@ class ReportTemplate:
         ]
         self._algorithms: dict[tuple[str, str, float], list[Dataset]] = {}
         self._codes: dict[object, Dataset] = {}
-        file_meta = FileMetaDataset()
-        file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_3D_SR
-        file_meta.FileMetaInformationVersion = b"\x00\x01"
-        file_meta.ImplementationClassUID = HIGHDICOM_IMPLEMENTATION_CLASS_UID
-        file_meta.ImplementationVersionName = f"highdicom{HIGHDICOM_VERSION}"
-        self._file_meta = file_meta
 
     # -- cached parts ------------------------------------------------------------------------
     def _coded(self, code) -> Dataset:
@@ -378,11 +366,7 @@ class ReportTemplate:
         first = sources[0]
         sr = TemplateReport()
         sr.preamble = b"\x00" * 128
-        sr.file_meta = _clone(self._file_meta)
-        sr.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
-        with BytesIO() as fp:
-            write_file_meta_info(fp, sr.file_meta, enforce_standard=True)
-            sr.file_meta.FileMetaInformationGroupLength = len(fp.getvalue())
+        sr.file_meta = file_meta(COMPREHENSIVE_3D_SR, str(sop_instance_uid))
         for element in self._header:
             sr.add(copy.copy(element))
         sr.PerformedProcedureCodeSequence = []
@@ -408,7 +392,7 @@ class ReportTemplate:
             if keyword not in first:
                 setattr(sr, keyword, "")
         sr.CurrentRequestedProcedureEvidenceSequence = _evidence(sources)
-        sr.ContributingEquipmentSequence = _contributing_equipment(first)
+        sr.ContributingEquipmentSequence = contributing_equipment(first, _has_pixel_data(str(first.SOPClassUID)))
         private = sorted({f.code.scheme for f in findings if coding_scheme.is_private(f.code.scheme)})
         if private:
             sr.CodingSchemeIdentificationSequence = [scheme_identification(s) for s in private]
@@ -451,32 +435,3 @@ def _evidence(sources: Sequence[Dataset]) -> list[Dataset]:
     study.StudyInstanceUID = sources[0].StudyInstanceUID
     study.ReferencedSeriesSequence = series_items
     return [study]
-
-
-def _contributing_equipment(source: Dataset) -> list[Dataset]:
-    """Contributing Equipment Sequence (PS3.3 C.12.1): the source's acquisition equipment where
-    it names a manufacturer, then highdicom (its items, as the reference writes them)."""
-    items = []
-    if _has_pixel_data(str(source.SOPClassUID)) and source.get("Manufacturer"):
-        try:
-            acquired = source.get("AcquisitionDateTime")
-            date, time_ = source.get("AcquisitionDate"), source.get("AcquisitionTime")
-            if acquired is None and isinstance(date, datetime.date) and isinstance(time_, datetime.time):
-                acquired = datetime.datetime.combine(date, time_)
-            items.append(hd.ContributingEquipment(
-                manufacturer=source.get("Manufacturer"),
-                purpose_of_reference=codes.DCM.AcquisitionEquipment,
-                manufacturer_model_name=source.get("ManufacturerModelName"),
-                software_versions=source.get("SoftwareVersions"),
-                device_serial_number=source.get("DeviceSerialNumber"),
-                institution_name=source.get("InstitutionName"),
-                institutional_department_name=source.get("InstitutionalDepartmentName"),
-                institution_address=source.get("InstitutionAddress"),
-                station_name=source.get("StationName"),
-                contribution_datetime=acquired,
-                contribution_description="Acquisition equipment of the source image(s)",
-            ))
-        except Exception:  # noqa: BLE001 - as highdicom: an unusable source value leaves the item out
-            pass
-    items.append(hd.ContributingEquipment.for_highdicom())
-    return items

@@ -37,10 +37,11 @@ CREATION_TIMES = frozenset({
 TRACKING_UID = "112040"
 
 
-def differences(ours: Dataset, reference: Dataset, path: str = "") -> list[str]:
+def differences(ours: Dataset, reference: Dataset, ignore: frozenset[str] = CREATION_TIMES,
+                path: str = "") -> list[str]:
     """Every data element that differs between two datasets, recursively into sequences: missing
-    on either side, another VR, another value, another number of items.  Creation times and the
-    tracking UIDs' values are skipped (see :data:`CREATION_TIMES`)."""
+    on either side, another VR, another value or value type, another number of items.  The values
+    of the ``ignore`` keywords and of tracking UIDs are not compared."""
     found = []
     tags = sorted(set(ours.keys()) | set(reference.keys()))
     tracking = any(
@@ -52,7 +53,7 @@ def differences(ours: Dataset, reference: Dataset, path: str = "") -> list[str]:
             found.append(f"{here}: only in {'reference' if tag not in ours else 'fast path'}")
             continue
         a, b = ours[tag], reference[tag]
-        if a.keyword in CREATION_TIMES or (tracking and a.keyword == "UID"):
+        if a.keyword in ignore or (tracking and a.keyword == "UID"):
             continue
         if a.VR != b.VR:
             found.append(f"{here}: VR {a.VR} != {b.VR}")
@@ -60,7 +61,7 @@ def differences(ours: Dataset, reference: Dataset, path: str = "") -> list[str]:
             if len(a.value) != len(b.value):
                 found.append(f"{here}: {len(a.value)} items != {len(b.value)}")
             for i, (x, y) in enumerate(zip(a.value, b.value)):
-                found += differences(x, y, f"{here}[{i}]")
+                found += differences(x, y, ignore, f"{here}[{i}]")
         elif a.value != b.value or type(a.value) is not type(b.value):
             found.append(f"{here}: {a.value!r} ({type(a.value).__name__}) != {b.value!r} ({type(b.value).__name__})")
     return found
@@ -200,17 +201,24 @@ def test_template_reports_are_valid_for_dciodvfy(tmp_path, case):
     assert pydicom.dcmread(path).SOPInstanceUID == sr.SOPInstanceUID
 
 
-def test_fast_path_takes_a_few_milliseconds():
+def median_ms(build, rounds: int = 15) -> float:
+    times_ms = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        build()
+        times_ms.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times_ms))
+
+
+def test_template_report_costs_a_fraction_of_the_reference():
     source = chest_xray()
     findings = [tb_finding(source, point=(40.5, 22.0))]
     build_measurement_report(findings, source)  # the template is built once per algorithm version
-    times_ms = []
-    for _ in range(20):
-        start = time.perf_counter()
-        build_measurement_report(findings, source)
-        times_ms.append((time.perf_counter() - start) * 1000)
-    # generous on a shared 2-core machine: the reference takes ~30 ms here
-    assert float(np.median(times_ms)) < 10.0, times_ms
+    reference_measurement_report(findings, source)
+    fast_ms = median_ms(lambda: build_measurement_report(findings, source))
+    reference_ms = median_ms(lambda: reference_measurement_report(findings, source))
+    # ~5 ms against ~30 ms on an idle 2-core machine; compared in the same run, as others share it
+    assert fast_ms < reference_ms / 3, (fast_ms, reference_ms)
 
 
 @pytest.mark.parametrize("sop_class", [
