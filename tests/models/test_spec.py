@@ -3,6 +3,8 @@ naming the field."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,10 @@ def test_the_registry_root_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv(ROOT_ENV)
     assert registered("tb", source.version).serving.results == ("sr", "sc", "fhir")
 
+
+
+def test_the_documented_example_is_a_valid_spec():
+    """docs/serving.md's serving.json example is tb's own declaration."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text(encoding="utf-8")
+    [example] = re.findall(r"```json\n(.*?)```", doc, re.S)
+    assert ServingSpec.from_dict(json.loads(example)) == ModelRegistry().get("tb").serving
