@@ -54,6 +54,10 @@ UNPAIRED_BODY_PARTS = frozenset({
 BANNER_TEXT_FRACTION = 0.04
 BANNER_MIN_TEXT_PX = 10
 BANNER_PADDING_PX = 3
+#: Grayscale sources above this many pixels are windowed through a table of their stored values
+#: (one entry per value between the smallest and the largest, at most LOOKUP_MAX_ENTRIES).
+LOOKUP_MIN_PIXELS = 65_536
+LOOKUP_MAX_ENTRIES = 1 << 17
 #: PS3.3 C.8.6.1: Secondary Capture "Derivation Description" of the overlay.
 DERIVATION_DESCRIPTION = "source image with AI findings drawn on it and a banner border; not for clinical use"
 
@@ -62,9 +66,24 @@ def displayed_gray(ds: Dataset) -> np.ndarray:
     """The source pixels as a viewer shows them, as ``float32`` in [0, 1] (0 = black)."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ValueError(f"source must be a grayscale image, SamplesPerPixel {ds.SamplesPerPixel} is given.")
-    values = apply_modality_lut(decoded_pixels(ds), ds).astype(np.float64)
-    if values.ndim != 2:
-        raise ValueError(f"source must be a single-frame image, pixel array shape {values.shape} is given.")
+    stored = decoded_pixels(ds)
+    if stored.ndim != 2:
+        raise ValueError(f"source must be a single-frame image, pixel array shape {stored.shape} is given.")
+    windowed = "WindowCenter" in ds and "WindowWidth" in ds
+    if windowed and stored.dtype.kind in "ui" and stored.size > LOOKUP_MIN_PIXELS:
+        # Every step below maps each stored value on its own: compute it once per value present
+        # in the image's range and look the pixels up (the same numbers, far fewer operations).
+        low, high = int(stored.min()), int(stored.max())
+        if high - low < LOOKUP_MAX_ENTRIES:
+            table = _gray(np.arange(low, high + 1).astype(stored.dtype), ds)
+            index = stored - stored.dtype.type(low) if stored.dtype.kind == "u" else stored.astype(np.int32) - low
+            return table[index]
+    return _gray(stored, ds)
+
+
+def _gray(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT, VOI window (or the 1-99 percentile stretch) and MONOCHROME1 inversion."""
+    values = apply_modality_lut(stored, ds).astype(np.float64)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         centre = float(np.ravel(ds.WindowCenter)[0])
         width = max(float(np.ravel(ds.WindowWidth)[0]), 1.0)
@@ -84,13 +103,53 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(4.0 * x - 4.0 * centres), 0.0, 1.0)
 
 
-def _blend_heatmap(rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
-    rows, columns = rgb.shape[:2]
+def _heat(heatmap: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """``heatmap`` stretched bilinearly over a ``rows`` x ``columns`` image, clipped to [0, 1]."""
     heat = np.asarray(heatmap, dtype=np.float32)
     heat = np.asarray(Image.fromarray(heat).resize((columns, rows), Image.Resampling.BILINEAR))
-    heat = heat.clip(0.0, 1.0)
+    return heat.clip(0.0, 1.0)
+
+
+def _blend_heatmap(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """``heat`` (already the image's size) alpha-blended over ``rgb`` in the colour map."""
     alpha = np.where(heat >= HEATMAP_FLOOR, HEATMAP_MAX_ALPHA * heat, 0.0)[..., None]
     return rgb * (1.0 - alpha) + colour_map(heat) * alpha
+
+
+def _composited(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
+    """The displayed source with the findings' heatmaps (and first mask planes) blended in,
+    ``(rows, columns, 3)`` ``uint8``.
+
+    A heatmap leaves every pixel below :data:`HEATMAP_FLOOR` as it is, so the blending runs on
+    the smallest box around the pixels some heatmap reaches; the rest of the image is rounded
+    as the blended image would round it (float64 once a heatmap is blended, else float32).
+    """
+    base = displayed_rgb(source) if _is_colour(source) else displayed_gray(source)
+    rows, columns = base.shape[:2]
+    # in the findings' order, each finding's heatmap before its mask's first plane
+    layers = [layer for f in findings for layer in (f.heatmap, None if f.mask is None else f.mask[0])]
+    heats = [_heat(np.asarray(layer, dtype=np.float32), rows, columns) for layer in layers if layer is not None]
+    if not heats:
+        return _as_rgb(np.round(base * 255).astype(np.uint8))
+    out = _as_rgb(np.round(base.astype(np.float64) * 255).astype(np.uint8))
+    hot = np.logical_or.reduce([heat >= HEATMAP_FLOOR for heat in heats])
+    hot_rows, hot_columns = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
+    if hot_rows.size:
+        box = np.s_[hot_rows[0]:hot_rows[-1] + 1, hot_columns[0]:hot_columns[-1] + 1]
+        rgb = _as_rgb(base[box])
+        for heat in heats:
+            rgb = _blend_heatmap(rgb, heat[box])
+        out[box] = np.round(rgb * 255).astype(np.uint8)
+    return out
+
+
+def _is_colour(ds: Dataset) -> bool:
+    return int(ds.get("SamplesPerPixel", 1)) != 1 or str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+
+
+def _as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """Grayscale ``(rows, columns)`` repeated into three channels; colour returned as is."""
+    return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
 
 
 def _draw_locations(draw: ImageDraw.ImageDraw, findings: Sequence[Finding], line_px: int) -> None:
@@ -142,16 +201,14 @@ def banner_height_px(rows: int, columns: int, findings: Sequence[Finding]) -> in
     return _banner_layout(rows, columns, findings)[1]
 
 
-def _with_banner(image: Image.Image, findings: Sequence[Finding]) -> Image.Image:
-    """``image`` below a black border that carries :data:`BANNER`, the models and the calls."""
-    columns, rows = image.size
+def _banner(columns: int, rows: int, findings: Sequence[Finding]) -> np.ndarray:
+    """The black border that carries :data:`BANNER`, the models and the calls, ``(height, columns, 3)``."""
     layout, height = _banner_layout(rows, columns, findings)
-    framed = Image.new("RGB", (columns, rows + height), (0, 0, 0))
-    framed.paste(image, (0, height))
-    draw = ImageDraw.Draw(framed)
+    strip = Image.new("RGB", (columns, height), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
     for text, font, colour, y in layout:
         draw.text((BANNER_PADDING_PX, y), text, fill=colour, font=font)
-    return framed
+    return np.asarray(strip)
 
 
 def displayed_rgb(ds: Dataset) -> np.ndarray:
@@ -185,16 +242,10 @@ def render_overlay(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
                 f"findings[{i}] is about image {finding.source.sop_instance_uid}, not the source image "
                 f"{source.SOPInstanceUID}; build one overlay per source image."
             )
-    rgb = displayed_rgb(source)
-    for finding in findings:
-        if finding.heatmap is not None:
-            rgb = _blend_heatmap(rgb, finding.heatmap)
-        if finding.mask is not None:
-            rgb = _blend_heatmap(rgb, finding.mask[0].astype(np.float32))
-    image = Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB")
+    image = Image.fromarray(_composited(source, findings), mode="RGB")
     line_px = max(1, round(min(image.size) / 250))
     _draw_locations(ImageDraw.Draw(image), findings, line_px)
-    return np.asarray(_with_banner(image, findings))
+    return np.concatenate([_banner(*image.size, findings), np.asarray(image)])
 
 
 def _patient_orientation(source: Dataset) -> tuple[str, str]:

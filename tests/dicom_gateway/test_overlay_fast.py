@@ -3,7 +3,10 @@ SCImage writes (the reference), and valid for dciodvfy; and it costs a few milli
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -148,3 +151,16 @@ def median_ms(build, rounds: int = 9) -> float:
         build()
         times_ms.append((time.perf_counter() - start) * 1000)
     return float(np.median(times_ms))
+
+
+def test_first_overlay_of_a_process_does_not_read_highdicoms_module_table():
+    code = ("import sys; sys.path[:0] = ['tests/dicom_gateway', 'tests', '.'];"
+            "from test_overlay_fast import tb_case;"
+            "from dicom_gateway.overlay import build_overlay;"
+            "from highdicom._standard_utils import get_module_attribute_map;"
+            "build_overlay(*tb_case());"
+            "print(get_module_attribute_map.cache_info().currsize)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0"], run.stdout
