@@ -58,8 +58,12 @@ def onnx_runner(session, input_name: str = "image", output_name: str = "probabil
 
 
 def infer_volume(run_patch: PatchRunner, volume01: np.ndarray, roi_size: Sequence[int] = PATCH_SIZE_VOX,
-                 overlap: float = 0.25, sw_batch_size: int = 2) -> np.ndarray:
+                 overlap: float = 0.25, sw_batch_size: int = 2, region: np.ndarray | None = None) -> np.ndarray:
     """Probability map of a whole preprocessed volume by overlapping patches.
+
+    With a ``region``, a patch that holds none of its voxels is not run: its output is 0, which
+    the Gaussian blending gives only to voxels outside the region (every voxel of a skipped patch
+    is), so the map inside the region is the same as without skipping.
 
     Parameters
     ----------
@@ -73,6 +77,9 @@ def infer_volume(run_patch: PatchRunner, volume01: np.ndarray, roi_size: Sequenc
         Fraction of overlap between neighbouring patches, within [0, 1).
     sw_batch_size
         Patches per call of ``run_patch``.
+    region
+        Boolean (z, y, x) map of the voxels whose probability is wanted (the lung mask), or None
+        for every voxel.
 
     Returns
     -------
@@ -91,11 +98,33 @@ def infer_volume(run_patch: PatchRunner, volume01: np.ndarray, roi_size: Sequenc
         raise ValueError(f"`overlap` must be within [0, 1), {overlap!r} is given.")
     if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
         raise ValueError(f"`sw_batch_size` must be a positive integer, {sw_batch_size!r} is given.")
-    inputs = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+    if region is not None and np.shape(region) != arr.shape:
+        raise ValueError(f"`region` must have the volume's shape {arr.shape}, {np.shape(region)} is given.")
+    # Padded here (as MONAI would, constant 0) so that window coordinates index ``region`` too.
+    pads = [((r - n) // 2, r - n - (r - n) // 2) if n < r else (0, 0) for n, r in zip(arr.shape, roi)]
+    inputs = torch.from_numpy(np.ascontiguousarray(np.pad(arr, pads)))[None, None]
+    predictor, with_coord = run_patch, False
+    if region is not None:
+        predictor, with_coord = _region_runner(run_patch, np.pad(np.asarray(region, dtype=bool), pads)), True
     with torch.no_grad():
-        out = sliding_window_inference(inputs, roi, sw_batch_size, run_patch, overlap=overlap, mode="gaussian",
-                                       padding_mode="constant", cval=0.0)
-    return np.clip(torch.as_tensor(out)[0, 0].numpy().astype(np.float32), 0.0, 1.0)
+        out = sliding_window_inference(inputs, roi, sw_batch_size, predictor, overlap=overlap, mode="gaussian",
+                                       padding_mode="constant", cval=0.0, with_coord=with_coord)
+    inner = tuple(slice(before, before + n) for (before, _), n in zip(pads, arr.shape))
+    return np.clip(torch.as_tensor(out)[0, 0].numpy()[inner].astype(np.float32), 0.0, 1.0)
+
+
+def _region_runner(run_patch: PatchRunner, region: np.ndarray):
+    """A MONAI ``with_coord`` predictor that runs ``run_patch`` only on the windows holding a voxel of
+    ``region`` and answers 0 for the others."""
+
+    def run(windows: torch.Tensor, coords) -> torch.Tensor:
+        wanted = [i for i, c in enumerate(coords) if region[tuple(c[2:])].any()]
+        out = torch.zeros_like(windows)
+        if wanted:
+            out[wanted] = torch.as_tensor(run_patch(windows[wanted])).to(out.dtype)
+        return out
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -138,7 +167,7 @@ def segment_volume(run_patch: PatchRunner, volume01: np.ndarray, spacing_mm, *,
         if lung.any():
             box = tuple(slice(max(s.start - context_vox, 0), min(s.stop + context_vox, n))
                         for s, n in zip(ndimage.find_objects(lung.astype(np.uint8))[0], arr.shape))
-            probability[box] = infer_volume(run_patch, arr[box], roi_size, overlap)
+            probability[box] = infer_volume(run_patch, arr[box], roi_size, overlap, region=lung[box])
     else:
         lung = np.ones(arr.shape, dtype=bool)
         probability = infer_volume(run_patch, arr, roi_size, overlap)

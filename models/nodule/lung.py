@@ -36,6 +36,15 @@ MIN_LUNG_COMPONENT_ML = 0.5
 _IN_PLANE = np.array([np.zeros((3, 3)), [[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.zeros((3, 3))], dtype=bool)
 
 
+def _touching_border(labels: np.ndarray, count: int) -> np.ndarray:
+    """Boolean map of the voxels whose label (> 0) touches the (y, x) border of its slice."""
+    border = np.zeros(count + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        border[edge] = True
+    border[0] = False
+    return border[labels]  # a lookup, not np.isin: no sort of the whole volume
+
+
 def _spacing(value) -> np.ndarray:
     spacing = np.asarray(value, dtype=np.float64).reshape(-1)
     if spacing.size != 3 or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
@@ -91,10 +100,8 @@ def lung_mask(volume_hu: np.ndarray, spacing_mm, *, air_hu: float = LUNG_AIR_HU,
     if min_component_ml < 0:
         raise ValueError(f"`min_component_ml` must be non-negative, {min_component_ml!r} is given.")
     air = hu < air_hu
-    labels, _ = ndimage.label(air, structure=_IN_PLANE)  # each slice on its own
-    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
-                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    outside = np.isin(labels, border[border > 0])
+    labels, count = ndimage.label(air, structure=_IN_PLANE)  # each slice on its own
+    outside = _touching_border(labels, count)
     body = _largest(~outside)
     out = np.zeros(hu.shape, dtype=bool)
     if not body.any():
@@ -107,14 +114,43 @@ def lung_mask(volume_hu: np.ndarray, spacing_mm, *, air_hu: float = LUNG_AIR_HU,
     sizes_ml = np.bincount(labels.ravel(), minlength=count + 1) * float(np.prod(spacing)) / 1000.0
     sizes_ml[0] = 0.0
     lungs = (sizes_ml >= min_component_ml)[labels]
-    disc = _disc(closing_mm, spacing[1:]) if closing_mm > 0 else None
-    for k in range(lungs.shape[0]):
-        plane = lungs[k]
-        if not plane.any():
-            continue
-        if disc is not None:
-            pad = max(disc.shape)
-            plane = ndimage.binary_closing(np.pad(plane, pad), structure=disc)[pad:-pad, pad:-pad]
-        lungs[k] = ndimage.binary_fill_holes(plane)
-    out[box] = lungs
+    if closing_mm > 0:
+        lungs = close_in_plane(lungs, closing_mm, spacing[1:])
+    out[box] = fill_in_plane(lungs)
     return out
+
+
+def close_in_plane(mask: np.ndarray, radius_mm: float, spacing_yx) -> np.ndarray:
+    """Each (y, x) slice of ``mask`` closed by a disc of ``radius_mm`` (dilation then erosion, with
+    nothing outside the slice).
+
+    The dilation by a disc is ``distance to the mask <= radius`` and the erosion ``distance to the
+    background > radius``, with Euclidean distance transforms over the slice's bounding box of the
+    mask (padded by the radius): exact, so equal to ``ndimage.binary_closing`` with :func:`_disc`
+    on a padded slice, and about twice as fast.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    spacing = tuple(float(s) for s in spacing_yx)
+    ry, rx = (int(np.floor(radius_mm / s)) + 1 for s in spacing)
+    out = np.zeros_like(mask)
+    for k, plane in enumerate(mask):
+        found = ndimage.find_objects(plane.astype(np.uint8))
+        if not found:
+            continue
+        ys, xs = found[0]
+        padded = np.pad(plane[ys, xs], ((ry, ry), (rx, rx)))
+        grown = ndimage.distance_transform_edt(~padded, sampling=spacing) <= radius_mm
+        closed = ndimage.distance_transform_edt(grown, sampling=spacing) > radius_mm
+        y0, x0 = ys.start - ry, xs.start - rx  # the padded box in slice coordinates (may start outside)
+        inner = (slice(max(y0, 0), min(ys.stop + ry, plane.shape[0])),
+                 slice(max(x0, 0), min(xs.stop + rx, plane.shape[1])))
+        out[k][inner] = closed[inner[0].start - y0: inner[0].stop - y0, inner[1].start - x0: inner[1].stop - x0]
+    return out
+
+
+def fill_in_plane(mask: np.ndarray) -> np.ndarray:
+    """Each (y, x) slice of ``mask`` with its holes filled: background not connected (4-connected,
+    within its slice) to the slice's border becomes mask, as ``ndimage.binary_fill_holes`` does on
+    one slice, for all slices in one labelling."""
+    labels, count = ndimage.label(~mask, structure=_IN_PLANE)
+    return ~_touching_border(labels, count)

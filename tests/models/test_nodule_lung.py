@@ -39,3 +39,33 @@ def test_air_only_gives_an_empty_mask_and_bad_input_is_refused():
         lung_mask(air, (1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="closing_mm"):
         lung_mask(air, SPACING, closing_mm=-1.0)
+
+
+def _reference_slices(mask, radius_mm, spacing_yx):
+    """Closing with the disc then hole filling, one slice at a time (scipy's own operations)."""
+    from scipy import ndimage
+
+    from models.nodule.lung import _disc
+
+    disc, out = _disc(radius_mm, spacing_yx), np.zeros_like(mask)
+    pad = max(disc.shape)
+    for k, plane in enumerate(mask):
+        closed = ndimage.binary_closing(np.pad(plane, pad), structure=disc)[pad:-pad, pad:-pad]
+        out[k] = ndimage.binary_fill_holes(closed)
+    return out
+
+
+@pytest.mark.parametrize("spacing_yx", [(0.7, 0.7), (0.8, 0.6), (1.0, 1.0)])
+def test_closing_and_filling_all_slices_at_once_equal_scipy_slice_by_slice(spacing_yx):
+    from scipy import ndimage
+
+    from models.nodule.lung import close_in_plane, fill_in_plane
+
+    rng = np.random.default_rng(7)
+    mask = ndimage.gaussian_filter(rng.random((12, 120, 140)), 3) > 0.52
+    mask[4] = False  # an empty slice
+    mask[6, 40:80, 40:80] = True
+    mask[6, 55:60, 55:60] = False  # a hole
+    mask[7, :5, :] = True  # touching the border
+    got = fill_in_plane(close_in_plane(mask, 6.0, spacing_yx))
+    assert np.array_equal(got, _reference_slices(mask, 6.0, spacing_yx))

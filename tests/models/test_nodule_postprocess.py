@@ -151,3 +151,16 @@ def test_a_vessel_is_dropped_a_nodule_kept_also_where_it_touches_a_vessel():
     assert len(kept) == 3
     with pytest.raises(ValueError, match="max_elongation"):
         extract_candidates(prob, SPACING, max_elongation=0.5)
+
+
+def test_label_maximum_equals_scipy_on_the_labelled_voxels():
+    from scipy import ndimage
+
+    from models.nodule.postprocess import label_maximum
+
+    rng = np.random.default_rng(3)
+    values = rng.random((10, 30, 30)).astype(np.float32)
+    labels, count = ndimage.label(ndimage.gaussian_filter(rng.random((10, 30, 30)), 2) > 0.53)
+    where = np.nonzero(labels)
+    got = label_maximum(values[where], labels[where], count)
+    assert count > 3 and np.array_equal(got, ndimage.maximum(values, labels, np.arange(1, count + 1)))

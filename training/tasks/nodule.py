@@ -40,13 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
 from models.nodule.inference import segment_volume
 from models.nodule.network import NoduleNet, NoduleNetConfig, NoduleProbability
-from models.nodule.postprocess import MAX_ELONGATION, SOLID_HU, candidates_array
+from models.nodule.postprocess import MAX_ELONGATION, SOLID_HU, candidates_array, label_maximum
 from models.nodule.preprocess import window_hu
 from training import metrics as M
 from training.tasks.base import Evaluation, ExportSpec, Task
@@ -375,8 +374,9 @@ class NoduleTask(Task):
             hu = window[0] + volume01 * (window[1] - window[0])
             peaks = np.full(max_candidates, np.nan, dtype=np.float32)
             if found.candidates:
-                index = np.arange(1, min(len(found.candidates), max_candidates) + 1)
-                peaks[: index.size] = ndimage.maximum(hu, found.labels, index)
+                shown = min(len(found.candidates), max_candidates)
+                where = np.nonzero(found.labels)
+                peaks[:shown] = label_maximum(hu[where], found.labels[where], len(found.candidates))[:shown]
             max_hu.append(peaks)
             pred, truth = found.labels > 0, label[0][own] > 0
             dice.append([np.sum(pred & truth), pred.sum(), truth.sum()])
