@@ -34,7 +34,8 @@ from highdicom._standard_utils import (
     get_sop_class_iod_map,
 )
 from highdicom.valuerep import _check_specific_character_set
-from pydicom import Dataset
+from pydicom import Dataset, config
+from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DS, TM
@@ -191,15 +192,12 @@ def _has_pixel_data(sop_class_uid: str) -> bool:
 
 def _clone(ds: Dataset) -> Dataset:
     """A copy of ``ds`` that shares no mutable part: sequences are copied item by item, other
-    elements shallowly (their values are strings and numbers)."""
+    elements re-made from their values (strings and numbers, checked when the template was made)."""
     out = Dataset()
     for element in ds:
-        if element.VR == "SQ":
-            element = copy.copy(element)
-            element.value = [_clone(item) for item in element.value]
-        else:
-            element = copy.copy(element)
-        out.add(element)
+        value = [_clone(item) for item in element.value] if element.VR == "SQ" else element.value
+        out.add(DataElement(element.tag, element.VR, value, already_converted=True,
+                            validation_mode=config.IGNORE))
     return out
 
 
@@ -214,10 +212,21 @@ def _item(value_type: str, name, relationship: str | None, **elements) -> Datase
     if relationship is not None:
         item.RelationshipType = relationship
     item.ValueType = value_type
-    item.ConceptNameCodeSequence = [_code(name)]
+    item.ConceptNameCodeSequence = [_coded(name)]
     for keyword, value in elements.items():
         setattr(item, keyword, value)
     return item
+
+
+@lru_cache(maxsize=256)
+def _code_item(value: str, scheme: str, meaning: str, version: str | None) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value, scheme, meaning, version)
+
+
+def _coded(code) -> Dataset:
+    """A fresh copy of the coded concept item of ``code``, made once per code.  Keyed by every
+    field: pydicom and highdicom codes compare equal without their meanings."""
+    return _clone(_code_item(code.value, code.scheme_designator, code.meaning, code.scheme_version))
 
 
 def _template_id(identifier: str) -> list[Dataset]:
@@ -288,16 +297,8 @@ class ReportTemplate:
             _item("TEXT", codes.DCM.DeviceObserverModelName, HAS_OBS_CONTEXT, TextValue=observer_name),
         ]
         self._algorithms: dict[tuple[str, str, float], list[Dataset]] = {}
-        self._codes: dict[object, Dataset] = {}
 
     # -- cached parts ------------------------------------------------------------------------
-    def _coded(self, code) -> Dataset:
-        """A fresh copy of the coded concept item of ``code`` (built once)."""
-        item = self._codes.get(code)
-        if item is None:
-            item = self._codes[code] = _code(code)
-        return _clone(item)
-
     def _algorithm(self, name: str, version: str, threshold: float) -> list[Dataset]:
         """TID 4019 Algorithm Identification items (name, version, manufacturer, operating point)."""
         key = (name, version, threshold)
@@ -319,7 +320,7 @@ class ReportTemplate:
         finding_type = hd.sr.CodedConcept(finding.code.value, finding.code.scheme, finding.code.meaning)
         value = float(finding.probability)
         measured = Dataset()
-        measured.MeasurementUnitsCodeSequence = [self._coded(NO_UNITS)]
+        measured.MeasurementUnitsCodeSequence = [_coded(NO_UNITS)]
         measured.FloatingPointValue = value
         measured.NumericValue = DS(value, auto_format=True)
         items = [
@@ -332,7 +333,7 @@ class ReportTemplate:
                 _image(codes.DCM.SourceOfMeasurement, INFERRED_FROM, image.sop_class_uid, image.sop_instance_uid)
             ]),
             _item("CODE", finding_type, CONTAINS,
-                  ConceptCodeSequence=[self._coded(PRESENT if finding.positive else ABSENT)]),
+                  ConceptCodeSequence=[_coded(PRESENT if finding.positive else ABSENT)]),
         ]
         if finding.location is None:
             template = "1501"

@@ -115,6 +115,9 @@ CASES = {
         tb_finding(ds, 0.3, polygon=((1.0, 1.0), (20.0, 2.5), (10.0, 30.0))),
         Finding(model="tb", model_version="0.3.0", code=Concept("TB01", "99MEDGATE", "Tuberculosis-like opacity"),
                 probability=0.7, threshold=0.6, source=image_of(ds), notes=("reader note",)),
+        # the same code with another meaning: pydicom and highdicom codes compare equal, items must not
+        Finding(model="tb", model_version="0.3.0", code=Concept("56717001", "SCT", "Tuberculosis (disorder)"),
+                probability=0.6, threshold=0.5, source=image_of(ds)),
     ],
 }
 
