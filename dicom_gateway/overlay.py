@@ -144,7 +144,8 @@ def _composited(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
 
 
 def _is_colour(ds: Dataset) -> bool:
-    return int(ds.get("SamplesPerPixel", 1)) != 1 or str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    return int(ds.get("SamplesPerPixel", 1)) != 1 or photometric == "PALETTE COLOR"
 
 
 def _as_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -217,11 +218,10 @@ def displayed_rgb(ds: Dataset) -> np.ndarray:
     Grayscale through :func:`displayed_gray`; RGB and YBR (pydicom decodes YBR to RGB) scaled by
     Bits Stored; PALETTE COLOR through its lookup tables (PS3.3 C.7.6.3.1.5).
     """
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if int(ds.get("SamplesPerPixel", 1)) == 1 and photometric != "PALETTE COLOR":
-        return np.repeat(displayed_gray(ds)[..., None], 3, axis=2)
+    if not _is_colour(ds):
+        return _as_rgb(displayed_gray(ds))
     values = decoded_pixels(ds)
-    if photometric == "PALETTE COLOR":
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
         values = apply_color_lut(values, ds)
         full_scale = 65535.0 if values.max() > 255 else 255.0
     else:

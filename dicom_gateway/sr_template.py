@@ -22,7 +22,6 @@ polygon, or unlocated).  3D locations, masks and a referenced SEG go to the refe
 """
 from __future__ import annotations
 
-import copy
 import datetime
 from collections.abc import Sequence
 from functools import lru_cache
@@ -146,7 +145,7 @@ def covers(findings: Sequence[Finding], sources: Sequence[Dataset], segmentation
     if segmentation is not None:
         return False
     for finding in findings:
-        if finding.mask is not None or finding.point_3d_mm is not None or finding.other_sources:
+        if finding.location not in (None, *PLANAR_LOCATIONS) or finding.other_sources:
             return False
     return all(str(ds.SOPClassUID) in get_sop_class_iod_map() for ds in sources)
 
@@ -272,7 +271,8 @@ class ReportTemplate:
                             ("manufacturer", manufacturer)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string, {value!r} is given.")
-        self.observer_name, self.observer_version, self.manufacturer = observer_name, observer_version, manufacturer
+        self.observer_name, self.observer_version = observer_name, observer_version
+        self.manufacturer = manufacturer
         header = Dataset()
         header.Modality = "SR"
         header.SeriesDescription = SERIES_DESCRIPTION
@@ -337,7 +337,8 @@ class ReportTemplate:
         ]
         if finding.location is None:
             template = "1501"
-            items += [_image(codes.DCM.SourceOfMeasurement, CONTAINS, s.sop_class_uid, s.sop_instance_uid) for s in finding.sources]
+            items += [_image(codes.DCM.SourceOfMeasurement, CONTAINS, s.sop_class_uid, s.sop_instance_uid)
+                      for s in finding.sources]
         else:
             template = "1410"
             graphic_type, graphic_data = _graphic(finding)
@@ -368,8 +369,8 @@ class ReportTemplate:
         sr = TemplateReport()
         sr.preamble = b"\x00" * 128
         sr.file_meta = file_meta(COMPREHENSIVE_3D_SR, str(sop_instance_uid))
-        for element in self._header:
-            sr.add(copy.copy(element))
+        for element in _clone(self._header):
+            sr.add(element)
         sr.PerformedProcedureCodeSequence = []
         sr.ReferencedPerformedProcedureStepSequence = []
         sr.ConceptNameCodeSequence = [_clone(self._root_name)]
