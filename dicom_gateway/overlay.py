@@ -54,10 +54,9 @@ UNPAIRED_BODY_PARTS = frozenset({
 BANNER_TEXT_FRACTION = 0.04
 BANNER_MIN_TEXT_PX = 10
 BANNER_PADDING_PX = 3
-#: Grayscale sources above this many pixels are windowed through a table of their stored values
-#: (one entry per value between the smallest and the largest, at most LOOKUP_MAX_ENTRIES).
-LOOKUP_MIN_PIXELS = 65_536
-LOOKUP_MAX_ENTRIES = 1 << 17
+#: A windowed grayscale source goes through a table of its stored values (one entry per value
+#: between its smallest and largest) when it has at least this many pixels per entry.
+LOOKUP_PIXELS_PER_ENTRY = 4
 #: PS3.3 C.8.6.1: Secondary Capture "Derivation Description" of the overlay.
 DERIVATION_DESCRIPTION = "source image with AI findings drawn on it and a banner border; not for clinical use"
 
@@ -70,11 +69,11 @@ def displayed_gray(ds: Dataset) -> np.ndarray:
     if stored.ndim != 2:
         raise ValueError(f"source must be a single-frame image, pixel array shape {stored.shape} is given.")
     windowed = "WindowCenter" in ds and "WindowWidth" in ds
-    if windowed and stored.dtype.kind in "ui" and stored.size > LOOKUP_MIN_PIXELS:
-        # Every step below maps each stored value on its own: compute it once per value present
-        # in the image's range and look the pixels up (the same numbers, far fewer operations).
+    if windowed and stored.dtype.kind in "ui":
+        # Every step below maps each stored value on its own: compute it once per value in the
+        # image's range and look the pixels up (the same numbers, far fewer operations).
         low, high = int(stored.min()), int(stored.max())
-        if high - low < LOOKUP_MAX_ENTRIES:
+        if high - low < stored.size // LOOKUP_PIXELS_PER_ENTRY:
             table = _gray(np.arange(low, high + 1).astype(stored.dtype), ds)
             index = stored - stored.dtype.type(low) if stored.dtype.kind == "u" else stored.astype(np.int32) - low
             return table[index]

@@ -12,6 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from dicom_gateway.overlay import build_overlay, reference_overlay, render_overlay
 from dicom_gateway.sc_image import OverlayImage
@@ -91,7 +92,24 @@ def golden_cases() -> dict:
         del ds.WindowCenter, ds.WindowWidth
         return ds, [tb(ds, heatmap=np.random.default_rng(4).random((7, 7)).astype(np.float32))]
 
+    def photo(kind, photometric):
+        rgb = np.random.default_rng(6).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+        ds = make_photo_dataset(rgb, kind=kind, photometric=photometric)
+        centre = (30.0, 20.0)
+        return ds, [Finding(model="derm", model_version="1.0.0", code=MELANOMA, probability=0.9, threshold=0.77,
+                            source=image_of(ds), heatmap=peaked(64, 96, centre))]
+
+    def ct_small_signed():
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # signed 16-bit, a file nobody here wrote
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        mask = np.zeros((1, ds.Rows, ds.Columns), bool)
+        mask[0, 40:70, 50:90] = True
+        return ds, [Finding(model="nodule", model_version="2.0.0", code=Concept("786838002", "SCT", "Pulmonary nodule"),
+                            probability=0.8, threshold=0.5, source=image_of(ds), mask=mask)]
+
     return {"tb-point-peaked-256": lambda: point_peaked(256), "tb-point-peaked-1024": lambda: point_peaked(1024),
+            "ct-small-signed-windowed": ct_small_signed, "photo-palette": lambda: photo("sc", "PALETTE COLOR"),
+            "photo-ybr-422": lambda: photo("photo", "YBR_FULL_422"),
             "tb-flat-heatmap": tb_case, "two-findings": two_findings, "monochrome1-unwindowed": monochrome1_unwindowed,
             "derm-class": derm_case, "ct-mask-plane": ct_plane_case}
 
@@ -124,11 +142,14 @@ def test_direct_overlay_is_valid_for_dciodvfy(tmp_path, case):
     assert dciodvfy_errors(path) == []
 
 
-#: SHA-256 of each golden case's picture as the renderer drew it before it was made faster
-#: (full-frame float64 compositing): the faster renderer must draw the very same pixels.
+#: SHA-256 of each golden case's picture as the renderer of revision a1ae474 draws it (full-frame
+#: float64 compositing, no lookup table): the faster renderer must draw the very same pixels.
 GOLDEN_SHA256 = {
     "tb-point-peaked-256": "14dd5e66634f3b0164541c1ed16bf1e099ee9fbf9996b9a9073890f6773a0706",  # (286, 256, 3)
     "tb-point-peaked-1024": "6c776936a779da8ce33324d44546713f7dcd292758a63c7b8ec94a0dc339fcc7",  # (1116, 1024, 3)
+    "ct-small-signed-windowed": "f260f8c5d0eb85ce69ed3e7ec9ba786e2fba868e2ed51d6eb286c81a577b6eaf",  # (182, 128, 3)
+    "photo-palette": "ef7fd61d511e01766b9e8830cec964163b786dac0b44c9ca7e3379a8b1cf736a",  # (142, 96, 3)
+    "photo-ybr-422": "51a8c8281cafe2aa893046c7b80689296ea8df33a9df88e7cc628b48d5c72a94",  # (142, 96, 3)
     "tb-flat-heatmap": "252d1c25e4f630b5a60a7cfc1fec2a1f7dd69bfe61791f78569e432d90d6163b",  # (286, 256, 3)
     "two-findings": "9bbbfd61dd6970146760709c3720043c5b0e12f5b9d7db3f958958a955a3cacf",  # (286, 256, 3)
     "monochrome1-unwindowed": "4df9503522ddb3a1f8d22b27cc5a50289ec94e291894191a1d7ef7f78adb3c85",  # (222, 192, 3)
