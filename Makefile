@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install run test peers bench soak clean serve-config
+.PHONY: install run test peers bench soak clean serve-config gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -42,6 +42,12 @@ bench: install
 MINUTES ?= 30
 soak: install
 	$(BIN)/python -m benchmarks.soak --minutes $(MINUTES)
+	$(BIN)/python -m benchmarks.readme_table
+
+# Every GPU path once on a machine with a CUDA GPU (engines, ceiling, chest CT, a training step);
+# without one it says so and runs its CPU parts. The README table is regenerated after it.
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check
 	$(BIN)/python -m benchmarks.readme_table
 
 clean:

@@ -157,6 +157,28 @@ def soak(r: dict) -> list[str]:
             *table(["process", "RSS MiB", "RSS MiB/h", "fds", "fds/h", "threads", "threads/h"], rows)]
 
 
+def gpu_check(r: dict) -> list[str]:
+    if not r.get("gpu"):
+        return [f"No CUDA GPU on the machine that ran it: {r.get('skipped', 'skipped')}."]
+    gpu = r["gpu"]
+    rows = []
+    for model, m in (r.get("models") or {}).items():
+        ceiling = m.get("ceiling") or {}
+        for name, e in (m.get("engines") or {}).items():
+            note = e.get("skipped") or e.get("error") or ""
+            rows.append([model, name, fmt(e.get("batch1_p50_ms"), 2), fmt(e.get("batch1_vs_ceiling"), 2),
+                         fmt(e.get("best_items_per_s"), 0), fmt(e.get("throughput_vs_ceiling"), 2), note[:60]])
+        if ceiling:
+            rows.append([model, "ceiling: torch CUDA graph fp16", fmt(ceiling.get("batch1_p50_ms"), 2), "1",
+                         fmt(ceiling.get("best_items_per_s"), 0), "1", ""])
+    ct = r.get("ct") or {}
+    return [f"{gpu.get('name')}, torch {gpu.get('torch')}, CUDA {gpu.get('cuda')}. Chest CT "
+            f"{fmt(ct.get('slices'))}×{fmt(ct.get('size_px'))}² to SEG + SR: {fmt(ct.get('total_s'), 2)} s "
+            f"(target {fmt(ct.get('target_s'), 0)} s).", "",
+            *table(["model", "engine", "batch 1 p50 ms", "× ceiling", "best items/s", "share of ceiling", "note"],
+                   rows)]
+
+
 #: (JSON name, title, renderer), in README order.
 SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("dicom_ingest", "DICOM ingest vs DCMTK storescp", ingest),
@@ -166,6 +188,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("serve_overhead", "Serve overhead: direct vs Ray Serve handle vs HTTP", serve_overhead),
     ("iomt_throughput", "IoMT vitals throughput", iomt),
     ("soak", "Soak: growth per hour under mixed load", soak),
+    ("gpu_check", "GPU kit (`make gpu-check`)", gpu_check),
 ]
 
 
