@@ -63,21 +63,38 @@ DERIVATION_DESCRIPTION = "source image with AI findings drawn on it and a banner
 
 def displayed_gray(ds: Dataset) -> np.ndarray:
     """The source pixels as a viewer shows them, as ``float32`` in [0, 1] (0 = black)."""
+    stored = _stored_gray(ds)
+    lookup = _gray_lookup(stored, ds)
+    if lookup is not None:
+        index, table = lookup
+        return table[index]
+    return _gray(stored, ds)
+
+
+def _stored_gray(ds: Dataset) -> np.ndarray:
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ValueError(f"source must be a grayscale image, SamplesPerPixel {ds.SamplesPerPixel} is given.")
     stored = decoded_pixels(ds)
     if stored.ndim != 2:
         raise ValueError(f"source must be a single-frame image, pixel array shape {stored.shape} is given.")
-    windowed = "WindowCenter" in ds and "WindowWidth" in ds
-    if windowed and stored.dtype.kind in "ui":
-        # Every step below maps each stored value on its own: compute it once per value in the
-        # image's range and look the pixels up (the same numbers, far fewer operations).
-        low, high = int(stored.min()), int(stored.max())
-        if high - low < stored.size // LOOKUP_PIXELS_PER_ENTRY:
-            table = _gray(np.arange(low, high + 1).astype(stored.dtype), ds)
-            index = stored - stored.dtype.type(low) if stored.dtype.kind == "u" else stored.astype(np.int32) - low
-            return table[index]
-    return _gray(stored, ds)
+    return stored
+
+
+def _gray_lookup(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(index, table)`` with ``table[index]`` the displayed gray of ``stored``, or None.
+
+    Every step of :func:`_gray` but the percentile stretch maps each stored value on its own, so
+    a windowed integer image can be computed once per value in its range and looked up: the same
+    numbers, far fewer operations (when there are :data:`LOOKUP_PIXELS_PER_ENTRY` pixels a value).
+    """
+    if "WindowCenter" not in ds or "WindowWidth" not in ds or stored.dtype.kind not in "ui":
+        return None
+    low, high = int(stored.min()), int(stored.max())
+    if high - low >= stored.size // LOOKUP_PIXELS_PER_ENTRY:
+        return None
+    table = _gray(np.arange(low, high + 1).astype(stored.dtype), ds)
+    index = stored - stored.dtype.type(low) if stored.dtype.kind == "u" else stored.astype(np.int32) - low
+    return index, table
 
 
 def _gray(stored: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -102,49 +119,93 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(4.0 * x - 4.0 * centres), 0.0, 1.0)
 
 
-def _heat(heatmap: np.ndarray, rows: int, columns: int) -> np.ndarray:
-    """``heatmap`` stretched bilinearly over a ``rows`` x ``columns`` image, clipped to [0, 1]."""
-    heat = np.asarray(heatmap, dtype=np.float32)
-    heat = np.asarray(Image.fromarray(heat).resize((columns, rows), Image.Resampling.BILINEAR))
-    return heat.clip(0.0, 1.0)
+def _heat_image(layer: np.ndarray, rows: int, columns: int) -> Image.Image:
+    """A heatmap (or mask plane) stretched bilinearly over a ``rows`` x ``columns`` image."""
+    return Image.fromarray(np.asarray(layer, dtype=np.float32)).resize((columns, rows), Image.Resampling.BILINEAR)
+
+
+def _reach(layer: np.ndarray, rows: int, columns: int) -> tuple[int, int, int, int] | None:
+    """``(left, top, right, bottom)`` of a box of the stretched ``layer`` outside which it stays
+    below :data:`HEATMAP_FLOOR`, or None when it stays below everywhere.
+
+    Bilinear stretching makes each output pixel a weighted mean of the input cells within one
+    cell of it, so it reaches the floor only within one cell of a cell that does; the box adds a
+    further cell of margin.
+    """
+    cells = np.asarray(layer, dtype=np.float32) >= HEATMAP_FLOOR
+    if not cells.any():
+        return None
+    (h, w), hot_rows, hot_columns = cells.shape, np.flatnonzero(cells.any(axis=1)), np.flatnonzero(cells.any(axis=0))
+    return (max(0, (hot_columns[0] - 1) * columns // w), max(0, (hot_rows[0] - 1) * rows // h),
+            min(columns, -(-(hot_columns[-1] + 2) * columns // w)), min(rows, -(-(hot_rows[-1] + 2) * rows // h)))
 
 
 def _blend_heatmap(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """``heat`` (already the image's size) alpha-blended over ``rgb`` in the colour map."""
+    """``heat`` alpha-blended over ``rgb`` (the same pixels, colour last) in the colour map."""
     alpha = np.where(heat >= HEATMAP_FLOOR, HEATMAP_MAX_ALPHA * heat, 0.0)[..., None]
     return rgb * (1.0 - alpha) + colour_map(heat) * alpha
 
 
-def _composited(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
-    """The displayed source with the findings' heatmaps (and first mask planes) blended in,
-    ``(rows, columns, 3)`` ``uint8``.
+def _composited(source: Dataset, findings: Sequence[Finding]) -> Image.Image:
+    """The displayed source with the findings' heatmaps (and first mask planes) blended in, as an
+    RGB image.
 
     A heatmap leaves every pixel below :data:`HEATMAP_FLOOR` as it is, so the blending runs on
-    the smallest box around the pixels some heatmap reaches; the rest of the image is rounded
-    as the blended image would round it (float64 once a heatmap is blended, else float32).
+    the pixels some heatmap reaches only (found in the box :func:`_reach` bounds); the rest of the
+    image is rounded as the blended image would round it (float64 once a heatmap is blended,
+    else float32).  The pixels are those of blending the whole image, pinned by the tests.
     """
-    base = displayed_rgb(source) if _is_colour(source) else displayed_gray(source)
-    rows, columns = base.shape[:2]
+    colour = _is_colour(source)
+    stored = None if colour else _stored_gray(source)
+    lookup = None if colour else _gray_lookup(stored, source)
+    if lookup is not None:
+        index, table = lookup
+        rows, columns = index.shape
+
+        def region(box) -> np.ndarray:
+            return table[index[box]]
+
+        def rounded(dtype) -> np.ndarray:
+            return np.round(table.astype(dtype) * 255).astype(np.uint8)[index]
+    else:
+        base = displayed_rgb(source) if colour else _gray(stored, source)
+        rows, columns = base.shape[:2]
+
+        def region(box) -> np.ndarray:
+            return base[box]
+
+        def rounded(dtype) -> np.ndarray:
+            return np.round(base.astype(dtype, copy=False) * 255).astype(np.uint8)
     # in the findings' order, each finding's heatmap before its mask's first plane
-    layers = [layer for f in findings for layer in (f.heatmap, None if f.mask is None else f.mask[0])]
-    heats = [_heat(np.asarray(layer, dtype=np.float32), rows, columns) for layer in layers if layer is not None]
-    if not heats:
-        return _as_rgb(np.round(base * 255).astype(np.uint8))
-    out = _as_rgb(np.round(base.astype(np.float64) * 255).astype(np.uint8))
+    layers = [layer for f in findings for layer in (f.heatmap, None if f.mask is None else f.mask[0])
+              if layer is not None]
+    if not layers:
+        return _rgb_image(rounded(np.float32))
+    image = _rgb_image(rounded(np.float64))
+    boxes = [box for box in (_reach(layer, rows, columns) for layer in layers) if box is not None]
+    if not boxes:
+        return image
+    crop = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    heats = [np.asarray(_heat_image(layer, rows, columns).crop(crop)).clip(0.0, 1.0) for layer in layers]
     hot = np.logical_or.reduce([heat >= HEATMAP_FLOOR for heat in heats])
-    hot_rows, hot_columns = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
-    if hot_rows.size:
-        box = np.s_[hot_rows[0]:hot_rows[-1] + 1, hot_columns[0]:hot_columns[-1] + 1]
-        rgb = _as_rgb(base[box])
-        for heat in heats:
-            rgb = _blend_heatmap(rgb, heat[box])
-        out[box] = np.round(rgb * 255).astype(np.uint8)
-    return out
+    box = np.s_[crop[1]:crop[3], crop[0]:crop[2]]
+    rgb = _as_rgb(region(box))[hot]
+    for heat in heats:
+        rgb = _blend_heatmap(rgb, heat[hot])
+    patch = np.array(image.crop(crop))
+    patch[hot] = np.round(rgb * 255).astype(np.uint8)
+    image.paste(Image.fromarray(patch, mode="RGB"), crop[:2])
+    return image
 
 
 def _is_colour(ds: Dataset) -> bool:
     photometric = str(ds.get("PhotometricInterpretation", ""))
     return int(ds.get("SamplesPerPixel", 1)) != 1 or photometric == "PALETTE COLOR"
+
+
+def _rgb_image(pixels: np.ndarray) -> Image.Image:
+    """``uint8`` grayscale ``(rows, columns)`` or RGB ``(rows, columns, 3)`` as an RGB image."""
+    return Image.fromarray(pixels, mode="L").convert("RGB") if pixels.ndim == 2 else Image.fromarray(pixels, mode="RGB")
 
 
 def _as_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -241,7 +302,7 @@ def render_overlay(source: Dataset, findings: Sequence[Finding]) -> np.ndarray:
                 f"findings[{i}] is about image {finding.source.sop_instance_uid}, not the source image "
                 f"{source.SOPInstanceUID}; build one overlay per source image."
             )
-    image = Image.fromarray(_composited(source, findings), mode="RGB")
+    image = _composited(source, findings)
     line_px = max(1, round(min(image.size) / 250))
     _draw_locations(ImageDraw.Draw(image), findings, line_px)
     return np.concatenate([_banner(*image.size, findings), np.asarray(image)])
