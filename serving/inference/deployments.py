@@ -1,7 +1,8 @@
 """The model deployment: one Ray Serve deployment per registered model, batching concurrent requests.
 
 The served version lives in the deployment's ``user_config`` (``{"version": ..., "shadow_version":
-..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``).  Changing it (``medgate models deploy
+..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``; the last is the most a batch that is
+not full waits for more requests, 0 by default: see :mod:`serving.inference.batcher`).  Changing it (``medgate models deploy
 tb@1.1.0``) makes Ray Serve call :meth:`ModelDeployment.reconfigure` on the running replicas: the
 new version is loaded and warmed up beside the old one, then swapped in with one assignment, so
 requests keep succeeding throughout.  A shadow version runs on the same batches; its results are
@@ -14,7 +15,6 @@ options give ``class_codes`` (configuration ``class_codes.<model>``:
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import time
@@ -26,6 +26,7 @@ from ray import serve
 
 from models.coding_scheme import map_classes
 from models.registry import ModelManifest, ModelRegistry
+from serving.inference.batcher import DynamicBatcher
 from serving.inference.engines import create_engine
 from serving.inference.runners import make_runner
 
@@ -151,17 +152,19 @@ class ModelServer:
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256)
 class ModelDeployment:
-    """Serves one model with ``@serve.batch``; each request is one preprocessed item."""
+    """Serves one model, batching concurrent requests with a :class:`DynamicBatcher` (a request that
+    finds the model idle runs at once); each request is one preprocessed item."""
 
     def __init__(self, model: str, options: dict[str, Any] | None = None) -> None:
         self.core = ModelServer(model, options)
+        self.batcher = DynamicBatcher(self.core.run_batch)
         if not self.core.options.get("defer_load"):
             self.reconfigure({})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         options = self.core.reconfigure(user_config)
-        self.predict.set_max_batch_size(int(options.get("max_batch_size", 16)))
-        self.predict.set_batch_wait_timeout_s(float(options.get("batch_wait_timeout_s", 0.01)))
+        self.batcher.configure(int(options.get("max_batch_size", 16)),
+                               float(options.get("batch_wait_timeout_s", 0.0)))
 
     def info(self) -> dict[str, Any]:
         return self.core.info()
@@ -172,16 +175,12 @@ class ModelDeployment:
     def shadow_results(self) -> list[dict]:
         return list(self.core.shadow_log)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def predict(self, items: list[Any]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.core.run_batch, items)
-
     async def __call__(self, item: Any) -> dict[str, Any]:
         core = self.core
         core.requests += 1
         core.ongoing += 1
         try:
-            return await self.predict(item)
+            return await self.batcher.submit(item)
         except Exception:
             core.failures += 1
             raise
