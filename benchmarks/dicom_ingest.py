@@ -122,7 +122,7 @@ def run_medgate(files: list[Path], work: Path, name: str, scp_class=StorageScp, 
     complete = threading.Event()
     latency: dict[str, float] = {}
     scp = scp_class(
-        "MEDGATE", "127.0.0.1", free_port(), store, work / f"spool-{name}", lambda study, model: complete.set(),
+        "MEDGATE", "127.0.0.1", free_port(), store.gateway, work / f"spool-{name}", lambda study, model: complete.set(),
         rules=(Rule(models=("nodule",), modalities={"CT"}),), quiet_period_s=2.0, poll_interval_s=0.05,
         **options)
     scp.assembler.listeners.append(lambda group, seconds: latency.setdefault("from_last_s", seconds))
@@ -139,7 +139,7 @@ def run_medgate(files: list[Path], work: Path, name: str, scp_class=StorageScp, 
             return row
         if not complete.wait(30):
             raise RuntimeError("the study did not complete within 30 s")
-        completed_at = store.query("SELECT completed_at FROM dicom_groups")[0]["completed_at"]
+        completed_at = store.gateway.latest_completion()
     finally:
         scp.stop()
         store.close()

@@ -150,7 +150,7 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
         committed[0] += len(batch)
 
     extra = {"workers": workers} if workers > 1 else {}
-    bridge = VitalsBridge("127.0.0.1", port, topic_prefix=PREFIX, store=store,
+    bridge = VitalsBridge("127.0.0.1", port, topic_prefix=PREFIX, store=store.vitals,
                           client_id=f"bench-{name}", queue_size=QUEUE_SIZE,
                           # session expiry 0: a finished phase's session must not keep
                           # collecting the next phases' messages at the broker
@@ -178,7 +178,7 @@ def bridge_phase(port: int, broker_pid: int, folder: Path, beds: int, n: int, ra
     steal_pct = 100 * (stolen_seconds() - steal0) / ((time.monotonic() - wall0) * (os.cpu_count() or 1))
     proc.join(timeout=120)
     bridge.stop()
-    stored = vital_records.count(store, codes.HEART_RATE)
+    stored = vital_records.count(store.vitals, codes.HEART_RATE)
     store.close()
     measured_from = started.value + warmup_s
     pairs = [(at, orjson.loads(p)["t"] / 1000.0) for at, payloads in commits

@@ -26,7 +26,6 @@ import argparse
 import io
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -49,13 +48,13 @@ from benchmarks.process_tree import growth, open_files, sample_tree  # noqa: E40
 from benchmarks.report import save_figures  # noqa: E402
 from dicom_testdata import chest_ct  # noqa: E402
 from peers import broker  # noqa: E402
-from serving.store import DATABASE_FILE, database_path  # noqa: E402
+from kernel.database import DATABASE_FILE, Database, database_path  # noqa: E402
+from models import clinical_codes as codes  # noqa: E402
+from serving.store import Store  # noqa: E402
 from training.synthetic.dicom import make_dx_dataset  # noqa: E402
 
 PREFIX = "medgate"
 MDC_HR, MDC_SPO2, MDC_RR = 147842, 150456, 151562  # IEEE 11073-10101
-#: Stored vitals messages with a heart rate (LOINC 8867-4): one heart-rate Observation each.
-HEART_RATES = "SELECT count(*) FROM vital_signs WHERE instr(',' || codes || ',', ',8867-4,')"
 MIB = 1024 * 1024
 
 
@@ -295,22 +294,32 @@ def results_at_pacs(folder: Path, seen: dict[str, tuple[str, str, float]]) -> di
     return seen
 
 
+def _read_only(db: Path) -> Store:
+    """The server's stores on a read-only connection (the soak never writes to the server's database)."""
+    return Store(Database(db, read_only=True))
+
+
 def heart_rates_stored(db: Path) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return int(conn.execute(HEART_RATES).fetchone()[0])
+    store = _read_only(db)
+    try:
+        return store.vitals.count(codes.HEART_RATE)
+    finally:
+        store.close()
 
 
 def study_states(db: Path, study_uids: list[str]) -> dict[str, dict[str, str | int | None]]:
     """Status, detail and instances stored that the server recorded for each study (status None
     when it never arrived; "done" with an empty detail: processed, nothing found, nothing written)."""
-    marks = ",".join("?" * len(study_uids))
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        rows = {uid: {"status": status, "detail": detail} for uid, status, detail in conn.execute(
-            f"SELECT study_uid, status, detail FROM studies WHERE study_uid IN ({marks})", study_uids)}
-        counts = dict(conn.execute(f"SELECT study_uid, count(*) FROM instances WHERE study_uid IN ({marks})"
-                                   " GROUP BY study_uid", study_uids))
-    return {uid: {**rows.get(uid, {"status": None, "detail": None}), "instances": counts.get(uid, 0)}
-            for uid in study_uids}
+    store = _read_only(db)
+    try:
+        states = {}
+        for uid in study_uids:
+            study = store.gateway.study(uid)
+            states[uid] = {"status": study.status if study else None, "detail": study.detail if study else None,
+                           "instances": len(store.gateway.instances_of(uid))}
+        return states
+    finally:
+        store.close()
 
 
 def percentiles(values: list[float]) -> dict[str, float] | None:

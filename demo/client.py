@@ -19,7 +19,8 @@ from dicom_gateway.scu import send_files
 from iomt.bridge import broker_address
 from serving.components import read_components
 from serving.config import Settings
-from serving.store import Store, database_path
+from kernel.database import database_path
+from serving.store import Store
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset
 from training.synthetic.vitals import vitals_course
@@ -88,8 +89,8 @@ def _report(settings: Settings, state_dir: Path, study_uid: str, sent_at: float,
             observations = store.resources("Observation", f"Patient/{patient_id}")
             if sr and settings.destinations.pacs:
                 key = f"dicom:{sr['summary']['sop_instance_uid']}:pacs"
-                rows = store.query("SELECT status, last_error FROM outbox WHERE key=?", (key,))
-                delivered = bool(rows) and rows[0]["status"] == "sent"
+                item = store.outbox.item(key)
+                delivered = item is not None and item.status == "sent"
             if sr and delivered and len(observations) >= 60 and alerts:
                 break
             time.sleep(0.2)

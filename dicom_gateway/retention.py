@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+from dicom_gateway.ledger import gateway_of
 from dicom_gateway.uids import check_uid, inside
 
 log = logging.getLogger("medgate.dicom")
@@ -45,20 +46,11 @@ def purge_processed(store, spool: Path, retention_days: float, now: float | None
     if retention_days <= 0:
         raise ValueError(f"`retention_days` must be positive, {retention_days!r} is given.")
     cutoff = (time.time() if now is None else now) - retention_days * SECONDS_PER_DAY
-    marks = ",".join("?" * len(PROCESSED_STATUSES))
-    rows = store.query(f"SELECT study_uid FROM studies WHERE status IN ({marks}) AND updated_at < ?",
-                       (*PROCESSED_STATUSES, cutoff))
+    gateway = gateway_of(store)
     purged = []
-    for row in rows:
-        study = row["study_uid"]
-        with store.transaction() as db:
-            if db.execute(f"SELECT 1 FROM studies WHERE study_uid=? AND status IN ({marks})",
-                          (study, *PROCESSED_STATUSES)).fetchone() is None:
-                continue  # changed meanwhile (a new instance arrived)
-            for table in ("instances", "dicom_instance_routes"):
-                db.execute(f"DELETE FROM {table} WHERE study_uid=?", (study,))
-            db.execute("DELETE FROM dicom_groups WHERE study_uid=?", (study,))
-            db.execute("DELETE FROM studies WHERE study_uid=?", (study,))
+    for study in gateway.studies_before(PROCESSED_STATUSES, cutoff):
+        if not gateway.delete_study(study, PROCESSED_STATUSES):
+            continue  # changed meanwhile (a new instance arrived)
         try:  # a study UID names a folder only when it is a UID and the folder lies inside the spool
             shutil.rmtree(inside(spool, check_uid("StudyInstanceUID", study)), ignore_errors=True)
         except ValueError as exc:

@@ -10,7 +10,7 @@ the network thread reading from the broker (back-pressure) instead of dropping. 
 up to ``batch_max_messages`` of its messages at a time, processes them in arrival order, and
 commits everything the batch produced in one SQLite transaction (:func:`iomt.workers.commit`),
 without waiting for the disk. One thread of the bridge then fsyncs the write-ahead log for every
-batch committed meanwhile (:meth:`serving.store.Store.sync_log`), so the workers go on with their
+batch committed meanwhile (:meth:`kernel.database.Database.sync_log`), so the workers go on with their
 next batch during the fsync and one fsync covers all of them. Only then are the messages
 acknowledged: in the order they arrived (MQTT 3.1.1 and 5.0 section 4.6), one write of PUBACKs
 per batch. A crash before the commit leaves them unacknowledged, and
@@ -87,7 +87,7 @@ class VitalsBridge:
     topic_prefix, shared_group
         See :class:`iomt.topics.Topics`.
     store
-        :class:`serving.store.Store`.
+        :class:`iomt.store.VitalsStore`.
     outbox
         :class:`serving.delivery.outbox.Outbox` for alerts (and Bundles); None sends no alerts.
     options

@@ -25,6 +25,7 @@ from typing import Any
 
 from iomt.config import IdentifierSystems
 from iomt.payload import EARLIEST, LATEST, TIME_PATTERN, PayloadError
+from iomt.store import StoredAssociation, VitalsStore
 
 ADT_EVENTS = ("admit", "transfer", "discharge")
 ADT_KEYS = frozenset({"event", "device", "patient", "insurance", "time", "site", "ward", "bed",
@@ -146,25 +147,24 @@ class DeviceRegistry:
     Parameters
     ----------
     store
-        :class:`serving.store.Store` holding ``device_associations``.
+        :class:`iomt.store.VitalsStore` holding ``device_associations``.
     systems
         Identifier systems used when an ADT message names none.
     """
 
-    def __init__(self, store, systems: IdentifierSystems) -> None:
+    def __init__(self, store: VitalsStore, systems: IdentifierSystems) -> None:
         self.store, self.systems = store, systems
         self._lock = threading.Lock()
         self._by_device: dict[str, Association] = {}
         self._since: dict[str, datetime] = {}  # device -> time of its latest applied ADT event
-        for row in store.query("SELECT * FROM device_associations"):
-            self._since[row["device"]] = datetime.fromisoformat(row["since"])
-            if row["patient_id"] == DISCHARGED:
+        for row in store.associations():
+            self._since[row.device] = datetime.fromisoformat(row.since)
+            if row.patient_id == DISCHARGED:
                 continue
-            self._by_device[row["device"]] = Association(
-                device=row["device"], patient_id=row["patient_id"],
-                patient_system=row["patient_system"], spo2_scale=row["spo2_scale"],
-                since=datetime.fromisoformat(row["since"]), site=row["site"], ward=row["ward"],
-                bed=row["bed"])
+            self._by_device[row.device] = Association(
+                device=row.device, patient_id=row.patient_id, patient_system=row.patient_system,
+                spo2_scale=row.spo2_scale, since=datetime.fromisoformat(row.since), site=row.site,
+                ward=row.ward, bed=row.bed)
 
     def lookup(self, device: str | None) -> Association | None:
         if device is None:
@@ -183,19 +183,16 @@ class DeviceRegistry:
             self._since[event.device] = event.time
             if event.event == "discharge":
                 self._by_device.pop(event.device, None)
-                with self.store.transaction() as db:  # keep the time: a late admission is stale
-                    db.execute("INSERT OR REPLACE INTO device_associations(device, patient_id,"
-                               " since, updated_at) VALUES (?,?,?,?)",
-                               (event.device, DISCHARGED, event.time.isoformat(), _time.time()))
+                self.store.put_association(StoredAssociation(  # keep the time: a late admission is stale
+                    event.device, DISCHARGED, None, 1, None, None, None, event.time.isoformat(), _time.time()))
                 return None, []
             assoc = Association(device=event.device, patient_id=event.patient_id,
                                 patient_system=event.patient_system or self.systems.citizen_id,
                                 spo2_scale=event.spo2_scale, since=event.time, site=event.site,
                                 ward=event.ward, bed=event.bed)
-            with self.store.transaction() as db:
-                db.execute("INSERT OR REPLACE INTO device_associations VALUES (?,?,?,?,?,?,?,?,?)",
-                           (assoc.device, assoc.patient_id, assoc.patient_system, assoc.spo2_scale,
-                            assoc.site, assoc.ward, assoc.bed, assoc.since.isoformat(), _time.time()))
+            self.store.put_association(StoredAssociation(
+                assoc.device, assoc.patient_id, assoc.patient_system, assoc.spo2_scale, assoc.site,
+                assoc.ward, assoc.bed, assoc.since.isoformat(), _time.time()))
             self._by_device[event.device] = assoc
         return assoc, [self.patient_resource(assoc, event.insurance_id), self.device_resource(assoc)]
 

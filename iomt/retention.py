@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
+from iomt.store import VitalsStore
 from kernel.periodic import PeriodicWorker
 
 log = logging.getLogger("medgate.iomt")
@@ -34,9 +37,27 @@ log = logging.getLogger("medgate.iomt")
 BRIDGE_CATEGORIES = ("vital-signs", "survey")
 #: Rows examined per transaction, so the bridge's writers wait at most one short delete.
 BATCH_ROWS = 5000
-#: The vitals tables and their keys (:mod:`iomt.vital_index`, :mod:`iomt.vital_records`).
-VITAL_TABLES = (("vital_subjects", "subject, effective_us, codes"),
-                ("vital_signs", "effective_us, subject, codes"))
+
+
+@dataclass(frozen=True)
+class ResourceAge:
+    """When a stored FHIR resource was last written: its row (insertion order), time, type, and
+    for an Observation written before the cutoff its first category code (else None)."""
+
+    rowid: int
+    updated_at: float
+    resource_type: str
+    category: str | None
+
+
+class AgingResources(Protocol):
+    """The stored FHIR resources as retention sees them (the server's store provides them)."""
+
+    def resource_ages(self, after_rowid: int, cutoff: float, limit: int) -> list[ResourceAge]:
+        """Up to ``limit`` resources after row ``after_rowid``, in insertion order."""
+
+    def delete_resources(self, rowids: list[int], cutoff: float) -> None:
+        """Delete those of ``rowids`` still last written before ``cutoff`` (without waiting for the disk)."""
 
 
 class VitalsRetention(PeriodicWorker):
@@ -44,11 +65,12 @@ class VitalsRetention(PeriodicWorker):
 
     worker_name = "medgate-vitals-retention"
 
-    def __init__(self, store, retention_hours: float, interval_s: float = 60.0) -> None:
+    def __init__(self, store: VitalsStore, retention_hours: float, interval_s: float = 60.0, *,
+                 resources: AgingResources) -> None:
         super().__init__(interval_s)
         if retention_hours <= 0:
             raise ValueError(f"`retention_hours` must be positive, {retention_hours} is given.")
-        self.store, self.retention_s = store, retention_hours * 3600.0
+        self.store, self.resources, self.retention_s = store, resources, retention_hours * 3600.0
         self._reached = 0  # every row at or below this rowid was examined and kept
 
     def tick(self, now: float | None = None) -> int:
@@ -56,23 +78,16 @@ class VitalsRetention(PeriodicWorker):
         cutoff = (time.time() if now is None else now) - self.retention_s
         deleted = self._vital_signs(cutoff)
         while True:
-            rows = self.store.query(  # read outside the write lock: the bridge commits meanwhile
-                "SELECT rowid, updated_at, resource_type,"
-                " CASE WHEN resource_type='Observation' AND updated_at < ?"
-                " THEN json_extract(body, '$.category[0].coding[0].code') END AS category"
-                " FROM fhir_resources WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                (cutoff, self._reached, BATCH_ROWS))
-            young = next((i for i, row in enumerate(rows) if row[1] >= cutoff), len(rows))
+            rows = self.resources.resource_ages(self._reached, cutoff, BATCH_ROWS)  # outside the write lock
+            young = next((i for i, row in enumerate(rows) if row.updated_at >= cutoff), len(rows))
             old = rows[:young]
-            doomed = [row[0] for row in old if row[2] == "RiskAssessment"
-                      or (row[2] == "Observation" and row[3] in BRIDGE_CATEGORIES)]
+            doomed = [row.rowid for row in old if row.resource_type == "RiskAssessment"
+                      or (row.resource_type == "Observation" and row.category in BRIDGE_CATEGORIES)]
             if doomed:  # rows read above are only ever replaced by younger ones: the cutoff still holds
-                with self.store.transaction(durable=False) as db:
-                    db.executemany("DELETE FROM fhir_resources WHERE rowid=? AND updated_at<?",
-                                   [(rowid, cutoff) for rowid in doomed])
+                self.resources.delete_resources(doomed, cutoff)
             deleted += len(doomed)
             if old:
-                self._reached = old[-1][0]
+                self._reached = old[-1].rowid
             if len(old) < len(rows) or len(rows) < BATCH_ROWS:  # reached rows younger than the cutoff
                 break
         if deleted:
@@ -83,12 +98,7 @@ class VitalsRetention(PeriodicWorker):
     def _vital_signs(self, cutoff: float) -> int:
         deleted, cutoff_us = 0, int(cutoff * 1e6)
         while True:
-            with self.store.transaction(durable=False) as db:
-                for table, key in VITAL_TABLES:  # the patient index, then the rows
-                    count = db.execute(
-                        f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM vital_signs"
-                        " WHERE effective_us<? ORDER BY effective_us LIMIT ?)",
-                        (cutoff_us, BATCH_ROWS)).rowcount
+            count = self.store.delete_vitals_before(cutoff_us, BATCH_ROWS)
             deleted += count
             if count < BATCH_ROWS:
                 return deleted

@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Sequence
+from typing import Protocol, Sequence
 
 #: Seconds a patient's keys wait in memory before they are indexed together: a worker's commit of
 #: 59 messages from 500 patients wrote 33 WAL pages with 1 s, 26 with 2 s (90.8 with an index).
@@ -44,6 +44,19 @@ SETTLE_S = 4.0
 EVERY_S = 0.05
 #: Keys settled per commit at least (more when the commit appended more).
 SETTLE_MIN = 100
+
+
+class IndexTables(Protocol):
+    """The index's tables inside the writer's transaction (:class:`iomt.store.VitalsStore` gives them)."""
+
+    def log(self, entries: list[tuple[str, int, str, float]]) -> None:
+        """Append ``(subject, effective_us, codes, at)`` keys to ``vital_unindexed``."""
+
+    def index(self, entries: list[tuple[str, int, str]]) -> None:
+        """Add ``(subject, effective_us, codes)`` keys to ``vital_subjects`` (a known key is ignored)."""
+
+    def settle(self, limit: int, before: float) -> int:
+        """Index and delete up to ``limit`` of the oldest log entries logged before ``before``."""
 
 
 class VitalIndex:
@@ -65,44 +78,37 @@ class VitalIndex:
         """Patients with keys not yet indexed by this writer."""
         return len(self._waiting)
 
-    def write(self, db, rows: Sequence[Sequence]) -> None:
+    def write(self, tables: IndexTables, rows: Sequence[Sequence]) -> None:
         """In the writer's transaction: log the keys of ``rows`` (``vital_signs`` rows), index
         the patients due and settle the start of the log, at most every ``every_s``."""
         now = self._clock()
         due = math.ceil(len(self._waiting) * min(1.0, (now - self._last) / self.lag_s))
         if rows:
-            self._log(db, rows)
+            self._log(tables, rows)
             self._logged += len(rows)
         if now - self._last < self.every_s:
             return
         self._last = now
         if due:
-            self._index(db, due)
-        self.settle(db, 2 * self._logged + SETTLE_MIN)
+            self._index(tables, due)
+        self.settle(tables, 2 * self._logged + SETTLE_MIN)
         self._logged = 0
 
-    def flush(self, db) -> None:
+    def flush(self, tables: IndexTables) -> None:
         """Index everything this writer waits for (before it closes)."""
-        self._index(db, len(self._waiting))
+        self._index(tables, len(self._waiting))
 
     def discard(self) -> None:
         """Forget the waiting keys (the commit that logged them may have been rolled back)."""
         self._waiting.clear()
         self._logged = 0
 
-    def settle(self, db, limit: int, older_than_s: float | None = None) -> int:
+    def settle(self, tables: IndexTables, limit: int, older_than_s: float | None = None) -> int:
         """Index and delete up to ``limit`` of the oldest log entries logged more than
         ``older_than_s`` (``settle_s``) ago; returns how many."""
-        before = self._wall() - (self.settle_s if older_than_s is None else older_than_s)
-        last = db.execute("SELECT max(rowid) FROM (SELECT rowid, at FROM vital_unindexed"
-                          " ORDER BY rowid LIMIT ?) WHERE at<?", (limit, before)).fetchone()[0]
-        if last is None:
-            return 0
-        db.execute("INSERT OR IGNORE INTO vital_subjects SELECT subject, effective_us, codes"
-                   " FROM vital_unindexed WHERE rowid<=?", (last,))
-        return db.execute("DELETE FROM vital_unindexed WHERE rowid<=?", (last,)).rowcount
+        return tables.settle(limit, self._wall() - (self.settle_s if older_than_s is None else older_than_s))
 
-    def _log(self, db, rows: Sequence[Sequence]) -> None:
+    def _log(self, tables: IndexTables, rows: Sequence[Sequence]) -> None:
         at, entries = self._wall(), []
         for effective_us, subject, codes, *_ in rows:
             entries.append((subject, effective_us, codes, at))
@@ -110,11 +116,11 @@ class VitalIndex:
             if keys is None:
                 self._waiting[subject] = keys = []
             keys.append((effective_us, codes))
-        db.executemany("INSERT INTO vital_unindexed VALUES (?,?,?,?)", entries)
+        tables.log(entries)
 
-    def _index(self, db, count: int) -> None:
+    def _index(self, tables: IndexTables, count: int) -> None:
         entries = []
         for subject in list(itertools.islice(self._waiting, count)):
             entries += [(subject, effective_us, codes)
                         for effective_us, codes in self._waiting.pop(subject)]
-        db.executemany("INSERT OR IGNORE INTO vital_subjects VALUES (?,?,?)", entries)
+        tables.index(entries)

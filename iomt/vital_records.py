@@ -3,7 +3,7 @@
 A monitor's message of three vitals is three R4 Observations of about 1 KB each. Stored as
 such, they cost the bridge more than everything else it does with the message (serialising
 them, three rows and their index entries, the bytes through the WAL). So the store keeps each
-vitals message as one short row of table ``vital_signs`` (schema in :mod:`serving.store`) and
+vitals message as one short row of table ``vital_signs`` (schema in :mod:`iomt.store`) and
 builds the Observations when they are read (FHIR API, ward board) or sent to a FHIR server
 (:mod:`iomt.sink`):
 
@@ -40,7 +40,7 @@ NEWS2 scores, ECG chunks, alerts and everything else stay whole resources in ``f
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import orjson
 
@@ -49,12 +49,9 @@ from iomt.observations import UNIX_EPOCH, _number, unix_us, vital_observations
 from iomt.payload import Vital, VitalsMessage
 from models import clinical_codes as codes
 
-#: What a read gives: the columns of :func:`record`'s row (the identifier's system as its URI),
-#: then ``updated_at``.
-COLUMNS = ("effective_us, subject, codes, device, effective, vitals, (SELECT system FROM"
-           " vital_identifier_systems WHERE code=identifier_system) AS identifier_system,"
-           " identifier_value, updated_at")
-KEY = "effective_us, subject, codes"
+if TYPE_CHECKING:  # the store reads what this module writes
+    from iomt.store import VitalRow, VitalsStore
+
 _UPDATED_AT = 8  # index of updated_at in a row read (a row of record() has 8 items)
 _PATIENT = "Patient/"
 _UUID_HEX = frozenset("0123456789abcdef-")
@@ -64,7 +61,7 @@ def record(msg: VitalsMessage, subject: str, device: str | None,
            identifier: tuple[str, str] | None = None) -> tuple:
     """The row of ``msg`` about ``subject`` (a Patient reference) from ``device``, without
     ``updated_at``; ``identifier``: the patient's identifier ``(system, value)``, whose system
-    the store keeps as its code (:meth:`serving.store.Store.commit_batch`)."""
+    the store keeps as its code (:meth:`iomt.store.VitalsStore.commit_batch`)."""
     latest, at = msg.latest(), msg.time
     vitals = orjson.dumps([(v.loinc, v.value, v.out_of_range) for v in latest.values()])
     if identifier is None:
@@ -122,89 +119,46 @@ def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
     return [resource for _, resource in built.values()]
 
 
-def _keys(table: str, since: datetime | None, limit: int | None) -> str:
-    sql = f"SELECT effective_us, subject, codes FROM {table} WHERE subject=:subject"
-    if since is not None:
-        sql += " AND effective_us>:since"
-    if limit is not None:
-        sql += " ORDER BY effective_us DESC LIMIT :limit"
-    return f"SELECT * FROM ({sql})"
-
-
-def select(store, subject: str | None = None, since: datetime | None = None,
-           limit: int | None = None, waiting: dict[str, list] | None = None) -> list[Any]:
+def select(store: VitalsStore, subject: str | None = None, since: datetime | None = None,
+           limit: int | None = None, waiting: dict[str, list] | None = None) -> list[VitalRow]:
     """Rows of ``subject`` (all when None) measured after ``since``, newest first. A patient's
     are found through the patient index and the log of keys not in it yet
     (:mod:`iomt.vital_index`), or, for many patients, in ``waiting`` (:func:`waiting_rows`, the
     log read once)."""
-    params = {"subject": subject, "since": None if since is None else unix_us(since),
-              "limit": limit}
-    if subject is None:
-        sql = f"SELECT {COLUMNS} FROM vital_signs"
-        if since is not None:
-            sql += " WHERE effective_us>:since"
-    elif waiting is None:
-        sql = (f"SELECT {COLUMNS} FROM ({_keys('vital_subjects', since, limit)} UNION"
-               f" {_keys('vital_unindexed', since, limit)}) JOIN vital_signs USING ({KEY})")
-    else:
-        sql = (f"SELECT {COLUMNS} FROM ({_keys('vital_subjects', since, limit)})"
-               f" JOIN vital_signs USING ({KEY})")
-    sql += " ORDER BY effective_us DESC"
-    if limit is not None:
-        sql += " LIMIT :limit"
-    rows = store.query(sql, params)
+    since_us = None if since is None else unix_us(since)
+    rows = store.vital_rows(subject, since_us, limit, indexed_only=waiting is not None)
     if subject is None or waiting is None or subject not in waiting:
         return rows
     merged = {tuple(row[:3]): row for row in rows}
     merged.update((tuple(row[:3]), row) for row in waiting[subject]
-                  if since is None or row[0] > params["since"])
+                  if since_us is None or row[0] > since_us)
     return sorted(merged.values(), key=lambda row: row[0], reverse=True)[:limit]
 
 
-def waiting_rows(store, since: datetime | None = None,
-                 subjects: Iterable[str] | None = None) -> dict[str, list]:
+def waiting_rows(store: VitalsStore, since: datetime | None = None,
+                 subjects: Iterable[str] | None = None) -> dict[str, list[VitalRow]]:
     """The rows measured after ``since`` whose keys are not in the patient index yet, by
     patient (of ``subjects`` alone when given): the log read once for many patients (the ward
     board), where each patient's own look-up would read the whole log again."""
-    sql, params = f"SELECT DISTINCT {COLUMNS} FROM vital_unindexed JOIN vital_signs USING ({KEY})", []
-    where = []
-    if since is not None:
-        where.append("effective_us>?")
-        params.append(unix_us(since))
-    if subjects is not None:
-        subjects = list(subjects)
-        where.append(f"vital_unindexed.subject IN ({','.join('?' * len(subjects))})")
-        params += subjects
-    if where:
-        sql += " WHERE " + " AND ".join(where)
     found: dict[str, list] = {}
-    for row in store.query(sql, tuple(params)):
+    for row in store.unindexed_rows(None if since is None else unix_us(since),
+                                    None if subjects is None else list(subjects)):
         found.setdefault(row[1], []).append(row)
     return found
 
 
-def find(store, observation_id: str) -> dict[str, Any] | None:
+def find(store: VitalsStore, observation_id: str) -> dict[str, Any] | None:
     """The vital-sign Observation of that id, or None."""
     if len(observation_id) != 36 or not _UUID_HEX.issuperset(observation_id):
         return None
     millis = int(observation_id[:8] + observation_id[9:13], 16)
-    rows = store.query(f"SELECT {COLUMNS} FROM vital_signs WHERE effective_us BETWEEN ? AND ?",
-                       (millis * 1000, millis * 1000 + 999))
+    rows = store.rows_measured_between(millis * 1000, millis * 1000 + 999)
     return next((r for r in observations(rows) if r["id"] == observation_id), None)
 
 
-def subjects(store, since: datetime) -> set[str]:
-    """Patients with vitals measured after ``since``: two look-ups a patient in the patient
-    index (its next patient, then its newest key) and the log, not a scan of every message
-    since then (36 million rows for an hour at 10,000 messages a second)."""
-    return {row[0] for row in store.query(
-        "WITH RECURSIVE patient(subject) AS (SELECT min(subject) FROM vital_subjects UNION ALL"
-        " SELECT (SELECT min(subject) FROM vital_subjects WHERE subject>patient.subject)"
-        " FROM patient WHERE patient.subject IS NOT NULL)"
-        " SELECT subject FROM patient WHERE subject IS NOT NULL AND (SELECT max(effective_us)"
-        " FROM vital_subjects WHERE subject=patient.subject)>:since"
-        " UNION SELECT subject FROM vital_unindexed WHERE effective_us>:since",
-        {"since": unix_us(since)})}
+def subjects(store: VitalsStore, since: datetime) -> set[str]:
+    """Patients with vitals measured after ``since`` (:meth:`iomt.store.VitalsStore.subjects_since`)."""
+    return store.subjects_since(unix_us(since))
 
 
 def readings(row: Sequence) -> tuple[str, list[tuple[str, int | float]]]:
@@ -213,13 +167,10 @@ def readings(row: Sequence) -> tuple[str, list[tuple[str, int | float]]]:
     return _effective(row), [(loinc, _number(value)) for loinc, value, _ in orjson.loads(row[5])]
 
 
-def has_subject(store, subject: str) -> bool:
-    return bool(store.query("SELECT 1 FROM vital_subjects WHERE subject=:s UNION ALL"
-                            " SELECT 1 FROM vital_unindexed WHERE subject=:s LIMIT 1",
-                            {"s": subject}))
+def has_subject(store: VitalsStore, subject: str) -> bool:
+    return store.has_subject(subject)
 
 
-def count(store, loinc: str) -> int:
+def count(store: VitalsStore, loinc: str) -> int:
     """Stored vitals messages with a reading of ``loinc`` (each gives one such Observation)."""
-    return store.query("SELECT count(*) AS n FROM vital_signs WHERE instr(',' || codes || ',', ?)",
-                       (f",{loinc},",))[0]["n"]
+    return store.count(loinc)

@@ -35,6 +35,7 @@ from iomt.identity import DeviceRegistry
 from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
+from iomt.store import ResourceTables, VitalsStore
 from iomt.topics import Topics
 from kernel import heap
 from kernel.logs import JsonFormatter, configure
@@ -65,7 +66,7 @@ def commit(out: BatchOut, sink: ResourceSink, store, outbox=None, lock=None,
     """Commit what one batch produced, in one transaction, retrying until the store takes it:
     nothing is acknowledged that is not stored. The transaction is committed holding ``lock``
     (the children's commit lock, when given) without waiting for the disk; with ``durable``
-    it is then made durable (:meth:`serving.store.Store.sync_log`), else the caller must do
+    it is then made durable (:meth:`kernel.database.Database.sync_log`), else the caller must do
     that before it acknowledges the batch (the bridge does, for several batches at once)."""
     while True:
         try:
@@ -138,12 +139,13 @@ class _OutboxInParent:
 class WorkerSpec:
     """Everything a child process needs to build its pipeline (picklable).
 
-    ``store_type`` is the class of the store the bridge was given, opened again on ``store_path``
-    in the child: the bridge is handed its store by whoever wires it and names no store class.
+    The child opens a :class:`iomt.store.VitalsStore` of its own on ``store_path`` with
+    ``tables``, the (stateless) resource and outbox writer of the store the bridge was given: the
+    bridge is handed its store by whoever wires it and names no class of the layer above.
     """
 
     store_path: Path
-    store_type: type
+    tables: ResourceTables
     topic_prefix: str
     systems: IdentifierSystems
     staleness_s: float
@@ -157,12 +159,12 @@ class WorkerSpec:
     log_format: str = "text"  # kernel.logs formats: text or json
 
     @classmethod
-    def of(cls, *, store, topic_prefix: str, registry: DeviceRegistry, states: StateTable,
+    def of(cls, *, store: VitalsStore, topic_prefix: str, registry: DeviceRegistry, states: StateTable,
            alerts: AlertPolicy, sink: ResourceSink, news2_interval_s: float,
            risk: bool) -> "WorkerSpec":
         """The spec that rebuilds the parts the bridge was given, in a child."""
         band = next(b for b, rank in BAND_RANK.items() if rank == alerts.min_rank)
-        return cls(store_path=Path(store.path), store_type=type(store), topic_prefix=topic_prefix,
+        return cls(store_path=Path(store.path), tables=store.tables, topic_prefix=topic_prefix,
                    systems=registry.systems, staleness_s=states.staleness_s,
                    alerts_min_band=band.value, alerts_repeat_after_s=alerts.repeat_after_s,
                    news2_interval_s=news2_interval_s, fhir_base_url=sink.base_url,
@@ -188,7 +190,7 @@ def serve(spec: WorkerSpec, index: int, count: int, conn, commit_lock=None) -> N
     threading.current_thread().name = f"medgate-vitals-{index}"  # the thread of JSON log lines
     configure(logging.getLevelName(spec.log_level), spec.log_format)
     topics = Topics(spec.topic_prefix)
-    store = spec.store_type(spec.store_path)
+    store = VitalsStore.open(spec.store_path, spec.tables)
     store.defer_checkpoints()  # the bridge's WalCheckpointer runs them
     pipeline, sink = spec.build(store, lambda topic: topics.partition(topic, count) == index)
     heap.settle()  # a batch allocates ~40 containers a message and makes no cycles

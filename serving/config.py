@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from dicom_gateway.config import DicomConfig, check_ae_title
 from iomt.config import IomtConfig, MqttConfig
 from kernel.config import Section
-from serving.store import database_path
+from kernel.database import database_path
 
 ENV_PREFIX = "MEDGATE_"
 CONFIG_ENV = "MEDGATE_CONFIG"

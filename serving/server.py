@@ -31,8 +31,9 @@ from serving.fhir.report import patient_identity
 from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
 from serving.http.forwarded import UVICORN_TRUST_NONE
 from serving.imaging.pipeline import ImagingPipeline
-from serving.state_permissions import private_folder, restrict_umask, secure_tree
-from serving.store import Store, database_path
+from kernel.database import database_path
+from kernel.state_permissions import private_folder, restrict_umask, secure_tree
+from serving.store import Store
 
 log = logging.getLogger("medgate.server")
 
@@ -49,7 +50,7 @@ class Server:
         if fixed:
             log.warning("state_dir %s: %d file(s) or folder(s) were readable by other users; now "
                         "owner-only (files 0600, folders 0700)", self.state_dir, fixed)
-        self.store = Store(database_path(self.state_dir))
+        self.store = Store(database_path(self.state_dir))  # one database: the three owner stores on it
         self.broker = None
         self.bridge: VitalsBridge | None = None
         self.retention = None
@@ -88,14 +89,14 @@ class Server:
             self.broker = EmbeddedBroker(port, cfg.mqtt.embedded_host)
             self.broker.start()
         vitals = ray_predictor(handles["vitals"]) if "vitals" in handles else None
-        self.bridge = build_bridge(cfg, self.store, self.outbox, vitals)
+        self.bridge = build_bridge(cfg, self.store.vitals, self.outbox, vitals)
         self.bridge.start()
         if self.bridge.risk is not None:
             self.bridge.risk.start()
         if cfg.iomt.retention_hours:
             from iomt.retention import VitalsRetention
 
-            self.retention = VitalsRetention(self.store, cfg.iomt.retention_hours)
+            self.retention = VitalsRetention(self.store.vitals, cfg.iomt.retention_hours, resources=self.store)
             self.retention.start()
         self.outbox.start()
         self.pipeline = ImagingPipeline(
@@ -104,7 +105,7 @@ class Server:
             fhir_base_url=cfg.fhir.base_url if cfg.fhir.send_reports else None,
             identity=patient_identity(cfg))
         self.pipeline.start()
-        self.scp = build_scp(cfg.dicom, self.store, self.state_dir / "spool", self.pipeline.submit,
+        self.scp = build_scp(cfg.dicom, self.store.gateway, self.state_dir / "spool", self.pipeline.submit,
                              known_models=handles)
         self.scp.start()
         self.write_status()

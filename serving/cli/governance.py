@@ -13,7 +13,7 @@ from pathlib import Path
 
 from serving.governance.audit import AuditLog
 from serving.governance.export_training import export_training
-from serving.store import database_path
+from kernel.database import database_path
 
 COMMANDS = ("audit", "export-training")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -45,17 +46,17 @@ def list_items(settings: Settings, status: str | None = None, as_json: bool = Fa
         items = db.items(status)
     if as_json:
         for item in items:
-            print(json.dumps({k: v for k, v in item.items() if k != "payload"}), file=out)
+            print(json.dumps({k: v for k, v in asdict(item).items() if k != "payload"}), file=out)
         return 0
     print(f"{'status':8} {'att':>3} {'kind':5} {'destination':24} {'created':20} key / last error", file=out)
     for item in items:
-        error = (item.get("last_error") or "")[:ERROR_WIDTH]
-        print(f"{item['status']:8} {item['attempts']:>3} {item['kind']:5} {item['destination'][:24]:24} "
-              f"{_when(item['created_at']):20} {item['key']}" + (f"\n{'':63}{error}" if error else ""),
+        error = (item.last_error or "")[:ERROR_WIDTH]
+        print(f"{item.status:8} {item.attempts:>3} {item.kind:5} {item.destination[:24]:24} "
+              f"{_when(item.created_at):20} {item.key}" + (f"\n{'':63}{error}" if error else ""),
               file=out)
     counts: dict[str, int] = {}
     for item in items:
-        counts[item["status"]] = counts.get(item["status"], 0) + 1
+        counts[item.status] = counts.get(item.status, 0) + 1
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "outbox is empty", file=out)
     return 0
 

@@ -23,11 +23,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from serving.components import STATUS_STALE_S, read_components
 from serving.config import Settings
-from serving.delivery.outbox_db import PostgresOutboxDb, SqliteOutboxDb
+from iomt.store import DeadLetterCounts
+from kernel.database import Database
+from serving.delivery.outbox_db import PostgresOutboxDb
+from serving.store import Store
 from serving.http.auth import client_token
 
 COMMANDS = ("status",)
@@ -61,20 +64,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # -- gathering ---------------------------------------------------------------------------------
-class _ReadOnlyStore:
-    """``query()`` over a read-only connection: status never writes to, nor creates, the store."""
-
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        self._db.row_factory = sqlite3.Row
-
-    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        return self._db.execute(sql, params).fetchall()
-
-    def close(self) -> None:
-        self._db.close()
-
-
 def _server_url(settings: Settings) -> str:
     host = settings.http.host if settings.http.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     return f"http://{host}:{settings.http.port}"
@@ -114,26 +103,23 @@ def _process(state_dir: Path, now: float) -> dict[str, Any]:
             "components": status.get("components", {})}
 
 
-def _grouped(store: _ReadOnlyStore, sql: str) -> dict[str, int]:
+def _counted(count: Callable[[], Any], empty: Any) -> Any:
     try:
-        return {r[0]: r[1] for r in store.query(sql)}
+        return count()
     except sqlite3.OperationalError:  # table not created yet (that part never ran)
-        return {}
+        return empty
 
 
-def _ledger(store: _ReadOnlyStore) -> dict[str, Any]:
-    studies = _grouped(store, "SELECT status, COUNT(*) FROM studies GROUP BY status")
-    groups = _grouped(store, "SELECT state, COUNT(*) FROM dicom_groups GROUP BY state")
-    try:
-        row = store.query("SELECT COUNT(*), SUM(replayed_at IS NULL AND device IS NOT NULL) FROM dead_letters")[0]
-        dead = {"total": row[0], "parked": row[1] or 0}
-    except sqlite3.OperationalError:
-        dead = {"total": 0, "parked": 0}
+def _ledger(store: Store) -> dict[str, Any]:
+    studies = _counted(store.gateway.status_counts, {})
+    groups = _counted(store.gateway.group_counts, {})
+    dead = _counted(store.vitals.dead_letter_counts, DeadLetterCounts(0, 0))
     in_progress = studies.get("receiving", 0) + studies.get("complete", 0)
-    return {"studies": {"in_progress": in_progress, "by_status": studies}, "groups": groups, "dead_letters": dead}
+    return {"studies": {"in_progress": in_progress, "by_status": studies}, "groups": groups,
+            "dead_letters": {"total": dead.total, "parked": dead.parked}}
 
 
-def _outbox(settings: Settings, store: _ReadOnlyStore | None, now: float) -> dict[str, Any]:
+def _outbox(settings: Settings, store: Store | None, now: float) -> dict[str, Any]:
     url = settings.store.url
     backend = "postgresql" if url and not url.startswith("sqlite:") else "sqlite"
     try:
@@ -144,19 +130,19 @@ def _outbox(settings: Settings, store: _ReadOnlyStore | None, now: float) -> dic
             finally:
                 db.close()
         elif store is not None:
-            rows = SqliteOutboxDb(store).depth()
+            rows = _counted(store.outbox.depth, [])
         else:
             rows = []
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return {"backend": backend, "error": f"{type(exc).__name__}: {exc}", "destinations": []}
     table: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
-        fresh = {"destination": r["destination"], "kind": r["kind"], **dict.fromkeys(OUTBOX_STATES, 0),
+        fresh = {"destination": r.destination, "kind": r.kind, **dict.fromkeys(OUTBOX_STATES, 0),
                  "oldest_undelivered_s": None}
-        entry = table.setdefault((r["destination"], r["kind"]), fresh)
-        entry[r["state"]] = entry.get(r["state"], 0) + r["n"]
-        if r["state"] in ("pending", "failed", "dead"):
-            age = round(now - r["oldest"])
+        entry = table.setdefault((r.destination, r.kind), fresh)
+        entry[r.state] = entry.get(r.state, 0) + r.n
+        if r.state in ("pending", "failed", "dead"):
+            age = round(now - r.oldest)
             entry["oldest_undelivered_s"] = max(age, entry["oldest_undelivered_s"] or 0)
     totals = {s: sum(e[s] for e in table.values()) for s in OUTBOX_STATES}
     return {"backend": backend, "destinations": list(table.values()), "totals": totals}
@@ -180,7 +166,8 @@ def gather(settings: Settings, url: str | None = None, token: str | None = None,
     server = _http(url or _server_url(settings), token, timeout_s)
     report: dict[str, Any] = {"time": now, "state_dir": str(state_dir), "server": server,
                               "process": _process(state_dir, now)}
-    store = _ReadOnlyStore(settings.db_path.resolve()) if settings.db_path.is_file() else None
+    store = (Store(Database(settings.db_path.resolve(), read_only=True))  # status never writes
+             if settings.db_path.is_file() else None)
     try:
         report.update(_ledger(store) if store else {"studies": {"in_progress": 0, "by_status": {}},
                                                     "groups": {}, "dead_letters": {"total": 0, "parked": 0}})

@@ -23,8 +23,8 @@ from kernel import correlation
 from kernel.delivery_errors import PermanentDeliveryError
 from kernel.periodic import PeriodicWorker
 from serving.config import OutboxConfig
-from serving.delivery.outbox_db import PostgresOutboxDb, SqliteOutboxDb
-from serving.store import Store
+from serving.delivery.outbox_db import PostgresOutboxDb
+from serving.store import OutboxItem, SqliteOutbox, Store
 
 log = logging.getLogger("medgate.outbox")
 
@@ -39,7 +39,7 @@ class Outbox(PeriodicWorker):
     Parameters
     ----------
     store
-        The local store holding the ``outbox`` table, or an outbox backend from
+        The server's store (its SQLite outbox is used), or an outbox backend from
         :func:`serving.delivery.outbox_db.open_outbox_db`.
     senders
         Delivery function per kind (``dicom``, ``mqtt``, ``fhir``).
@@ -54,7 +54,7 @@ class Outbox(PeriodicWorker):
 
     worker_name = "medgate-outbox"
 
-    def __init__(self, store: Store, senders: dict[str, Sender], *, max_attempts: int | None = None,
+    def __init__(self, store: Store | SqliteOutbox | PostgresOutboxDb, senders: dict[str, Sender], *, max_attempts: int | None = None,
                  backoff_base_s: float | None = None, backoff_max_s: float | None = None,
                  poll_interval_s: float = 0.5) -> None:
         defaults = OutboxConfig()
@@ -63,8 +63,7 @@ class Outbox(PeriodicWorker):
         backoff_max_s = defaults.backoff_max_s if backoff_max_s is None else backoff_max_s
         if max_attempts < 1:
             raise ValueError(f"`max_attempts` must be positive, {max_attempts} is given.")
-        self.store = store
-        self.db = store if isinstance(store, (SqliteOutboxDb, PostgresOutboxDb)) else SqliteOutboxDb(store)
+        self.db = store if isinstance(store, (SqliteOutbox, PostgresOutboxDb)) else store.outbox
         self.senders = dict(senders)
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
@@ -88,7 +87,7 @@ class Outbox(PeriodicWorker):
         """Wake the worker: items were written to the store by someone else."""
         self._wake.set()
 
-    def items(self, status: str | None = None) -> list[dict[str, Any]]:
+    def items(self, status: str | None = None) -> list[OutboxItem]:
         """Every item (or those with ``status``: pending, sent, dead), oldest first."""
         return self.db.items(status)
 
@@ -109,22 +108,22 @@ class Outbox(PeriodicWorker):
             for item in self.db.claim_due(time.time()):
                 if self._stop.is_set():
                     break
-                with correlation.bound(item.get("correlation_id")):
-                    delivered += self._attempt(dict(item))
+                with correlation.bound(item.correlation_id):
+                    delivered += self._attempt(item)
         return delivered
 
-    def _attempt(self, item: dict[str, Any]) -> bool:
+    def _attempt(self, item: OutboxItem) -> bool:
         try:
-            self.senders[item["kind"]](item["destination"], json.loads(item["payload"]))
+            self.senders[item.kind](item.destination, json.loads(item.payload))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a retry or a dead letter
             self._failed(item, exc)
             return False
-        self.db.mark_sent(item["id"])
-        log.info("delivered %s to %s", item["key"], item["destination"])
+        self.db.mark_sent(item.id)
+        log.info("delivered %s to %s", item.key, item.destination)
         return True
 
-    def _failed(self, item: dict[str, Any], exc: Exception) -> None:
-        attempts = item["attempts"] + 1
+    def _failed(self, item: OutboxItem, exc: Exception) -> None:
+        attempts = item.attempts + 1
         permanent = isinstance(exc, PermanentDeliveryError)
         status = "dead" if permanent or attempts >= self.max_attempts else "pending"
         delay = min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s)
@@ -132,13 +131,13 @@ class Outbox(PeriodicWorker):
         if retry_after_s is not None:
             delay = max(delay, retry_after_s)
         reason = f"{type(exc).__name__}: {exc}"
-        self.db.mark_failed(item["id"], status, attempts, time.time() + delay, reason)
+        self.db.mark_failed(item.id, status, attempts, time.time() + delay, reason)
         if permanent:
-            log.error("delivery %s to %s refused permanently (attempt %d, dead): %s", item["key"],
-                      item["destination"], attempts, reason)
+            log.error("delivery %s to %s refused permanently (attempt %d, dead): %s", item.key,
+                      item.destination, attempts, reason)
         else:
-            log.warning("delivery %s to %s failed (attempt %d, %s): %s", item["key"],
-                        item["destination"], attempts, status, reason)
+            log.warning("delivery %s to %s failed (attempt %d, %s): %s", item.key,
+                        item.destination, attempts, status, reason)
 
     def tick(self) -> None:
         self.deliver_due()

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from serving.state_permissions import private_connection
+from kernel.database import private_connection
 
 GENESIS = "0" * 64
 FIELDS = ("recorded", "who", "role", "action", "resource_type", "resource_id", "study_uid", "query",

@@ -29,7 +29,8 @@ from pydicom import dcmread
 from dicom_gateway.uids import check_uid, inside
 from serving.governance.audit import AuditLog
 from serving.governance.deid import DeidentificationError, Deidentifier
-from serving.store import Store, database_path
+from kernel.database import database_path
+from serving.store import Result, Store
 
 VOLUME_MODELS = ("nodule",)
 
@@ -60,12 +61,12 @@ def _salt(state_dir: Path, salt_file: Path | None) -> tuple[bytes, Path]:
     return data, path
 
 
-def _labels(results: list[dict]) -> dict[str, dict]:
+def _labels(results: list[Result]) -> dict[str, dict]:
     """Source SOP Instance UID -> {model, version, finding} from the SR result summaries."""
     out = {}
     for r in results:
-        summary = r["summary"]
-        if r["kind"] != "sr" or summary.get("model") in VOLUME_MODELS:
+        summary = r.summary
+        if r.kind != "sr" or summary.get("model") in VOLUME_MODELS:
             continue
         for finding in summary.get("findings", []):
             out[finding["source"]] = {"model": summary["model"], "version": summary["version"], **finding}
@@ -86,16 +87,14 @@ def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: P
     entries: dict[str, list[dict]] = defaultdict(list)
     versions: dict[str, set[str]] = defaultdict(set)
     try:
-        studies = store.query("SELECT study_uid FROM studies WHERE status='done' AND received_at>=?"
-                              " ORDER BY received_at", (since.timestamp(),))
-        for row in studies:
-            study_uid, written = row["study_uid"], 0
+        for study_uid in store.gateway.done_studies(since.timestamp()):
+            written = 0
             labels = _labels(store.results_of(study_uid))
-            for inst in store.instances_of(study_uid):
-                label = labels.get(inst["sop_instance_uid"])
-                if label is None or not Path(inst["path"]).is_file():
+            for inst in store.gateway.instances_of(study_uid):
+                label = labels.get(inst.sop_instance_uid)
+                if label is None or not Path(inst.path).is_file():
                     continue
-                ds = dcmread(inst["path"])
+                ds = dcmread(inst.path)
                 rows, cols = int(ds.Rows), int(ds.Columns)
                 try:
                     deid.apply(ds)

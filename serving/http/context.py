@@ -17,7 +17,8 @@ from serving.governance.audit import AuditLog
 from serving.http import forwarded
 from serving.http.auth import Authenticator, Principal, StaticTokens
 from serving.http.sessions import SessionStore
-from serving.store import Store, database_path
+from kernel.database import database_path
+from serving.store import Store
 
 log = logging.getLogger("medgate.web")
 

@@ -17,7 +17,6 @@ date is invented, and the resource stays a valid R4 Patient (no element is requi
 """
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 
@@ -25,7 +24,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from iomt import vital_records
 from serving.fhir.audit_event import audit_event
 from serving.fhir.capability import READ_ONLY_TYPES, capability_statement, search_parameter
 from serving.fhir.search import PARAMETERS, SearchError, operation_outcome, parse_search, searchset, \
@@ -68,18 +66,11 @@ def _stored(resource_type: str, subject: str | None) -> list[dict]:
 
 
 def _read(resource_type: str, resource_id: str) -> dict | None:
-    store = current().store()
-    rows = store.query("SELECT body FROM fhir_resources WHERE resource_type=? AND id=?",
-                       (resource_type, resource_id))
-    if rows:
-        return json.loads(rows[0]["body"])
-    return vital_records.find(store, resource_id) if resource_type == "Observation" else None
+    return current().store().resource(resource_type, resource_id)
 
 
 def _known_subject(ref: str) -> bool:
-    store = current().store()
-    return bool(store.query("SELECT 1 FROM fhir_resources WHERE subject=? LIMIT 1", (ref,))) \
-        or vital_records.has_subject(store, ref)
+    return current().store().has_subject(ref)
 
 
 def _audit_events(search) -> tuple[list[dict], int]:
@@ -92,12 +83,8 @@ def _audit_events(search) -> tuple[list[dict], int]:
 @router.get("/Patient/{patient_id}")
 async def read_patient(patient_id: str, request: Request) -> JSONResponse:
     ctx = current()
-    rows = await run_in_threadpool(ctx.store().query,
-                                   "SELECT body FROM fhir_resources WHERE resource_type='Patient' AND id=?",
-                                   (patient_id,))
-    if rows:
-        patient = json.loads(rows[0]["body"])
-    else:
+    patient = await run_in_threadpool(ctx.store().resource, "Patient", patient_id)
+    if patient is None:
         ref = f"Patient/{patient_id}"
         if not await run_in_threadpool(_known_subject, ref):
             ctx.record(request, "read", "not-found", resource_type="Patient", resource_id=patient_id)

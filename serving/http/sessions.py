@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from serving.http.auth import ROLES, Principal
-from serving.state_permissions import private_connection
+from kernel.database import private_connection
 
 #: Bytes of randomness in a session id (256 bits, OWASP Session Management: at least 64).
 SESSION_ID_BYTES = 32

@@ -41,7 +41,8 @@ from serving.config import HttpConfig
 from serving.http import request_body
 from serving.http.related_parts import MultipartError, SpilledParts, SpillLimit, ViewReader, spill
 from serving.http.uploads import UploadError
-from serving.store import Store, database_path
+from kernel.database import database_path
+from dicom_gateway.store import open_gateway_store
 
 router = APIRouter()
 log = logging.getLogger("medgate.dicom")
@@ -93,7 +94,7 @@ class StowReceiver:
             from dicom_gateway.intake import Intake
             from dicom_gateway.routing import rules_from_config
 
-            store = Store(database_path(self.state_dir))
+            store = open_gateway_store(database_path(self.state_dir))
             rules = rules_from_config(self.settings.get("routes", []))
             self._intake = Intake(store, self.state_dir / "spool", rules,
                                   group_by=self.settings.get("group_by", _DICOM.completion.group_by),

@@ -13,15 +13,14 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.components import read_components
 from serving.http.context import current
+from serving.store import Store
 
 router = APIRouter()
 
 
-def _counts(store) -> dict:
-    outbox = {r["status"]: r["n"] for r in store.query("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")}
-    dead = store.query("SELECT COUNT(*) AS n, SUM(replayed_at IS NULL AND device IS NOT NULL) AS parked"
-                       " FROM dead_letters")[0]
-    return {"outbox": outbox, "dead_letters": {"total": dead["n"], "parked": dead["parked"] or 0}}
+def _counts(store: Store) -> dict:
+    dead = store.vitals.dead_letter_counts()
+    return {"outbox": store.outbox.status_counts(), "dead_letters": {"total": dead.total, "parked": dead.parked}}
 
 
 @router.get("/v1/system")

@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from iomt import vital_records
 from models import clinical_codes as codes
 from serving.http.context import current
+from serving.store import Store
 
 POINTS = 30
 WINDOW_S = 3600.0
@@ -41,6 +42,7 @@ POLL_S = 1.5
 KEEPALIVE_S = 15.0
 MAX_OBSERVATIONS = 1500  # whole resources (NEWS2, ECG) per patient and board refresh
 MAX_MESSAGES = 500  # vitals messages per patient and board refresh (iomt.vital_records)
+MAX_FLAGS = 5  # latest alerts (Flag) per patient and board refresh
 VITALS = {codes.HEART_RATE: "hr", codes.RESPIRATORY_RATE: "rr", codes.OXYGEN_SATURATION: "spo2",
           codes.BODY_TEMPERATURE: "temp"}
 #: The sparkline of each reading a vitals row keeps (its Observation's codes, as VITALS above).
@@ -104,22 +106,14 @@ def _series(observations: list[dict], rows: list) -> tuple[dict[str, list], dict
             for k, v in series.items()}, news2
 
 
-def _bodies(store, sql: str, params: tuple) -> list[dict]:
-    return [json.loads(r["body"]) for r in store.query(sql, params)]
-
-
-def _tile(store, patient_ref: str, since: float, since_at: datetime,
+def _tile(store: Store, patient_ref: str, since: float, since_at: datetime,
           waiting: dict[str, list]) -> dict[str, Any]:
-    observations = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='Observation'"
-                           " AND subject=? AND updated_at>? ORDER BY updated_at DESC LIMIT ?",
-                           (patient_ref, since, MAX_OBSERVATIONS))
+    observations = store.latest_resources("Observation", patient_ref, MAX_OBSERVATIONS, updated_after=since)
     observations.sort(key=lambda o: _instant(o.get("effectiveDateTime")))
-    series, news2 = _series(observations, vital_records.select(store, patient_ref, since_at,
+    series, news2 = _series(observations, vital_records.select(store.vitals, patient_ref, since_at,
                                                                MAX_MESSAGES, waiting))
-    risk = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='RiskAssessment'"
-                   " AND subject=? ORDER BY updated_at DESC LIMIT 1", (patient_ref,))
-    flags = _bodies(store, "SELECT body FROM fhir_resources WHERE resource_type='Flag' AND subject=?"
-                    " AND updated_at>? ORDER BY updated_at DESC LIMIT 5", (patient_ref, since))
+    risk = store.latest_resources("RiskAssessment", patient_ref, 1)
+    flags = store.latest_resources("Flag", patient_ref, MAX_FLAGS, updated_after=since)
     deterioration = None
     if risk:
         prediction = (risk[0].get("prediction") or [{}])[0]
@@ -130,30 +124,27 @@ def _tile(store, patient_ref: str, since: float, since_at: datetime,
                        for f in flags if f.get("status") == "active"]}
 
 
-def ward_board(store, now: float | None = None, window_s: float = WINDOW_S,
+def ward_board(store: Store, now: float | None = None, window_s: float = WINDOW_S,
                ward: str | None = None) -> dict[str, Any]:
     """The board: ``{"beds": [tile, ...], "wards": [...], "ward": ward, "generated": epoch}``
     (see the module docstring); with ``ward``, that ward's beds alone (no unassigned tiles)."""
     now = time.time() if now is None else now
     since = now - window_s
-    census = [dict(r) for r in store.query("SELECT * FROM bed_census WHERE updated_at>?"
-                                           " ORDER BY ward, bed", (since,))]
-    wards = sorted({b["ward"] for b in census})
-    beds = census if ward is None else [b for b in census if b["ward"] == ward]
+    census = store.vitals.beds(since)
+    wards = sorted({b.ward for b in census})
+    beds = census if ward is None else [b for b in census if b.ward == ward]
     since_at = datetime.fromtimestamp(since, timezone.utc)
     loose: set[str] = set()
     if ward is None:
-        loose = {r["subject"] for r in store.query(
-            "SELECT DISTINCT subject FROM fhir_resources WHERE resource_type='Observation'"
-            " AND updated_at>? AND subject IS NOT NULL", (since,))}
-        loose |= vital_records.subjects(store, since_at)
-        loose -= {b["patient_ref"] for b in census}
+        loose = store.resource_subjects("Observation", since)
+        loose |= vital_records.subjects(store.vitals, since_at)
+        loose -= {b.patient_ref for b in census}
     waiting = vital_records.waiting_rows(  # the patient index's log, read once for every tile
-        store, since_at, None if ward is None else [b["patient_ref"] for b in beds])
+        store.vitals, since_at, None if ward is None else [b.patient_ref for b in beds])
     tiles = []
     for bed in beds:
-        tiles.append({"ward": bed["ward"], "bed": bed["bed"], "site": bed["site"], "device": bed["device"],
-                      **_tile(store, bed["patient_ref"], since, since_at, waiting)})
+        tiles.append({"ward": bed.ward, "bed": bed.bed, "site": bed.site, "device": bed.device,
+                      **_tile(store, bed.patient_ref, since, since_at, waiting)})
     for patient_ref in sorted(loose):
         tiles.append({"ward": None, "bed": None, "site": None, "device": None,
                       **_tile(store, patient_ref, since, since_at, waiting)})

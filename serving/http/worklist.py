@@ -25,6 +25,7 @@ from dicom_gateway.uids import is_uid
 from serving.fhir.report import report_id
 from serving.http.context import current
 from serving.imaging.findings import recorded_result
+from serving.store import Result, Store
 
 LIMIT = 100
 _NAME = re.compile(r"SC-[0-9.]{1,64}")
@@ -43,35 +44,34 @@ def _header(path: str) -> dict[str, str]:
             "description": str(ds.get("StudyDescription", "")), "accession": str(ds.get("AccessionNumber", ""))}
 
 
-def _results(study_uid: str, results: list[dict]) -> list[dict[str, Any]]:
+def _results(study_uid: str, results: list[Result]) -> list[dict[str, Any]]:
     by_model: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
-        summary = r["summary"]
+        summary = r.summary
         key = (summary.get("model", "?"), summary.get("version", "?"))
         entry = by_model.setdefault(key, {
             "model": key[0], "version": key[1], "findings": [], "sr": [], "overlays": [],
             "report": f"/fhir/DiagnosticReport/{report_id(study_uid, *key)}"})
-        name = Path(r["path"]).name if r.get("path") else None
-        if r["kind"] == "sr" and name:
+        name = Path(r.path).name if r.path else None
+        if r.kind == "sr" and name:
             entry["sr"].append(f"/v1/results/{study_uid}/{name}")
             entry["findings"].extend(summary.get("findings", []))
-        elif r["kind"] == "sc" and name:
+        elif r.kind == "sc" and name:
             entry["overlays"].append(f"/v1/overlay/{study_uid}/{Path(name).stem}.png")
-        elif r["kind"] == "seg" and name:
+        elif r.kind == "seg" and name:
             entry.setdefault("seg", []).append(f"/v1/results/{study_uid}/{name}")
     return list(by_model.values())
 
 
-def worklist(store, limit: int = LIMIT) -> list[dict[str, Any]]:
-    studies = store.query("SELECT * FROM studies ORDER BY received_at DESC LIMIT ?", (limit,))
+def worklist(store: Store, limit: int = LIMIT) -> list[dict[str, Any]]:
     out = []
-    for s in studies:
-        instances = store.instances_of(s["study_uid"])
-        header = _header(instances[0]["path"]) if instances else {}
-        out.append({"study_uid": s["study_uid"], "status": s["status"], "route": s["route"],
-                    "detail": s["detail"], "received_at": s["received_at"], "updated_at": s["updated_at"],
+    for s in store.gateway.recent_studies(limit):
+        instances = store.gateway.instances_of(s.study_uid)
+        header = _header(instances[0].path) if instances else {}
+        out.append({"study_uid": s.study_uid, "status": s.status, "route": s.route,
+                    "detail": s.detail, "received_at": s.received_at, "updated_at": s.updated_at,
                     "instances": len(instances), **header,
-                    "results": _results(s["study_uid"], store.results_of(s["study_uid"]))})
+                    "results": _results(s.study_uid, store.results_of(s.study_uid))})
     return out
 
 

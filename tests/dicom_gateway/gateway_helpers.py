@@ -25,7 +25,7 @@ class Running:
         self.store = Store(root / "db.sqlite3")
         options.setdefault("quiet_period_s", 0.5)
         options.setdefault("poll_interval_s", 0.05)
-        self.scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), self.store, root / "spool",
+        self.scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), self.store.gateway, root / "spool",
                               self._done, **options)
         self.scp.start()
 

@@ -65,7 +65,7 @@ def raw_associate(port: int, contexts) -> socket.socket:
 
 def test_data_set_in_many_small_fragments_is_stored_byte_identical(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
-    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, tmp_path / "spool", lambda *a: None,
+    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store.gateway, tmp_path / "spool", lambda *a: None,
                      max_pdu_bytes=4096)
     scp.start()
     try:
@@ -76,7 +76,7 @@ def test_data_set_in_many_small_fragments_is_stored_byte_identical(tmp_path):
         assert assoc.is_established and assoc.acceptor.maximum_length == 4096
         assert assoc.send_c_store(ds).Status == 0
         assoc.release()
-        row = store.query("SELECT path FROM instances")[0]
+        row = store.database.rows("SELECT path FROM instances")[0]
         stored = dcmread(row["path"])
         assert stored.PixelData == ds.PixelData and stored.SOPInstanceUID == ds.SOPInstanceUID
         assert stored.file_meta.SourceApplicationEntityTitle.strip() == "MODALITY"

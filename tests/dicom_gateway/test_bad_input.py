@@ -55,7 +55,7 @@ def test_truncated_file_and_file_without_meta_are_refused_by_storescu(gateway):
     for name in ("MR_truncated.dcm", "no_meta.dcm", "rtplan_truncated.dcm"):
         result = storescu(gateway.scp.port, get_testdata_file(name))
         assert result.returncode != 0 or "Store Failed" in result.stderr or "Bad DICOM" in result.stderr, name
-    assert gateway.store.query("SELECT * FROM instances") == []
+    assert gateway.store.database.rows("SELECT * FROM instances") == []
 
 
 def test_dataset_without_study_uid(gateway):

@@ -54,7 +54,7 @@ def test_known_count_completes_without_quiet_period(tmp_path):
         assert storescu(running.scp.port, *files).returncode == 0
         wait_until(lambda: running.completed, timeout_s=10)
         assert time.monotonic() - start < 10  # far below the 60 s quiet period
-        row = running.store.query("SELECT reason FROM dicom_groups")[0]
+        row = running.store.database.rows("SELECT reason FROM dicom_groups")[0]
         assert row["reason"] == "known count 12 reached"
     finally:
         running.stop()
@@ -103,7 +103,7 @@ def test_rows_lost_with_the_machine_are_rebuilt_from_the_spool(tmp_path, caplog)
     running = Running(tmp_path, rules=CT_TO_NODULE, quiet_period_s=30.0)
     assert storescu(running.scp.port, *files, calling="CTSCANNER").returncode == 0
     study = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-    with running.store.transaction() as db:  # what a lost tail of the database looks like
+    with running.store.database.transaction() as db:  # what a lost tail of the database looks like
         db.execute("DELETE FROM instances WHERE rowid IN (SELECT rowid FROM instances LIMIT 5)")
         for table in ("dicom_instance_routes", "dicom_groups", "studies"):
             db.execute(f"DELETE FROM {table}")
@@ -113,7 +113,7 @@ def test_rows_lost_with_the_machine_are_rebuilt_from_the_spool(tmp_path, caplog)
         wait_until(lambda: running.completed, timeout_s=10)
         assert running.completed == [(study, "nodule")]
         assert len(running.store.instances_of(study)) == 12
-        rows = running.store.query("SELECT DISTINCT calling_ae FROM instances")
+        rows = running.store.database.rows("SELECT DISTINCT calling_ae FROM instances")
         assert [r["calling_ae"] for r in rows] == ["CTSCANNER"]
         assert "recorded 5 spool file(s) whose database rows were lost" in caplog.text
     finally:

@@ -115,7 +115,7 @@ def _dicom_with_tls(pki: Path, **tls) -> DicomConfig:
 def test_tls_only_opens_no_plain_port(tmp_path, pki):
     dicom = _dicom_with_tls(pki, only=True)
     store = Store(tmp_path / "db.sqlite3")
-    scp = build_scp(dicom, store, tmp_path / "spool", lambda study, model: None, known_models=["tb", "nodule", "derm"])
+    scp = build_scp(dicom, store.gateway, tmp_path / "spool", lambda study, model: None, known_models=["tb", "nodule", "derm"])
     scp.start()
     try:
         assert scp.port is None and scp.tls_port == dicom.tls.port
@@ -219,7 +219,7 @@ def test_retention_removes_only_spool_folders_named_by_a_uid(tmp_path):
     store = Store(tmp_path / "medgate.sqlite3")
     ensure_schema(store)
     try:
-        with store.transaction() as db:  # as a row planted or damaged outside the intake would be
+        with store.database.transaction() as db:  # as a row planted or damaged outside the intake would be
             db.executemany("INSERT INTO studies(study_uid, status, received_at, updated_at) VALUES (?, 'done', 0, 0)",
                            [("1.2.3",), ("../precious",)])
         assert sorted(purge_processed(store, spool, 1.0, now=time.time() + 2 * 86400)) == ["../precious", "1.2.3"]

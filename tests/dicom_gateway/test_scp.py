@@ -20,7 +20,7 @@ from training.synthetic.dicom import make_dx_dataset
 def scp(tmp_path):
     completed: list[tuple[str, str]] = []
     store = Store(tmp_path / "db.sqlite3")
-    server = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, tmp_path / "spool",
+    server = StorageScp("MEDGATE", "127.0.0.1", free_port(), store.gateway, tmp_path / "spool",
                         lambda study, model: completed.append((study, model)))
     server.start()
     try:

@@ -95,7 +95,7 @@ def test_stow_stores_durably_and_the_server_completes_once(client):
     assert response.json()["00081199"]["Value"][0]["00081155"]["Value"] == [ds.SOPInstanceUID]
     store = Store(state_dir / "medgate.sqlite3")  # the server process's own connection
     handed: list[tuple[str, str]] = []
-    assembler = StudyAssembler(store, lambda s, m: handed.append((s, m)), poll_interval_s=0.05)
+    assembler = StudyAssembler(store.gateway, lambda s, m: handed.append((s, m)), poll_interval_s=0.05)
     assembler.start()
     try:
         wait_until(lambda: handed, timeout_s=10)

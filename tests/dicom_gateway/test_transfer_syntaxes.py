@@ -99,7 +99,7 @@ def test_storescu_every_pydicom_file(gateway, tmp_path):
     files = _copies(tmp_path / "files")
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = dict(zip(files, pool.map(lambda f: _send(gateway.scp.port, f), files)))
-    stored = {row["sop_instance_uid"]: row for row in gateway.store.query("SELECT * FROM instances")}
+    stored = {row["sop_instance_uid"]: row for row in gateway.store.database.rows("SELECT * FROM instances")}
     decoded_syntaxes, report = set(), []
     for path, result in results.items():
         ds = _readable(path)

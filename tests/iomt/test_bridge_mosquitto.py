@@ -23,7 +23,7 @@ def bridge(tmp_path, mosquitto):
     bridges: list[VitalsBridge] = []
     outbox = Outbox(store, {"mqtt": lambda topic, payload: bridges[0].publish(topic, payload)},
                     backoff_base_s=0.1)
-    b = VitalsBridge("127.0.0.1", mosquitto, topic_prefix="medgate", store=store, outbox=outbox,
+    b = VitalsBridge("127.0.0.1", mosquitto, topic_prefix="medgate", store=store.vitals, outbox=outbox,
                      client_id="test-bridge")
     bridges.append(b)
     b.start()
@@ -101,7 +101,7 @@ def test_bad_payload_goes_to_dead_letter_topic(bridge, message, reason):
     finally:
         client.loop_stop()
     assert reason.lower() in letters[0]["reason"].lower()
-    assert store.dead_letters()[0]["reason"] == letters[0]["reason"]
+    assert store.vitals.dead_letters()[0]["reason"] == letters[0]["reason"]
     assert b.connected.is_set()
 
 
@@ -124,7 +124,7 @@ def test_acknowledged_only_after_the_log_is_on_the_disk(bridge, monkeypatch):
     b, store, port = bridge
     events: list[str] = []
     gate = threading.Event()
-    sync_log, ack_many = store.sync_log, b.client.ack_many
+    sync_log, ack_many = store.vitals.sync_log, b.client.ack_many
 
     def gated_sync() -> None:
         events.append("fsync started")
@@ -136,7 +136,7 @@ def test_acknowledged_only_after_the_log_is_on_the_disk(bridge, monkeypatch):
         events.append(f"ack {len(mids)}")
         ack_many(mids)
 
-    monkeypatch.setattr(store, "sync_log", gated_sync)
+    monkeypatch.setattr(store.vitals, "sync_log", gated_sync)
     monkeypatch.setattr(b.client, "ack_many", recorded_ack)
     pub(port, "medgate/w/b/vitals", json.dumps(vitals_course(1, patient_id="P9", deteriorating=False)[0]))
     wait_until(lambda: "fsync started" in events, timeout_s=15)
@@ -155,7 +155,7 @@ def test_a_failed_flush_acknowledges_nothing(bridge, monkeypatch):
     def failing_sync() -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(store, "sync_log", failing_sync)
+    monkeypatch.setattr(store.vitals, "sync_log", failing_sync)
     pub(port, "medgate/w/b/vitals", json.dumps(vitals_course(1, patient_id="P8",
                                                              deteriorating=False)[0]))
     wait_until(lambda: b.sync_failed is not None, timeout_s=15)

@@ -54,7 +54,7 @@ def _t0():
 
 
 def heart_rates(store: Store) -> int:
-    return vital_records.count(store, codes.HEART_RATE)
+    return vital_records.count(store.vitals, codes.HEART_RATE)
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
@@ -63,7 +63,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, protocol):
                   "autosave_interval 1")
     store = Store(tmp_path / "db.sqlite3")
     options = MqttOptions(protocol=protocol, reconnect_min_s=0.2, reconnect_max_s=1)
-    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store,
+    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store.vitals,
                           options=options, client_id=f"restart-{protocol}", batch_max_messages=50)
     admit_all(bridge)
     bridge.start()
@@ -90,7 +90,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, protocol):
 def test_shared_subscription_splits_the_load(tmp_path):
     mosq = broker(tmp_path, "allow_anonymous true", "persistence false")
     store = Store(tmp_path / "db.sqlite3")
-    bridges = [VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store,
+    bridges = [VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store.vitals,
                             options=MqttOptions(protocol="5"), shared_group="workers",
                             client_id=f"worker-{i}") for i in range(2)]
     try:
@@ -126,7 +126,7 @@ BAD = [
 def test_bad_payloads_are_dead_lettered_with_a_reason(tmp_path):
     mosq = broker(tmp_path, "allow_anonymous true", "persistence false")
     store = Store(tmp_path / "db.sqlite3")
-    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store,
+    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store.vitals,
                           client_id="bad-bridge")
     letters: list[dict] = []
     listener = publisher(mosq.port, "dl-listener")
@@ -142,7 +142,7 @@ def test_bad_payloads_are_dead_lettered_with_a_reason(tmp_path):
         bridge.stop()
         listener.loop_stop()
         mosq.stop()
-    rows = store.dead_letters()
+    rows = store.vitals.dead_letters()
     assert len(rows) == len(BAD)
     for (name, _, reason), row, letter in zip(BAD, rows, letters):
         assert reason in row["reason"], name

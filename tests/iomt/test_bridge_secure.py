@@ -43,7 +43,7 @@ def test_tls_client_certificate_and_password(tmp_path, secure, protocol):
     options = MqttOptions(protocol=protocol, tls=True, username=USER, password=PASSWORD, ca_file=pki.ca,
                           cert_file=pki.client_cert, key_file=pki.client_key, reconnect_min_s=0.2,
                           reconnect_max_s=1)
-    bridge = VitalsBridge("127.0.0.1", port, topic_prefix="medgate", store=store, options=options,
+    bridge = VitalsBridge("127.0.0.1", port, topic_prefix="medgate", store=store.vitals, options=options,
                           client_id=f"tls-{protocol}")
     bridge.start()
     try:
@@ -68,7 +68,7 @@ def test_wrong_password_is_refused(tmp_path, secure):
     store = Store(tmp_path / "db.sqlite3")
     options = MqttOptions(tls=True, username=USER, password="wrong", ca_file=pki.ca,
                           cert_file=pki.client_cert, key_file=pki.client_key)
-    bridge = VitalsBridge("127.0.0.1", port, topic_prefix="medgate", store=store, options=options,
+    bridge = VitalsBridge("127.0.0.1", port, topic_prefix="medgate", store=store.vitals, options=options,
                           client_id="tls-wrong")
     bridge.start(timeout_s=3)
     try:

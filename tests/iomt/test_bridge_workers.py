@@ -77,7 +77,7 @@ def run_bridge(tmp_path, name: str, workers: int, messages, **kwargs):
         with lock:
             seen.extend((worker, m.topic, m.payload) for m in batch)
 
-    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store,
+    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store.vitals,
                           client_id=f"workers-{name}", options=MqttOptions(protocol="5"),
                           on_commit=on_commit, workers=workers, **kwargs)
     admit(bridge)
@@ -94,8 +94,8 @@ def run_bridge(tmp_path, name: str, workers: int, messages, **kwargs):
 
 def stored(store: Store) -> dict[tuple[str, str], dict]:
     whole = {(r["resource_type"], r["id"]): json.loads(r["body"])
-             for r in store.query("SELECT resource_type, id, body FROM fhir_resources")}
-    built = vital_records.observations(vital_records.select(store))
+             for r in store.database.rows("SELECT resource_type, id, body FROM fhir_resources")}
+    built = vital_records.observations(vital_records.select(store.vitals))
     return whole | {("Observation", r["id"]): r for r in built}
 
 
@@ -117,12 +117,12 @@ def test_two_workers_store_the_same_as_one(tmp_path):
         assert all(times == sorted(times) for times in order.values())  # in publish order
         assert stored(two) == stored(one)  # NEWS2 (values of both devices), Flags, Patients...
         alerts = ("SELECT key, payload FROM outbox WHERE kind='mqtt' ORDER BY key")
-        assert [tuple(r) for r in two.query(alerts)] == [tuple(r) for r in one.query(alerts)]
-        assert one.query(alerts)  # the deteriorating beds did alert
+        assert [tuple(r) for r in two.database.rows(alerts)] == [tuple(r) for r in one.database.rows(alerts)]
+        assert one.database.rows(alerts)  # the deteriorating beds did alert
         assert bridge.processed == len(messages)
         census = "SELECT ward, bed, patient_ref, device, seen_at FROM bed_census ORDER BY bed"
-        assert [tuple(r) for r in two.query(census)] == [tuple(r) for r in one.query(census)]
-        assert len(two.query(census)) == BEDS
+        assert [tuple(r) for r in two.database.rows(census)] == [tuple(r) for r in one.database.rows(census)]
+        assert len(two.database.rows(census)) == BEDS
     finally:
         one.close()
         two.close()
@@ -131,14 +131,14 @@ def test_two_workers_store_the_same_as_one(tmp_path):
 def test_a_worker_that_dies_is_started_again_and_nothing_is_lost(tmp_path):
     mosq = broker(tmp_path, "allow_anonymous true", "persistence false")
     store = Store(tmp_path / "db.sqlite3")
-    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store,
+    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store.vitals,
                           client_id="workers-crash", options=MqttOptions(protocol="5"), workers=2)
     admit(bridge)
     messages = ward_stream(20)
     half = len(messages) // 2
 
     def heart_rates() -> int:
-        return vital_records.count(store, codes.HEART_RATE)
+        return vital_records.count(store.vitals, codes.HEART_RATE)
 
     bridge.start()
     try:
@@ -160,7 +160,7 @@ def test_a_worker_that_dies_is_started_again_and_nothing_is_lost(tmp_path):
 def test_adt_over_mqtt_reaches_every_worker_and_a_parked_message_is_replayed_once(tmp_path):
     mosq = broker(tmp_path, "allow_anonymous true", "persistence false")
     store = Store(tmp_path / "db.sqlite3")
-    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store,
+    bridge = VitalsBridge("127.0.0.1", mosq.port, topic_prefix="medgate", store=store.vitals,
                           client_id="workers-adt", options=MqttOptions(protocol="5"), workers=3)
     vitals = [(f"medgate/h1/w1/b{bed}/mon{bed}/vitals",
                json.dumps({"d": f"mon{bed}", "t": T0_MS, "v": [[MDC_HR, 80]]}).encode())
@@ -173,9 +173,9 @@ def test_adt_over_mqtt_reaches_every_worker_and_a_parked_message_is_replayed_onc
     try:
         assert bridge.connected.wait(20)
         publish_all(mosq.port, vitals)  # nobody admitted yet: all parked
-        wait_until(lambda: len(store.dead_letters()) == BEDS, timeout_s=60)
+        wait_until(lambda: len(store.vitals.dead_letters()) == BEDS, timeout_s=60)
         publish_all(mosq.port, adts)
-        wait_until(lambda: all(r["replayed_at"] for r in store.dead_letters()), timeout_s=60)
+        wait_until(lambda: all(r["replayed_at"] for r in store.vitals.dead_letters()), timeout_s=60)
         wait_until(lambda: bridge.processed >= 2 * BEDS, timeout_s=30)
     finally:
         bridge.stop()
@@ -184,7 +184,7 @@ def test_adt_over_mqtt_reaches_every_worker_and_a_parked_message_is_replayed_onc
     assert sorted(r["subject"]["reference"] for r in heart) == sorted(f"Patient/P{b}" for b in range(BEDS))
     assert len(store.resources("Patient")) == BEDS and len(store.resources("Device")) == BEDS
     assert bridge.processed == 2 * BEDS  # each ADT counted once, by the worker owning its topic
-    assert len(store.dead_letters()) == BEDS  # parked once each, replayed once each
+    assert len(store.vitals.dead_letters()) == BEDS  # parked once each, replayed once each
     store.close()
 
 
@@ -205,5 +205,5 @@ def test_partition_keeps_a_bed_together_and_spreads_beds():
 def test_worker_count_must_be_positive(tmp_path, bad):
     store = Store(tmp_path / "db.sqlite3")
     with pytest.raises(ValueError, match="workers must be >= 1"):
-        VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store, workers=bad)
+        VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals, workers=bad)
     store.close()

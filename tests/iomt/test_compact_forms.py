@@ -103,7 +103,7 @@ def _msg(seconds: float, **vitals) -> bytes:
 @pytest.fixture
 def bridge(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
-    b = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store, states=StateTable(600),
+    b = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals, states=StateTable(600),
                      news2_interval_s=0)
     b.registry.apply(AdtEvent("admit", "MON-1", datetime(2026, 1, 1, tzinfo=timezone.utc), patient_id="P"))
     yield b, store

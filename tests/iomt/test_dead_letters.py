@@ -42,16 +42,16 @@ def store(tmp_path):
 
 
 def test_the_stored_row_holds_the_prefix_and_hash(store):
-    b = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store)
+    b = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals)
     assert b.handle("medgate/w/b/vitals", BIG) == []
-    row, = store.dead_letters()
+    row, = store.vitals.dead_letters()
     assert bytes(row["payload"]) == BIG[:PAYLOAD_PREFIX_BYTES]
     assert row["payload_sha256"] == hashlib.sha256(BIG).hexdigest()
     assert row["payload_bytes"] == len(BIG)
 
 
 def test_the_published_dead_letter_is_bounded(store, mosquitto):
-    b = VitalsBridge("127.0.0.1", mosquitto, topic_prefix="medgate", store=store, client_id="dl-bridge")
+    b = VitalsBridge("127.0.0.1", mosquitto, topic_prefix="medgate", store=store.vitals, client_id="dl-bridge")
     got: list[bytes] = []
     listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dl-listener")
     listener.on_message = lambda c, u, m: got.append(m.payload)

@@ -57,8 +57,8 @@ def test_destination_down_then_up_delivers_once_with_stable_ids(tmp_path, fhir_s
     store = Store(tmp_path / "db.sqlite3")
     outbox = Outbox(store, {"fhir": FhirSender(fhir_server, timeout_s=5), "mqtt": lambda t, p: None},
                     backoff_base_s=0.1, poll_interval_s=0.05)
-    sink = ResourceSink(store, outbox, fhir_server, bundle_max_entries=25)
-    bridge = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store, outbox=outbox, sink=sink)
+    sink = ResourceSink(store.vitals, outbox, fhir_server, bundle_max_entries=25)
+    bridge = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals, outbox=outbox, sink=sink)
     course = vitals_course(10, patient_id="079123456789", deteriorating=True, seed=3)
     out = bridge.pipeline.run([("medgate/w/b/vitals", json.dumps(p).encode()) for p in course])
     bridge._commit(out)

@@ -106,11 +106,11 @@ def test_bed_census_is_written_on_change_and_refreshed(tmp_path):
 
     store = Store(tmp_path / "db.sqlite3")
     try:
-        registry = DeviceRegistry(store, DEFAULT_SYSTEMS)
+        registry = DeviceRegistry(store.vitals, DEFAULT_SYSTEMS)
         since = datetime(2020, 1, 1, tzinfo=timezone.utc)
         registry.apply(AdtEvent("admit", "MON-1", since, patient_id="P1"))
         registry.apply(AdtEvent("admit", "MON-2", since, patient_id="P2"))
-        pipeline = VitalsPipeline(Topics("medgate"), store, registry, states=StateTable(),
+        pipeline = VitalsPipeline(Topics("medgate"), store.vitals, registry, states=StateTable(),
                                   alerts=AlertPolicy())
         refresh_ms = int(CENSUS_REFRESH.total_seconds() * 1000)
 

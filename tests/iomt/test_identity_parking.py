@@ -30,7 +30,7 @@ def compact(k=0) -> bytes:
 @pytest.fixture
 def bridge(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
-    yield VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store), store
+    yield VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals), store
     store.close()
 
 
@@ -38,10 +38,10 @@ def test_unknown_device_is_parked_then_replayed_on_admission(bridge):
     b, store = bridge
     assert b.handle(VITALS, compact(0)) == []
     assert b.handle(VITALS, compact(1)) == []
-    parked = store.dead_letters()
+    parked = store.vitals.dead_letters()
     assert [r["reason"] for r in parked] == ["unknown device"] * 2 and parked[0]["device"] == "MON-7"
     b.handle("medgate/adt", adt(insurance={"id": "GD4797912345678"}))
-    assert all(r["replayed_at"] for r in store.dead_letters())
+    assert all(r["replayed_at"] for r in store.vitals.dead_letters())
     observations = store.resources("Observation", "Patient/079123456789")
     assert len([o for o in observations if o["code"]["coding"][0]["code"] == "8867-4"]) == 2
     patient = Patient.model_validate(store.resources("Patient")[0])

@@ -181,7 +181,7 @@ def test_the_bridge_works_through_the_acl_over_tls(tmp_path, secure_broker, prot
     options = MqttOptions(protocol=protocol, tls=True, username="medgate-bridge",
                           password=ACCOUNTS["medgate-bridge"], ca_file=pki.ca, cert_file=pki.client_cert,
                           key_file=pki.client_key, reconnect_min_s=0.2, reconnect_max_s=1)
-    bridge = VitalsBridge("127.0.0.1", port, topic_prefix="medgate", store=store, outbox=outbox,
+    bridge = VitalsBridge("127.0.0.1", port, topic_prefix="medgate", store=store.vitals, outbox=outbox,
                           options=options, client_id=f"acl-bridge-{protocol}")
     bridges.append(bridge)
     display = connect(secure_broker, "ward-display")

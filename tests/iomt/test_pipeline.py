@@ -28,11 +28,11 @@ T0_MS = 1_795_000_000_000
 @pytest.fixture
 def pipeline(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
-    registry = DeviceRegistry(store, SYSTEMS)
+    registry = DeviceRegistry(store.vitals, SYSTEMS)
     since = datetime(2026, 1, 1, tzinfo=timezone.utc)
     registry.apply(AdtEvent("admit", "MON-1", since, patient_id="P1"))
     registry.apply(AdtEvent("admit", "MON-2", since, patient_id="P2", patient_system="urn:test:mrn"))
-    yield VitalsPipeline(Topics("medgate"), store, registry, states=StateTable(), alerts=AlertPolicy())
+    yield VitalsPipeline(Topics("medgate"), store.vitals, registry, states=StateTable(), alerts=AlertPolicy())
     store.close()
 
 

@@ -45,7 +45,7 @@ def test_refused_with_a_short_reason(topic, says):
 @pytest.fixture
 def bridge(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
-    yield VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store), store
+    yield VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals), store
     store.close()
 
 
@@ -62,7 +62,7 @@ def test_bad_topics_are_dead_lettered_and_the_bridge_goes_on(bridge, caplog):
         for topic in bad:
             assert b.handle(topic, compact()) == []
     assert b.handle("medgate/h1/w1/b1/MON-1/vitals", compact())  # still working
-    rows = store.dead_letters()
+    rows = store.vitals.dead_letters()
     assert len(rows) == len(bad)
     assert all(len(r["reason"]) <= MAX_REASON_CHARS and len(r["source"]) <= MAX_SOURCE_CHARS + 40
                for r in rows)

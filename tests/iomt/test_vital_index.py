@@ -33,15 +33,15 @@ def row(patient: int, k: int) -> tuple:
 
 
 def count(store: Store, table: str) -> int:
-    return store.query(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+    return store.database.rows(f"SELECT count(*) AS n FROM {table}")[0]["n"]
 
 
 def indexed(store: Store) -> set[str]:
-    return {r["subject"] for r in store.query("SELECT DISTINCT subject FROM vital_subjects")}
+    return {r["subject"] for r in store.database.rows("SELECT DISTINCT subject FROM vital_subjects")}
 
 
 def found(store: Store, patient: int) -> list[int]:
-    return [r["effective_us"] for r in vital_records.select(store, f"Patient/P{patient}")]
+    return [r["effective_us"] for r in vital_records.select(store.vitals, f"Patient/P{patient}")]
 
 
 def expected(patient: int, ks) -> list[int]:
@@ -62,38 +62,38 @@ def test_found_from_the_commit_then_indexed_oldest_patients_first(tmp_path, cloc
     mono, wall = clocks
     store = open_store(tmp_path, clocks)
     try:
-        store.commit_batch([], [], vitals=[row(p, k) for k in range(2) for p in range(10)])
+        store.vitals.commit_batch([], [], vitals=[row(p, k) for k in range(2) for p in range(10)])
         assert count(store, "vital_subjects") == 0 and count(store, "vital_unindexed") == 20
         assert all(found(store, p) == expected(p, range(2)) for p in range(10))
-        assert vital_records.has_subject(store, "Patient/P3")
+        assert vital_records.has_subject(store.vitals, "Patient/P3")
 
         mono.now += 0.5  # half the lag: half of the patients waiting are indexed, oldest first
-        store.commit_batch([], [], vitals=[row(10, 0), row(0, 2)])
+        store.vitals.commit_batch([], [], vitals=[row(10, 0), row(0, 2)])
         assert indexed(store) == {f"Patient/P{p}" for p in range(5)}
         assert found(store, 0) == expected(0, range(3))  # two keys indexed, one logged
         assert all(found(store, p) == expected(p, range(2)) for p in range(1, 10))
         since = datetime.fromtimestamp(T0_MS / 1000 + 0.5, timezone.utc)
-        waiting = vital_records.waiting_rows(store, since)  # the log read once (ward board)
+        waiting = vital_records.waiting_rows(store.vitals, since)  # the log read once (ward board)
         for p, limit in itertools.product((0, 3, 10, 11), (None, 2)):
-            one = vital_records.select(store, f"Patient/P{p}", since, limit)
+            one = vital_records.select(store.vitals, f"Patient/P{p}", since, limit)
             assert [tuple(r) for r in vital_records.select(
-                store, f"Patient/P{p}", since, limit, waiting)] == [tuple(r) for r in one]
+                store.vitals, f"Patient/P{p}", since, limit, waiting)] == [tuple(r) for r in one]
 
         mono.now += 1.0
-        store.commit_batch([], [])
+        store.vitals.commit_batch([], [])
         assert indexed(store) == {f"Patient/P{p}" for p in range(11)}
         assert count(store, "vital_subjects") == 22
         assert count(store, "vital_unindexed") == 22  # indexed, not yet settled
 
         wall.now += 3.0  # past settle_s, but within every_s of the last commit that indexed
-        store.commit_batch([], [])
+        store.vitals.commit_batch([], [])
         assert count(store, "vital_unindexed") == 22
         mono.now += 0.05  # the next commit that indexes deletes the log's start
-        store.commit_batch([], [])
+        store.vitals.commit_batch([], [])
         assert count(store, "vital_unindexed") == 0
         assert found(store, 0) == expected(0, range(3)) and found(store, 10) == expected(10, [0])
-        assert vital_records.has_subject(store, "Patient/P10")
-        assert not vital_records.has_subject(store, "Patient/P11")
+        assert vital_records.has_subject(store.vitals, "Patient/P10")
+        assert not vital_records.has_subject(store.vitals, "Patient/P11")
     finally:
         store.close()
 
@@ -101,8 +101,8 @@ def test_found_from_the_commit_then_indexed_oldest_patients_first(tmp_path, cloc
 def test_keys_a_dead_writer_left_are_read_and_settled_by_another(tmp_path, clocks):
     mono, wall = clocks
     dead = open_store(tmp_path, clocks)
-    dead.commit_batch([], [], vitals=[row(p, 0) for p in range(4)])
-    dead._vital_index.discard()  # as if the process was killed: nothing it waited for is indexed
+    dead.vitals.commit_batch([], [], vitals=[row(p, 0) for p in range(4)])
+    dead.vitals._vital_index.discard()  # as if the process was killed: nothing it waited for is indexed
     dead.close()
     other = open_store(tmp_path, clocks)
     try:
@@ -110,7 +110,7 @@ def test_keys_a_dead_writer_left_are_read_and_settled_by_another(tmp_path, clock
         assert all(found(other, p) == expected(p, [0]) for p in range(4))  # from the log
         mono.now += 0.1  # the next commit that indexes (VitalIndex.every_s after the last)
         wall.now += 3.0
-        other.commit_batch([], [], vitals=[row(7, 1)])
+        other.vitals.commit_batch([], [], vitals=[row(7, 1)])
         assert indexed(other) == {f"Patient/P{p}" for p in range(4)}
         assert count(other, "vital_unindexed") == 1  # the new key waits for its lag
         assert all(found(other, p) == expected(p, [0]) for p in range(4))
@@ -122,14 +122,14 @@ def test_a_failed_commit_leaves_nothing_behind(tmp_path, clocks):
     mono, wall = clocks
     store = open_store(tmp_path, clocks)
     try:
-        store.commit_batch([], [], vitals=[row(1, 0)])
+        store.vitals.commit_batch([], [], vitals=[row(1, 0)])
         with pytest.raises(sqlite3.Error):  # a dead letter of the wrong shape fails the transaction
-            store.commit_batch([], [("mqtt:x",)], vitals=[row(2, 0), row(1, 1)])
-        assert store._vital_index.waiting == 0
+            store.vitals.commit_batch([], [("mqtt:x",)], vitals=[row(2, 0), row(1, 1)])
+        assert store.vitals._vital_index.waiting == 0
         assert found(store, 2) == [] and found(store, 1) == expected(1, [0])
         mono.now += 5.0
         wall.now += 5.0
-        store.commit_batch([], [])
+        store.vitals.commit_batch([], [])
         assert indexed(store) == {"Patient/P1"} and count(store, "vital_unindexed") == 0
         assert found(store, 1) == expected(1, [0])
     finally:
@@ -138,7 +138,7 @@ def test_a_failed_commit_leaves_nothing_behind(tmp_path, clocks):
 
 def test_close_indexes_what_waits(tmp_path, clocks):
     store = open_store(tmp_path, clocks)
-    store.commit_batch([], [], vitals=[row(p, 0) for p in range(3)])
+    store.vitals.commit_batch([], [], vitals=[row(p, 0) for p in range(3)])
     store.close()
     store = open_store(tmp_path, clocks)
     try:
@@ -149,15 +149,15 @@ def test_close_indexes_what_waits(tmp_path, clocks):
 
 def test_a_store_with_the_earlier_index_moves_it_to_the_table(tmp_path, clocks):
     store = open_store(tmp_path, clocks)
-    store.commit_batch([], [], vitals=[row(p, k) for k in range(3) for p in range(2)])
-    store._vital_index.discard()
-    store.query("DELETE FROM vital_unindexed")  # the store of 2026-12-01 had neither table's rows
-    store.query("CREATE INDEX vital_signs_subject ON vital_signs(subject, effective_us)")
+    store.vitals.commit_batch([], [], vitals=[row(p, k) for k in range(3) for p in range(2)])
+    store.vitals._vital_index.discard()
+    store.database.rows("DELETE FROM vital_unindexed")  # the store of 2026-12-01 had neither table's rows
+    store.database.rows("CREATE INDEX vital_signs_subject ON vital_signs(subject, effective_us)")
     store.close()
     store = open_store(tmp_path, clocks)
     try:
         assert count(store, "vital_subjects") == 6
-        assert not store.query("SELECT 1 FROM sqlite_master WHERE name='vital_signs_subject'")
+        assert not store.database.rows("SELECT 1 FROM sqlite_master WHERE name='vital_signs_subject'")
         assert found(store, 1) == expected(1, range(3))
     finally:
         store.close()

@@ -47,12 +47,12 @@ def test_stored_row_gives_the_message_observations(tmp_path, msg, device):
     assert vital_records.observations([row]) == direct
     store = Store(tmp_path / "db.sqlite3")
     try:
-        store.commit_batch([], [], vitals=[row])
+        store.vitals.commit_batch([], [], vitals=[row])
         read = store.resources("Observation", PATIENT)
         assert read == json.loads(orjson.dumps(direct))  # through the table, as JSON
         for resource in read:
             Observation.model_validate(resource)
-            assert vital_records.find(store, resource["id"]) == resource
+            assert vital_records.find(store.vitals, resource["id"]) == resource
     finally:
         store.close()
 
@@ -64,17 +64,17 @@ def test_redelivery_replaces_and_other_codes_at_one_instant_stay(tmp_path):
 
     store = Store(tmp_path / "db.sqlite3")
     try:
-        store.commit_batch([], [], vitals=[row([[147842, 60], [150456, 95]])])
-        store.commit_batch([], [], vitals=[row([[147842, 60], [150456, 95]])])  # sent again
-        assert store.query("SELECT count(*) AS n FROM vital_signs")[0]["n"] == 1
-        store.commit_batch([], [], vitals=[row([[150021, 120]], "cuff1")])  # BP at the same instant
-        assert store.query("SELECT count(*) AS n FROM vital_signs")[0]["n"] == 2
-        store.commit_batch([], [], vitals=[row([[147842, 64]])])  # HR alone, same instant, later
+        store.vitals.commit_batch([], [], vitals=[row([[147842, 60], [150456, 95]])])
+        store.vitals.commit_batch([], [], vitals=[row([[147842, 60], [150456, 95]])])  # sent again
+        assert store.database.rows("SELECT count(*) AS n FROM vital_signs")[0]["n"] == 1
+        store.vitals.commit_batch([], [], vitals=[row([[150021, 120]], "cuff1")])  # BP at the same instant
+        assert store.database.rows("SELECT count(*) AS n FROM vital_signs")[0]["n"] == 2
+        store.vitals.commit_batch([], [], vitals=[row([[147842, 64]])])  # HR alone, same instant, later
         by_code = {r["code"]["coding"][0]["code"]: r for r in store.resources("Observation")}
         assert len(store.resources("Observation")) == 3  # HR, SpO2, BP panel: one HR id
         assert by_code[codes.HEART_RATE]["valueQuantity"]["value"] == 64  # the later write
-        assert vital_records.find(store, by_code[codes.HEART_RATE]["id"])["valueQuantity"]["value"] == 64
-        assert vital_records.count(store, codes.HEART_RATE) == 2  # messages with a heart rate
+        assert vital_records.find(store.vitals, by_code[codes.HEART_RATE]["id"])["valueQuantity"]["value"] == 64
+        assert vital_records.count(store.vitals, codes.HEART_RATE) == 2  # messages with a heart rate
     finally:
         store.close()
 
@@ -83,12 +83,12 @@ def test_unknown_ids_are_not_found(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     try:
         msg, device = MESSAGES[0]
-        store.commit_batch([], [], vitals=[vital_records.record(msg, PATIENT, device)])
+        store.vitals.commit_batch([], [], vitals=[vital_records.record(msg, PATIENT, device)])
         some_id = store.resources("Observation")[0]["id"]
-        assert vital_records.find(store, some_id[:-1] + ("0" if some_id[-1] != "0" else "1")) is None
-        assert vital_records.find(store, "hr-1") is None
-        assert vital_records.find(store, "zz" + some_id[2:]) is None
-        assert vital_records.has_subject(store, PATIENT) and not vital_records.has_subject(store, "Patient/x")
+        assert vital_records.find(store.vitals, some_id[:-1] + ("0" if some_id[-1] != "0" else "1")) is None
+        assert vital_records.find(store.vitals, "hr-1") is None
+        assert vital_records.find(store.vitals, "zz" + some_id[2:]) is None
+        assert vital_records.has_subject(store.vitals, PATIENT) and not vital_records.has_subject(store.vitals, "Patient/x")
     finally:
         store.close()
 
@@ -100,12 +100,12 @@ def test_select_by_subject_and_time(tmp_path):
         for k in range(5):
             msg = decode(orjson.dumps({"d": "dev1", "t": T0_MS + k * 1000, "v": [[147842, 60 + k]]}))
             rows.append(vital_records.record(msg, f"Patient/P{k % 2}", "dev1"))
-        store.commit_batch([], [], vitals=rows)
+        store.vitals.commit_batch([], [], vitals=rows)
         since = datetime.fromtimestamp(T0_MS / 1000 + 1.5, timezone.utc)
-        newest_first = vital_records.select(store, "Patient/P0", since)
+        newest_first = vital_records.select(store.vitals, "Patient/P0", since)
         assert [r["effective_us"] for r in newest_first] == [(T0_MS + 4000) * 1000, (T0_MS + 2000) * 1000]
-        assert len(vital_records.select(store, limit=3)) == 3
-        assert vital_records.subjects(store, since) == {"Patient/P0", "Patient/P1"}
+        assert len(vital_records.select(store.vitals, limit=3)) == 3
+        assert vital_records.subjects(store.vitals, since) == {"Patient/P0", "Patient/P1"}
     finally:
         store.close()
 
@@ -125,7 +125,7 @@ def test_stored_rows_give_the_patient_identifier_beside_the_reference(tmp_path):
                                         patient_identifier={"system": system, "value": value})
             row = vital_records.record(msg, subject, device, (system, value))
             assert vital_records.observations([row]) == direct
-            store.commit_batch([], [], vitals=[row])
+            store.vitals.commit_batch([], [], vitals=[row])
             read = store.resources("Observation", subject)
             assert read == json.loads(orjson.dumps(direct))
             plain = vital_observations(msg, subject, device_reference(device))
@@ -135,11 +135,11 @@ def test_stored_rows_give_the_patient_identifier_beside_the_reference(tmp_path):
                                                "identifier": {"system": system, "value": value}}
                 assert {**resource, "subject": without["subject"]} == json.loads(orjson.dumps(without))
                 Observation.model_validate(resource)
-                assert vital_records.find(store, resource["id"]) == resource
+                assert vital_records.find(store.vitals, resource["id"]) == resource
         # the system as a small integer code per row; the value only where the reference hides it
-        stored = {r["subject"]: (r["identifier_system"], r["identifier_value"]) for r in store.query(
+        stored = {r["subject"]: (r["identifier_system"], r["identifier_value"]) for r in store.database.rows(
             "SELECT subject, identifier_system, identifier_value FROM vital_signs")}
-        systems = dict(tuple(r) for r in store.query("SELECT system, code FROM vital_identifier_systems"))
+        systems = dict(tuple(r) for r in store.database.rows("SELECT system, code FROM vital_identifier_systems"))
         assert stored == {PATIENT: (systems[CITIZEN], None), hashed: (systems[MRN], "MRN 42/7")}
         assert sorted(systems.values()) == [1, 2]
     finally:
@@ -153,10 +153,10 @@ def test_a_system_code_of_a_rolled_back_commit_is_not_kept(tmp_path):
     first, second = Store(tmp_path / "db.sqlite3"), Store(tmp_path / "db.sqlite3")
     try:
         with pytest.raises(sqlite3.Error):  # a dead letter of too many values fails the batch
-            first.commit_batch([], [("mqtt:x", "bad", b"", None, None, None, None)],
+            first.vitals.commit_batch([], [("mqtt:x", "bad", b"", None, None, None, None)],
                                vitals=[vital_records.record(msg, "Patient/A", device, (MRN, "A"))])
-        second.commit_batch([], [], vitals=[vital_records.record(msg, "Patient/B", device, (CITIZEN, "B"))])
-        first.commit_batch([], [], vitals=[vital_records.record(msg, "Patient/A", device, (MRN, "A"))])
+        second.vitals.commit_batch([], [], vitals=[vital_records.record(msg, "Patient/B", device, (CITIZEN, "B"))])
+        first.vitals.commit_batch([], [], vitals=[vital_records.record(msg, "Patient/A", device, (MRN, "A"))])
         for store in (first, second):
             subjects = {r["subject"]["reference"]: r["subject"]["identifier"]
                         for r in store.resources("Observation")}
@@ -185,7 +185,7 @@ def test_a_store_of_the_earlier_layout_is_migrated_and_its_rows_keep_the_referen
         assert store.resources("Observation", PATIENT) == plain  # no system is guessed
         later, _ = MESSAGES[2]
         identified = vital_records.record(later, PATIENT, device, (CITIZEN, "079123456789"))
-        store.commit_batch([], [], vitals=[identified])
+        store.vitals.commit_batch([], [], vitals=[identified])
         identified = [r for r in store.resources("Observation", PATIENT) if "identifier" in r["subject"]]
         assert identified and len(identified) == len(vital_observations(later, PATIENT))
     finally:

@@ -21,13 +21,13 @@ def _observation(rid: str, category: str) -> dict:
 
 def _put(store: Store, resources: list[dict], at: float) -> None:
     store.put_resources(resources)
-    with store.transaction() as db:
+    with store.database.transaction() as db:
         db.executemany("UPDATE fhir_resources SET updated_at=? WHERE resource_type=? AND id=?",
                        [(at, r["resourceType"], r["id"]) for r in resources])
 
 
 def _ids(store: Store) -> set[str]:
-    return {row["id"] for row in store.query("SELECT id FROM fhir_resources")}
+    return {row["id"] for row in store.database.rows("SELECT id FROM fhir_resources")}
 
 
 def test_old_vitals_go_and_everything_else_stays(tmp_path):
@@ -42,7 +42,7 @@ def test_old_vitals_go_and_everything_else_stays(tmp_path):
                      {"resourceType": "Patient", "id": "p1"}], old)
         _put(store, [_observation("hr-new", "vital-signs"), _observation("news2-new", "survey"),
                      {"resourceType": "RiskAssessment", "id": "risk-new", "status": "final"}], now - 3600)
-        retention = VitalsRetention(store, retention_hours=72)
+        retention = VitalsRetention(store.vitals, retention_hours=72, resources=store)
         assert retention.tick(now) == 3
         assert _ids(store) == {"cxr-old", "alert-old", "p1", "hr-new", "news2-new", "risk-new"}
         assert retention.tick(now) == 0
@@ -60,7 +60,7 @@ def test_a_large_backlog_goes_in_batches(tmp_path, monkeypatch):
         _put(store, [_observation(f"hr-{i}", "vital-signs") for i in range(50)], now - 100 * 3600)
         _put(store, [_observation("cxr", "imaging")], now - 100 * 3600)
         _put(store, [_observation(f"new-{i}", "vital-signs") for i in range(5)], now)
-        assert VitalsRetention(store, retention_hours=72).tick(now) == 50
+        assert VitalsRetention(store.vitals, retention_hours=72, resources=store).tick(now) == 50
         assert _ids(store) == {"cxr", *(f"new-{i}" for i in range(5))}
     finally:
         store.close()
@@ -76,13 +76,13 @@ def test_vitals_messages_go_by_measurement_time_in_batches(tmp_path, monkeypatch
             msg = decode(orjson.dumps({"d": "dev1", "t": int((now - age_h * 3600) * 1000) + k,
                                        "v": [[147842, 60]]}))
             rows.append(vital_records.record(msg, "Patient/p1", "dev1"))
-        store.commit_batch([], [], vitals=rows)
+        store.vitals.commit_batch([], [], vitals=rows)
         store.close()  # its keys go to the patient index (iomt.vital_index)
         store = Store(tmp_path / "db.sqlite3")
-        assert store.query("SELECT count(*) FROM vital_subjects")[0][0] == 24
-        assert VitalsRetention(store, retention_hours=72).tick(now) == 21
-        assert vital_records.count(store, codes.HEART_RATE) == 3
-        assert store.query("SELECT count(*) FROM vital_subjects")[0][0] == 3  # and their keys
-        assert len(vital_records.select(store, "Patient/p1")) == 3
+        assert store.database.rows("SELECT count(*) FROM vital_subjects")[0][0] == 24
+        assert VitalsRetention(store.vitals, retention_hours=72, resources=store).tick(now) == 21
+        assert vital_records.count(store.vitals, codes.HEART_RATE) == 3
+        assert store.database.rows("SELECT count(*) FROM vital_subjects")[0][0] == 3  # and their keys
+        assert len(vital_records.select(store.vitals, "Patient/p1")) == 3
     finally:
         store.close()

@@ -28,7 +28,7 @@ def _wal_pages(path) -> tuple[int, int]:
 def test_deferring_writer_leaves_checkpoints_to_the_checkpointer(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     try:
-        store.defer_checkpoints()
+        store.database.defer_checkpoints()
         sizes = []
         for batch in range(4):  # ~3,000 pages: past SQLite's default of a checkpoint every 1,000
             _write(store, 1500, batch * 1500)
@@ -73,7 +73,7 @@ def test_a_long_log_is_copied_with_the_writers_held_so_that_it_restarts(tmp_path
     store = Store(tmp_path / "db.sqlite3")
     lock = CountingLock()
     try:
-        store.defer_checkpoints()
+        store.database.defer_checkpoints()
         checkpointer = WalCheckpointer(store.path, lock=lock, restart_frames=500)
         _write(store, 100)  # ~100 pages: under the threshold, the writers are not held
         checkpointer.tick()
@@ -95,7 +95,7 @@ def test_writers_that_hold_their_lock_only_delay_the_restart(tmp_path, monkeypat
     store = Store(tmp_path / "db.sqlite3")
     lock = CountingLock()
     try:
-        store.defer_checkpoints()
+        store.database.defer_checkpoints()
         checkpointer = WalCheckpointer(store.path, lock=lock, restart_frames=500)
         _write(store, 1500)
         lock.acquire()  # a writer holds it
@@ -125,7 +125,7 @@ def test_each_pass_flushes_the_database_file_before_the_writers_are_held(tmp_pat
     monkeypatch.setattr("kernel.wal_checkpoint.os.fdatasync", recorded)
     store = Store(tmp_path / "db.sqlite3")
     try:
-        store.defer_checkpoints()
+        store.database.defer_checkpoints()
         checkpointer = WalCheckpointer(store.path, lock=RecordingLock(), restart_frames=500)
         _write(store, 100)
         checkpointer.tick()

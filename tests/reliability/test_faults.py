@@ -234,9 +234,9 @@ def heart_rates(resources: list[dict]) -> dict[tuple[str, datetime], set[str]]:
 
 def persisted_resources(store: Store) -> list[dict]:
     """Resources the server holds: the local store, and Bundles in its outbox (sent or not)."""
-    resources = [json.loads(r["body"]) for r in store.query("SELECT body FROM fhir_resources")]
-    resources += vital_records.observations(vital_records.select(store))
-    for row in store.query("SELECT payload FROM outbox WHERE kind='fhir'"):
+    resources = [json.loads(r["body"]) for r in store.database.rows("SELECT body FROM fhir_resources")]
+    resources += vital_records.observations(vital_records.select(store.vitals))
+    for row in store.database.rows("SELECT payload FROM outbox WHERE kind='fhir'"):
         resources += [e["resource"] for e in json.loads(row["payload"]).get("entry", [])]
     return resources
 
@@ -257,8 +257,8 @@ def assert_delivered_once(rig: Rig, timeout_s: float = 180.0) -> None:
         rates = heart_rates(rig.fhir.resources("Observation"))
         store = rig.store()
         try:
-            dead = store.query("SELECT key, last_error FROM outbox WHERE status='dead'")
-            statuses = dict(store.query("SELECT status, count(*) FROM studies GROUP BY status"))
+            dead = store.database.rows("SELECT key, last_error FROM outbox WHERE status='dead'")
+            statuses = dict(store.database.rows("SELECT status, count(*) FROM studies GROUP BY status"))
         finally:
             store.close()
         print(f"{len(rig.studies)} studies ({statuses}): {sum(map(len, srs.values()))} SR receptions, "
@@ -420,9 +420,9 @@ def test_kill_9_twice_with_studies_and_vitals_in_flight(tmp_path):
             rig.server.kill()
             store = rig.store()
             try:  # every instance answered with Success before the crash is on disk
-                held = {r["sop_instance_uid"] for r in store.query("SELECT sop_instance_uid FROM instances")}
-                studies = dict(store.query("SELECT status, count(*) FROM studies GROUP BY status"))
-                waiting = store.query("SELECT count(*) AS n FROM outbox WHERE status='pending'")[0]["n"]
+                held = {r["sop_instance_uid"] for r in store.database.rows("SELECT sop_instance_uid FROM instances")}
+                studies = dict(store.database.rows("SELECT status, count(*) FROM studies GROUP BY status"))
+                waiting = store.database.rows("SELECT count(*) AS n FROM outbox WHERE status='pending'")[0]["n"]
             finally:
                 store.close()
             assert {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in acked} <= held
@@ -453,7 +453,7 @@ def test_outage_then_everything_delivered_once(outage, tmp_path):
     outage.vitals |= publisher.stop()
     store = outage.store()
     try:
-        pending = store.query("SELECT kind, count(*) AS n, max(attempts) AS attempts FROM outbox"
+        pending = store.database.rows("SELECT kind, count(*) AS n, max(attempts) AS attempts FROM outbox"
                               " WHERE status!='sent' GROUP BY kind")
     finally:
         store.close()

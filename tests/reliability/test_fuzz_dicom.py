@@ -98,7 +98,7 @@ def _good(seed: int) -> list[fuzz.Encoded]:
 
 
 def _stored(store: Store) -> set[str]:
-    return {r["sop_instance_uid"] for r in store.query("SELECT sop_instance_uid FROM instances")}
+    return {r["sop_instance_uid"] for r in store.database.rows("SELECT sop_instance_uid FROM instances")}
 
 
 def test_bad_datasets_through_the_scp(gateway, tmp_path, thread_crashes, caplog):

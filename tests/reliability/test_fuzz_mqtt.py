@@ -61,7 +61,7 @@ def _category(reason: str) -> str:
 
 def test_bad_payloads_are_dead_lettered_with_a_reason(mosquitto, tmp_path, thread_crashes):
     store = Store(tmp_path / "db.sqlite3")
-    bridge = VitalsBridge("127.0.0.1", mosquitto, topic_prefix="medgate", store=store, client_id="fuzz-bridge")
+    bridge = VitalsBridge("127.0.0.1", mosquitto, topic_prefix="medgate", store=store.vitals, client_id="fuzz-bridge")
     bridge.registry.apply(AdtEvent("admit", "dev1", datetime(2026, 1, 1, tzinfo=timezone.utc), patient_id="P1"))
     letters: list[dict] = []
     listener = _client(mosquitto, "fuzz-deadletter-listener")
@@ -80,7 +80,7 @@ def test_bad_payloads_are_dead_lettered_with_a_reason(mosquitto, tmp_path, threa
         for info in infos:
             info.wait_for_publish(60)
             assert info.is_published()
-        wait_until(lambda: len(store.dead_letters()) >= len(inputs), timeout_s=120)
+        wait_until(lambda: len(store.vitals.dead_letters()) >= len(inputs), timeout_s=120)
         wait_until(lambda: len(letters) >= len(inputs), timeout_s=60)
         assert _observations(store) == observations  # nothing bad became a resource
 
@@ -91,7 +91,7 @@ def test_bad_payloads_are_dead_lettered_with_a_reason(mosquitto, tmp_path, threa
         publisher.loop_stop()
         listener.loop_stop()
         bridge.stop()
-    rows = store.dead_letters()
+    rows = store.vitals.dead_letters()
     store.close()
 
     reasons = Counter(_category(r["reason"]) for r in rows)

@@ -75,10 +75,10 @@ def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Product code: every package medgate ships, and the benchmarks.
-PRODUCT = ("serving", "dicom_gateway", "iomt", "models", "training", "benchmarks")
+PRODUCT = ("kernel", "serving", "dicom_gateway", "iomt", "models", "training", "benchmarks")
 #: A default (or name) written in the source -> the one module allowed to write it.
 DEFINED_ONCE = {
-    '"medgate.sqlite3"': "serving/store.py",
+    '"medgate.sqlite3"': "kernel/database.py",
     "8 * 3600": "serving/config.py",  # auth.cookie_max_age_s
     "64 * 1024 * 1024": "serving/config.py",  # http.max_upload_bytes
     "http://fhir.hl7.org.vn/core/sid/cccd": "iomt/config.py",  # iomt.identifiers.citizen_id
@@ -113,7 +113,7 @@ def test_each_layer_reads_its_own_typed_section():
 
 
 def test_the_database_path_is_the_store_s():
-    from serving.store import DATABASE_FILE, database_path
+    from kernel.database import DATABASE_FILE, database_path
 
     assert database_path(Path("var")) == Path("var") / DATABASE_FILE == load_config(state_dir="var").db_path
 

@@ -123,7 +123,7 @@ def test_a_study_keeps_one_correlation_id_from_intake_to_delivery(tmp_path, pacs
     model.reconfigure({})
     pipeline = ImagingPipeline(store, outbox, {"tb": LocalHandle(model)}, tmp_path / "results",
                                destinations={"pacs": ["sr", "sc"]}, fhir_base_url="http://fhir.test/fhir")
-    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, tmp_path / "spool", pipeline.submit,
+    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store.gateway, tmp_path / "spool", pipeline.submit,
                      quiet_period_s=0.5, poll_interval_s=0.05)
     outbox.start()
     pipeline.start()
@@ -183,7 +183,7 @@ def test_each_mqtt_message_logs_under_its_own_id(tmp_path, json_log):
     store = Store(tmp_path / "medgate.sqlite3")
     published = []
     outbox = Outbox(store, {"mqtt": lambda topic, payload: published.append(topic)})
-    bridge = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store, outbox=outbox)
+    bridge = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals, outbox=outbox)
     bad_topic, bad = "medgate/ward-x/bed-9/vitals", b"{not json"
     topic = "medgate/ward-1/bed-2/vitals"
     payloads = [json.dumps(p).encode() for p in vitals_course(10, patient_id="079123456789",
@@ -210,7 +210,7 @@ def test_each_mqtt_message_logs_under_its_own_id(tmp_path, json_log):
 def test_status_without_a_server_reads_the_state_dir_and_exits_1(tmp_path):
     settings = load_config(None, state_dir=str(tmp_path / "var"), http={"port": free_port()})
     store = Store(settings.db_path)
-    with store.transaction() as db:
+    with store.database.transaction() as db:
         db.executemany("INSERT INTO studies(study_uid, status, received_at, updated_at) VALUES (?,?,0,0)",
                        [("1.1", "receiving"), ("1.2", "complete"), ("1.3", "done"), ("1.4", "failed")])
     def refused(destination: str, payload: dict) -> None:
@@ -220,7 +220,7 @@ def test_status_without_a_server_reads_the_state_dir_and_exits_1(tmp_path):
     outbox.enqueue("dicom:a:pacs", "dicom", "pacs", {})
     outbox.deliver_due()  # dead after one attempt
     outbox.enqueue("dicom:b:pacs", "dicom", "pacs", {})
-    store.add_dead_letter("mqtt:medgate/w/b/vitals", "unknown device", b"{}", device="MON-7")
+    store.vitals.add_dead_letter("mqtt:medgate/w/b/vitals", "unknown device", b"{}", device="MON-7")
     store.close()
     out = io.StringIO()
     args = argparse.Namespace(json=True, url=None, token=None, timeout_s=2.0)

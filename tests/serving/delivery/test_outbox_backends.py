@@ -17,7 +17,7 @@ import pytest
 
 from peers import find_peer, free_port
 from serving.delivery.outbox import Outbox
-from serving.delivery.outbox_db import PostgresOutboxDb, SqliteOutboxDb
+from serving.delivery.outbox_db import PostgresOutboxDb
 from serving.store import Store
 
 PG_BIN = Path("/usr/lib/postgresql")
@@ -76,18 +76,23 @@ class Flaky:
         self.sent.append((destination, payload))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, tmp_path):
+@pytest.fixture
+def local_store(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, local_store):
     if request.param == "sqlite":
-        db = SqliteOutboxDb(store)
+        db = local_store.outbox
     else:
         url = request.getfixturevalue("postgres_url")
-        db = PostgresOutboxDb(url, local=store)
+        db = PostgresOutboxDb(url, local=local_store.outbox)
         db._execute("TRUNCATE outbox")
     yield db
     db.close()
-    store.close()
 
 
 def test_idempotent_delivery_backoff_dead_letter_and_retry(backend):
@@ -106,7 +111,7 @@ def test_idempotent_delivery_backoff_dead_letter_and_retry(backend):
     assert box.items("sent")[0]["key"] == "k1"
 
 
-def test_items_keep_their_correlation_id_and_depth_counts_them(backend):
+def test_items_keep_their_correlation_id_and_depth_counts_them(backend, local_store):
     from kernel.correlation import bound, current_id
 
     seen = []
@@ -122,7 +127,7 @@ def test_items_keep_their_correlation_id_and_depth_counts_them(backend):
         box.enqueue("k2", "dicom", "down", {})
     box.enqueue("k3", "dicom", "pacs", {}, correlation_id="1.2.4")
     if isinstance(backend, PostgresOutboxDb):  # a row the bridge wrote locally, relayed with its id
-        backend.local.commit_batch([], [], [("k4", "dicom", "pacs", "{}", "mqtt:MON-1@2026-11-22T03:00:00Z")])
+        local_store.vitals.commit_batch([], [], [("k4", "dicom", "pacs", "{}", "mqtt:MON-1@2026-11-22T03:00:00Z")])
     box.deliver_due()
     relayed = 1 if isinstance(backend, PostgresOutboxDb) else 0
     assert sorted(seen) == ["1.2.3", "1.2.3", "1.2.4"] + ["mqtt:MON-1@2026-11-22T03:00:00Z"] * relayed
@@ -134,14 +139,14 @@ def test_items_keep_their_correlation_id_and_depth_counts_them(backend):
 
 def test_postgres_relays_rows_written_to_the_local_store(postgres_url, tmp_path):
     store = Store(tmp_path / "db.sqlite3")
-    store.commit_batch([], [], [("fhir:bundle:1", "fhir", "http://fhir", '{"resourceType": "Bundle"}')])
-    db = PostgresOutboxDb(postgres_url, local=store)
+    store.vitals.commit_batch([], [], [("fhir:bundle:1", "fhir", "http://fhir", '{"resourceType": "Bundle"}')])
+    db = PostgresOutboxDb(postgres_url, local=store.outbox)
     db._execute("TRUNCATE outbox")
     sender = Flaky(0)
     box = Outbox(db, {"fhir": sender})
     assert box.deliver_due() == 1 and box.deliver_due() == 0
     assert sender.sent == [("http://fhir", {"resourceType": "Bundle"})]
-    assert store.query("SELECT status FROM outbox")[0]["status"] == "relayed"
+    assert store.database.rows("SELECT status FROM outbox")[0]["status"] == "relayed"
     db.close()
     store.close()
 

@@ -61,7 +61,7 @@ def web(tmp_path_factory):
                      "period": {"start": "2026-11-24T08:00:00+07:00"}} for status in ("active", "inactive"))]
     store.put_resources(resources)
     vitals = decode(orjson.dumps({"d": "MON-9", "t": 1_795_000_000_000, "v": [[147842, 88], [150456, 96]]}))
-    store.commit_batch([], [], vitals=[vital_records.record(vitals, "Patient/p3", "MON-9")])
+    store.vitals.commit_batch([], [], vitals=[vital_records.record(vitals, "Patient/p3", "MON-9")])
     store.close()
     with WebApp(root) as app:
         yield {"url": app.url, "root": root}

@@ -73,7 +73,7 @@ def infer(app, model: str, data: bytes, name: str = "x", headers: dict | None = 
 def records(app):
     """The store and the audit log, read by this process over one connection each, kept open
     (opening and closing connections per check would let SQLite checkpoint the write-ahead log
-    away from the server's connections, see the report on serving.state_permissions)."""
+    away from the server's connections, see the report on kernel.state_permissions)."""
     from serving.governance.audit import AuditLog
     from serving.store import Store
 

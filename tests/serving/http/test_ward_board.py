@@ -65,19 +65,19 @@ def test_recent_patients_come_from_the_index_and_the_log(tmp_path):
         old = [vital_records.record(m, "Patient/old", "d0") for m in messages(now - timedelta(hours=2), 3)]
         recent = [vital_records.record(m, f"Patient/p{k}", f"d{k}")
                   for k in range(4) for m in messages(now - timedelta(minutes=5 - k), 2)]
-        store.commit_batch([], [], vitals=old + recent)
+        store.vitals.commit_batch([], [], vitals=old + recent)
         clock[0] += 0.5  # half of the patients are indexed, half still in the log
-        store.commit_batch([], [], vitals=[vital_records.record(messages(now, 1)[0], "Patient/new", "d9")])
-        assert 0 < len(vital_records.subjects(store, now - timedelta(days=1))) and \
-            store.query("SELECT count(*) AS n FROM vital_unindexed")[0]["n"] > 0
-        assert vital_records.subjects(store, now - timedelta(hours=1)) == \
+        store.vitals.commit_batch([], [], vitals=[vital_records.record(messages(now, 1)[0], "Patient/new", "d9")])
+        assert 0 < len(vital_records.subjects(store.vitals, now - timedelta(days=1))) and \
+            store.database.rows("SELECT count(*) AS n FROM vital_unindexed")[0]["n"] > 0
+        assert vital_records.subjects(store.vitals, now - timedelta(hours=1)) == \
             {f"Patient/p{k}" for k in range(4)} | {"Patient/new"}
-        assert vital_records.subjects(store, now - timedelta(days=1)) == \
+        assert vital_records.subjects(store.vitals, now - timedelta(days=1)) == \
             {f"Patient/p{k}" for k in range(4)} | {"Patient/new", "Patient/old"}
-        waiting = vital_records.waiting_rows(store)
-        assert waiting and vital_records.waiting_rows(store, subjects=["Patient/new", "Patient/x"]) == \
+        waiting = vital_records.waiting_rows(store.vitals)
+        assert waiting and vital_records.waiting_rows(store.vitals, subjects=["Patient/new", "Patient/x"]) == \
             {p: rows for p, rows in waiting.items() if p == "Patient/new"}
-        store.record_beds([("ward-a", "bed-1", "site", "Patient/p1", "d1", now.isoformat())])
+        store.vitals.record_beds([("ward-a", "bed-1", "site", "Patient/p1", "d1", now.isoformat())])
         board = ward_board(store, time.time())
         tiles = {tile["patient"]: tile for tile in board["beds"]}
         assert set(tiles) == {f"Patient/p{k}" for k in range(4)} | {"Patient/new"}
@@ -102,9 +102,9 @@ def test_a_wards_board_has_its_beds_alone(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     try:
         now = datetime.now(timezone.utc)
-        store.commit_batch([], [], vitals=[vital_records.record(m, f"Patient/p{k}", f"d{k}")
+        store.vitals.commit_batch([], [], vitals=[vital_records.record(m, f"Patient/p{k}", f"d{k}")
                                            for k in range(4) for m in messages(now, 2)])
-        store.record_beds([(ward, f"bed-{k}", "site", f"Patient/p{k}", f"d{k}", now.isoformat())
+        store.vitals.record_beds([(ward, f"bed-{k}", "site", f"Patient/p{k}", f"d{k}", now.isoformat())
                            for k, ward in enumerate(("ward-a", "ward-b", "ward-a"))])
         whole = ward_board(store)
         assert whole["wards"] == ["ward-a", "ward-b"] and whole["ward"] is None

@@ -118,7 +118,7 @@ def test_dispatch_to_an_undeployed_model_fails_the_study(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     try:
         study = "1.2.3.4"
-        with store.transaction() as db:
+        with store.database.transaction() as db:
             db.execute("INSERT INTO studies(study_uid, status, route, received_at, updated_at)"
                        " VALUES (?, 'complete', 'derm', 0, 0)", (study,))
         pipeline = imaging_pipeline.ImagingPipeline(store, None, {"tb": None}, tmp_path / "results")

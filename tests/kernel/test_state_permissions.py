@@ -13,7 +13,7 @@ import pytest
 from dicom_gateway.storage import write_durably
 from serving.config import load_config
 from serving.server import Server
-from serving.state_permissions import secure_tree
+from kernel.state_permissions import secure_tree
 from serving.store import Store
 
 
@@ -109,7 +109,7 @@ def test_secure_tree_counts_what_it_changed_and_leaves_links(tmp_path, open_umas
 
 
 CHILD = "import sys; open(sys.argv[1], 'w').close()"
-PARENT = ("import subprocess, sys; from serving.state_permissions import restrict_umask; restrict_umask(); "
+PARENT = ("import subprocess, sys; from kernel.state_permissions import restrict_umask; restrict_umask(); "
           f"subprocess.run([sys.executable, '-c', {CHILD!r}, sys.argv[1]], check=True)")
 
 
@@ -139,7 +139,7 @@ def test_checking_a_database_this_process_has_open_keeps_sqlites_locks(tmp_path)
     """Closing any descriptor of a file drops the process's POSIX locks on it: were the check to open
     the database, another process closing its connection would believe itself the last one and delete
     the WAL that this process's connection still writes to, losing its later commits."""
-    from serving.state_permissions import private_database
+    from kernel.state_permissions import private_database
 
     db = tmp_path / "medgate.sqlite3"
     held = sqlite3.connect(db, isolation_level=None)

@@ -14,7 +14,6 @@ Stdlib only: any layer may use it.
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 from pathlib import Path
 
@@ -73,17 +72,6 @@ def private_database(path: str | Path) -> Path:
         except FileNotFoundError:
             pass
     return path
-
-
-def private_connection(path: str | Path, schema: str) -> sqlite3.Connection:
-    """A connection of its own to the owner-only database at ``path`` (:func:`private_database`):
-    WAL, autocommit, usable from any thread (callers serialise), a 10 s busy timeout, and
-    ``schema`` applied.  The audit log and the web sessions each keep one beside the store's."""
-    db = sqlite3.connect(private_database(path), check_same_thread=False, isolation_level=None, timeout=10.0)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA busy_timeout=10000")
-    db.executescript(schema)
-    return db
 
 
 def secure_tree(root: str | Path) -> int:

@@ -1,0 +1,460 @@
+"""The vitals bridge's store: vitals messages, their patient index, the bed census, device
+associations and dead letters.
+
+Tables (in the shared database, :class:`kernel.database.Database`; the bridge creates them):
+
+``vital_signs``
+    One row per vitals message (:func:`iomt.vital_records.record`), keyed by measurement time.
+``vital_identifier_systems``
+    The patient identifier systems of ``vital_signs`` rows, by a small code.
+``vital_subjects``, ``vital_unindexed``
+    The patient index of ``vital_signs`` and the log of keys not in it yet (:mod:`iomt.vital_index`).
+``bed_census``
+    Who the latest vitals from each bed were for.
+``device_associations``
+    Which patient each device is attached to (:class:`iomt.identity.DeviceRegistry`).
+``dead_letters``
+    Messages that could not be used, and those parked until an ADT message names their device.
+
+A batch of the bridge also writes FHIR resources and outbox items, which are not the bridge's
+tables: the :class:`ResourceTables` it is given (the server's store) writes them inside the
+batch's transaction, so a batch is stored whole or not at all.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Protocol, Sequence
+
+from kernel.database import Database, Record
+from iomt.vital_index import VitalIndex
+
+log = logging.getLogger("medgate.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vital_signs (   -- one row per vitals message: iomt.vital_records
+    effective_us INTEGER NOT NULL,  -- measurement time, Unix microseconds
+    subject TEXT NOT NULL,          -- Patient reference
+    codes TEXT NOT NULL,            -- LOINC codes of the message, comma-separated
+    device TEXT,
+    effective TEXT,                 -- ISO 8601 as sent; NULL: UTC, effective_us
+    vitals TEXT NOT NULL,           -- JSON [[loinc, value, out_of_range], ...]
+    updated_at REAL NOT NULL,
+    identifier_system INTEGER,      -- the patient identifier's system: vital_identifier_systems.code
+    identifier_value TEXT,          -- its value; NULL: the id of subject (both NULL: none kept)
+    PRIMARY KEY (effective_us, subject, codes)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vital_identifier_systems (  -- identifier systems of vital_signs rows
+    code INTEGER PRIMARY KEY,
+    system TEXT NOT NULL UNIQUE    -- URI, e.g. iomt.identifiers.citizen_id
+);
+CREATE TABLE IF NOT EXISTS vital_subjects (  -- vital_signs by patient: iomt.vital_index
+    subject TEXT NOT NULL,
+    effective_us INTEGER NOT NULL,
+    codes TEXT NOT NULL,
+    PRIMARY KEY (subject, effective_us, codes)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vital_unindexed (  -- keys of vital_signs written lately, in order
+    subject TEXT NOT NULL,
+    effective_us INTEGER NOT NULL,
+    codes TEXT NOT NULL,
+    at REAL NOT NULL               -- epoch seconds written
+);
+CREATE TABLE IF NOT EXISTS bed_census (
+    ward TEXT NOT NULL,
+    bed TEXT NOT NULL,
+    site TEXT,
+    patient_ref TEXT NOT NULL,     -- who the latest vitals from this bed were for
+    device TEXT,
+    seen_at TEXT NOT NULL,         -- ISO 8601 time of a message from it (30 s at most before the latest)
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (ward, bed)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_associations (
+    device TEXT PRIMARY KEY,       -- device identifier as sent in payloads and topics
+    patient_id TEXT NOT NULL,
+    patient_system TEXT,
+    spo2_scale INTEGER NOT NULL DEFAULT 1,
+    site TEXT, ward TEXT, bed TEXT,
+    since TEXT NOT NULL,           -- ISO 8601 time of the admission/transfer message
+    updated_at REAL NOT NULL
+);
+"""
+#: Columns added after the first release: table -> (name, declaration).  ``vital_signs`` rows
+#: stored before keep NULL (their Observations carry no patient identifier).
+ADDED_COLUMNS = {
+    "dead_letters": (("device", "TEXT"), ("replayed_at", "REAL"), ("payload_sha256", "TEXT"),
+                     ("payload_bytes", "INTEGER")),  # of the whole payload (iomt.dead_letters)
+    "vital_signs": (("identifier_system", "INTEGER"), ("identifier_value", "TEXT")),
+}
+#: What a read of ``vital_signs`` gives: the columns of :func:`iomt.vital_records.record`'s row
+#: (the identifier's system as its URI), then ``updated_at``.
+VITAL_COLUMNS = ("effective_us, subject, codes, device, effective, vitals, (SELECT system FROM"
+                 " vital_identifier_systems WHERE code=identifier_system) AS identifier_system,"
+                 " identifier_value, updated_at")
+_KEY = "effective_us, subject, codes"
+_VITAL_SIGNS_INSERT = ("INSERT OR REPLACE INTO vital_signs(effective_us, subject, codes, device,"
+                       " effective, vitals, identifier_system, identifier_value, updated_at)"
+                       " VALUES (?,?,?,?,?,?,?,?,?)")
+#: The vitals tables and their keys, the patient index first (retention deletes in this order).
+_VITAL_TABLES = (("vital_subjects", "subject, effective_us, codes"), ("vital_signs", _KEY))
+
+
+class VitalRow(NamedTuple):
+    """One stored vitals message: the row of :func:`iomt.vital_records.record` (the identifier's
+    system as its URI), then ``updated_at``; fields also by name (``row["subject"]``)."""
+
+    effective_us: int
+    subject: str
+    codes: str
+    device: str | None
+    effective: str | None
+    vitals: str
+    identifier_system: str | None
+    identifier_value: str | None
+    updated_at: float
+
+    def __getitem__(self, key):  # type: ignore[override]
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter(Record):
+    """One row of ``dead_letters`` (:class:`iomt.dead_letters.DeadLetter` as stored)."""
+
+    id: int
+    source: str
+    reason: str
+    payload: bytes | None
+    created_at: float
+    device: str | None
+    replayed_at: float | None
+    payload_sha256: str | None
+    payload_bytes: int | None
+
+
+@dataclass(frozen=True)
+class BedRow(Record):
+    """One row of ``bed_census``: who the latest vitals from a bed were for."""
+
+    ward: str
+    bed: str
+    site: str | None
+    patient_ref: str
+    device: str | None
+    seen_at: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class StoredAssociation(Record):
+    """One row of ``device_associations`` (``patient_id`` is ``DISCHARGED`` after a discharge)."""
+
+    device: str
+    patient_id: str
+    patient_system: str | None
+    spo2_scale: int
+    site: str | None
+    ward: str | None
+    bed: str | None
+    since: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class DeadLetterCounts(Record):
+    """Dead letters in all, and those parked for an unknown device not yet replayed."""
+
+    total: int
+    parked: int
+
+
+class ResourceTables(Protocol):
+    """Writes a batch's FHIR resources and outbox items inside the batch's transaction (``db``);
+    the server's store provides it.  Stateless, so a worker process builds its own by the class."""
+
+    def write_resources(self, db: sqlite3.Connection, resources: Sequence[dict[str, Any]], now: float) -> None:
+        """Insert or replace FHIR resources by (resourceType, id)."""
+
+    def write_outbox(self, db: sqlite3.Connection, rows: Sequence[tuple], now: float) -> None:
+        """Outbox items ``(key, kind, destination, payload_json[, correlation_id])``, idempotent by key."""
+
+
+class _IndexLog:
+    """The patient index's tables inside one transaction (:class:`iomt.vital_index.VitalIndex`)."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def log(self, entries: list[tuple[str, int, str, float]]) -> None:
+        self.db.executemany("INSERT INTO vital_unindexed VALUES (?,?,?,?)", entries)
+
+    def index(self, entries: list[tuple[str, int, str]]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO vital_subjects VALUES (?,?,?)", entries)
+
+    def settle(self, limit: int, before: float) -> int:
+        """Index and delete up to ``limit`` of the oldest log entries logged before ``before``."""
+        last = self.db.execute("SELECT max(rowid) FROM (SELECT rowid, at FROM vital_unindexed"
+                               " ORDER BY rowid LIMIT ?) WHERE at<?", (limit, before)).fetchone()[0]
+        if last is None:
+            return 0
+        self.db.execute("INSERT OR IGNORE INTO vital_subjects SELECT subject, effective_us, codes"
+                        " FROM vital_unindexed WHERE rowid<=?", (last,))
+        return self.db.execute("DELETE FROM vital_unindexed WHERE rowid<=?", (last,)).rowcount
+
+
+def _keys(table: str, since: bool, limit: bool) -> str:
+    sql = f"SELECT effective_us, subject, codes FROM {table} WHERE subject=:subject"
+    if since:
+        sql += " AND effective_us>:since"
+    if limit:
+        sql += " ORDER BY effective_us DESC LIMIT :limit"
+    return f"SELECT * FROM ({sql})"
+
+
+class VitalsStore:
+    """The bridge's tables in ``database`` (created when missing); ``tables`` writes a batch's
+    resources and outbox items; ``vital_index`` is this connection's side of the patient index."""
+
+    def __init__(self, database: Database, tables: ResourceTables,
+                 vital_index: VitalIndex | None = None) -> None:
+        if not isinstance(database, Database):
+            raise TypeError(f"database must be a kernel.database.Database, {type(database).__name__} is given.")
+        self.database, self.tables = database, tables
+        database.create(SCHEMA, ADDED_COLUMNS)
+        database.create("CREATE INDEX IF NOT EXISTS dead_letters_parked ON dead_letters(device, replayed_at);")
+        if not database.read_only and database.rows(
+                "SELECT 1 FROM sqlite_master WHERE type='index' AND name='vital_signs_subject'"):
+            with database.transaction() as db:  # a store of 2026-12-01: its index becomes the table
+                db.execute("INSERT OR IGNORE INTO vital_subjects SELECT subject, effective_us, codes FROM vital_signs")
+                db.execute("DROP INDEX IF EXISTS vital_signs_subject")
+        self._vital_index = vital_index or VitalIndex()
+        self._system_codes: dict[str | None, int | None] = {None: None}  # committed codes only
+        database.on_close(self._flush_index)
+
+    @classmethod
+    def open(cls, path: str | Path, tables: ResourceTables) -> VitalsStore:
+        """A vitals store on a connection of its own to the database at ``path`` (a worker process)."""
+        return cls(Database(path), tables)
+
+    # -- the database it lives in ------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.database.path
+
+    @property
+    def writer_lock(self) -> threading.RLock:
+        return self.database.writer_lock
+
+    def defer_checkpoints(self) -> None:
+        self.database.defer_checkpoints()
+
+    def sync_log(self) -> None:
+        self.database.sync_log()
+
+    def close(self) -> None:
+        self.database.close()
+
+    def _flush_index(self) -> None:
+        if self._vital_index.waiting:
+            try:
+                with self.database.transaction() as db:
+                    self._vital_index.flush(_IndexLog(db))
+            except sqlite3.Error:  # the log keeps them: read there, indexed by a writer
+                log.exception("indexing the last vitals messages by patient failed")
+
+    # -- a batch -----------------------------------------------------------------------------------
+    def commit_batch(self, resources: list[dict[str, Any]],
+                     dead_letters: list[tuple[str, str, bytes | None, str | None]],
+                     outbox_rows: Sequence[tuple] = (), beds: Sequence[tuple] = (),
+                     vitals: Sequence[tuple] = (), durable: bool = True) -> None:
+        """Resources, dead letters (:class:`iomt.dead_letters.DeadLetter`), outbox items
+        ``(key, kind, destination, payload_json[, correlation_id])``, bed census rows
+        (:meth:`record_beds`) and vitals messages (:func:`iomt.vital_records.record`) of one
+        batch, in one transaction; ``durable=False``: see :meth:`kernel.database.Database.sync_log`."""
+        now = time.time()
+        try:
+            with self.database.transaction(durable) as db:
+                codes = self._write_batch(db, now, resources, dead_letters, outbox_rows, beds, vitals)
+            self._system_codes = codes  # committed: a rolled-back code may name another system
+        except BaseException:
+            self._vital_index.discard()
+            raise
+
+    def _write_batch(self, db: sqlite3.Connection, now: float, resources, dead_letters, outbox_rows,
+                     beds, vitals) -> dict[str | None, int | None]:
+        """Writes the batch; returns the identifier system codes, with those it assigned."""
+        codes = self._system_codes
+        if resources:
+            self.tables.write_resources(db, resources, now)
+        if vitals:
+            try:
+                params = [(*v[:6], codes[v[6]], v[7], now) for v in vitals]
+            except KeyError:  # a system first seen by this connection
+                codes = self._identifier_system_codes(db, {v[6] for v in vitals})
+                params = [(*v[:6], codes[v[6]], v[7], now) for v in vitals]
+            db.executemany(_VITAL_SIGNS_INSERT, params)
+        self._vital_index.write(_IndexLog(db), vitals)
+        if dead_letters:
+            db.executemany(
+                "INSERT INTO dead_letters(source, reason, payload, device, payload_sha256,"
+                " payload_bytes, created_at) VALUES (?,?,?,?,?,?,?)",
+                [(*d, *(None,) * (6 - len(d)), now) for d in dead_letters])
+        if outbox_rows:
+            self.tables.write_outbox(db, outbox_rows, now)
+        if beds:
+            db.executemany("INSERT OR REPLACE INTO bed_census VALUES (?,?,?,?,?,?,?)", [(*b, now) for b in beds])
+        return codes
+
+    def _identifier_system_codes(self, db, systems: set[str | None]) -> dict[str | None, int | None]:
+        """The codes of ``systems`` in ``vital_identifier_systems`` (assigned in ``db``'s
+        transaction to those it lacks) with those known before: codes are never reassigned, so
+        each connection keeps the ones it has seen committed."""
+        db.executemany("INSERT OR IGNORE INTO vital_identifier_systems(system) VALUES (?)",
+                       [(s,) for s in systems if s is not None and s not in self._system_codes])
+        found = dict(db.execute("SELECT system, code FROM vital_identifier_systems").fetchall())
+        return {None: None, **found}
+
+    # -- beds ----------------------------------------------------------------------------------------
+    def record_beds(self, beds: Sequence[tuple[str, str, str | None, str, str | None, str]]) -> None:
+        """Upsert the bed census: ``(ward, bed, site, patient_ref, device, seen_at_iso)`` rows."""
+        if not beds:
+            return
+        now = time.time()
+        with self.database.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO bed_census VALUES (?,?,?,?,?,?,?)", [(*b, now) for b in beds])
+
+    def beds(self, updated_after: float, ward: str | None = None) -> list[BedRow]:
+        """Bed census rows written after ``updated_after`` (epoch seconds), of ``ward`` when given,
+        by ward and bed."""
+        sql, params = "SELECT * FROM bed_census WHERE updated_at>?", [updated_after]
+        if ward is not None:
+            sql += " AND ward=?"
+            params.append(ward)
+        return [BedRow(*r) for r in self.database.rows(sql + " ORDER BY ward, bed", params)]
+
+    # -- dead letters --------------------------------------------------------------------------------
+    def add_dead_letter(self, source: str, reason: str, payload: bytes | None,
+                        device: str | None = None) -> None:
+        with self.database.transaction() as db:
+            db.execute("INSERT INTO dead_letters(source, reason, payload, created_at, device) VALUES (?,?,?,?,?)",
+                       (source, reason, payload, time.time(), device))
+
+    _DEAD_LETTER_COLUMNS = ("id, source, reason, payload, created_at, device, replayed_at, payload_sha256,"
+                            " payload_bytes")
+
+    def parked(self, device: str) -> list[StoredDeadLetter]:
+        """Dead letters parked for ``device`` (reason "unknown device") not yet replayed."""
+        return [StoredDeadLetter(*r) for r in self.database.rows(
+            f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE device=? AND replayed_at IS NULL"
+            " ORDER BY id", (device,))]
+
+    def mark_replayed(self, ids: Iterable[int]) -> None:
+        with self.database.transaction() as db:
+            db.executemany("UPDATE dead_letters SET replayed_at=? WHERE id=?", [(time.time(), i) for i in ids])
+
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        return [StoredDeadLetter(*r) for r in self.database.rows(
+            f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id")]
+
+    def dead_letter_counts(self) -> DeadLetterCounts:
+        row = self.database.rows("SELECT COUNT(*), SUM(replayed_at IS NULL AND device IS NOT NULL)"
+                                 " FROM dead_letters")[0]
+        return DeadLetterCounts(row[0], row[1] or 0)
+
+    # -- device associations ---------------------------------------------------------------------------
+    def associations(self) -> list[StoredAssociation]:
+        return [StoredAssociation(*r) for r in self.database.rows(
+            "SELECT device, patient_id, patient_system, spo2_scale, site, ward, bed, since, updated_at"
+            " FROM device_associations")]
+
+    def put_association(self, row: StoredAssociation) -> None:
+        with self.database.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO device_associations VALUES (?,?,?,?,?,?,?,?,?)",
+                       (row.device, row.patient_id, row.patient_system, row.spo2_scale, row.site,
+                        row.ward, row.bed, row.since, row.updated_at))
+
+    # -- vitals messages -----------------------------------------------------------------------------
+    def vital_rows(self, subject: str | None = None, since_us: int | None = None, limit: int | None = None,
+                   indexed_only: bool = False) -> list[VitalRow]:
+        """Rows of ``subject`` (all when None) measured after ``since_us``, newest first; a
+        patient's through the patient index and the log of keys not in it yet (the index alone
+        when ``indexed_only``)."""
+        params = {"subject": subject, "since": since_us, "limit": limit}
+        since, limited = since_us is not None, limit is not None
+        if subject is None:
+            sql = f"SELECT {VITAL_COLUMNS} FROM vital_signs"
+            if since:
+                sql += " WHERE effective_us>:since"
+        elif indexed_only:
+            sql = f"SELECT {VITAL_COLUMNS} FROM ({_keys('vital_subjects', since, limited)}) JOIN vital_signs USING ({_KEY})"
+        else:
+            sql = (f"SELECT {VITAL_COLUMNS} FROM ({_keys('vital_subjects', since, limited)} UNION"
+                   f" {_keys('vital_unindexed', since, limited)}) JOIN vital_signs USING ({_KEY})")
+        sql += " ORDER BY effective_us DESC"
+        if limited:
+            sql += " LIMIT :limit"
+        return [VitalRow(*r) for r in self.database.rows(sql, params)]
+
+    def unindexed_rows(self, since_us: int | None = None, subjects: list[str] | None = None) -> list[VitalRow]:
+        """The rows measured after ``since_us`` whose keys are in the log, not the patient index (of
+        ``subjects`` alone when given)."""
+        sql, params = f"SELECT DISTINCT {VITAL_COLUMNS} FROM vital_unindexed JOIN vital_signs USING ({_KEY})", []
+        where = []
+        if since_us is not None:
+            where.append("effective_us>?")
+            params.append(since_us)
+        if subjects is not None:
+            where.append(f"vital_unindexed.subject IN ({','.join('?' * len(subjects))})")
+            params += subjects
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [VitalRow(*r) for r in self.database.rows(sql, params)]
+
+    def rows_measured_between(self, first_us: int, last_us: int) -> list[VitalRow]:
+        return [VitalRow(*r) for r in self.database.rows(
+            f"SELECT {VITAL_COLUMNS} FROM vital_signs WHERE effective_us BETWEEN ? AND ?", (first_us, last_us))]
+
+    def subjects_since(self, since_us: int) -> set[str]:
+        """Patients with vitals measured after ``since_us``: two look-ups a patient in the patient
+        index (its next patient, then its newest key) and the log, not a scan of every message
+        since then (36 million rows for an hour at 10,000 messages a second)."""
+        return {row[0] for row in self.database.rows(
+            "WITH RECURSIVE patient(subject) AS (SELECT min(subject) FROM vital_subjects UNION ALL"
+            " SELECT (SELECT min(subject) FROM vital_subjects WHERE subject>patient.subject)"
+            " FROM patient WHERE patient.subject IS NOT NULL)"
+            " SELECT subject FROM patient WHERE subject IS NOT NULL AND (SELECT max(effective_us)"
+            " FROM vital_subjects WHERE subject=patient.subject)>:since"
+            " UNION SELECT subject FROM vital_unindexed WHERE effective_us>:since", {"since": since_us})}
+
+    def has_subject(self, subject: str) -> bool:
+        return bool(self.database.rows("SELECT 1 FROM vital_subjects WHERE subject=:s UNION ALL"
+                                       " SELECT 1 FROM vital_unindexed WHERE subject=:s LIMIT 1", {"s": subject}))
+
+    def count(self, loinc: str) -> int:
+        """Stored vitals messages with a reading of ``loinc``."""
+        return self.database.rows("SELECT count(*) FROM vital_signs WHERE instr(',' || codes || ',', ?)",
+                                  (f",{loinc},",))[0][0]
+
+    def delete_vitals_before(self, cutoff_us: int, limit: int) -> int:
+        """Delete up to ``limit`` of the vitals messages measured before ``cutoff_us`` (and their
+        patient index entries), in one transaction that does not wait for the disk; how many."""
+        with self.database.transaction(durable=False) as db:
+            for table, key in _VITAL_TABLES:  # the patient index, then the rows
+                count = db.execute(
+                    f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM vital_signs"
+                    " WHERE effective_us<? ORDER BY effective_us LIMIT ?)", (cutoff_us, limit)).rowcount
+        return count
