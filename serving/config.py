@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = Path("./var")
+    # The model registry (<name>/serving.json, <name>/<version>/metadata.json): null is the models
+    # package folder.  Read as MEDGATE_MODELS_ROOT (models.registry.ROOT_ENV) by every process.
+    models_root: Path | None = None
     dicom: DicomConfig = DicomConfig()
     destinations: Destinations = Destinations()
     http: HttpConfig = HttpConfig()

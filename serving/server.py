@@ -22,6 +22,8 @@ from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
 from kernel import heap
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
+from models.registry import ROOT_ENV, ModelRegistry
+from models.spec import InputKind
 from serving.components import STATUS_FILE
 from serving.config import HttpConfig, Settings
 from serving.delivery.fhir_sender import FhirSender
@@ -88,7 +90,8 @@ class Server:
 
             self.broker = EmbeddedBroker(port, cfg.mqtt.embedded_host)
             self.broker.start()
-        vitals = ray_predictor(handles["vitals"]) if "vitals" in handles else None
+        scorer = window_model(list(handles))  # the model whose serving spec takes vitals windows
+        vitals = ray_predictor(handles[scorer]) if scorer else None
         self.bridge = build_bridge(cfg, self.store.vitals, self.outbox, vitals)
         self.bridge.start()
         if self.bridge.risk is not None:
@@ -128,6 +131,8 @@ class Server:
         # Ray Serve's proxy (uvicorn) would take X-Forwarded-For from any loopback peer as the client;
         # it trusts no peer, and the ingress reads forwarding headers from http.trusted_proxies only.
         os.environ["FORWARDED_ALLOW_IPS"] = UVICORN_TRUST_NONE  # inherited by Ray's workers
+        if cfg.models_root is not None:  # the registry every process reads, Ray's workers included
+            os.environ[ROOT_ENV] = str(cfg.models_root.resolve())
         # Logical CPUs: at least 8 so every model replica (num_cpus 1 each) is placed on a laptop too.
         ray.init(include_dashboard=False, namespace="medgate", logging_level=logging.WARNING,
                  num_cpus=max(os.cpu_count() or 2, 8))
@@ -175,6 +180,23 @@ class Server:
         finally:
             self.store.close()
         log.info("medgate stopped")
+
+
+def window_model(names: list[str]) -> str | None:
+    """The model among ``names`` that scores windows of vital signs (serving spec input ``window``,
+    :mod:`models.spec`) for the vitals bridge; None when there is none.
+
+    Raises
+    ------
+    ValueError
+        Several models take windows: the bridge scores with one.
+    """
+    registry = ModelRegistry()
+    found = [n for n in names if registry.get(n).serving.input is InputKind.WINDOW]
+    if len(found) > 1:
+        raise ValueError(f"the vitals bridge scores with one model; {found} all take windows of vital signs "
+                         f"(serving spec input \"window\"): keep one in the registry (models_root)")
+    return found[0] if found else None
 
 
 def http_options(http: HttpConfig) -> dict:
