@@ -2,10 +2,10 @@
 
 :func:`dicom_gateway.overlay.reference_overlay` wraps the overlay picture with highdicom's
 ``SCImage.from_ref_dataset``, which looks attributes up in its IOD tables on every call (three
-scans of the module table, ~12 ms an image on the 2-core CPU machine, and ~0.4 s to read the
-table on the first image of a process).  :func:`secondary_capture` writes the same data elements
-(the test ``tests/dicom_gateway/test_overlay_fast.py`` compares them one by one, the creation
-times and the SOP Instance UID apart) from what is known of the Secondary Capture IOD, once:
+scans of the module table, a few milliseconds an image on the 2-core CPU machine, and ~0.4 s to
+read the table on the first image of a process).  :func:`secondary_capture` writes the same data
+elements (the test ``tests/dicom_gateway/test_overlay_fast.py`` compares them one by one, the
+creation dates and times apart) from what is known of the Secondary Capture IOD, once:
 it has Content Date and Time (General Image, PS3.3 C.7.6.1) and pixel data (Image Pixel,
 C.7.6.3).  highdicom still makes what it makes cheaply: the contributing equipment items
 (:mod:`dicom_gateway.sop_common`) and the pixel encoding.

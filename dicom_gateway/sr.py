@@ -24,9 +24,9 @@ Patient and study attributes are copied from the source image (it is the evidenc
 files into the source study.
 
 Two writers make the same report.  :func:`reference_measurement_report` builds it with highdicom,
-whose template classes validate every item (about 30 ms a report, and half a second for the first
-one in a process).  :func:`build_measurement_report` checks its arguments once and fills the
-template of the algorithm version (:mod:`dicom_gateway.sr_template`, about 1-2 ms) for the
+whose template classes validate every item (20-30 ms a report on the 2-core CPU machine, and half
+a second for the first one in a process).  :func:`build_measurement_report` checks its arguments
+once and fills the template of the algorithm version (:mod:`dicom_gateway.sr_template`, 3-5 ms) for the
 reports that template covers (findings on 2D images: points, boxes, polygons, unlocated), and
 calls the reference for the rest (3D locations, masks, a referenced SEG).  A test compares the
 two element by element.

@@ -1,7 +1,7 @@
 """TID 1500 Measurement Reports from a template per algorithm version, filled per study.
 
 :func:`dicom_gateway.sr.reference_measurement_report` builds a report through highdicom's
-template classes, which validate every content item as they go: about 30 ms per single-image
+template classes, which validate every content item as they go: 20-30 ms per single-image
 report on the 2-core CPU machine (deep copies of the content tree, an evidence search over it,
 IOD table look-ups for the header), and about half a second for the first report in a process.
 Most of a report does not change from one study to the next: the observation context (TID 1001
