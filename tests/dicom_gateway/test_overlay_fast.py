@@ -19,7 +19,7 @@ from dicom_gateway.sc_image import OverlayImage
 from dicom_testdata import make_ct_series, make_photo_dataset
 from models.finding import Concept, Finding, SourceImage
 from peers import dciodvfy_errors
-from test_sr_template import CREATION_TIMES, differences
+from test_sr_template import CREATION_TIMES, differences, encoded_alike
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset
 
@@ -122,6 +122,7 @@ def test_overlay_is_highdicoms_sc_element_by_element(case):
     assert isinstance(ours, OverlayImage) and isinstance(ours, hd.sc.SCImage)
     assert differences(ours, reference, SC_CREATION_TIMES) == []
     assert differences(ours.file_meta, reference.file_meta, SC_CREATION_TIMES) == []
+    assert encoded_alike(ours, reference, SC_CREATION_TIMES)
 
 
 def test_source_without_manufacturer_and_type2_values_gives_the_reference():
