@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, pack_bits
 
-from dicom_gateway.overlay import UNPAIRED_BODY_PARTS
+from dicom_gateway.laterality import series_laterality
 from dicom_gateway.pixels import decoded_pixels
 from models.finding import NOT_FOR_CLINICAL_USE, Finding
 
@@ -122,24 +122,6 @@ def _window(source: Dataset) -> hd.pr.SoftcopyVOILUTTransformation:
     values = apply_modality_lut(decoded_pixels(source), source)
     low, high = float(np.min(values)), float(np.max(values))
     return hd.pr.SoftcopyVOILUTTransformation(window_center=(low + high) / 2, window_width=max(high - low, 1.0))
-
-
-def series_laterality(source: Dataset) -> dict[str, str]:
-    """General Series Body Part Examined (Type 3) and Laterality (PS3.3 C.7.3.1, Type 2C, required
-    for a paired body part only) of a series derived from ``source``: the side (L or R) the source
-    gives; none for an unpaired part (Image Laterality U, or an unpaired Body Part Examined); empty
-    (unknown) when the part is not known."""
-    out = {}
-    body_part = str(source.get("BodyPartExamined", "") or "").strip().upper()
-    if body_part:
-        out["BodyPartExamined"] = body_part
-    image_laterality = str(source.get("ImageLaterality", "") or "")
-    laterality = str(source.get("Laterality", "") or image_laterality)
-    if laterality in ("L", "R"):
-        out["Laterality"] = laterality
-    elif laterality != "U" and body_part not in UNPAIRED_BODY_PARTS:
-        out["Laterality"] = ""
-    return out
 
 
 def build_presentation_state(findings: Sequence[Finding], source: Dataset, *, series_instance_uid: str,

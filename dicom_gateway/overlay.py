@@ -26,6 +26,7 @@ from pydicom import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import generate_uid
 
+from dicom_gateway.laterality import series_laterality
 from dicom_gateway.pixels import decoded_pixels
 from dicom_gateway.sc_image import secondary_capture
 from models.finding import Finding
@@ -42,13 +43,6 @@ HEATMAP_FLOOR = 0.2
 #: Outline colour of positive findings (yellow) and of negative ones (cyan), RGB.
 POSITIVE_RGB = (255, 215, 0)
 NEGATIVE_RGB = (0, 200, 255)
-#: PS3.16 Annex L Body Part Examined values of unpaired structures (no Laterality required).
-UNPAIRED_BODY_PARTS = frozenset({
-    "ABDOMEN", "ABDOMENPELVIS", "BLADDER", "BRAIN", "CHEST", "CHESTABDOMEN", "CHESTABDPELVIS", "COCCYX",
-    "CSPINE", "ESOPHAGUS", "HEAD", "HEADNECK", "HEART", "LARYNX", "LIVER", "LSPINE", "MEDIASTINUM", "NECK",
-    "PANCREAS", "PELVIS", "PROSTATE", "RECTUM", "SACRUM", "SKULL", "SPINE", "SPLEEN", "SSPINE", "STOMACH",
-    "THORAX", "TLSPINE", "TRACHEA", "TSPINE", "UTERUS", "WHOLEBODY",
-})
 #: Banner text size as a fraction of the image's shorter side, and its floor in pixels: on small
 #: images the text wraps onto more lines of the border rather than shrinking below legibility.
 BANNER_TEXT_FRACTION = 0.04
@@ -328,17 +322,11 @@ def _set_laterality(sc: Dataset, source: Dataset) -> None:
     known.  Body Part Examined and Image Laterality (General Image, Type 3) are copied, so a
     receiver can tell too."""
     sc.pop("Laterality", None)
-    body_part = str(source.get("BodyPartExamined", "") or "").strip().upper()
-    if body_part:
-        sc.BodyPartExamined = body_part
+    for keyword, value in series_laterality(source).items():
+        setattr(sc, keyword, value)
     image_laterality = str(source.get("ImageLaterality", "") or "")
     if image_laterality in ("L", "R", "U", "B"):
         sc.ImageLaterality = image_laterality
-    laterality = str(source.get("Laterality", "") or image_laterality)
-    if laterality in ("L", "R"):
-        sc.Laterality = laterality
-    elif laterality != "U" and body_part not in UNPAIRED_BODY_PARTS:
-        sc.Laterality = ""
 
 
 def build_overlay(
