@@ -209,19 +209,20 @@ def targets(rows: dict, direct_best: float, peers: list[str]) -> dict:
 def print_table(rows: dict, direct: dict, goals: dict, concurrency: int) -> None:
     print(f"{'server':13s} {'seq p50 ms':>10s} {'seq p99 ms':>10s} {'seq req/s':>9s} | "
           f"{concurrency} callers: {'req/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s}  probability")
+    pad = " " * len(f"{concurrency} callers: ")
     for name, row in rows.items():
         seq, conc = row["sequential"], row.get("concurrent", {})
-        line = f"{name:13s} {seq['p50_ms']:10.2f} {seq['p99_ms']:10.2f} {seq['req_per_s']:9.1f} | "
+        line = f"{name:13s} {seq['p50_ms']:10.2f} {seq['p99_ms']:10.2f} {seq['req_per_s']:9.1f} | {pad}"
         if "req_per_s" in conc:
-            line += f"{'':{len(str(concurrency)) + 9}s}{conc['req_per_s']:7.1f} {conc['p50_ms']:8.1f} {conc['p99_ms']:8.1f}"
+            line += f"{conc['req_per_s']:7.1f} {conc['p50_ms']:8.1f} {conc['p99_ms']:8.1f}"
         else:
-            line += f"{'':{len(str(concurrency)) + 9}s}{'-':>7s} {'-':>8s} {'-':>8s}"
+            line += f"{'-':>7s} {'-':>8s} {'-':>8s}"
         print(line + (f"  {row['probability']:.6f}" if row.get("probability") is not None else ""))
     print(f"direct engine best: {direct['best_items_per_s']:.1f} items/s at batch {direct['best_batch']} "
           f"({', '.join(f'b{b}: {v:.0f}/s' for b, v in direct['items_per_s_by_batch'].items())})")
     for name, goal in goals.items():
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[goal["pass"]]
-        figures = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+        figures = ", ".join(f"{k} {v:.{'0f' if abs(v) >= 100 else '3g'}}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in goal.items() if k != "pass")
         print(f"target {name}: {verdict} ({figures})")
 

@@ -109,21 +109,30 @@ def wait_until_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout_s
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s; see {log_path}")
 
 
-def stop_group(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the process group ``proc`` leads (the server and its workers), SIGKILL after ``timeout_s``."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout_s)
-        except ProcessLookupError:
-            pass
-    try:  # workers the leader left behind
-        os.killpg(proc.pid, signal.SIGKILL)
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
     except ProcessLookupError:
-        pass
+        return False
+    return True
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the process group ``proc`` leads (the server and the workers it started), SIGKILL what
+    is left of it after ``timeout_s``; returns once no process of the group is left (the workers may
+    outlive the leader, holding the port), or ``timeout_s`` after the SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reaps the leader
+            if not _group_alive(proc.pid):
+                return
+            time.sleep(0.1)
+    proc.poll()
 
 
 @contextmanager
