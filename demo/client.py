@@ -88,7 +88,7 @@ def _report(settings: Settings, state_dir: Path, study_uid: str, sent_at: float,
             sr = results[0] if results else None
             observations = store.resources("Observation", f"Patient/{patient_id}")
             if sr and settings.destinations.pacs:
-                key = f"dicom:{sr['summary']['sop_instance_uid']}:pacs"
+                key = f"dicom:{sr.summary['sop_instance_uid']}:pacs"
                 item = store.outbox.item(key)
                 delivered = item is not None and item.status == "sent"
             if sr and delivered and len(observations) >= 60 and alerts:
@@ -98,10 +98,10 @@ def _report(settings: Settings, state_dir: Path, study_uid: str, sent_at: float,
         store.close()
     ok = True
     if sr:
-        f = sr["summary"]["findings"][0]
-        print(f"SR (TID 1500): {sr['path']}  [{sr['summary']['model']}@{sr['summary']['version']}: "
+        f = sr.summary["findings"][0]
+        print(f"SR (TID 1500): {sr.path}  [{sr.summary['model']}@{sr.summary['version']}: "
               f"p(TB)={f['probability']:.3f}, {'positive' if f['positive'] else 'negative'}; "
-              f"stored {sr['created_at'] - sent_at:.2f} s after C-STORE]")
+              f"stored {sr.created_at - sent_at:.2f} s after C-STORE]")
         pacs = settings.destinations.pacs
         if pacs:
             print(f"SR sent to PACS {pacs.ae_title}@{pacs.host}:{pacs.port}: {'yes' if delivered else 'NOT YET'}")

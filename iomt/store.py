@@ -113,7 +113,8 @@ _VITAL_TABLES = (("vital_subjects", "subject, effective_us, codes"), ("vital_sig
 
 class VitalRow(NamedTuple):
     """One stored vitals message: the row of :func:`iomt.vital_records.record` (the identifier's
-    system as its URI), then ``updated_at``; fields also by name (``row["subject"]``)."""
+    system as its URI), then ``updated_at``.  A tuple, so the readers' positional access stays
+    as cheap as it is on the rows the bridge writes."""
 
     effective_us: int
     subject: str
@@ -124,9 +125,6 @@ class VitalRow(NamedTuple):
     identifier_system: str | None
     identifier_value: str | None
     updated_at: float
-
-    def __getitem__(self, key):  # type: ignore[override]
-        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
 
 
 @dataclass(frozen=True)
@@ -407,7 +405,7 @@ class VitalsStore:
         sql += " ORDER BY effective_us DESC"
         if limited:
             sql += " LIMIT :limit"
-        return [VitalRow(*r) for r in self.database.rows(sql, params)]
+        return self.database.tuples(sql, params, VitalRow._make)
 
     def unindexed_rows(self, since_us: int | None = None, subjects: list[str] | None = None) -> list[VitalRow]:
         """The rows measured after ``since_us`` whose keys are in the log, not the patient index (of
@@ -422,11 +420,11 @@ class VitalsStore:
             params += subjects
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [VitalRow(*r) for r in self.database.rows(sql, params)]
+        return self.database.tuples(sql, params, VitalRow._make)
 
     def rows_measured_between(self, first_us: int, last_us: int) -> list[VitalRow]:
-        return [VitalRow(*r) for r in self.database.rows(
-            f"SELECT {VITAL_COLUMNS} FROM vital_signs WHERE effective_us BETWEEN ? AND ?", (first_us, last_us))]
+        return self.database.tuples(f"SELECT {VITAL_COLUMNS} FROM vital_signs WHERE effective_us BETWEEN ? AND ?",
+                                    (first_us, last_us), VitalRow._make)
 
     def subjects_since(self, since_us: int) -> set[str]:
         """Patients with vitals measured after ``since_us``: two look-ups a patient in the patient

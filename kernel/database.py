@@ -97,6 +97,14 @@ class Database:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    def tuples(self, sql: str, params: Sequence[Any] | dict[str, Any], make: Callable[[tuple], Any]) -> list[Any]:
+        """The rows of one read as plain tuples, each made into a record by ``make`` (e.g. a
+        NamedTuple's ``_make``): the cheap path for reads of many rows; for the owner stores alone."""
+        with self._lock:
+            cursor = self._db.cursor()
+            cursor.row_factory = None
+            return list(map(make, cursor.execute(sql, params).fetchall()))
+
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction.  ``durable=False`` commits without waiting for the disk

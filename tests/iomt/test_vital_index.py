@@ -41,7 +41,7 @@ def indexed(store: Store) -> set[str]:
 
 
 def found(store: Store, patient: int) -> list[int]:
-    return [r["effective_us"] for r in vital_records.select(store.vitals, f"Patient/P{patient}")]
+    return [r.effective_us for r in vital_records.select(store.vitals, f"Patient/P{patient}")]
 
 
 def expected(patient: int, ks) -> list[int]:

@@ -103,7 +103,7 @@ def test_select_by_subject_and_time(tmp_path):
         store.vitals.commit_batch([], [], vitals=rows)
         since = datetime.fromtimestamp(T0_MS / 1000 + 1.5, timezone.utc)
         newest_first = vital_records.select(store.vitals, "Patient/P0", since)
-        assert [r["effective_us"] for r in newest_first] == [(T0_MS + 4000) * 1000, (T0_MS + 2000) * 1000]
+        assert [r.effective_us for r in newest_first] == [(T0_MS + 4000) * 1000, (T0_MS + 2000) * 1000]
         assert len(vital_records.select(store.vitals, limit=3)) == 3
         assert vital_records.subjects(store.vitals, since) == {"Patient/P0", "Patient/P1"}
     finally:
