@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         if not same:
             print(f"WARNING: {name} answered {rows[name]['probability']}, medgate {reference}: not the same model")
     save_figures("serve_overhead", {
-        "model": "tb", "version": manifest.version, "n": args.n, "concurrency": args.concurrency,
+        "model": "tb", "version": manifest.version, "medgate_engine": direct_server.active.engine.name,
+        "n": args.n, "concurrency": args.concurrency,
         "client": "requests, PNG upload as multipart `file`, bearer token, one connection per caller",
         "direct_batches": direct, "paths": rows, "peers_requested": peers, "peers_skipped": skipped,
         "peers_answer_as_medgate": agree, "targets": goals,
