@@ -17,9 +17,9 @@ import paho.mqtt.client as mqtt
 
 from dicom_gateway.scu import send_files
 from iomt.bridge import broker_address
+from kernel.database import database_path
 from serving.components import read_components
 from serving.config import Settings
-from kernel.database import database_path
 from serving.store import Store
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset

@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 
 from dicom_gateway.scp import StorageScp
-from dicom_gateway.wiring import build_scp
 from dicom_gateway.scu import send_files
+from dicom_gateway.wiring import build_scp
 from iomt.bridge import VitalsBridge, broker_address
 from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
 from kernel import heap
+from kernel.database import database_path
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
+from kernel.state_permissions import private_folder, restrict_umask, secure_tree
 from models.registry import ROOT_ENV, ModelRegistry
 from models.spec import InputKind
 from serving.components import STATUS_FILE
@@ -33,8 +35,6 @@ from serving.fhir.report import patient_identity
 from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
 from serving.http.forwarded import UVICORN_TRUST_NONE
 from serving.imaging.pipeline import ImagingPipeline
-from kernel.database import database_path
-from kernel.state_permissions import private_folder, restrict_umask, secure_tree
 from serving.store import Store
 
 log = logging.getLogger("medgate.server")

@@ -25,13 +25,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from serving.components import STATUS_STALE_S, read_components
-from serving.config import Settings
 from iomt.store import DeadLetterCounts
 from kernel.database import Database
+from serving.components import STATUS_STALE_S, read_components
+from serving.config import Settings
 from serving.delivery.outbox_db import PostgresOutboxDb
-from serving.store import Store
 from serving.http.auth import client_token
+from serving.store import Store
 
 COMMANDS = ("status",)
 #: Outbox states, in the order they are shown; ``failed`` is pending after a failed attempt.

@@ -27,9 +27,9 @@ from pathlib import Path
 from pydicom import dcmread
 
 from dicom_gateway.uids import check_uid, inside
+from kernel.database import database_path
 from serving.governance.audit import AuditLog
 from serving.governance.deid import DeidentificationError, Deidentifier
-from kernel.database import database_path
 from serving.store import Result, Store
 
 VOLUME_MODELS = ("nodule",)

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernel.database import database_path
 from serving.config import AuthConfig
 from serving.governance.audit import AuditLog
 from serving.http import forwarded
 from serving.http.auth import Authenticator, Principal, StaticTokens
 from serving.http.sessions import SessionStore
-from kernel.database import database_path
 from serving.store import Store
 
 log = logging.getLogger("medgate.web")

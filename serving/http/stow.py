@@ -37,12 +37,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from dicom_gateway.config import DicomConfig
+from dicom_gateway.store import open_gateway_store
+from kernel.database import database_path
 from serving.config import HttpConfig
 from serving.http import request_body
 from serving.http.related_parts import MultipartError, SpilledParts, SpillLimit, ViewReader, spill
 from serving.http.uploads import UploadError
-from kernel.database import database_path
-from dicom_gateway.store import open_gateway_store
 
 router = APIRouter()
 log = logging.getLogger("medgate.dicom")
