@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from benchmarks.peers import ROUTE
-from benchmarks.peers.launch import PEERS, serving
+import benchmarks.peers.launch as launch
+from benchmarks.peers.launch import PEERS, Peer, serving
 from benchmarks.peers.tb_model import TbModel
 from benchmarks.report import free_port
 from benchmarks.serve_overhead import concurrent, probability_in, upload_client
@@ -45,10 +47,12 @@ def test_peer_serves_tb_with_the_same_answer_and_stops(name, upload, tmp_path):
 
 
 def test_a_peer_that_exits_at_start_is_reported_with_its_log(tmp_path, monkeypatch):
+    (tmp_path / "venvs" / "litserve" / "bin").mkdir(parents=True)
+    (tmp_path / "venvs" / "litserve" / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(launch, "VENVS", tmp_path / "venvs")
     peer = PEERS["litserve"]
-    if peer.missing():
-        pytest.skip(peer.missing())
-    broken = type(peer)(peer.name, ("python", "-c", "raise SystemExit(3)"), peer.ready_path, peer.batching)
+    broken = Peer(peer.name, ("python", "-c", "raise SystemExit(3)"), peer.ready_path, peer.batching)
+    assert broken.missing() is None
     with pytest.raises(RuntimeError, match=r"exited with 3 before it was ready; see .*litserve.log"):
         with serving(broken, free_port(), tmp_path / "litserve.log"):
             pass
