@@ -16,7 +16,17 @@ its images).
 
 Each group carries a tracking identifier (TID 4108), the finding type, the algorithm
 identification (TID 4019), the model's probability as a numeric measurement (TID 300) and a
-present/absent qualitative evaluation at the model's operating point.  The report is marked as
+present/absent qualitative evaluation at the model's operating point.
+
+Viewers read the image region of a measurement, not of its group: the OHIF Viewer's TID 1500
+reader (``@cornerstonejs/adapters``) draws a group only when its first NUM is INFERRED FROM a
+SCOORD that is SELECTED FROM an image (TID 300 row 8, TID 320) and its tracking identifier names
+a Cornerstone3D tool (:func:`dicom_gateway.sr_codes.tracking_identifier`).  So the probability of
+a located finding is also INFERRED FROM its :func:`viewer_region`: the 2D location itself, or for
+3D locations a SCOORD POINT on one image (a mask's centre on the slice where it is largest; a
+``point_3d_mm`` projected onto the nearest slice), beside the group's own Image Region, SEG
+reference or SCOORD3D that standard readers (highdicom, dsrdump) use.
+``tests/dicom_gateway/test_sr_viewer.py`` loads the reports with the adapters in node.  The report is marked as
 not for clinical use both in Series Description and in a root "Qualitative Evaluations" TEXT
 item (TID 1500 row 12), which SR viewers display with the report content.
 
@@ -54,9 +64,10 @@ from dicom_gateway.sr_codes import (
     device_observer_uid,
     procedure_reported,
     scheme_identification,
+    tracking_identifier,
 )
 from models import coding_scheme
-from models.finding import NOT_FOR_CLINICAL_USE, Finding
+from models.finding import NOT_FOR_CLINICAL_USE, Finding, SourceImage
 
 _REQUIRED_SOURCE_ATTRIBUTES = (
     "StudyInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns"
@@ -153,15 +164,12 @@ def _closed(vertices) -> np.ndarray:
     return np.vstack([vertices, vertices[:1]])
 
 
-def _region(finding: Finding) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
-    image = finding.source
-    on_image = hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid)
-    if finding.point_3d_mm is not None:
-        return hd.sr.ImageRegion3D(
-            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-            graphic_data=np.array([finding.point_3d_mm], dtype=float),
-            frame_of_reference_uid=image.frame_of_reference_uid,
-        )
+#: A 2D image region: SCOORD Graphic Type, Graphic Data as (column, row) rows, and its image.
+_Planar = tuple[hd.sr.GraphicTypeValues, np.ndarray, SourceImage]
+
+
+def _planar_location(finding: Finding) -> _Planar:
+    """The SCOORD of a ``point``, ``box`` or ``polygon`` on ``finding.source``."""
     if finding.point is not None:
         graphic_type, data = hd.sr.GraphicTypeValues.POINT, np.array([finding.point], dtype=float)
     elif finding.box is not None:
@@ -169,6 +177,70 @@ def _region(finding: Finding) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
         graphic_type, data = hd.sr.GraphicTypeValues.POLYLINE, _closed([(c0, r0), (c1, r0), (c1, r1), (c0, r1)])
     else:
         graphic_type, data = hd.sr.GraphicTypeValues.POLYLINE, _closed(finding.polygon)
+    return graphic_type, data, finding.source
+
+
+def largest_plane_point(finding: Finding) -> _Planar:
+    """A 3D mask shown on one image: the centre (mean column and row, SCOORD convention) of its
+    voxels on the image where it marks the most, a SCOORD POINT a viewer draws on that slice."""
+    plane = int(np.argmax(finding.mask.reshape(len(finding.sources), -1).sum(axis=1)))
+    rows, columns = np.nonzero(finding.mask[plane])
+    point = np.array([[columns.mean() + 0.5, rows.mean() + 0.5]])
+    return hd.sr.GraphicTypeValues.POINT, point, finding.sources[plane]
+
+
+def nearest_plane_point(finding: Finding, datasets: dict[str, Dataset]) -> _Planar | None:
+    """``point_3d_mm`` shown on one image: projected (PS3.3 C.7.6.2.1.1) onto the image of
+    ``finding.sources`` whose plane is nearest, when it lies within that image's slab (half its
+    Slice Thickness, when given) and inside its pixels; None when no image qualifies or the images
+    carry no plane (projection radiographs)."""
+    best = None
+    for image in finding.sources:
+        ds = datasets[image.sop_instance_uid]
+        if not all(ds.get(k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")):
+            continue
+        orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        offset = np.asarray(finding.point_3d_mm, dtype=float) - np.asarray(ds.ImagePositionPatient, dtype=float)
+        distance_mm = abs(float(offset @ np.cross(orientation[:3], orientation[3:])))
+        if best is None or distance_mm < best[0]:
+            best = (distance_mm, image, ds, orientation, offset)
+    if best is None:
+        return None
+    distance_mm, image, ds, orientation, offset = best
+    row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+    column = float(offset @ orientation[:3]) / column_spacing + 0.5
+    row = float(offset @ orientation[3:]) / row_spacing + 0.5
+    thickness_mm = float(ds.get("SliceThickness") or 0.0)
+    if (thickness_mm and distance_mm > thickness_mm / 2) or not (
+        0 <= column < image.columns and 0 <= row < image.rows
+    ):
+        return None
+    return hd.sr.GraphicTypeValues.POINT, np.array([[column, row]]), image
+
+
+def viewer_region(finding: Finding, datasets: dict[str, Dataset]) -> _Planar | None:
+    """The 2D image region a viewer draws the finding with (``None`` when it has none): its 2D
+    location, or for 3D ones a point on the slice they lie on (:func:`largest_plane_point`,
+    :func:`nearest_plane_point`)."""
+    if finding.mask is not None:
+        return largest_plane_point(finding)
+    if finding.point_3d_mm is not None:
+        return nearest_plane_point(finding, datasets)
+    if finding.location is None:
+        return None
+    return _planar_location(finding)
+
+
+def _region(finding: Finding) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+    image = finding.source
+    if finding.point_3d_mm is not None:
+        return hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=np.array([finding.point_3d_mm], dtype=float),
+            frame_of_reference_uid=image.frame_of_reference_uid,
+        )
+    graphic_type, data, image = _planar_location(finding)
+    on_image = hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid)
     return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=data, source_image=on_image)
 
 
@@ -176,12 +248,23 @@ def _measurement_group(
     index: int, finding: Finding, name: str, version: str, manufacturer: str,
     datasets: dict[str, Dataset], segmentation: Dataset | None = None, segment_number: int = 0,
 ) -> _Group:
-    """TID 1410/1411 (located) or TID 1501 (unlocated) group for the ``index``-th finding."""
+    """TID 1410/1411 (located) or TID 1501 (unlocated) group for the ``index``-th finding; its
+    probability is INFERRED FROM the finding's :func:`viewer_region`, when it has one."""
     image = finding.source
     finding_type = hd.sr.CodedConcept(finding.code.value, finding.code.scheme, finding.code.meaning)
+    shown = viewer_region(finding, datasets)
+    probability = hd.sr.Measurement(
+        name=PROBABILITY,
+        value=float(finding.probability),
+        unit=NO_UNITS,
+        referenced_images=[
+            hd.sr.SourceImageForMeasurement(s.sop_class_uid, s.sop_instance_uid)
+            for s in (finding.located_sources if finding.mask is not None else (image,))
+        ],
+    )
     common = dict(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(), identifier=f"{finding.code.meaning} finding {index}"
+            uid=generate_uid(), identifier=tracking_identifier(finding, index, shown is not None)
         ),
         finding_type=finding_type,
         algorithm_id=hd.sr.AlgorithmIdentification(
@@ -190,21 +273,24 @@ def _measurement_group(
             parameters=[f"operating point (threshold) = {finding.threshold:g}"],
             manufacturer=manufacturer,
         ),
-        measurements=[
-            hd.sr.Measurement(
-                name=PROBABILITY,
-                value=float(finding.probability),
-                unit=NO_UNITS,
-                referenced_images=[
-                    hd.sr.SourceImageForMeasurement(s.sop_class_uid, s.sop_instance_uid)
-                    for s in (finding.located_sources if finding.mask is not None else (image,))
-                ],
-            )
-        ],
+        measurements=[probability],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(finding_type, PRESENT if finding.positive else ABSENT)
         ],
     )
+    group = _group_of(finding, datasets, segmentation, segment_number, common)
+    if shown is not None:
+        # TID 300 row 8 (TID 320): highdicom's ROI groups refuse coordinates on their measurements
+        # (the group's region is the ROI); the viewers read the region only there, so it is added
+        # to the probability once the group is built (the same item in the group's content tree).
+        probability[0].ContentSequence.append(_coordinates(*shown))
+    return group
+
+
+def _group_of(finding: Finding, datasets: dict[str, Dataset], segmentation: Dataset | None,
+              segment_number: int, common: dict) -> _Group:
+    """The highdicom group of the finding's location kind, with the ``common`` items."""
+    image = finding.source
     if finding.mask is not None:
         seg_sources = [
             hd.sr.SourceImageForSegmentation(s.sop_class_uid, s.sop_instance_uid)
@@ -238,6 +324,15 @@ def _measurement_group(
             **common,
         )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=_region(finding), **common)
+
+
+def _coordinates(graphic_type, data: np.ndarray, image: SourceImage) -> hd.sr.CoordinatesForMeasurement:
+    """TID 300 row 8 (TID 320): the image region a measurement is INFERRED FROM, a SCOORD that
+    SELECTS FROM its image; the content the OHIF Viewer's reader (@cornerstonejs/adapters) draws."""
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=graphic_type, graphic_data=data,
+        source_image=hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid),
+    )
 
 
 def _disclaimer(findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:

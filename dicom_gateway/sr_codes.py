@@ -12,6 +12,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from models import coding_scheme
+from models.finding import Finding
 
 #: PS3.16 Annex D: (122157, DCM, "Probability"), the measurement concept for a model output
 #: probability; the value is a dimensionless number in [0, 1].
@@ -40,6 +41,19 @@ PROCEDURES_BY_MODALITY = {
 }
 #: CID 100 fallback: (363679005, SCT, "Imaging procedure").
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
+
+#: The Tracking Identifier (TID 4108) prefix of the annotations of Cornerstone3D, the OHIF Viewer's
+#: imaging library: ``@cornerstonejs/adapters`` (``Cornerstone3D/cornerstone3DTag.js``) loads a
+#: measurement group as an annotation only when its identifier starts with ``<tag>:<tool>``.
+CORNERSTONE_3D_TAG = "Cornerstone3DTools@^0.1.0"
+#: The Cornerstone3D tool each location kind is shown with: the image region the group's
+#: measurement is INFERRED FROM (TID 300 / TID 320 SCOORD), a POINT for ``point`` and for 3D
+#: locations (on the slice they lie on), a closed POLYLINE of 5 points for ``box`` (the adapters'
+#: RectangleROI) and a closed POLYLINE for ``polygon`` (PlanarFreehandROI).
+VIEWER_TOOLS = {
+    "point": "Probe", "box": "RectangleROI", "polygon": "PlanarFreehandROI", "point_3d_mm": "Probe",
+    "mask": "Probe",
+}
 
 #: Series Description (0008,103E) of every report: PACS series lists show it.
 SERIES_DESCRIPTION = "AI result - not for clinical use"
@@ -79,3 +93,13 @@ def scheme_identification(designator: str) -> CodingSchemeIdentificationItem:
     # not (highdicom sets it only together with a Coding Scheme Registry).
     item.CodingSchemeUID = coding_scheme.UID
     return item
+
+
+def tracking_identifier(finding: Finding, index: int, on_image: bool) -> str:
+    """TID 4108 Tracking Identifier of the ``index``-th finding of a report: "<meaning> finding
+    <index>", led by :data:`CORNERSTONE_3D_TAG` and the finding's :data:`VIEWER_TOOLS` tool when
+    the group carries an image region a viewer can draw (``on_image``)."""
+    label = f"{finding.code.meaning} finding {index}"
+    if not on_image:
+        return label
+    return f"{CORNERSTONE_3D_TAG}:{VIEWER_TOOLS[finding.location]}:{label}"

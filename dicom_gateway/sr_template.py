@@ -9,7 +9,8 @@ device observer), the language, the root container, the algorithm identification
 concept names of every item.  :class:`ReportTemplate` builds those once per (algorithm name,
 version, manufacturer) and each report clones them (a clone copies data elements, no look-up, no
 conversion) and adds what the study brings: patient and study attributes, evidence, UIDs,
-tracking identifiers, probability, present/absent, image region.
+tracking identifiers, probability, present/absent, image region (in the group, and as the region
+the probability is INFERRED FROM, which viewers draw: see :mod:`dicom_gateway.sr`).
 
 The result is element for element the report highdicom builds from the same arguments (the test
 ``tests/dicom_gateway/test_sr_template.py`` compares them recursively, except the UIDs and times
@@ -52,6 +53,7 @@ from dicom_gateway.sr_codes import (
     device_observer_uid,
     procedure_reported,
     scheme_identification,
+    tracking_identifier,
 )
 from models import coding_scheme
 from models.finding import NOT_FOR_CLINICAL_USE, Finding
@@ -64,7 +66,8 @@ HAS_OBS_CONTEXT = "HAS OBS CONTEXT"
 HAS_CONCEPT_MOD = "HAS CONCEPT MOD"
 INFERRED_FROM = "INFERRED FROM"
 SELECTED_FROM = "SELECTED FROM"
-#: (260753009, SCT, "Source"), the concept name highdicom gives source image references.
+#: (260753009, SCT, "Source"), the concept name highdicom gives source image references and the
+#: image region a measurement is INFERRED FROM (TID 300 row 8, TID 320).
 SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
 #: PS3.16 TID 1204 (RFC 5646 en-US), the language highdicom's MeasurementReport declares.
 LANGUAGE_OF_CONTENT = codes.DCM.LanguageOfContentItemAndDescendants
@@ -314,23 +317,39 @@ class ReportTemplate:
         return [_clone(item) for item in items]
 
     # -- per study ---------------------------------------------------------------------------
+    @staticmethod
+    def _region(finding: Finding, relationship: str, name) -> Dataset:
+        """SCOORD of the finding's 2D location on its image: the group's TID 1410 Image Region
+        (CONTAINS) or the image region its probability is INFERRED FROM (TID 300, TID 320), which
+        the OHIF Viewer's reader draws."""
+        image = finding.source
+        graphic_type, graphic_data = _graphic(finding)
+        region = _item("SCOORD", name, relationship, ContentSequence=[
+            _image(SOURCE, SELECTED_FROM, image.sop_class_uid, image.sop_instance_uid)
+        ])
+        region.GraphicData = graphic_data
+        region.GraphicType = graphic_type
+        return region
+
     def _group(self, index: int, finding: Finding, name: str, version: str) -> Dataset:
         """TID 1410 (located) or TID 1501 (unlocated) measurement group of one finding."""
         image = finding.source
         finding_type = hd.sr.CodedConcept(finding.code.value, finding.code.scheme, finding.code.meaning)
         value = float(finding.probability)
+        region = None if finding.location is None else self._region(finding, CONTAINS, codes.DCM.ImageRegion)
         measured = Dataset()
         measured.MeasurementUnitsCodeSequence = [_coded(NO_UNITS)]
         measured.FloatingPointValue = value
         measured.NumericValue = DS(value, auto_format=True)
         items = [
             _item("TEXT", codes.DCM.TrackingIdentifier, HAS_OBS_CONTEXT,
-                  TextValue=f"{finding.code.meaning} finding {index}"),
+                  TextValue=tracking_identifier(finding, index, region is not None)),
             _item("UIDREF", codes.DCM.TrackingUniqueIdentifier, HAS_OBS_CONTEXT, UID=generate_uid()),
             _item("CODE", codes.DCM.Finding, CONTAINS, ConceptCodeSequence=[_code(finding_type)]),
             *self._algorithm(name, version, finding.threshold),
             _item("NUM", PROBABILITY, CONTAINS, MeasuredValueSequence=[measured], ContentSequence=[
-                _image(codes.DCM.SourceOfMeasurement, INFERRED_FROM, image.sop_class_uid, image.sop_instance_uid)
+                _image(codes.DCM.SourceOfMeasurement, INFERRED_FROM, image.sop_class_uid, image.sop_instance_uid),
+                *([] if region is None else [self._region(finding, INFERRED_FROM, SOURCE)]),
             ]),
             _item("CODE", finding_type, CONTAINS,
                   ConceptCodeSequence=[_coded(PRESENT if finding.positive else ABSENT)]),
@@ -341,12 +360,6 @@ class ReportTemplate:
                       for s in finding.sources]
         else:
             template = "1410"
-            graphic_type, graphic_data = _graphic(finding)
-            region = _item("SCOORD", codes.DCM.ImageRegion, CONTAINS, ContentSequence=[
-                _image(SOURCE, SELECTED_FROM, image.sop_class_uid, image.sop_instance_uid)
-            ])
-            region.GraphicData = graphic_data
-            region.GraphicType = graphic_type
             items.append(region)
         return _item("CONTAINER", codes.DCM.MeasurementGroup, CONTAINS, ContinuityOfContent="CONTINUOUS",
                      ContentTemplateSequence=_template_id(template), ContentSequence=items)

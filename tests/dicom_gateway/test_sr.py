@@ -88,6 +88,15 @@ def test_located_finding_is_a_planar_roi_group_with_a_point(source):
     assert num.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
         source.SOPInstanceUID
     )
+    # TID 300 row 8 (TID 320): the probability is INFERRED FROM the same region, the content
+    # viewers draw (tests/dicom_gateway/test_sr_viewer.py loads it with the OHIF Viewer's reader)
+    inferred = item(num, "SCOORD")
+    assert inferred.RelationshipType == "INFERRED FROM"
+    assert (inferred.GraphicType, list(inferred.GraphicData)) == (scoord.GraphicType, list(scoord.GraphicData))
+    (selected,) = inferred.ContentSequence
+    assert selected.RelationshipType == "SELECTED FROM"
+    assert selected.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert item(group, "TEXT", "112039").TextValue.startswith("Cornerstone3DTools@^0.1.0:Probe:")
     evaluation = item(group, "CODE", TUBERCULOSIS.value)
     assert evaluation.ConceptCodeSequence[0].CodeValue == codes.SCT.Present.value
 
@@ -117,7 +126,9 @@ def test_report_files_into_the_source_study_and_says_not_for_clinical_use(source
     referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
     trackers = [item(g, "TEXT", "112039").TextValue for g in groups_of(sr)]
-    assert trackers == ["Tuberculosis finding 1", "Tuberculosis finding 2"]
+    # a located finding's identifier leads with the viewer tool that draws it (Cornerstone3D's
+    # "<tag>:<tool>", which @cornerstonejs/adapters requires); an unlocated one is its label alone
+    assert trackers == ["Cornerstone3DTools@^0.1.0:Probe:Tuberculosis finding 1", "Tuberculosis finding 2"]
     texts = [i.TextValue for i in sr.ContentSequence[-1].ContentSequence]
     assert NOT_FOR_CLINICAL_USE in texts
     procedure = next(

@@ -214,7 +214,7 @@ def test_masks_and_3d_locations_go_to_the_reference():
     assert not isinstance(sr, sr_template.TemplateReport) and isinstance(sr, hd.sr.Comprehensive3DSR)
 
 
-@pytest.mark.parametrize("case", ["tb-point", "tb-unlocated-absent", "derm"])
+@pytest.mark.parametrize("case", ["tb-point", "tb-unlocated-absent", "tb-box-polygon-private", "derm"])
 def test_template_reports_are_valid_for_dciodvfy(tmp_path, case):
     if case == "derm":
         source = make_photo_dataset(np.full((48, 64, 3), 150, np.uint8), kind="dermoscopy")
