@@ -5,7 +5,7 @@ A model folder (``<registry>/<name>/``) holds a ``serving.json`` beside its vers
 version).  For example the ``tb`` chest X-ray classifier::
 
     {"input": "image", "preprocess": "models.transforms:to_model_input", "reply": "finding",
-     "results": ["sr", "sc", "fhir"], "uploads": ["dicom", "png", "jpeg"]}
+     "results": ["sr", "sc", "gsps", "fhir"], "uploads": ["dicom", "png", "jpeg"]}
 
 * ``input`` (:class:`InputKind`): ``image`` (one 2D image: a DICOM instance, a PNG or a JPEG),
   ``volume`` (a whole CT series, sent by C-STORE or STOW-RS) or ``window`` (a ``(T, F)`` array of
@@ -18,7 +18,7 @@ version).  For example the ``tb`` chest X-ray classifier::
   ``classes`` (multi-class probabilities, a class's operating point in ``operating_point``),
   ``candidates`` (volume candidates with a label mask) or ``risk`` (a deterioration score);
 * ``results``: the result objects its findings become, among :data:`RESULT_OBJECTS` (TID 1500 SR,
-  SEG, Secondary Capture overlay, FHIR DiagnosticReport);
+  SEG, Secondary Capture overlay, Grayscale Softcopy Presentation State, FHIR DiagnosticReport);
 * ``uploads``: what ``POST /v1/infer/<name>`` accepts, among :data:`UPLOAD_KINDS`;
 * ``runner`` (:class:`RunnerKind`): ``stack`` (fixed-shape items stacked into batches) or ``volume``
   (one volume per call through ``entry``, ``"module:function"``, e.g.
@@ -42,7 +42,7 @@ SPEC_FILE = "serving.json"
 SPEC_KEY = "serving"
 #: Result objects: TID 1500 SR (PS3.16), Segmentation (PS3.3 A.51), Secondary Capture overlay
 #: (PS3.3 A.8), FHIR R4 DiagnosticReport with its Observations.
-RESULT_OBJECTS = ("sr", "seg", "sc", "fhir")
+RESULT_OBJECTS = ("sr", "seg", "sc", "gsps", "fhir")
 #: Uploads ``POST /v1/infer/<name>`` may accept: DICOM Part 10, PNG, JPEG images; a JSON body.
 UPLOAD_KINDS = ("dicom", "png", "jpeg", "json")
 IMAGE_UPLOADS = ("dicom", "png", "jpeg")

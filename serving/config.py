@@ -40,15 +40,16 @@ class ConfigError(Exception):
     """The configuration is invalid; the message names the offending keys."""
 
 
-#: Result objects a DICOM destination can receive: TID 1500 SR, SEG, Secondary Capture overlay.
-RESULT_OBJECTS = ("sr", "seg", "sc")
+#: Result objects a DICOM destination can receive: TID 1500 SR, SEG, Secondary Capture overlay,
+#: Grayscale Softcopy Presentation State (the overlay a viewer can toggle).
+RESULT_OBJECTS = ("sr", "seg", "sc", "gsps")
 
 
 class DicomDestination(Section):
     ae_title: str
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
-    objects: list[Literal["sr", "seg", "sc"]] = list(RESULT_OBJECTS)  # what this destination gets
+    objects: list[Literal["sr", "seg", "sc", "gsps"]] = list(RESULT_OBJECTS)  # what this destination gets
     _check_ae = field_validator("ae_title")(check_ae_title)
 
 

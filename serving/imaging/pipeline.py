@@ -62,14 +62,13 @@ from models.finding import Concept, Finding
 from models.registry import registered
 from models.spec import InputKind, ServingSpec
 from models.transforms import input_channels
+from serving.config import RESULT_OBJECTS
 from serving.fhir.report import PatientIdentity
 from serving.imaging.findings import finding_of, source_image, unit
 from serving.imaging.results import OVERLAY_SERIES_NUMBER, ResultWriter, result_uid
 
 log = logging.getLogger("medgate.imaging")
 
-#: Every DICOM result kind; a destination's ``objects`` selects among them.
-ALL_OBJECTS = ("sr", "seg", "sc")
 
 
 def served_spec(info: dict) -> ServingSpec:
@@ -124,7 +123,7 @@ class ImagingPipeline:
         self.results_dir = Path(results_dir)
         self.destinations = dict(destinations or {})
         if pacs_destination and pacs_destination not in self.destinations:
-            self.destinations[pacs_destination] = list(ALL_OBJECTS)
+            self.destinations[pacs_destination] = list(RESULT_OBJECTS)
         self.fhir_base_url = fhir_base_url
         self.identity = identity or PatientIdentity()
         self.results = ResultWriter(store, outbox, self.results_dir, destinations=self.destinations,

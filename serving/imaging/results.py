@@ -4,8 +4,9 @@ pipeline processed (:mod:`serving.imaging.pipeline`) and a DICOM image uploaded 
 
 For one model's findings about a study, :class:`ResultWriter`:
 
-* builds the TID 1500 SR (PS3.16) and, for a 2D image, the Secondary Capture overlay, when the
-  model's serving spec lists them (``results``: :mod:`models.spec`);
+* builds the TID 1500 SR (PS3.16) and, for a 2D image, the Secondary Capture overlay and the
+  Grayscale Softcopy Presentation State (:mod:`dicom_gateway.gsps`; a grayscale image only), when
+  the model's serving spec lists them (``results``: :mod:`models.spec`);
 * writes each DICOM object durably at ``<results_dir>/<StudyInstanceUID>/<KIND>-<SOPInstanceUID>.dcm``
   (the study UID must be a UID, PS3.5 9.1, and the file stays inside ``results_dir``, else
   :class:`ValueError` and nothing is written) and records it in the store's results
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 from pydicom.uid import generate_uid
 
+from dicom_gateway.gsps import build_presentation_state
 from dicom_gateway.overlay import build_overlay
 from dicom_gateway.sr import build_measurement_report
 from dicom_gateway.storage import write_durably
@@ -37,11 +39,13 @@ from models.finding import Finding
 from models.spec import ServingSpec
 from serving.fhir.report import PatientIdentity, build_report_resources
 
-#: Series Number of the Secondary Capture overlays (the SR's is 9901, the SEG's 9902).
+#: Series Number of the Secondary Capture overlays and of the presentation states (the SR's is
+#: 9901, the SEG's 9902).
 OVERLAY_SERIES_NUMBER = 9903
+PRESENTATION_SERIES_NUMBER = 9904
 #: The 2D objects written per image of a study, and per uploaded image: an upload's reply carries
 #: the finding's location itself, so no overlay is made for it (the model's spec still decides).
-STUDY_IMAGE_OBJECTS = ("sr", "sc")
+STUDY_IMAGE_OBJECTS = ("sr", "sc", "gsps")
 UPLOAD_OBJECTS = ("sr",)
 #: Outbox kinds of the deliveries queued here.
 DICOM_KIND, FHIR_KIND = "dicom", "fhir"
@@ -157,6 +161,13 @@ class ResultWriter:
                                series_instance_uid=result_uid(study_uid, info["name"], info["version"], "sc"),
                                sop_instance_uid=result_uid(ds.SOPInstanceUID, info["name"], info["version"], "sc"))
             paths["sc"] = self.dicom(study_uid, "SC", sc, info, [finding], **summary)
+        if spec.yields("gsps") and "gsps" in objects:
+            gsps = build_presentation_state(  # None for a colour image, which a GSPS cannot present
+                [finding], ds, series_number=PRESENTATION_SERIES_NUMBER,
+                series_instance_uid=result_uid(study_uid, info["name"], info["version"], "gsps"),
+                sop_instance_uid=result_uid(ds.SOPInstanceUID, info["name"], info["version"], "gsps"))
+            if gsps is not None:
+                paths["gsps"] = self.dicom(study_uid, "GSPS", gsps, info, [finding], **summary)
         return paths
 
     def upload(self, ds, finding: Finding, info: dict[str, Any], spec: ServingSpec) -> dict[str, str]:

@@ -119,7 +119,8 @@ def test_multi_finding_sr_with_box_polygon_and_3d_point(tmp_path):
     assert dciodvfy_errors(path) == []
     dump = subprocess.run([find_peer("dsrdump") or "dsrdump", path], capture_output=True, text=True)
     assert dump.returncode == 0
-    assert dump.stdout.count("POLYLINE") == 2 and "SCOORD3D" in dump.stdout
+    # each 2D region twice: the group's Image Region, and the region its probability NUM is inferred from
+    assert dump.stdout.count("POLYLINE") == 4 and "SCOORD3D" in dump.stdout
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -12,7 +12,7 @@ from models.registry import ROOT_ENV, ModelRegistry, default_root, registered
 from models.spec import (SPEC_FILE, InputKind, ReplyFormat, RunnerKind, ServingSpec, load_spec)
 
 TB = {"input": "image", "preprocess": "models.transforms:to_model_input", "reply": "finding",
-      "results": ["sr", "sc", "fhir"], "uploads": ["dicom", "png", "jpeg"]}
+      "results": ["sr", "sc", "gsps", "fhir"], "uploads": ["dicom", "png", "jpeg"]}
 
 
 def test_every_shipped_model_declares_how_it_is_served():
@@ -32,14 +32,14 @@ def test_every_shipped_model_declares_how_it_is_served():
 def test_strings_become_enums_once_and_round_trip():
     spec = ServingSpec.from_dict(TB)
     assert spec.input is InputKind.IMAGE and spec.runner is RunnerKind.STACK
-    assert spec.results == ("sr", "sc", "fhir")
+    assert spec.results == ("sr", "sc", "gsps", "fhir")
     assert ServingSpec.from_dict(spec.to_dict()) == spec
     assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
 
 
 @pytest.mark.parametrize("change, message", [
     ({"input": "movie"}, "`input` must be one of ['image', 'volume', 'window'], 'movie' is given"),
-    ({"results": ["sr", "pdf"]}, "`results` must be among ['sr', 'seg', 'sc', 'fhir'], ['pdf'] are given"),
+    ({"results": ["sr", "pdf"]}, "`results` must be among ['sr', 'seg', 'sc', 'gsps', 'fhir'], ['pdf'] are given"),
     ({"preprocess": None}, "`preprocess` is required to accept the uploads ['dicom', 'png', 'jpeg']"),
     ({"preprocess": "os:system"}, "under the 'models' package, 'os:system' is given"),
     ({"preprocess": "models.transforms"}, "\"module:function\""),
@@ -88,7 +88,7 @@ def test_the_registry_root_comes_from_the_environment(tmp_path, monkeypatch):
     assert ModelRegistry().names() == ["tb"]
     assert registered("tb", source.version).serving.results == ("sr",)  # this root's, not the package's
     monkeypatch.delenv(ROOT_ENV)
-    assert registered("tb", source.version).serving.results == ("sr", "sc", "fhir")
+    assert registered("tb", source.version).serving.results == ("sr", "sc", "gsps", "fhir")
 
 
 

@@ -1,7 +1,7 @@
 """Results back to PACS and EHR through a running ``medgate serve``, with real peers.
 
 * Orthanc is the PACS that pushes a chest X-ray study (REST ``POST /modalities/medgate/store``) and
-  receives the SR + SC back; its REST API shows them in the same study.
+  receives the SR + SC + GSPS back; its REST API shows them in the same study.
 * A DCMTK ``storescp`` archive is down when the results are produced, then started: every result
   arrives exactly once (``--unique-filenames`` would keep a duplicate).
 * A FHIR server (a tiny recording HTTP server) is down, then up: one transaction Bundle arrives,
@@ -61,7 +61,7 @@ def peers(tmp_path_factory):
         "dicom": {"ae_title": "MEDGATE", "port": medgate_port},
         "destinations": {
             "pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc["dicom"],
-                     "objects": ["sr", "seg", "sc"]},
+                     "objects": ["sr", "seg", "sc", "gsps"]},
             "archive": {"ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive_port},
         },
         "http": {"port": http_port},
@@ -90,15 +90,16 @@ def test_cxr_results_reach_orthanc_archive_and_fhir_once(peers, tmp_path):
     pushed = orthanc_api(orthanc, "/modalities/medgate/store", {"Resources": [study_id], "Synchronous": True})
     assert pushed.get("FailedInstancesCount", 0) == 0, pushed
 
-    # SR + SC arrive back in Orthanc, in the source study (Orthanc groups by Study Instance UID).
+    # SR + SC + GSPS arrive back in Orthanc, in the source study (Orthanc groups by Study Instance UID).
     def series_in_orthanc():
         series = orthanc_api(orthanc, f"/studies/{study_id}/series")
-        return series if len(series) >= 3 else None
+        return series if len(series) >= 4 else None
 
     series = wait_until(series_in_orthanc, timeout_s=120, interval_s=0.5)
     descriptions = {s["MainDicomTags"].get("SeriesDescription", ""): s for s in series}
     assert "AI result - not for clinical use" in descriptions  # SR
     assert "AI overlay - not for clinical use" in descriptions  # SC
+    assert descriptions["AI presentation state - not for clinical use"]["MainDicomTags"]["Modality"] == "PR"
     assert all(s["ParentStudy"] == study_id for s in series)
     for s in series:
         for instance in s["Instances"]:
@@ -119,7 +120,7 @@ def test_cxr_results_reach_orthanc_archive_and_fhir_once(peers, tmp_path):
     fhir = FhirRecorder(peers["fhir_port"])
     fhir.start()
     try:
-        wait_until(lambda: len([p for p in (root / "archive").iterdir() if not p.name.endswith(".tmp")]) >= 2
+        wait_until(lambda: len([p for p in (root / "archive").iterdir() if not p.name.endswith(".tmp")]) >= 3
                    and fhir.requests,
                    timeout_s=90, interval_s=0.5)
         time.sleep(3.0)  # anything sent twice would arrive by now
@@ -127,7 +128,7 @@ def test_cxr_results_reach_orthanc_archive_and_fhir_once(peers, tmp_path):
         stop_process(archive)
         fhir.stop()
     received = sorted(p for p in (root / "archive").iterdir() if not p.name.endswith(".tmp"))
-    assert len(received) == 2, [p.name for p in received]  # SR + SC, each once
+    assert len(received) == 3, [p.name for p in received]  # SR + SC + GSPS, each once
     for p in received:
         assert dciodvfy_errors(p) == []
     assert len(fhir.requests) == 1, [r[0] for r in fhir.requests]

@@ -85,11 +85,13 @@ def test_a_study_and_an_upload_of_the_same_image_share_their_uids(store, tmp_pat
     ds, finding, info, spec = tb
     writer, outbox = _writer(store, tmp_path)
     study_paths = writer.image(ds, finding, info, spec)  # as the imaging pipeline writes a 2D study
-    assert sorted(study_paths) == ["sc", "sr"]
+    assert sorted(study_paths) == ["gsps", "sc", "sr"]  # a grayscale X-ray gets its presentation state
     writer.upload(ds, finding, info, spec)
     assert pydicom.dcmread(study_paths["sr"]).SOPInstanceUID == sr_uid(ds.SOPInstanceUID, info)
+    assert pydicom.dcmread(study_paths["gsps"]).ReferencedSeriesSequence[0].ReferencedImageSequence[0] \
+        .ReferencedSOPInstanceUID == ds.SOPInstanceUID
     assert len({item["key"] for item in outbox.items()}) == len(outbox.items()) == 3  # SR, SC pacs; SC viewer
-    assert {r["kind"] for r in store.results_of(str(ds.StudyInstanceUID))} == {"sc", "sr"}
+    assert {r["kind"] for r in store.results_of(str(ds.StudyInstanceUID))} == {"gsps", "sc", "sr"}
 
 
 def test_a_study_uid_that_is_not_a_uid_writes_nothing(store, tmp_path, tb):
