@@ -180,10 +180,15 @@ def _planar_location(finding: Finding) -> _Planar:
     return graphic_type, data, finding.source
 
 
+def largest_plane(finding: Finding) -> int:
+    """Index in ``finding.sources`` of the image where its 3D mask marks the most voxels."""
+    return int(np.argmax(finding.mask.reshape(len(finding.sources), -1).sum(axis=1)))
+
+
 def largest_plane_point(finding: Finding) -> _Planar:
     """A 3D mask shown on one image: the centre (mean column and row, SCOORD convention) of its
     voxels on the image where it marks the most, a SCOORD POINT a viewer draws on that slice."""
-    plane = int(np.argmax(finding.mask.reshape(len(finding.sources), -1).sum(axis=1)))
+    plane = largest_plane(finding)
     rows, columns = np.nonzero(finding.mask[plane])
     point = np.array([[columns.mean() + 0.5, rows.mean() + 0.5]])
     return hd.sr.GraphicTypeValues.POINT, point, finding.sources[plane]

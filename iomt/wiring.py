@@ -25,7 +25,7 @@ def mqtt_options(settings) -> MqttOptions:
 
 
 def build_bridge(settings, store, outbox, predictor: Predictor | None = None) -> VitalsBridge:
-    """The bridge for ``settings``; ``predictor`` (the ``vitals`` deployment) enables risk scoring
+    """The bridge for ``settings``; ``predictor`` (the deployment whose model takes vitals windows) enables risk scoring
     when ``iomt.risk.enabled``."""
     cfg, iomt = settings.mqtt, settings.iomt
     host, port, _ = broker_address(cfg.url, cfg.embedded_port, cfg.embedded_host)
@@ -33,7 +33,8 @@ def build_bridge(settings, store, outbox, predictor: Predictor | None = None) ->
     risk = None
     if iomt.risk.enabled:
         if predictor is None:
-            log.error("iomt.risk.enabled is true but no `vitals` model is deployed: risk scoring off")
+            log.error("iomt.risk.enabled is true but no deployed model takes vitals windows (serving spec "
+                      "input 'window'): risk scoring off")
         else:
             risk = RiskScorer(predictor, sink, flush_interval_s=iomt.risk.flush_interval_s,
                               max_batch=iomt.risk.max_batch, min_interval_s=iomt.risk.min_interval_s)

@@ -57,6 +57,7 @@ from dicom_gateway.ledger import mark_processed, routed_instances, unprocessed_d
 from dicom_gateway.pixels import ct_volume, model_input
 from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
+from dicom_gateway.sr import largest_plane
 from kernel.correlation import bound
 from models.finding import Concept, Finding
 from models.registry import registered
@@ -256,7 +257,7 @@ class ImagingPipeline:
         if spec.yields("sr"):
             paths.append(self.results.dicom(study_uid, "SR", sr, info, findings))
         for f in masked[:1] if spec.yields("sc") else []:
-            plane = int(np.argmax(f.mask.reshape(len(series), -1).sum(axis=1)))
+            plane = largest_plane(f)  # the slice the SR's viewer point is on
             shown = replace(f, source=f.sources[plane], other_sources=(), mask=f.mask[plane:plane + 1])
             sc = build_overlay(series[plane], [shown], series_number=OVERLAY_SERIES_NUMBER,
                                series_instance_uid=result_uid(study_uid, info["name"], info["version"], "sc"),

@@ -84,7 +84,7 @@ def load_version(model: str, version: str | None, options: dict[str, Any]) -> Lo
     engine = create_engine(manifest.path.parent, manifest.path.name, engine=options.get("engine", "auto"),
                            device=options.get("device", "auto"), precision=options.get("precision", "fp32"),
                            max_batch_size=options.get("max_batch_size", 16))
-    loaded = Loaded(manifest, engine, make_runner(model, engine, manifest), classes)
+    loaded = Loaded(manifest, engine, make_runner(engine, manifest), classes)
     engine.warmup()
     return loaded
 

@@ -70,13 +70,13 @@ class VolumeRunner:
                 for item in items]
 
 
-def make_runner(model: str, engine: Engine, manifest: ModelManifest) -> StackRunner | VolumeRunner:
-    """The runner ``model``'s serving spec names (``manifest.serving.runner``): ``stack``, or
+def make_runner(engine: Engine, manifest: ModelManifest) -> StackRunner | VolumeRunner:
+    """The runner the model's serving spec names (``manifest.serving.runner``): ``stack``, or
     ``volume`` calling the spec's ``entry``; :class:`ValueError` naming the model when the spec is bad."""
     try:
         spec = manifest.serving
     except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(f"{model} {manifest.version} cannot be served: {exc}") from None
+        raise ValueError(f"{manifest.name} {manifest.version} cannot be served: {exc}") from None
     if spec.runner is RunnerKind.VOLUME:
         return VolumeRunner(engine, manifest, spec.function("entry"))
     return StackRunner(engine, manifest)
