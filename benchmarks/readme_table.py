@@ -103,8 +103,13 @@ def serve_overhead(r: dict) -> list[str]:
         rows.append([name, fmt(seq.get("p50_ms"), 1), fmt(seq.get("p99_ms"), 1), fmt(seq.get("req_per_s"), 0),
                      fmt(conc.get("req_per_s"), 0), fmt(conc.get("p99_ms"), 0)])
     c = fmt(r.get("concurrency"))
-    return [f"Model `{r.get('model', '?')}`, {fmt(r.get('n'))} requests per path.", "",
-            *table(["path", "sequential p50 ms", "p99 ms", "req/s", f"{c} concurrent req/s", "p99 ms"], rows)]
+    direct = r.get("direct_batches") or {}
+    best = f" The direct engine's best: {fmt(direct.get('best_items_per_s'), 0)} items/s." if direct else ""
+    goals = [f"{name.replace('_', ' ')}: {'pass' if g.get('pass') else 'not met' if g.get('pass') is False else '—'}"
+             for name, g in (r.get("targets") or {}).items()]
+    return [f"Model `{r.get('model', '?')}`, {fmt(r.get('n'))} requests per path.{best}", "",
+            *table(["path", "sequential p50 ms", "p99 ms", "req/s", f"{c} concurrent req/s", "p99 ms"], rows),
+            *(["", "Targets (issue 21): " + "; ".join(goals) + "."] if goals else [])]
 
 
 def iomt(r: dict) -> list[str]:
@@ -185,7 +190,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("cxr_latency", "Single chest X-ray: C-STORE → SR at the PACS", cxr_latency),
     ("ct_latency", "Chest CT study: C-STORE → SEG + SR at the PACS", ct_latency),
     ("model_core", "Model core (engine + preprocessing, no Ray)", model_core),
-    ("serve_overhead", "Serve overhead: direct vs Ray Serve handle vs HTTP", serve_overhead),
+    ("serve_overhead", "Serving path: direct engine, Ray Serve handle, HTTP, LitServe, BentoML", serve_overhead),
     ("iomt_throughput", "IoMT vitals throughput", iomt),
     ("soak", "Soak: growth per hour under mixed load", soak),
     ("gpu_check", "GPU kit (`make gpu-check`)", gpu_check),
