@@ -188,6 +188,10 @@ class GatewayStore:
         database.create(SCHEMA)
         self._migrate()
 
+    def close(self) -> None:
+        """Close the database (a gateway store that opened its own: :func:`open_gateway_store`)."""
+        self.database.close()
+
     def _migrate(self) -> None:
         if self.database.read_only:
             return

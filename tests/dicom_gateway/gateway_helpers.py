@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from dicom_gateway.scp import StorageScp
+from dicom_gateway.store import open_gateway_store
 from dicom_testdata import make_ct_series
 from peers import free_port, storescu  # noqa: F401 - storescu is used from here
 
 #: The C-STORE response status as DCMTK ``storescu -d`` prints it ("DIMSE Status : 0xc001: Error: ...").
 _DIMSE_STATUS = re.compile(r"DIMSE Status\s*: 0x([0-9a-fA-F]{4})")
-from serving.store import Store
 
 
 class Running:
@@ -22,10 +22,10 @@ class Running:
     def __init__(self, root: Path, **options) -> None:
         self.completed: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self.store = Store(root / "db.sqlite3")
+        self.store = open_gateway_store(root / "db.sqlite3")
         options.setdefault("quiet_period_s", 0.5)
         options.setdefault("poll_interval_s", 0.05)
-        self.scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), self.store.gateway, root / "spool",
+        self.scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), self.store, root / "spool",
                               self._done, **options)
         self.scp.start()
 

@@ -19,9 +19,9 @@ from dicom_gateway import dimse
 from dicom_gateway import upper_layer as ul
 from dicom_gateway.acceptor import APPLICATION_CONTEXT
 from dicom_gateway.scp import StorageScp
+from dicom_gateway.store import open_gateway_store
 from gateway_helpers import Running
 from peers import association_rejection, free_port, wait_until
-from serving.store import Store
 from training.synthetic.dicom import make_dx_dataset
 
 
@@ -64,8 +64,8 @@ def raw_associate(port: int, contexts) -> socket.socket:
 
 
 def test_data_set_in_many_small_fragments_is_stored_byte_identical(tmp_path):
-    store = Store(tmp_path / "db.sqlite3")
-    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store.gateway, tmp_path / "spool", lambda *a: None,
+    store = open_gateway_store(tmp_path / "db.sqlite3")
+    scp = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, tmp_path / "spool", lambda *a: None,
                      max_pdu_bytes=4096)
     scp.start()
     try:

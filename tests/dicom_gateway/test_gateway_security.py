@@ -11,14 +11,13 @@ import pytest
 from pynetdicom import AE
 
 from dicom_gateway.config import DicomConfig, DicomTls
-from dicom_gateway.ledger import ensure_schema
 from dicom_gateway.retention import purge_processed
 from dicom_gateway.security import AllowedPeer, AllowList, tls_context
 from dicom_gateway.status import StoreStatus
+from dicom_gateway.store import open_gateway_store
 from dicom_gateway.wiring import build_scp
 from gateway_helpers import Running, storescu
 from peers import DCMTK_ENV, association_rejection, find_peer, free_port, require_peer, wait_until
-from serving.store import Store
 from training.synthetic.dicom import make_dx_dataset
 
 
@@ -114,8 +113,8 @@ def _dicom_with_tls(pki: Path, **tls) -> DicomConfig:
 
 def test_tls_only_opens_no_plain_port(tmp_path, pki):
     dicom = _dicom_with_tls(pki, only=True)
-    store = Store(tmp_path / "db.sqlite3")
-    scp = build_scp(dicom, store.gateway, tmp_path / "spool", lambda study, model: None, known_models=["tb", "nodule", "derm"])
+    store = open_gateway_store(tmp_path / "db.sqlite3")
+    scp = build_scp(dicom, store, tmp_path / "spool", lambda study, model: None, known_models=["tb", "nodule", "derm"])
     scp.start()
     try:
         assert scp.port is None and scp.tls_port == dicom.tls.port
@@ -216,8 +215,7 @@ def test_retention_removes_only_spool_folders_named_by_a_uid(tmp_path):
     spool, victim = tmp_path / "spool", tmp_path / "precious"
     (spool / "1.2.3").mkdir(parents=True)
     victim.mkdir()
-    store = Store(tmp_path / "medgate.sqlite3")
-    ensure_schema(store)
+    store = open_gateway_store(tmp_path / "medgate.sqlite3")
     try:
         with store.database.transaction() as db:  # as a row planted or damaged outside the intake would be
             db.executemany("INSERT INTO studies(study_uid, status, received_at, updated_at) VALUES (?, 'done', 0, 0)",

@@ -140,7 +140,7 @@ def test_recover_quarantines_spool_files_not_where_their_uids_put_them(tmp_path,
     with caplog.at_level(logging.ERROR, logger="medgate.dicom"):
         running = Running(tmp_path)
     try:
-        shown = {s["study_uid"] for s in worklist(running.store)}
+        shown = {s["study_uid"] for s in worklist(Store(running.store.database))}
         assert shown == {placed.StudyInstanceUID}
         for name in ("planted", "pathlike", "misnamed"):
             ds, path = files[name]
@@ -158,6 +158,7 @@ def test_recover_quarantines_spool_files_not_where_their_uids_put_them(tmp_path,
 
 def test_a_refused_study_moves_on_when_an_instance_of_it_is_stored(running, tmp_path):
     from serving.http.worklist import worklist
+    from serving.store import Store
 
     mono = make_photo_dataset(_skin(), photometric="MONOCHROME2")
     photo = make_photo_dataset(_skin(), study_uid=mono.StudyInstanceUID)
@@ -166,7 +167,7 @@ def test_a_refused_study_moves_on_when_an_instance_of_it_is_stored(running, tmp_
     photo.save_as(paths[1], enforce_file_format=True)
     require_peer("storescu", "dcmtk")
     assert store_statuses(running.scp.port, paths[0]) == [StoreStatus.NOT_READABLE_BY_MODEL]
-    row, = [s for s in worklist(running.store) if s["study_uid"] == mono.StudyInstanceUID]
+    row, = [s for s in worklist(Store(running.store.database)) if s["study_uid"] == mono.StudyInstanceUID]
     assert row["status"] == "refused" and COLOUR in row["detail"] and row["instances"] == 0
     assert store_statuses(running.scp.port, paths[1]) == [StoreStatus.SUCCESS]
     wait_until(lambda: running.completed, timeout_s=10)
@@ -179,11 +180,10 @@ def test_a_refused_study_moves_on_when_an_instance_of_it_is_stored(running, tmp_
 
 def test_refusal_text_is_bounded_and_without_control_characters(tmp_path):
     from dicom_gateway import ledger
-    from serving.store import Store
+    from dicom_gateway.store import open_gateway_store
 
-    store = Store(tmp_path / "db.sqlite3")
+    store = open_gateway_store(tmp_path / "db.sqlite3")
     try:
-        ledger.ensure_schema(store)
         refusal = ledger.Refusal("1.2.3", "1.2.3.4", "EVIL\r\nAE", StoreStatus.CANNOT_UNDERSTAND,
                                  "forged\nlog line\x1b[31m" + "x" * 1000)
         ledger.record_refusal(store, refusal)

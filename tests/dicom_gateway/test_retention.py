@@ -7,13 +7,12 @@ import time
 from dicom_gateway import ledger
 from dicom_gateway.retention import PROCESSED_STATUSES, purge_processed
 from dicom_gateway.status import StoreStatus
-from serving.store import Store
+from dicom_gateway.store import open_gateway_store
 
 
 def test_refused_studies_are_purged_like_processed_ones(tmp_path):
     assert "refused" in PROCESSED_STATUSES
-    store = Store(tmp_path / "medgate.sqlite3")
-    ledger.ensure_schema(store)
+    store = open_gateway_store(tmp_path / "medgate.sqlite3")
     try:
         for study in ("1.2.3", "1.2.4"):
             ledger.record_refusal(store, ledger.Refusal(study, f"{study}.1", "MODALITY",

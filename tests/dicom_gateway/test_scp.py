@@ -11,16 +11,16 @@ from pynetdicom import AE
 
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.status import StoreStatus
+from dicom_gateway.store import open_gateway_store
 from peers import DCMTK_ENV, association_rejection, free_port, require_peer, wait_until
-from serving.store import Store
 from training.synthetic.dicom import make_dx_dataset
 
 
 @pytest.fixture
 def scp(tmp_path):
     completed: list[tuple[str, str]] = []
-    store = Store(tmp_path / "db.sqlite3")
-    server = StorageScp("MEDGATE", "127.0.0.1", free_port(), store.gateway, tmp_path / "spool",
+    store = open_gateway_store(tmp_path / "db.sqlite3")
+    server = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, tmp_path / "spool",
                         lambda study, model: completed.append((study, model)))
     server.start()
     try:

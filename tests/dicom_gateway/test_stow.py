@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from chunked_upload import post_chunked
 from dicom_gateway import ledger
 from dicom_gateway.completion import StudyAssembler
+from dicom_gateway.store import open_gateway_store
 from peers import free_port, wait_until
 from serving.http import stow
-from serving.store import Store
 from training.synthetic.dicom import make_dx_dataset
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -93,9 +93,9 @@ def test_stow_stores_durably_and_the_server_completes_once(client):
     response = _post(c, _multipart(data))
     assert response.status_code == 200, response.text
     assert response.json()["00081199"]["Value"][0]["00081155"]["Value"] == [ds.SOPInstanceUID]
-    store = Store(state_dir / "medgate.sqlite3")  # the server process's own connection
+    store = open_gateway_store(state_dir / "medgate.sqlite3")  # the server process's own connection
     handed: list[tuple[str, str]] = []
-    assembler = StudyAssembler(store.gateway, lambda s, m: handed.append((s, m)), poll_interval_s=0.05)
+    assembler = StudyAssembler(store, lambda s, m: handed.append((s, m)), poll_interval_s=0.05)
     assembler.start()
     try:
         wait_until(lambda: handed, timeout_s=10)
