@@ -5,7 +5,7 @@
 # releases: the tb preprocessing (models.transforms.to_model_input, imported with PYTHONPATH=<repo>)
 # resizes with torch, and the same releases keep the comparison about the servers alone.
 #
-#   bash benchmarks/peers/setup.sh [litserve] [bentoml]      # default: both
+#   bash benchmarks/peers/setup.sh [litserve] [bentoml]      # default: both; REBUILD=1 remakes them
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -25,13 +25,24 @@ project_release() {  # the release of module $1 in the project's virtual environ
 COMMON=("numpy==$(project_release numpy)" "pillow==$(project_release PIL)"
         "onnxruntime==$(project_release onnxruntime)" "torch==$(project_release torch)")
 
-make_venv() {  # make_venv NAME PACKAGE...
+make_venv() {  # make_venv NAME PACKAGE...; kept when it holds these packages already
     local name=$1; shift
+    if [ -z "${REBUILD:-}" ] && [ -f "$VENVS/$name/requirements.lock" ] && all_pinned "$name" "$@"; then
+        echo "$VENVS/$name is up to date (REBUILD=1 to make it again)"; return
+    fi
     echo "creating $VENVS/$name: $* ${COMMON[*]}"
     rm -rf "$VENVS/$name"
     "$PYTHON" -m venv "$VENVS/$name"
     "$VENVS/$name/bin/python" -m pip install --quiet "$@" "${COMMON[@]}"
     "$VENVS/$name/bin/python" -m pip freeze > "$VENVS/$name/requirements.lock"
+}
+
+all_pinned() {  # all_pinned NAME PACKAGE...: every pin is in NAME's requirements.lock
+    local name=$1; shift
+    local pin
+    for pin in "$@" "${COMMON[@]}"; do
+        grep -qiE "^${pin//./\\.}(\\+[a-z0-9.]+)?$" "$VENVS/$name/requirements.lock" || return 1  # local tags (+cpu) too
+    done
 }
 
 peers=("$@")
