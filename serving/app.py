@@ -50,7 +50,10 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
               "fhir_base_url": settings.fhir.base_url if settings.fhir.send_reports else None,
               "web": {"trusted_proxies": list(settings.http.trusted_proxies),
                       "public_base_url": settings.http.public_base_url}}
-    return Ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
+    http = settings.http
+    ingress = Ingress.options(num_replicas=http.ingress_replicas, max_ongoing_requests=http.ingress_max_ongoing_requests,
+                              ray_actor_options={"num_cpus": http.ingress_num_cpus})
+    return ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
 
 
 def _class_codes(settings: Settings, model: str) -> dict[str, dict[str, Any]]:

@@ -91,6 +91,12 @@ class HttpConfig(Section):
     # End-to-end limit of one request in Ray Serve's proxy; null = none (the ward board's event
     # stream is one long request).  Slow header senders: docs/security.md.
     request_timeout_s: float | None = Field(None, gt=0)
+    # The ingress deployment (FastAPI behind Ray Serve's proxy): replicas, requests each replica
+    # takes at once (Ray Serve's default of 5 made the proxy queue and back off the rest: 16
+    # callers got ~13 requests/s), and CPUs reserved per replica (its work is mostly waiting).
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_max_ongoing_requests: int = Field(256, ge=1)
+    ingress_num_cpus: float = Field(0.0, ge=0)
 
     @field_validator("public_base_url")
     @classmethod
