@@ -65,18 +65,19 @@ def feed(engine, batch: int) -> dict[str, np.ndarray] | None:
     return {n: rng.random([batch] + list(s[1:]), dtype=np.float32) for n, s in zip(engine.input_names, shapes)}
 
 
-def profile_engine(engine, seconds: float, buckets=BUCKETS) -> dict[str, Any]:
-    """Batch-1 p50 and the best items/s over ``buckets`` (numpy in and out)."""
-    row: dict[str, Any] = {"engine": engine.name, "device": engine.device, "throughput": {}}
+def sweep(row: dict[str, Any], timed_batch: Callable[[int, float], list[float] | None], seconds: float,
+          buckets=BUCKETS) -> dict[str, Any]:
+    """Fill ``row`` with batch-1 p50 and items/s per bucket; ``timed_batch(batch, seconds)`` gives
+    the run times of one batch size (None: the model cannot take fixed batches)."""
+    row["throughput"] = {}
     for batch in buckets:
-        inputs = feed(engine, batch)
-        if inputs is None:
-            return {**row, "skipped": "inputs of dynamic shape"}
         try:
-            times = _timed(lambda: engine.run(inputs), seconds / len(buckets) if batch > 1 else seconds)
+            times = timed_batch(batch, seconds / len(buckets) if batch > 1 else seconds)
         except Exception as exc:  # noqa: BLE001 - out of memory at a large bucket ends the sweep
             row["stopped_at_batch"] = f"{batch}: {type(exc).__name__}: {str(exc)[:200]}"
             break
+        if times is None:
+            return {**row, "skipped": "inputs of dynamic shape"}
         if batch == 1:
             row["batch1_p50_ms"] = round(float(np.median(times)) * 1000, 3)
         row["throughput"][str(batch)] = round(batch / float(np.median(times)), 1)
@@ -86,35 +87,36 @@ def profile_engine(engine, seconds: float, buckets=BUCKETS) -> dict[str, Any]:
     return row
 
 
+def profile_engine(engine, seconds: float, buckets=BUCKETS) -> dict[str, Any]:
+    """Batch-1 p50 and the best items/s over ``buckets`` (numpy in and out)."""
+    def timed_batch(batch: int, budget_s: float) -> list[float] | None:
+        inputs = feed(engine, batch)
+        return None if inputs is None else _timed(lambda: engine.run(inputs), budget_s)
+
+    return sweep({"engine": engine.name, "device": engine.device}, timed_batch, seconds, buckets)
+
+
 def torch_ceiling(ts_path: Path, input_shape: list[int], seconds: float, buckets=BUCKETS) -> dict[str, Any]:
     """The same network as a torch CUDA graph in fp16 on device-resident tensors: nothing copied."""
     import torch
 
     module = torch.jit.load(str(ts_path), map_location="cuda").eval().half()
-    row: dict[str, Any] = {"engine": f"torch-{torch.__version__} CUDA graph fp16, device tensors",
-                           "throughput": {}}
-    for batch in buckets:
-        try:
-            static = torch.randn([batch] + list(input_shape), device="cuda", dtype=torch.float16)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.no_grad(), torch.cuda.stream(stream):
-                for _ in range(3):
-                    module(static)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(graph):
+
+    def timed_batch(batch: int, budget_s: float) -> list[float]:
+        static = torch.randn([batch] + list(input_shape), device="cuda", dtype=torch.float16)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for _ in range(3):
                 module(static)
-            times = _timed(graph.replay, seconds / len(buckets) if batch > 1 else seconds, torch.cuda.synchronize)
-        except Exception as exc:  # noqa: BLE001
-            row["stopped_at_batch"] = f"{batch}: {type(exc).__name__}: {str(exc)[:200]}"
-            break
-        if batch == 1:
-            row["batch1_p50_ms"] = round(float(np.median(times)) * 1000, 3)
-        row["throughput"][str(batch)] = round(batch / float(np.median(times)), 1)
-    if row["throughput"]:
-        row["best_items_per_s"] = max(row["throughput"].values())
-    return row
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            module(static)
+        return _timed(graph.replay, budget_s, torch.cuda.synchronize)
+
+    return sweep({"engine": f"torch-{torch.__version__} CUDA graph fp16, device tensors"}, timed_batch, seconds,
+                 buckets)
 
 
 def against_ceiling(row: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
