@@ -149,6 +149,7 @@ class VitalsBridge:
         self.client = make_client(client_id, self.options)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_messages = self._on_messages
         self.connected = threading.Event()
@@ -219,9 +220,17 @@ class VitalsBridge:
             return
         subscriptions = self.topics.subscriptions()
         client.subscribe([(topic, 1) for topic in subscriptions])
-        self.connected.set()
-        log.info("MQTT bridge connected to %s:%d (session present: %s), subscribed to %s",
+        log.info("MQTT bridge connected to %s:%d (session present: %s), subscribing to %s",
                  self.host, self.port, flags.session_present, ", ".join(subscriptions))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        """Connected once the broker's SUBACK grants the subscriptions: messages published before
+        it would not reach a new (clean) session, so readiness waits for it."""
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("MQTT broker %s:%d refused subscriptions: %s", self.host, self.port, ", ".join(refused))
+            return
+        self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
