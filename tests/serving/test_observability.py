@@ -277,13 +277,13 @@ def test_a_real_server_writes_json_lines_with_the_study_id(server, tmp_path):
         lines = [json.loads(line) for line in server["process"].log_path.read_text().splitlines()
                  if line.startswith('{"time"')]  # Ray's own output, forwarded to stderr, is not ours
         ours = [line for line in lines if line.get("correlation_id") == study]
-        return ours if sum(line["message"].startswith("delivered ") for line in ours) == 2 else []
+        return ours if sum(line["message"].startswith("delivered ") for line in ours) == 3 else []
 
-    ours = wait_until(delivered, timeout_s=120, interval_s=0.5)  # SR and SC at the PACS
+    ours = wait_until(delivered, timeout_s=120, interval_s=0.5)  # SR, SC and GSPS at the PACS
     assert STUDY_LOGGERS <= {line["logger"] for line in ours}, ours
     assert all(ISO_UTC.match(line["time"]) for line in ours)
     status, metrics = server["process"].http_get("/metrics")  # outbox gauges from Outbox.counts()
-    assert status == 200 and 'medgate_outbox_items{kind="dicom",status="sent"} 2' in metrics["text"]
+    assert status == 200 and 'medgate_outbox_items{kind="dicom",status="sent"} 3' in metrics["text"]
 
 
 def test_status_of_a_running_server(server):
