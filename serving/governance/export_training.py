@@ -28,11 +28,19 @@ from pydicom import dcmread
 
 from dicom_gateway.uids import check_uid, inside
 from kernel.database import database_path
+from models.registry import ModelNotFoundError, registered
+from models.spec import InputKind
 from serving.governance.audit import AuditLog
 from serving.governance.deid import DeidentificationError, Deidentifier
 from serving.store import Result, Store
 
-VOLUME_MODELS = ("nodule",)
+def _labels_images(model: str, version: str) -> bool:
+    """Whether ``model@version``'s findings are about single images (its serving spec's input kind):
+    a volume model's finding is about a whole series, not one exported image."""
+    try:
+        return registered(model, version).serving.input is InputKind.IMAGE
+    except (ModelNotFoundError, ValueError):  # a version no longer registered (or none named): not labelled
+        return False
 
 
 @dataclass
@@ -66,7 +74,7 @@ def _labels(results: list[Result]) -> dict[str, dict]:
     out = {}
     for r in results:
         summary = r.summary
-        if r.kind != "sr" or summary.get("model") in VOLUME_MODELS:
+        if r.kind != "sr" or not _labels_images(summary.get("model", ""), summary.get("version", "")):
             continue
         for finding in summary.get("findings", []):
             out[finding["source"]] = {"model": summary["model"], "version": summary["version"], **finding}
