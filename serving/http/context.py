@@ -14,6 +14,7 @@ from typing import Any
 
 from kernel.database import database_path
 from serving.config import AuthConfig
+from serving.delivery.outbox_db import open_outbox_db
 from serving.governance.audit import AuditLog
 from serving.http import forwarded
 from serving.http.auth import Authenticator, Principal, StaticTokens
@@ -45,7 +46,10 @@ class WebContext:
     trusted_proxies: tuple = ()
     #: ``http.public_base_url``: the base of every absolute link the server writes (never the Host header).
     public_base_url: str | None = None
+    #: ``store.url``: the outbox backend (None: the local SQLite outbox; ``postgresql://...``).
+    store_url: str | None = None
     _store: Any = None
+    _outbox_db: Any = None
     _audit: Any = None
     _sessions: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -59,6 +63,20 @@ class WebContext:
             if self._store is None:
                 self._store = Store(self.db_path)
             return self._store
+
+    def outbox_db(self):
+        """The configured outbox backend (:func:`serving.delivery.outbox_db.open_outbox_db`): what
+        ``/metrics`` and ``/v1/system`` count and where uploads' deliveries are queued."""
+        store = self.store()
+        with self._lock:
+            if self._outbox_db is None:
+                self._outbox_db = open_outbox_db(self.store_url, store)
+            return self._outbox_db
+
+    def forget_outbox_db(self) -> None:
+        """Drop the backend after a failure; the next use connects again."""
+        with self._lock:
+            self._outbox_db = None
 
     def audit(self):
         with self._lock:
@@ -113,15 +131,17 @@ def build_authenticator(token_digests: list[tuple[str, str, str]]) -> Authentica
 
 def install(state_dir: str | Path, token_digests: list[tuple[str, str, str]],
             models: dict[str, Any] | None = None, cookie_max_age_s: int = DEFAULT_COOKIE_MAX_AGE_S, *,
-            trusted_proxies: list[str] | tuple[str, ...] = (), public_base_url: str | None = None) -> WebContext:
+            trusted_proxies: list[str] | tuple[str, ...] = (), public_base_url: str | None = None,
+            store_url: str | None = None) -> WebContext:
     """Create this process's context (the ingress replica calls it once at start).
 
     ``trusted_proxies`` and ``public_base_url`` are ``http.trusted_proxies`` and
-    ``http.public_base_url`` (:func:`serving.app.build_app` passes them as the ``web`` limits).
+    ``http.public_base_url`` (:func:`serving.app.build_app` passes them as the ``web`` limits);
+    ``store_url`` is ``store.url``, the outbox backend.
     """
     global _current
     _current = WebContext(Path(state_dir), build_authenticator(token_digests), dict(models or {}),
-                          cookie_max_age_s, forwarded.parse_networks(trusted_proxies), public_base_url)
+                          cookie_max_age_s, forwarded.parse_networks(trusted_proxies), public_base_url, store_url)
     return _current
 
 

@@ -51,7 +51,6 @@ from serving.config import AuthConfig, HttpConfig
 from kernel.delivery_errors import TransientDeliveryError
 from models.registry import registered
 from serving.delivery.outbox import Outbox
-from serving.delivery.outbox_db import open_outbox_db
 from serving.fhir.report import PatientIdentity
 from serving.http import request_body, stow
 from serving.http.auth import CLINICAL
@@ -121,16 +120,14 @@ class Ingress:
         # auth: (sha256 digest, role, name) per token; never the tokens themselves.
         install_context(self.state_dir, [tuple(a) for a in auth or []], models,
                         int(limits.get("cookie_max_age_s", auth_defaults.cookie_max_age_s)),
-                        **(limits.get("web") or {}))
+                        store_url=limits.get("store_url"), **(limits.get("web") or {}))
         self.max_upload_bytes = int(limits.get("max_upload_bytes", http.max_upload_bytes))
         self.max_image_pixels = int(limits.get("max_image_pixels", http.max_image_pixels))
         self.timeout_s = float(limits.get("timeout_s", http.timeout_s))
         self.metrics = IngressMetrics()
         self.patient_identity = limits.get("patient_identity") or {}
-        self.store_url = limits.get("store_url")  # outbox backend of the /metrics gauges and of uploads' results
         self.destinations = dict(limits.get("destinations") or {})  # name -> result kinds it receives
         self.fhir_base_url = limits.get("fhir_base_url")  # reports go there through the outbox when set
-        self._outbox_db = None
         self._results: ResultWriter | None = None
         self._info_cache: dict[str, tuple[float, dict]] = {}
         stow.configure(api, self.state_dir, limits.get("dicom"))
@@ -251,7 +248,7 @@ class Ingress:
         deliveries queued in the configured outbox backend, sent by the server process's worker."""
         if self._results is None:
             store = current().store()
-            outbox = Outbox(open_outbox_db(self.store_url, store),
+            outbox = Outbox(current().outbox_db(),
                             {DICOM_KIND: _delivered_by_the_server, FHIR_KIND: _delivered_by_the_server})
             self._results = ResultWriter(store, outbox, self.state_dir / "results", destinations=self.destinations,
                                          fhir_base_url=self.fhir_base_url,
@@ -314,9 +311,7 @@ class Ingress:
     def _outbox_counts(self) -> dict:
         """Outbox items by (kind, status) from the configured backend; empty when it cannot be read."""
         try:
-            if self._outbox_db is None:
-                self._outbox_db = open_outbox_db(self.store_url, current().store())
-            return self._outbox_db.counts()
+            return current().outbox_db().counts()
         except Exception:  # noqa: BLE001 - the gauges are left out; reconnect at the next scrape
-            self._outbox_db = None
+            current().forget_outbox_db()
             return {}

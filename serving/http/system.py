@@ -1,7 +1,7 @@
 """``GET /v1/system``: the dashboard's system page (engineers and admins).
 
 Models (name, version, engine, device), the server's components, heartbeat and uptime, outbox items
-by status (the local SQLite outbox), dead letters (total and still parked) and the number of
+by status (the configured outbox backend, as ``/metrics``), dead letters (total and still parked) and the number of
 audit rows.  No patient data.
 """
 from __future__ import annotations
@@ -13,14 +13,20 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.components import read_components
 from serving.http.context import current
-from serving.store import Store
 
 router = APIRouter()
 
 
-def _counts(store: Store) -> dict:
-    dead = store.vitals.dead_letter_counts()
-    return {"outbox": store.outbox.status_counts(), "dead_letters": {"total": dead.total, "parked": dead.parked}}
+def _counts(ctx) -> dict:
+    """Outbox items by status from the configured backend (what ``/metrics`` counts too), and the
+    dead letters of the local store."""
+    dead = ctx.store().vitals.dead_letter_counts()
+    try:
+        outbox = ctx.outbox_db().status_counts()
+    except Exception as exc:  # noqa: BLE001 - the page still shows the rest
+        ctx.forget_outbox_db()
+        outbox = {"error": f"{type(exc).__name__}: the outbox backend cannot be read"}
+    return {"outbox": outbox, "dead_letters": {"total": dead.total, "parked": dead.parked}}
 
 
 @router.get("/v1/system")
@@ -32,7 +38,7 @@ async def system() -> dict:
             models.append({**(await handle.info.remote()), "status": "ok"})
         except Exception as exc:  # noqa: BLE001 - show the model as down
             models.append({"name": name, "status": f"error: {type(exc).__name__}"})
-    counts = await run_in_threadpool(_counts, ctx.store())
+    counts = await run_in_threadpool(_counts, ctx)
     status = read_components(ctx.state_dir)
     audit_rows = await run_in_threadpool(ctx.audit().count)
     return {"models": models, "components": status.get("components", {}),
