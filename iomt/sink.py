@@ -26,7 +26,8 @@ class ResourceSink:
     Parameters
     ----------
     store
-        :class:`serving.store.Store`.
+        The server's store, given by the layer that wires the bridge: its ``vitals``
+        (:class:`iomt.store.VitalsStore`) is written here.
     outbox
         :class:`serving.delivery.outbox.Outbox` (woken after each commit); may be None without a FHIR server.
     base_url
@@ -57,7 +58,7 @@ class ResourceSink:
                vitals: list[tuple] = (), durable: bool = True) -> None:
         """One transaction: resources and vitals rows (or their Bundles), dead letters (bounded:
         :mod:`iomt.dead_letters`), outbox items and the bed census rows of the batch
-        (``durable``: see :meth:`serving.store.Store.commit_batch`)."""
+        (``durable``: see :meth:`iomt.store.VitalsStore.commit_batch`)."""
         outbox_rows = list(outbox_rows)
         local, local_vitals = resources, vitals
         if self.base_url is not None and (resources or vitals):

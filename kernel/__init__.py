@@ -11,4 +11,8 @@ contract, ``tests/test_layers.py``; ``docs/architecture.md``).
 - :mod:`kernel.fhir_bundle`: FHIR transaction Bundles with deterministic ids.
 - :mod:`kernel.config`: the base class of every layer's configuration section.
 - :mod:`kernel.text`: characters refused in names and identifiers sent from outside.
+- :mod:`kernel.database`: the one SQLite database the owner stores share (connection, writer lock,
+  transactions, tables created by their owner, typed records); ``docs/architecture.md`` "Stores".
+- :mod:`kernel.state_permissions`: the state folder and database kept private (0700/0600).
+- :mod:`kernel.commands`: the ``medgate`` CLI's command registry (entry points).
 """

@@ -4,7 +4,7 @@ SQLite's default runs a checkpoint inside the commit that takes the write-ahead 
 pages: that writer copies the pages back into the database file and fsyncs it before its commit
 returns. The vitals bridge commits a batch of ~1,000 messages that touches ~1,000 index pages (one
 per patient), so every batch paid for a checkpoint, and one bridge worker's checkpoint held up the
-others' commits. Writers that call :meth:`serving.store.Store.defer_checkpoints` skip that; this
+others' commits. Writers that call :meth:`kernel.database.Database.defer_checkpoints` skip that; this
 worker runs a PASSIVE checkpoint (it never blocks readers or writers) every ``interval_s``
 instead, so pages that every batch touches again are copied back once per interval, not once per
 batch. Durability is unchanged: each commit is still fsynced in the WAL (``synchronous=FULL``).
