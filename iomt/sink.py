@@ -26,8 +26,7 @@ class ResourceSink:
     Parameters
     ----------
     store
-        The server's store, given by the layer that wires the bridge: its ``vitals``
-        (:class:`iomt.store.VitalsStore`) is written here.
+        The vitals store (:class:`iomt.store.VitalsStore`); each batch commits through it.
     outbox
         :class:`serving.delivery.outbox.Outbox` (woken after each commit); may be None without a FHIR server.
     base_url
