@@ -365,6 +365,9 @@ def test_tb_replica_killed_under_load_requests_answer_and_server_goes_on(outage,
         return acked
 
     assert infer()[0] == 200  # warm: the load below is steady
+    # An admin's DICOM upload writes its results as a routed study's are (serving.imaging.results):
+    # its SR goes to the PACS and its report to the FHIR server, once however often it is uploaded.
+    outage.studies.add(files[upload])
     with ThreadPoolExecutor(5) as pool:
         clients = [pool.submit(load) for _ in range(4)]
         sent = pool.submit(modality)
