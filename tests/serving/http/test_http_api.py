@@ -35,7 +35,10 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     settings = load_config(None, state_dir=str(root), http={"port": free_port(), "max_upload_bytes": MAX_UPLOAD,
                                                                "public_base_url": PUBLIC_BASE_URL},
-                           serving={"max_ongoing_requests": 2, "max_queued_requests": 2, "num_cpus": 0.5},
+                           serving={"max_ongoing_requests": 2, "max_queued_requests": 2, "num_cpus": 0.5,
+                                    # batches of two callers: a lone request waits up to 50 ms for a second
+                                    # (at the default 0 a 1 ms model is idle again before it comes)
+                                    "batch_wait_timeout_s": 0.05},
                            auth={"tokens": [{"token": TOKEN, "role": "engineer", "name": "api test"},
                                              {"token": ADMIN_TOKEN, "role": "admin", "name": "api admin"},
                                              {"token": CLINICIAN_TOKEN, "role": "clinician", "name": "api clinician"}]})
@@ -288,7 +291,7 @@ def test_concurrent_requests_are_batched(app):
     from serving.app import APP_NAME
 
     data = png_bytes()
-    with ThreadPoolExecutor(2) as pool:  # max_ongoing_requests is 2 in this app
+    with ThreadPoolExecutor(2) as pool:  # max_ongoing_requests is 2 in this app; batch_wait_timeout_s 50 ms
         codes = [r.status_code for r in pool.map(lambda _: infer(app, "tb", data), range(20))]
     assert set(codes) == {200}
     stats = serve.get_deployment_handle("tb", app_name=APP_NAME).stats.remote().result()
