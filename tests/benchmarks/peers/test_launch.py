@@ -32,8 +32,9 @@ def upload():
 @pytest.mark.parametrize("name", sorted(PEERS))
 def test_peer_serves_tb_with_the_same_answer_and_stops(name, upload, tmp_path):
     peer = PEERS[name]
-    if peer.missing():
-        pytest.skip(peer.missing())
+    missing = peer.missing()
+    if missing:
+        pytest.skip(reason=f"peer server not installed here: {missing}")
     png, expected, version = upload
     port = free_port()
     with serving(peer, port, tmp_path / f"{name}.log", version) as base:
