@@ -29,6 +29,7 @@ import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, pack_bits
 
 from dicom_gateway.laterality import series_laterality
@@ -116,9 +117,8 @@ def _window(source: Dataset) -> hd.pr.SoftcopyVOILUTTransformation:
     """The source's first window, else the range of its modality values."""
     center, width = source.get("WindowCenter"), source.get("WindowWidth")
     if center is not None and width is not None:
-        first = lambda value: float(value[0] if isinstance(value, Sequence) and not isinstance(value, str)  # noqa: E731
-                                    else value)
-        return hd.pr.SoftcopyVOILUTTransformation(window_center=first(center), window_width=max(first(width), 1.0))
+        center, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in (center, width))  # VM 1-n
+        return hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=max(width, 1.0))
     values = apply_modality_lut(decoded_pixels(source), source)
     low, high = float(np.min(values)), float(np.max(values))
     return hd.pr.SoftcopyVOILUTTransformation(window_center=(low + high) / 2, window_width=max(high - low, 1.0))
