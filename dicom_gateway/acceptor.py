@@ -84,6 +84,10 @@ class Handlers(Protocol):
         """Handle a C-STORE request; return its status, with the reason of a refusal
         (:class:`dimse.Response`, sent as Error Comment)."""
 
+    def on_release(self, association: Association) -> None:
+        """The peer asked to release: called before A-RELEASE-RP is sent, so what must be true
+        when the sender counts its transfer as finished (every row committed) is true by then."""
+
     def on_end(self, association: Association) -> None:
         """The association was released or aborted, or its connection was lost."""
 
@@ -255,6 +259,7 @@ class Acceptor:
         while True:
             pdu_type, body = ul.read_pdu(connection, self.max_pdu_bytes)
             if pdu_type == ul.RELEASE_RQ:
+                self.handlers.on_release(association)
                 connection.sendall(ul.RELEASE_RP_PDU)
                 log.debug("association %d released", association.id)
                 return

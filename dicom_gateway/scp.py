@@ -5,7 +5,7 @@ reads, no polling).  Each C-STORE's data set starts on its way to disk at once (
 slot, :mod:`dicom_gateway.slots`, or the classic temp file); meanwhile it is checked for a
 well-formed encoding, decoded and checked; the write is flushed and put in place *before* success
 is returned.  The instance's row is committed in the background (:mod:`dicom_gateway.recorder`):
-the spool file is the durable record.  Bad input gets a specific failure status (see
+the spool file is the durable record, and every row is committed before A-RELEASE-RP is sent.  Bad input gets a specific failure status (see
 :class:`dicom_gateway.status.StoreStatus`), a log line with the reason, and the server keeps
 running.  Completion is decided by :class:`dicom_gateway.completion.StudyAssembler`; the SCP only
 reports arrivals and the end of each association.
@@ -254,8 +254,11 @@ class StorageScp:
         """A recorded instance announced its group's count: completion may be due."""
         self.assembler.nudge()
 
+    def on_release(self, association: Association) -> None:
+        self.recorder.flush()  # the rows of what this sender stored, before A-RELEASE-RP
+
     def on_end(self, association: Association) -> None:
-        self.recorder.flush()  # the rows of what this sender stored, before it counts as finished
+        self.recorder.flush()  # an aborted or lost association: its rows before its groups are released
         with self._lock:
             groups = self._open.pop(association.id, set())
         if groups:

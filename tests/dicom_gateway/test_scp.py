@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,19 @@ def test_a_refusal_tells_the_sender_why_in_error_comment(scp, tmp_path):
     status = assoc.send_c_store(broken)
     assoc.release()
     assert status.Status == StoreStatus.CANNOT_UNDERSTAND and status.ErrorComment
+
+
+def test_rows_are_committed_before_the_release_is_answered(scp, tmp_path, monkeypatch):
+    """Success is sent once the file is durable; the rows follow in the background, but the sender's
+    A-RELEASE-RP waits for them, so a crash after a finished transfer loses no row."""
+    server, store, _ = scp
+    record = server.intake.record
+
+    def slow_record(arrivals):
+        time.sleep(0.5)
+        return record(arrivals)
+
+    monkeypatch.setattr(server.recorder, "_record", slow_record)
+    ds, _ = dx(tmp_path)
+    assert send(server, ds) == StoreStatus.SUCCESS  # returns after A-RELEASE-RP
+    assert len(store.instances_of(ds.StudyInstanceUID)) == 1
