@@ -1,8 +1,12 @@
-"""DICOM ingest: 500 CT slices (512x512, 16-bit) from DCMTK storescu to medgate and to DCMTK storescp.
+"""DICOM ingest: 500 CT slices (512x512, 16-bit) from DCMTK storescu to medgate, DCMTK storescp and Orthanc.
 
-Measured side by side in one run on loopback, with ``TCP_NODELAY=1`` for both DCMTK programs:
+Measured side by side in one run on loopback, with ``TCP_NODELAY=1`` for the DCMTK programs, first
+with one association, then with ``--parallel`` (4) ``storescu`` processes at once, each sending an
+equal share (``storescp --fork`` for those):
 
 * ``storescp``: DCMTK's receiver writing each instance to a file (no fsync);
+* ``Orthanc``: a full PACS with its defaults for durability (``SyncStorageArea: true``: each file
+  flushed before the response; index in SQLite): the peer with the same durability as medgate;
 * ``medgate``: :class:`dicom_gateway.scp.StorageScp` as configured by default, with a CT route
   (every slice is checked as decodable): each instance flushed to disk (into a pre-written slot,
   :mod:`dicom_gateway.slots`) before its C-STORE success.  The pool holds its slots for this size,
@@ -16,6 +20,9 @@ Measured side by side in one run on loopback, with ``TCP_NODELAY=1`` for both DC
   what the first study of a size gets;
 * ``medgate, no fsync``: ``dicom.storage.fsync: false``, which is the durability storescp offers
   (files left to the page cache): the like-for-like comparison;
+* ``medgate, group commit off`` (four associations): ``dicom.storage.group_commit: false``, one
+  flush per instance; with it on, instances committed together on several associations share one
+  flush (:mod:`dicom_gateway.group_flush`), and the ``flushes`` column counts them;
 * ``medgate, association only``: the same acceptor with a handler that answers success and keeps
   nothing: the cost of the DICOM protocol path alone;
 * ``medgate, association + durable write only``: a handler that only writes each instance into a
@@ -28,7 +35,7 @@ Then, with no network at all, the same files written one after another: by a slo
 ``fdatasync``), by :func:`dicom_gateway.storage.write_durably` (temp file, fsync, rename,
 directory fsync) and by it without fsync: what the disk charges per instance.
 
-Prints instances/s of each, the ratio to storescp, and the time from the last instance (storescu's
+Prints instances/s of each, the ratios to storescp and to Orthanc, and the time from the last instance (storescu's
 last response) to study-complete; saves ``results/dicom_ingest.json`` and ``.png``.
 
 Run: ``.venv/bin/python benchmarks/dicom_ingest.py [--slices 500]``
@@ -36,12 +43,14 @@ Run: ``.venv/bin/python benchmarks/dicom_ingest.py [--slices 500]``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -73,28 +82,63 @@ def write_series(folder: Path, slices: int, size_px: int, count: bool) -> list[P
     return paths
 
 
-def send(port: int, files: list[Path]) -> float:
+def send(port: int, files: list[Path], associations: int = 1) -> float:
+    """``storescu`` sends ``files``; with ``associations`` > 1, that many ``storescu`` processes at
+    once, each with an equal share (as four modalities, or one that opens four associations)."""
+    shares = [files[index::associations] for index in range(associations)]
     start = time.perf_counter()
-    result = subprocess.run([find_peer("storescu"), "-aet", "MODALITY", "-aec", "MEDGATE", "127.0.0.1", str(port),
-                             *map(str, files)], env=DCMTK_ENV, capture_output=True, text=True, timeout=900)
+    procs = [subprocess.Popen([find_peer("storescu"), "-aet", "MODALITY", "-aec", "MEDGATE", "127.0.0.1", str(port),
+                               *map(str, share)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for share in shares]
+    errors = [proc.communicate(timeout=900)[1] for proc in procs]
     elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu failed: {result.stderr[-2000:]}")
+    for proc, error in zip(procs, errors):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {error.decode(errors='replace')[-2000:]}")
     return elapsed
 
 
-def run_storescp(files: list[Path], work: Path) -> dict:
-    port, out = free_port(), work / "storescp"
+def _row(name: str, files: list[Path], elapsed: float, associations: int) -> dict:
+    return {"receiver": name, "associations": associations, "seconds": elapsed,
+            "instances_per_s": len(files) / elapsed}
+
+
+def run_storescp(files: list[Path], work: Path, associations: int = 1) -> dict:
+    port, out = free_port(), work / f"storescp-{associations}"
     out.mkdir()
-    proc = subprocess.Popen([find_peer("storescp"), "-aet", "MEDGATE", "-od", str(out), str(port)], env=DCMTK_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fork = ["--fork"] if associations > 1 else []  # one process per association, as a busy site runs it
+    proc = subprocess.Popen([find_peer("storescp"), *fork, "-aet", "MEDGATE", "-od", str(out), str(port)],
+                            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc=proc)
-        elapsed = send(port, files)
+        elapsed = send(port, files, associations)
     finally:
         stop_process(proc)
     assert len(list(out.iterdir())) == len(files)
-    return {"receiver": "DCMTK storescp", "seconds": elapsed, "instances_per_s": len(files) / elapsed}
+    return _row("DCMTK storescp", files, elapsed, associations)
+
+
+def run_orthanc(files: list[Path], work: Path, associations: int = 1) -> dict:
+    """Orthanc with its defaults for durability: ``SyncStorageArea: true`` (each file flushed before
+    the C-STORE response), the index in SQLite, no compression."""
+    dicom_port, http_port, root = free_port(), free_port(), work / f"orthanc-{associations}"
+    root.mkdir()
+    config = {"Name": "bench", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+              "DicomAet": "MEDGATE", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
+              "AuthenticationEnabled": False, "SyncStorageArea": True, "StorageCompression": False,
+              "DicomThreadsCount": 4, "Plugins": []}
+    (root / "orthanc.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([find_peer("Orthanc"), str(root / "orthanc.json")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(dicom_port, timeout_s=60, proc=proc)
+        elapsed = send(dicom_port, files, associations)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=30) as response:
+            stored = json.loads(response.read())["CountInstances"]
+    finally:
+        stop_process(proc)
+    assert stored == len(files), f"Orthanc holds {stored} of {len(files)} instances"
+    return _row("Orthanc (SyncStorageArea)", files, elapsed, associations)
 
 
 class DiscardingScp(StorageScp):
@@ -117,12 +161,12 @@ class DurableOnlyScp(StorageScp):
 
 
 def run_medgate(files: list[Path], work: Path, name: str, scp_class=StorageScp, warm: bool = False,
-                **options) -> dict:
-    store = Store(work / f"{name}.sqlite3")
+                associations: int = 1, **options) -> dict:
+    store = Store(work / f"{name}-{associations}.sqlite3")
     complete = threading.Event()
     latency: dict[str, float] = {}
     scp = scp_class(
-        "MEDGATE", "127.0.0.1", free_port(), store.gateway, work / f"spool-{name}", lambda study, model: complete.set(),
+        "MEDGATE", "127.0.0.1", free_port(), store.gateway, work / f"spool-{name}-{associations}", lambda study, model: complete.set(),
         rules=(Rule(models=("nodule",), modalities={"CT"}),), quiet_period_s=2.0, poll_interval_s=0.05,
         **options)
     scp.assembler.listeners.append(lambda group, seconds: latency.setdefault("from_last_s", seconds))
@@ -130,11 +174,13 @@ def run_medgate(files: list[Path], work: Path, name: str, scp_class=StorageScp, 
     if warm and scp.slots is not None:
         scp.slots.wait_ready(files[0].stat().st_size)
     try:
-        elapsed = send(scp.port, files)
+        elapsed = send(scp.port, files, associations)
         last_response = time.time()
-        row = {"receiver": name, "seconds": elapsed, "instances_per_s": len(files) / elapsed}
+        row = _row(name, files, elapsed, associations)
         if scp.slots is not None:
             row["slot_misses"] = scp.slots.misses
+            if scp.slots.group is not None:  # flushes made, and the instances they covered
+                row["flushes"], row["instances_flushed"] = scp.slots.group.groups, scp.slots.group.grouped
         if scp_class is not StorageScp:
             return row
         if not complete.wait(30):
@@ -181,48 +227,64 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=500)
     parser.add_argument("--size-px", type=int, default=512)
+    parser.add_argument("--parallel", type=int, default=4, help="associations at once in the second part")
     args = parser.parse_args()
-    for peer in ("storescu", "storescp"):
+    for peer in ("storescu", "storescp", "Orthanc"):
         if find_peer(peer) is None:
-            sys.exit(f"{peer} not installed (Debian package dcmtk)")
+            sys.exit(f"{peer} not installed (Debian packages dcmtk, orthanc)")
+    n = args.parallel
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
         plain = write_series(work / "series", args.slices, args.size_px, count=False)
         counted = write_series(work / "series-count", args.slices, args.size_px, count=True)
         rows = [run_storescp(plain, work),
+                run_orthanc(plain, work),
                 run_medgate(plain, work, "medgate", warm=True),
                 run_medgate(counted, work, "medgate, known count", warm=True),
                 run_medgate(plain, work, "medgate, new file per instance", slot_pool_bytes=0),
                 run_medgate(plain, work, "medgate, no fsync", fsync=False),
                 run_medgate(plain, work, "medgate, association only", scp_class=DiscardingScp),
                 run_medgate(plain, work, "medgate, association + durable write only", scp_class=DurableOnlyScp,
-                            warm=True)]
+                            warm=True),
+                run_storescp(plain, work, n),
+                run_orthanc(plain, work, n),
+                run_medgate(plain, work, "medgate", warm=True, associations=n),
+                run_medgate(plain, work, "medgate, group commit off", warm=True, associations=n, group_commit=False),
+                run_medgate(plain, work, "medgate, no fsync", fsync=False, associations=n),
+                run_medgate(plain, work, "medgate, association + durable write only", scp_class=DurableOnlyScp,
+                            warm=True, associations=n)]
         writes = [time_slot_writes(plain, work / "write-slot"),
                   time_writes(plain, work / "write-fsync", fsync=True),
                   time_writes(plain, work / "write-plain", fsync=False)]
-    reference = rows[0]["instances_per_s"]
-    ceiling = round(rows[-1]["instances_per_s"] / reference, 3)
+    peers = {(r["receiver"], r["associations"]): r["instances_per_s"] for r in rows}
     print(f"{args.slices} CT slices {args.size_px}x{args.size_px} 16-bit, storescu -> receiver, TCP_NODELAY=1")
-    print(f"{'receiver':44s} {'time s':>8s} {'inst/s':>8s} {'ratio':>6s} {'last->complete s':>17s} "
-          f"{'no slot ready':>14s}")
+    print(f"{'receiver':44s} {'assoc':>5s} {'time s':>8s} {'inst/s':>8s} {'/storescp':>9s} {'/Orthanc':>8s} "
+          f"{'last->complete s':>17s} {'no slot ready':>14s} {'flushes':>8s}")
     for row in rows:
-        row["ratio_to_storescp"] = round(row["instances_per_s"] / reference, 3)
-        print(f"{row['receiver']:44s} {row['seconds']:8.2f} {row['instances_per_s']:8.1f} "
-              f"{row['ratio_to_storescp']:6.2f} {row.get('last_instance_to_complete_s', ''):>17} "
-              f"{row.get('slot_misses', ''):>14}")
+        row["ratio_to_storescp"] = round(row["instances_per_s"] / peers["DCMTK storescp", row["associations"]], 3)
+        row["ratio_to_orthanc"] = round(row["instances_per_s"] / peers["Orthanc (SyncStorageArea)", row["associations"]],
+                                        3)
+        print(f"{row['receiver']:44s} {row['associations']:5d} {row['seconds']:8.2f} {row['instances_per_s']:8.1f} "
+              f"{row['ratio_to_storescp']:9.2f} {row['ratio_to_orthanc']:8.2f} "
+              f"{row.get('last_instance_to_complete_s', ''):>17} {row.get('slot_misses', ''):>14} "
+              f"{row.get('flushes', ''):>8}")
     for write in writes:
         print(f"{write['writer']:44s} {write['seconds']:8.2f}  {write['ms_per_instance']:.3f} ms/instance, no network")
-    print(f"durability ceiling (association + durable write only, over storescp): {ceiling:.2f}")
-    figures = {"slices": args.slices, "size_px": args.size_px, "target_ratio": 0.8, "rows": rows,
-               "writes": writes, "durability_ceiling_ratio": ceiling, "load_average": os.getloadavg()}
+    ceiling = {assoc: round(peers["medgate, association + durable write only", assoc]
+                            / peers["DCMTK storescp", assoc], 3) for assoc in (1, n)}
+    print(f"durability ceiling (association + durable write only, over storescp): "
+          + ", ".join(f"{value:.2f} with {assoc} association(s)" for assoc, value in ceiling.items()))
+    figures = {"slices": args.slices, "size_px": args.size_px,
+               "targets": {"one_association_over_orthanc": 2.0, f"{n}_associations_over_storescp": 0.8},
+               "rows": rows, "writes": writes, "durability_ceiling_ratio": ceiling, "load_average": os.getloadavg()}
 
     def plot(ax):
-        names = [r["receiver"] for r in rows]
-        ax.barh(names, [r["instances_per_s"] for r in rows], color=["grey"] + ["tab:blue"] * (len(rows) - 1))
-        ax.axvline(0.8 * reference, color="red", linestyle="--", label="0.8 x storescp")
-        ax.axvline(ceiling * reference, color="black", linestyle=":", label="durability ceiling")
+        names = [f"{r['receiver']} ×{r['associations']}" for r in rows]
+        peer_names = ("DCMTK storescp", "Orthanc (SyncStorageArea)")
+        ax.barh(names, [r["instances_per_s"] for r in rows],
+                color=["grey" if r["receiver"] in peer_names else "tab:blue" for r in rows])
+        ax.invert_yaxis()
         ax.set_xlabel("instances/s (higher is better)")
-        ax.legend()
 
     save_figures("dicom_ingest", figures, plot)
 

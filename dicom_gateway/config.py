@@ -67,6 +67,9 @@ class DicomStorage(Section):
     # pre-written slot files kept ready per instance size (one data flush per instance instead of a
     # new file's journal commits; see dicom_gateway/slots.py); 0 writes each instance as a new file
     slot_pool_bytes: int = Field(256 * 1024**2, ge=0)
+    # instances committed at the same moment on several associations share one flush (syncfs of the
+    # spool's file system; see dicom_gateway/group_flush.py); best with the spool on its own file system
+    group_commit: bool = True
 
 
 class DicomRoute(Section):

@@ -105,7 +105,8 @@ class StorageScp:
                  min_free_bytes: int = _DICOM.storage.min_free_bytes,
                  retention_days: float | None = _DICOM.storage.retention_days,
                  max_pdu_bytes: int = _DICOM.max_pdu_bytes, fsync: bool = _DICOM.storage.fsync,
-                 slot_pool_bytes: int = _DICOM.storage.slot_pool_bytes) -> None:
+                 slot_pool_bytes: int = _DICOM.storage.slot_pool_bytes,
+                 group_commit: bool = _DICOM.storage.group_commit) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         if (tls_port is None) != (ssl_context is None):
@@ -131,7 +132,7 @@ class StorageScp:
         self.min_free_bytes = int(min_free_bytes)
         self.retention_days = retention_days
         self._stop_housekeeping = threading.Event()
-        self.slots = SlotPool(self.spool / ".slots", pool_bytes=slot_pool_bytes) \
+        self.slots = SlotPool(self.spool / ".slots", pool_bytes=slot_pool_bytes, group_commit=group_commit) \
             if fsync and slot_pool_bytes > 0 else None
         self.intake = Intake(store, self.spool, rules, group_by=group_by, min_free_bytes=min_free_bytes,
                              writer=self.slots or DirectWriter(fsync))

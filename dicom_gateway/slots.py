@@ -23,7 +23,7 @@ The life of a slot:
 2. :meth:`SlotPool.begin` writes the instance into a ready slot and starts its writeback
    (``sync_file_range``), so the disk works while the caller checks the instance;
 3. :meth:`SlotWrite.commit` writes the trailer, ``fdatasync`` (the data is on disk: Success may
-   be sent) and renames the slot into place; the rename is not flushed here;
+   be sent; commits on several associations at once share one flush, :mod:`dicom_gateway.group_flush`) and renames the slot into place; the rename is not flushed here;
 4. :meth:`SlotWrite.abandon` (the instance was refused): the slot, which has no trailer, is ready
    again;
 5. the finisher thread flushes the directories of committed files, then truncates each file to
@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Callable
 
 from dicom_gateway.config import DicomConfig
+from dicom_gateway.group_flush import GroupFlush
 from dicom_gateway.storage import Buffers, DirectWrite, as_views, fsync_directory, pwritev_all
 
 _DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the constructor's defaults
@@ -139,7 +140,7 @@ class SlotWrite:
             raise RuntimeError(f"slot {self.slot.path.name} is already committed or abandoned")
         try:
             os.pwrite(self._fd, self._trailer, self.slot.size - TRAILER.size)
-            os.fdatasync(self._fd)
+            self.pool.flush(self._fd)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self.slot.path, path)
         except BaseException:  # not acknowledged: the slot must not pass for an instance, nor be used again
@@ -169,8 +170,10 @@ class SlotPool:
 
     def __init__(self, folder: Path, *, pool_bytes: int = _DICOM.storage.slot_pool_bytes, granule: int = 64 << 10,
                  min_slots: int = 4, max_slots: int = 512, batch: int = 16, idle_s: float = 3600.0,
-                 finish_interval_s: float = 0.2, refill_pause_s: float = 0.5) -> None:
+                 finish_interval_s: float = 0.2, refill_pause_s: float = 0.5,
+                 group_commit: bool = _DICOM.storage.group_commit) -> None:
         self.folder = Path(folder)
+        self.group = GroupFlush() if group_commit else None
         self.pool_bytes, self.granule = int(pool_bytes), int(granule)
         self.min_slots, self.max_slots, self.batch, self.idle_s = min_slots, max_slots, batch, idle_s
         self.finish_interval_s, self.refill_pause_s = finish_interval_s, refill_pause_s
@@ -278,6 +281,13 @@ class SlotPool:
             self.misses += 1
             self._cond.notify_all()
             return None
+
+    def flush(self, fd: int) -> None:
+        """Flush a slot's data: alone, or in a group with the commits of other associations."""
+        if self.group is None:
+            os.fdatasync(fd)
+        else:
+            self.group.flush(fd)
 
     def _give_back(self, slot: _Slot) -> None:
         with self._cond:

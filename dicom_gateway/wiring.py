@@ -42,4 +42,5 @@ def build_scp(dicom, store, spool: Path, on_study_complete: StudyCallback,
         group_by=dicom.completion.group_by, quiet_period_s=dicom.completion.quiet_period_s,
         poll_interval_s=dicom.completion.poll_interval_s, min_free_bytes=dicom.storage.min_free_bytes,
         retention_days=dicom.storage.retention_days, max_pdu_bytes=dicom.max_pdu_bytes,
-        fsync=dicom.storage.fsync, slot_pool_bytes=dicom.storage.slot_pool_bytes)
+        fsync=dicom.storage.fsync, slot_pool_bytes=dicom.storage.slot_pool_bytes,
+        group_commit=dicom.storage.group_commit)
