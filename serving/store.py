@@ -6,7 +6,11 @@ Tables (in the shared database, :class:`kernel.database.Database`; the server cr
 ``results``
     The files a study's processing produced (SR, SEG, SC, GSPS), with a summary.
 ``fhir_resources``
-    FHIR resources upserted by type and id, so a resend updates instead of duplicating.
+    FHIR resources upserted by type and id, so a resend updates instead of duplicating; each write
+    of a resource is its next version (``version_id`` 1, 2, ...; FHIR R4 ``meta.versionId``), and
+    ``updated_at`` its ``meta.lastUpdated``.  Both are set on every resource read (:func:`with_meta`),
+    the vital-sign Observations built from a vitals message included (version: the message row's
+    write time in microseconds, so a rewrite of the row is a new version).
 ``outbox``
     The delivery outbox (:mod:`serving.delivery.outbox`): one row per external side effect, idempotent
     by key.  :class:`SqliteOutbox` is its embedded backend; :class:`serving.delivery.outbox_db.PostgresOutboxDb`
@@ -24,13 +28,15 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from dicom_gateway.store import GatewayStore, Instance, Study, StudyPatient
 from iomt import vital_records
+from iomt.observations import unix_us
 from iomt.retention import ResourceAge
-from iomt.store import VitalsStore
+from iomt.store import VitalRow, VitalsStore
 from iomt.vital_index import VitalIndex
 from kernel.database import Database, Record
 
@@ -58,6 +64,7 @@ CREATE TABLE IF NOT EXISTS fhir_resources (
     subject TEXT,
     body TEXT NOT NULL,
     updated_at REAL NOT NULL,
+    version_id INTEGER NOT NULL DEFAULT 1,  -- FHIR R4 meta.versionId: 1 on the first write, +1 on each rewrite
     PRIMARY KEY (resource_type, id)
 );
 CREATE INDEX IF NOT EXISTS fhir_resources_subject ON fhir_resources(resource_type, subject, updated_at);
@@ -78,7 +85,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
 """
 #: Columns added after the first release: table -> (name, declaration).
-ADDED_COLUMNS = {"outbox": (("correlation_id", "TEXT"),)}
+ADDED_COLUMNS = {"outbox": (("correlation_id", "TEXT"),),
+                 "fhir_resources": (("version_id", "INTEGER NOT NULL DEFAULT 1"),)}
 
 #: Outbox items claimed per pass (both backends).
 CLAIM_BATCH = 100
@@ -89,6 +97,14 @@ DEPTH_SQL = ("SELECT destination, kind, CASE WHEN status='pending' AND attempts>
 #: Outbox columns in the order of :class:`OutboxItem`.
 OUTBOX_COLUMNS = ("id, key, kind, destination, payload, status, attempts, next_attempt_at, last_error,"
                   " created_at, sent_at, correlation_id")
+#: Insert or replace a resource (a replace keeps rowid order = write order, :mod:`iomt.retention`) as
+#: the version after the stored one.
+_RESOURCE_UPSERT = ("INSERT OR REPLACE INTO fhir_resources(resource_type, id, subject, body, updated_at, version_id)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, COALESCE((SELECT version_id FROM fhir_resources"
+                    " WHERE resource_type=?1 AND id=?2), 0) + 1)")
+#: Elements whose references ``Store.referencing`` follows back (FHIR R4 search parameters
+#: DiagnosticReport ``result`` and Observation ``derived-from``).
+REFERENCE_ELEMENTS = frozenset({"result", "derivedFrom"})
 _OUTBOX_INSERT = ("INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
                   " next_attempt_at, created_at) VALUES (?,?,?,?,?, 'pending', ?, ?)")
 
@@ -144,7 +160,7 @@ class ServingTables:
     (:class:`iomt.store.ResourceTables`).  Stateless: a bridge worker process builds its own."""
 
     def write_resources(self, db: sqlite3.Connection, resources: Sequence[dict[str, Any]], now: float) -> None:
-        db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", _resource_rows(resources, now))
+        db.executemany(_RESOURCE_UPSERT, _resource_rows(resources, now))
 
     def write_outbox(self, db: sqlite3.Connection, rows: Sequence[tuple], now: float) -> None:
         db.executemany(_OUTBOX_INSERT, [(*o[:4], o[4] if len(o) > 4 else None, now, now) for o in rows])
@@ -153,6 +169,35 @@ class ServingTables:
 def _resource_rows(resources: Iterable[dict[str, Any]], now: float) -> list[tuple]:
     return [(r["resourceType"], r["id"], (r.get("subject") or {}).get("reference"), _dumps(r), now)
             for r in resources]
+
+
+def last_updated(updated_at: float) -> str:
+    """An epoch time as an R4 ``instant`` in UTC with milliseconds (``meta.lastUpdated``)."""
+    return datetime.fromtimestamp(updated_at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def with_meta(resource: dict[str, Any], version_id: str, updated_at: float) -> dict[str, Any]:
+    """``resource`` with R4 ``meta.versionId`` and ``meta.lastUpdated`` set (its other meta kept)."""
+    resource["meta"] = {**(resource.get("meta") or {}), "versionId": version_id,
+                        "lastUpdated": last_updated(updated_at)}
+    return resource
+
+
+def _stored(row: Sequence) -> dict[str, Any]:
+    """A resource from a ``(body, updated_at, version_id)`` row of ``fhir_resources``."""
+    return with_meta(json.loads(row[0]), str(row[2]), row[1])
+
+
+def _vital_observations(rows: Iterable[VitalRow]) -> list[dict[str, Any]]:
+    """The vital-sign Observations of ``rows`` (:func:`iomt.vital_records.observations`), each with
+    the meta of the row it is built from: of two with one id, the later-written row's."""
+    built: dict[str, tuple[float, dict[str, Any]]] = {}
+    for row in rows:
+        for resource in vital_records.observations([row]):
+            kept = built.get(resource["id"])
+            if kept is None or row.updated_at >= kept[0]:
+                built[resource["id"]] = (row.updated_at, resource)
+    return [with_meta(r, str(round(updated_at * 1e6)), updated_at) for updated_at, r in built.values()]
 
 
 class SqliteOutbox:
@@ -275,27 +320,55 @@ class Store:
         """Insert or replace FHIR resources by (resourceType, id), all in one transaction."""
         rows = _resource_rows(resources, time.time())
         with self.database.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO fhir_resources VALUES (?,?,?,?,?)", rows)
+            db.executemany(_RESOURCE_UPSERT, rows)
 
     def resources(self, resource_type: str, subject: str | None = None) -> list[dict[str, Any]]:
-        """Stored resources of a type (of ``subject`` when given), oldest written first; for
-        Observation also those of the stored vitals messages (:mod:`iomt.vital_records`)."""
-        sql, params = "SELECT body FROM fhir_resources WHERE resource_type=?", (resource_type,)
+        """Stored resources of a type (of ``subject`` when given), oldest written first, with their
+        meta; for Observation also those of the stored vitals messages (:mod:`iomt.vital_records`)."""
+        sql = "SELECT body, updated_at, version_id FROM fhir_resources WHERE resource_type=?"
+        params: tuple = (resource_type,)
         if subject is not None:
             sql, params = sql + " AND subject=?", params + (subject,)
-        found = [json.loads(r[0]) for r in self.database.rows(sql + " ORDER BY updated_at", params)]
+        found = [_stored(r) for r in self.database.rows(sql + " ORDER BY updated_at", params)]
         if resource_type == "Observation":
-            found += vital_records.observations(reversed(vital_records.select(self.vitals, subject)))
+            found += _vital_observations(reversed(vital_records.select(self.vitals, subject)))
         return found
 
     def resource(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The stored resource of that type and id (a vital-sign Observation built from its
-        vitals message), or None."""
-        rows = self.database.rows("SELECT body FROM fhir_resources WHERE resource_type=? AND id=?",
-                                  (resource_type, resource_id))
+        vitals message) with its meta, or None."""
+        rows = self.database.rows("SELECT body, updated_at, version_id FROM fhir_resources"
+                                  " WHERE resource_type=? AND id=?", (resource_type, resource_id))
         if rows:
-            return json.loads(rows[0][0])
-        return vital_records.find(self.vitals, resource_id) if resource_type == "Observation" else None
+            return _stored(rows[0])
+        found = vital_records.find(self.vitals, resource_id) if resource_type == "Observation" else None
+        if found is None:
+            return None
+        millis = unix_us(datetime.fromisoformat(found["effectiveDateTime"])) // 1000  # the id's millisecond
+        rows = self.vitals.rows_measured_between(millis * 1000, millis * 1000 + 999)
+        return next((r for r in _vital_observations(rows) if r["id"] == resource_id), None)
+
+    def referencing(self, resource_type: str, element: str, references: Iterable[str]) -> list[dict[str, Any]]:
+        """Stored resources of ``resource_type`` whose ``element`` (one of :data:`REFERENCE_ELEMENTS`,
+        a list of References) holds one of ``references`` (``Type/id``), with their meta."""
+        if element not in REFERENCE_ELEMENTS:
+            raise ValueError(f"element must be one of {sorted(REFERENCE_ELEMENTS)}, {element!r} is given.")
+        wanted = sorted(set(references))
+        if not wanted:
+            return []
+        return [_stored(r) for r in self.database.rows(
+            "SELECT body, updated_at, version_id FROM fhir_resources WHERE resource_type=? AND EXISTS"
+            f" (SELECT 1 FROM json_each(body, '$.{element}') WHERE json_extract(value, '$.reference')"
+            f" IN ({','.join('?' * len(wanted))})) ORDER BY updated_at", (resource_type, *wanted))]
+
+    def subject_written(self, reference: str) -> float | None:
+        """When something about ``reference`` (``Patient/x``) was written: the earliest write of a
+        stored resource about it, else that of its newest vitals message; None when nothing is."""
+        rows = self.database.rows("SELECT MIN(updated_at) FROM fhir_resources WHERE subject=?", (reference,))
+        if rows and rows[0][0] is not None:
+            return rows[0][0]
+        newest = vital_records.select(self.vitals, reference, limit=1)
+        return newest[0].updated_at if newest else None
 
     def latest_resources(self, resource_type: str, subject: str, limit: int,
                          updated_after: float | None = None) -> list[dict[str, Any]]:

@@ -6,35 +6,53 @@ parameter of that resource type by name and type (R4 search parameter registry),
 define, which then names in ``definition`` the SearchParameter served here (Flag ``status``).
 Modifiers are no parameter names: ``patient:identifier`` is the R4 ``:identifier`` modifier of
 the reference parameter ``patient``, stated in its documentation (an R4 CapabilityStatement has
-no element for supported modifiers).  ``_count``, ``_offset`` and ``_format`` are result
-parameters, not search parameters: ``rest.documentation`` describes them.
+no element for supported modifiers).  ``_count``, ``_offset``, ``_sort``, ``_total``, ``_summary``,
+``_include``, ``_revinclude`` and ``_format`` are result parameters, not search parameters:
+``rest.documentation`` describes them, and each type's ``searchInclude`` and ``searchRevInclude``
+list the includes served (:mod:`serving.fhir.include`).
 
-Resource types read without search: Patient (:mod:`serving.http.fhir_api`) and Device (the AI
-algorithm of an imaging report's Observations, :func:`serving.fhir.report.device_resource`).
+Every type is ``versioned`` (``meta.versionId`` and ``meta.lastUpdated`` on every resource) with
+conditional reads (``If-None-Match`` on the ETag ``W/"<versionId>"``, ``If-Modified-Since`` on
+``Last-Modified``) and no history.
+
+Resource types read without search: Device (the AI algorithm of an imaging report's Observations,
+:func:`serving.fhir.report.device_resource`).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from serving.fhir.search import DEFAULT_COUNT, MAX_COUNT, PARAMETERS, Parameter
+from serving.fhir.include import INCLUDES, REVINCLUDES
+from serving.fhir.search import DEFAULT_COUNT, MAX_COUNT, PARAMETERS, SORT_KEYS, TOTAL_MODES, Parameter
 
 FHIR_VERSION = "4.0.1"
 #: Types served by ``read`` only, with what the CapabilityStatement says of each.
 READ_ONLY_TYPES: dict[str, str] = {
-    "Patient": "Patients known from admissions, or only by reference (id only; no demographics are invented).",
     "Device": "The AI algorithm (model name and version, manufacturer medgate) that made an imaging"
               " report's Observations (Observation.device); one per model version.",
 }
 #: What a reader must know of a type's content beyond its search parameters.
 CONTENT_NOTES: dict[str, str] = {
+    "Patient": "Patients known from admissions; a read also answers for a patient known only by reference"
+               " (id only, no demographics are invented), which a search (over admitted patients) does not"
+               " return.",
     "RiskAssessment": "prediction.probabilityDecimal is a probability as a decimal from 0 to 1 (0.8 means"
                       " 80 %), never a percentage, although the R4 comment on probability[x] speaks of"
                       " percentages; prediction.outcome is coded (SNOMED CT 271299001 \"Patient's condition"
                       " worsened\") and basis references the vital-sign Observations of the scored hour.",
 }
-RESULT_PARAMETERS_DOC = (f"Result parameters on every search: _count (page size, default {DEFAULT_COUNT}, at most"
-                         f" {MAX_COUNT}), _offset (index of the first match of the page, as the Bundle's next and"
-                         " previous links write it), _format (JSON only). Results are newest first.")
+RESULT_PARAMETERS_DOC = (
+    f"Result parameters on every search: _count (page size, default {DEFAULT_COUNT}, at most {MAX_COUNT}),"
+    " _offset (index of the first match of the page, as the Bundle's next and previous links write it),"
+    f" _sort ({', '.join(sorted(SORT_KEYS))}; '-' descending; comma list; date on types with a date;"
+    f" default newest first), _total ({' | '.join(sorted(TOTAL_MODES))}; none leaves Bundle.total out),"
+    " _summary=count (the total alone), _include and _revinclude (each type's searchInclude and"
+    " searchRevInclude; not iterated), _format (JSON only). Unknown parameters and unsupported _sort,"
+    " _include, _revinclude or _summary values are ignored and named in an OperationOutcome entry"
+    " (search.mode outcome), unless the request has 'Prefer: handling=strict' (then 400). An unsupported"
+    " modifier, or a value that cannot be read, is refused with 400.")
+#: R4 CapabilityStatement.rest.resource: versioned, conditional read by If-None-Match and If-Modified-Since.
+VERSIONING, CONDITIONAL_READ = "versioned", "full-support"
 
 
 def search_parameter_url(base_url: str, definition: str) -> str:
@@ -83,10 +101,14 @@ def _search_param(param: Parameter, base_url: str) -> dict[str, Any]:
 
 
 def _resource(rtype: str, base_url: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"type": rtype}
+    entry: dict[str, Any] = {"type": rtype, "versioning": VERSIONING, "readHistory": False,
+                             "conditionalRead": CONDITIONAL_READ}
     if rtype in PARAMETERS:
         entry["interaction"] = [{"code": "read"}, {"code": "search-type"}]
+        entry["searchInclude"] = sorted(f"{i.source}:{i.name}" for i in INCLUDES.values() if i.source == rtype)
+        entry["searchRevInclude"] = sorted(REVINCLUDES.get(rtype, []))
         entry["searchParam"] = [_search_param(p, base_url) for _, p in sorted(PARAMETERS[rtype].items())]
+        entry = {k: v for k, v in entry.items() if v != []}
     else:
         entry["interaction"] = [{"code": "read"}]
     documentation = " ".join(filter(None, (READ_ONLY_TYPES.get(rtype), CONTENT_NOTES.get(rtype))))

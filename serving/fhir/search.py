@@ -1,26 +1,41 @@
-"""FHIR R4 search over the local store: parameters, matching, searchset Bundles with paging.
+"""FHIR R4 search over the local store: parameters, matching, sorting, searchset Bundles with paging
+(https://hl7.org/fhir/R4/search.html).
 
-Supported per type (anything else is refused with 400 and an OperationOutcome, as a server does
-with ``Prefer: handling=strict``); every name is an R4 search parameter of that type except
-Flag ``status``, which medgate defines in a SearchParameter it serves (:data:`PARAMETERS`,
-:mod:`serving.fhir.capability`):
+Supported per type (:data:`PARAMETERS`); every name is an R4 search parameter of that type except
+Flag ``status``, which medgate defines in a SearchParameter it serves (:mod:`serving.fhir.capability`):
 
-* every type: ``_id``; result parameters ``_count`` (default 50, at most 500), ``_offset`` (index of
-  the first match of a page, as the Bundle's next/previous links write it) and ``_format``;
+* every type: ``_id``, ``_lastUpdated`` (``meta.lastUpdated``, prefixes as ``date``);
 * Observation: ``patient``/``subject``, ``code``, ``category``, ``date``, ``status``;
 * DiagnosticReport: ``patient``/``subject``, ``code``, ``category``, ``date``, ``status``;
 * RiskAssessment: ``patient``/``subject``, ``date``;  Flag: ``patient``/``subject``, ``date``, ``status``;
-* AuditEvent: ``date``, ``agent-name``, ``entity-type``, ``outcome``.
+* Patient: ``identifier``;  AuditEvent: ``date``, ``agent-name``, ``entity-type``, ``outcome``.
+
+Result parameters (R4 3.1.1.5-3.1.1.6, :data:`RESULT_PARAMETERS`): ``_count`` (default 50; a larger
+page than 500 is cut to 500, as R4 lets a server do), ``_offset`` (index of the first match of a
+page, as the Bundle's next/previous links write it), ``_sort`` (``date``, ``_lastUpdated``,
+``_id``, ``-`` for descending, a comma list; without it newest first), ``_total``
+(``none`` leaves ``Bundle.total`` out, ``estimate`` and ``accurate`` give the exact count),
+``_summary=count`` (the total alone), ``_include`` and ``_revinclude`` (:mod:`serving.fhir.include`)
+and ``_format``.
+
+A parameter the server does not know, or a value of ``_sort``, ``_include``, ``_revinclude`` or
+``_summary`` it does not support, is ignored (R4 3.1.1.2 "Handling Errors"): the Bundle's links
+leave it out and an OperationOutcome entry (``search.mode`` ``outcome``) names it.  With
+``Prefer: handling=strict`` the search is refused with 400 instead.  A supported parameter with a
+modifier the server does not support, or with a value it cannot read, is always refused (R4
+3.1.1.4: "Servers SHALL reject any search request that contains a search parameter with an
+unsupported modifier").
 
 ``patient`` takes ``id`` or ``Patient/id``; with the R4 reference modifier ``:identifier``
 (``patient:identifier=system|value``, R4 3.1.1.4.9) it matches the subject's logical identifier
-instead.  Tokens take ``code`` or ``system|code``, comma-separated alternatives (on elements of
-type ``code``, such as ``status``, only the code is compared).  ``date`` takes the prefixes eq, ge,
-gt, le, lt and partial dates; a date without a time zone is read as UTC.  ``agent-name`` is an R4
-string: it matches a name that starts with the value, ignoring case (``:contains`` anywhere,
-``:exact`` the whole name).  ``entity-type`` takes a resource type (system
-``http://hl7.org/fhir/resource-types``) and matches the entity's ``type`` or the type of the
-resource it references.  Results are newest first.
+instead.  Tokens (``code``, ``category``, ``identifier``) follow R4 token search (3.1.1.4.10):
+``code`` in any system, ``system|code``, ``|code`` with no system, ``system|`` any code of the
+system, comma-separated alternatives; on elements of type ``code`` (``status``) only the code is
+compared.  ``date`` takes the prefixes eq, ge, gt, le, lt and partial dates; a date without a time
+zone is read as UTC.  ``agent-name`` is an R4 string: it matches a name that starts with the value,
+ignoring case (``:contains`` anywhere, ``:exact`` the whole name).  ``entity-type`` takes a
+resource type (system ``http://hl7.org/fhir/resource-types``) and matches the entity's ``type`` or
+the type of the resource it references.
 """
 from __future__ import annotations
 
@@ -29,11 +44,22 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import urlencode
 
+from serving.fhir.include import Include, parse_include
+
 DEFAULT_COUNT, MAX_COUNT = 50, 500
 #: R4 3.1.1.5-3.1.1.6 result parameters (``_offset``: medgate's paging position); not search parameters.
-RESULT_PARAMETERS = frozenset({"_count", "_offset", "_format"})
+RESULT_PARAMETERS = frozenset({"_count", "_offset", "_format", "_sort", "_total", "_summary", "_include",
+                               "_revinclude"})
+#: R4 3.1.1.5.6 ``_total`` values (http://hl7.org/fhir/R4/search.html#total).
+TOTAL_MODES = frozenset({"none", "estimate", "accurate"})
+#: R4 ``_summary`` values served: ``count`` (the total alone, no entries).
+SUMMARY_COUNT = "count"
 #: R4 resource-types code system (AuditEvent ``entity-type`` values).
 RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"
+#: R4 Bundle ``entry.search.mode`` codes (http://hl7.org/fhir/R4/valueset-search-entry-mode.html).
+MATCH, INCLUDE, OUTCOME = "match", "include", "outcome"
+#: The ``Prefer`` header's R4 handling preference (http://hl7.org/fhir/R4/search.html#errors).
+STRICT = "handling=strict"
 
 
 @dataclass(frozen=True)
@@ -55,20 +81,23 @@ class Parameter:
 
 
 ID = Parameter("_id", "token", "logical id; comma-separated alternatives")
+LAST_UPDATED = Parameter("_lastUpdated", "date", "meta.lastUpdated; eq, ge, gt, le, lt prefixes; partial dates")
 _BY_IDENTIFIER = "; :identifier takes system|value of the subject's identifier (R4 reference modifier)"
 PATIENT = Parameter("patient", "reference", "id or Patient/id" + _BY_IDENTIFIER, frozenset({"identifier"}))
 SUBJECT = Parameter("subject", "reference", "Type/id, or id of a Patient" + _BY_IDENTIFIER, frozenset({"identifier"}))
 DATE = Parameter("date", "date", "eq, ge, gt, le, lt prefixes; partial dates; no zone = UTC")
-CODE = Parameter("code", "token", "code or system|code, comma-separated alternatives")
-CATEGORY = Parameter("category", "token", "code or system|code, comma-separated alternatives")
+_TOKEN = "code, system|code, |code (no system) or system| (any code), comma-separated alternatives"
+CODE = Parameter("code", "token", _TOKEN)
+CATEGORY = Parameter("category", "token", _TOKEN)
 STATUS = Parameter("status", "token", "status code, comma-separated alternatives")
+IDENTIFIER = Parameter("identifier", "token", "Patient.identifier: value, system|value, |value or system|")
 #: R4 defines no search parameter on Flag.status: medgate's SearchParameter ``Flag-status`` does.
 FLAG_STATUS = Parameter("status", "token", "active | inactive | entered-in-error, comma-separated alternatives",
                         definition="Flag-status", expression="Flag.status")
 
 
 def _params(*params: Parameter) -> dict[str, Parameter]:
-    return {p.name: p for p in (ID, *params)}
+    return {p.name: p for p in (ID, LAST_UPDATED, *params)}
 
 
 PARAMETERS: dict[str, dict[str, Parameter]] = {
@@ -76,6 +105,7 @@ PARAMETERS: dict[str, dict[str, Parameter]] = {
     "DiagnosticReport": _params(PATIENT, SUBJECT, CODE, CATEGORY, DATE, STATUS),
     "RiskAssessment": _params(PATIENT, SUBJECT, DATE),
     "Flag": _params(PATIENT, SUBJECT, DATE, FLAG_STATUS),
+    "Patient": _params(IDENTIFIER),
     "AuditEvent": _params(
         Parameter("date", "date", "when recorded; " + DATE.documentation),
         Parameter("agent-name", "string", "start of the requesting user's name, any case; :contains, :exact",
@@ -90,6 +120,22 @@ DATE_PATH: dict[str, Callable[[dict], str | None]] = {
     "Flag": lambda r: (r.get("period") or {}).get("start"),
     "AuditEvent": lambda r: r.get("recorded"),
 }
+
+
+def _last_updated(resource: dict) -> str | None:
+    return (resource.get("meta") or {}).get("lastUpdated")
+
+
+def _id(resource: dict) -> str | None:
+    return resource.get("id")
+
+
+#: ``_sort`` keys (R4 3.1.1.5.2) -> the value sorted on, by resource type (None: not on that type).
+SORT_KEYS: dict[str, Callable[[str], Callable[[dict], str | None] | None]] = {
+    "date": DATE_PATH.get,
+    "_lastUpdated": lambda _: _last_updated,
+    "_id": lambda _: _id,
+}
 _PREFIXES = ("eq", "ge", "gt", "le", "lt")
 
 
@@ -97,9 +143,15 @@ class SearchError(ValueError):
     """A search the server cannot run; the message goes into an OperationOutcome (400)."""
 
 
-def operation_outcome(message: str, code: str = "invalid") -> dict[str, Any]:
+def operation_outcome(message: str, code: str = "invalid", severity: str = "error") -> dict[str, Any]:
     return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
+            "issue": [{"severity": severity, "code": code, "diagnostics": message}]}
+
+
+def strict_handling(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` header value (e.g. ``return=minimal, handling=strict``) asks for strict
+    handling of search parameters."""
+    return any(part.strip().replace(" ", "") == STRICT for part in (prefer or "").split(","))
 
 
 def parse_instant(value: str) -> datetime:
@@ -146,7 +198,12 @@ def date_test(value: str) -> DateTest:
 
 @dataclass
 class Search:
-    """A parsed search on ``resource_type``; see the module docstring."""
+    """A parsed search on ``resource_type``; see the module docstring.
+
+    ``params``: the parameters used, as the Bundle's links repeat them; ``ignored``: those the
+    server ignored (``name=value``); ``total``: the ``_total`` mode; ``sort``: ``(key, descending)``
+    pairs, empty for newest first; ``includes`` and ``revincludes``: :class:`Include` s to follow.
+    """
 
     resource_type: str
     subject: str | None = None
@@ -154,47 +211,139 @@ class Search:
     count: int = DEFAULT_COUNT
     offset: int = 0
     params: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    total: str = "accurate"
+    sort: list[tuple[str, bool]] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
 
     def matches(self, resource: dict[str, Any]) -> bool:
         return all(f(resource) for f in self.filters)
 
+    def order(self, resources: list[dict]) -> list[dict]:
+        """``resources`` in the order of ``_sort`` (missing values last), else newest first."""
+        if not self.sort:
+            return sort_newest_first(resources, self.resource_type)
+        ordered = list(resources)
+        for key, descending in reversed(self.sort):  # stable sorts, the last key first
+            value = SORT_KEYS[key](self.resource_type)
+            present = [(_sortable(value(r), key != "_id"), r) for r in ordered]
+            ordered = [r for k, r in sorted((p for p in present if p[0] is not None), key=lambda p: p[0],
+                                            reverse=descending)] + [r for k, r in present if k is None]
+        return ordered
 
-def _tokens(value: str) -> list[tuple[str | None, str]]:
+
+def _sortable(value: str | None, is_date: bool) -> Any:
+    """A date or dateTime as its instant (partial dates at their start; one that is none sorts
+    first), any other value as is; None stays None."""
+    if value is None or not is_date:
+        return value
+    try:
+        return date_range(value)[0].timestamp(), value
+    except SearchError:
+        return float("-inf"), value
+
+
+@dataclass(frozen=True)
+class Token:
+    """One R4 token alternative: ``system`` None = any system, "" = no system; ``code`` None = any."""
+
+    system: str | None
+    code: str | None
+
+    def matches(self, system: str | None, code: str | None) -> bool:
+        system_ok = self.system is None or (system or "") == self.system
+        return system_ok and (self.code is None or code == self.code)
+
+
+def tokens(value: str) -> list[Token]:
+    """The comma-separated alternatives of an R4 token search value."""
     out = []
     for part in value.split(","):
         system, bar, code = part.rpartition("|")
-        out.append((system if bar else None, code))
+        out.append(Token(system if bar else None, code if code or not bar else None))
     return out
 
 
-def _coding_match(concepts: list[dict], wanted: list[tuple[str | None, str]]) -> bool:
+def _coding_match(concepts: list[dict], wanted: list[Token]) -> bool:
     codings = [c for concept in concepts for c in (concept or {}).get("coding", [])]
-    return any(c.get("code") == code and (system is None or c.get("system") == system)
-               for c in codings for system, code in wanted)
+    return any(t.matches(c.get("system"), c.get("code")) for c in codings for t in wanted)
 
 
-def parse_search(resource_type: str, items: list[tuple[str, str]]) -> Search:
-    """Parse the query items of a search on ``resource_type``; raises :class:`SearchError`."""
+def _identifier_match(identifiers: list[dict], wanted: list[Token]) -> bool:
+    return any(t.matches(i.get("system"), i.get("value")) for i in identifiers for t in wanted)
+
+
+def parse_search(resource_type: str, items: list[tuple[str, str]], strict: bool = False) -> Search:
+    """Parse the query items of a search on ``resource_type``; raises :class:`SearchError`.
+
+    Unknown parameters and unsupported values of the result parameters are ignored (listed in
+    ``Search.ignored``) unless ``strict``; then they are refused, all named in one error."""
     allowed = PARAMETERS.get(resource_type)
     if allowed is None:
         raise SearchError(f"resource type {resource_type!r} is not searchable here")
-    search = Search(resource_type, params=[(k, v) for k, v in items if k not in ("_count", "_offset")])
+    search = Search(resource_type)
     for key, value in items:
-        if key == "_count":
-            search.count = _int(key, value, 0, MAX_COUNT)
-        elif key == "_offset":
-            search.offset = _int(key, value, 0, 10**9)
-        elif key != "_format":
+        if _result_parameter(search, key, value):
+            continue
+        name = key.partition(":")[0]
+        if name in allowed:
             _add(search, _parameter(resource_type, allowed, key), key.partition(":")[2], value)
+            search.params.append((key, value))
+        else:
+            search.ignored.append(f"{key}={value}")
+    if search.ignored and strict:
+        raise SearchError(f"not supported on {resource_type} (Prefer: handling=strict): {search.ignored}; "
+                          f"supported: {sorted(allowed) + sorted(RESULT_PARAMETERS)}")
     return search
+
+
+def _result_parameter(search: Search, key: str, value: str) -> bool:
+    """Apply ``key=value`` if ``key`` is a result parameter; False when it is none."""
+    if key == "_count":
+        search.count = min(_int(key, value, 0, 10**9), MAX_COUNT)
+    elif key == "_offset":
+        search.offset = _int(key, value, 0, 10**9)
+    elif key == "_total":
+        if value not in TOTAL_MODES:
+            raise SearchError(f"_total must be one of {sorted(TOTAL_MODES)}, {value!r} is given")
+        search.total = value
+        search.params.append((key, value))
+    elif key == "_summary" and value == SUMMARY_COUNT:
+        search.count = 0
+        search.params.append((key, value))
+    elif key == "_format":
+        search.params.append((key, value))
+    elif key == "_sort":
+        _add_sort(search, value)
+    elif key in ("_include", "_revinclude"):
+        found = parse_include(search.resource_type, value, reverse=key == "_revinclude")
+        if found is None:
+            search.ignored.append(f"{key}={value}")
+        else:
+            (search.revincludes if key == "_revinclude" else search.includes).append(found)
+            search.params.append((key, value))
+    else:
+        return False
+    return True
+
+
+def _add_sort(search: Search, value: str) -> None:
+    used = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        key = part.removeprefix("-")
+        if key in SORT_KEYS and SORT_KEYS[key](search.resource_type) is not None:
+            search.sort.append((key, part.startswith("-")))
+            used.append(part)
+        else:
+            search.ignored.append(f"_sort={part}")
+    if used:
+        search.params.append(("_sort", ",".join(used)))
 
 
 def _parameter(resource_type: str, allowed: dict[str, Parameter], key: str) -> Parameter:
     name, colon, modifier = key.partition(":")
-    param = allowed.get(name)
-    if param is None:
-        raise SearchError(f"parameter {name!r} is not supported on {resource_type}; "
-                          f"supported: {sorted(allowed) + sorted(RESULT_PARAMETERS)}")
+    param = allowed[name]
     if colon and modifier not in param.modifiers:
         raise SearchError(f"modifier {':' + modifier!r} is not supported on {resource_type} {name}; "
                           f"supported: {sorted(':' + m for m in param.modifiers) or 'none'}")
@@ -203,33 +352,37 @@ def _parameter(resource_type: str, allowed: dict[str, Parameter], key: str) -> P
 
 def _add(search: Search, param: Parameter, modifier: str, value: str) -> None:
     """Add the filter of one ``param[:modifier]=value`` to ``search``."""
-    name, when = param.name, DATE_PATH[search.resource_type]
+    name = param.name
     if name in ("patient", "subject") and modifier == "identifier":
-        system, _, code = value.rpartition("|")
-        search.filters.append(_identifier_filter(system or None, code))
+        wanted = tokens(value)
+        search.filters.append(lambda r: _identifier_match(_concepts((r.get("subject") or {}).get("identifier")),
+                                                          wanted))
     elif name in ("patient", "subject"):
         search.subject = value if "/" in value else f"Patient/{value}"
     elif name == "_id":
         ids = set(value.split(","))
         search.filters.append(lambda r: r.get("id") in ids)
     elif name in ("code", "category"):
-        wanted = _tokens(value)
+        wanted = tokens(value)
         search.filters.append(lambda r: _coding_match(_concepts(r.get(name)), wanted))
+    elif name == "identifier":
+        wanted = tokens(value)
+        search.filters.append(lambda r: _identifier_match(_concepts(r.get("identifier")), wanted))
     elif name in ("status", "outcome"):
-        codes = {code for _, code in _tokens(value)}
+        codes = {t.code for t in tokens(value)}
         search.filters.append(lambda r: r.get(name) in codes)
-    elif name == "date":
-        test = date_test(value)
+    elif name in ("date", "_lastUpdated"):
+        test, when = date_test(value), DATE_PATH[search.resource_type] if name == "date" else _last_updated
         search.filters.append(lambda r: _date_ok(when(r), test))
     elif name == "agent-name":
         search.filters.append(_string_filter(value, modifier))
     elif name == "entity-type":
-        wanted = {code for system, code in _tokens(value) if system in (None, RESOURCE_TYPES)}
+        wanted = {t.code for t in tokens(value) if t.system in (None, RESOURCE_TYPES)}
         search.filters.append(lambda r: any(_entity_types(e) & wanted for e in r.get("entity", [])))
 
 
 def _concepts(element: Any) -> list[dict]:
-    """A CodeableConcept element (0..1 or 0..*) as a list."""
+    """An element of cardinality 0..1 or 0..* as a list."""
     return element if isinstance(element, list) else [element] if element else []
 
 
@@ -258,13 +411,6 @@ def _entity_types(entity: dict) -> set[str]:
     return kinds - {None}
 
 
-def _identifier_filter(system: str | None, value: str) -> Callable[[dict], bool]:
-    def match(resource: dict) -> bool:
-        ident = (resource.get("subject") or {}).get("identifier") or {}
-        return ident.get("value") == value and (system is None or ident.get("system") == system)
-    return match
-
-
 def _date_ok(value: str | None, test: DateTest) -> bool:
     if not value:
         return False
@@ -286,7 +432,8 @@ def _int(key: str, value: str, low: int, high: int) -> int:
 
 
 def sort_newest_first(resources: list[dict], resource_type: str) -> list[dict]:
-    when = DATE_PATH[resource_type]
+    """By the type's date (``meta.lastUpdated`` for a type without one), newest first, then by id."""
+    when = DATE_PATH.get(resource_type, _last_updated)
 
     def key(r: dict) -> tuple[float, str]:
         try:
@@ -296,8 +443,10 @@ def sort_newest_first(resources: list[dict], resource_type: str) -> list[dict]:
     return sorted(resources, key=key, reverse=True)
 
 
-def searchset(search: Search, matched: list[dict], base_url: str, total: int | None = None) -> dict:
-    """A searchset Bundle of ``matched`` (already paged) with self/next/previous links."""
+def searchset(search: Search, matched: list[dict], base_url: str, total: int | None = None,
+              included: list[dict] | None = None) -> dict:
+    """A searchset Bundle of ``matched`` (already paged) and ``included`` with self/next/previous
+    links (the parameters used), and an OperationOutcome entry naming the ones ignored."""
     total = len(matched) if total is None else total
     path = f"{base_url}/{search.resource_type}"
 
@@ -305,13 +454,21 @@ def searchset(search: Search, matched: list[dict], base_url: str, total: int | N
         query = urlencode([*search.params, ("_count", search.count), ("_offset", offset)])
         return {"relation": relation, "url": f"{path}?{query}"}
 
+    def entry(resource: dict, mode: str) -> dict:
+        return {"fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}", "resource": resource,
+                "search": {"mode": mode}}
+
     links = [link("self", search.offset)]
-    if search.offset + search.count < total:
+    if search.count and search.offset + search.count < total:
         links.append(link("next", search.offset + search.count))
     if search.offset > 0:
         links.append(link("previous", max(search.offset - search.count, 0)))
-    return {
-        "resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
-        "entry": [{"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r,
-                   "search": {"mode": "match"}} for r in matched],
-    }
+    entries = [entry(r, MATCH) for r in matched] + [entry(r, INCLUDE) for r in included or []]
+    if search.ignored:
+        entries.append({"resource": operation_outcome(f"ignored, not supported on {search.resource_type}: "
+                                                      + ", ".join(search.ignored), "not-supported", "warning"),
+                        "search": {"mode": OUTCOME}})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if search.total != "none":
+        bundle["total"] = total
+    return {**bundle, "link": links, "entry": entries}

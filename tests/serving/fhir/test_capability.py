@@ -45,6 +45,12 @@ R4_SEARCH_PARAMETERS: dict[str, dict[str, str]] = {
         "agent-role": "token", "altid": "token", "date": "date", "entity": "reference", "entity-name": "string",
         "entity-role": "token", "entity-type": "token", "outcome": "token", "patient": "reference",
         "policy": "uri", "site": "token", "source": "reference", "subtype": "token", "type": "token"},
+    "Patient": {"active": "token", "address": "string", "address-city": "string", "address-country": "string",
+                "address-postalcode": "string", "address-state": "string", "address-use": "token",
+                "birthdate": "date", "death-date": "date", "deceased": "token", "email": "token", "family": "string",
+                "gender": "token", "general-practitioner": "reference", "given": "string", "identifier": "token",
+                "language": "token", "link": "reference", "name": "string", "organization": "reference",
+                "phone": "token", "phonetic": "string", "telecom": "token"},
     "Device": {"device-name": "string", "identifier": "token", "location": "reference",
                "manufacturer": "string", "model": "string", "organization": "reference",
                "patient": "reference", "status": "token", "type": "token", "udi-carrier": "string",
@@ -108,10 +114,30 @@ def test_risk_assessment_probability_is_stated_as_a_decimal_0_to_1(statement):
     assert "never a percentage" in risk["documentation"]
 
 
-def test_device_and_patient_are_read_only(statement):
+def test_device_is_read_only_and_patient_searchable_by_identifier(statement):
     by_type = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    for rtype in ("Device", "Patient", "SearchParameter"):
+    for rtype in ("Device", "SearchParameter"):
         assert by_type[rtype]["interaction"] == [{"code": "read"}] and "searchParam" not in by_type[rtype]
+    patient = by_type["Patient"]
+    assert {"code": "search-type"} in patient["interaction"]
+    assert {p["name"] for p in patient["searchParam"]} == {"_id", "_lastUpdated", "identifier"}
+
+
+def test_versioning_conditional_read_and_includes_are_stated(statement):
+    by_type = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    for rtype in ("Observation", "DiagnosticReport", "Patient", "Device", "AuditEvent"):
+        resource = by_type[rtype]
+        assert (resource["versioning"], resource["conditionalRead"], resource["readHistory"]) == \
+            ("versioned", "full-support", False)
+    assert by_type["DiagnosticReport"]["searchInclude"] == ["DiagnosticReport:patient", "DiagnosticReport:result",
+                                                            "DiagnosticReport:subject"]
+    assert set(by_type["Observation"]["searchInclude"]) == {"Observation:derived-from", "Observation:device",
+                                                            "Observation:patient", "Observation:subject"}
+    assert set(by_type["Observation"]["searchRevInclude"]) == {"DiagnosticReport:result", "Observation:derived-from"}
+    assert "Observation:subject" in by_type["Patient"]["searchRevInclude"]
+    assert "searchInclude" not in by_type["AuditEvent"]
+    text = statement["rest"][0]["documentation"]
+    assert "Prefer: handling=strict" in text and "_total" in text and "_lastUpdated" in text
 
 
 def test_flag_status_search_parameter_matches_the_status():
