@@ -21,6 +21,16 @@ Tables (in the shared database, :class:`kernel.database.Database`; the gateway c
     marks the group complete.  A group is handed to a model only when that insert created the row,
     so a study is dispatched exactly once, across restarts and across processes (SCP and STOW-RS).
 
+``dicom_object_index``
+    The DICOM objects a DICOMweb client may search and retrieve (PS3.18 QIDO-RS and WADO-RS): every
+    received instance and every result object medgate wrote, with the header attributes QIDO-RS
+    matches on as columns and the header as DICOM JSON, so a query reads no file.  Rows are added
+    by the reader of the headers (:mod:`serving.http.dicomweb_index`) for the instances that have
+    none yet, so a database of before the table is indexed on its first query.
+``dicom_index_results``
+    Per study, its ``updated_at`` when its result objects were last indexed: a study whose row
+    moved on since is looked at again.
+
 What the rows mean for the gateway's work is :mod:`dicom_gateway.ledger`'s; the SQL is here alone.
 """
 from __future__ import annotations
@@ -97,6 +107,39 @@ CREATE TABLE IF NOT EXISTS dicom_dispatches (
     processed_at REAL,            -- set when the model's results were produced (or it failed)
     PRIMARY KEY (group_uid, model)
 );
+CREATE TABLE IF NOT EXISTS dicom_object_index (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    modality TEXT,
+    source TEXT NOT NULL,          -- received | result
+    path TEXT NOT NULL,
+    transfer_syntax_uid TEXT,
+    patient_id TEXT,
+    patient_name TEXT,
+    patient_birth_date TEXT,
+    patient_sex TEXT,
+    study_date TEXT,
+    study_time TEXT,
+    accession_number TEXT,
+    study_id TEXT,
+    study_description TEXT,
+    referring_physician_name TEXT,
+    series_number INTEGER,
+    series_description TEXT,
+    pps_start_date TEXT,
+    pps_start_time TEXT,
+    instance_number INTEGER,
+    header TEXT,                   -- DICOM JSON of the header (PS3.18 F.2); NULL: the file was unreadable
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dicom_object_index_study ON dicom_object_index(study_uid);
+CREATE INDEX IF NOT EXISTS dicom_object_index_series ON dicom_object_index(series_uid);
+CREATE TABLE IF NOT EXISTS dicom_index_results (
+    study_uid TEXT PRIMARY KEY,
+    study_updated_at REAL NOT NULL  -- the study's updated_at when its result objects were last indexed
+);
 """
 
 
@@ -172,6 +215,122 @@ class SeriesGeometry(NamedTuple):
     rows: int
     columns: int
     orientation: str
+
+
+@dataclass(frozen=True)
+class IndexedObject(Record):
+    """One searchable and retrievable DICOM object (a row of ``dicom_object_index``): ``source`` is
+    ``received`` or ``result``; ``header`` its DICOM JSON (PS3.18 F.2), None when unreadable."""
+
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str | None
+    source: str
+    path: str
+    transfer_syntax_uid: str | None
+    patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    study_date: str | None
+    study_time: str | None
+    accession_number: str | None
+    study_id: str | None
+    study_description: str | None
+    referring_physician_name: str | None
+    series_number: int | None
+    series_description: str | None
+    pps_start_date: str | None
+    pps_start_time: str | None
+    instance_number: int | None
+    header: str | None
+    indexed_at: float
+
+
+#: ``dicom_object_index.source``: an instance the gateway received, or a result object medgate wrote.
+OBJECT_SOURCES = ("received", "result")
+#: Columns of ``dicom_object_index`` a :class:`Match` may name (the QIDO-RS matching keys).
+MATCH_COLUMNS = frozenset(IndexedObject.__dataclass_fields__) - {"source", "path", "header", "indexed_at"}
+#: How a :class:`Match` compares (PS3.4 C.2.2.2): single value, wildcard (``*`` ``?``), list of
+#: UIDs, range (either end may be None), and ``in_study``: any object of the study matches a list
+#: (Modalities in Study).
+MATCH_KINDS = ("single", "wildcard", "list", "range", "in_study")
+
+
+class Match(NamedTuple):
+    """One matching key of a query on ``dicom_object_index`` (PS3.4 C.2.2.2 attribute matching).
+
+    ``column`` is one of :data:`MATCH_COLUMNS`; ``values`` one value (single, wildcard: the pattern
+    with ``*`` and ``?``), the values (list, in_study) or ``(low, high)`` (range);
+    ``ignore_case`` for Person Names (PS3.4 C.2.2.2.1)."""
+
+    column: str
+    kind: str
+    values: tuple
+    ignore_case: bool = False
+
+
+class StudyMatch(NamedTuple):
+    """One study a query found: its series and objects, the modalities of its series, and the
+    header of one of its objects (a received one first)."""
+
+    study_uid: str
+    series_count: int
+    instance_count: int
+    modalities: tuple[str, ...]
+    header: str
+
+
+class SeriesMatch(NamedTuple):
+    """One series a query found: its object count and the header of its first object."""
+
+    study_uid: str
+    series_uid: str
+    instance_count: int
+    header: str
+
+
+def _wildcard(pattern: str, ignore_case: bool) -> tuple[str, str]:
+    """The SQL condition and parameter of a PS3.4 C.2.2.2.4 wildcard: ``GLOB`` (case-sensitive;
+    ``[`` escaped) or, ignoring case, ``LIKE`` with ``%`` ``_`` ``\\`` escaped."""
+    if ignore_case:
+        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return "LIKE ? ESCAPE '\\'", escaped.replace("*", "%").replace("?", "_")
+    return "GLOB ?", pattern.replace("[", "[[]")
+
+
+def _conditions(matches: Iterable[Match]) -> tuple[str, list[Any]]:
+    """The WHERE clause (after ``header IS NOT NULL``) and parameters of ``matches``."""
+    sql, params = "header IS NOT NULL", []
+    for m in matches:
+        if m.column not in MATCH_COLUMNS:
+            raise ValueError(f"column must be one of {sorted(MATCH_COLUMNS)}, {m.column!r} is given.")
+        if m.kind == "single":
+            sql += f" AND {m.column} = ?" + (" COLLATE NOCASE" if m.ignore_case else "")
+            params.append(m.values[0])
+        elif m.kind == "wildcard":
+            condition, pattern = _wildcard(m.values[0], m.ignore_case)
+            sql += f" AND {m.column} {condition}"
+            params.append(pattern)
+        elif m.kind == "list":
+            sql += f" AND {m.column} IN ({','.join('?' * len(m.values))})"
+            params.extend(m.values)
+        elif m.kind == "range":
+            low, high = m.values
+            sql += f" AND {m.column} <> ''"
+            if low:
+                sql, params = sql + f" AND {m.column} >= ?", params + [low]
+            if high:
+                sql, params = sql + f" AND {m.column} <= ?", params + [high]
+        elif m.kind == "in_study":
+            sql += (f" AND study_uid IN (SELECT study_uid FROM dicom_object_index WHERE"
+                    f" {m.column} IN ({','.join('?' * len(m.values))}))")
+            params.extend(m.values)
+        else:
+            raise ValueError(f"kind must be one of {MATCH_KINDS}, {m.kind!r} is given.")
+    return sql, params
 
 
 def _record(cls, row) -> Any:
@@ -270,6 +429,8 @@ class GatewayStore:
             db.execute("DELETE FROM dicom_instance_routes WHERE study_uid=?", (study_uid,))
             db.execute("DELETE FROM dicom_groups WHERE study_uid=?", (study_uid,))
             db.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
+            db.execute("DELETE FROM dicom_object_index WHERE study_uid=?", (study_uid,))
+            db.execute("DELETE FROM dicom_index_results WHERE study_uid=?", (study_uid,))
         return True
 
     def instances_of(self, study_uid: str) -> list[Instance]:
@@ -299,6 +460,69 @@ class GatewayStore:
             return None
         return StudyPatient(str(ds.get("PatientID", "") or "").strip(),
                             str(ds.get("IssuerOfPatientID", "") or "").strip())
+
+    # -- the DICOMweb object index ------------------------------------------------------------------
+    def unindexed_instances(self, limit: int) -> list[Instance]:
+        """Up to ``limit`` received instances without a row in the object index, oldest first."""
+        return [Instance(*r) for r in self.database.rows(
+            "SELECT i.sop_instance_uid, i.study_uid, i.series_uid, i.sop_class_uid, i.modality, i.path,"
+            " i.calling_ae, i.received_at FROM instances i WHERE NOT EXISTS (SELECT 1 FROM dicom_object_index q"
+            " WHERE q.sop_instance_uid=i.sop_instance_uid) ORDER BY i.received_at LIMIT ?", (limit,))]
+
+    def studies_with_unindexed_results(self) -> list[tuple[str, float]]:
+        """``(study_uid, updated_at)`` of the studies that changed since their result objects were
+        last indexed (or never were)."""
+        return [(r[0], r[1]) for r in self.database.rows(
+            "SELECT s.study_uid, s.updated_at FROM studies s LEFT JOIN dicom_index_results r"
+            " ON r.study_uid=s.study_uid WHERE r.study_updated_at IS NULL OR r.study_updated_at <> s.updated_at"
+            " ORDER BY s.updated_at")]
+
+    def index_objects(self, objects: Iterable[IndexedObject],
+                      results_indexed: Iterable[tuple[str, float]] = ()) -> None:
+        """Add (or replace, by SOP Instance UID) rows of the object index, and record the studies of
+        ``results_indexed`` (``(study_uid, updated_at)``) as having their result objects indexed."""
+        rows = [tuple(getattr(o, name) for name in IndexedObject.__dataclass_fields__) for o in objects]
+        for row in rows:
+            if row[5] not in OBJECT_SOURCES:
+                raise ValueError(f"source must be one of {OBJECT_SOURCES}, {row[5]!r} is given for {row[0]}.")
+        marks = ",".join("?" * len(IndexedObject.__dataclass_fields__))
+        with self.database.transaction() as db:
+            db.executemany(f"INSERT OR REPLACE INTO dicom_object_index VALUES ({marks})", rows)
+            db.executemany("INSERT OR REPLACE INTO dicom_index_results VALUES (?,?)", list(results_indexed))
+
+    def query_studies(self, matches: Iterable[Match], limit: int, offset: int = 0) -> list[StudyMatch]:
+        """The studies with an object matching every one of ``matches`` (study-level keys), in the
+        order they were first indexed; ``limit`` from ``offset``."""
+        where, params = _conditions(matches)
+        return [StudyMatch(r[0], r[1], r[2], tuple(sorted(filter(None, (r[3] or "").split(",")))), r[4])
+                for r in self.database.rows(
+                    "SELECT i.study_uid, COUNT(DISTINCT i.series_uid), COUNT(*), GROUP_CONCAT(DISTINCT i.modality),"
+                    " (SELECT h.header FROM dicom_object_index h WHERE h.study_uid=i.study_uid AND h.header IS NOT"
+                    " NULL ORDER BY h.source <> 'received', h.rowid LIMIT 1) FROM dicom_object_index i"
+                    f" WHERE i.header IS NOT NULL AND i.study_uid IN (SELECT study_uid FROM dicom_object_index"
+                    f" WHERE {where}) GROUP BY i.study_uid ORDER BY MIN(i.rowid) LIMIT ? OFFSET ?",
+                    (*params, limit, offset))]
+
+    def query_series(self, matches: Iterable[Match], limit: int, offset: int = 0) -> list[SeriesMatch]:
+        """The series with an object matching every one of ``matches`` (study- and series-level
+        keys), in the order they were first indexed; ``limit`` from ``offset``."""
+        where, params = _conditions(matches)
+        return [SeriesMatch(*r) for r in self.database.rows(
+            "SELECT i.study_uid, i.series_uid, COUNT(*), (SELECT h.header FROM dicom_object_index h WHERE"
+            " h.series_uid=i.series_uid AND h.header IS NOT NULL ORDER BY h.rowid LIMIT 1)"
+            " FROM dicom_object_index i WHERE i.header IS NOT NULL AND i.series_uid IN (SELECT series_uid FROM"
+            f" dicom_object_index WHERE {where}) GROUP BY i.study_uid, i.series_uid ORDER BY MIN(i.rowid)"
+            " LIMIT ? OFFSET ?", (*params, limit, offset))]
+
+    def query_objects(self, matches: Iterable[Match], limit: int | None = None,
+                      offset: int = 0) -> list[IndexedObject]:
+        """The objects matching every one of ``matches``, in the order they were indexed; all of
+        them, or ``limit`` from ``offset``."""
+        where, params = _conditions(matches)
+        columns = ", ".join(IndexedObject.__dataclass_fields__)
+        return [IndexedObject(*r) for r in self.database.rows(
+            f"SELECT {columns} FROM dicom_object_index WHERE {where} ORDER BY rowid LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset))]
 
     # -- completion bookkeeping --------------------------------------------------------------------
     def record_arrivals(self, arrivals: list[Arrival], now: float) -> list[bool]:
