@@ -87,3 +87,44 @@ def test_a_read_only_store_reads_and_creates_nothing(tmp_path):
             store.gateway.status_counts()
     finally:
         store.close()
+
+
+def test_each_write_of_a_resource_is_its_next_version(store):
+    store.put_resources([observation(1)])
+    first = store.resource("Observation", "o1")["meta"]
+    assert first["versionId"] == "1" and first["lastUpdated"].endswith("Z")
+    profile = {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]}
+    store.put_resources([{**observation(1), "meta": profile}])
+    with store.database.transaction() as db:  # the vitals batch path (ServingTables) counts the same
+        store.vitals.tables.write_resources(db, [observation(1)], time.time())
+    again = store.resource("Observation", "o1")["meta"]
+    assert again["versionId"] == "3" and again["lastUpdated"] >= first["lastUpdated"]
+    assert [r["meta"]["versionId"] for r in store.resources("Observation")] == ["3"]
+
+
+def test_version_column_is_added_to_a_table_written_before_it(tmp_path):
+    raw = sqlite3.connect(tmp_path / "old.sqlite3")
+    raw.execute("CREATE TABLE fhir_resources (resource_type TEXT NOT NULL, id TEXT NOT NULL, subject TEXT,"
+                " body TEXT NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (resource_type, id))")
+    raw.execute("INSERT INTO fhir_resources VALUES ('Flag', 'f1', NULL, ?, 1.5)",
+                ('{"resourceType": "Flag", "id": "f1"}',))
+    raw.commit()
+    raw.close()
+    store = Store(tmp_path / "old.sqlite3")
+    try:
+        assert store.resource("Flag", "f1")["meta"] == {"versionId": "1", "lastUpdated": "1970-01-01T00:00:01.500Z"}
+        store.put_resources([{"resourceType": "Flag", "id": "f1"}])
+        assert store.resource("Flag", "f1")["meta"]["versionId"] == "2"
+    finally:
+        store.close()
+
+
+def test_resources_referencing_follow_result_and_derived_from(store):
+    report = {"resourceType": "DiagnosticReport", "id": "r1", "result": [{"reference": "Observation/o1"}]}
+    score = {"resourceType": "Observation", "id": "n1", "derivedFrom": [{"reference": "Observation/o2"}]}
+    store.put_resources([report, score, observation(1)])
+    assert [r["id"] for r in store.referencing("DiagnosticReport", "result", ["Observation/o1"])] == ["r1"]
+    assert [r["id"] for r in store.referencing("Observation", "derivedFrom", ["Observation/o2", "x/y"])] == ["n1"]
+    assert store.referencing("Observation", "derivedFrom", []) == []
+    with pytest.raises(ValueError, match="'subject; DROP' is given"):
+        store.referencing("Observation", "subject; DROP", ["Observation/o1"])
