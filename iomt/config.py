@@ -12,8 +12,9 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kernel.config import Section
 
@@ -92,7 +93,71 @@ class IdentifierSystems(Section):
     # VN Core FHIR IG (HL7 Vietnam, draft): NamingSystem vn-cccd-ns and vn-bhyt-ns.
     citizen_id: str = "http://fhir.hl7.org.vn/core/sid/cccd"
     social_insurance: str = "http://fhir.hl7.org.vn/core/sid/bhyt"
+    # The hospital's own medical record numbers (HL7 table 0203 "MR"): a local placeholder; set the
+    # hospital's registered URI or urn:oid: here.
+    hospital_mrn: str = "urn:medgate:hospital-mrn"
     device: str = "urn:medgate:device-serial"  # local serial numbers, no national system
+
+
+IdentifierKind = str  # a key of ``iomt.identifiers`` (citizen_id, ...) or a system URI
+
+
+class Hl7Config(Section):
+    """The ``hl7:`` section: the HL7 v2 MLLP listener (:mod:`iomt.hl7.listener`); off until ``port`` is set."""
+
+    port: int | None = Field(None, ge=0, le=65535)  # None: no listener; 0: any free port (tests)
+    host: str = "127.0.0.1"
+    cert_file: Path | None = None  # PEM certificate: MLLP over TLS (IHE ITI TF-2 "Secure Node")
+    key_file: Path | None = None
+    ca_file: Path | None = None  # PEM CA bundle: senders must present a certificate it signed
+    # MSH-4 Sending Facility (HD.1) values accepted; empty: any facility
+    allowed_facilities: list[str] = []
+    # peer addresses or CIDR networks allowed to connect; empty: any address
+    allowed_sources: list[str] = ["127.0.0.0/8", "::1/128"]
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)  # one MLLP block, bounded while reading
+    max_connections: int = Field(64, ge=1)
+    idle_timeout_s: float = Field(3600.0, gt=0)  # a sender's connection with nothing sent is closed
+    application: str = "MEDGATE"  # MSH-3 / MSH-4 of our acknowledgements
+    facility: str = "MEDGATE"
+    # Time zone of HL7 date/times sent without an offset (HL7 v2.5 section 2.A.22 DTM)
+    timezone: str = "Asia/Ho_Chi_Minh"
+    # PID-3 identifiers: CX.4 assigning authority (HD.1), then CX.5 identifier type (HL7 table 0203)
+    # -> a key of iomt.identifiers or a system URI.  The first of patient_id_order found in PID-3
+    # names the patient.
+    assigning_authorities: dict[str, IdentifierKind] = {
+        "CCCD": "citizen_id", "BHYT": "social_insurance", "BHXH": "social_insurance"}
+    identifier_types: dict[str, IdentifierKind] = {
+        "MR": "hospital_mrn", "NI": "citizen_id", "NN": "citizen_id", "HC": "social_insurance",
+        "NH": "social_insurance", "SS": "social_insurance"}
+    patient_id_order: list[str] = ["hospital_mrn", "citizen_id", "social_insurance"]
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _check_sources(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"each entry must be an IP address or CIDR network, {entry!r} is given") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"must be an IANA time zone name such as Asia/Ho_Chi_Minh, {value!r} is given") \
+                from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> "Hl7Config":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together for MLLP over TLS")
+        if self.ca_file is not None and self.cert_file is None:
+            raise ValueError("ca_file (client certificates) needs cert_file and key_file")
+        return self
 
 
 class RiskConfig(Section):

@@ -15,6 +15,9 @@ Tables (in the shared database, :class:`kernel.database.Database`; the bridge cr
     Which patient each device is attached to (:class:`iomt.identity.DeviceRegistry`).
 ``dead_letters``
     Messages that could not be used, and those parked until an ADT message names their device.
+``hl7_messages``, ``hl7_encounters``, ``bed_devices``
+    HL7 v2 messages acknowledged with AA (by MSH-10, so a resent one is not applied twice), the
+    visits of ADT messages with their beds, and the monitors seen at each bed (:mod:`iomt.hl7`).
 
 A batch of the bridge also writes FHIR resources and outbox items, which are not the bridge's
 tables: the :class:`ResourceTables` it is given (the server's store) writes them inside the
@@ -80,6 +83,35 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     payload BLOB,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hl7_messages (  -- HL7 v2 messages acknowledged AA: iomt.hl7.intake
+    sending_facility TEXT NOT NULL,  -- MSH-4 (HD.1)
+    sending_application TEXT NOT NULL,  -- MSH-3 (HD.1)
+    control_id TEXT NOT NULL,      -- MSH-10 Message Control ID
+    message_type TEXT NOT NULL,    -- MSH-9, e.g. ADT^A01
+    sha256 TEXT NOT NULL,          -- of the message as received (FIPS 180-4)
+    received_at REAL NOT NULL,
+    PRIMARY KEY (sending_facility, sending_application, control_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hl7_encounters (  -- ADT visits: iomt.hl7.adt
+    sending_facility TEXT NOT NULL,
+    visit_number TEXT NOT NULL,    -- PV1-19 (CX.1); without one, the patient's key
+    patient_id TEXT NOT NULL,
+    patient_system TEXT NOT NULL,
+    status TEXT NOT NULL,          -- FHIR R4 Encounter.status
+    patient_class TEXT,            -- PV1-2 (HL7 table 0004)
+    site TEXT, ward TEXT, room TEXT, bed TEXT,  -- PV1-3 PL.4, PL.1, PL.2, PL.3
+    since TEXT NOT NULL,           -- ISO 8601 time of the event that set them
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (sending_facility, visit_number)
+);
+CREATE TABLE IF NOT EXISTS bed_devices (  -- monitors seen at a bed (HL7 PCD-01 PV1-3 + OBX-18)
+    ward TEXT NOT NULL,
+    bed TEXT NOT NULL,
+    device TEXT NOT NULL,
+    site TEXT,
+    seen_at TEXT NOT NULL,         -- ISO 8601 time of the latest observation
+    PRIMARY KEY (ward, bed, device)
 );
 CREATE TABLE IF NOT EXISTS device_associations (
     device TEXT PRIMARY KEY,       -- device identifier as sent in payloads and topics
@@ -168,6 +200,56 @@ class StoredAssociation(Record):
     bed: str | None
     since: str
     updated_at: float
+
+
+@dataclass(frozen=True)
+class Hl7Receipt(Record):
+    """One row of ``hl7_messages``: an HL7 v2 message applied and acknowledged with AA."""
+
+    sending_facility: str
+    sending_application: str
+    control_id: str
+    message_type: str
+    sha256: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Hl7Encounter(Record):
+    """One row of ``hl7_encounters``: a visit of an ADT feed and the bed it is in."""
+
+    sending_facility: str
+    visit_number: str
+    patient_id: str
+    patient_system: str
+    status: str
+    patient_class: str | None
+    site: str | None
+    ward: str | None
+    room: str | None
+    bed: str | None
+    since: str
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class BedDevice(Record):
+    """One row of ``bed_devices``: a monitor seen at a bed."""
+
+    ward: str
+    bed: str
+    device: str
+    site: str | None
+    seen_at: str
+
+
+@dataclass(frozen=True)
+class Hl7Rows(Record):
+    """The HL7 rows of one message, committed in the transaction of what it produced."""
+
+    receipts: tuple[Hl7Receipt, ...] = ()
+    encounters: tuple[Hl7Encounter, ...] = ()
+    bed_devices: tuple[BedDevice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -278,15 +360,18 @@ class VitalsStore:
     def commit_batch(self, resources: list[dict[str, Any]],
                      dead_letters: list[tuple[str, str, bytes | None, str | None]],
                      outbox_rows: Sequence[tuple] = (), beds: Sequence[tuple] = (),
-                     vitals: Sequence[tuple] = (), durable: bool = True) -> None:
+                     vitals: Sequence[tuple] = (), durable: bool = True, hl7: Hl7Rows | None = None) -> None:
         """Resources, dead letters (:class:`iomt.dead_letters.DeadLetter`), outbox items
         ``(key, kind, destination, payload_json[, correlation_id])``, bed census rows
-        (:meth:`record_beds`) and vitals messages (:func:`iomt.vital_records.record`) of one
-        batch, in one transaction; ``durable=False``: see :meth:`kernel.database.Database.sync_log`."""
+        (:meth:`record_beds`), vitals messages (:func:`iomt.vital_records.record`) and the HL7
+        rows of one batch, in one transaction; ``durable=False``: see
+        :meth:`kernel.database.Database.sync_log`."""
         now = time.time()
         try:
             with self.database.transaction(durable) as db:
                 codes = self._write_batch(db, now, resources, dead_letters, outbox_rows, beds, vitals)
+                if hl7 is not None:
+                    self._write_hl7(db, hl7, now)
             self._system_codes = codes  # committed: a rolled-back code may name another system
         except BaseException:
             self._vital_index.discard()
@@ -316,6 +401,17 @@ class VitalsStore:
         if beds:
             db.executemany("INSERT OR REPLACE INTO bed_census VALUES (?,?,?,?,?,?,?)", [(*b, now) for b in beds])
         return codes
+
+    @staticmethod
+    def _write_hl7(db: sqlite3.Connection, rows: Hl7Rows, now: float) -> None:
+        db.executemany("INSERT OR REPLACE INTO hl7_messages VALUES (?,?,?,?,?,?)",
+                       [(r.sending_facility, r.sending_application, r.control_id, r.message_type,
+                         r.sha256, r.received_at) for r in rows.receipts])
+        db.executemany("INSERT OR REPLACE INTO hl7_encounters VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                       [(e.sending_facility, e.visit_number, e.patient_id, e.patient_system, e.status,
+                         e.patient_class, e.site, e.ward, e.room, e.bed, e.since, now) for e in rows.encounters])
+        db.executemany("INSERT OR REPLACE INTO bed_devices VALUES (?,?,?,?,?)",
+                       [(b.ward, b.bed, b.device, b.site, b.seen_at) for b in rows.bed_devices])
 
     def _identifier_system_codes(self, db, systems: set[str | None]) -> dict[str | None, int | None]:
         """The codes of ``systems`` in ``vital_identifier_systems`` (assigned in ``db``'s
@@ -372,6 +468,46 @@ class VitalsStore:
         row = self.database.rows("SELECT COUNT(*), SUM(replayed_at IS NULL AND device IS NOT NULL)"
                                  " FROM dead_letters")[0]
         return DeadLetterCounts(row[0], row[1] or 0)
+
+    def parked_sources(self) -> list[tuple[str, str]]:
+        """``(device, source)`` of the dead letters parked for a device not yet replayed."""
+        return [(r[0], r[1]) for r in self.database.rows(
+            "SELECT DISTINCT device, source FROM dead_letters WHERE device IS NOT NULL AND replayed_at IS NULL")]
+
+    # -- HL7 v2 --------------------------------------------------------------------------------------
+    def hl7_receipt(self, sending_facility: str, sending_application: str,
+                    control_id: str) -> Hl7Receipt | None:
+        """The message acknowledged with AA under this MSH-4, MSH-3 and MSH-10, if any."""
+        rows = self.database.rows("SELECT * FROM hl7_messages WHERE sending_facility=? AND"
+                                  " sending_application=? AND control_id=?",
+                                  (sending_facility, sending_application, control_id))
+        return Hl7Receipt(*rows[0]) if rows else None
+
+    def hl7_encounter(self, sending_facility: str, visit_number: str) -> Hl7Encounter | None:
+        rows = self.database.rows("SELECT * FROM hl7_encounters WHERE sending_facility=? AND visit_number=?",
+                                  (sending_facility, visit_number))
+        return Hl7Encounter(*rows[0]) if rows else None
+
+    def hl7_encounters_of(self, patient_id: str, patient_system: str) -> list[Hl7Encounter]:
+        """The visits of one patient, oldest first."""
+        return [Hl7Encounter(*r) for r in self.database.rows(
+            "SELECT * FROM hl7_encounters WHERE patient_id=? AND patient_system=? ORDER BY since",
+            (patient_id, patient_system))]
+
+    def hl7_encounter_at_bed(self, ward: str, bed: str) -> Hl7Encounter | None:
+        """The in-progress visit at a bed (the latest, should a discharge have been missed)."""
+        rows = self.database.rows("SELECT * FROM hl7_encounters WHERE ward=? AND bed=? AND status='in-progress'"
+                                  " ORDER BY since DESC LIMIT 1", (ward, bed))
+        return Hl7Encounter(*rows[0]) if rows else None
+
+    def devices_at_bed(self, ward: str, bed: str) -> list[str]:
+        """The monitors known at a bed: seen there in HL7 PCD-01 messages, in the bed census
+        (MQTT) or in a device association, sorted."""
+        return [r[0] for r in self.database.rows(
+            "SELECT device FROM bed_devices WHERE ward=:w AND bed=:b UNION"
+            " SELECT device FROM bed_census WHERE ward=:w AND bed=:b AND device IS NOT NULL UNION"
+            " SELECT device FROM device_associations WHERE ward=:w AND bed=:b ORDER BY 1",
+            {"w": ward, "b": bed})]
 
     # -- device associations ---------------------------------------------------------------------------
     def associations(self) -> list[StoredAssociation]:
