@@ -150,6 +150,86 @@ class OutboxConfig(Section):
     backoff_max_s: float = Field(60.0, gt=0)
 
 
+#: An HL7 v2 HD namespace (MSH-3..6): no delimiter of MSH-1/MSH-2 (``|^~\&``), no control character,
+#: at most 20 characters (HL7 v2.5.1 2.A.33 HD.1 IS).
+_HL7_NAMESPACE = re.compile(r"^[^|^~\\&\x00-\x1f\x7f]{0,20}$")
+#: A destination's name: it becomes an outbox destination and part of the idempotency key.
+_HL7_DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_hl7_namespace(value: str) -> str:
+    if not _HL7_NAMESPACE.match(value):
+        raise ValueError(f"must be at most 20 characters without | ^ ~ \\ & or control characters, "
+                         f"{value!r} is given")
+    return value.strip()
+
+
+class Hl7Tls(Section):
+    """TLS to a RIS/HIS MLLP port: the server is verified against ``ca_file`` (else the system's
+    CAs); ``cert_file`` + ``key_file`` present a client certificate when the receiver asks."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_hostname: str | None = None  # the name in the receiver's certificate; default: host
+
+
+class Hl7Destination(Section):
+    """A RIS/HIS receiving imaging results as ORU^R01 over MLLP (serving.delivery.hl7_sender)."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    receiving_application: str = ""  # MSH-5
+    receiving_facility: str = ""  # MSH-6
+    tls: Hl7Tls | None = None
+    models: list[str] | None = None  # the models whose results go here; null = every imaging model
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)  # waiting for the ACK; none in time = retried
+    _check_namespaces = field_validator("receiving_application", "receiving_facility")(check_hl7_namespace)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _HL7_DESTINATION_NAME.match(value):
+            raise ValueError(f"must be 1-64 letters, digits, '_', '.' or '-', {value!r} is given")
+        return value
+
+
+class Hl7Section(Section):
+    # Imaging results as HL7 v2.5.1 ORU^R01 to each destination, through the outbox
+    # (docs/hl7-results.md).  MSH-3/MSH-4 of what medgate sends; MSH-11 (HL7 table 0103) P, T or D.
+    application: str = "MEDGATE"
+    facility: str = "MEDGATE"
+    processing_id: Literal["P", "T", "D"] = "P"
+    # PID-3 identifier type (CX.5, HL7 table 0203) by Issuer of Patient ID, when the image's Issuer
+    # of Patient ID Qualifiers carry none: NI national identifier (CCCD), HC health card (BHYT/BHXH).
+    issuer_identifier_types: dict[str, str] = {"CCCD": "NI", "BHYT": "HC", "BHXH": "HC"}
+    destinations: list[Hl7Destination] = []
+    _check_namespaces = field_validator("application", "facility")(check_hl7_namespace)
+
+    @field_validator("issuer_identifier_types")
+    @classmethod
+    def _check_types(cls, value: dict[str, str]) -> dict[str, str]:
+        for issuer, kind in value.items():
+            if not re.match(r"^[A-Za-z0-9]{1,5}$", kind):
+                raise ValueError(f"each type must be an HL7 table 0203 code (1-5 letters or digits), "
+                                 f"{issuer}: {kind!r} is given")
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[Hl7Destination]) -> list[Hl7Destination]:
+        names = [d.name for d in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each destination name must be unique, {names} are given")
+        return value
+
+    def named(self) -> dict[str, Hl7Destination]:
+        """Every destination by name."""
+        return {d.name: d for d in self.destinations}
+
+
 class TokenEntry(Section):
     token: str = Field(min_length=16, repr=False)  # never shown by repr or logs
     role: Literal["clinician", "engineer", "admin"]
@@ -218,6 +298,7 @@ class Settings(BaseSettings):
     fhir: FhirConfig = FhirConfig()
     store: StoreConfig = StoreConfig()
     outbox: OutboxConfig = OutboxConfig()
+    hl7: Hl7Section = Hl7Section()
     iomt: IomtConfig = IomtConfig()
     serving: ServingConfig = ServingConfig()
     auth: AuthConfig = AuthConfig()

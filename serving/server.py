@@ -29,12 +29,14 @@ from models.spec import InputKind
 from serving.components import STATUS_FILE
 from serving.config import HttpConfig, Settings
 from serving.delivery.fhir_sender import FhirSender
+from serving.delivery.hl7_sender import Hl7Sender
 from serving.delivery.outbox import Outbox
 from serving.delivery.outbox_db import open_outbox_db
 from serving.fhir.report import patient_identity
 from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
 from serving.http.forwarded import UVICORN_TRUST_NONE
 from serving.imaging.pipeline import ImagingPipeline
+from serving.imaging.results import HL7_KIND
 from serving.store import Store
 
 log = logging.getLogger("medgate.server")
@@ -82,6 +84,8 @@ class Server:
         senders = {"dicom": self._send_dicom, "mqtt": self._send_mqtt}
         if cfg.fhir.base_url:
             senders["fhir"] = FhirSender(cfg.fhir.base_url)
+        if cfg.hl7.destinations:
+            senders[HL7_KIND] = Hl7Sender(cfg.hl7.named())
         self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store), senders, **cfg.outbox.model_dump())
         handles = self._start_ray()
         host, port, _ = broker_address(cfg.mqtt.url, cfg.mqtt.embedded_port, cfg.mqtt.embedded_host)
@@ -106,7 +110,7 @@ class Server:
             self.store, self.outbox, handles, self.state_dir / "results",
             destinations={name: list(d.objects) for name, d in cfg.destinations.named().items()},
             fhir_base_url=cfg.fhir.base_url if cfg.fhir.send_reports else None,
-            identity=patient_identity(cfg))
+            identity=patient_identity(cfg), hl7=cfg.hl7)
         self.pipeline.start()
         self.scp = build_scp(cfg.dicom, self.store.gateway, self.state_dir / "spool", self.pipeline.submit,
                              known_models=handles)

@@ -9,6 +9,8 @@ replies into :class:`~models.finding.Finding` objects and writes, per study:
 * a DICOM SEG of the masks (volume models whose reply has a ``mask``);
 * a Secondary Capture overlay per source image (2D) or of the slice with the largest mask area;
 * a FHIR DiagnosticReport with one Observation per finding;
+* an HL7 v2.5.1 ORU^R01 per configured ``hl7.destinations`` entry (every imaging model's results
+  unless the entry lists ``models``);
 
 each only when the model's serving spec lists it (``results``, :mod:`models.spec`).  Whether a model
 reads single images or whole series (``input``: ``image`` or ``volume``) and how its reply becomes
@@ -63,7 +65,7 @@ from models.finding import Concept, Finding
 from models.registry import registered
 from models.spec import InputKind, ServingSpec
 from models.transforms import input_channels
-from serving.config import RESULT_OBJECTS
+from serving.config import RESULT_OBJECTS, Hl7Section
 from serving.fhir.report import PatientIdentity
 from serving.imaging.findings import finding_of, source_image, unit
 from serving.imaging.results import OVERLAY_SERIES_NUMBER, ResultWriter, result_uid
@@ -114,12 +116,14 @@ class ImagingPipeline:
         FHIR server of DiagnosticReports (outbox kind ``fhir``); None keeps them in the store.
     identity
         Patient identifier systems for FHIR.
+    hl7
+        The ``hl7`` section: the RIS/HIS destinations of ORU^R01 messages.
     """
 
     def __init__(self, store, outbox, handles: dict[str, Any], results_dir: Path,
                  pacs_destination: str | None = None, timeout_s: float = 60.0, *,
                  destinations: dict[str, list[str]] | None = None, fhir_base_url: str | None = None,
-                 identity: PatientIdentity | None = None) -> None:
+                 identity: PatientIdentity | None = None, hl7: Hl7Section | None = None) -> None:
         self.store, self.outbox, self.handles = store, outbox, handles
         self.results_dir = Path(results_dir)
         self.destinations = dict(destinations or {})
@@ -128,7 +132,7 @@ class ImagingPipeline:
         self.fhir_base_url = fhir_base_url
         self.identity = identity or PatientIdentity()
         self.results = ResultWriter(store, outbox, self.results_dir, destinations=self.destinations,
-                                    fhir_base_url=fhir_base_url, identity=self.identity)
+                                    fhir_base_url=fhir_base_url, identity=self.identity, hl7=hl7)
         self.timeout_s = timeout_s
         self._attempts: dict[tuple[str, str], int] = {}  # transient failures so far, per dispatch
         self._info: dict[str, dict] = {}
@@ -239,6 +243,7 @@ class ImagingPipeline:
             paths.extend(self.results.image(ds, finding, info, spec).values())
         if spec.yields("fhir"):
             self.results.fhir(findings, datasets[0])
+        self.results.hl7(findings, datasets[0], info)
         return paths
 
     def _process_volume(self, study_uid: str, datasets: list, info: dict) -> list[Path]:
@@ -265,6 +270,7 @@ class ImagingPipeline:
             paths.append(self.results.dicom(study_uid, "SC", sc, info, [shown]))
         if spec.yields("fhir"):
             self.results.fhir(findings, series[0], sr.SOPInstanceUID if spec.yields("sr") else None)
+        self.results.hl7(findings, series[0], info)
         return paths
 
     @staticmethod

@@ -15,7 +15,9 @@ For one model's findings about a study, :class:`ResultWriter`:
   (idempotency key ``dicom:<SOPInstanceUID>:<destination>``);
 * sends the FHIR DiagnosticReport and its Observations as one transaction Bundle to
   ``fhir.base_url`` through the outbox (key ``fhir:bundle:<id>``) when it is set, else keeps them in
-  the local store (``store.put_resources``).
+  the local store (``store.put_resources``);
+* queues an HL7 v2.5.1 ORU^R01 of the study's findings (:mod:`serving.delivery.hl7_message`) for
+  each ``hl7.destinations`` entry that takes the model (key ``hl7:<destination>:<MSH-10>``).
 
 The UID rule: every UID derives from the source and the model name and version (:func:`result_uid`,
 :func:`sr_uid`), so processing a study again, or uploading an image the gateway already received,
@@ -37,6 +39,8 @@ from dicom_gateway.uids import check_uid, inside
 from kernel.fhir_bundle import transaction_bundle
 from models.finding import Finding
 from models.spec import ServingSpec
+from serving.config import Hl7Section
+from serving.delivery.hl7_message import MessageHeader, build_oru, control_id, now
 from serving.fhir.report import PatientIdentity, build_report_resources
 
 #: Series Number of the Secondary Capture overlays and of the presentation states (the SR's is
@@ -48,7 +52,7 @@ PRESENTATION_SERIES_NUMBER = 9904
 STUDY_IMAGE_OBJECTS = ("sr", "sc", "gsps")
 UPLOAD_OBJECTS = ("sr",)
 #: Outbox kinds of the deliveries queued here.
-DICOM_KIND, FHIR_KIND = "dicom", "fhir"
+DICOM_KIND, FHIR_KIND, HL7_KIND = "dicom", "fhir", "hl7"
 
 
 class Enqueue(Protocol):
@@ -92,19 +96,23 @@ class ResultWriter:
         The FHIR server the reports go to; None keeps them in the store.
     identity
         Patient identifier systems of the FHIR resources.
+    hl7
+        The ``hl7`` section: where ORU^R01 messages go (its ``destinations``) and how MSH names medgate.
     """
 
     def __init__(self, store, outbox: Enqueue | None, results_dir: Path, *,
                  destinations: dict[str, list[str]] | None = None, fhir_base_url: str | None = None,
-                 identity: PatientIdentity | None = None) -> None:
+                 identity: PatientIdentity | None = None, hl7: Hl7Section | None = None) -> None:
         self.store, self.outbox = store, outbox
         self.results_dir = Path(results_dir)
         self.destinations = {name: tuple(kinds) for name, kinds in (destinations or {}).items()}
         self.fhir_base_url = fhir_base_url
         self.identity = identity or PatientIdentity()
-        if outbox is None and (self.destinations or fhir_base_url):
-            raise ValueError(f"an outbox is required to deliver to destinations {sorted(self.destinations)} "
-                             f"or the FHIR server {fhir_base_url!r}; none is given.")
+        self.hl7_config = hl7 or Hl7Section()
+        if outbox is None and (self.destinations or fhir_base_url or self.hl7_config.destinations):
+            raise ValueError(f"an outbox is required to deliver to destinations {sorted(self.destinations)}, "
+                             f"the FHIR server {fhir_base_url!r} or HL7 destinations "
+                             f"{sorted(self.hl7_config.named())}; none is given.")
 
     # -- building ------------------------------------------------------------------------------
     @staticmethod
@@ -147,6 +155,25 @@ class ResultWriter:
         self.outbox.enqueue(f"fhir:bundle:{bundle['id']}", FHIR_KIND, self.fhir_base_url, bundle)
         return f"{self.fhir_base_url.rstrip('/')}/{report}"
 
+    def hl7(self, findings: list[Finding], source, info: dict[str, Any]) -> list[str]:
+        """Queue the ORU^R01 of ``findings`` (one model version about the study of ``source``) for
+        each HL7 destination that takes the model; returns the MSH-10 of each message queued."""
+        cfg, queued = self.hl7_config, []
+        made = now()  # MSH-7 of every copy; a message queued once is never rebuilt
+        sources = sorted({s.sop_instance_uid for f in findings for s in f.sources})
+        for dest in cfg.destinations:
+            if dest.models is not None and info["name"] not in dest.models:
+                continue
+            header = MessageHeader(cfg.application, cfg.facility, dest.receiving_application,
+                                   dest.receiving_facility, cfg.processing_id)
+            message_id = control_id(findings[0].source.study_uid, info["name"], info["version"], dest.name,
+                                    sources)
+            message = build_oru(findings, source, header, message_id, made, cfg.issuer_identifier_types)
+            self.outbox.enqueue(f"hl7:{dest.name}:{message_id}", HL7_KIND, dest.name,
+                                {"message": message, "control_id": message_id})
+            queued.append(message_id)
+        return queued
+
     def image(self, ds, finding: Finding, info: dict[str, Any], spec: ServingSpec,
               objects: tuple[str, ...] = STUDY_IMAGE_OBJECTS, **summary: Any) -> dict[str, Path]:
         """The DICOM objects among ``objects`` that ``spec`` yields for one finding about 2D image
@@ -179,4 +206,5 @@ class ResultWriter:
         links = {kind: f"/v1/results/{study_uid}/{path.name}" for kind, path in paths.items()}
         if spec.yields("fhir"):
             links["fhir"] = self.fhir([finding], ds, sr_uid(ds.SOPInstanceUID, info) if "sr" in paths else None)
+        self.hl7([finding], ds, info)
         return links
