@@ -123,6 +123,25 @@ def encode_response(command: Dataset, status: int, comment: str = "") -> bytes:
     return _GROUP_LENGTH.pack(0x0000, 0x0000, 4, len(elements)) + elements
 
 
+#: Command Field of C-STORE-RQ and Priority MEDIUM (PS3.7 9.3.1.1, E.1-1).
+C_STORE_RQ, PRIORITY_MEDIUM = 0x0001, 0x0000
+#: Command Data Set Type: a data set follows (any value but 0101H, PS3.7 E.1-1).
+DATA_SET_PRESENT = 0x0000
+
+
+def encode_store_request(sop_class_uid: str, sop_instance_uid: str, message_id: int) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1), Implicit VR Little Endian, tags ascending."""
+    elements = b"".join((
+        _uid(0x0002, sop_class_uid),
+        _us(0x0100, C_STORE_RQ),
+        _us(0x0110, message_id),
+        _us(0x0700, PRIORITY_MEDIUM),
+        _us(0x0800, DATA_SET_PRESENT),
+        _uid(0x1000, sop_instance_uid),
+    ))
+    return _GROUP_LENGTH.pack(0x0000, 0x0000, 4, len(elements)) + elements
+
+
 _GROUP_LENGTH = struct.Struct("<HHII")
 _US = struct.Struct("<HHIH")
 

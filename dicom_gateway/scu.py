@@ -1,6 +1,7 @@
 """C-STORE SCU: send stored result objects to a DICOM destination (PS3.4 Annex B).
 
-Used by the delivery outbox; every failure raises a typed delivery error
+Used by the delivery outbox, over :mod:`dicom_gateway.requestor`'s association (one blocking
+socket, the file's bytes sent as they are); every failure raises a typed delivery error
 (:mod:`kernel.delivery_errors`) with the peer's reason, so the outbox dead-letters a refusal at
 once and retries an outage:
 
@@ -21,11 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, evt
-from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pydicom.uid import UID
 
+from dicom_gateway.requestor import Association, Lost, Part10, Refused
 from dicom_gateway.status import REASONS_OF_SOURCE, RejectResult, RejectSource, StoreStatus
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
 
@@ -50,7 +50,8 @@ def is_transient(code: int) -> bool:
 
 def send_files(paths: Sequence[str | Path], *, ae_title: str, host: str, port: int,
                calling_ae_title: str = "MEDGATE", timeout_s: float = 30.0) -> None:
-    """C-STORE every file in ``paths`` to ``ae_title@host:port`` over one association.
+    """C-STORE every file in ``paths`` to ``ae_title@host:port`` over one association
+    (:class:`dicom_gateway.requestor.Association`).
 
     Raises
     ------
@@ -65,69 +66,42 @@ def send_files(paths: Sequence[str | Path], *, ae_title: str, host: str, port: i
         raise ValueError("`paths` must name at least one file, an empty sequence is given.")
     peer = f"{ae_title}@{host}:{port}"
     try:
-        datasets = [dcmread(p) for p in paths]
-    except (OSError, InvalidDicomError) as exc:
+        objects = [Part10.read(p) for p in paths]
+    except (OSError, InvalidDicomError, AttributeError) as exc:
         raise PermanentDeliveryError(f"cannot read an object for {peer}: {exc}") from None
-    ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    rejections: list[A_ASSOCIATE_RJ] = []
-    keep_rejection = (evt.EVT_PDU_RECV, lambda event: rejections.append(event.pdu)
-                      if isinstance(event.pdu, A_ASSOCIATE_RJ) else None)
-    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=[keep_rejection])
-    if not assoc.is_established:
-        raise _not_established(assoc, peer, rejections)
     try:
-        for ds in datasets:
-            _store(assoc, ds, peer)
-    finally:
-        if assoc.is_established:
-            assoc.release()
+        with Association(host, port, called_ae=ae_title, calling_ae=calling_ae_title, objects=objects,
+                         timeout_s=timeout_s) as association:
+            for obj in objects:
+                _store(association, obj, peer)
+    except Refused as exc:
+        if exc.result is None:
+            raise PermanentDeliveryError(str(exc)) from None
+        reason = f"{peer} rejected the association: {_rejection_text(exc.result, exc.source, exc.reason)}"
+        raise (PermanentDeliveryError if exc.result == RejectResult.PERMANENT else TransientDeliveryError)(reason) \
+            from None
+    except Lost as exc:
+        raise TransientDeliveryError(str(exc)) from None
 
 
-def _store(assoc, ds, peer: str) -> None:
+def _store(association: Association, obj: Part10, peer: str) -> None:
     try:
-        status = assoc.send_c_store(ds)
-    except ValueError as exc:  # pynetdicom: no accepted presentation context for this object
+        status = association.store(obj)
+    except LookupError:
         raise PermanentDeliveryError(f"{peer} accepted no presentation context for "
-                                     f"{ds.SOPClassUID.name or ds.SOPClassUID}: {exc}") from None
+                                     f"{UID(obj.sop_class_uid).name or obj.sop_class_uid}") from None
+    except Lost as exc:
+        raise TransientDeliveryError(f"no C-STORE response from {peer} for {obj.sop_instance_uid} ({exc})") from None
     code = getattr(status, "Status", None)
     if code is None:
-        raise TransientDeliveryError(f"no C-STORE response from {peer} for {ds.SOPInstanceUID} "
-                                     "(timeout or abort)")
+        raise TransientDeliveryError(f"no Status in the C-STORE response from {peer} for {obj.sop_instance_uid}")
+    code = int(code)
     if is_stored(code):
         return
     comment = getattr(status, "ErrorComment", None)
-    reason = (f"{peer} answered C-STORE of {ds.SOPInstanceUID} with status 0x{code:04X}"
+    reason = (f"{peer} answered C-STORE of {obj.sop_instance_uid} with status 0x{code:04X}"
               + (f": {comment}" if comment else ""))
     raise (TransientDeliveryError if is_transient(code) else PermanentDeliveryError)(reason)
-
-
-def _not_established(assoc, peer: str, rejections: Sequence[A_ASSOCIATE_RJ] = ()
-                     ) -> PermanentDeliveryError | TransientDeliveryError:
-    """The delivery error for an association that was not established (PS3.8 9.3.4).
-
-    ``rejections`` are the A-ASSOCIATE-RJ PDUs the reader thread decoded. They are the evidence of
-    a rejection when the peer sent A-ASSOCIATE-RJ and closed the connection before pynetdicom's
-    requestor looked at the socket: it then takes the connection for failed and aborts, leaving
-    ``is_rejected`` false and no primitive (seen under load with DCMTK ``storescp --refuse``).
-    """
-    if rejections:  # decoded before pynetdicom sets ``is_rejected``, so this covers that case too
-        pdu = rejections[0]
-        reason = (f"{peer} rejected the association: "
-                  f"{_rejection_text(pdu.result, pdu.source, pdu.reason_diagnostic)}")
-        if pdu.result == RejectResult.PERMANENT:
-            return PermanentDeliveryError(reason)
-        return TransientDeliveryError(reason)
-    reply = assoc.acceptor.primitive if assoc.acceptor is not None else None
-    if reply is None:  # no A-ASSOCIATE-AC/RJ: not connected, or no answer within the ACSE timeout
-        return TransientDeliveryError(f"association with {peer} was not established (not reachable "
-                                      "or no answer)")
-    if reply.result == 0 and not assoc.accepted_contexts:
-        return PermanentDeliveryError(f"{peer} accepted none of the proposed presentation contexts "
-                                      "(SOP Class or transfer syntax not supported)")
-    return TransientDeliveryError(f"{peer} aborted the association")
 
 
 def _rejection_text(result: int, source: int, diagnostic: int) -> str:

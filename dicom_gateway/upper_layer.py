@@ -84,12 +84,23 @@ def pdu(pdu_type: int, body: bytes) -> bytes:
 
 def command_pdus(context_id: int, command: bytes, peer_max_length: int) -> list[bytes]:
     """P-DATA-TF PDUs carrying ``command`` in fragments that fit the peer's maximum length."""
-    room = (peer_max_length - _PDV.size) if peer_max_length else len(command)
+    return _pdv_pdus(context_id, command, peer_max_length, 0x01)
+
+
+def data_pdus(context_id: int, data_set: bytes, peer_max_length: int) -> list[bytes]:
+    """P-DATA-TF PDUs carrying a data set in fragments that fit the peer's maximum length."""
+    return _pdv_pdus(context_id, data_set, peer_max_length, 0x00)
+
+
+def _pdv_pdus(context_id: int, payload: bytes, peer_max_length: int, kind: int) -> list[bytes]:
+    """One PDV per P-DATA-TF; message control header bit 0 ``kind`` (1 command, 0 data set), bit 1
+    on the last fragment (PS3.8 E.2)."""
+    room = (peer_max_length - _PDV.size) if peer_max_length else len(payload)
     room = max(room, 1)
-    out = []
-    for start in range(0, len(command), room):
-        fragment = command[start:start + room]
-        control = 0x01 | (0x02 if start + room >= len(command) else 0x00)
+    view, out = memoryview(payload), []
+    for start in range(0, max(len(payload), 1), room):
+        fragment = view[start:start + room]
+        control = kind | (0x02 if start + room >= len(payload) else 0x00)
         out.append(pdu(DATA_TF, _PDV.pack(len(fragment) + 2, context_id, control) + fragment))
     return out
 
