@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_gateway.config import DicomConfig, check_ae_title
@@ -251,6 +251,44 @@ class AuthConfig(Section):
         return value
 
 
+class CdsIssuer(Section):
+    """A CDS Client (an EHR) trusted to call the CDS Hooks service (CDS Hooks 2.0, "Trusting CDS
+    Clients"): its JWT ``iss`` and where its public keys are, one of ``jwks_url`` (fetched, cached),
+    ``jwks_file`` (a JWK Set) or ``public_key_file`` (PEM)."""
+
+    iss: str = Field(min_length=1)
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    public_key_file: Path | None = None
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+", value):
+            raise ValueError(f"must be an http(s) URL, {value!r} is given")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "CdsIssuer":
+        given = [k for k in ("jwks_url", "jwks_file", "public_key_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"issuer {self.iss!r} needs exactly one of jwks_url, jwks_file, public_key_file; "
+                             f"{given or 'none'} given")
+        return self
+
+
+class CdsConfig(Section):
+    # CDS Hooks 2.0 service (/cds-services, docs/cds-hooks.md).  Only the issuers listed here may
+    # call it; none listed: every call gets 401.
+    issuers: list[CdsIssuer] = []
+    # Longest a client's JWT may live (exp - iat); the specification asks for a short lifetime (5 min).
+    max_token_lifetime_s: int = Field(300, ge=1)
+    # Reads of the EHR's FHIR server (fhirServer + fhirAuthorization) when prefetch is absent.
+    fhir_timeout_s: float = Field(5.0, gt=0)
+    # A SMART app launch URL shown as a card link (type "smart"); null: no SMART link.
+    smart_app_url: str | None = None
+
+
 class LoggingConfig(Section):
     format: Literal["text", "json"] = "text"  # json: one object per line (docs/observability.md)
 
@@ -302,6 +340,7 @@ class Settings(BaseSettings):
     iomt: IomtConfig = IomtConfig()
     serving: ServingConfig = ServingConfig()
     auth: AuthConfig = AuthConfig()
+    cds: CdsConfig = CdsConfig()
     log_level: str = "INFO"
     logging: LoggingConfig = LoggingConfig()
     class_codes: dict[str, dict[str, ClassCode]] = {}  # model -> class name -> the site's code

@@ -1,6 +1,7 @@
 """Everything the ingress serves besides its own methods: guard, security headers, dashboard,
-ward, worklist, system page, the FHIR read API and DICOMweb's QIDO-RS and WADO-RS (STOW-RS is the
-ingress's own).  :func:`install_routes` adds them to a FastAPI app.
+ward, worklist, system page, the FHIR read API, DICOMweb's QIDO-RS and WADO-RS (STOW-RS is the
+ingress's own), clinician feedback (:mod:`serving.feedback.api`) and CDS Hooks (:mod:`serving.cds.api`).
+:func:`install_routes` adds them to a FastAPI app.
 
 The interactive API pages (``/docs``, ``/redoc``) are removed: FastAPI's Swagger UI and ReDoc load
 their script from a CDN (unreachable on an offline hospital network) and run inline script, which
@@ -14,7 +15,10 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from serving.cds import api as cds_api
+from serving.feedback import api as feedback_api
 from serving.http import fhir_api, guard, headers, qido, system, wado, ward, worklist
+from serving.http.context import current
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -58,6 +62,7 @@ def install_routes(app: FastAPI) -> FastAPI:
     app.middleware("http")(guard.guard)
     app.middleware("http")(headers.security_headers)  # added last = outermost: 401/403 get them too
     for router in (dashboard, guard.router, ward.router, worklist.router, system.router,
-                   fhir_api.router, qido.router, wado.router):
+                   fhir_api.router, qido.router, wado.router, feedback_api.build_router(current),
+                   cds_api.build_router(current)):
         app.include_router(router)
     return app
