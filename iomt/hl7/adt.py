@@ -182,11 +182,11 @@ class AdtApplier:
         gone["link"] = [{"other": {"reference": survivor.reference}, "type": "replaced-by"}]
         kept = survivor.patient_resource()
         kept["link"] = [{"other": {"reference": prior.reference}, "type": "replaces"}]
-        out.resources += [gone, kept, *(encounter_resource(r, survivor.reference) for r in rows)]
         for assoc in self.store.associations():
             if (assoc.patient_id, assoc.patient_system) == (prior.patient_id, prior.patient_system):
                 self._device_event("transfer", assoc.device, survivor, adt.time, out,
                                    Bed(assoc.ward, assoc.bed, None, assoc.site) if assoc.ward and assoc.bed else None)
+        out.resources += [gone, kept, *(encounter_resource(r, survivor.reference) for r in rows)]  # after theirs
         return rows
 
     @staticmethod
