@@ -39,6 +39,7 @@ the type of the resource it references.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -137,6 +138,8 @@ SORT_KEYS: dict[str, Callable[[str], Callable[[dict], str | None] | None]] = {
     "_id": lambda _: _id,
 }
 _PREFIXES = ("eq", "ge", "gt", "le", "lt")
+#: A reference search value: ``[Type/]id``, the id an R4 ``id`` (http://hl7.org/fhir/R4/datatypes.html#id).
+_REFERENCE = re.compile(r"(?:[A-Z][A-Za-z]{0,63}/)?[A-Za-z0-9\-.]{1,64}")
 
 
 class SearchError(ValueError):
@@ -358,6 +361,8 @@ def _add(search: Search, param: Parameter, modifier: str, value: str) -> None:
         search.filters.append(lambda r: _identifier_match(_concepts((r.get("subject") or {}).get("identifier")),
                                                           wanted))
     elif name in ("patient", "subject"):
+        if not _REFERENCE.fullmatch(value):
+            raise SearchError(f"{name}: {value[:80]!r} is not an id or Type/id (R4 id: [A-Za-z0-9-.]{{1,64}})")
         search.subject = value if "/" in value else f"Patient/{value}"
     elif name == "_id":
         ids = set(value.split(","))

@@ -40,7 +40,8 @@ def test_prefer_header(prefer, strict):
 
 
 def test_unsupported_modifier_and_unreadable_values_are_refused_even_when_lenient():
-    for items in ([("code:text", "x")], [("_lastUpdated", "soon")], [("_total", "maybe")], [("_count", "-1")],
+    for items in ([("code:text", "x")], [("patient", "p 1")], [("subject", "Patient/../x")],
+                  [("patient", "x" * 65)], [("_lastUpdated", "soon")], [("_total", "maybe")], [("_count", "-1")],
                   [("_count", "ten")]):
         with pytest.raises(SearchError):
             parse_search("Observation", items)
