@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import hl7
 import numpy as np
@@ -211,3 +212,18 @@ def test_a_bad_hl7_section_names_the_key(section, match):
     with pytest.raises(ConfigError, match=match) as raised:
         load_config(hl7=section)
     assert "hl7." in str(raised.value)
+
+
+def test_the_example_in_the_docs_is_what_medgate_builds():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "hl7-results.md").read_text(encoding="utf-8")
+    shown = doc.split("```text\n", 1)[1].split("```", 1)[0]
+    ds = make_dx_dataset(np.zeros((64, 64), np.uint16), patient_id="079123456789", issuer="CCCD",
+                         patient_name="Nguyễn^Văn An", study_uid="1.2.826.0.1.3680043.8.498.1", accession="CR240117")
+    ds.PatientBirthDate, ds.PatientSex = "19800102", "M"
+    ds.StudyDate, ds.StudyTime, ds.TimezoneOffsetFromUTC = "20261203", "081500", "+0700"
+    ds.PlacerOrderNumberImagingServiceRequest = "HIS-884211"
+    example = Finding(model="tb", model_version="1.1.0", code=TB, probability=0.873, threshold=0.5,
+                      source=source_image(ds))
+    built = build_oru([example], ds, MessageHeader("MEDGATE", "BV_CHORAY", "RIS", "RADIOLOGY"),
+                      "Q5M2K7XW3D4HJ6TA2BNE", datetime(2026, 12, 3, 1, 16, 2, tzinfo=timezone.utc), {"CCCD": "NI"})
+    assert built.replace("\r", "\n") == shown

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from datetime import datetime, timezone
@@ -23,8 +25,8 @@ from hl7.mllp import start_hl7_server
 
 from dicom_gateway.scp import StorageScp
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
-from peers import free_port, require_peer, storescu, wait_until
-from serving.config import Hl7Section, Hl7Destination
+from peers import find_peer, free_port, require_peer, storescu, wait_until
+from serving.config import Hl7Destination, Hl7Section, Hl7Tls
 from serving.delivery.hl7_message import MessageHeader, build_oru, control_id
 from serving.delivery.hl7_sender import Hl7Sender, check_ack
 from serving.delivery.outbox import Outbox
@@ -46,8 +48,8 @@ class MllpPeer:
     n-th message with ``answers[n]`` (the last one repeats): an HL7 table 0008 code or
     :data:`SILENT`."""
 
-    def __init__(self, port: int, answers: list[str] | None = None) -> None:
-        self.port, self.answers = port, list(answers or ["AA"])
+    def __init__(self, port: int, answers: list[str] | None = None, tls: ssl.SSLContext | None = None) -> None:
+        self.port, self.answers, self.tls = port, list(answers or ["AA"]), tls
         self.received: list[hl7.Message] = []
         self._loop = asyncio.new_event_loop()
         self._server = None
@@ -57,7 +59,7 @@ class MllpPeer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            start_hl7_server(self._handle, "127.0.0.1", self.port, encoding="utf-8"))
+            start_hl7_server(self._handle, "127.0.0.1", self.port, encoding="utf-8", ssl=self.tls))
         self._ready.set()
         self._loop.run_forever()
 
@@ -75,7 +77,7 @@ class MllpPeer:
                     ack += "\rERR||PID^1^3|204^Unknown key identifier^HL70357|E||||No order for this accession"
                 writer.writeblock((ack + "\r").encode("utf-8"))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:
             writer.close()
@@ -100,8 +102,8 @@ class MllpPeer:
 def peer():
     peers: list[MllpPeer] = []
 
-    def start(answers=None, port=None) -> MllpPeer:
-        peers.append(MllpPeer(port or free_port(), answers).start())
+    def start(answers=None, port=None, tls=None) -> MllpPeer:
+        peers.append(MllpPeer(port or free_port(), answers, tls).start())
         return peers[-1]
 
     yield start
@@ -230,6 +232,25 @@ def test_a_peer_that_closes_or_is_not_configured(tmp_path, cxr):
     finally:
         thread.join(5)
         listener.close()
+
+
+def test_tls_to_a_ris_whose_certificate_is_verified(peer, tmp_path, cxr):
+    if find_peer("openssl") is None:
+        pytest.skip(reason="openssl not installed")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ris",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", "ris.key", "-out", "ris.crt"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "ris.crt", tmp_path / "ris.key")
+    ris = peer(["AA"], tls=context)
+    payload = {"message": message(cxr, "M8"), "control_id": "M8"}
+    Hl7Sender({"ris": destination(ris.port, tls=Hl7Tls(ca_file=tmp_path / "ris.crt"))})("ris", payload)
+    assert ris.control_ids() == ["M8"]
+    with pytest.raises(TransientDeliveryError, match="CERTIFICATE_VERIFY_FAILED"):  # not signed by a system CA
+        Hl7Sender({"ris": destination(ris.port, tls=Hl7Tls())})("ris", payload)
+    with pytest.raises(TransientDeliveryError):  # plain MLLP to a TLS port: no ACK
+        Hl7Sender({"ris": destination(ris.port, read_timeout_s=0.5)})("ris", payload)
+    assert ris.control_ids() == ["M8"]
 
 
 class LocalHandle:
