@@ -129,11 +129,17 @@ class FeedbackService:
         return item
 
     def _findings(self, study_uid: str, model: str, version: str) -> list[dict]:
+        """The findings of the model version's SRs on the study, in the order they were written: the
+        order of the FHIR report's Observations and of the worklist's numbers (one SR per image)."""
+        found, any_sr = [], False
         for result in self.store.results_of(study_uid):
             summary = result.summary
             if result.kind == "sr" and (summary.get("model"), summary.get("version")) == (model, version):
-                return list(summary.get("findings") or [])
-        raise FeedbackRefused(NOT_FOUND, f"study {study_uid} has no result of {model} {version}")
+                any_sr = True
+                found += summary.get("findings") or []
+        if not any_sr:
+            raise FeedbackRefused(NOT_FOUND, f"study {study_uid} has no result of {model} {version}")
+        return found
 
     # -- alerts ------------------------------------------------------------------------------------
     def on_alert(self, reviewer: Reviewer, flag_id: str, body: Any) -> Feedback:

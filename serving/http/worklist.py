@@ -2,8 +2,9 @@
 
 ``GET /v1/worklist`` lists the newest ``LIMIT`` studies with the patient ID and modality of their
 first instance, the results per model (findings, links to the SR and the DiagnosticReport) and the
-overlay Secondary Captures.  A study whose instances the gateway refused at intake is listed too, status
-``refused``, its ``detail`` the status, the sender and the reason (bounded, control characters removed;
+overlay Secondary Captures, each finding numbered from 1 per model version, and the clinicians'
+verdicts on them (:mod:`serving.feedback`, ``feedback``).  A study whose instances the gateway refused at
+intake is listed too, status ``refused``, its ``detail`` the status, the sender and the reason (bounded, control characters removed;
 :func:`dicom_gateway.ledger.record_refusal`), with no instance.  ``GET /v1/overlay/{study_uid}/{name}.png`` renders a stored
 Secondary Capture (``results/<study>/SC-<uid>.dcm``, one the results table records) to PNG for the
 browser.  One audit row each.
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from dicom_gateway.uids import is_uid
+from serving.feedback.api import feedback_service
 from serving.fhir.report import report_id
 from serving.http.context import current
 from serving.imaging.findings import recorded_result
@@ -60,18 +62,23 @@ def _results(study_uid: str, results: list[Result]) -> list[dict[str, Any]]:
             entry["overlays"].append(f"/v1/overlay/{study_uid}/{Path(name).stem}.png")
         elif r.kind == "seg" and name:
             entry.setdefault("seg", []).append(f"/v1/results/{study_uid}/{name}")
+    for entry in by_model.values():  # the number a verdict names (serving.feedback.service)
+        for number, finding in enumerate(entry["findings"], start=1):
+            finding["n"] = number
     return list(by_model.values())
 
 
 def worklist(store: Store, limit: int = LIMIT) -> list[dict[str, Any]]:
     out = []
+    verdicts = feedback_service(store).feedback
     for s in store.gateway.recent_studies(limit):
         instances = store.gateway.instances_of(s.study_uid)
         header = _header(instances[0].path) if instances else {}
         out.append({"study_uid": s.study_uid, "status": s.status, "route": s.route,
                     "detail": s.detail, "received_at": s.received_at, "updated_at": s.updated_at,
                     "instances": len(instances), **header,
-                    "results": _results(s.study_uid, store.results_of(s.study_uid))})
+                    "results": _results(s.study_uid, store.results_of(s.study_uid)),
+                    "feedback": [f.as_json() for f in verdicts.of_study(s.study_uid)]})
     return out
 
 

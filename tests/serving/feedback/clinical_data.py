@@ -36,6 +36,9 @@ def fill(store) -> dict:
     identity = PatientIdentity(unqualified_system=CCCD)
     resources = build_report_resources(findings, ds, identity, sr_sop_instance_uid="1.2.3.4", issued=WHEN)
     store.put_resources(resources)
+    store.add_instance({"sop_instance_uid": ds.SOPInstanceUID, "study_uid": ds.StudyInstanceUID,
+                        "series_uid": ds.SeriesInstanceUID, "sop_class_uid": ds.SOPClassUID, "modality": "DX",
+                        "path": "/nowhere/image.dcm", "calling_ae": "CXR_ROOM_1"})
     store.add_result(ds.StudyInstanceUID, "sr", f"/nowhere/{ds.StudyInstanceUID}/SR-1.2.3.4.dcm",
                      {"model": "tb", "version": "1.0.0", "sop_instance_uid": "1.2.3.4",
                       "findings": summary_of(findings)})

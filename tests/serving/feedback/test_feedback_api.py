@@ -96,3 +96,17 @@ def test_ward_staff_judge_an_alert_and_an_unknown_alert_is_refused(web):
     assert admin.status_code == 403 and "may not judge alerts" in admin.json()["error"]
     assert stored(app) == before
     assert AuditLog(app.context.db_path).count({"query": "alert feedback", "outcome": "denied"}) == 1
+
+
+def test_the_worklist_numbers_findings_and_shows_their_verdicts(web):
+    app, data = web
+    body = {"study_uid": data["study_uid"], "model": "tb", "version": "1.0.0", "finding": 2, "verdict": "agree"}
+    assert requests.post(f"{app.url}/v1/worklist/feedback", json=body, headers=auth("clinician"),
+                         timeout=10).status_code == 201
+    studies = requests.get(f"{app.url}/v1/worklist", headers=auth("clinician"), timeout=10).json()["studies"]
+    study = next(s for s in studies if s["study_uid"] == data["study_uid"])
+    [result] = study["results"]
+    assert [f["n"] for f in result["findings"]] == [1, 2]
+    second = f"Observation/{data['observations'][1]['id']}"
+    assert any(f["target"] == second and f["verdict"] == "agree" for f in study["feedback"])
+    assert all(f["site"] == "CXR_ROOM_1" for f in study["feedback"])
