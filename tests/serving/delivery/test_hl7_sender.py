@@ -303,3 +303,33 @@ def test_a_cxr_study_pushed_by_storescu_reaches_the_ris_as_one_oru(peer, tmp_pat
     assert str(finding(3)) == "{value}^{meaning}^{scheme}".format(**info["finding"])
     p = float(str(probability(5)))
     assert str(finding(8)) == str(probability(8)) == ("A" if p >= info["threshold"] else "N")
+
+
+def test_the_server_wires_the_hl7_section_to_the_pipeline_and_the_outbox(peer, tmp_path, monkeypatch):
+    """``medgate serve``'s wiring with the Ray part replaced by the same model in-process: a study
+    stored through the gateway reaches the RIS named in ``hl7.destinations``."""
+    from dicom_gateway.scu import send_files
+    from serving.config import load_config
+    from serving.server import Server
+
+    ris = peer(["AA"])
+    model = ModelServer("tb", {"device": "cpu"})
+    model.reconfigure({})
+    monkeypatch.setattr(Server, "_start_ray", lambda self: {"tb": LocalHandle(model)})
+    settings = load_config(state_dir=tmp_path / "var",
+                           dicom={"port": free_port(), "routes": [{"models": ["tb"], "modality": ["DX"]}]},
+                           mqtt={"embedded_port": free_port()},
+                           hl7={"facility": "BV_CHORAY", "destinations": [
+                               {"name": "ris", "port": ris.port, "receiving_application": "RIS"}]})
+    ds = make_dx_dataset(generate_cxr(np.random.default_rng(3), tb=True).pixels, accession="ACC9")
+    ds.save_as(tmp_path / "cxr.dcm", enforce_file_format=True)
+    server = Server(settings)
+    try:
+        server.start()
+        send_files([tmp_path / "cxr.dcm"], ae_title="MEDGATE", host="127.0.0.1", port=server.scp.port,
+                   calling_ae_title="MODALITY")
+        wait_until(lambda: server.outbox.items("sent"), timeout_s=120)
+    finally:
+        server.stop()
+    [received] = ris.received
+    assert str(received.segment("MSH")(4)) == "BV_CHORAY" and str(received.segment("OBR")(3)) == "ACC9"
