@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dicom_gateway.uids import is_uid
 from serving.feedback.api import feedback_service
+from serving.feedback.service import finding_observation_id
 from serving.fhir.report import report_id
 from serving.http.context import current
 from serving.imaging.findings import recorded_result
@@ -62,9 +63,11 @@ def _results(study_uid: str, results: list[Result]) -> list[dict[str, Any]]:
             entry["overlays"].append(f"/v1/overlay/{study_uid}/{Path(name).stem}.png")
         elif r.kind == "seg" and name:
             entry.setdefault("seg", []).append(f"/v1/results/{study_uid}/{name}")
-    for entry in by_model.values():  # the number a verdict names (serving.feedback.service)
+    for entry in by_model.values():  # the number a verdict names and what it is filed under (serving.feedback)
         for number, finding in enumerate(entry["findings"], start=1):
             finding["n"] = number
+            finding["target"] = "Observation/" + finding_observation_id(
+                study_uid, entry["model"], entry["version"], number, str(finding.get("source") or ""))
     return list(by_model.values())
 
 

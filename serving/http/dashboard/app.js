@@ -3,7 +3,7 @@
 
 const TOKEN_KEY = "medgate.token";
 const state = { token: sessionStorage.getItem(TOKEN_KEY), role: null, tab: null, source: null,
-                timer: null, beds: [], studies: [], system: null };
+                timer: null, beds: [], studies: [], system: null, alertVerdicts: {} };
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, attrs = {}, ...children) {
@@ -144,7 +144,8 @@ function renderWard() {
     const risk = tile.deterioration && tile.deterioration.probability !== null
       ? `${Math.round(tile.deterioration.probability * 100)} %` : "–";
     const alerts = tile.alerts.length
-      ? el("ul", { class: "alerts" }, tile.alerts.map((a) => el("li", { text: (a.text || "").replace(/\s*\(Observation\/[^)]*\)/, "") })))
+      ? el("ul", { class: "alerts" }, tile.alerts.map((a) => el("li", {},
+          (a.text || "").replace(/\s*\(Observation\/[^)]*\)/, ""), alertButtons(a))))
       : el("p", { class: "muted", text: t("no.alerts") });
     beds.append(el("article", { class: `tile band-${band || "none"}`, "data-bed": tile.bed ? `${tile.ward}/${tile.bed}` : tile.patient },
       el("header", {},
@@ -169,12 +170,82 @@ function startWorklist() {
   load(); state.timer = setInterval(load, 4000);
 }
 
-function resultCell(result) {
+function resultCell(result, study) {
+  const reviewer = FINDING_REVIEWERS.includes(state.role);
   const findings = result.findings.map((f) => el("span", { class: `finding ${f.positive ? "pos" : "neg"}` },
-    `p=${f.probability.toFixed(2)} ${t(f.positive ? "wl.positive" : "wl.negative")}`));
+    `p=${f.probability.toFixed(2)} ${t(f.positive ? "wl.positive" : "wl.negative")}`,
+    verdictBadge(study, f.target),
+    reviewer ? el("button", { class: "fb", type: "button", text: t("fb.review"), "data-finding": f.n,
+                              onclick: () => openReview(study, result, f) }) : null));
   const links = [...result.sr.map((href) => el("a", { href, text: t("wl.sr"), download: "" })),
                  el("a", { href: result.report, target: "_blank", text: t("wl.report") })];
-  return el("div", { class: "result" }, el("b", { text: `${result.model}@${result.version}` }), " ", findings, " ", links);
+  const missed = reviewer ? el("button", { class: "fb", type: "button", text: t("fb.missed"),
+                                           onclick: () => openReview(study, result, null) }) : null;
+  return el("div", { class: "result" }, el("b", { text: `${result.model}@${result.version}` }), " ", findings, " ",
+            links, missed);
+}
+
+// -- clinician feedback: verdicts on findings (review dialog), helpful / not on alerts ------------
+const FINDING_REVIEWERS = ["clinician", "radiologist"];
+const ALERT_REVIEWERS = ["clinician", "nurse"];
+const review = { body: null, point: null };
+
+function verdictBadge(study, target) {
+  const mine = (study.feedback || []).filter((v) => v.target === target);
+  if (!mine.length) return null;
+  const v = mine[mine.length - 1];
+  return el("span", { class: "verdict", text: `${t(`fb.${v.verdict}`)}${v.reason ? ` (${t(`fb.${v.reason}`)})` : ""}` });
+}
+
+function openReview(study, result, finding) {
+  review.body = { study_uid: study.study_uid, model: result.model, version: result.version,
+                  finding: finding ? finding.n : null };
+  review.point = null;
+  $("#review-title").textContent = `${result.model}@${result.version} · ${finding ? `#${finding.n}` : t("fb.missed")}`;
+  $("#review-verdict").value = finding ? "agree" : "disagree";
+  $("#review-reason").value = finding ? "false-positive" : "missed-finding";
+  $("#review-comment").value = ""; $("#review-error").textContent = "";
+  const image = $("#review-image img");
+  image.src = result.overlays[0] || ""; $("#review-image").hidden = !result.overlays.length;
+  $("#review-image .mark").hidden = true;
+  $("#review").showModal();
+}
+
+function markPoint(event) {
+  const image = $("#review-image img");
+  review.point = [event.offsetX / image.clientWidth, event.offsetY / image.clientHeight].map((v) => Math.min(1, Math.max(0, +v.toFixed(4))));
+  const mark = $("#review-image .mark");
+  mark.style.left = `${event.offsetX}px`; mark.style.top = `${event.offsetY}px`; mark.hidden = false;
+  $("#review-verdict").value = "disagree";
+}
+
+async function sendReview(event) {
+  if (!event.submitter || event.submitter.value !== "send") return;
+  event.preventDefault();
+  const verdict = $("#review-verdict").value;
+  const body = { ...review.body, verdict, comment: $("#review-comment").value || null };
+  if (verdict === "disagree") {
+    body.reason = $("#review-reason").value;
+    if (review.point) body.point_fraction = review.point;
+  }
+  const r = await api("/v1/worklist/feedback", { method: "POST", body: JSON.stringify(body),
+                                                  headers: { "Content-Type": "application/json" } });
+  if (!r.ok) { $("#review-error").textContent = (await r.json()).error; return; }
+  $("#review").close();
+  const w = await api("/v1/worklist");
+  if (w.ok) { state.studies = (await w.json()).studies; renderWorklist(); }
+}
+
+function alertButtons(alert) {
+  if (!ALERT_REVIEWERS.includes(state.role)) return null;
+  if (state.alertVerdicts[alert.id]) return el("span", { class: "verdict", text: t("fb.thanks") });
+  const send = async (verdict) => {
+    const r = await api(`/v1/ward/alerts/${encodeURIComponent(alert.id)}/feedback`, {
+      method: "POST", body: JSON.stringify({ verdict }), headers: { "Content-Type": "application/json" } });
+    if (r.ok) { state.alertVerdicts[alert.id] = verdict; renderWard(); }
+  };
+  return [el("button", { class: "fb", type: "button", text: t("fb.helpful"), onclick: () => send("helpful") }),
+          el("button", { class: "fb", type: "button", text: t("fb.not-helpful"), onclick: () => send("not-helpful") })];
 }
 
 function renderWorklist() {
@@ -189,7 +260,7 @@ function renderWorklist() {
       el("td", { text: s.modality || "–" }),
       el("td", {}, el("span", { class: `status st-${s.status}`, text: t(`status.${s.status}`) }),
         s.status === "refused" && s.detail ? el("div", { class: "reason", text: s.detail }) : null),
-      el("td", {}, s.results.map(resultCell)),
+      el("td", {}, s.results.map((r) => resultCell(r, s))),
       el("td", {}, overlays.map((src) => el("img", { class: "overlay", src, alt: "overlay", loading: "lazy",
         onclick: () => { $("#zoom img").src = src; $("#zoom").showModal(); } })))));
   }
@@ -236,6 +307,8 @@ document.addEventListener("DOMContentLoaded", () => {
     $("#token").value = "";
   });
   $("#logout").addEventListener("click", signOut);
+  $("#review-form").addEventListener("submit", sendReview);
+  $("#review-image img").addEventListener("click", markPoint);
   $("#ward-filter").addEventListener("change", (event) => chooseWard(event.target.value));
   window.addEventListener("hashchange", route);
   if (state.token) signIn(state.token);

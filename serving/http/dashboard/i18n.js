@@ -22,6 +22,11 @@ const STRINGS = {
     "sys.outbox": "Outbox", "sys.dead": "Dead letters", "sys.parked": "parked", "sys.audit": "Audit entries",
     "sys.heartbeat": "Heartbeat age (s)",
     "forbidden": "Your role may not see this page.", "close": "Close",
+    "fb.review": "Review", "fb.missed": "Missed finding", "fb.verdict": "Verdict", "fb.agree": "Agree",
+    "fb.disagree": "Disagree", "fb.reason": "Reason", "fb.false-positive": "False positive",
+    "fb.wrong-location": "Wrong location", "fb.missed-finding": "Missed finding", "fb.comment": "Comment",
+    "fb.send": "Save", "fb.point": "Missed finding or wrong location: click where it is.",
+    "fb.helpful": "Helpful", "fb.not-helpful": "Not helpful", "fb.thanks": "Noted",
   },
   vi: {
     "tab.ward": "Bảng theo dõi khoa", "tab.worklist": "Danh sách ca chụp", "tab.system": "Hệ thống",
@@ -43,6 +48,11 @@ const STRINGS = {
     "sys.outbox": "Hàng đợi gửi", "sys.dead": "Thư lỗi", "sys.parked": "đang giữ", "sys.audit": "Bản ghi kiểm toán",
     "sys.heartbeat": "Nhịp tim hệ thống (giây)",
     "forbidden": "Vai trò của bạn không được xem trang này.", "close": "Đóng",
+    "fb.review": "Đánh giá", "fb.missed": "Bỏ sót tổn thương", "fb.verdict": "Nhận định", "fb.agree": "Đồng ý",
+    "fb.disagree": "Không đồng ý", "fb.reason": "Lý do", "fb.false-positive": "Dương tính giả",
+    "fb.wrong-location": "Sai vị trí", "fb.missed-finding": "Bỏ sót tổn thương", "fb.comment": "Ghi chú",
+    "fb.send": "Lưu", "fb.point": "Bỏ sót hoặc sai vị trí: bấm vào chỗ tổn thương.",
+    "fb.helpful": "Hữu ích", "fb.not-helpful": "Không hữu ích", "fb.thanks": "Đã ghi nhận",
   },
 };
 

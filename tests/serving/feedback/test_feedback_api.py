@@ -108,5 +108,6 @@ def test_the_worklist_numbers_findings_and_shows_their_verdicts(web):
     [result] = study["results"]
     assert [f["n"] for f in result["findings"]] == [1, 2]
     second = f"Observation/{data['observations'][1]['id']}"
+    assert result["findings"][1]["target"] == second
     assert any(f["target"] == second and f["verdict"] == "agree" for f in study["feedback"])
     assert all(f["site"] == "CXR_ROOM_1" for f in study["feedback"])
