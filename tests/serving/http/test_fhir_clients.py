@@ -174,8 +174,12 @@ def test_fhirclient_where_perform_resources(smart, server):
         found = ClientObservation.where({"patient": PATIENT_ID, "code": HR, "_count": "4"}).perform_resources(smart)
         reports = ClientReport.where({"patient": PATIENT_ID}).include("result").perform_resources(smart)
         patients = ClientPatient.where({"identifier": f"{CCCD}|{PATIENT_ID}"}).perform_resources(smart)
+        imaging = ClientObservation.where({"_id": server["observations"][0]["id"]}) \
+            .include("result", ClientReport, reverse=True).perform_resources(smart)
     assert len(found) == MESSAGES and {o.code.coding[0].code for o in found} == {HR}  # every page followed
     assert sorted(r.resource_type for r in reports) == ["DiagnosticReport"] + ["Observation"] * 2
+    assert [(r.resource_type, r.id) for r in imaging] == [("Observation", server["observations"][0]["id"]),
+                                                          ("DiagnosticReport", server["report"]["id"])]
     assert [p.id for p in patients] == [PATIENT_ID]
 
 
