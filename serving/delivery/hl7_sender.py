@@ -51,11 +51,19 @@ def frame(message: str) -> bytes:
 
 class Hl7Sender:
     """Outbox sender of kind ``hl7``: the payload ``{"message": ER7 text, "control_id": MSH-10}``
-    to the destination of that name (:class:`serving.config.Hl7Destination`)."""
+    to the destination of that name (:class:`serving.config.Hl7Destination`).
+
+    Raises
+    ------
+    ValueError
+        A destination's TLS files cannot be read (at construction, so ``medgate serve`` stops at
+        start rather than retrying every message); the message names the destination.
+    """
 
     def __init__(self, destinations: Mapping[str, Hl7Destination]) -> None:
         self.destinations = dict(destinations)
-        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts = {name: tls_context(dest) for name, dest in self.destinations.items()
+                          if dest.tls is not None}
 
     def __call__(self, destination: str, payload: dict[str, Any]) -> None:
         dest = self.destinations.get(destination)
@@ -87,14 +95,21 @@ class Hl7Sender:
             raw.close()
 
     def _wrap(self, dest: Hl7Destination, raw: socket.socket) -> ssl.SSLSocket:
-        context = self._contexts.get(dest.name)
-        if context is None:
-            tls = dest.tls
-            context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-            if tls.cert_file is not None:
-                context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-            self._contexts[dest.name] = context
-        return context.wrap_socket(raw, server_hostname=dest.tls.server_hostname or dest.host)
+        return self._contexts[dest.name].wrap_socket(raw, server_hostname=dest.tls.server_hostname or dest.host)
+
+
+def tls_context(dest: Hl7Destination) -> ssl.SSLContext:
+    """The client TLS context of ``dest``: the receiver verified against ``tls.ca_file`` (else the
+    system's CAs) and by name; ``tls.cert_file``/``key_file`` as the client certificate."""
+    tls = dest.tls
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file is not None:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"hl7.destinations {dest.name!r}: TLS files unreadable ({exc}); ca_file "
+                         f"{tls.ca_file}, cert_file {tls.cert_file}, key_file {tls.key_file}") from None
+    return context
 
 
 def read_block(conn: socket.socket, deadline: float, where: str) -> bytes:

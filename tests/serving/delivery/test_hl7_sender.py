@@ -251,6 +251,8 @@ def test_tls_to_a_ris_whose_certificate_is_verified(peer, tmp_path, cxr):
     with pytest.raises(TransientDeliveryError):  # plain MLLP to a TLS port: no ACK
         Hl7Sender({"ris": destination(ris.port, read_timeout_s=0.5)})("ris", payload)
     assert ris.control_ids() == ["M8"]
+    with pytest.raises(ValueError, match="hl7.destinations 'ris': TLS files unreadable .* ca_file /nonexistent.pem"):
+        Hl7Sender({"ris": destination(ris.port, tls=Hl7Tls(ca_file="/nonexistent.pem"))})
 
 
 class LocalHandle:
