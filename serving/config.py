@@ -25,7 +25,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_gateway.config import DicomConfig, check_ae_title
-from iomt.config import IomtConfig, MqttConfig
+from iomt.config import Hl7Config, IomtConfig, MqttConfig
 from kernel.config import Section
 from kernel.database import database_path
 
@@ -196,11 +196,11 @@ class Hl7Destination(Section):
         return value
 
 
-class Hl7Section(Section):
-    # Imaging results as HL7 v2.5.1 ORU^R01 to each destination, through the outbox
-    # (docs/hl7-results.md).  MSH-3/MSH-4 of what medgate sends; MSH-11 (HL7 table 0103) P, T or D.
-    application: str = "MEDGATE"
-    facility: str = "MEDGATE"
+class Hl7Section(Hl7Config):
+    # The listener's keys (port, host, TLS, allow-lists, application/facility: MSH-3/MSH-4 of what
+    # medgate sends, ACKs included) are iomt.config.Hl7Config's (docs/hl7.md).  Imaging results as
+    # HL7 v2.5.1 ORU^R01 to each destination, through the outbox (docs/hl7-results.md); MSH-11
+    # (HL7 table 0103) P, T or D.
     processing_id: Literal["P", "T", "D"] = "P"
     # PID-3 identifier type (CX.5, HL7 table 0203) by Issuer of Patient ID, when the image's Issuer
     # of Patient ID Qualifiers carry none: NI national identifier (CCCD), HC health card (BHYT/BHXH).

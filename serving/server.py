@@ -18,6 +18,7 @@ from dicom_gateway.scp import StorageScp
 from dicom_gateway.scu import send_files
 from dicom_gateway.wiring import build_scp
 from iomt.bridge import VitalsBridge, broker_address
+from iomt.hl7.wiring import build_listener
 from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
 from kernel import heap
@@ -58,6 +59,7 @@ class Server:
         self.broker = None
         self.bridge: VitalsBridge | None = None
         self.retention = None
+        self.hl7 = None  # iomt.hl7.listener.MllpListener when hl7.port is set
         self.scp: StorageScp | None = None
         self.pipeline = None
         self.outbox: Outbox | None = None
@@ -100,6 +102,9 @@ class Server:
         self.bridge.start()
         if self.bridge.risk is not None:
             self.bridge.risk.start()
+        if cfg.hl7.port is not None:  # ADT and PCD-01 over MLLP, on the bridge's device registry (docs/hl7.md)
+            self.hl7 = build_listener(cfg, self.store.vitals, self.outbox, self.bridge.registry, self.bridge.risk)
+            self.hl7.start()
         if cfg.iomt.retention_hours:
             from iomt.retention import VitalsRetention
 
@@ -167,7 +172,7 @@ class Server:
 
     def stop(self) -> None:
         risk = self.bridge.risk if self.bridge else None
-        for part in (self.scp, self.pipeline, self.bridge, risk, self.retention, self.outbox, self.broker):
+        for part in (self.scp, self.hl7, self.pipeline, self.bridge, risk, self.retention, self.outbox, self.broker):
             if part is not None:
                 try:
                     part.stop()

@@ -7,7 +7,7 @@ import hl7
 from hl7.client import MLLPClient
 
 from iomt.identity import DISCHARGED
-from tests.iomt.hl7.conftest import message
+from hl7_fixtures import message
 
 T0_MS = 1_796_259_600_000  # 2026-12-03T01:00:00Z, after the admission
 BED_B3, BED_B1, BED_T2 = "medgate/BVDK_HN/ICU/B3/MON-7/vitals", "medgate/BVDK_HN/ICU/B1/MON-9/vitals", \

@@ -6,7 +6,7 @@ import pytest
 from iomt.config import Hl7Config, IdentifierSystems
 from iomt.hl7.identifiers import IdentifierMapper
 from iomt.hl7.message import Hl7Error, parse
-from tests.iomt.hl7.conftest import message
+from hl7_fixtures import message
 
 CCCD, BHYT, MRN = ("http://fhir.hl7.org.vn/core/sid/cccd", "http://fhir.hl7.org.vn/core/sid/bhyt",
                    "urn:medgate:hospital-mrn")

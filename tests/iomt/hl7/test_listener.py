@@ -13,7 +13,9 @@ from hl7.client import MLLPClient
 
 from iomt.hl7.intake import Intake
 from iomt.hl7.listener import MllpListener
-from tests.iomt.hl7.conftest import MESSAGES, message
+from iomt.hl7.wiring import build_listener
+from serving.store import Store
+from hl7_fixtures import Settings, message
 
 MLLP_SEND = Path(sys.executable).with_name("mllp_send")
 HEART_RATE, NEWS2_TOTAL = "8867-4", "1104051000000101"
@@ -119,12 +121,8 @@ def test_an_oversized_message_is_refused_and_its_connection_closed(tmp_path, hl7
 
 
 def test_a_facility_not_allowed_is_refused(tmp_path):
-    from tests.iomt.hl7.conftest import _Settings
-    from iomt.hl7.wiring import build_listener
-    from serving.store import Store
-
     store = Store(tmp_path / "db.sqlite3")
-    listener = build_listener(_Settings(allowed_facilities=["BVDK_HN"]), store.vitals)
+    listener = build_listener(Settings(allowed_facilities=["BVDK_HN"]), store.vitals)
     listener.start()
     try:
         assert ack_of(send(listener.port, message("adt_a01_admit.hl7")))[0] == "AA"

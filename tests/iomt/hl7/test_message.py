@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from iomt.hl7.message import Hl7Error, header_of, parse, parse_time
-from tests.iomt.hl7.conftest import message
+from hl7_fixtures import message
 
 ADT = message("adt_a01_admit.hl7")
 

@@ -10,7 +10,7 @@ from iomt.hl7.identifiers import IdentifierMapper
 from iomt.hl7.message import Hl7Error, parse
 from iomt.hl7.pcd01 import load_table, read_pcd01
 from models import clinical_codes as codes
-from tests.iomt.hl7.conftest import message
+from hl7_fixtures import message
 
 SCADA, DIM = 2, 4  # IEEE 11073-10101 partitions: observations, units
 ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
