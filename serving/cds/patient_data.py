@@ -29,6 +29,7 @@ _BAND = re.compile(r"(low-medium|low|medium|high)")
 _STUDY_OID = re.compile(r"^urn:oid:([0-9.]{1,64})$")
 _METHOD = re.compile(r"model (\S+) (\S+) on")
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+_OBSERVATION_REF = re.compile(r"\s*\(Observation/[^)]*\)")  # an alert's text names its NEWS2 Observation
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ def patient_data(store, references: Iterable[str]) -> PatientData:
         risks += [(_instant(r.get("occurrenceDateTime")), r) for r in store.latest_resources("RiskAssessment", ref, 1)]
         for flag in store.latest_resources("Flag", ref, MAX_FLAGS):
             if flag.get("status") == "active":
-                alerts[flag["id"]] = Alert(flag["id"], (flag.get("code") or {}).get("text") or "alert",
+                text = _OBSERVATION_REF.sub("", (flag.get("code") or {}).get("text") or "") or "alert"
+                alerts[flag["id"]] = Alert(flag["id"], text,
                                            (flag.get("period") or {}).get("start"))
         for report in store.latest_resources("DiagnosticReport", ref, MAX_REPORTS):
             result = _imaging(store, report)

@@ -248,13 +248,16 @@ function alertButtons(alert) {
           el("button", { class: "fb", type: "button", text: t("fb.not-helpful"), onclick: () => send("not-helpful") })];
 }
 
+// The study a link names (a CDS Hooks card's "/?study=<uid>#worklist"): its row is marked.
+const linkedStudy = () => new URLSearchParams(location.search).get("study");
+
 function renderWorklist() {
   const body = $("#studies");
   body.replaceChildren();
   $("#worklist-empty").hidden = state.studies.length > 0;
   for (const s of state.studies) {
     const overlays = s.results.flatMap((r) => r.overlays);
-    body.append(el("tr", { "data-study": s.study_uid },
+    body.append(el("tr", { "data-study": s.study_uid, class: s.study_uid === linkedStudy() ? "linked" : null },
       el("td", { text: new Date(s.received_at * 1000).toLocaleString(LANG === "vi" ? "vi-VN" : "en-GB") }),
       el("td", { text: s.patient_id || "–" }),
       el("td", { text: s.modality || "–" }),

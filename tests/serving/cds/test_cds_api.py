@@ -81,7 +81,7 @@ def test_prefetched_patient_gets_news2_alerts_risk_and_imaging_cards(cds, keys):
     cards = r.json()["cards"]
     assert summaries(r)[0] == "NEWS2 7: high clinical risk, rising from 4"
     assert cards[0]["indicator"] == "critical"
-    assert any(s.startswith("1 open NEWS2 alert(s)") for s in summaries(r))
+    assert "1 open NEWS2 alert(s): NEWS2 7: clinical risk high" in summaries(r)
     assert "Deterioration risk 62% (vitals model 1.1.0)" in summaries(r)
     imaging = next(c for c in cards if c["summary"].startswith("AI tb 1.0.0"))
     assert "positive (p=0.85)" in imaging["summary"] and imaging["indicator"] == "warning"

@@ -55,7 +55,8 @@ def page(web):
 
 def test_a_clinician_reviews_a_finding_and_an_alert_from_the_dashboard(web, page, tmp_path):
     app, data = web
-    page.goto(app.url + "/#worklist")
+    page.goto(f"{app.url}/?study={data['study_uid']}#worklist")  # a CDS Hooks card's link
+    assert page.wait_for_selector("tr.linked").get_attribute("data-study") == data["study_uid"]
     page.click('button.fb[data-finding="1"]')
     page.select_option("#review-verdict", "disagree")
     page.select_option("#review-reason", "wrong-location")
