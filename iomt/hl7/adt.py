@@ -20,7 +20,6 @@ from typing import Any
 
 from iomt.hl7.identifiers import IDENTIFIER_PATTERN, IdentifierMapper, PatientIdentity
 from iomt.hl7.message import ErrorCode, Message, error, parse_time
-from iomt.identity import DISCHARGED
 from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.store import Hl7Encounter, VitalsStore
 from iomt.topics import MAX_LEVEL_CHARS
@@ -215,7 +214,8 @@ class AdtApplier:
         """Discharge the monitors at ``bed`` that are this patient's (another's stay bound)."""
         for device in self._devices(bed):
             assoc = self.registry.lookup(device)
-            if assoc is not None and assoc.patient_id not in (patient.patient_id, DISCHARGED):
+            if assoc is None or (assoc.patient_id, assoc.patient_system) != (patient.patient_id,
+                                                                            patient.patient_system):
                 continue
             self._device_event("discharge", device, patient, at, out, None)
 

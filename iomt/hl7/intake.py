@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from datetime import tzinfo
@@ -31,7 +32,16 @@ from kernel.logs import Untrusted
 
 log = logging.getLogger("medgate.iomt.hl7")
 
-SOURCE_PREFIX = "hl7:"  # dead_letters.source: hl7:<MSH-4>/<MSH-3>
+SOURCE_PREFIX = "hl7:"  # dead_letters.source: hl7:<MSH-4>/<MSH-3>; correlation id hl7:<MSH-4>/<MSH-10>
+_PLAIN = re.compile(r"^[\x21-\x7e]{1,64}$", re.ASCII)  # printable ASCII without spaces: shown as sent
+
+
+def label(text: str) -> str:
+    """``text`` for a dead letter's source or a correlation id: as sent when plain printable ASCII,
+    else ``#`` and the first 12 hex digits of its SHA-256 (an id from outside, never trusted as is)."""
+    if _PLAIN.fullmatch(text):
+        return text
+    return "#" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:12]
 
 
 class _CommitsHl7Rows:
@@ -79,7 +89,7 @@ class Intake:
     def handle(self, raw: bytes, peer: str = "") -> bytes:
         """The ACK of one message (the content of one MLLP block) from ``peer``."""
         header = header_of(raw)
-        with self._lock, bound(f"{SOURCE_PREFIX}{header.sending_facility}/{header.control_id}"):
+        with self._lock, bound(f"{SOURCE_PREFIX}{label(header.sending_facility)}/{label(header.control_id)}"):
             try:
                 message = parse(raw)
                 header = message.header
@@ -146,7 +156,7 @@ class Intake:
         log.warning("HL7 %s %s from %s refused (%s %s %s): %s", Untrusted(header.kind),
                     Untrusted(header.control_id), Untrusted(peer), failure.ack.value, failure.code.value,
                     failure.location, Untrusted(failure.text))
-        letter = dead_letter(f"{SOURCE_PREFIX}{header.sending_facility}/{header.sending_application}",
+        letter = dead_letter(f"{SOURCE_PREFIX}{label(header.sending_facility)}/{label(header.sending_application)}",
                              f"{failure.ack.value} {failure.location} {failure.code.value}: {failure.text}", raw)
         try:
             self.store.commit_batch([], [letter])
