@@ -34,7 +34,7 @@ from pydicom import Dataset
 
 from models import coding_scheme
 from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding
-from serving.fhir.report import ReportKind, report_kind
+from serving.fhir.report import CODE_SYSTEMS as FHIR_SYSTEMS, ReportKind, report_kind
 
 #: HL7 v2.5.1 2.5.4 message delimiters: field, then MSH-2 component, repetition, escape, subcomponent.
 FIELD, COMPONENT, REPETITION, ESCAPE, SUBCOMPONENT = "|", "^", "~", "\\", "&"
@@ -237,7 +237,7 @@ def build_oru(findings: Sequence[Finding], source: Dataset, header: MessageHeade
         segment("PID", "1", "", patient_identifiers(source, identifier_types or {}), "", patient_name(source), "",
                 escape(str(source.get("PatientBirthDate", ""))[:8]), escape(_sex(source))),
         segment("ORC", ORDER_CONTROL_RESULTS, placer, filler),
-        segment("OBR", "1", placer, filler, coded(Concept(kind.code["code"], "LN", kind.code["display"])), "", "",
+        segment("OBR", "1", placer, filler, coded(_report_code(kind)), "", "",
                 study_timestamp(source), *[""] * 14, made, "", SERVICE_SECTION[kind], RESULT_STATUS_PRELIMINARY),
         segment("NTE", "1", COMMENT_SOURCE_FILLER, escape(NOT_FOR_CLINICAL_USE), COMMENT_TYPE_REMARK),
         segment("NTE", "2", COMMENT_SOURCE_FILLER,
@@ -260,6 +260,12 @@ def build_oru(findings: Sequence[Finding], source: Dataset, header: MessageHeade
         ]
         set_id += 2
     return SEGMENT_END.join(segments) + SEGMENT_END
+
+
+def _report_code(kind: ReportKind) -> Concept:
+    """OBR-4: the code of the FHIR DiagnosticReport of ``kind`` (LOINC), by its DICOM designator."""
+    designator = {system: scheme for scheme, system in FHIR_SYSTEMS.items()}[kind.code["system"]]
+    return Concept(kind.code["code"], designator, kind.code["display"])
 
 
 def _sex(ds: Dataset) -> str:

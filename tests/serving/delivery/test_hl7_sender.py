@@ -331,6 +331,10 @@ def test_the_server_wires_the_hl7_section_to_the_pipeline_and_the_outbox(peer, t
         send_files([tmp_path / "cxr.dcm"], ae_title="MEDGATE", host="127.0.0.1", port=server.scp.port,
                    calling_ae_title="MODALITY")
         wait_until(lambda: server.outbox.items("sent"), timeout_s=120)
+        # an item queued for a destination since removed from the configuration is dead, naming it
+        server.outbox.enqueue("hl7:old-ris:X1", HL7_KIND, "old-ris", {"message": "MSH|", "control_id": "X1"})
+        [gone] = wait_until(lambda: server.outbox.items("dead"), timeout_s=30)
+        assert gone.attempts == 1 and "HL7 destination 'old-ris' is not configured" in gone.last_error
     finally:
         server.stop()
     [received] = ris.received
