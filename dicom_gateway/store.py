@@ -136,6 +136,10 @@ CREATE TABLE IF NOT EXISTS dicom_object_index (
 );
 CREATE INDEX IF NOT EXISTS dicom_object_index_study ON dicom_object_index(study_uid);
 CREATE INDEX IF NOT EXISTS dicom_object_index_series ON dicom_object_index(series_uid);
+CREATE INDEX IF NOT EXISTS dicom_object_index_study_series ON dicom_object_index(study_uid, series_uid);
+CREATE INDEX IF NOT EXISTS dicom_object_index_patient ON dicom_object_index(patient_id);
+CREATE INDEX IF NOT EXISTS dicom_object_index_accession ON dicom_object_index(accession_number);
+CREATE INDEX IF NOT EXISTS dicom_object_index_date ON dicom_object_index(study_date);
 CREATE TABLE IF NOT EXISTS dicom_index_results (
     study_uid TEXT PRIMARY KEY,
     study_updated_at REAL NOT NULL  -- the study's updated_at when its result objects were last indexed
@@ -491,28 +495,31 @@ class GatewayStore:
             db.executemany("INSERT OR REPLACE INTO dicom_index_results VALUES (?,?)", list(results_indexed))
 
     def query_studies(self, matches: Iterable[Match], limit: int, offset: int = 0) -> list[StudyMatch]:
-        """The studies with an object matching every one of ``matches`` (study-level keys), in the
-        order they were first indexed; ``limit`` from ``offset``."""
+        """The studies with an object matching every one of ``matches`` (study-level keys), in
+        Study Instance UID order (stable, so pages do not overlap); ``limit`` from ``offset``."""
         where, params = _conditions(matches)
         return [StudyMatch(r[0], r[1], r[2], tuple(sorted(filter(None, (r[3] or "").split(",")))), r[4])
                 for r in self.database.rows(
-                    "SELECT i.study_uid, COUNT(DISTINCT i.series_uid), COUNT(*), GROUP_CONCAT(DISTINCT i.modality),"
-                    " (SELECT h.header FROM dicom_object_index h WHERE h.study_uid=i.study_uid AND h.header IS NOT"
-                    " NULL ORDER BY h.source <> 'received', h.rowid LIMIT 1) FROM dicom_object_index i"
-                    f" WHERE i.header IS NOT NULL AND i.study_uid IN (SELECT study_uid FROM dicom_object_index"
-                    f" WHERE {where}) GROUP BY i.study_uid ORDER BY MIN(i.rowid) LIMIT ? OFFSET ?",
+                    "WITH page AS (SELECT study_uid FROM dicom_object_index"
+                    f" WHERE {where} GROUP BY study_uid ORDER BY study_uid LIMIT ? OFFSET ?)"
+                    " SELECT p.study_uid, COUNT(DISTINCT i.series_uid), COUNT(*), GROUP_CONCAT(DISTINCT i.modality),"
+                    " (SELECT h.header FROM dicom_object_index h WHERE h.study_uid=p.study_uid AND h.header IS NOT"
+                    " NULL ORDER BY h.source <> 'received', h.rowid LIMIT 1) FROM page p JOIN dicom_object_index i"
+                    " ON i.study_uid=p.study_uid AND i.header IS NOT NULL GROUP BY p.study_uid ORDER BY p.study_uid",
                     (*params, limit, offset))]
 
     def query_series(self, matches: Iterable[Match], limit: int, offset: int = 0) -> list[SeriesMatch]:
         """The series with an object matching every one of ``matches`` (study- and series-level
-        keys), in the order they were first indexed; ``limit`` from ``offset``."""
+        keys), in Study and Series Instance UID order; ``limit`` from ``offset``."""
         where, params = _conditions(matches)
         return [SeriesMatch(*r) for r in self.database.rows(
-            "SELECT i.study_uid, i.series_uid, COUNT(*), (SELECT h.header FROM dicom_object_index h WHERE"
-            " h.series_uid=i.series_uid AND h.header IS NOT NULL ORDER BY h.rowid LIMIT 1)"
-            " FROM dicom_object_index i WHERE i.header IS NOT NULL AND i.series_uid IN (SELECT series_uid FROM"
-            f" dicom_object_index WHERE {where}) GROUP BY i.study_uid, i.series_uid ORDER BY MIN(i.rowid)"
-            " LIMIT ? OFFSET ?", (*params, limit, offset))]
+            "WITH page AS (SELECT study_uid, series_uid FROM dicom_object_index"
+            f" WHERE {where} GROUP BY study_uid, series_uid ORDER BY study_uid, series_uid LIMIT ? OFFSET ?)"
+            " SELECT p.study_uid, p.series_uid, COUNT(*), (SELECT h.header FROM dicom_object_index h WHERE"
+            " h.series_uid=p.series_uid AND h.header IS NOT NULL ORDER BY h.rowid LIMIT 1)"
+            " FROM page p JOIN dicom_object_index i ON i.series_uid=p.series_uid AND i.study_uid=p.study_uid"
+            " AND i.header IS NOT NULL GROUP BY p.study_uid, p.series_uid ORDER BY p.study_uid, p.series_uid",
+            (*params, limit, offset))]
 
     def query_objects(self, matches: Iterable[Match], limit: int | None = None,
                       offset: int = 0) -> list[IndexedObject]:

@@ -35,6 +35,7 @@ from serving.delivery.outbox import Outbox
 from serving.delivery.outbox_db import open_outbox_db
 from serving.fhir.report import patient_identity
 from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
+from serving.http.dicomweb_index import IndexWorker
 from serving.http.forwarded import UVICORN_TRUST_NONE
 from serving.imaging.pipeline import ImagingPipeline
 from serving.imaging.results import HL7_KIND
@@ -62,6 +63,7 @@ class Server:
         self.hl7 = None  # iomt.hl7.listener.MllpListener when hl7.port is set
         self.scp: StorageScp | None = None
         self.pipeline = None
+        self.dicomweb_index: IndexWorker | None = None
         self.outbox: Outbox | None = None
         self._stop = threading.Event()
         self.ray_address: str | None = None
@@ -117,6 +119,8 @@ class Server:
             fhir_base_url=cfg.fhir.base_url if cfg.fhir.send_reports else None,
             identity=patient_identity(cfg), hl7=cfg.hl7)
         self.pipeline.start()
+        self.dicomweb_index = IndexWorker(self.store)  # QIDO-RS headers read as objects arrive
+        self.dicomweb_index.start()
         self.scp = build_scp(cfg.dicom, self.store.gateway, self.state_dir / "spool", self.pipeline.submit,
                              known_models=handles)
         self.scp.start()
@@ -172,7 +176,8 @@ class Server:
 
     def stop(self) -> None:
         risk = self.bridge.risk if self.bridge else None
-        for part in (self.scp, self.hl7, self.pipeline, self.bridge, risk, self.retention, self.outbox, self.broker):
+        for part in (self.scp, self.hl7, self.pipeline, self.dicomweb_index, self.bridge, risk, self.retention,
+                     self.outbox, self.broker):
             if part is not None:
                 try:
                     part.stop()

@@ -234,7 +234,7 @@ def parse_search(params: list[tuple[str, str]], level: str) -> Search:
         seen.add(keyword)
         if include is not None:
             include.add(tag)  # a matching key is returned (PS3.18 10.6.3.3)
-        if value != "":  # empty: universal matching
+        if value.strip("*") != "":  # empty or only "*": universal matching (PS3.4 C.2.2.2.3, C.2.2.2.4)
             matches.append(key_match(keyword, key, value))
     return Search(matches, None if include is None else frozenset(include), limit, offset, warnings)
 

@@ -17,8 +17,10 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 
 from models.registry import ModelRegistry
+from peers import wait_until
 from serving.governance.audit import AuditLog
 from serving.http import stow
+from serving.http.dicomweb_index import IndexWorker
 from serving.imaging.findings import finding_of
 from serving.imaging.results import ResultWriter
 from serving.store import Store
@@ -105,6 +107,7 @@ def test_studies_are_found_with_the_standard_matching(stored):
     assert found(PatientName="nguyen*") == {first.StudyInstanceUID}  # PN: wildcard, any case
     assert found(PatientID="P-00?") == {first.StudyInstanceUID, other.StudyInstanceUID}
     assert found(PatientID="p-001") == set()  # LO: case-sensitive
+    assert len(found(AccessionNumber="*")) == 3  # "*" alone is universal: CT_small has no accession
     assert found(StudyDate="20240101-20240131") == {first.StudyInstanceUID}
     assert found(StudyDate="20240301-") == {other.StudyInstanceUID}
     assert found(StudyDate="-20051231") == {ct.StudyInstanceUID}
@@ -280,3 +283,18 @@ def test_an_unreadable_file_is_left_out_and_the_rest_still_found(stored):
     instances = client.search_for_instances(first.StudyInstanceUID)
     assert {_value(i, SOP_UID) for i in instances} == {first.SOPInstanceUID}
     assert [d.SOPInstanceUID for d in client.retrieve_study(first.StudyInstanceUID)] == [first.SOPInstanceUID]
+
+
+def test_the_server_process_indexes_arrivals_before_any_query(server):
+    store = Store(server.state_dir / "medgate.sqlite3")
+    worker = IndexWorker(store, interval_s=0.05)
+    worker.start()
+    try:
+        ds = _dx("P-009", "Le^Chi", None, "ACC-9", "20240607", 9)
+        _client(server).store_instances([_part10(ds)])
+        wait_until(lambda: store.gateway.query_objects([]), timeout_s=10)  # no DICOMweb request made
+        [indexed] = store.gateway.query_objects([])
+        assert (indexed.sop_instance_uid, indexed.patient_id, indexed.source) == (ds.SOPInstanceUID, "P-009", "received")
+    finally:
+        worker.stop()
+        store.close()
