@@ -2,7 +2,8 @@
 
 - ``code``: ``urn:medgate:feedback|ai-output-review`` "Clinician review of an AI output" (no LOINC
   or SNOMED CT concept names this; the local code system is documented in docs/cds-hooks.md);
-- ``category``: ``survey`` (FHIR R4 observation-category: "assessment tool/survey instrument");
+- ``category``: ``urn:medgate:feedback|ai-output-review`` (no R4 observation-category fits, and the
+  vitals bridge's retention deletes old ``survey`` Observations);
 - ``focus``: what was judged (the finding's Observation, the alert's Flag); ``derivedFrom``: the
   finding's Observation (R4 allows Observation there, not Flag);
 - ``device``: the model version's Device (:func:`serving.fhir.report.device_resource`);
@@ -19,9 +20,9 @@ from serving.feedback.records import Feedback, Kind
 
 FEEDBACK_SYSTEM = "urn:medgate:feedback"
 REVIEW_CODE = {"system": FEEDBACK_SYSTEM, "code": "ai-output-review", "display": "Clinician review of an AI output"}
-#: FHIR R4 observation-category "survey".
-SURVEY = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey",
-          "display": "Survey"}
+#: The category of a verdict.  None of FHIR R4's observation-category codes fits (and the vitals
+#: bridge's retention deletes old ``vital-signs`` and ``survey`` Observations, iomt.retention).
+CATEGORY = {"system": FEEDBACK_SYSTEM, "code": "ai-output-review", "display": "Review of AI output"}
 REASON_CODE = {"system": FEEDBACK_SYSTEM, "code": "reason", "display": "Reason"}
 POINT_X = {"system": FEEDBACK_SYSTEM, "code": "point-x", "display": "Missed finding x (fraction of width)"}
 POINT_Y = {"system": FEEDBACK_SYSTEM, "code": "point-y", "display": "Missed finding y (fraction of height)"}
@@ -44,7 +45,7 @@ def feedback_observation(feedback: Feedback, device_id: str | None = None,
         "resourceType": "Observation",
         "id": feedback.id,
         "status": "final",
-        "category": [{"coding": [SURVEY]}],
+        "category": [{"coding": [CATEGORY]}],
         "code": {"coding": [REVIEW_CODE],
                  "text": f"Review of {feedback.model} {feedback.model_version} {feedback.kind}"},
         "effectiveDateTime": issued,

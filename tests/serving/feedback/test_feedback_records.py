@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from fhir.resources.R4B.observation import Observation
 
+from iomt.retention import BRIDGE_CATEGORIES
 from serving.feedback.fhir import feedback_observation
 from serving.feedback.records import Feedback
 
@@ -47,3 +48,9 @@ def test_a_finding_verdict_is_derived_from_the_findings_observation():
     Observation.model_validate(resource)
     assert resource["derivedFrom"] == [{"reference": "Observation/o1"}]
     assert resource["valueCodeableConcept"]["coding"][0]["code"] == "disagree"
+
+
+def test_a_verdict_outlives_the_vitals_retention():
+    """The bridge's retention deletes old Observations of its categories (vital-signs, survey)."""
+    resource = feedback_observation(finding(), None, None)
+    assert not {c["code"] for cat in resource["category"] for c in cat["coding"]} & set(BRIDGE_CATEGORIES)
