@@ -230,6 +230,7 @@ def build_oru(findings: Sequence[Finding], source: Dataset, header: MessageHeade
     filler = order_number(source, "AccessionNumber", "IssuerOfAccessionNumberSequence")
     algorithm = f"medgate-{model} {version}"
     threshold = findings[0].threshold
+    observed = study_timestamp(source)  # OBR-7, OBX-14
     segments = [
         segment("MSH", ENCODING_CHARACTERS, escape(header.sending_application), escape(header.sending_facility),
                 escape(header.receiving_application), escape(header.receiving_facility), made, "",
@@ -238,14 +239,13 @@ def build_oru(findings: Sequence[Finding], source: Dataset, header: MessageHeade
                 escape(str(source.get("PatientBirthDate", ""))[:8]), escape(_sex(source))),
         segment("ORC", ORDER_CONTROL_RESULTS, placer, filler),
         segment("OBR", "1", placer, filler, coded(_report_code(kind)), "", "",
-                study_timestamp(source), *[""] * 14, made, "", SERVICE_SECTION[kind], RESULT_STATUS_PRELIMINARY),
+                observed, *[""] * 14, made, "", SERVICE_SECTION[kind], RESULT_STATUS_PRELIMINARY),
         segment("NTE", "1", COMMENT_SOURCE_FILLER, escape(NOT_FOR_CLINICAL_USE), COMMENT_TYPE_REMARK),
         segment("NTE", "2", COMMENT_SOURCE_FILLER,
                 escape(f"AI model {algorithm}, operating point {threshold:g}: a finding is present (OBX-8 A) "
                        f"when its probability reaches it"), COMMENT_TYPE_REMARK),
         segment("OBX", "1", "HD", coded(STUDY), "", escape(study_uid), *[""] * 5, RESULT_STATUS_PRELIMINARY),
     ]
-    observed = study_timestamp(source)
     set_id = 1  # OBX-1 counts the message's OBX segments, the study's first
     for n, finding in enumerate(findings, start=1):
         flag = ABNORMAL if finding.positive else NORMAL
