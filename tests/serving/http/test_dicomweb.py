@@ -298,3 +298,16 @@ def test_the_server_process_indexes_arrivals_before_any_query(server):
     finally:
         worker.stop()
         store.close()
+
+
+def test_a_study_deleted_by_retention_is_no_longer_found(stored):
+    web, first, *_ = stored
+    client = _client(web)
+    assert client.search_for_instances(first.StudyInstanceUID)  # indexed
+    store = Store(web.state_dir / "medgate.sqlite3")
+    try:
+        assert store.gateway.delete_study(str(first.StudyInstanceUID), ("receiving", "complete", "unrouted"))
+    finally:
+        store.close()
+    assert client.search_for_studies(search_filters={"PatientID": "P-001"}) == []
+    assert _get(web, f"/dicomweb/studies/{first.StudyInstanceUID}").status_code == 404
