@@ -28,6 +28,7 @@ from kernel.state_permissions import private_folder, restrict_umask, secure_tree
 from models.registry import ROOT_ENV, ModelRegistry
 from models.spec import InputKind
 from serving.components import STATUS_FILE
+from serving.cds.api import CDS_SECTION_ENV
 from serving.config import HttpConfig, Settings
 from serving.delivery.fhir_sender import FhirSender
 from serving.delivery.hl7_sender import Hl7Sender
@@ -146,6 +147,7 @@ class Server:
         os.environ["FORWARDED_ALLOW_IPS"] = UVICORN_TRUST_NONE  # inherited by Ray's workers
         if cfg.models_root is not None:  # the registry every process reads, Ray's workers included
             os.environ[ROOT_ENV] = str(cfg.models_root.resolve())
+        os.environ[CDS_SECTION_ENV] = cfg.cds.model_dump_json()  # the CDS Hooks routes' section, in the ingress
         # Logical CPUs: at least 8 so every model replica (num_cpus 1 each) is placed on a laptop too.
         ray.init(include_dashboard=False, namespace="medgate", logging_level=logging.WARNING,
                  num_cpus=max(os.cpu_count() or 2, 8))

@@ -10,13 +10,14 @@ malformed request 400 and an unknown service or card 404, each with ``{"error": 
 call and every refusal is one audit row, the client's ``iss`` as who.
 
 The ``cds`` configuration section reaches this module through :func:`configure`; until it is
-called, :func:`build_router` reads it once from the configuration file (``$MEDGATE_CONFIG`` and
-the environment, as every medgate process does).  :func:`build_router` takes the web context's
+called, it is read once from :data:`CDS_SECTION_ENV` (``medgate serve`` sets it before Ray starts
+the ingress), else from the configuration file (``$MEDGATE_CONFIG`` and the environment).  :func:`build_router` takes the web context's
 accessor so that this package does not import the HTTP package that includes it.
 """
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,6 +39,9 @@ MAX_BODY = 4 * 1024 * 1024
 #: Audit action of recorded feedback (serving.governance.audit.ACTIONS has no create).
 WRITE_ACTION = "execute"
 UNAUTHORIZED = 401
+#: The ``cds`` section as JSON, set by ``medgate serve`` for the ingress in Ray's workers
+#: (serving.server; a name outside the ``MEDGATE_<KEY>`` settings).
+CDS_SECTION_ENV = "MEDGATE_CDS_SECTION"
 
 _lock = threading.Lock()
 _section: CdsConfig | None = None
@@ -59,11 +63,18 @@ def configure(section: CdsConfig) -> None:
         _section, _trust = section, ClientTrust.of(section)
 
 
+def configured_section() -> CdsConfig:
+    """The ``cds`` section the process that started this one passed in :data:`CDS_SECTION_ENV`
+    (``medgate serve`` does, for Ray's workers), else the configuration file's."""
+    passed = os.environ.get(CDS_SECTION_ENV)
+    return CdsConfig.model_validate_json(passed) if passed else load_config().cds
+
+
 def _configured() -> tuple[CdsConfig, ClientTrust]:
     global _section, _trust
     with _lock:
         if _section is None:
-            _section = load_config().cds
+            _section = configured_section()
         if _trust is None:
             _trust = ClientTrust.of(_section)
         return _section, _trust
