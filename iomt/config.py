@@ -115,6 +115,8 @@ class Hl7Config(Section):
     # peer addresses or CIDR networks allowed to connect; empty: any address
     allowed_sources: list[str] = ["127.0.0.0/8", "::1/128"]
     max_message_bytes: int = Field(1024 * 1024, ge=1024)  # one MLLP block, bounded while reading
+    # a resend within this is acknowledged again without being applied; older receipts are deleted
+    dedup_window_hours: float = Field(72.0, gt=0)
     max_connections: int = Field(64, ge=1)
     idle_timeout_s: float = Field(3600.0, gt=0)  # a sender's connection with nothing sent is closed
     application: str = "MEDGATE"  # MSH-3 / MSH-4 of our acknowledgements

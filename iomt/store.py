@@ -315,7 +315,9 @@ class VitalsStore:
             raise TypeError(f"database must be a kernel.database.Database, {type(database).__name__} is given.")
         self.database, self.tables = database, tables
         database.create(SCHEMA, ADDED_COLUMNS)
-        database.create("CREATE INDEX IF NOT EXISTS dead_letters_parked ON dead_letters(device, replayed_at);")
+        database.create("CREATE INDEX IF NOT EXISTS dead_letters_parked ON dead_letters(device, replayed_at);"
+                        "CREATE INDEX IF NOT EXISTS hl7_messages_received ON hl7_messages(received_at);"
+                        "CREATE INDEX IF NOT EXISTS hl7_encounters_bed ON hl7_encounters(ward, bed, status);")
         if not database.read_only and database.rows(
                 "SELECT 1 FROM sqlite_master WHERE type='index' AND name='vital_signs_subject'"):
             with database.transaction() as db:  # a store of 2026-12-01: its index becomes the table
@@ -482,6 +484,14 @@ class VitalsStore:
                                   " sending_application=? AND control_id=?",
                                   (sending_facility, sending_application, control_id))
         return Hl7Receipt(*rows[0]) if rows else None
+
+    def delete_hl7_receipts_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` of the ``hl7_messages`` rows received before ``cutoff`` (epoch
+        seconds), oldest first; how many."""
+        with self.database.transaction(durable=False) as db:
+            return db.execute("DELETE FROM hl7_messages WHERE (sending_facility, sending_application, control_id)"
+                              " IN (SELECT sending_facility, sending_application, control_id FROM hl7_messages"
+                              " WHERE received_at<? ORDER BY received_at LIMIT ?)", (cutoff, limit)).rowcount
 
     def hl7_encounter(self, sending_facility: str, visit_number: str) -> Hl7Encounter | None:
         rows = self.database.rows("SELECT * FROM hl7_encounters WHERE sending_facility=? AND visit_number=?",

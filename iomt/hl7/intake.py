@@ -18,6 +18,7 @@ import threading
 import time
 from datetime import tzinfo
 
+from iomt.config import Hl7Config
 from iomt.dead_letters import dead_letter
 from iomt.hl7.ack import acknowledgement
 from iomt.hl7.adt import AdtApplier, read_adt
@@ -32,6 +33,9 @@ from kernel.logs import Untrusted
 
 log = logging.getLogger("medgate.iomt.hl7")
 
+_HL7 = Hl7Config()  # the ``hl7:`` section's defaults, the constructor's defaults
+PRUNE_EVERY_S = 60.0  # receipts older than the dedup window are deleted at most this often
+PRUNE_ROWS = 10_000  # and at most this many at a time
 SOURCE_PREFIX = "hl7:"  # dead_letters.source: hl7:<MSH-4>/<MSH-3>; correlation id hl7:<MSH-4>/<MSH-10>
 _PLAIN = re.compile(r"^[\x21-\x7e]{1,64}$", re.ASCII)  # printable ASCII without spaces: shown as sent
 
@@ -71,11 +75,16 @@ class Intake:
         Where resources go, as for the MQTT bridge (:class:`iomt.sink.ResourceSink`).
     application, facility, allowed_facilities
         ``hl7.application`` / ``hl7.facility`` of the ACKs; the MSH-4 values accepted (empty: any).
+    dedup_window_s
+        ``hl7.dedup_window_hours``: receipts are kept this long, so a resend within it is not applied twice.
     """
 
     def __init__(self, store: VitalsStore, pipeline: VitalsPipeline, identifiers: IdentifierMapper,
                  zone: tzinfo, *, outbox=None, fhir_base_url: str | None = None, bundle_max_entries: int | None = None,
-                 application: str, facility: str, allowed_facilities: tuple[str, ...] | list[str] = ()) -> None:
+                 application: str, facility: str, allowed_facilities: tuple[str, ...] | list[str] = (),
+                 dedup_window_s: float = _HL7.dedup_window_hours * 3600) -> None:
+        if dedup_window_s <= 0:
+            raise ValueError(f"dedup_window_s must be > 0, {dedup_window_s} is given.")
         self.store, self.pipeline, self.identifiers, self.zone = store, pipeline, identifiers, zone
         self._target = _CommitsHl7Rows(store)
         extra = {} if bundle_max_entries is None else {"bundle_max_entries": bundle_max_entries}
@@ -83,6 +92,7 @@ class Intake:
         self.adt, self.pcd01 = AdtApplier(store, pipeline), Pcd01Feeder(store, pipeline)
         self.application, self.facility = application, facility
         self.allowed_facilities = frozenset(allowed_facilities)
+        self.dedup_window_s, self._pruned_at = dedup_window_s, 0.0
         self._lock = threading.Lock()
         self.accepted = self.refused = self.duplicates = 0
 
@@ -147,9 +157,23 @@ class Intake:
         if out.replayed_ids:
             self.store.mark_replayed(out.replayed_ids)
         self.accepted += 1
+        self._prune(receipt.received_at)
         log.info("HL7 %s %s applied: %d resources, %d vitals messages", header.kind,
                  Untrusted(header.control_id), len(out.resources), len(out.vitals))
         return self._ack(header, AckCode.ACCEPT)
+
+    def _prune(self, now: float) -> None:
+        """Forget receipts older than the dedup window (``hl7.dedup_window_hours``)."""
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        try:
+            deleted = self.store.delete_hl7_receipts_before(now - self.dedup_window_s, PRUNE_ROWS)
+        except Exception:  # noqa: BLE001 - tried again next time; the message is stored
+            log.exception("deleting HL7 receipts older than %.0f h failed", self.dedup_window_s / 3600)
+            return
+        if deleted:
+            log.info("deleted %d HL7 receipts older than %.0f h", deleted, self.dedup_window_s / 3600)
 
     def _refuse(self, header: Header, raw: bytes, failure: Hl7Error, peer: str) -> bytes:
         self.refused += 1

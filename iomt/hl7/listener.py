@@ -19,12 +19,14 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
+from iomt.config import Hl7Config
 from iomt.hl7.intake import Intake
 from kernel.logs import Untrusted
 
 log = logging.getLogger("medgate.iomt.hl7")
 
 START_BLOCK, END_BLOCK, CARRIAGE_RETURN = b"\x0b", b"\x1c", b"\x0d"  # MLLP <SB>, <EB>, <CR>
+_HL7 = Hl7Config()  # the ``hl7:`` section's defaults, the constructor's defaults
 READ_BYTES = 64 * 1024
 ACCEPT_POLL_S = 0.5  # how soon stop() is noticed by the accepting thread
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -55,8 +57,8 @@ class MllpListener:
     """
 
     def __init__(self, intake: Intake, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                 allowed_sources: Iterable[str] = (), max_message_bytes: int = 1024 * 1024,
-                 max_connections: int = 64, idle_timeout_s: float = 3600.0) -> None:
+                 allowed_sources: Iterable[str] = (), max_message_bytes: int = _HL7.max_message_bytes,
+                 max_connections: int = _HL7.max_connections, idle_timeout_s: float = _HL7.idle_timeout_s) -> None:
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, {max_message_bytes} is given.")
         if max_connections < 1:

@@ -31,7 +31,7 @@ def build_listener(settings, store, outbox=None, registry: DeviceRegistry | None
     intake = Intake(store, pipeline, identifiers, ZoneInfo(cfg.timezone), outbox=outbox,
                     fhir_base_url=settings.fhir.base_url, bundle_max_entries=iomt.bundle_max_entries,
                     application=cfg.application, facility=cfg.facility,
-                    allowed_facilities=cfg.allowed_facilities)
+                    allowed_facilities=cfg.allowed_facilities, dedup_window_s=cfg.dedup_window_hours * 3600)
     context = tls_context(cfg.cert_file, cfg.key_file, cfg.ca_file) if cfg.cert_file else None
     return MllpListener(intake, cfg.host, cfg.port, ssl_context=context, allowed_sources=cfg.allowed_sources,
                         max_message_bytes=cfg.max_message_bytes, max_connections=cfg.max_connections,

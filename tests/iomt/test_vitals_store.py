@@ -11,7 +11,7 @@ from iomt.store import BedRow, DeadLetterCounts, StoredAssociation, StoredDeadLe
 from kernel.database import Database
 
 VITALS_TABLES = ("vital_signs", "vital_identifier_systems", "vital_subjects", "vital_unindexed", "bed_census",
-                 "dead_letters", "device_associations")
+                 "dead_letters", "device_associations", "hl7_messages", "hl7_encounters", "bed_devices")
 
 
 class Recorded:

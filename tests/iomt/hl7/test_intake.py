@@ -28,3 +28,14 @@ def test_an_unexpected_failure_is_an_ae_207_and_nothing_is_stored(hl7_server, mo
     assert store.vitals.dead_letters()[0]["source"] == "hl7:BVDK_HN/HIS"
     monkeypatch.undo()  # a resend once it is fixed is applied
     assert b"MSA|AA|ADT0001" in intake.handle(message("adt_a01_admit.hl7"), "127.0.0.1:1")
+
+
+def test_receipts_older_than_the_dedup_window_are_deleted(hl7_server):
+    listener, _, store = hl7_server
+    intake = listener.intake
+    assert b"MSA|AA" in intake.handle(message("adt_a01_admit.hl7"))
+    assert store.vitals.hl7_receipt("BVDK_HN", "HIS", "ADT0001") is not None
+    intake.dedup_window_s, intake._pruned_at = 1e-9, 0.0  # the next message prunes everything before it
+    assert b"MSA|AA" in intake.handle(message("adt_a02_transfer.hl7"))
+    assert store.vitals.hl7_receipt("BVDK_HN", "HIS", "ADT0001") is None
+    assert store.vitals.hl7_receipt("BVDK_HN", "HIS", "ADT0002") is not None
