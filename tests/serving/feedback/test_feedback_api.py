@@ -10,7 +10,7 @@ from clinical_data import FLAG_ID, fill
 from serving.feedback.store import FeedbackStore
 from serving.governance.audit import AuditLog
 from serving.store import Store
-from web_app import WebApp, auth
+from web_app import TOKENS, WebApp, auth
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,20 @@ def test_the_worklist_numbers_findings_and_shows_their_verdicts(web):
     assert result["findings"][1]["target"] == second
     assert any(f["target"] == second and f["verdict"] == "agree" for f in study["feedback"])
     assert all(f["site"] == "CXR_ROOM_1" for f in study["feedback"])
+
+
+def test_an_ehr_client_finds_the_verdicts_with_fhirpy(web):
+    """fhirpy, an EHR-side FHIR client, searches the verdicts on the patient's findings by their code."""
+    from fhirpy import SyncFHIRClient
+
+    app, data = web
+    body = {"study_uid": data["study_uid"], "model": "tb", "version": "1.0.0", "finding": 1, "verdict": "agree"}
+    posted = requests.post(f"{app.url}/v1/worklist/feedback", json=body, headers=auth("clinician"), timeout=10)
+    assert posted.status_code == 201, posted.text
+    client = SyncFHIRClient(f"{app.url}/fhir", authorization=f"Bearer {TOKENS['clinician']}")
+    search = client.resources("Observation").search(code="urn:medgate:feedback|ai-output-review",
+                                                     subject=data["observations"][0]["subject"]["reference"])
+    found = search.fetch_all()
+    assert posted.json()["id"] in {o.id for o in found}
+    assert all(o["derivedFrom"][0]["reference"].startswith("Observation/") for o in found
+               if o["focus"][0]["reference"].startswith("Observation/"))
