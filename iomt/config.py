@@ -129,8 +129,8 @@ class Hl7Config(Section):
     assigning_authorities: dict[str, IdentifierKind] = {
         "CCCD": "citizen_id", "BHYT": "social_insurance", "BHXH": "social_insurance"}
     identifier_types: dict[str, IdentifierKind] = {
-        "MR": "hospital_mrn", "NI": "citizen_id", "NN": "citizen_id", "HC": "social_insurance",
-        "NH": "social_insurance", "SS": "social_insurance"}
+        "MR": "hospital_mrn", "PI": "hospital_mrn", "NI": "citizen_id", "NN": "citizen_id",
+        "HC": "social_insurance", "NH": "social_insurance", "SS": "social_insurance"}
     patient_id_order: list[str] = ["hospital_mrn", "citizen_id", "social_insurance"]
 
     @field_validator("allowed_sources")

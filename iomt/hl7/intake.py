@@ -131,9 +131,10 @@ class Intake:
         seen = self.store.hl7_receipt(header.sending_facility, header.sending_application, header.control_id)
         if seen is not None:
             if seen.sha256 != digest:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seen.received_at))
                 raise reject(ErrorCode.DUPLICATE_KEY_IDENTIFIER, "MSH^1^10",
                              f"control id {header.control_id!r} was acknowledged for another message "
-                             f"({seen.message_type} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(seen.received_at))})")
+                             f"({seen.message_type} at {when})")
             self.duplicates += 1
             log.info("HL7 %s %s resent: acknowledged again, not applied twice", header.kind,
                      Untrusted(header.control_id))

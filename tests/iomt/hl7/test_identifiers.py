@@ -49,3 +49,8 @@ def test_unusable_identifiers_are_refused_naming_the_repetition(pid3, location, 
     with pytest.raises(Hl7Error) as caught:
         mapper().read(with_pid3(pid3))
     assert (caught.value.ack.value, caught.value.location, caught.value.code) == ("AE", location, code)
+
+
+def test_a_gateway_s_patient_internal_identifier_is_the_hospital_s():
+    identity = mapper().read(with_pid3("HO2009001^^^NIST^PI"))  # as IHE PCD examples send it
+    assert (identity.patient_id, identity.patient_system) == ("HO2009001", MRN)

@@ -1,4 +1,5 @@
-"""The MLLP listener against python-hl7's MLLP client (``mllp_send`` and ``MLLPClient``): ACKs and what lands in the store."""
+"""The MLLP listener against python-hl7's MLLP client (``mllp_send`` and ``MLLPClient``): the ACKs,
+and what lands in the store."""
 from __future__ import annotations
 
 import socket

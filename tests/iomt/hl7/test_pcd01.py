@@ -70,7 +70,8 @@ def test_each_obx_fault_names_its_field(old, new, location, code):
 
 def test_kilopascal_and_a_loinc_coded_row_with_its_mdc_alternate():
     raw = replaced(b"|98|266016^MDC_DIM_MMHG^MDC", b"|13|265987^MDC_DIM_KILO_PASCAL^MDC")
-    raw = raw.replace(b"147842^MDC_ECG_HEART_RATE^MDC", b"8889-8^Heart rate by Oximetry^LN^149530^MDC_PULS_OXIM_PULS_RATE^MDC")
+    raw = raw.replace(b"147842^MDC_ECG_HEART_RATE^MDC",
+                      b"8889-8^Heart rate by Oximetry^LN^149530^MDC_PULS_OXIM_PULS_RATE^MDC")
     msg = read_pcd01(parse(raw), mapper(), ZONE)
     assert (msg.readings[4].loinc, msg.readings[4].unit) == ("8480-6", "kPa")
     assert (msg.readings[0].code, msg.readings[0].loinc) == ("149530", "8867-4")
