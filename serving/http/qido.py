@@ -36,7 +36,8 @@ from dicom_gateway.store import Match
 from serving.http import dicomweb_index
 from serving.http.context import current
 from serving.http.dicomweb import (BASE_PATH, HTTP_BAD_REQUEST, HTTP_NO_CONTENT, DicomwebError, audit,
-                                   check_uids, dicom_json_response, error_response, refused, retrieve_path)
+                                   check_uids, dicom_json_response, error_response, outcome_of, refused,
+                                   retrieve_path)
 from serving.store import Store
 
 router = APIRouter()
@@ -334,7 +335,7 @@ async def _answer(request: Request, level: str, levels: tuple[str, ...], study_u
         found, warnings = await run_in_threadpool(_search, ctx.store(), level, levels,
                                                   request.query_params.multi_items(), scope, ctx.link_base())
     except DicomwebError as exc:
-        await audit(ctx, request, "search", "error", study_uid, f"HTTP {exc.status}: {exc.reason[:200]}")
+        await audit(ctx, request, "search", outcome_of(exc.status), study_uid, f"HTTP {exc.status}: {exc.reason[:200]}")
         return error_response(exc)
     studies = [study_uid] if study_uid else _studies_of(found)
     await audit(ctx, request, "search", "success", study_uid or (studies[0] if len(studies) == 1 else None),

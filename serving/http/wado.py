@@ -28,7 +28,7 @@ from dicom_gateway.store import IndexedObject, Match
 from serving.http import dicomweb_index
 from serving.http.context import current
 from serving.http.dicomweb import (BASE_PATH, HTTP_NOT_ACCEPTABLE, HTTP_NOT_FOUND, DicomwebError, audit,
-                                   check_uids, dicom_json_response, error_response, refused)
+                                   check_uids, dicom_json_response, error_response, outcome_of, refused)
 from serving.store import Store
 
 router = APIRouter()
@@ -122,8 +122,8 @@ async def _retrieve(request: Request, study_uid: str, series_uid: str | None = N
                                                      f"are not transcoded; Accept names {sorted(syntaxes)}")
         body = await run_in_threadpool(_metadata, objects) if metadata else None
     except DicomwebError as exc:
-        outcome = "not-found" if exc.status == HTTP_NOT_FOUND else "error"
-        await audit(ctx, request, "read", outcome, study_uid, f"{what}: HTTP {exc.status}: {exc.reason[:200]}")
+        await audit(ctx, request, "read", outcome_of(exc.status), study_uid,
+                    f"{what}: HTTP {exc.status}: {exc.reason[:200]}")
         return error_response(exc)
     await audit(ctx, request, "read", "success", study_uid, f"{what} of {len(objects)} objects")
     if body is not None:
