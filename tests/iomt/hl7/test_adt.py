@@ -97,3 +97,36 @@ def test_merge_moves_the_prior_patients_visits_and_monitors(hl7_server):
     assert store.vitals.hl7_encounter("BVDK_HN", "VN20261203000").patient_id == "MRN0012345"
     bridge.handle(BED_T2, compact("MON-5", 1))
     assert 81 in heart_rates(store, "MRN0012345")
+
+
+def test_cancel_admit_releases_the_monitor_and_cancels_the_visit(hl7_server):
+    listener, bridge, store = hl7_server
+    bridge.handle(BED_B3, compact("MON-7"))
+    assert send(listener.port, "adt_a01_admit.hl7") == "AA"
+    assert send(listener.port, "adt_a11_cancel_admit.hl7") == "AA"
+    assert associations(store)["MON-7"] == (DISCHARGED, None)
+    assert store.resources("Encounter")[0]["status"] == "cancelled"
+    assert store.vitals.hl7_encounter_at_bed("ICU", "B3") is None
+
+
+def test_cancel_transfer_goes_back_to_the_first_bed_and_cancel_discharge_binds_again(hl7_server):
+    listener, bridge, store = hl7_server
+    bridge.handle(BED_B3, compact("MON-7"))
+    bridge.handle(BED_B1, compact("MON-9"))
+    for name in ("adt_a01_admit.hl7", "adt_a02_transfer.hl7", "adt_a12_cancel_transfer.hl7"):
+        assert send(listener.port, name) == "AA"
+    assert associations(store) == {"MON-7": ("MRN0012345", "B3"), "MON-9": (DISCHARGED, None)}
+    assert send(listener.port, "adt_a03_discharge.hl7") == "AA"  # PV1-3 ICU/B1: the stored B3 is released too
+    assert associations(store)["MON-7"] == (DISCHARGED, None)
+    assert send(listener.port, "adt_a13_cancel_discharge.hl7") == "AA"  # still in ICU/B1
+    assert associations(store)["MON-9"] == ("MRN0012345", "B1")
+    assert store.vitals.hl7_encounter_at_bed("ICU", "B1").visit_number == "VN20261203001"
+
+
+def test_an_update_rewrites_the_patient_and_keeps_the_visit(hl7_server):
+    listener, _, store = hl7_server
+    assert send(listener.port, "adt_a01_admit.hl7") == "AA"
+    assert send(listener.port, "adt_a08_update.hl7") == "AA"
+    patient = store.resources("Patient")[0]
+    assert "GD4797912399999" in {i["value"] for i in patient["identifier"]}
+    assert store.vitals.hl7_encounter("BVDK_HN", "VN20261203001").status == "in-progress"
