@@ -61,7 +61,10 @@ def test_mllp_send_delivers_a_his_admission_and_a_monitor_gateway_pcd01(hl7_serv
     assert heart[0]["category"][0]["coding"][0]["code"] == "vital-signs"
     assert heart[0]["effectiveDateTime"].startswith("2026-12-03T08:14:55+07:00")
     news2 = [o for o in observations if o["code"]["coding"][0]["code"] == NEWS2_TOTAL]
-    assert news2, "the PCD-01 readings were scored by NEWS2"
+    # RR 24 (2) + SpO2 91 (3) + systolic 98 (2) + pulse 118 (2) + 38.6 Cel (1); air/oxygen and ACVPU not sent
+    assert [n["valueInteger"] for n in news2] == [10]
+    assert store.resources("Flag")  # an alert at the bed, through the outbox like an MQTT one
+    assert [i.destination for i in store.outbox.items() if i.kind == "mqtt"] == ["medgate/alerts/ICU/B3"]
     assert store.vitals.devices_at_bed("ICU", "B3") == ["0018FFFF00000001"]
 
 
@@ -146,3 +149,21 @@ def test_a_source_not_allowed_is_disconnected(tmp_path):
             assert reply == b""  # no ACK: the connection is closed unread
     finally:
         listener.stop()
+
+
+def test_pcd01_readings_reach_the_vitals_model_s_windows(tmp_path):
+    class Windows:  # the bridge's risk scorer, as the server hands it over
+        def __init__(self):
+            self.samples = []
+
+        def add(self, patient_ref, time_s, samples):
+            self.samples.append((patient_ref, time_s, dict(samples)))
+
+    store, windows = Store(tmp_path / "db.sqlite3"), Windows()
+    listener = build_listener(Settings(), store.vitals, risk=windows)
+    try:
+        assert b"MSA|AA|PHL0001" in listener.intake.handle(message("pcd01_intellivue.hl7"))
+    finally:
+        store.close()
+    (patient, _, samples), = windows.samples
+    assert patient == "Patient/MRN0012345" and samples["8867-4"] == 118 and samples["2708-6"] == 91
