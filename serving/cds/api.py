@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from serving.cds.discovery import discovery
+from serving.cds.discovery import SERVICES, discovery
 from serving.cds.service import BAD_REQUEST, CdsHooks, HookRefused
 from serving.cds.trust import ClientTrust, UntrustedClient
 from serving.config import CdsConfig, load_config
@@ -90,6 +90,11 @@ async def _body(request: Request) -> Any:
         raise HookRefused(BAD_REQUEST, f"the body must be JSON: {exc}") from None
 
 
+def _named(service_id: str) -> str:
+    """The service as the audit log names it: one of ours, never what a request made up."""
+    return service_id if service_id in SERVICES else "(unknown service)"
+
+
 def _error(status: int, reason: str) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="medgate cds-services"'} if status == UNAUTHORIZED else None
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
@@ -125,11 +130,11 @@ def build_router(context: Callable[[], Any]) -> APIRouter:
             body = await _body(request)
             answer = await run_in_threadpool(hooks(ctx).call, service_id, body, client)
         except UntrustedClient as exc:
-            ctx.record(request, "read", "denied", resource_type="Patient", query=f"cds {service_id[:64]}",
+            ctx.record(request, "read", "denied", resource_type="Patient", query=f"cds {_named(service_id)}",
                        detail=str(exc)[:300])
             return _error(UNAUTHORIZED, str(exc))
         except HookRefused as exc:
-            ctx.record(request, "read", "error", resource_type="Patient", query=f"cds {service_id[:64]}",
+            ctx.record(request, "read", "error", resource_type="Patient", query=f"cds {_named(service_id)}",
                        detail=str(exc)[:300])
             return _error(exc.status, str(exc))
         ctx.record(request, "read", resource_type="Patient", resource_id=body["context"]["patientId"],
@@ -145,10 +150,10 @@ def build_router(context: Callable[[], Any]) -> APIRouter:
             body = await _body(request)
             items = await run_in_threadpool(hooks(ctx).record_feedback, service_id, body, client)
         except UntrustedClient as exc:
-            ctx.record(request, WRITE_ACTION, "denied", query=f"cds feedback {service_id[:64]}", detail=str(exc)[:300])
+            ctx.record(request, WRITE_ACTION, "denied", query=f"cds feedback {_named(service_id)}", detail=str(exc)[:300])
             return _error(UNAUTHORIZED, str(exc))
         except (HookRefused, FeedbackRefused) as exc:
-            ctx.record(request, WRITE_ACTION, "error", query=f"cds feedback {service_id[:64]}", detail=str(exc)[:300])
+            ctx.record(request, WRITE_ACTION, "error", query=f"cds feedback {_named(service_id)}", detail=str(exc)[:300])
             return _error(exc.status, str(exc))
         ctx.record(request, WRITE_ACTION, resource_type="Observation", query=f"cds feedback {service_id}",
                    detail=", ".join(f"{f.verdict} {f.target}" for f in items)[:300])

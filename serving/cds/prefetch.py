@@ -20,8 +20,6 @@ import requests
 from iomt.identity import patient_reference
 from serving.cds.discovery import PATIENT_PREFETCH
 
-#: FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}.
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _FHIR_SERVER = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
 FHIR_JSON = "application/fhir+json"
 #: Largest Patient resource read from the EHR (bytes).

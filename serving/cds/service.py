@@ -17,10 +17,10 @@ from typing import Any
 from serving.cds.cards import Card, cards_for
 from serving.cds.discovery import REQUIRED_CONTEXT, SERVICES, CdsService
 from serving.cds.patient_data import PatientData, patient_data
-from serving.cds.prefetch import FHIR_ID, look_up_patient
+from serving.cds.prefetch import look_up_patient
 from serving.cds.trust import CdsClient
 from serving.feedback.records import Feedback
-from serving.feedback.service import FeedbackService
+from serving.feedback.service import FHIR_ID, FeedbackService
 from serving.feedback.store import IssuedCard
 
 log = logging.getLogger("medgate.cds")

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dicom_gateway.uids import is_uid
-from serving.feedback.service import BAD_REQUEST, FeedbackRefused, FeedbackService, Reviewer
+from serving.feedback.service import BAD_REQUEST, FHIR_ID, FeedbackRefused, FeedbackService, Reviewer
 from serving.feedback.store import FeedbackStore
 
 #: Audit action of a verdict written (the audit log's actions: serving.governance.audit.ACTIONS).
@@ -96,7 +96,8 @@ def build_router(context: Callable[[], Any]) -> APIRouter:
             item = await run_in_threadpool(feedback_service(ctx.store()).on_alert, _reviewer(request), flag_id, body)
         except FeedbackRefused as exc:
             ctx.record(request, WRITE_ACTION, "denied" if exc.status == 403 else "error", resource_type="Flag",
-                       resource_id=flag_id[:64], query="alert feedback", detail=str(exc)[:300])
+                       resource_id=flag_id if FHIR_ID.match(flag_id) else None, query="alert feedback",
+                       detail=str(exc)[:300])
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         ctx.record(request, WRITE_ACTION, resource_type="Observation", resource_id=item.id,
                    query="alert feedback", detail=f"{item.verdict} on {item.target}")

@@ -35,8 +35,8 @@ ALERT_SOURCE = ("news2", "RCP-2017")
 CDS_CLIENT_ROLE = "cds-client"
 #: Model names and versions as the registry writes them.
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-#: FHIR R4 id datatype.
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+#: FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}.
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 #: RFC 9110: 400 malformed, 403 role, 404 unknown target, 422 a value the rules refuse.
 BAD_REQUEST, FORBIDDEN, NOT_FOUND, UNPROCESSABLE = 400, 403, 404, 422
 
@@ -147,8 +147,8 @@ class FeedbackService:
         if reviewer.role not in ALERT_REVIEWERS:
             raise FeedbackRefused(FORBIDDEN, f"role {reviewer.role!r} may not judge alerts; "
                                              f"allowed: {sorted(ALERT_REVIEWERS)}")
-        if not _FHIR_ID.match(flag_id):
-            raise FeedbackRefused(BAD_REQUEST, f"the alert must be a Flag id ({_FHIR_ID.pattern}), "
+        if not FHIR_ID.match(flag_id):
+            raise FeedbackRefused(BAD_REQUEST, f"the alert must be a Flag id ({FHIR_ID.pattern}), "
                                                f"{flag_id[:80]!r} is given")
         if not isinstance(body, dict):
             raise FeedbackRefused(BAD_REQUEST, f"the body must be a JSON object, {type(body).__name__} is given")

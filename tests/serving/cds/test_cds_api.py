@@ -235,3 +235,15 @@ def test_the_guard_lets_an_ehr_with_a_jwt_reach_the_service(cds, keys):
                       timeout=10)
     assert r.status_code == 200 and r.json()["cards"]
     assert requests.get(f"{fhir.url}/cds-services", timeout=10).status_code == 200
+
+
+def test_an_unknown_service_is_a_404_and_the_audit_names_no_made_up_service(cds, keys):
+    app, _, _ = cds
+    made_up = "no-such-service\n<b>"
+    url = f"{app.url}/cds-services/{requests.utils.quote(made_up, safe='')}"
+    token = keys["es"].token(f"{app.url}/cds-services/{made_up}")
+    r = requests.post(url, json=hook(), headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 404 and "offered: ['medgate-encounter-discharge', 'medgate-patient-view']" \
+        in r.json()["error"]
+    row = AuditLog(app.context.db_path).rows(newest_first=True, limit=1)[0]
+    assert (row["query"], row["outcome"]) == ("cds (unknown service)", "error")

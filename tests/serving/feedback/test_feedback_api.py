@@ -128,3 +128,12 @@ def test_an_ehr_client_finds_the_verdicts_with_fhirpy(web):
     assert posted.json()["id"] in {o.id for o in found}
     assert all(o["derivedFrom"][0]["reference"].startswith("Observation/") for o in found
                if o["focus"][0]["reference"].startswith("Observation/"))
+
+
+def test_an_alert_id_outside_the_fhir_grammar_is_a_400_and_not_written_to_the_audit(web):
+    app, _ = web
+    r = requests.post(f"{app.url}/v1/ward/alerts/bad%0Aid/feedback", json={"verdict": "helpful"},
+                      headers=auth("clinician"), timeout=10)
+    assert r.status_code == 400 and "the alert must be a Flag id" in r.json()["error"]
+    row = AuditLog(app.context.db_path).rows(newest_first=True, limit=1)[0]
+    assert (row["query"], row["resource_id"]) == ("alert feedback", None)
