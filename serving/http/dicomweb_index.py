@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -129,12 +129,21 @@ def _read(path: str, source: str, known: dict[str, str] | None = None) -> Indexe
                          indexed_at=time.time())
 
 
-def refresh(store: Store) -> int:
-    """Index the received instances and result objects that have no row yet; how many were added."""
+class Refreshed(NamedTuple):
+    """What one :func:`refresh` did: objects added, and whether received instances are still
+    waiting (more than :data:`REFRESH_BATCH` were unindexed)."""
+
+    added: int
+    pending: bool
+
+
+def refresh(store: Store) -> Refreshed:
+    """Index the received instances and result objects that have no row yet."""
     gateway = store.gateway
     with _lock:  # one reader of new files per process
         added = []
-        for instance in gateway.unindexed_instances(REFRESH_BATCH):
+        waiting = gateway.unindexed_instances(REFRESH_BATCH)
+        for instance in waiting:
             row = _read(instance.path, "received", {
                 "sop_instance_uid": instance.sop_instance_uid, "study_uid": instance.study_uid,
                 "series_uid": instance.series_uid, "sop_class_uid": instance.sop_class_uid,
@@ -149,7 +158,7 @@ def refresh(store: Store) -> int:
                         added.append(row)
         if added or studies:
             gateway.index_objects(added, studies)
-    return len(added)
+    return Refreshed(len(added), len(waiting) == REFRESH_BATCH)
 
 
 class IndexWorker(PeriodicWorker):
@@ -162,6 +171,8 @@ class IndexWorker(PeriodicWorker):
         self.store = store
 
     def tick(self) -> None:
-        added = refresh(self.store)
-        if added:
-            log.info("DICOMweb index: %d objects added", added)
+        refreshed = refresh(self.store)
+        if refreshed.added:
+            log.info("DICOMweb index: %d objects added", refreshed.added)
+        if refreshed.pending:
+            self.wake()  # more are waiting: the next pass at once

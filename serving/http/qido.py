@@ -51,6 +51,8 @@ ONLINE = "ONLINE"
 #: Warning header values (PS3.18 8.3.4.4 and 10.6.3.2).
 FUZZY_WARNING = '299 medgate: The fuzzymatching parameter is not supported. Only literal matching has been performed.'
 MORE_WARNING = '299 medgate: There are additional results that can be requested.'
+#: Received instances are still being indexed (a database of before the index, a large backlog).
+PENDING_WARNING = '299 medgate: Objects received are still being indexed; the results may be incomplete.'
 #: Query parameters that are not attributes (PS3.18 8.3.4).
 CONTROL_PARAMETERS = ("includefield", "limit", "offset", "fuzzymatching")
 
@@ -305,14 +307,14 @@ def _search(store: Store, level: str, levels: tuple[str, ...], params: list[tupl
             scope: list[Match], base: str) -> tuple[list[dict[str, Any]], list[str]]:
     search = parse_search(params, level)
     search = search._replace(matches=scope + search.matches)
-    dicomweb_index.refresh(store)
+    refreshed = dicomweb_index.refresh(store)
     if level == "STUDY":
         found = study_results(store, search, base)
     elif level == "SERIES":
         found = series_results(store, search, base, levels)
     else:
         found = instance_results(store, search, base, levels)
-    warnings = list(search.warnings)
+    warnings = list(search.warnings) + ([PENDING_WARNING] if refreshed.pending else [])
     if len(found) > search.limit:
         found, warnings = found[:search.limit], warnings + [MORE_WARNING]
     return found, warnings

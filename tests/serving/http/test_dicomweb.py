@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 from models.registry import ModelRegistry
 from peers import wait_until
 from serving.governance.audit import AuditLog
-from serving.http import stow
+from serving.http import dicomweb_index, stow
 from serving.http.dicomweb_index import IndexWorker
 from serving.imaging.findings import finding_of
 from serving.imaging.results import ResultWriter
@@ -311,3 +311,12 @@ def test_a_study_deleted_by_retention_is_no_longer_found(stored):
         store.close()
     assert client.search_for_studies(search_filters={"PatientID": "P-001"}) == []
     assert _get(web, f"/dicomweb/studies/{first.StudyInstanceUID}").status_code == 404
+
+
+def test_a_backlog_is_indexed_a_batch_a_request_and_says_so(stored, monkeypatch):
+    web, *_ = stored
+    monkeypatch.setattr(dicomweb_index, "REFRESH_BATCH", 3)  # 4 instances wait (a database of before the index)
+    first = _get(web, "/dicomweb/instances")
+    assert len(first.json()) == 3 and "still being indexed" in first.headers["Warning"]
+    second = _get(web, "/dicomweb/instances")
+    assert len(second.json()) == 4 and "Warning" not in second.headers
