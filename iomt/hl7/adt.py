@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any
 
-from iomt.hl7.identifiers import IDENTIFIER_PATTERN, IdentifierMapper, PatientIdentity
+from iomt.hl7.identifiers import IDENTIFIER_PATTERN, V2_0203_SYSTEM, IdentifierMapper, PatientIdentity
 from iomt.hl7.message import ErrorCode, Message, error, parse_time
 from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.store import Hl7Encounter, VitalsStore
@@ -26,8 +26,11 @@ from iomt.topics import MAX_LEVEL_CHARS
 from kernel.text import describe_unsafe
 
 ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"  # FHIR R4 Encounter.class
-#: PV1-2 Patient Class (HL7 table 0004) -> v3 ActCode encounter class
-PATIENT_CLASS = {"I": "IMP", "O": "AMB", "E": "EMER", "P": "PRENC", "R": "AMB", "B": "IMP"}
+#: PV1-2 Patient Class (HL7 table 0004) -> v3 ActCode encounter class (C, N, U: none to name)
+PATIENT_CLASS = {"I": "IMP", "O": "AMB", "E": "EMER", "P": "PRENC", "R": "AMB", "B": "IMP", "C": None, "N": None,
+                 "U": None}
+VISIT_NUMBER = "VN"  # HL7 table 0203: visit number
+NULL_FLAVOR_SYSTEM, UNKNOWN = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "UNK"  # FHIR R4 terminology
 #: Trigger event -> FHIR R4 Encounter.status after it (None: the visit keeps its status)
 STATUS = {"A01": "in-progress", "A04": "in-progress", "A02": "in-progress", "A03": "finished",
           "A08": None, "A11": "cancelled", "A12": "in-progress", "A13": "in-progress", "A40": None}
@@ -105,14 +108,27 @@ def read_adt(message: Message, identifiers: IdentifierMapper, zone: tzinfo) -> A
         if not message.count("MRG"):
             raise error(ErrorCode.SEGMENT_SEQUENCE_ERROR, "MRG^1", "ADT^A40 must carry an MRG segment")
         prior = identifiers.read(message, "MRG", 1)
+    patient_class = message.value("PV1", 2)
+    if patient_class and patient_class not in PATIENT_CLASS:
+        raise error(ErrorCode.TABLE_VALUE_NOT_FOUND, "PV1^1^2",
+                    f"PV1-2 must be a patient class of HL7 table 0004 ({', '.join(PATIENT_CLASS)}), "
+                    f"{patient_class[:16]!r} is given")
     visit = message.value("PV1", 19)
     if visit and not IDENTIFIER_PATTERN.fullmatch(visit):
         raise error(ErrorCode.DATA_TYPE_ERROR, "PV1^1^19",
                     f"a visit number must be 1-64 letters, digits or . _ / -, {visit[:80]!r} is given")
     return AdtMessage(event=event, time=event_time(message, zone), patient=patient,
                       visit_number=visit or f"{patient.patient_system}|{patient.patient_id}",
-                      patient_class=message.value("PV1", 2) or None, bed=read_bed(message, "PV1", 3),
+                      patient_class=patient_class or None, bed=read_bed(message, "PV1", 3),
                       prior_bed=read_bed(message, "PV1", 6), prior_patient=prior)
+
+
+def _encounter_class(patient_class: str | None) -> dict[str, str]:
+    """Encounter.class (required): the ActCode of PV1-2, inpatient when PV1-2 is empty, else unknown."""
+    code = PATIENT_CLASS.get(patient_class or "I")
+    if code is None:
+        return {"system": NULL_FLAVOR_SYSTEM, "code": UNKNOWN}
+    return {"system": ACT_CODE_SYSTEM, "code": code}
 
 
 def encounter_resource(row: Hl7Encounter, patient_ref: str) -> dict[str, Any]:
@@ -121,16 +137,14 @@ def encounter_resource(row: Hl7Encounter, patient_ref: str) -> dict[str, Any]:
         "resourceType": "Encounter",
         "id": str(uuid.uuid5(ID_NAMESPACE, f"{row.sending_facility}|{row.visit_number}")),
         "status": row.status,
-        "class": {"system": ACT_CODE_SYSTEM, "code": PATIENT_CLASS.get(row.patient_class or "I", "IMP")},
-        "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                             "code": "VN"}]},
+        "class": _encounter_class(row.patient_class),
+        "identifier": [{"type": {"coding": [{"system": V2_0203_SYSTEM, "code": VISIT_NUMBER}]},
                         "value": row.visit_number, "assigner": {"display": row.sending_facility}}],
         "subject": {"reference": patient_ref},
-        "period": {"start": row.since},
     }
-    if row.ward and row.bed:
+    if row.ward and row.bed:  # where the visit is (was), since the event that put it there
         where = Bed(row.ward, row.bed, row.room, row.site).text()
-        resource["location"] = [{"location": {"display": where},
+        resource["location"] = [{"location": {"display": where}, "period": {"start": row.since},
                                  "status": "active" if row.status == "in-progress" else "completed"}]
     return resource
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import hl7
 import pytest
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
 from hl7.client import MLLPClient
 
 from iomt.hl7.intake import Intake
@@ -51,7 +53,11 @@ def test_mllp_send_delivers_a_his_admission_and_a_monitor_gateway_pcd01(hl7_serv
         ("urn:medgate:hospital-mrn", "MRN0012345", "MR", "BVDK_HN"),
         ("http://fhir.hl7.org.vn/core/sid/cccd", "079123456789", "NI", "CCCD"),
         ("http://fhir.hl7.org.vn/core/sid/bhyt", "GD4797912345678", "HC", "BHYT")}
+    Patient.model_validate(patient)
     encounter = store.resources("Encounter")[0]
+    Encounter.model_validate(encounter)
+    assert encounter["class"]["code"] == "IMP"
+    assert encounter["location"][0]["period"]["start"].startswith("2026-12-03T07:55")  # EVN-6
     assert encounter["status"] == "in-progress" and encounter["identifier"][0]["value"] == "VN20261203001"
     assert encounter["location"][0]["location"]["display"] == "BVDK_HN/ICU/05/B3"
     observations = store.resources("Observation", "Patient/MRN0012345")
