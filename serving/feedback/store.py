@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS cds_cards (
 """
 _COLUMNS = tuple(f.name for f in fields(Feedback))
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM clinician_feedback"
-_INSERT = f"INSERT INTO clinician_feedback({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT = f"INSERT OR IGNORE INTO clinician_feedback({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,12 @@ class FeedbackStore:
         self.database.create(SCHEMA)
 
     def add(self, items: Iterable[Feedback]) -> int:
-        """Record verdicts, all or none (one transaction); returns how many."""
+        """Record verdicts, all or none (one transaction); one whose id is stored already (the same
+        verdict sent again: :func:`serving.feedback.records.feedback_id`) is kept once.  Returns how
+        many rows were added."""
         rows = [tuple(getattr(f, c) for c in _COLUMNS) for f in items]
         with self.database.transaction() as db:
-            db.executemany(_INSERT, rows)
-        return len(rows)
+            return sum(db.execute(_INSERT, row).rowcount for row in rows)
 
     def of_study(self, study_uid: str) -> list[Feedback]:
         """A study's finding verdicts, oldest first."""

@@ -247,3 +247,14 @@ def test_an_unknown_service_is_a_404_and_the_audit_names_no_made_up_service(cds,
         in r.json()["error"]
     row = AuditLog(app.context.db_path).rows(newest_first=True, limit=1)[0]
     assert (row["query"], row["outcome"]) == ("cds (unknown service)", "error")
+
+
+def test_feedback_sent_again_is_accepted_and_stored_once(cds, keys):
+    app, _, _ = cds
+    cards = call(app, keys["es"], hook(prefetch={"patient": PATIENT})).json()["cards"]
+    body = {"feedback": [{"card": cards[0]["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-22T10:00:00Z"}]}
+    url = f"{app.service_url()}/feedback"
+    for _ in range(2):  # an EHR retrying after a lost response
+        r = requests.post(url, json=body, headers={"Authorization": f"Bearer {keys['es'].token(url)}"}, timeout=10)
+        assert r.status_code == 200, r.text
+    assert len(FeedbackStore(app.context.db_path).of_target(f"Card/{cards[0]['uuid']}")) == 1

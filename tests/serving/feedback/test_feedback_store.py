@@ -14,6 +14,7 @@ def verdict(i: int, version: str, verdict: str = "agree") -> Feedback:
 def test_verdicts_are_read_back_per_model_version_and_study(tmp_path):
     store = FeedbackStore(tmp_path / "medgate.sqlite3")
     assert store.add([verdict(1, "1.0.0"), verdict(2, "1.1.0", "disagree"), verdict(3, "1.0.0")]) == 3
+    assert store.add([verdict(3, "1.0.0")]) == 0  # the same verdict again
     assert [f.id for f in store.of_model("tb", "1.0.0")] == ["f1", "f3"]
     assert [f.id for f in store.of_model("tb", since=1001.5)] == ["f2", "f3"]
     assert store.of_model("tb", "1.1.0")[0] == verdict(2, "1.1.0", "disagree")
