@@ -53,8 +53,6 @@ FUZZY_WARNING = '299 medgate: The fuzzymatching parameter is not supported. Only
 MORE_WARNING = '299 medgate: There are additional results that can be requested.'
 #: Received instances are still being indexed (a database of before the index, a large backlog).
 PENDING_WARNING = '299 medgate: Objects received are still being indexed; the results may be incomplete.'
-#: Query parameters that are not attributes (PS3.18 8.3.4).
-CONTROL_PARAMETERS = ("includefield", "limit", "offset", "fuzzymatching")
 
 
 class Key(NamedTuple):
@@ -156,7 +154,7 @@ def _count(name: str, text: str) -> int:
     return int(text)
 
 
-def _range(keyword: str, value: str, grammar: re.Pattern, form: str) -> Match | tuple:
+def _range(keyword: str, value: str, grammar: re.Pattern, form: str) -> tuple:
     """The bounds of a date or time ``value`` (one value, or a range ``A-B``, ``A-``, ``-B``)."""
     low, dash, high = value.partition("-")
     for bound in (low, high):
