@@ -110,4 +110,4 @@ class CdsHooks:
         """CDS Hooks 2.0 Feedback on cards ``service_id`` issued (all stored, or none)."""
         service_of(service_id)
         who = client.iss if client.subject is None else f"{client.iss} ({client.subject})"
-        return self.feedback.on_cards(who, service_id, body)
+        return self.feedback.on_cards(who, service_id, body, client.iss)

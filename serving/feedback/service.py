@@ -173,9 +173,10 @@ class FeedbackService:
         return beds[0].site if beds else None
 
     # -- CDS Hooks cards ---------------------------------------------------------------------------
-    def on_cards(self, client: str, service_id: str, body: Any) -> list[Feedback]:
+    def on_cards(self, client: str, service_id: str, body: Any, issuer: str | None = None) -> list[Feedback]:
         """CDS Hooks 2.0 feedback (``{"feedback": [{"card", "outcome", "overrideReason",
-        "outcomeTimestamp"}, ...]}``) on cards ``service_id`` issued; all stored or none."""
+        "outcomeTimestamp"}, ...]}``) on cards ``service_id`` issued (to ``issuer``, the calling
+        client's ``iss``, when given: one EHR cannot answer for another's cards); all stored or none."""
         entries = body.get("feedback") if isinstance(body, dict) else None
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise FeedbackRefused(BAD_REQUEST, "the body must be {\"feedback\": [{\"card\", \"outcome\", ...}]}, "
@@ -184,9 +185,9 @@ class FeedbackService:
         items = []
         for entry in entries:
             card = issued.get(str(entry.get("card")))
-            if card is None or card.service != service_id:
+            if card is None or card.service != service_id or (issuer is not None and card.client != issuer):
                 raise FeedbackRefused(NOT_FOUND, f"card {str(entry.get('card'))[:80]!r} was not issued by "
-                                                 f"service {service_id!r}; nothing was stored")
+                                                 f"service {service_id!r} to this client; nothing was stored")
             override = entry.get("overrideReason") or {}
             reason = (override.get("reason") or {}).get("code") if isinstance(override, dict) else None
             when = self._timestamp(entry.get("outcomeTimestamp"))

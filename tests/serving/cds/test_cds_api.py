@@ -214,6 +214,10 @@ def test_feedback_on_an_unknown_card_or_without_a_jwt_stores_nothing(cds, keys):
     r = requests.post(url, json=body, headers={"Authorization": f"Bearer {keys['es'].token(url)}"}, timeout=10)
     assert r.status_code == 404 and "was not issued by service 'medgate-patient-view'" in r.json()["error"]
     assert requests.post(url, json=body, timeout=10).status_code == 401
+    other_ehr = {"feedback": [{"card": cards[0]["uuid"], "outcome": "accepted"}]}
+    token = keys["pem"].token(url, iss="https://ehr-pem.example")  # trusted, but the card is not its own
+    r = requests.post(url, json=other_ehr, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 404 and "was not issued by service" in r.json()["error"]
     assert len(FeedbackStore(app.context.db_path).of_model("news2")) == before
 
 
