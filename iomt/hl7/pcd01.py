@@ -55,6 +55,7 @@ class MdcTable:
     source: str
     observations: dict[str, str | None]
     units: dict[str, str]
+    codes: dict[str, str]  # reference id (MDC_PULS_OXIM_SAT_O2) -> code, observations and units
 
 
 @lru_cache(maxsize=4)
@@ -64,7 +65,8 @@ def load_table(path: Path = TABLE_PATH) -> MdcTable:
     unknown = sorted({v for v in observations.values() if v is not None} - set(codes.VITAL_SIGNS))
     if unknown:
         raise ValueError(f"{path}: LOINC codes must be vital signs of models.clinical_codes, {unknown} are given")
-    return MdcTable(doc["source"], observations, {row["code"]: row["ucum"] for row in doc["units"]})
+    return MdcTable(doc["source"], observations, {row["code"]: row["ucum"] for row in doc["units"]},
+                    {row["reference_id"]: row["code"] for row in doc["observations"] + doc["units"]})
 
 
 @dataclass(frozen=True)
@@ -88,12 +90,13 @@ class Pcd01Message:
     readings: tuple[Reading, ...]
 
 
-def _concept(message: Message, index: int) -> tuple[str, str] | None:
-    """(code, FHIR system) of OBX-3: its MDC identifier (first or alternate), else a LOINC vital sign."""
+def _concept(message: Message, index: int, table: MdcTable) -> tuple[str, str] | None:
+    """(code, FHIR system) of OBX-3: its MDC identifier (first or alternate; by its reference id
+    when the code is left out), else a LOINC vital sign."""
     obx = lambda c: message.value("OBX", 3, c, occurrence=index)  # noqa: E731
-    for code, system in ((obx(1), obx(3)), (obx(4), obx(6))):
-        if system.upper() == MDC_CODING_SYSTEM and code:
-            return code, codes.MDC_SYSTEM
+    for code, text, system in ((obx(1), obx(2), obx(3)), (obx(4), obx(5), obx(6))):
+        if system.upper() == MDC_CODING_SYSTEM and (code or text):
+            return code or table.codes.get(text, text), codes.MDC_SYSTEM
     for code, system in ((obx(1), obx(3)), (obx(4), obx(6))):
         if system.upper() == LOINC_CODING_SYSTEM and codes.LOINC_ALIASES.get(code, code) in codes.VITAL_SIGNS:
             return code, codes.LOINC_SYSTEM
@@ -103,7 +106,7 @@ def _concept(message: Message, index: int) -> tuple[str, str] | None:
 def _unit(message: Message, index: int, loinc: str, table: MdcTable) -> str:
     where = f"OBX^{index}^6"
     unit = lambda c: message.value("OBX", 6, c, occurrence=index)  # noqa: E731
-    code, system = unit(1), unit(3).upper()
+    code, system = unit(1) or table.codes.get(unit(2), ""), unit(3).upper()
     if not code:
         raise error(ErrorCode.REQUIRED_FIELD_MISSING, where, "OBX-6 must give the unit of a numeric observation")
     if system == MDC_CODING_SYSTEM or (not system and MDC_CODE_PATTERN.fullmatch(code)):
@@ -149,7 +152,7 @@ def read_pcd01(message: Message, identifiers: IdentifierMapper, zone: tzinfo,
         value_type = message.value("OBX", 2, occurrence=index)
         if not value_type or message.value("OBX", 11, occurrence=index) in SKIPPED_STATUSES:
             continue  # an MDS / VMD / channel row, or a metric without a result
-        concept = _concept(message, index)
+        concept = _concept(message, index, table)
         if concept is None:
             log.debug("OBX %d %s: not an MDC or LOINC vital sign, left out", index,
                       Untrusted(message.value("OBX", 3, occurrence=index)))
@@ -157,6 +160,8 @@ def read_pcd01(message: Message, identifiers: IdentifierMapper, zone: tzinfo,
         code, system = concept
         if system == codes.MDC_SYSTEM:
             if code not in table.observations:
+                if value_type != NUMERIC:
+                    continue  # a setting, alarm or text row: not a measurement
                 raise error(ErrorCode.TABLE_VALUE_NOT_FOUND, f"OBX^{index}^3",
                             f"unknown MDC code {code!r} ({message.value('OBX', 3, 2, occurrence=index)[:64]!r}); "
                             f"the known codes are those of {TABLE_PATH.name}")

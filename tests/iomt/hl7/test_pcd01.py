@@ -75,3 +75,11 @@ def test_kilopascal_and_a_loinc_coded_row_with_its_mdc_alternate():
     msg = read_pcd01(parse(raw), mapper(), ZONE)
     assert (msg.readings[4].loinc, msg.readings[4].unit) == ("8480-6", "kPa")
     assert (msg.readings[0].code, msg.readings[0].loinc) == ("149530", "8867-4")
+
+
+def test_codes_sent_by_reference_id_and_rows_that_are_not_measurements():
+    raw = replaced(b"|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.150456|91|262688^MDC_DIM_PERCENT^MDC",
+                   b"|NM|^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.150456|91|^MDC_DIM_PERCENT^MDC")
+    raw = raw.replace(b"\rOBX|2|", b"\rOBX|1|CWE|184326^MDC_ATTR_NOT_IN_THE_TABLE^MDC|1.0.0.1|ON^on^L|||||||R\rOBX|2|")
+    msg = read_pcd01(parse(raw), mapper(), ZONE)
+    assert ("150456", "2708-6", 91, "%") in [(r.code, r.loinc, r.value, r.unit) for r in msg.readings]
