@@ -66,3 +66,44 @@ def test_the_tls_keys_go_together():
         Settings(hl7={"port": 2575, "cert_file": "/etc/medgate/hl7.pem"})
     with pytest.raises(ValueError, match="allowed_sources"):
         Settings(hl7={"allowed_sources": ["10.0.0.0/33"]})
+
+
+def test_the_server_starts_the_listener_when_hl7_port_is_set_and_stops_it(tmp_path, monkeypatch):
+    """``medgate serve``'s wiring with no model (the Ray part replaced): MLLP in, the bridge's registry shared."""
+    from hl7.client import MLLPClient
+
+    from peers import free_port
+    from serving.config import load_config
+    from serving.server import Server
+
+    monkeypatch.setattr(Server, "_start_ray", lambda self: {})
+    port = free_port()
+    settings = load_config(state_dir=tmp_path / "var", dicom={"port": free_port(), "routes": []},
+                           mqtt={"embedded_port": free_port()}, hl7={"port": port})
+    server = Server(settings)
+    try:
+        server.start()
+        assert server.hl7.port == port and server.hl7.intake.pipeline.registry is server.bridge.registry
+        with MLLPClient("127.0.0.1", port) as client:
+            assert b"MSA|AA|ADT0001" in client.send_message(message("adt_a01_admit.hl7"))
+            assert b"MSA|AA|PHL0001" in client.send_message(message("pcd01_intellivue.hl7"))
+        assert server.store.resources("Observation", "Patient/MRN0012345")
+    finally:
+        server.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_no_listener_without_hl7_port(tmp_path, monkeypatch):
+    from peers import free_port
+    from serving.config import load_config
+    from serving.server import Server
+
+    monkeypatch.setattr(Server, "_start_ray", lambda self: {})
+    server = Server(load_config(state_dir=tmp_path / "var", dicom={"port": free_port(), "routes": []},
+                                mqtt={"embedded_port": free_port()}))
+    try:
+        server.start()
+        assert server.hl7 is None
+    finally:
+        server.stop()
