@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -173,3 +174,25 @@ def test_pcd01_readings_reach_the_vitals_model_s_windows(tmp_path):
         store.close()
     (patient, _, samples), = windows.samples
     assert patient == "Patient/MRN0012345" and samples["8867-4"] == 118 and samples["2708-6"] == 91
+
+
+def test_two_gateways_at_once_each_get_every_ack(hl7_server):
+    listener, _, store = hl7_server
+    raw = message("pcd01_intellivue.hl7")
+    acks: dict[str, list[bytes]] = {}
+
+    def gateway(name: str) -> None:
+        with MLLPClient("127.0.0.1", listener.port) as client:
+            acks[name] = [client.send_message(raw.replace(b"PHL0001", f"{name}{i:03d}".encode())
+                                              .replace(b"ICU_GW", name.encode())
+                                              .replace(b"081455", f"0815{i:02d}".encode()))
+                          for i in range(20)]
+
+    threads = [threading.Thread(target=gateway, args=(name,)) for name in ("GW_A", "GW_B")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(b"MSA|AA|" in ack for name in ("GW_A", "GW_B") for ack in acks[name])
+    assert len(store.vitals.vital_rows()) == 20  # the same 20 readings from both: stored once each
+    assert listener.intake.accepted == 40
