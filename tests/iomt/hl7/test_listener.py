@@ -196,3 +196,21 @@ def test_two_gateways_at_once_each_get_every_ack(hl7_server):
     assert all(b"MSA|AA|" in ack for name in ("GW_A", "GW_B") for ack in acks[name])
     assert len(store.vitals.vital_rows()) == 20  # the same 20 readings from both: stored once each
     assert listener.intake.accepted == 40
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "hl7.md"
+
+
+def test_the_exchanges_in_the_docs_are_what_the_listener_answers(hl7_server):
+    """docs/hl7.md, "Exercised against the real MLLP peer": each row's ACK, in order, on one connection."""
+    listener, _, store = hl7_server
+    text = DOCS.read_text(encoding="utf-8").split("## Exercised against the real MLLP peer", 1)[1]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.split("\n## ", 1)[0].splitlines()
+            if line.startswith("| ") and ".hl7" in line]
+    assert len(rows) == 18
+    with MLLPClient("127.0.0.1", listener.port) as client:
+        for fixture, _, ack, location, code in rows:
+            reply = hl7.parse(client.send_message(message(fixture)).strip(b"\x0b\x1c\r"))
+            msa, _, err_location, err_code = ack_of(reply)
+            assert (fixture, msa, err_location, err_code) == (fixture, ack, location, code)
+    assert listener.intake.duplicates == 1 and len(store.vitals.dead_letters()) == 6
