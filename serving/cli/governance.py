@@ -3,7 +3,9 @@
 ``audit verify`` walks the audit log's hash chain; exit 0 when intact, 1 naming the first bad row
 (edited, deleted, inserted or reordered), 1 also when ``--head SEQ:HASH`` (a head recorded
 earlier) is no longer in the chain.  ``audit list`` prints the newest rows.
-``export-training --since YYYY-MM-DD --out DIR`` writes the de-identified training export.
+``export-training --since YYYY-MM-DD --out DIR`` writes the de-identified training export; with
+``--with-feedback`` only studies with clinicians' verdicts, and each model's ``feedback.json`` (the
+verdicts per image) that ``medgate train <model> --from-feedback DIR/<model>`` reads.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from serving.governance.audit import AuditLog
 from serving.governance.export_training import export_training
+from serving.governance.feedback_export import FILE as FEEDBACK_FILE
 from kernel.database import database_path
 
 COMMANDS = ("audit", "export-training")
@@ -29,6 +32,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--since", required=True, help="first day (YYYY-MM-DD, UTC) of studies to export")
     export.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per model)")
     export.add_argument("--salt-file", type=Path, help="reuse this salt (same UIDs/pseudonyms/date shifts)")
+    export.add_argument("--with-feedback", action="store_true",
+                        help="only studies with clinicians' verdicts; write <model>/feedback.json with them")
 
 
 def _since(value: str) -> datetime:
@@ -42,9 +47,14 @@ def _since(value: str) -> datetime:
 def run(settings, args: argparse.Namespace) -> int:
     state_dir = settings.state_dir.resolve()
     if args.command == "export-training":
-        report = export_training(state_dir, _since(args.since), args.out, salt_file=args.salt_file)
+        report = export_training(state_dir, _since(args.since), args.out, salt_file=args.salt_file,
+                                 with_feedback=args.with_feedback)
         for model, n in sorted(report.images.items()):
             print(f"{model}: {n} de-identified images, datalist {args.out / model / 'dataset.json'}")
+        for model, n in sorted(report.feedback_cases.items()):
+            print(f"{model}: {n} images with clinicians' verdicts, {args.out / model / FEEDBACK_FILE}")
+        for reason, n in report.feedback_skipped.items():
+            print(f"verdicts not tied to an image ({reason}): {n}")
         for reason, n in report.excluded.items():
             print(f"excluded ({reason.replace('_', ' ')}): {n}")
         print(f"studies exported: {report.studies}; salt: {report.salt_path} (keep it private)")

@@ -39,12 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the server with every component")
     sub.add_parser("check-config", help="validate the configuration and print it")
-    models_sub = sub.add_parser("models", help="list registered models or deploy a version").add_subparsers(
-        dest="models_command", required=True)
-    models_sub.add_parser("list", help="registered versions and the deployed one")
-    deploy = models_sub.add_parser("deploy", help="serve <name>@<version> without downtime (rollback: same)")
-    deploy.add_argument("ref", help="name@version, e.g. tb@1.1.0")
-    deploy.add_argument("--shadow", help="also run this version on the same requests; results logged only")
+    models.add_commands(sub)
     outbox.add_commands(sub)
     governance.add_commands(sub)
     status.add_commands(sub)
@@ -72,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return governance.run(settings, args)
     if args.command in status.COMMANDS:
         return status.run(settings, args)
-    if args.models_command == "list":
-        return models.list_models(settings)
-    return models.deploy(settings, args.ref, args.shadow)
+    return models.run(settings, args)
 
 
 def load_settings(args: argparse.Namespace) -> Settings | int:

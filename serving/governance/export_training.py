@@ -12,6 +12,10 @@ Images with Burned In Annotation YES are excluded and counted.  The salt that ke
 and date shifts is random per export unless ``--salt-file`` names one; a new salt is kept under
 ``state_dir/exports/`` (0600), never in DIR.  Every exported study is one audit row (action
 ``export``).
+
+With ``with_feedback`` only studies with a clinician's verdict on a finding are exported, and each
+model's folder also gets ``feedback.json``: the verdicts per exported image, de-identified
+(:mod:`serving.governance.feedback_export`), for ``medgate train <model> --from-feedback``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ from models.registry import ModelNotFoundError, registered
 from models.spec import InputKind
 from serving.governance.audit import AuditLog
 from serving.governance.deid import DeidentificationError, Deidentifier
+from serving.governance.feedback_export import VerdictIndex, feedback_case, write_feedback
+from serving.feedback.store import FeedbackStore
+from serving.inference.versions import read_versions
 from serving.store import Result, Store
 
 def _labels_images(model: str, version: str) -> bool:
@@ -51,6 +58,8 @@ class ExportReport:
     images: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
     salt_path: Path | None = None
+    feedback_cases: dict[str, int] = field(default_factory=dict)
+    feedback_skipped: dict[str, int] = field(default_factory=dict)
 
 
 def _salt(state_dir: Path, salt_file: Path | None) -> tuple[bytes, Path]:
@@ -82,7 +91,8 @@ def _labels(results: list[Result]) -> dict[str, dict]:
 
 
 def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: Path | None = None,
-                    operator: str | None = None, meanings: dict[str, str] | None = None) -> ExportReport:
+                    operator: str | None = None, meanings: dict[str, str] | None = None,
+                    with_feedback: bool = False) -> ExportReport:
     """Export studies done since ``since`` (aware datetime) to ``out``; see the module docstring."""
     if since.tzinfo is None:
         raise ValueError(f"since must be timezone-aware, {since.isoformat()} is given")
@@ -94,10 +104,16 @@ def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: P
     report = ExportReport(salt_path=salt_path)
     entries: dict[str, list[dict]] = defaultdict(list)
     versions: dict[str, set[str]] = defaultdict(set)
+    feedback, index = (FeedbackStore(store.database), VerdictIndex()) if with_feedback else (None, None)
+    cases: dict[str, list[dict]] = defaultdict(list)
     try:
         for study_uid in store.gateway.done_studies(since.timestamp()):
             written = 0
-            labels = _labels(store.results_of(study_uid))
+            results = store.results_of(study_uid)
+            labels = _labels(results)
+            verdicts = index.of_study(study_uid, results, feedback.of_study(study_uid)) if feedback else None
+            if feedback and not verdicts:
+                continue
             for inst in store.gateway.instances_of(study_uid):
                 label = labels.get(inst.sop_instance_uid)
                 if label is None or not Path(inst.path).is_file():
@@ -119,6 +135,9 @@ def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: P
                     "probability": round(float(label["probability"]), 6),
                     "centres": [[point[0] / cols, point[1] / rows]] if point and label["positive"] else []})
                 versions[model].add(label["version"])
+                if verdicts and inst.sop_instance_uid in verdicts:
+                    cases[model].append(feedback_case(entries[model][-1], label["version"],
+                                                      verdicts[inst.sop_instance_uid]))
                 written += 1
             if written:
                 report.studies += 1
@@ -128,6 +147,11 @@ def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: P
         for model, items in entries.items():
             _write_datalist(out / model, model, sorted(versions[model]), items, (meanings or {}).get(model))
             report.images[model] = len(items)
+        deployed = read_versions(state_dir)
+        for model, found in cases.items():
+            write_feedback(out / model, model, deployed.get(model, {}).get("version"), found)
+            report.feedback_cases[model] = len(found)
+        report.feedback_skipped = dict(index.skipped) if index else {}
     finally:
         store.close()
         audit.close()

@@ -6,7 +6,9 @@ not full waits for more requests, 0 by default: see :mod:`serving.inference.batc
 tb@1.1.0``) makes Ray Serve call :meth:`ModelDeployment.reconfigure` on the running replicas: the
 new version is loaded and warmed up beside the old one, then swapped in with one assignment, so
 requests keep succeeding throughout.  A shadow version runs on the same batches; its results are
-logged and counted, never returned.
+logged and counted, never returned, and compared with the current version's
+(:meth:`ModelServer.shadow_report`, :mod:`serving.inference.shadow`).  Promoting the shadow
+(``medgate models promote``) makes the loaded shadow the active version without loading it again.
 
 A multi-class model's classes are reported (:meth:`Loaded.info`, read by the imaging pipeline to
 code its findings) with the site's codes in place of the model card's where the deployment
@@ -29,11 +31,14 @@ from models.registry import ModelManifest, ModelRegistry
 from serving.inference.batcher import DynamicBatcher
 from serving.inference.engines import create_engine
 from serving.inference.runners import make_runner
+from serving.inference.shadow import compare
 
 log = logging.getLogger("medgate.serving")
 
 #: Batch-size histogram buckets reported by :meth:`ModelDeployment.stats`.
 BATCH_HISTORY = 1000
+#: Batches kept in the shadow log (per replica), what :meth:`ModelServer.shadow_report` compares.
+SHADOW_HISTORY = 100
 
 
 @dataclass
@@ -99,20 +104,31 @@ class ModelServer:
         self.shadow: Loaded | None = None
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=BATCH_HISTORY)
         self.requests = self.failures = self.ongoing = self.shadow_runs = 0
-        self.shadow_log: collections.deque[dict] = collections.deque(maxlen=100)
+        self.shadow_log: collections.deque[dict] = collections.deque(maxlen=SHADOW_HISTORY)
 
     def reconfigure(self, user_config: dict[str, Any]) -> dict[str, Any]:
         """Load the configured version (and shadow) beside the current one, then swap them in."""
         options = {**self.options, **(user_config or {})}
         version = options.get("version") or ModelRegistry().get(self.model).version
         if self.active is None or self.active.manifest.version != version:
-            loaded = load_version(self.model, version, options)
+            promoted = self.shadow is not None and self.shadow.manifest.version == version
+            loaded = self.shadow if promoted else load_version(self.model, version, options)
             previous, self.active = self.active, loaded
             log.info("%s: serving version %s (was %s)", self.model, loaded.manifest.version,
                      previous.manifest.version if previous else "none")
         shadow = options.get("shadow_version")
-        self.shadow = load_version(self.model, shadow, options) if shadow else None
+        if not shadow:
+            self.shadow = None
+        elif self.shadow is None or self.shadow.manifest.version != shadow:
+            self.shadow = load_version(self.model, shadow, options)
         return options
+
+    def shadow_report(self) -> dict[str, Any]:
+        """The shadow version against the active one over the shadow log (:func:`serving.inference.shadow.compare`)."""
+        active, shadow = self.active, self.shadow
+        report = compare(list(self.shadow_log), active.manifest.version, shadow.manifest.version if shadow else None,
+                         active.manifest.threshold, shadow.manifest.threshold if shadow else None)
+        return {"model": self.model, "batches": len(self.shadow_log), "shadow_runs": self.shadow_runs, **report}
 
     def info(self) -> dict[str, Any]:
         info = self.active.info()
@@ -141,7 +157,8 @@ class ModelServer:
         if shadow is not None:
             shadow_replies = shadow.runner.run(items)
             self.shadow_runs += len(items)
-            self.shadow_log.append({"version": shadow.manifest.version, "batch_size": len(items),
+            self.shadow_log.append({"version": shadow.manifest.version, "active_version": active.manifest.version,
+                                    "batch_size": len(items),
                                     "replies": [_summary(r) for r in shadow_replies],
                                     "active": [_summary(r) for r in replies]})
             log.info("%s shadow %s: %s", self.model, shadow.manifest.version, self.shadow_log[-1]["replies"])
@@ -174,6 +191,9 @@ class ModelDeployment:
 
     def shadow_results(self) -> list[dict]:
         return list(self.core.shadow_log)
+
+    def shadow_report(self) -> dict[str, Any]:
+        return self.core.shadow_report()
 
     async def __call__(self, item: Any) -> dict[str, Any]:
         core = self.core
