@@ -8,6 +8,11 @@ The ``medgate`` command finds them through the ``medgate.commands`` entry point 
   (``runs/<model>`` by default; ``--resume`` continues its checkpoint), then the held-out test
   split at the validation operating point, saved to ``<out>/eval-test/``.  With ``--version`` the
   model is also exported, parity-checked, registered and its model card rewritten.
+* ``train <model> --from-feedback DIR``: retrain from clinicians' verdicts (:mod:`training.feedback`):
+  the current version (``--base``; by default the one deployed when DIR was exported) fine-tuned on
+  its generated data mixed with the reviewed feedback cases of DIR (``medgate export-training
+  --with-feedback``), both measured on the same held-out set and the candidate registered as
+  ``--version`` (by default the next minor version) with both figures in its metadata and card.
 * ``evaluate <model>[@version]``: re-measure a registered version (its ``model.pt``), or
   ``--checkpoint``, on ``--split`` (``--seed`` for freshly generated data); prints and saves
   ``metrics.json`` and plots.
@@ -47,6 +52,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--version", help="register the result as this new version (MAJOR.MINOR.PATCH)")
     train.add_argument("--registry", type=Path, default=DEFAULT_ROOT, help="registry root (default models/)")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--from-feedback", type=Path, metavar="DIR",
+                       help="retrain the current version on its data + the reviewed cases of this export folder")
+    train.add_argument("--base", help="with --from-feedback: the version to start from and compare with")
     evaluate = sub.add_parser("evaluate", help="measure a registered version or a checkpoint on one split")
     evaluate.add_argument("model", help="NAME or NAME@VERSION (latest version by default)")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -109,13 +117,18 @@ def measure(task: Task, network, config: dict[str, Any], datasets, operating_poi
     return validation, evaluate_split(task, network, datasets["test"], config, chosen, device)
 
 
-def register(task: Task, network, config, datasets, validation, test, training, version, root) -> None:
-    """Export + parity check + registry version + model card; print where they went."""
+def register(task: Task, network, config, datasets, validation, test, training, version, root, *,
+             note: str | None = None, annotate=None) -> None:
+    """Export + parity check + registry version + model card; print where they went.  ``note``: the
+    changelog entry; ``annotate(folder)``: adds to the version's metadata before the card is written."""
     from training.bundle import write_version
     from training.modelcard import write_model_card
 
     manifest = write_version(root, task, network, config, version=version, test=test, validation=validation,
-                             training=training, check_inputs=_check_inputs(task, network, config, datasets["val"]))
+                             training=training, check_inputs=_check_inputs(task, network, config, datasets["val"]),
+                             note=note)
+    if annotate is not None:
+        annotate(manifest.folder)
     card = write_model_card(root, task.name, version)
     print(f"registered {task.name}@{version} at {manifest.folder} (sha256 {manifest.sha256[:12]}...); card {card}")
 
@@ -123,6 +136,9 @@ def register(task: Task, network, config, datasets, validation, test, training, 
 def cmd_train(args: argparse.Namespace) -> None:
     from training.loop import train
 
+    if args.from_feedback is not None:
+        cmd_retrain(args)
+        return
     t0 = time.perf_counter()
     task = load_task(args.model)
     out = args.out or Path("runs") / task.name
@@ -192,3 +208,50 @@ def cmd_export(args: argparse.Namespace) -> None:
                 "device": state.get("device", "unknown"), "threads": torch.get_num_threads()}
     print(json.dumps({"validation": _summary(validation), "test": _summary(test)}, indent=2))
     register(task, network, config, datasets, validation, test, training, args.version, args.registry)
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    """``train <model> --from-feedback DIR`` (see the module docstring and :mod:`training.feedback`)."""
+    from training import feedback
+    from training.config import read_config_file
+    from training.loop import train
+
+    t0 = time.perf_counter()
+    task = load_task(args.model)
+    registry = ModelRegistry(args.registry)
+    labels = feedback.read_feedback(args.from_feedback, task.name)
+    base_version = args.base or (labels.deployed_version if labels.deployed_version in registry.versions(task.name)
+                                 else None)
+    current = registry.get(task.name, base_version)
+    current.verify()
+    current_network, current_config = load_weights(task, current.folder / current.raw.get("weights_file", "model.pt"))
+    config = feedback.retraining_config(current_config, args.train_config and read_config_file(args.train_config),
+                                        seed=args.seed)
+    out = args.out or Path("runs") / f"{task.name}-feedback"
+    train_cases, heldout_cases = feedback.split(labels.cases, float(config["feedback"]["heldout_fraction"]),
+                                                config["seed"])
+    datasets, mix = feedback.mixed_datasets(task, config, train_cases, heldout_cases, out)
+    data_s = time.perf_counter() - t0
+    print(f"{task.name}: {len(labels.cases)} reviewed cases ({labels.rules()}; left out {dict(labels.skipped)}); "
+          f"training on {mix['generated_train']} generated + {mix['feedback_train']} feedback x {mix['repeat']} "
+          f"(feedback {mix['feedback_share_of_draws']:.0%} of draws), {mix['steps']} steps from {current.version}",
+          flush=True)
+    result = train(feedback.WarmStart(task, current_network.state_dict()), config, out, datasets=datasets,
+                   progress=not args.no_progress)
+    test = evaluate_split(task, result.network, datasets["test"], config, result.validation.operating_point)
+    comparison = feedback.compare(task, current, current_network, result.network, test, datasets, config)
+    line = feedback.summary_line(comparison)
+    print(json.dumps(comparison, indent=2))
+    print(line)
+    version = args.version or feedback.next_version(registry, task.name)
+    command = shlex.join(["medgate", "train", task.name, "--from-feedback", str(args.from_feedback), "--base",
+                          current.version, "--version", version]
+                         + (["--config", str(args.train_config)] if args.train_config else []))
+    training = {"command": command, "steps": result.steps, "seconds": result.seconds, "device": result.device,
+                "threads": torch.get_num_threads(), "final_loss": result.final_loss, "data_seconds": round(data_s, 1),
+                "total_seconds": round(time.perf_counter() - t0, 1), "base_version": current.version}
+    extra = feedback.card_metadata(labels, mix, comparison)
+    note = (f"trained on generated data + {mix['feedback_train']} feedback cases, fine-tuned from {current.version} "
+            f"by `{command}`; {line}")
+    register(task, result.network, config, datasets, result.validation, test, training, version, args.registry,
+             note=note, annotate=lambda folder: feedback.annotate(folder, extra, f"before: {current.version}"))
