@@ -232,7 +232,7 @@ class Hl7Section(Hl7Config):
 
 class TokenEntry(Section):
     token: str = Field(min_length=16, repr=False)  # never shown by repr or logs
-    role: Literal["clinician", "engineer", "admin"]
+    role: Literal["clinician", "radiologist", "nurse", "engineer", "admin"]
     name: str = Field(min_length=1)
 
 
@@ -289,6 +289,20 @@ class CdsConfig(Section):
     smart_app_url: str | None = None
 
 
+class MonitoringConfig(Section):
+    # Live model monitoring (serving.monitoring, docs/monitoring.md): the window read, and the lines
+    # that raise an alert (a WARNING log line, /v1/models/monitoring, medgate_model_alert).
+    window_days: float = Field(7.0, gt=0)  # results and verdicts of the last window_days ...
+    max_results: int = Field(5000, ge=1)   # ... at most the newest max_results results
+    min_results: int = Field(100, ge=1)    # fewer results at a site: figures shown, no drift alert (noise)
+    min_feedback: int = Field(10, ge=1)    # fewer verdicts: agreement shown, no alert
+    # PSI over which drift is alerted (0.1-0.25 moderate, > 0.25 significant: serving.monitoring.drift).
+    score_psi_alert: float = Field(0.25, gt=0)
+    input_psi_alert: float = Field(0.25, gt=0)
+    min_agreement: float = Field(0.7, ge=0, le=1)  # agreement with clinicians under which it is alerted
+    cache_s: float = Field(30.0, ge=0)  # figures reused for this long (scrapes and page reloads)
+
+
 class LoggingConfig(Section):
     format: Literal["text", "json"] = "text"  # json: one object per line (docs/observability.md)
 
@@ -341,6 +355,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     auth: AuthConfig = AuthConfig()
     cds: CdsConfig = CdsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     log_level: str = "INFO"
     logging: LoggingConfig = LoggingConfig()
     class_codes: dict[str, dict[str, ClassCode]] = {}  # model -> class name -> the site's code

@@ -20,6 +20,7 @@ STORE_MODULES = {
     "kernel/database.py", "kernel/wal_checkpoint.py",
     "dicom_gateway/store.py", "iomt/store.py", "serving/store.py",
     "serving/delivery/outbox_db.py", "serving/governance/audit.py", "serving/http/sessions.py",
+    "serving/feedback/store.py",
 }
 #: How an SQL statement starts (SQLite's and PostgreSQL's keywords, upper case as written here).
 SQL_START = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|ALTER|DROP|PRAGMA|WITH|BEGIN|COMMIT|"

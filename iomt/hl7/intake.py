@@ -81,7 +81,7 @@ class Intake:
 
     def __init__(self, store: VitalsStore, pipeline: VitalsPipeline, identifiers: IdentifierMapper,
                  zone: tzinfo, *, outbox=None, fhir_base_url: str | None = None, bundle_max_entries: int | None = None,
-                 application: str, facility: str, allowed_facilities: tuple[str, ...] | list[str] = (),
+                 application: str, facility: str, allowed_facilities: tuple[str, ...] | list[str] = _HL7.allowed_facilities,
                  dedup_window_s: float = _HL7.dedup_window_hours * 3600) -> None:
         if dedup_window_s <= 0:
             raise ValueError(f"dedup_window_s must be > 0, {dedup_window_s} is given.")

@@ -57,7 +57,7 @@ class MllpListener:
     """
 
     def __init__(self, intake: Intake, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                 allowed_sources: Iterable[str] = (), max_message_bytes: int = _HL7.max_message_bytes,
+                 allowed_sources: Iterable[str] = _HL7.allowed_sources, max_message_bytes: int = _HL7.max_message_bytes,
                  max_connections: int = _HL7.max_connections, idle_timeout_s: float = _HL7.idle_timeout_s) -> None:
         if max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be >= 1, {max_message_bytes} is given.")

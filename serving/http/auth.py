@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 
-ROLES = ("clinician", "engineer", "admin")
+ROLES = ("clinician", "radiologist", "nurse", "engineer", "admin")
 #: Where the generated first-start admin token lives, relative to ``state_dir``.
 ADMIN_TOKEN_FILE = Path("auth") / "admin.token"
 SESSION_COOKIE = "medgate_session"
 
 PUBLIC = frozenset()
 ANY_ROLE = frozenset(ROLES)
-CLINICAL = frozenset({"clinician", "admin"})
+CLINICAL = frozenset({"clinician", "radiologist", "nurse", "admin"})
 TECHNICAL = frozenset({"engineer", "admin"})
 ADMIN = frozenset({"admin"})
 
@@ -34,6 +34,7 @@ ADMIN = frozenset({"admin"})
 ROLE_MATRIX: tuple[tuple[str, frozenset[str]], ...] = (
     ("/healthz", PUBLIC),
     ("/readyz", PUBLIC),
+    ("/cds-services", PUBLIC),          # the calling EHR's JWT is checked by the service (serving/cds)
     ("/dashboard/", PUBLIC),            # static HTML/JS/CSS, no patient data
     ("/v1/session", ANY_ROLE),
     ("/v1/whoami", ANY_ROLE),
@@ -50,14 +51,14 @@ ROLE_MATRIX: tuple[tuple[str, frozenset[str]], ...] = (
     ("/fhir/SearchParameter", ANY_ROLE),  # definitions the CapabilityStatement points to, no patient data
     ("/fhir/AuditEvent", ADMIN),
     ("/fhir/", CLINICAL),
-    ("/dicomweb/", CLINICAL | {"engineer"}),  # STOW-RS: sending studies in, no reads
+    ("/dicomweb/", CLINICAL | {"engineer"}),  # STOW-RS in (engineers too); QIDO/WADO reads: clinical roles (dicomweb.py)
     ("/studies", CLINICAL | {"engineer"}),
     ("/openapi.json", TECHNICAL),
 )
 #: Paths that read patient data: denials there are audited too.
 PATIENT_DATA_PREFIXES = ("/v1/ward", "/v1/stream/ward", "/v1/worklist", "/v1/results/", "/v1/overlay/",
                          "/fhir/Observation", "/fhir/DiagnosticReport", "/fhir/RiskAssessment",
-                         "/fhir/Flag", "/fhir/Patient", "/fhir/Device", "/fhir/AuditEvent")
+                         "/fhir/Flag", "/fhir/Patient", "/fhir/Device", "/fhir/AuditEvent", "/dicomweb/")
 
 
 def required_roles(path: str) -> frozenset[str]:

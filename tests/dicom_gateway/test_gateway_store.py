@@ -11,7 +11,7 @@ from dicom_gateway.store import GatewayStore, Group, Instance, SeriesGeometry, S
 from kernel.database import Database
 
 GATEWAY_TABLES = ("instances", "studies", "dicom_groups", "dicom_instance_routes", "dicom_series_geometry",
-                  "dicom_dispatches")
+                  "dicom_dispatches", "dicom_object_index", "dicom_index_results")
 
 
 @pytest.fixture

@@ -127,17 +127,18 @@ SECTION_READERS = (
     "iomt.bridge:VitalsBridge", "iomt.bridge:broker_address", "iomt.pipeline:VitalsPipeline",
     "iomt.risk:RiskScorer", "iomt.alerts:AlertPolicy", "iomt.sink:ResourceSink", "iomt.workers:WorkerSpec",
     "iomt.mqtt_client:MqttOptions", "iomt.state:StateTable",
+    "iomt.hl7.listener:MllpListener", "iomt.hl7.intake:Intake",
 )
 
 
 def _layer_keys(layer: str) -> dict[str, list]:
     """Every key of ``layer``'s sections that holds a value (not a sub-section) -> its defaults."""
     from dicom_gateway.config import DicomConfig
-    from iomt.config import IomtConfig, MqttConfig
+    from iomt.config import Hl7Config, IomtConfig, MqttConfig
     from kernel.config import Section
 
     keys: dict[str, list] = {}
-    pending = list({"dicom_gateway": [DicomConfig()], "iomt": [MqttConfig(), IomtConfig()]}[layer])
+    pending = list({"dicom_gateway": [DicomConfig()], "iomt": [MqttConfig(), IomtConfig(), Hl7Config()]}[layer])
     while pending:
         section = pending.pop()
         for name in type(section).model_fields:

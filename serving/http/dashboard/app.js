@@ -49,7 +49,8 @@ function signOut() {
 }
 
 // -- navigation ---------------------------------------------------------------------------------
-const ALLOWED = { ward: ["clinician", "admin"], worklist: ["clinician", "admin"], system: ["engineer", "admin"] };
+const CLINICAL = ["clinician", "radiologist", "nurse", "admin"];
+const ALLOWED = { ward: CLINICAL, worklist: CLINICAL, system: ["engineer", "admin"] };
 
 function route() {
   if (!state.token) return;

@@ -229,8 +229,6 @@ def test_every_hook_call_is_audited_under_the_clients_issuer(cds, keys):
         (f"{EHR_ISS} (ehr-client-1)", "cds-client", EHR_PATIENT, "success")
 
 
-@pytest.mark.xfail(strict=True, reason="serving/http/auth.py ROLE_MATRIX does not yet list /cds-services as "
-                                       "public (the service checks the EHR's JWT itself): the guard answers 401")
 def test_the_guard_lets_an_ehr_with_a_jwt_reach_the_service(cds, keys):
     app, fhir, _ = cds
     url = f"{fhir.url}/cds-services/medgate-patient-view"

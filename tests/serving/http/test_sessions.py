@@ -43,8 +43,8 @@ def test_store_refuses_bad_arguments(tmp_path):
     store = SessionStore(tmp_path / "medgate.sqlite3")
     with pytest.raises(ValueError, match="max_age_s must be positive, 0 is given"):
         store.open(Principal("x", "clinician"), 0)
-    with pytest.raises(ValueError, match="'nurse' is given"):
-        store.open(Principal("x", "nurse"), 60)
+    with pytest.raises(ValueError, match="'porter' is given"):
+        store.open(Principal("x", "porter"), 60)
     store.close()
 
 
