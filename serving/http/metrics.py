@@ -1,9 +1,13 @@
-"""Prometheus metrics of the HTTP ingress, the model deployments and the outbox (text format 0.0.4)."""
+"""Prometheus metrics of the HTTP ingress, the model deployments, the outbox and live model monitoring
+(text format 0.0.4)."""
 from __future__ import annotations
 
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from serving.monitoring.gauges import monitoring_gauges
+from serving.monitoring.service import current_report
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -44,6 +48,7 @@ class IngressMetrics:
             lines.append(f"medgate_model_batch_size_sum{{{labels}}} {sum(sizes)}")
             lines.append(f"medgate_model_batch_size_count{{{labels}}} {len(sizes)}")
         lines += _outbox(outbox_counts)
+        lines += monitoring_gauges(current_report())  # serving.monitoring: drift, agreement, PPV
         return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """Everything the ingress serves besides its own methods: guard, security headers, dashboard,
 ward, worklist, system page, the FHIR read API, DICOMweb's QIDO-RS and WADO-RS (STOW-RS is the
-ingress's own), clinician feedback (:mod:`serving.feedback.api`), CDS Hooks (:mod:`serving.cds.api`) and the
-shadow version's comparison (:mod:`serving.http.shadow`).
+ingress's own), clinician feedback (:mod:`serving.feedback.api`), CDS Hooks (:mod:`serving.cds.api`), model
+monitoring (:mod:`serving.monitoring.api`) and the shadow version's comparison (:mod:`serving.http.shadow`).
 :func:`install_routes` adds them to a FastAPI app.
 
 The interactive API pages (``/docs``, ``/redoc``) are removed: FastAPI's Swagger UI and ReDoc load
@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from serving.cds import api as cds_api
 from serving.feedback import api as feedback_api
+from serving.monitoring import api as monitoring_api
 from serving.http import fhir_api, guard, headers, qido, shadow, system, wado, ward, worklist
 from serving.http.context import current
 
@@ -64,6 +65,6 @@ def install_routes(app: FastAPI) -> FastAPI:
     app.middleware("http")(headers.security_headers)  # added last = outermost: 401/403 get them too
     for router in (dashboard, guard.router, ward.router, worklist.router, system.router, shadow.router,
                    fhir_api.router, qido.router, wado.router, feedback_api.build_router(current),
-                   cds_api.build_router(current)):
+                   cds_api.build_router(current), monitoring_api.build_router(current)):
         app.include_router(router)
     return app

@@ -62,6 +62,7 @@ from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import largest_plane
 from kernel.correlation import bound
 from models.finding import Concept, Finding
+from models.reference import image_features, volume_features
 from models.registry import registered
 from models.spec import InputKind, ServingSpec
 from models.transforms import input_channels
@@ -237,10 +238,11 @@ class ImagingPipeline:
         pending = [handle.remote(item) for item in items]
         replies = [p.result(timeout_s=self.timeout_s) for p in pending]
         paths, findings = [], []
-        for ds, reply in zip(datasets, replies):
+        for ds, item, reply in zip(datasets, items, replies):
             finding = finding_of(ds, reply, info, spec)
             findings.append(finding)
-            paths.extend(self.results.image(ds, finding, info, spec).values())
+            inputs = image_features(item, max(int(ds.Rows), int(ds.Columns)))  # monitored: models.reference
+            paths.extend(self.results.image(ds, finding, info, spec, inputs=inputs).values())
         if spec.yields("fhir"):
             self.results.fhir(findings, datasets[0])
         self.results.hl7(findings, datasets[0], info)
@@ -260,7 +262,8 @@ class ImagingPipeline:
             paths.append(self.results.dicom(study_uid, "SEG", seg, info, masked))
         sr = self.results.sr(findings, series, info, seed=series[0].SeriesInstanceUID, segmentation=seg)
         if spec.yields("sr"):
-            paths.append(self.results.dicom(study_uid, "SR", sr, info, findings))
+            inputs = volume_features(volume, (info.get("input") or {}).get("window_hu"))  # monitored: models.reference
+            paths.append(self.results.dicom(study_uid, "SR", sr, info, findings, inputs=inputs))
         for f in masked[:1] if spec.yields("sc") else []:
             plane = largest_plane(f)  # the slice the SR's viewer point is on
             shown = replace(f, source=f.sources[plane], other_sources=(), mask=f.mask[plane:plane + 1])

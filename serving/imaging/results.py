@@ -127,7 +127,8 @@ class ResultWriter:
     def dicom(self, study_uid: str, kind: str, obj, info: dict[str, Any], findings: list[Finding],
               **summary: Any) -> Path:
         """Write ``obj`` (result kind ``kind``: SR, SEG, SC), record it, queue it for each destination
-        that takes ``kind``; ``summary``: more keys of its results row (e.g. ``source="upload"``)."""
+        that takes ``kind``; ``summary``: more keys of its results row (e.g. ``source="upload"``;
+        ``inputs``: the input features live monitoring compares, :mod:`models.reference`)."""
         path = inside(self.results_dir, check_uid("StudyInstanceUID", study_uid),
                       f"{kind.upper()}-{check_uid('SOPInstanceUID', obj.SOPInstanceUID)}.dcm")
         buffer = io.BytesIO()
@@ -197,12 +198,15 @@ class ResultWriter:
                 paths["gsps"] = self.dicom(study_uid, "GSPS", gsps, info, [finding], **summary)
         return paths
 
-    def upload(self, ds, finding: Finding, info: dict[str, Any], spec: ServingSpec) -> dict[str, str]:
+    def upload(self, ds, finding: Finding, info: dict[str, Any], spec: ServingSpec,
+               inputs: dict[str, float] | None = None) -> dict[str, str]:
         """The results of an uploaded DICOM image (:data:`UPLOAD_OBJECTS` and the FHIR report),
         written, recorded and queued as a pipeline study's are; returns links: each DICOM object's
-        ``/v1/results/<study>/<file>`` and the DiagnosticReport's URL (``fhir``)."""
+        ``/v1/results/<study>/<file>`` and the DiagnosticReport's URL (``fhir``).  ``inputs``: the
+        model input's features (:func:`models.reference.image_features`), recorded for monitoring."""
         study_uid = check_uid("StudyInstanceUID", ds.StudyInstanceUID)
-        paths = self.image(ds, finding, info, spec, UPLOAD_OBJECTS, source="upload")
+        extra = {"inputs": inputs} if inputs else {}
+        paths = self.image(ds, finding, info, spec, UPLOAD_OBJECTS, source="upload", **extra)
         links = {kind: f"/v1/results/{study_uid}/{path.name}" for kind, path in paths.items()}
         if spec.yields("fhir"):
             links["fhir"] = self.fhir([finding], ds, sr_uid(ds.SOPInstanceUID, info) if "sr" in paths else None)
