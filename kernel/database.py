@@ -14,6 +14,7 @@ Stdlib only: any layer may use it.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -42,6 +43,22 @@ def private_connection(path: str | Path, schema: str) -> sqlite3.Connection:
     return db
 
 
+def split_statements(script: str) -> list[str]:
+    """The statements of an SQL ``script``, ``--`` comments removed (a ``;`` ends a statement)."""
+    lines = [re.sub(r"--.*$", "", line) for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def open_database(location: str | os.PathLike, *, read_only: bool = False) -> Database:
+    """The owner stores' database at ``location``: a ``postgresql://`` URL (``store.url``,
+    :class:`kernel.database_pg.PostgresDatabase`) or the SQLite file's path."""
+    if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+        from kernel.database_pg import PostgresDatabase  # psycopg only for PostgreSQL users
+
+        return PostgresDatabase(location, read_only=read_only)
+    return Database(location, read_only=read_only)
+
+
 def database_path(state_dir: str | os.PathLike) -> Path:
     """The database file under ``state_dir``."""
     return Path(state_dir) / DATABASE_FILE
@@ -54,7 +71,13 @@ class Database:
     ``read_only``: a connection that never writes to, nor creates, the database (``medgate
     status``); :meth:`create` then creates nothing, and a read of a table that was never created
     raises :class:`sqlite3.OperationalError`.
+
+    :class:`kernel.database_pg.PostgresDatabase` is the same interface on PostgreSQL
+    (``store.url``); :func:`open_database` picks one.
     """
+
+    #: The SQL dialect of the connection (``sqlite`` or ``postgresql``).
+    dialect = "sqlite"
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False) -> None:
         self.read_only = read_only
@@ -81,16 +104,30 @@ class Database:
         after a table's first release) that an existing table lacks.  Nothing when read-only."""
         if self.read_only:
             return
+        with self.transaction() as db:
+            self.create_in(db, schema, added_columns)
+
+    def create_in(self, db: Any, schema: str,
+                  added_columns: dict[str, Sequence[tuple[str, str]]] | None = None) -> None:
+        """:meth:`create` inside the transaction ``db`` (:mod:`kernel.migrations`)."""
+        for statement in split_statements(schema):
+            db.execute(statement)
+        for table, columns in (added_columns or {}).items():
+            present = set(self.columns(table))
+            for name, declaration in columns:
+                if name not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+    def columns(self, table: str) -> list[str]:
+        """The column names of ``table`` (none when it does not exist)."""
         with self._lock:
-            self._db.executescript(schema)
-            for table, columns in (added_columns or {}).items():
-                present = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                for name, declaration in columns:
-                    if name not in present:
-                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            return [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
 
     def has_table(self, name: str) -> bool:
         return bool(self.rows("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)))
+
+    def has_index(self, name: str) -> bool:
+        return bool(self.rows("SELECT 1 FROM sqlite_master WHERE type='index' AND name=?", (name,)))
 
     def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         """The rows of one read; for the owner stores alone."""

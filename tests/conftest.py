@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from peers import DCMTK_ENV, free_port, require_peer, stop_process, wait_for_port
+from postgres import Unavailable, fresh_database, start_server
 
 
 @pytest.fixture
@@ -23,6 +24,36 @@ def mosquitto(tmp_path: Path):
         yield port
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole run (:func:`postgres.start_server`); yields its URL."""
+    try:
+        with start_server() as url:
+            yield url
+    except Unavailable as e:
+        pytest.skip(reason=str(e))
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the run's PostgreSQL server; yields its URL."""
+    return fresh_database(postgres_server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    """``sqlite`` or ``postgresql``: run a store test on both backends."""
+    return request.param
+
+
+@pytest.fixture
+def database_location(backend, tmp_path, request):
+    """Where a store test's database lives on ``backend``: a SQLite file's path or a PostgreSQL URL."""
+    if backend == "sqlite":
+        return tmp_path / "medgate.sqlite3"
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

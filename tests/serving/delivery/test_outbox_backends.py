@@ -6,63 +6,15 @@ from __future__ import annotations
 
 import io
 import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from peers import find_peer, free_port
 from serving.delivery.outbox import Outbox
 from serving.delivery.outbox_db import PostgresOutboxDb
 from serving.store import Store
-
-PG_BIN = Path("/usr/lib/postgresql")
-
-
-def _pg_tool(name: str) -> str | None:
-    found = find_peer(name)
-    if found:
-        return found
-    versions = sorted(PG_BIN.glob(f"*/bin/{name}")) if PG_BIN.exists() else []
-    return str(versions[-1]) if versions else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A PostgreSQL server in a temporary directory, run as the ``postgres`` user; yields its URL."""
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip(reason="PostgreSQL server not installed (apt-get install -y postgresql)")
-    try:
-        postgres = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip(reason="no postgres system user to run the server as")
-    if os.geteuid() != 0 and os.geteuid() != postgres.pw_uid:
-        pytest.skip(reason="PostgreSQL must run as the postgres user: needs root or that user")
-    # pytest's base temp is private to root (0700): the postgres user needs its own directory.
-    root = Path(tempfile.mkdtemp(prefix="medgate-pg-"))
-    os.chown(root, postgres.pw_uid, postgres.pw_gid)
-    data, port = root / "data", free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    init = subprocess.run(as_postgres + [initdb, "-D", str(data), "--auth", "trust", "-U", "medgate"],
-                          capture_output=True, text=True, timeout=120)
-    if init.returncode != 0:
-        pytest.skip(reason=f"initdb failed: {init.stderr[-300:]}")
-    start = subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                                          f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
-                           capture_output=True, text=True, timeout=120)
-    if start.returncode != 0:
-        pytest.skip(reason=f"PostgreSQL did not start: {start.stderr[-300:]}")
-    try:
-        yield f"postgresql://medgate@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True,
-                       timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 class Flaky:
