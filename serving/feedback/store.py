@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Iterable
 
-from kernel.database import Database, Record
+from kernel.database import Database, Record, open_database
+from kernel.migrations import Migration, migrate
 from serving.feedback.records import Feedback
 
 SCHEMA = """
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS cds_cards (
     issued_at REAL NOT NULL
 );
 """
+#: The feedback tables' schema steps (:mod:`kernel.migrations`); 1: the schema when versions began.
+MIGRATIONS = (Migration(1, "clinician feedback and issued cards", SCHEMA),)
 _COLUMNS = tuple(f.name for f in fields(Feedback))
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM clinician_feedback"
 _INSERT = f"INSERT OR IGNORE INTO clinician_feedback({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -71,13 +74,16 @@ class IssuedCard(Record):
     client: str | None
     issued_at: float
 
+_CARD_COLUMNS = ", ".join(f.name for f in fields(IssuedCard))
+
 
 class FeedbackStore:
-    """The feedback tables on ``database`` (a :class:`kernel.database.Database` or its path)."""
+    """The feedback tables on ``database`` (a :class:`kernel.database.Database`, its path or its
+    ``postgresql://`` URL: :func:`kernel.database.open_database`)."""
 
     def __init__(self, database: Database | str | os.PathLike) -> None:
-        self.database = database if isinstance(database, Database) else Database(database)
-        self.database.create(SCHEMA)
+        self.database = database if isinstance(database, Database) else open_database(database)
+        migrate(self.database, "feedback", MIGRATIONS)
 
     def add(self, items: Iterable[Feedback]) -> int:
         """Record verdicts, all or none (one transaction); one whose id is stored already (the same
@@ -109,7 +115,7 @@ class FeedbackStore:
     def add_cards(self, cards: Iterable[IssuedCard]) -> None:
         rows = [tuple(getattr(c, f.name) for f in fields(IssuedCard)) for c in cards]
         with self.database.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO cds_cards VALUES (?,?,?,?,?,?,?,?)", rows)
+            db.executemany(f"INSERT OR IGNORE INTO cds_cards({_CARD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def cards(self, uuids: Iterable[str]) -> dict[str, IssuedCard]:
         """The issued cards among ``uuids``, by uuid (unknown ones are absent)."""
@@ -117,7 +123,7 @@ class FeedbackStore:
         found: dict[str, IssuedCard] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
-            for row in self.database.rows(f"SELECT * FROM cds_cards WHERE uuid IN ({','.join('?' * len(chunk))})",
+            for row in self.database.rows(f"SELECT {_CARD_COLUMNS} FROM cds_cards WHERE uuid IN ({','.join('?' * len(chunk))})",
                                           chunk):
                 found[row["uuid"]] = IssuedCard(*row)
         return found
