@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
-from kernel.database import Database, Record
+from kernel.database import Database, Record, columns_of
+from kernel.migrations import Migration, migrate
 
 if TYPE_CHECKING:  # the ledger's record types; the ledger imports this module
     from dicom_gateway.ledger import Arrival, Refusal
@@ -337,6 +338,11 @@ def _conditions(matches: Iterable[Match]) -> tuple[str, list[Any]]:
     return sql, params
 
 
+#: The gateway's schema steps (:mod:`kernel.migrations`); 1: the schema when versions began.
+MIGRATIONS = (Migration(1, "instances, studies, groups, dispatches, object index", SCHEMA),)
+_INSTANCE, _STUDY, _GROUP = columns_of(Instance), columns_of(Study), columns_of(Group)
+
+
 def _record(cls, row) -> Any:
     return cls(*row) if row is not None else None
 
@@ -348,19 +354,20 @@ class GatewayStore:
         if not isinstance(database, Database):
             raise TypeError(f"database must be a kernel.database.Database, {type(database).__name__} is given.")
         self.database = database
-        database.create(SCHEMA)
-        self._migrate()
+        migrate(database, "gateway", MIGRATIONS)
+        self._adopt_processed_at()
 
     def close(self) -> None:
         """Close the database (a gateway store that opened its own: :func:`open_gateway_store`)."""
         self.database.close()
 
-    def _migrate(self) -> None:
+    def _adopt_processed_at(self) -> None:
+        """A database of before ``dicom_dispatches.processed_at``: the column, set for the
+        dispatches of studies no longer complete (before versions began; version 1 has it)."""
         if self.database.read_only:
             return
         with self.database.transaction() as db:
-            columns = {r["name"] for r in db.execute("PRAGMA table_info(dicom_dispatches)")}
-            if "processed_at" not in columns:  # databases created before the column existed
+            if "processed_at" not in self.database.columns("dicom_dispatches"):
                 db.execute("ALTER TABLE dicom_dispatches ADD COLUMN processed_at REAL")
                 db.execute("UPDATE dicom_dispatches SET processed_at=dispatched_at WHERE study_uid NOT IN"
                            " (SELECT study_uid FROM studies WHERE status='complete')")
@@ -388,7 +395,7 @@ class GatewayStore:
                        " WHERE study_uid=?", (status, route, detail, time.time(), study_uid))
 
     def study(self, study_uid: str) -> Study | None:
-        rows = self.database.rows("SELECT * FROM studies WHERE study_uid=?", (study_uid,))
+        rows = self.database.rows(f"SELECT {_STUDY} FROM studies WHERE study_uid=?", (study_uid,))
         return Study(*rows[0]) if rows else None
 
     def studies_with_status(self, *statuses: str) -> list[str]:
@@ -400,7 +407,7 @@ class GatewayStore:
     def recent_studies(self, limit: int) -> list[Study]:
         """The ``limit`` studies received last, newest first (the worklist)."""
         return [Study(*r) for r in self.database.rows(
-            "SELECT * FROM studies ORDER BY received_at DESC LIMIT ?", (limit,))]
+            f"SELECT {_STUDY} FROM studies ORDER BY received_at DESC LIMIT ?", (limit,))]
 
     def done_studies(self, since: float) -> list[str]:
         """UIDs of the studies ``done`` that were received at or after ``since`` (epoch seconds)."""
@@ -439,7 +446,7 @@ class GatewayStore:
 
     def instances_of(self, study_uid: str) -> list[Instance]:
         return [Instance(*r) for r in self.database.rows(
-            "SELECT * FROM instances WHERE study_uid=? ORDER BY received_at", (study_uid,))]
+            f"SELECT {_INSTANCE} FROM instances WHERE study_uid=? ORDER BY received_at", (study_uid,))]
 
     def instance_paths(self) -> set[str]:
         """The spool files of every recorded instance."""
@@ -580,7 +587,7 @@ class GatewayStore:
         with self.database.transaction() as db:
             db.execute("INSERT INTO studies(study_uid, status, detail, received_at, updated_at)"
                        " VALUES (?, 'refused', ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE"
-                       " SET detail=excluded.detail, updated_at=excluded.updated_at WHERE status='refused'",
+                       " SET detail=excluded.detail, updated_at=excluded.updated_at WHERE studies.status='refused'",
                        (refusal.study_uid, refusal.detail, now, now))
 
     def release_groups(self, group_uids: list[str], now: float) -> None:
@@ -599,10 +606,10 @@ class GatewayStore:
         return SeriesGeometry(*first)
 
     def receiving_groups(self) -> list[Group]:
-        return [Group(*r) for r in self.database.rows("SELECT * FROM dicom_groups WHERE state='receiving'")]
+        return [Group(*r) for r in self.database.rows(f"SELECT {_GROUP} FROM dicom_groups WHERE state='receiving'")]
 
     def all_groups(self) -> list[Group]:
-        return [Group(*r) for r in self.database.rows("SELECT * FROM dicom_groups ORDER BY last_received_at")]
+        return [Group(*r) for r in self.database.rows(f"SELECT {_GROUP} FROM dicom_groups ORDER BY last_received_at")]
 
     def group_counts(self) -> dict[str, int]:
         """Completion groups per state."""

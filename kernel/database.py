@@ -214,6 +214,16 @@ class Database:
             self._db.close()
 
 
+def columns_of(record: type) -> str:
+    """The column list of a record type whose fields are its table's columns (a dataclass or a
+    NamedTuple): what a store selects instead of ``*``, so that a backend's own columns (PostgreSQL's
+    ``rowid``, :mod:`kernel.database_pg`) stay out of its records."""
+    names = getattr(record, "_fields", None) or list(getattr(record, "__dataclass_fields__", ()))
+    if not names:
+        raise TypeError(f"record must be a dataclass or a NamedTuple, {record!r} is given.")
+    return ", ".join(names)
+
+
 class Record:
     """Base of the owner stores' records (frozen dataclasses): fields by name, and also as
     ``record["field"]``, as the rows read before the stores had typed records were."""

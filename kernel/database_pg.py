@@ -98,7 +98,7 @@ def translate(sql: str, params: Sequence[Any] | dict[str, Any] = (),
     head = _INSERT_OR.match(sql)
     if head:
         kind, table, listed = head.group(1).upper(), head.group(2), head.group(4)
-        sql = f"INSERT INTO {table}" + (f"({listed})" if listed else "") + sql[head.end():]
+        sql = f"INSERT INTO {table}" + (f"({listed}) " if listed else " ") + sql[head.end():].lstrip()
         if kind == "IGNORE":
             conflict = " ON CONFLICT DO NOTHING"
         else:

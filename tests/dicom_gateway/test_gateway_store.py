@@ -1,4 +1,5 @@
-"""dicom_gateway.store: the gateway's tables, created by the gateway, read and written as typed records."""
+"""dicom_gateway.store: the gateway's tables, created by the gateway, read and written as typed records,
+on SQLite and on PostgreSQL (``backend``)."""
 from __future__ import annotations
 
 import time
@@ -8,15 +9,16 @@ import pytest
 from dicom_gateway.ledger import Arrival, Refusal
 from dicom_gateway.status import StoreStatus
 from dicom_gateway.store import GatewayStore, Group, Instance, SeriesGeometry, Study
-from kernel.database import Database
+from kernel.database import Database, open_database
+from kernel.migrations import version
 
 GATEWAY_TABLES = ("instances", "studies", "dicom_groups", "dicom_instance_routes", "dicom_series_geometry",
                   "dicom_dispatches", "dicom_object_index", "dicom_index_results")
 
 
 @pytest.fixture
-def gateway(tmp_path):
-    database = Database(tmp_path / "db.sqlite3")
+def gateway(database_location):
+    database = open_database(database_location)
     yield GatewayStore(database)
     database.close()
 
@@ -27,8 +29,11 @@ def arrival(study: str, sop: str, models=("tb",), group: str | None = None) -> A
 
 
 def test_the_gateway_creates_only_its_own_tables(gateway):
-    names = {r[0] for r in gateway.database.rows("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert names - {"sqlite_sequence"} == set(GATEWAY_TABLES)
+    assert all(gateway.database.has_table(t) for t in GATEWAY_TABLES)
+    assert version(gateway.database, "gateway") == 1
+    if gateway.database.dialect == "sqlite":
+        names = {r[0] for r in gateway.database.rows("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert names - {"sqlite_sequence", "schema_versions"} == set(GATEWAY_TABLES)
 
 
 def test_arrivals_studies_and_dispatches_are_typed_records(gateway):
@@ -78,8 +83,8 @@ def test_refusals_geometry_and_deleting_a_study(gateway):
     assert gateway.delete_study("9.9", ("refused",)) is True and gateway.study("9.9") is None
 
 
-def test_a_database_of_before_processed_at_gets_the_column(tmp_path):
-    database = Database(tmp_path / "db.sqlite3")
+def test_a_database_of_before_processed_at_gets_the_column(database_location):
+    database = open_database(database_location)
     database.create("CREATE TABLE dicom_dispatches (group_uid TEXT NOT NULL, model TEXT NOT NULL,"
                     " study_uid TEXT NOT NULL, dispatched_at REAL NOT NULL, PRIMARY KEY (group_uid, model));")
     with database.transaction() as db:
