@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from torch.utils.data import Subset
 
 from models.reference import (SCORE_EDGES, Distribution, ModelReference, decile_edges, image_features,
                               volume_features)
@@ -40,6 +41,14 @@ from models.spec import InputKind
 BATCH = 64
 #: Split the reference is made on.
 SPLIT = "test"
+
+
+def applies(manifest: ModelManifest) -> bool:
+    """Whether a reference is made for the version: an image or volume model with a serving spec."""
+    try:
+        return manifest.serving.input in (InputKind.IMAGE, InputKind.VOLUME)
+    except (FileNotFoundError, KeyError, ValueError):  # no serving.json: nothing is served, nothing monitored
+        return False
 
 
 def _threshold_and_column(manifest: ModelManifest) -> tuple[float, int | None]:
@@ -78,20 +87,19 @@ def image_inputs(dataset, input_name: str = "image") -> np.ndarray:
 
 
 def volume_scores_and_features(task, manifest: ModelManifest, dataset) -> tuple[np.ndarray, list[dict]]:
-    """Each in-distribution scan's largest candidate probability and its features."""
+    """Each in-distribution scan's largest candidate probability and its features (the task's
+    shifted scans, ``source`` other than 0, are not predicted)."""
     from training.evaluate import load_weights, predict_split
 
     network, _ = load_weights(task, manifest.folder / "model.pt")
-    predictions = predict_split(task, network, dataset, batch_size=1)
+    own = Subset(dataset, [i for i in range(len(dataset)) if int(dataset[i].get("source", 0)) == 0])
+    predictions = predict_split(task, network, own, batch_size=1)
     scores, features = [], []
-    for i, (candidates, source) in enumerate(zip(predictions["candidates"], predictions["source"])):
-        if int(source) != 0:
-            continue
+    for item, candidates in zip(own, predictions["candidates"]):
         valid = candidates[candidates[:, 5] > 0]
         scores.append(float(valid[:, 4].max()) if len(valid) else 0.0)
-        item = dataset[i]
-        own = tuple(slice(0, int(n)) for n in np.asarray(item["shape"]))
-        features.append(volume_features(np.asarray(item["volume"])[0][own]))
+        extent = tuple(slice(0, int(n)) for n in np.asarray(item["shape"]))  # the scan without its padding
+        features.append(volume_features(np.asarray(item["volume"])[0][extent]))
     return np.asarray(scores), features
 
 
