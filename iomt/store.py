@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Protocol, Sequence
 
-from kernel.database import Database, Record
+from kernel.database import Database, Record, columns_of, open_database
+from kernel.migrations import Migration, migrate
 from iomt.vital_index import VitalIndex
 
 log = logging.getLogger("medgate.store")
@@ -130,6 +131,15 @@ ADDED_COLUMNS = {
                      ("payload_bytes", "INTEGER")),  # of the whole payload (iomt.dead_letters)
     "vital_signs": (("identifier_system", "INTEGER"), ("identifier_value", "TEXT")),
 }
+#: The bridge's schema steps (:mod:`kernel.migrations`); 1: the schema when versions began (with
+#: ``ADDED_COLUMNS``, which the indexes of 2 read).
+MIGRATIONS = (
+    Migration(1, "vitals, patient index, bed census, dead letters, HL7 receipts and visits", SCHEMA),
+    Migration(2, "dead letter and HL7 indexes",
+              "CREATE INDEX IF NOT EXISTS dead_letters_parked ON dead_letters(device, replayed_at);"
+              "CREATE INDEX IF NOT EXISTS hl7_messages_received ON hl7_messages(received_at);"
+              "CREATE INDEX IF NOT EXISTS hl7_encounters_bed ON hl7_encounters(ward, bed, status);"),
+)
 #: What a read of ``vital_signs`` gives: the columns of :func:`iomt.vital_records.record`'s row
 #: (the identifier's system as its URI), then ``updated_at``.
 VITAL_COLUMNS = ("effective_us, subject, codes, device, effective, vitals, (SELECT system FROM"
@@ -271,6 +281,9 @@ class ResourceTables(Protocol):
         """Outbox items ``(key, kind, destination, payload_json[, correlation_id])``, idempotent by key."""
 
 
+_ENCOUNTER = columns_of(Hl7Encounter)
+
+
 class _IndexLog:
     """The patient index's tables inside one transaction (:class:`iomt.vital_index.VitalIndex`)."""
 
@@ -288,7 +301,7 @@ class _IndexLog:
     def settle(self, limit: int, before: float) -> int:
         """Index and delete up to ``limit`` of the oldest log entries logged before ``before``."""
         last = self.db.execute("SELECT max(rowid) FROM (SELECT rowid, at FROM vital_unindexed"
-                               " ORDER BY rowid LIMIT ?) WHERE at<?", (limit, before)).fetchone()[0]
+                               " ORDER BY rowid LIMIT ?) AS oldest WHERE at<?", (limit, before)).fetchone()[0]
         if last is None:
             return 0
         self.db.execute("INSERT OR IGNORE INTO vital_subjects SELECT subject, effective_us, codes"
@@ -302,7 +315,7 @@ def _keys(table: str, since: bool, limit: bool) -> str:
         sql += " AND effective_us>:since"
     if limit:
         sql += " ORDER BY effective_us DESC LIMIT :limit"
-    return f"SELECT * FROM ({sql})"
+    return f"SELECT * FROM ({sql}) AS keys"
 
 
 class VitalsStore:
@@ -314,12 +327,8 @@ class VitalsStore:
         if not isinstance(database, Database):
             raise TypeError(f"database must be a kernel.database.Database, {type(database).__name__} is given.")
         self.database, self.tables = database, tables
-        database.create(SCHEMA, ADDED_COLUMNS)
-        database.create("CREATE INDEX IF NOT EXISTS dead_letters_parked ON dead_letters(device, replayed_at);"
-                        "CREATE INDEX IF NOT EXISTS hl7_messages_received ON hl7_messages(received_at);"
-                        "CREATE INDEX IF NOT EXISTS hl7_encounters_bed ON hl7_encounters(ward, bed, status);")
-        if not database.read_only and database.rows(
-                "SELECT 1 FROM sqlite_master WHERE type='index' AND name='vital_signs_subject'"):
+        migrate(database, "vitals", MIGRATIONS, legacy_columns=ADDED_COLUMNS)
+        if not database.read_only and database.has_index("vital_signs_subject"):
             with database.transaction() as db:  # a store of 2026-12-01: its index becomes the table
                 db.execute("INSERT OR IGNORE INTO vital_subjects SELECT subject, effective_us, codes FROM vital_signs")
                 db.execute("DROP INDEX IF EXISTS vital_signs_subject")
@@ -330,7 +339,7 @@ class VitalsStore:
     @classmethod
     def open(cls, path: str | Path, tables: ResourceTables) -> VitalsStore:
         """A vitals store on a connection of its own to the database at ``path`` (a worker process)."""
-        return cls(Database(path), tables)
+        return cls(open_database(path), tables)
 
     # -- the database it lives in ------------------------------------------------------------------
     @property
@@ -436,7 +445,7 @@ class VitalsStore:
     def beds(self, updated_after: float, ward: str | None = None) -> list[BedRow]:
         """Bed census rows written after ``updated_after`` (epoch seconds), of ``ward`` when given,
         by ward and bed."""
-        sql, params = "SELECT * FROM bed_census WHERE updated_at>?", [updated_after]
+        sql, params = f"SELECT {columns_of(BedRow)} FROM bed_census WHERE updated_at>?", [updated_after]
         if ward is not None:
             sql += " AND ward=?"
             params.append(ward)
@@ -467,7 +476,7 @@ class VitalsStore:
             f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id")]
 
     def dead_letter_counts(self) -> DeadLetterCounts:
-        row = self.database.rows("SELECT COUNT(*), SUM(replayed_at IS NULL AND device IS NOT NULL)"
+        row = self.database.rows("SELECT COUNT(*), SUM(CASE WHEN replayed_at IS NULL AND device IS NOT NULL THEN 1 ELSE 0 END)"
                                  " FROM dead_letters")[0]
         return DeadLetterCounts(row[0], row[1] or 0)
 
@@ -480,7 +489,7 @@ class VitalsStore:
     def hl7_receipt(self, sending_facility: str, sending_application: str,
                     control_id: str) -> Hl7Receipt | None:
         """The message acknowledged with AA under this MSH-4, MSH-3 and MSH-10, if any."""
-        rows = self.database.rows("SELECT * FROM hl7_messages WHERE sending_facility=? AND"
+        rows = self.database.rows(f"SELECT {columns_of(Hl7Receipt)} FROM hl7_messages WHERE sending_facility=? AND"
                                   " sending_application=? AND control_id=?",
                                   (sending_facility, sending_application, control_id))
         return Hl7Receipt(*rows[0]) if rows else None
@@ -494,19 +503,21 @@ class VitalsStore:
                               " WHERE received_at<? ORDER BY received_at LIMIT ?)", (cutoff, limit)).rowcount
 
     def hl7_encounter(self, sending_facility: str, visit_number: str) -> Hl7Encounter | None:
-        rows = self.database.rows("SELECT * FROM hl7_encounters WHERE sending_facility=? AND visit_number=?",
+        rows = self.database.rows(f"SELECT {_ENCOUNTER} FROM hl7_encounters WHERE sending_facility=? AND"
+                                  " visit_number=?",
                                   (sending_facility, visit_number))
         return Hl7Encounter(*rows[0]) if rows else None
 
     def hl7_encounters_of(self, patient_id: str, patient_system: str) -> list[Hl7Encounter]:
         """The visits of one patient, oldest first."""
         return [Hl7Encounter(*r) for r in self.database.rows(
-            "SELECT * FROM hl7_encounters WHERE patient_id=? AND patient_system=? ORDER BY since",
+            f"SELECT {_ENCOUNTER} FROM hl7_encounters WHERE patient_id=? AND patient_system=? ORDER BY since",
             (patient_id, patient_system))]
 
     def hl7_encounter_at_bed(self, ward: str, bed: str) -> Hl7Encounter | None:
         """The in-progress visit at a bed (the latest, should a discharge have been missed)."""
-        rows = self.database.rows("SELECT * FROM hl7_encounters WHERE ward=? AND bed=? AND status='in-progress'"
+        rows = self.database.rows(f"SELECT {_ENCOUNTER} FROM hl7_encounters WHERE ward=? AND bed=? AND"
+                                  " status='in-progress'"
                                   " ORDER BY since DESC LIMIT 1", (ward, bed))
         return Hl7Encounter(*rows[0]) if rows else None
 

@@ -174,6 +174,11 @@ class Database:
         connection is; an owner store writes what it keeps in memory there."""
         self._closing.append(callback)
 
+    @property
+    def location(self) -> str | Path:
+        """What :func:`open_database` opens this database from again (another process's connection)."""
+        return self.path
+
     # -- for whoever wires the process ---------------------------------------------------------
     @property
     def writer_lock(self) -> threading.RLock:

@@ -1,4 +1,5 @@
-"""iomt.store: the bridge's tables, and a batch's resources and outbox rows written through its port."""
+"""iomt.store: the bridge's tables, and a batch's resources and outbox rows written through its port;
+on SQLite and on PostgreSQL (``backend``)."""
 from __future__ import annotations
 
 import pickle
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from iomt.store import BedRow, DeadLetterCounts, StoredAssociation, StoredDeadLetter, VitalsStore
-from kernel.database import Database
+from kernel.database import Database, open_database
 
 VITALS_TABLES = ("vital_signs", "vital_identifier_systems", "vital_subjects", "vital_unindexed", "bed_census",
                  "dead_letters", "device_associations", "hl7_messages", "hl7_encounters", "bed_devices")
@@ -26,9 +27,18 @@ class Recorded:
         db.executemany("INSERT INTO o VALUES (?)", [(row[0],) for row in rows])
 
 
+def integrity_error(database) -> type[Exception]:
+    """The backend's error for a violated UNIQUE constraint."""
+    if database.dialect == "postgresql":
+        import psycopg
+
+        return psycopg.errors.UniqueViolation
+    return sqlite3.IntegrityError
+
+
 @pytest.fixture
-def vitals(tmp_path):
-    database = Database(tmp_path / "db.sqlite3")
+def vitals(database_location):
+    database = open_database(database_location)
     database.create(Recorded.SCHEMA)
     yield VitalsStore(database, Recorded())
     database.close()
@@ -39,7 +49,7 @@ def test_the_bridge_creates_only_its_own_tables(tmp_path):
     try:
         VitalsStore(database, Recorded())
         names = {r[0] for r in database.rows("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert names - {"sqlite_sequence"} == set(VITALS_TABLES)
+        assert names - {"sqlite_sequence", "schema_versions"} == set(VITALS_TABLES)
     finally:
         database.close()
 
@@ -48,7 +58,7 @@ def test_a_batch_is_one_transaction_with_the_resources_and_outbox_rows(vitals):
     vitals.commit_batch([{"id": "a"}], [("mqtt:t", "bad", b"x", "MON-1", None, 1)], [("k1", "mqtt", "t", "{}")],
                         beds=[("w", "b1", "s", "Patient/p", "MON-1", "2026-01-01T00:00:00+00:00")])
     assert vitals.database.rows("SELECT id FROM r")[0][0] == "a" and vitals.database.rows("SELECT key FROM o")
-    with pytest.raises(sqlite3.IntegrityError):  # the outbox key again: the whole batch is rolled back
+    with pytest.raises(integrity_error(vitals.database)):  # the outbox key again: the batch is rolled back
         vitals.commit_batch([{"id": "b"}], [], [("k1", "mqtt", "t", "{}")])
     assert [r[0] for r in vitals.database.rows("SELECT id FROM r")] == ["a"]
     (letter,) = vitals.dead_letters()
@@ -69,7 +79,7 @@ def test_device_associations_round_trip(vitals):
 
 
 def test_a_worker_process_builds_the_same_store_from_the_class_of_its_port(vitals):
-    reopened = VitalsStore.open(vitals.path, pickle.loads(pickle.dumps(vitals.tables)))
+    reopened = VitalsStore.open(vitals.database.location, pickle.loads(pickle.dumps(vitals.tables)))
     try:
         reopened.add_dead_letter("mqtt:t", "bad", None)
         assert len(vitals.dead_letters()) == 1
