@@ -161,9 +161,9 @@ class _Connection:
         cursor = self._conn.cursor()
         if not seq:
             return cursor
-        text, _ = translate(sql, seq[0], self._database.table_keys)
-        if re.search(r"\?\d", sql):
-            seq = [translate(sql, p)[1] for p in seq]
+        text, first = translate(sql, seq[0], self._database.table_keys)
+        if isinstance(first, dict) and not isinstance(seq[0], dict):  # ?NNN: by number
+            seq = [{f"p{i}": value for i, value in enumerate(p, 1)} for p in seq]
         cursor.executemany(text, seq)
         return cursor
 

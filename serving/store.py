@@ -38,7 +38,8 @@ from iomt.observations import unix_us
 from iomt.retention import ResourceAge
 from iomt.store import VitalRow, VitalsStore
 from iomt.vital_index import VitalIndex
-from kernel.database import Database, Record
+from kernel.database import Database, Record, open_database
+from kernel.migrations import Migration, migrate
 
 try:  # orjson is several times faster on the vitals hot path; the output is the same JSON
     import orjson
@@ -88,6 +89,18 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
 ADDED_COLUMNS = {"outbox": (("correlation_id", "TEXT"),),
                  "fhir_resources": (("version_id", "INTEGER NOT NULL DEFAULT 1"),)}
 
+#: The server's schema steps (:mod:`kernel.migrations`); 1: the schema when versions began.
+MIGRATIONS = (Migration(1, "results, FHIR resources, outbox", SCHEMA),)
+#: Reads into a resource's JSON body, per SQL dialect (SQLite JSON1; PostgreSQL 15 docs 9.16): the
+#: ``reference`` of the References in a list element (a ``{element}`` in the SQL), and the first
+#: category code of an Observation.
+_REFERENCES_IN = {
+    "sqlite": "SELECT 1 FROM json_each(body, '$.{element}') WHERE json_extract(value, '$.reference')",
+    "postgresql": "SELECT 1 FROM jsonb_array_elements(COALESCE(body::jsonb -> '{element}', '[]'::jsonb)) AS e"
+                  " WHERE e ->> 'reference'",
+}
+_CATEGORY_CODE = {"sqlite": "json_extract(body, '$.category[0].coding[0].code')",
+                  "postgresql": "body::jsonb #>> '{{category,0,coding,0,code}}'"}
 #: Outbox items claimed per pass (both backends).
 CLAIM_BATCH = 100
 #: Items per destination, kind and state; ``failed`` is pending after at least one failed attempt.
@@ -266,7 +279,10 @@ class SqliteOutbox:
         return [OutboxDepth(*r) for r in self.database.rows(DEPTH_SQL)]
 
     def pending(self, limit: int) -> list[OutboxItem]:
-        """Up to ``limit`` pending items, oldest first (relayed into PostgreSQL)."""
+        """Up to ``limit`` pending items, oldest first (relayed into PostgreSQL).  None when this
+        store is in PostgreSQL itself: its ``outbox`` table is then the shared one, nothing to relay."""
+        if self.database.dialect == "postgresql":
+            return []
         return [OutboxItem(*r) for r in self.database.rows(
             f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status='pending' ORDER BY id LIMIT ?", (limit,))]
 
@@ -284,8 +300,8 @@ class Store:
     (:mod:`iomt.vital_index`)."""
 
     def __init__(self, database: Database | str | os.PathLike, vital_index: VitalIndex | None = None) -> None:
-        self.database = database if isinstance(database, Database) else Database(database)
-        self.database.create(SCHEMA, ADDED_COLUMNS)
+        self.database = database if isinstance(database, Database) else open_database(database)
+        migrate(self.database, "serving", MIGRATIONS, legacy_columns=ADDED_COLUMNS)
         self.gateway = GatewayStore(self.database)
         self.vitals = VitalsStore(self.database, ServingTables(), vital_index)
         self.outbox = SqliteOutbox(self.database)
@@ -358,7 +374,7 @@ class Store:
             return []
         return [_stored(r) for r in self.database.rows(
             "SELECT body, updated_at, version_id FROM fhir_resources WHERE resource_type=? AND EXISTS"
-            f" (SELECT 1 FROM json_each(body, '$.{element}') WHERE json_extract(value, '$.reference')"
+            f" ({_REFERENCES_IN[self.database.dialect].format(element=element)}"
             f" IN ({','.join('?' * len(wanted))})) ORDER BY updated_at", (resource_type, *wanted))]
 
     def subject_written(self, reference: str) -> float | None:
@@ -397,7 +413,7 @@ class Store:
         return [ResourceAge(*r) for r in self.database.rows(
             "SELECT rowid, updated_at, resource_type,"
             " CASE WHEN resource_type='Observation' AND updated_at < ?"
-            " THEN json_extract(body, '$.category[0].coding[0].code') END"
+            f" THEN {_CATEGORY_CODE[self.database.dialect].format()} END"
             " FROM fhir_resources WHERE rowid > ? ORDER BY rowid LIMIT ?", (cutoff, after_rowid, limit))]
 
     def delete_resources(self, rowids: list[int], cutoff: float) -> None:

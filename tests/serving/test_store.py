@@ -1,5 +1,5 @@
 """serving.store: the server's tables (results, FHIR resources, the SQLite outbox) and the wiring of the
-three owner stores on one database."""
+three owner stores on one database; on SQLite and on PostgreSQL (``backend``)."""
 from __future__ import annotations
 
 import sqlite3
@@ -16,8 +16,8 @@ SERVING_TABLES = {"results", "fhir_resources", "outbox"}
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path / "db.sqlite3")
+def store(database_location):
+    store = Store(database_location)
     yield store
     store.close()
 
@@ -30,8 +30,7 @@ def observation(n: int, subject: str = "Patient/p1", category: str = "vital-sign
 def test_one_database_three_owner_stores(store):
     assert isinstance(store.gateway, GatewayStore) and isinstance(store.vitals, VitalsStore)
     assert store.gateway.database is store.vitals.database is store.database
-    names = {r[0] for r in store.database.rows("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert SERVING_TABLES <= names and {"instances", "vital_signs"} <= names
+    assert all(store.database.has_table(t) for t in (*SERVING_TABLES, "instances", "vital_signs"))
     assert not hasattr(store, "query")  # callers use typed methods
 
 
@@ -73,7 +72,11 @@ def test_the_sqlite_outbox_interface(store):
     assert box.item("k1").status == "dead" and box.item("nope") is None
     assert box.status_counts() == {"dead": 1} and box.counts() == {("dicom", "dead"): 1}
     assert box.depth() == [OutboxDepth("pacs", "dicom", "dead", 1, item.created_at)]
-    assert box.retry(["k1"]) == 1 and box.pending(10)[0].key == "k1"
+    assert box.retry(["k1"]) == 1
+    if store.database.dialect == "postgresql":  # the shared outbox itself: nothing to relay from it
+        assert box.pending(10) == []
+        return
+    assert box.pending(10)[0].key == "k1"
     box.mark_relayed([item.id])
     assert box.items("relayed")[0].id == item.id
 
