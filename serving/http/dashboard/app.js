@@ -50,7 +50,8 @@ function signOut() {
 
 // -- navigation ---------------------------------------------------------------------------------
 const CLINICAL = ["clinician", "radiologist", "nurse", "admin"];
-const ALLOWED = { ward: CLINICAL, worklist: CLINICAL, system: ["engineer", "admin"] };
+const ALLOWED = { ward: CLINICAL, worklist: CLINICAL, system: ["engineer", "admin"],
+                  monitoring: [...CLINICAL, "engineer"] };  // monitoring.js
 
 function route() {
   if (!state.token) return;
@@ -62,7 +63,7 @@ function route() {
   const allowed = ALLOWED[tab].includes(state.role);
   $("#forbidden").hidden = allowed;
   if (!allowed) { $(`#view-${tab}`).hidden = true; return; }
-  ({ ward: startWard, worklist: startWorklist, system: startSystem })[tab]();
+  ({ ward: startWard, worklist: startWorklist, system: startSystem, monitoring: startMonitoring })[tab]();
 }
 
 function stopUpdates() {
@@ -298,6 +299,7 @@ function rerender() {
   if (state.tab === "ward") renderWard();
   if (state.tab === "worklist") renderWorklist();
   if (state.tab === "system" && state.system) renderSystem();
+  if (state.tab === "monitoring" && state.monitoring) renderMonitoring();
   if (!$("#live").hidden) setLive($("#live").dataset.state);
 }
 

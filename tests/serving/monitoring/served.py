@@ -49,3 +49,24 @@ def add_results(store, reference: ModelReference, site: str | None, n: int, seed
         store.add_result(study, "sr", f"/nowhere/{study}/SR.dcm", summary)
         studies.append(study)
     return studies
+
+
+def add_verdicts(feedback, store, studies: list[str], model: str, version: str, agree: int, site: str | None,
+                 who: str = "dr test", at: float | None = None) -> None:
+    """A radiologist's verdict on the (only) finding of each study: the first ``agree`` agree, the
+    others disagree (false positive)."""
+    import time
+
+    from serving.feedback.records import Feedback, feedback_id
+    from serving.feedback.service import finding_observation_id
+
+    at = time.time() if at is None else at
+    items = []
+    for i, study in enumerate(studies):
+        source = store.results_of(study)[0].summary["findings"][0]["source"]
+        target = f"Observation/{finding_observation_id(study, model, version, 1, source)}"
+        agreed = i < agree
+        items.append(Feedback(feedback_id(target, who, at + i), "finding", "agree" if agreed else "disagree", model,
+                              version, target, who, "radiologist", at + i, study_uid=study, site=site,
+                              reason=None if agreed else "false-positive"))
+    feedback.add(items)
