@@ -15,9 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: Packages whose modules are scanned.
 PACKAGES = ("kernel", "models", "dicom_gateway", "iomt", "serving", "training", "demo", "benchmarks", "tools")
-#: The modules that may write SQL: the shared database and its checkpointer, and the stores.
+#: The modules that may write SQL: the shared database (SQLite, PostgreSQL and the dialect
+#: translation), its checkpointer and the schema migrations, and the stores.
 STORE_MODULES = {
-    "kernel/database.py", "kernel/wal_checkpoint.py",
+    "kernel/database.py", "kernel/wal_checkpoint.py", "kernel/database_pg.py", "kernel/migrations.py",
     "dicom_gateway/store.py", "iomt/store.py", "serving/store.py",
     "serving/delivery/outbox_db.py", "serving/governance/audit.py", "serving/http/sessions.py",
     "serving/feedback/store.py",
