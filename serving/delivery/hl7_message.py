@@ -51,6 +51,7 @@ CHARACTER_SET = "UNICODE UTF-8"  # MSH-18 (HL7 table 0211)
 CONTROL_ID_CHARS = 20
 ORDER_CONTROL_RESULTS = "RE"  # ORC-1 (table 0119): observations to follow
 RESULT_STATUS_PRELIMINARY = "P"  # OBR-25 (table 0123) and OBX-11 (table 0085)
+RESULT_STATUS_NO_RESULT = "X"  # OBX-11 (table 0085): results cannot be obtained for this observation
 ABNORMAL, NORMAL = "A", "N"  # OBX-8 (table 0078)
 COMMENT_SOURCE_FILLER = "L"  # NTE-2 (table 0105): ancillary (filler) department
 COMMENT_TYPE_REMARK = "RE"  # NTE-4 (table 0364)
@@ -248,18 +249,33 @@ def build_oru(findings: Sequence[Finding], source: Dataset, header: MessageHeade
     ]
     set_id = 1  # OBX-1 counts the message's OBX segments, the study's first
     for n, finding in enumerate(findings, start=1):
-        flag = ABNORMAL if finding.positive else NORMAL
-        probability = f"{finding.probability:.4f}"
-        tail = [RESULT_STATUS_PRELIMINARY, "", "", observed, "", "", components("", algorithm),
-                escape(algorithm), made]
-        segments += [
-            segment("OBX", str(set_id + 1), "CWE", coded(finding.code), str(n),
-                    coded(PRESENT if finding.positive else ABSENT), "", "", flag, probability, "", *tail),
-            segment("OBX", str(set_id + 2), "NM", coded(PROBABILITY), str(n), probability, coded(UNITY), "", flag,
-                    "", "", *tail),
-        ]
-        set_id += 2
+        observations = _finding_segments(finding, n, set_id, [observed, components("", algorithm),
+                                                              escape(algorithm), made])
+        segments += observations
+        set_id += sum(1 for seg in observations if seg.startswith("OBX"))
     return SEGMENT_END.join(segments) + SEGMENT_END
+
+
+def _finding_segments(finding: Finding, sub_id: int, last_set_id: int, context: list[str]) -> list[str]:
+    """The OBX segments of one finding (OBX-4 ``sub_id``), numbered after ``last_set_id``; ``context``
+    is OBX-14, 17, 18 and 19.  Inside the model's training distribution: the call (CWE) and the
+    probability (NM), flagged A or N; outside it: no call and no probability (OBX-11 X, no flag),
+    an NTE saying why."""
+    observed, method, equipment, made = context
+
+    def obx(offset: int, value_type: str, code: Concept, value: str, units: str, flag: str, probability: str,
+            status: str) -> str:
+        return segment("OBX", str(last_set_id + offset), value_type, coded(code), str(sub_id), value, units, "",
+                       flag, probability, "", status, "", "", observed, "", "", method, equipment, made)
+
+    if getattr(finding, "outside", False):  # models.finding: the positive call is withheld
+        return [obx(1, "CWE", finding.code, "", "", "", "", RESULT_STATUS_NO_RESULT),
+                segment("NTE", "1", COMMENT_SOURCE_FILLER, escape(finding.ood_note), COMMENT_TYPE_REMARK)]
+    flag = ABNORMAL if finding.positive else NORMAL
+    probability = f"{finding.probability:.4f}"
+    return [obx(1, "CWE", finding.code, coded(PRESENT if finding.positive else ABSENT), "", flag, probability,
+                RESULT_STATUS_PRELIMINARY),
+            obx(2, "NM", PROBABILITY, probability, coded(UNITY), flag, "", RESULT_STATUS_PRELIMINARY)]
 
 
 def _report_code(kind: ReportKind) -> Concept:

@@ -227,3 +227,25 @@ def test_the_example_in_the_docs_is_what_medgate_builds():
     built = build_oru([example], ds, MessageHeader("MEDGATE", "BV_CHORAY", "RIS", "RADIOLOGY"),
                       "Q5M2K7XW3D4HJ6TA2BNE", datetime(2026, 12, 3, 1, 16, 2, tzinfo=timezone.utc), {"CCCD": "NI"})
     assert built.replace("\r", "\n") == shown
+
+
+def test_an_input_outside_the_training_distribution_makes_no_call():
+    import models.finding
+
+    if not hasattr(models.finding, "OutOfDistribution"):
+        pytest.skip(reason="models.finding has no out-of-distribution flag in this checkout")
+    from models.finding import OUTSIDE_TRAINING_DISTRIBUTION, OutOfDistribution
+
+    ds = cxr()
+    outside = Finding(model="tb", model_version="1.2.0", code=TB, probability=0.97, threshold=0.5,
+                      source=source_image(ds), ood=OutOfDistribution(score=9.5, threshold=3.0, outside=True))
+    message = oru([outside, finding(ds, 0.8)], ds)
+    names = [str(s[0]) for s in message]
+    assert names[6:] == ["OBX", "OBX", "NTE", "OBX", "OBX"]  # study; no call + why; the next finding's call
+    study, no_call, call, p_call = message.segments("OBX")
+    assert [str(no_call(n)) for n in (1, 3, 4, 5, 8, 9, 11)] == ["2", "56717001^Tuberculosis^SCT", "1", "", "", "",
+                                                                 "X"]
+    why = message.unescape(str(message.segments("NTE")[2](3)))
+    assert OUTSIDE_TRAINING_DISTRIBUTION in why and "0.97" in why and "withheld" in why
+    assert "0.9700" not in str(message)  # the probability is not sent as a result
+    assert [str(call(n)) for n in (1, 4, 8)] == ["3", "2", "A"] and [str(p_call(n)) for n in (1, 4)] == ["4", "2"]
