@@ -59,6 +59,14 @@ def open_database(location: str | os.PathLike, *, read_only: bool = False) -> Da
     return Database(location, read_only=read_only)
 
 
+def store_location(url: str | None, state_dir: str | os.PathLike) -> str | Path:
+    """Where the owner stores live for ``store.url`` = ``url``: that ``postgresql://`` URL, or (None,
+    ``sqlite:``) the SQLite file under ``state_dir``; :func:`open_database` opens either."""
+    if url is not None and url.startswith(("postgresql://", "postgres://")):
+        return url
+    return database_path(state_dir)
+
+
 def database_path(state_dir: str | os.PathLike) -> Path:
     """The database file under ``state_dir``."""
     return Path(state_dir) / DATABASE_FILE

@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from dicom_gateway.config import DicomConfig, check_ae_title
 from iomt.config import Hl7Config, IomtConfig, MqttConfig
 from kernel.config import Section
-from kernel.database import database_path
+from kernel.database import database_path, store_location
 
 ENV_PREFIX = "MEDGATE_"
 CONFIG_ENV = "MEDGATE_CONFIG"
@@ -127,8 +127,10 @@ class FhirConfig(Section):
 
 
 class StoreConfig(Section):
-    # null = the outbox in the SQLite store under state_dir; postgresql://user@host:port/db = the
-    # outbox in PostgreSQL, shared by every node (serving.delivery.outbox_db).
+    # null (or sqlite:) = the stores and the outbox in the SQLite file under state_dir;
+    # postgresql://user@host:port/db = every owner store (instances, studies, dispatches, results,
+    # FHIR resources, vitals, dead letters, feedback) and the outbox in that PostgreSQL database,
+    # shared by every node (kernel.database_pg; schema migrations: kernel.migrations, docs/deployment.md).
     url: str | None = None
 
     @field_validator("url")
@@ -387,6 +389,11 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return database_path(self.state_dir)
+
+    @property
+    def store_location(self) -> str | Path:
+        """Where the owner stores live: ``store.url`` when PostgreSQL, else :attr:`db_path`."""
+        return store_location(self.store.url, self.state_dir)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

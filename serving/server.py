@@ -22,7 +22,7 @@ from iomt.hl7.wiring import build_listener
 from iomt.risk import ray_predictor
 from iomt.wiring import build_bridge
 from kernel import heap
-from kernel.database import database_path
+from kernel.database import open_database, store_location
 from kernel.delivery_errors import PermanentDeliveryError, TransientDeliveryError
 from kernel.state_permissions import private_folder, restrict_umask, secure_tree
 from models.registry import ROOT_ENV, ModelRegistry
@@ -57,7 +57,8 @@ class Server:
         if fixed:
             log.warning("state_dir %s: %d file(s) or folder(s) were readable by other users; now "
                         "owner-only (files 0600, folders 0700)", self.state_dir, fixed)
-        self.store = Store(database_path(self.state_dir))  # one database: the three owner stores on it
+        # one database, the SQLite file under state_dir or store.url's PostgreSQL: the owner stores on it
+        self.store = Store(open_database(store_location(settings.store.url, self.state_dir)))
         self.broker = None
         self.bridge: VitalsBridge | None = None
         self.retention = None
