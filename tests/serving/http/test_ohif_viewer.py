@@ -1,0 +1,280 @@
+"""The OHIF Viewer (its published build, ``@ohif/app`` on npm) in headless Chromium over medgate's
+DICOMweb: the study list finds a chest X-ray medgate processed, the viewer draws its image from
+WADO-RS frames and lists its result objects (SR, SC, GSPS).
+
+OHIF's ``dist`` is a static site.  As a hospital would put it behind its reverse proxy, the test
+serves it with a small same-origin proxy (:class:`OhifProxy`): OHIF's files at ``/``, our
+``app-config.js`` (one DICOMweb data source at ``/dicomweb``), and ``/dicomweb/*`` forwarded to the
+medgate web app with the bearer token added, so the browser never holds it and needs no CORS or
+CSP exception.  The package is fetched with ``npm pack`` at a pinned version, checked against its
+pinned integrity and unpacked into the git-ignored ``tests/serving/http/ohif/``; without npm or the
+registry the test is skipped.  A screenshot goes to the test's tmp folder (and to
+``docs/ohif-viewer.png`` with ``MEDGATE_UPDATE_SCREENSHOTS=1``).
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import mimetypes
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+
+from models.registry import ModelRegistry
+from peers import free_port, wait_until
+from serving.imaging.findings import finding_of
+from serving.imaging.results import ResultWriter
+from serving.store import Store
+from test_dicomweb import _client, _part10, server  # noqa: F401 - the fixture
+from training.synthetic.cxr import generate_cxr
+from training.synthetic.dicom import make_dx_dataset
+from web_app import auth
+
+#: The published OHIF build, pinned with its npm integrity (``npm view @ohif/app@3.13.2 dist.integrity``).
+OHIF_VERSION = "3.13.2"
+OHIF_INTEGRITY = ("sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==")
+OHIF_FOLDER = Path(__file__).with_name("ohif")
+NPM_PACK_TIMEOUT_S = 300
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+DOC_SCREENSHOT = "ohif-viewer.png"
+PATIENT_ID, PATIENT_NAME, ACCESSION = "079300000023", "Tran^Thi Mai", "ACC-OHIF-1"
+#: Seconds the viewer may take to show each step (the whole test stays under a minute).
+STEP_TIMEOUT_MS = 30_000
+
+#: OHIF's configuration: one DICOMweb data source on the proxy's own origin (the options the
+#: ``@ohif/extension-default`` dicomweb data source reads; WADO-RS frames for images and thumbnails).
+APP_CONFIG = """window.config = {
+  routerBasename: '/',
+  showStudyList: true,
+  extensions: [],
+  modes: [],
+  investigationalUseDialog: { option: 'never' },
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: false,
+  showLoadingIndicator: true,
+  maxNumberOfWebWorkers: 2,
+  defaultDataSourceName: 'medgate',
+  dataSources: [{
+    namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+    sourceName: 'medgate',
+    configuration: {
+      friendlyName: 'medgate DICOMweb',
+      name: 'medgate',
+      wadoUriRoot: window.location.origin + '/dicomweb',
+      qidoRoot: window.location.origin + '/dicomweb',
+      wadoRoot: window.location.origin + '/dicomweb',
+      qidoSupportsIncludeField: true,
+      supportsReject: false,
+      imageRendering: 'wadors',
+      thumbnailRendering: 'wadors',
+      enableStudyLazyLoad: true,
+      supportsFuzzyMatching: false,
+      supportsWildcard: true,
+      staticWado: false,
+      singlepart: false,
+      omitQuotationForMultipartRequest: true,
+      bulkDataURI: { enabled: false },
+    },
+  }],
+};
+"""
+
+
+def _integrity(data: bytes) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def ohif_dist() -> Path:
+    """OHIF's ``dist`` folder, fetched (``npm pack``) and unpacked on first use."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(reason="npm is needed to fetch @ohif/app (Debian package npm)")
+    target = OHIF_FOLDER / f"app-{OHIF_VERSION}"
+    stamp = target / ".medgate-integrity"
+    OHIF_FOLDER.mkdir(exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "medgate-ohif-install.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # one installer at a time
+        if stamp.exists() and stamp.read_text() == OHIF_INTEGRITY:
+            return target / "dist"
+        pack = subprocess.run([npm, "pack", f"@ohif/app@{OHIF_VERSION}", "--json", "--pack-destination",
+                               str(OHIF_FOLDER)], capture_output=True, text=True, timeout=NPM_PACK_TIMEOUT_S)
+        if pack.returncode != 0:
+            pytest.skip(reason=f"@ohif/app@{OHIF_VERSION} cannot be fetched from the npm registry: "
+                               f"{pack.stderr.strip()[-400:]}")
+        tarball = OHIF_FOLDER / json.loads(pack.stdout)[0]["filename"]
+        try:
+            data = tarball.read_bytes()
+            assert _integrity(data) == OHIF_INTEGRITY, f"{tarball} is not the pinned @ohif/app@{OHIF_VERSION}"
+            shutil.rmtree(target, ignore_errors=True)
+            with tarfile.open(tarball) as archive:
+                archive.extractall(target, members=[m for m in archive.getmembers()
+                                                    if m.name.startswith("package/dist/")], filter="data")
+            (target / "package" / "dist").rename(target / "dist")
+            (target / "package").rmdir()
+        finally:
+            tarball.unlink(missing_ok=True)
+        stamp.write_text(OHIF_INTEGRITY)
+    return target / "dist"
+
+
+class OhifProxy:
+    """OHIF's static files at ``/`` and medgate's DICOMweb at ``/dicomweb/*`` on one origin, the
+    bearer token added to every forwarded request; ``requests`` records (path, status, content type)."""
+
+    def __init__(self, dist: Path, medgate_url: str, headers: dict[str, str]) -> None:
+        self.dist, self.medgate_url, self.headers = dist.resolve(), medgate_url, headers
+        self.requests: list[tuple[str, int, str]] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet: the recorded requests are enough
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = urlsplit(self.path).path
+                if path.startswith("/dicomweb/"):
+                    proxy.forward(self)
+                elif path == "/app-config.js":
+                    self.reply(200, "application/javascript", APP_CONFIG.encode())
+                else:
+                    proxy.static(self, path)
+
+            def reply(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def forward(self, handler) -> None:
+        headers = {**self.headers, **({"Accept": handler.headers["Accept"]} if handler.headers["Accept"] else {})}
+        answer = requests.get(self.medgate_url + handler.path, headers=headers, timeout=30)
+        content_type = answer.headers.get("content-type", "application/octet-stream")
+        self.requests.append((urlsplit(handler.path).path, answer.status_code, content_type))
+        handler.reply(answer.status_code, content_type, answer.content)
+
+    def static(self, handler, path: str) -> None:
+        file = (self.dist / path.lstrip("/")).resolve()
+        if not file.is_relative_to(self.dist) or not file.is_file():
+            file = self.dist / "index.html"  # the viewer's own routes (/viewer?...) are the app
+        content_type = ("application/wasm" if file.suffix == ".wasm" else
+                        mimetypes.guess_type(file.name)[0] or "application/octet-stream")
+        handler.reply(200, content_type, file.read_bytes())
+
+    def __enter__(self) -> "OhifProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def processed(server):
+    """A generated chest X-ray stored by STOW-RS and its results (SR, SC, GSPS) written by the
+    pipeline's result writer, the study then marked ``done`` as the pipeline marks it."""
+    pixels = generate_cxr(np.random.default_rng(23), size_px=256, tb=True).pixels
+    ds = _part10(make_dx_dataset(pixels, patient_id=PATIENT_ID, patient_name=PATIENT_NAME, accession=ACCESSION))
+    _client(server).store_instances([ds])
+    manifest = ModelRegistry().get("tb")
+    info = {"name": "tb", "version": manifest.version, "threshold": manifest.threshold,
+            "finding": {"value": manifest.finding.value, "scheme": manifest.finding.scheme,
+                        "meaning": manifest.finding.meaning}}
+    heatmap = np.zeros((1, 8, 8), np.float32)
+    heatmap[0, 3, 2] = 1.0  # the lesion's peak, upper right lung of the picture
+    finding = finding_of(ds, {"probability": np.array([0.91], np.float32), "heatmap": heatmap}, info,
+                         manifest.serving)
+    store = Store(server.state_dir / "medgate.sqlite3")
+    try:
+        paths = ResultWriter(store, None, server.state_dir / "results").image(ds, finding, info, manifest.serving)
+        time.sleep(0.01)
+        store.set_study_status(str(ds.StudyInstanceUID), "done", detail="SR, SC, GSPS")
+    finally:
+        store.close()
+    assert sorted(paths) == ["gsps", "sc", "sr"]
+    return server, ds, {kind: pydicom.dcmread(path) for kind, path in paths.items()}
+
+
+@pytest.fixture
+def page(ohif_dist, processed, tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip(reason="playwright is not installed (pip install playwright; the dev extra has it)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(reason=f"{CHROMIUM} not found (Debian package chromium)")
+    web = processed[0]
+    with OhifProxy(ohif_dist, web.url, auth("clinician")) as proxy, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
+        page = context.new_page()
+        page.console_errors = []
+        page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+        page.proxy = proxy
+        try:
+            yield page
+        finally:
+            page.screenshot(path=str(tmp_path / "last.png"))
+            print("DICOMweb requests:", *proxy.requests, "console errors:", *page.console_errors[:20], sep="\n")
+            browser.close()
+
+
+def _canvas_spread(page) -> float:
+    """The spread of grey values the viewport's canvas shows (0 for an empty viewport)."""
+    return page.evaluate("""() => {
+        const canvas = document.querySelector('canvas.cornerstone-canvas');
+        if (!canvas || !canvas.width) return 0;
+        const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let min = 255, max = 0;
+        for (let i = 0; i < d.length; i += 4) { min = Math.min(min, d[i]); max = Math.max(max, d[i]); }
+        return max - min;
+    }""")
+
+
+def test_ohif_finds_the_study_shows_its_image_and_lists_its_results(page, processed, tmp_path):
+    web, ds, results = processed
+    proxy = page.proxy
+    page.goto(proxy.url + "/")
+    page.get_by_text("Tran, Thi Mai").first.wait_for(timeout=STEP_TIMEOUT_MS)  # the study list, PN as OHIF shows it
+    assert page.get_by_text("DX\\OT\\PR\\SR").count() == 1  # Modalities in Study: the image and our results
+    assert any(path == "/dicomweb/studies" and status == 200 for path, status, _ in proxy.requests), proxy.requests
+
+    page.goto(f"{proxy.url}/viewer?StudyInstanceUIDs={ds.StudyInstanceUID}")
+    frames = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+              f"{ds.SOPInstanceUID}/frames/1")
+    wait_until(lambda: any(path == frames and status == 200 for path, status, _ in proxy.requests),
+               timeout_s=STEP_TIMEOUT_MS / 1000)
+    wait_until(lambda: _canvas_spread(page) > 50, timeout_s=STEP_TIMEOUT_MS / 1000)  # the X-ray is drawn
+    for kind, modality in (("sr", "SR"), ("sc", "OT"), ("gsps", "PR")):
+        assert results[kind].Modality == modality
+    page.get_by_text("SR", exact=True).first.wait_for(timeout=STEP_TIMEOUT_MS)  # the study browser lists it
+    path = tmp_path / DOC_SCREENSHOT
+    page.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+    if os.environ.get("MEDGATE_UPDATE_SCREENSHOTS") == "1":
+        shutil.copy(path, DOCS / DOC_SCREENSHOT)
+    failed = [(path, status) for path, status, _ in proxy.requests if status >= 400]
+    assert failed == [], failed
