@@ -324,6 +324,16 @@ class Store:
             "SELECT id, study_uid, kind, path, summary, created_at FROM results WHERE study_uid=? ORDER BY id",
             (study_uid,))]
 
+    def results_since(self, kind: str, since: float, limit: int) -> list[tuple[Result, str | None]]:
+        """The newest ``limit`` results of ``kind`` written after ``since`` (epoch seconds), oldest
+        first, each with the calling AE title of its study's first received instance (None for a
+        study that no instance came in for, e.g. an upload): what live monitoring reads."""
+        rows = self.database.rows(
+            "SELECT r.id, r.study_uid, r.kind, r.path, r.summary, r.created_at, (SELECT i.calling_ae FROM instances i"
+            " WHERE i.study_uid = r.study_uid LIMIT 1) FROM results r WHERE r.kind = ? AND r.created_at > ?"
+            " ORDER BY r.id DESC LIMIT ?", (kind, float(since), int(limit)))
+        return [(Result(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), r[5]), r[6]) for r in reversed(rows)]
+
     def result_path(self, study_uid: str, name: str) -> Path | None:
         """The file of a result recorded for ``study_uid`` whose file name is ``name`` (newest
         first), or None: only recorded results are ever served."""

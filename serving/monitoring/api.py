@@ -23,7 +23,7 @@ from serving.config import MonitoringConfig, load_config
 from serving.feedback.store import FeedbackStore
 from serving.monitoring import service
 from serving.monitoring.service import Monitor
-from serving.monitoring.store import ResultWindow
+from serving.monitoring.window import ResultWindow
 
 PATH = "/v1/models/monitoring"
 _lock = threading.Lock()
@@ -47,7 +47,7 @@ def monitor_of(store) -> Monitor:
             _section = load_config().monitoring
         monitor = _monitors.get(store)
         if monitor is None:
-            monitor = _monitors[store] = Monitor(ResultWindow(store.database), store, FeedbackStore(store.database),
+            monitor = _monitors[store] = Monitor(ResultWindow(store), store, FeedbackStore(store.database),
                                                  _section)
         return monitor
 

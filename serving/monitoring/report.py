@@ -1,6 +1,6 @@
 """The figures of one model version at one site over the monitoring window.
 
-Per (model, version, site), from the SRs written in the window (:mod:`serving.monitoring.store`)
+Per (model, version, site), from the SRs written in the window (:mod:`serving.monitoring.window`)
 and the clinicians' verdicts (:mod:`serving.monitoring.verdicts`):
 
 * ``n`` results, the positive rate (share of results with a positive finding);
@@ -22,7 +22,7 @@ from models.reference import SCORE_EDGES, ModelReference, histogram
 from serving.config import MonitoringConfig
 from serving.monitoring.alerts import AGREEMENT, INPUT_PSI, SCORE_PSI, Line
 from serving.monitoring.drift import psi, psi_of_values
-from serving.monitoring.store import ServedResult
+from serving.monitoring.window import ServedResult
 from serving.monitoring.verdicts import Tally
 
 References = Callable[[str, str], "ModelReference | None"]

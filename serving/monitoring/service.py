@@ -24,7 +24,7 @@ from serving.config import MonitoringConfig
 from serving.monitoring.alerts import Alert, AlertLatch
 from serving.monitoring.drift import EPSILON
 from serving.monitoring.report import GroupReport, group_reports
-from serving.monitoring.store import ResultWindow
+from serving.monitoring.window import ResultWindow
 from serving.monitoring.verdicts import FeedbackRows, StudyResults, tally
 
 log = logging.getLogger("medgate.monitoring")
@@ -67,7 +67,7 @@ class Monitor:
     Parameters
     ----------
     results
-        The window's results (:class:`serving.monitoring.store.ResultWindow`).
+        The window's results (:class:`serving.monitoring.window.ResultWindow`).
     studies
         A study's results rows (:meth:`serving.store.Store.results_of`), to find the calls judged.
     feedback

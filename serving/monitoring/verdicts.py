@@ -11,7 +11,7 @@ for each (target, reviewer) only the newest counts.  Finding verdicts only (``ki
   id the FHIR report and the feedback give it (:func:`serving.feedback.service.finding_observation_id`).
 
 The site of a verdict is the one the feedback recorded (the study's sending AE title), else
-:data:`serving.monitoring.store.UPLOAD_SITE` (an uploaded image has no sending AE).
+:data:`serving.monitoring.window.UPLOAD_SITE` (an uploaded image has no sending AE).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Iterable, Protocol
 
 from serving.feedback.records import Kind, Verdict
 from serving.feedback.service import finding_observation_id
-from serving.monitoring.store import SR_KIND, UPLOAD_SITE
+from serving.monitoring.window import SR_KIND, UPLOAD_SITE
 
 
 class FeedbackRows(Protocol):

@@ -11,7 +11,7 @@ from serving.http.metrics import IngressMetrics
 from serving.monitoring import service
 from serving.monitoring.gauges import monitoring_gauges
 from serving.monitoring.service import Monitor
-from serving.monitoring.store import ResultWindow
+from serving.monitoring.window import ResultWindow
 from serving.store import Store
 from served import add_results
 
@@ -23,7 +23,7 @@ def monitor(tmp_path):
     store = Store(tmp_path / "medgate.sqlite3")
     add_results(store, REFERENCE, "CXR_SHIFTED", 120, seed=2, score_bin=9, input_bin=9)
     add_results(store, REFERENCE, 'ROOM"2', 300, seed=4)
-    monitor = Monitor(ResultWindow(store.database), store, FeedbackStore(store.database), MonitoringConfig())
+    monitor = Monitor(ResultWindow(store), store, FeedbackStore(store.database), MonitoringConfig())
     service.install(lambda: monitor)
     yield monitor
     service.install(None)

@@ -14,7 +14,7 @@ from serving.feedback.store import FeedbackStore
 from serving.monitoring import service
 from serving.monitoring.alerts import INPUT_PSI, SCORE_PSI
 from serving.monitoring.service import Monitor
-from serving.monitoring.store import ResultWindow
+from serving.monitoring.window import ResultWindow
 from serving.store import Store
 from served import add_results
 
@@ -27,7 +27,7 @@ def monitor(tmp_path):
     add_results(store, REFERENCE, "CXR_STEADY", 300, seed=1)
     add_results(store, REFERENCE, "CXR_SHIFTED", 120, seed=2, score_bin=9, input_bin=9)
     add_results(store, REFERENCE, None, 10, seed=3, score_bin=9)  # too few uploads for a drift line
-    yield Monitor(ResultWindow(store.database), store, FeedbackStore(store.database), MonitoringConfig(cache_s=0))
+    yield Monitor(ResultWindow(store), store, FeedbackStore(store.database), MonitoringConfig(cache_s=0))
     store.close()
 
 

@@ -1,4 +1,4 @@
-"""The served results monitoring reads: one row per SR written in a window, with its sending site.
+"""The served results monitoring reads: one per SR written in a window, with its sending site.
 
 A model version writes one TID 1500 SR per image (a 2D model) or per study (a volume model) and
 records it in the server's ``results`` table (:meth:`serving.store.Store.add_result`) with the
@@ -6,7 +6,8 @@ findings' probabilities and, where the pipeline measured them, the input feature
 (``summary["inputs"]``, :mod:`models.reference`).  The other result kinds of the same image (SC,
 GSPS, SEG) repeat its findings and are not read.
 
-The site is the sending AE title of the study's instances (the gateway's ``instances.calling_ae``),
+The site is the sending AE title of the study's instances (the gateway's ``instances.calling_ae``,
+read with the results by :meth:`serving.store.Store.results_since`),
 or :data:`UPLOAD_SITE` for an image uploaded over HTTP (``summary["source"] == "upload"``);
 :data:`UNKNOWN_SITE` when neither is known.
 """
@@ -16,16 +17,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.database import Database
 
 UPLOAD_SITE = "upload"
 UNKNOWN_SITE = "unknown"
 #: The result kind read: one per image or volume the model judged.
 SR_KIND = "sr"
-
-_WINDOW = ("SELECT r.study_uid, r.summary, r.created_at,"
-           " (SELECT i.calling_ae FROM instances i WHERE i.study_uid = r.study_uid LIMIT 1)"
-           " FROM results r WHERE r.kind = ? AND r.created_at > ? ORDER BY r.id DESC LIMIT ?")
 
 
 @dataclass(frozen=True)
@@ -57,16 +53,15 @@ class ServedResult:
 
 
 class ResultWindow:
-    """The results of a window, read from the server's database (``results`` and the gateway's
-    ``instances``, both on one :class:`kernel.database.Database`)."""
+    """The results of a window, read from the server's store (:meth:`serving.store.Store.results_since`)."""
 
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self, store) -> None:
+        self.store = store
 
     def since(self, since: float, limit: int) -> list[ServedResult]:
         """The SRs written after ``since`` (epoch seconds), the newest ``limit`` of them, oldest first."""
         if limit < 1:
             raise ValueError(f"`limit` must be at least 1, {limit} is given.")
-        rows = self.database.rows(_WINDOW, (SR_KIND, float(since), int(limit)))
-        found = (ServedResult.of(r[0], json.loads(r[1] or "{}"), r[2], r[3]) for r in reversed(rows))
+        found = (ServedResult.of(r.study_uid, r.summary, r.created_at, ae)
+                 for r, ae in self.store.results_since(SR_KIND, since, limit))
         return [r for r in found if r is not None]
