@@ -34,8 +34,8 @@ from kernel.commands import CommandGroup
 from models.registry import DEFAULT_ROOT, ModelRegistry, file_sha256, parse_reference
 from training.config import TaskNotFoundError, load_task, resolve_config
 from training.evaluate import evaluate_split, load_weights, save_evaluation
-from training.tasks.base import Evaluation, Task
 from training.reference import applies as reference_applies, attach as attach_reference
+from training.tasks.base import Evaluation, Task
 
 COMMANDS = ("train", "evaluate", "export")
 
@@ -132,15 +132,15 @@ def register(task: Task, network, config, datasets, validation, test, training, 
         annotate(manifest.folder)
     card = write_model_card(root, task.name, version)
     print(f"registered {task.name}@{version} at {manifest.folder} (sha256 {manifest.sha256[:12]}...); card {card}")
+    if reference_applies(manifest):  # what live monitoring compares served traffic with (training.reference)
+        made = attach_reference(manifest, task, datasets, config)
+        print(f"monitoring reference: {made.n} held-out items, positive rate {made.positive_rate:.3f}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from training.loop import train
 
     if args.from_feedback is not None:
-    if reference_applies(manifest):  # what live monitoring compares served traffic with (training.reference)
-        made = attach_reference(manifest, task, datasets, config)
-        print(f"monitoring reference: {made.n} held-out items, positive rate {made.positive_rate:.3f}")
         cmd_retrain(args)
         return
     t0 = time.perf_counter()
