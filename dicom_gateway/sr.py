@@ -16,7 +16,10 @@ its images).
 
 Each group carries a tracking identifier (TID 4108), the finding type, the algorithm
 identification (TID 4019), the model's probability as a numeric measurement (TID 300) and a
-present/absent qualitative evaluation at the model's operating point.
+present/absent qualitative evaluation at the model's operating point, unless the input lay outside
+the model's training distribution (:attr:`models.finding.Finding.outside`): then the group makes no
+call and the report's root "Qualitative Evaluations" says so
+(:func:`dicom_gateway.sr_template.report_notes`).
 
 Viewers read the image region of a measurement, not of its group: the OHIF Viewer's TID 1500
 reader (``@cornerstonejs/adapters``) draws a group only when its first NUM is INFERRED FROM a
@@ -279,7 +282,7 @@ def _measurement_group(
             manufacturer=manufacturer,
         ),
         measurements=[probability],
-        qualitative_evaluations=[
+        qualitative_evaluations=None if finding.outside else [
             hd.sr.QualitativeEvaluation(finding_type, PRESENT if finding.positive else ABSENT)
         ],
     )
@@ -341,7 +344,7 @@ def _coordinates(graphic_type, data: np.ndarray, image: SourceImage) -> hd.sr.Co
 
 
 def _disclaimer(findings: Sequence[Finding]) -> hd.sr.ContainerContentItem:
-    notes = dict.fromkeys((NOT_FOR_CLINICAL_USE, *(n for f in findings for n in f.notes)))
+    notes = sr_template.report_notes(findings)
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )

@@ -351,8 +351,8 @@ class ReportTemplate:
                 _image(codes.DCM.SourceOfMeasurement, INFERRED_FROM, image.sop_class_uid, image.sop_instance_uid),
                 *([] if region is None else [self._region(finding, INFERRED_FROM, SOURCE)]),
             ]),
-            _item("CODE", finding_type, CONTAINS,
-                  ConceptCodeSequence=[_coded(PRESENT if finding.positive else ABSENT)]),
+            *([] if finding.outside else [_item("CODE", finding_type, CONTAINS,
+                                                ConceptCodeSequence=[_coded(PRESENT if finding.positive else ABSENT)])]),
         ]
         if finding.location is None:
             template = "1501"
@@ -415,7 +415,7 @@ class ReportTemplate:
             self._group(i, f, algorithm_name or f.model, algorithm_version or f.model_version)
             for i, f in enumerate(findings, start=1)
         ]
-        notes = dict.fromkeys((NOT_FOR_CLINICAL_USE, *(n for f in findings for n in f.notes)))
+        notes = report_notes(findings)
         sr.ContentSequence = [
             *(_clone(item) for item in self._context),
             _item("CODE", codes.DCM.ProcedureReported, HAS_CONCEPT_MOD,
@@ -426,6 +426,15 @@ class ReportTemplate:
                   ContentSequence=[_item("TEXT", COMMENT, CONTAINS, TextValue=note) for note in notes]),
         ]
         return sr
+
+
+def report_notes(findings: Sequence[Finding]) -> tuple[str, ...]:
+    """The TEXT items of the root "Qualitative Evaluations" container (both writers): the
+    not-for-clinical-use statement, each finding's notes and, for a finding whose input lies outside
+    the model's training distribution, its :attr:`~models.finding.Finding.ood_note` (its group then
+    has no present / absent evaluation: no call is made)."""
+    return tuple(dict.fromkeys((NOT_FOR_CLINICAL_USE, *(n for f in findings for n in f.notes),
+                                *(f.ood_note for f in findings if f.outside))))
 
 
 def _evidence(sources: Sequence[Dataset]) -> list[Dataset]:

@@ -17,15 +17,22 @@ Locations, all optional and mutually exclusive (at most one per finding):
 
 ``heatmap`` (any 2D shape, values in [0, 1], stretched over ``source``) is an optional
 explanation map that overlay writers render; it is not a location.
+
+``ood`` (:class:`OutOfDistribution`) says how far the input lay from the model's training data
+(:mod:`models.ood`); a finding whose input lies outside it makes no call (:attr:`Finding.positive` is
+False, writers say so with :attr:`Finding.ood_note` instead of present / absent).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 NOT_FOR_CLINICAL_USE = "AI result - not for clinical use (model trained on generated data only)"
+#: What a finding whose input lies outside the model's training distribution is marked with.
+OUTSIDE_TRAINING_DISTRIBUTION = "outside the model's training distribution"
 
 #: Names of the location fields of :class:`Finding`; at most one may be set.
 LOCATION_FIELDS = ("point", "box", "polygon", "point_3d_mm", "mask")
@@ -54,6 +61,39 @@ class SourceImage:
     rows: int
     columns: int
     frame_of_reference_uid: str = ""
+
+
+@dataclass(frozen=True)
+class OutOfDistribution:
+    """How far a model's input lay from its training data: ``score`` against ``threshold`` (the
+    statistic of :mod:`models.ood`; ``inf`` for an input whose features are not finite), and whether
+    it lies ``outside`` (``score > threshold``)."""
+
+    score: float
+    threshold: float
+    outside: bool
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.score, (int, float)) and self.score >= 0):
+            raise ValueError(f"ood score must be a number >= 0, {self.score!r} is given.")
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"ood threshold must be a positive finite number, {self.threshold!r} is given.")
+        if bool(self.outside) != (self.score > self.threshold):
+            raise ValueError(f"ood outside must be score > threshold, outside={self.outside!r} is given with "
+                             f"score {self.score} and threshold {self.threshold}.")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> OutOfDistribution:
+        """From the ``{"score", "threshold", "outside"}`` of a model reply (``score`` None: infinite)."""
+        if not isinstance(data, dict) or not {"score", "threshold", "outside"} <= set(data):
+            raise ValueError(f"ood must be {{score, threshold, outside}}, {data!r} is given.")
+        score = math.inf if data["score"] is None else float(data["score"])
+        return cls(score=score, threshold=float(data["threshold"]), outside=bool(data["outside"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (an infinite score as None)."""
+        return {"score": self.score if math.isfinite(self.score) else None, "threshold": self.threshold,
+                "outside": self.outside}
 
 
 def _inside(finding: Finding, name: str, points: Any) -> None:
@@ -88,6 +128,9 @@ class Finding:
         Explanation map in [0, 1] for overlays.
     notes: tuple[str, ...], optional
         Free-text notes; written to SR and FHIR.
+    ood: OutOfDistribution | None, optional
+        How far the input lay from the model's training data; None where the model carries no
+        statistic.
     """
 
     model: str
@@ -104,6 +147,7 @@ class Finding:
     mask: np.ndarray | None = field(default=None, compare=False, repr=False)
     other_sources: tuple[SourceImage, ...] = ()
     heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
+    ood: OutOfDistribution | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -150,6 +194,8 @@ class Finding:
             heatmap = np.asarray(self.heatmap)
             if heatmap.ndim != 2 or heatmap.size == 0:
                 raise ValueError(f"heatmap must be a non-empty 2D array, shape {heatmap.shape} is given.")
+        if self.ood is not None and not isinstance(self.ood, OutOfDistribution):
+            raise ValueError(f"ood must be an OutOfDistribution, {type(self.ood).__name__} is given.")
 
     def _check_mask(self) -> None:
         mask = self.mask
@@ -185,6 +231,22 @@ class Finding:
         return next((name for name in LOCATION_FIELDS if getattr(self, name) is not None), None)
 
     @property
+    def outside(self) -> bool:
+        """True when the input lies outside the model's training distribution (no call is made)."""
+        return self.ood is not None and self.ood.outside
+
+    @property
     def positive(self) -> bool:
-        """True when the probability reaches the model's operating point."""
-        return self.probability >= self.threshold
+        """True when the probability reaches the model's operating point on an input inside the
+        model's training distribution: the positive call is withheld on an input outside it."""
+        return self.probability >= self.threshold and not self.outside
+
+    @property
+    def ood_note(self) -> str | None:
+        """The text writers show for a finding outside the training distribution, else None."""
+        if not self.outside:
+            return None
+        score = "not finite" if not math.isfinite(self.ood.score) else f"{self.ood.score:.2f}"
+        return (f"{self.code.meaning}: input {OUTSIDE_TRAINING_DISTRIBUTION} ({self.model} {self.model_version}, "
+                f"distance {score} > {self.ood.threshold:.2f}); no call is made (probability "
+                f"{self.probability:.3f} withheld)")

@@ -32,6 +32,7 @@ from torch.utils.data import default_collate
 
 from kernel.commands import CommandGroup
 from models.registry import DEFAULT_ROOT, ModelRegistry, file_sha256, parse_reference
+from training import ood
 from training.config import TaskNotFoundError, load_task, resolve_config
 from training.evaluate import evaluate_split, load_weights, save_evaluation
 from training.reference import applies as reference_applies, attach as attach_reference
@@ -120,8 +121,9 @@ def measure(task: Task, network, config: dict[str, Any], datasets, operating_poi
 
 def register(task: Task, network, config, datasets, validation, test, training, version, root, *,
              note: str | None = None, annotate=None) -> None:
-    """Export + parity check + registry version + model card; print where they went.  ``note``: the
-    changelog entry; ``annotate(folder)``: adds to the version's metadata before the card is written."""
+    """Export + parity check + registry version (with its out-of-distribution statistic for an image
+    classifier, :mod:`training.ood`) + model card; print where they went.  ``note``: the changelog
+    entry; ``annotate(folder)``: adds to the version's metadata before the card is written."""
     from training.bundle import write_version
     from training.modelcard import write_model_card
 
@@ -130,6 +132,10 @@ def register(task: Task, network, config, datasets, validation, test, training, 
                              note=note)
     if annotate is not None:
         annotate(manifest.folder)
+    if ood.applies(manifest):
+        statistic = ood.attach(manifest, task, datasets)
+        print(f"out-of-distribution threshold {statistic.threshold:.3f} at a {statistic.false_flag_rate:.0%} "
+              f"false-flag rate; held-out flagged {statistic.raw['heldout']['flagged']:.1%}")
     card = write_model_card(root, task.name, version)
     print(f"registered {task.name}@{version} at {manifest.folder} (sha256 {manifest.sha256[:12]}...); card {card}")
     if reference_applies(manifest):  # what live monitoring compares served traffic with (training.reference)

@@ -15,7 +15,8 @@ the site's patient identifier systems (configuration) and is delivered by the ou
   code once.  No ``performer``: R4 allows only Practitioner, PractitionerRole, Organization or
   CareTeam there, and an algorithm is none of them.
 * ``Observation`` (category ``imaging``): code the finding type, value present/absent at the
-  model's operating point (SNOMED CT, as the SR's qualitative evaluation), a component with the
+  model's operating point (SNOMED CT, as the SR's qualitative evaluation; for an input outside the
+  model's training distribution none: ``dataAbsentReason`` as-text, interpretation IND and a note), a component with the
   probability (DCM 122157, UCUM "1"), ``device`` a literal reference to the algorithm's
   ``Device`` and ``method`` the model, version and operating point.
 * ``Device``: the algorithm (model name and version, manufacturer medgate), one per model
@@ -50,7 +51,7 @@ from pydicom import Dataset
 
 from iomt.identity import patient_reference
 from models import coding_scheme
-from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding
+from models.finding import NOT_FOR_CLINICAL_USE, OUTSIDE_TRAINING_DISTRIBUTION, Concept, Finding
 
 #: FHIR R4 terminologies-systems, DICOM PS3.16 Annex D / FHIR "DICOM" system, and medgate's
 #: private scheme (:mod:`models.coding_scheme`), by DICOM Coding Scheme Designator.
@@ -88,6 +89,13 @@ ABSENT = {"system": CODE_SYSTEMS["SCT"], "code": "272519000", "display": "Absent
 PROBABILITY = {"system": CODE_SYSTEMS["DCM"], "code": "122157", "display": "Probability"}
 #: FHIR R4 v3 ObservationInterpretation POS/NEG.
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+#: v3 ObservationInterpretation "IND" (Indeterminate): the interpretation of a finding whose input lies
+#: outside the model's training distribution, where no call is made.
+INDETERMINATE = {"system": INTERPRETATION, "code": "IND", "display": "Indeterminate"}
+#: FHIR R4 data-absent-reason "as-text": the value of such a finding is withheld and said in text
+#: (obs-6: dataAbsentReason only without value[x]).
+DATA_ABSENT_AS_TEXT = {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "as-text",
+                       "display": "As Text"}
 #: Namespace of every resource id written here; changing it re-keys every stored report.
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgate:imaging:report")
 
@@ -178,15 +186,34 @@ def _coding(scheme: str, value: str, meaning: str) -> dict[str, str]:
     return {"system": system, "code": value, "display": meaning}
 
 
+def _call(finding: Finding) -> dict[str, Any]:
+    """The Observation's value and interpretation: present / absent at the operating point (POS /
+    NEG), or for an input outside the model's training distribution no value (data-absent-reason
+    as-text, the text saying why) and "Indeterminate"."""
+    if finding.outside:
+        return {"dataAbsentReason": {"coding": [DATA_ABSENT_AS_TEXT], "text": finding.ood_note},
+                "interpretation": [{"coding": [INDETERMINATE], "text": OUTSIDE_TRAINING_DISTRIBUTION}]}
+    return {"valueCodeableConcept": {"coding": [PRESENT if finding.positive else ABSENT]},
+            "interpretation": [{"coding": [{"system": INTERPRETATION, "code": "POS" if finding.positive else "NEG"}]}]}
+
+
 def _conclusion(findings: Sequence[Finding]) -> tuple[str, list[Concept]]:
     """Each distinct finding code once: present (the positive findings' count and probability
-    range) when any reaches the operating point, else absent (the highest probability); and the
-    positive codes."""
+    range) when any reaches the operating point, else absent (the highest probability); no call
+    for the findings whose input lies outside the model's training distribution; and the positive
+    codes."""
     by_code: dict[Concept, list[Finding]] = {}
     for f in findings:
         by_code.setdefault(f.code, []).append(f)
     calls, positive_codes = [], []
-    for code, group in by_code.items():
+    for code, everything in by_code.items():
+        group = [f for f in everything if not f.outside]
+        outside = len(everything) - len(group)
+        if outside:
+            calls.append(f"{code.meaning}: no call on {outside} input{'s' if outside > 1 else ''} "
+                         f"{OUTSIDE_TRAINING_DISTRIBUTION}")
+        if not group:
+            continue
         positives = [f.probability for f in group if f.positive]
         if positives:
             positive_codes.append(code)
@@ -315,13 +342,13 @@ def build_report_resources(
             "issued": issued.isoformat(),
             "device": device,
             "method": {"text": f"{model} {version}, operating point {f.threshold:g}"},
-            "valueCodeableConcept": {"coding": [PRESENT if f.positive else ABSENT]},
-            "interpretation": [{"coding": [{"system": INTERPRETATION, "code": "POS" if f.positive else "NEG"}]}],
+            **_call(f),
             "component": [{"code": {"coding": [PROBABILITY]},
                            "valueQuantity": {"value": round(float(f.probability), 6), "unit": "1",
                                              "system": CODE_SYSTEMS["UCUM"], "code": "1"}}],
             "derivedFrom": [study_ref],
-            "note": [{"text": f"{note}"} for note in dict.fromkeys((NOT_FOR_CLINICAL_USE, *f.notes))]
+            "note": [{"text": f"{note}"} for note in dict.fromkeys((NOT_FOR_CLINICAL_USE, *f.notes,
+                                                                  *([f.ood_note] if f.outside else [])))]
             + ([{"text": f"located at {f.location} on image(s) {on}"}] if f.location else []),
         })
     conclusion, positive_codes = _conclusion(findings)

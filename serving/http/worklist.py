@@ -1,7 +1,8 @@
 """The imaging worklist: studies received, their status, model results, overlays as PNG.
 
 ``GET /v1/worklist`` lists the newest ``LIMIT`` studies with the patient ID and modality of their
-first instance, the results per model (findings, links to the SR and the DiagnosticReport) and the
+first instance, the results per model (findings, each with its ``call``: positive, negative or
+``outside`` the model's training distribution; links to the SR and the DiagnosticReport) and the
 overlay Secondary Captures, each finding numbered from 1 per model version, and the clinicians'
 verdicts on them (:mod:`serving.feedback`, ``feedback``).  A study whose instances the gateway refused at
 intake is listed too, status ``refused``, its ``detail`` the status, the sender and the reason (bounded, control characters removed;
@@ -31,6 +32,8 @@ from serving.imaging.findings import recorded_result
 from serving.store import Result, Store
 
 LIMIT = 100
+#: The ``call`` of a finding whose input lay outside the model's training distribution.
+OUTSIDE = "outside"
 _NAME = re.compile(r"SC-[0-9.]{1,64}")
 router = APIRouter()
 
@@ -47,6 +50,15 @@ def _header(path: str) -> dict[str, str]:
             "description": str(ds.get("StudyDescription", "")), "accession": str(ds.get("AccessionNumber", ""))}
 
 
+def with_call(finding: dict[str, Any]) -> dict[str, Any]:
+    """A results row's finding with the ``call`` to show: :data:`OUTSIDE` when its input lay
+    outside the model's training distribution (``ood.outside``: no call is made), else
+    ``positive`` or ``negative``."""
+    ood = finding.get("ood") or {}
+    call = OUTSIDE if ood.get("outside") else "positive" if finding.get("positive") else "negative"
+    return {**finding, "call": call}
+
+
 def _results(study_uid: str, results: list[Result]) -> list[dict[str, Any]]:
     by_model: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
@@ -58,7 +70,7 @@ def _results(study_uid: str, results: list[Result]) -> list[dict[str, Any]]:
         name = Path(r.path).name if r.path else None
         if r.kind == "sr" and name:
             entry["sr"].append(f"/v1/results/{study_uid}/{name}")
-            entry["findings"].extend(summary.get("findings", []))
+            entry["findings"].extend(with_call(f) for f in summary.get("findings", []))
         elif r.kind == "sc" and name:
             entry["overlays"].append(f"/v1/overlay/{study_uid}/{Path(name).stem}.png")
         elif r.kind == "seg" and name:

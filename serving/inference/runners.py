@@ -3,7 +3,9 @@
 A runner is chosen by the model's serving spec (``runner`` in its folder's ``serving.json``,
 :mod:`models.spec`).  Items arrive already preprocessed by the gateway or the HTTP
 ingress (decoded, resampled, windowed): the batched hot path only stacks arrays, runs the engine
-once per batch and splits the outputs, with no per-pixel Python work.
+once per batch and splits the outputs, with no per-pixel Python work.  A version that carries an
+out-of-distribution statistic has its features scored per batch (:mod:`serving.inference.ood`):
+each reply gets ``ood`` in place of ``features``.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 from models.registry import ModelManifest
 from models.spec import RunnerKind
 from serving.inference.engine_base import Engine
+from serving.inference.ood import OodGuard
 
 
 class StackRunner:
@@ -26,6 +29,7 @@ class StackRunner:
         self.input_name = engine.input_names[0]
         self.rank = len(engine.input_shapes[0])
         self.max_batch = engine.buckets[-1] if getattr(engine, "device", "cpu") == "cuda" else None
+        self.ood = OodGuard.of(manifest, list(engine.output_names))
 
     def run(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
         arrays = [np.asarray(item, dtype=np.float32) for item in items]
@@ -40,11 +44,15 @@ class StackRunner:
         step = self.max_batch or len(joined)
         parts = [self.engine.run({self.input_name: joined[i:i + step]}) for i in range(0, len(joined), step)]
         outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        verdicts = self.ood.verdicts(outputs) if self.ood is not None else None
         replies, start = [], 0
         for array, batch in zip(arrays, batches):
             end = start + len(batch)
             single = array.ndim == self.rank - 1
-            replies.append({name: out[start] if single else out[start:end] for name, out in outputs.items()})
+            reply = {name: out[start] if single else out[start:end] for name, out in outputs.items()}
+            if self.ood is not None:
+                reply["ood"] = None if verdicts is None else verdicts[start] if single else verdicts[start:end]
+            replies.append(reply)
             start = end
         return replies
 

@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -19,7 +20,7 @@ from highdicom._standard_utils import does_iod_have_pixel_data
 from dicom_gateway import sr_template
 from dicom_gateway.sr import build_measurement_report, reference_measurement_report
 from dicom_testdata import make_photo_dataset
-from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, SourceImage
+from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, OutOfDistribution, SourceImage
 from peers import dciodvfy_errors
 from training.synthetic.dicom import make_dx_dataset
 
@@ -142,6 +143,11 @@ CASES = {
         # the same code with another meaning: pydicom and highdicom codes compare equal, items must not
         Finding(model="tb", model_version="0.3.0", code=Concept("56717001", "SCT", "Tuberculosis (disorder)"),
                 probability=0.6, threshold=0.5, source=image_of(ds)),
+    ],
+    # an input outside the training distribution: no present/absent call, the reason in a root TEXT item
+    "tb-outside-training-distribution": lambda ds: [
+        replace(tb_finding(ds, point=(40.5, 22.0)), ood=OutOfDistribution(score=30.8, threshold=7.34, outside=True)),
+        replace(tb_finding(ds, 0.2), ood=OutOfDistribution(score=4.1, threshold=7.34, outside=False)),
     ],
 }
 

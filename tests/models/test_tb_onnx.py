@@ -23,7 +23,8 @@ def test_io_matches_the_manifest(tb):
     assert inp.name == manifest.input_name == "image"
     assert inp.shape[1:] == [1, manifest.input_size_px, manifest.input_size_px]
     assert isinstance(inp.shape[0], str)  # dynamic batch axis
-    assert [o.name for o in session.get_outputs()] == ["probability", "heatmap"]
+    # features: the classifier's input, scored against the training data (ood.json, models.ood)
+    assert [o.name for o in session.get_outputs()] == ["probability", "heatmap", "features"]
 
 
 def test_batch_of_three_gives_probabilities_and_heatmaps(tb):
@@ -31,7 +32,7 @@ def test_batch_of_three_gives_probabilities_and_heatmaps(tb):
     rng = np.random.default_rng(11)
     samples = [generate_cxr(rng, 200, tb=t) for t in (True, False, True)]
     batch = to_model_input_batch([s.pixels for s in samples], manifest.input_size_px)
-    prob, heat = session.run(None, {"image": batch})
+    prob, heat = session.run(["probability", "heatmap"], {"image": batch})
     assert prob.shape == (3, 1) and prob.dtype == np.float32
     assert ((prob >= 0) & (prob <= 1)).all()
     side = manifest.raw["network_data_format"]["outputs"]["heatmap"]["shape"][-1]
@@ -46,5 +47,5 @@ def test_positives_score_higher_than_negatives_on_average(tb):
     rng = np.random.default_rng(2024)
     labels = np.array([1, 0] * 8)
     pixels = [generate_cxr(rng, 256, tb=bool(t)).pixels for t in labels]
-    prob, _ = session.run(None, {"image": to_model_input_batch(pixels, manifest.input_size_px)})
+    prob, _ = session.run(["probability", "heatmap"], {"image": to_model_input_batch(pixels, manifest.input_size_px)})
     assert prob[labels == 1].mean() > prob[labels == 0].mean() + 0.2
