@@ -575,8 +575,8 @@ class GatewayStore:
         late = row["state"] != "receiving"
         db.execute(
             "UPDATE dicom_groups SET models=?, expected_count=?, received_count=received_count+1,"
-            " single_image=single_image AND ?, last_received_at=?, released_at=NULL,"
-            " reason=CASE WHEN ? THEN 'instance received after completion' ELSE reason END"
+            " single_image=single_image * ?, last_received_at=?, released_at=NULL,"  # 0/1: AND
+            " reason=CASE WHEN ?=1 THEN 'instance received after completion' ELSE reason END"
             " WHERE group_uid=?",
             (json.dumps(models), expected, int(arrival.single_image), now, int(late), arrival.group_uid))
         return True

@@ -56,6 +56,20 @@ def test_arrivals_studies_and_dispatches_are_typed_records(gateway):
     assert gateway.latest_completion() == now and gateway.group_counts() == {"complete": 1}
 
 
+def test_a_series_group_counts_its_instances_and_notes_a_late_one(gateway):
+    now = time.time()
+    first, second, late = (Arrival(f"1.2.4.{i}", "1.2.4", "1.2.4.1", "1.2.840.10008.5.1.4.1.1.2", "CT",
+                                   f"/spool/1.2.4/{i}.dcm", "MODALITY", "1.2.4.1", ("nodule",), None, False)
+                           for i in range(3))
+    assert gateway.record_arrivals([first, second], now) == [True, True]
+    (group,) = gateway.receiving_groups()
+    assert (group.received_count, group.single_image, group.reason) == (2, 0, None)
+    assert gateway.complete_group("1.2.4.1", "quiet", now) == ("1.2.4", ["nodule"])
+    gateway.record_arrivals([late], now)
+    (group,) = gateway.all_groups()
+    assert (group.received_count, group.reason) == (3, "instance received after completion")
+
+
 def test_worklist_export_and_status_reads(gateway):
     base = time.time()
     for n, study in enumerate(("1.1", "1.2", "1.3")):
