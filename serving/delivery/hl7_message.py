@@ -268,7 +268,7 @@ def _finding_segments(finding: Finding, sub_id: int, last_set_id: int, context: 
         return segment("OBX", str(last_set_id + offset), value_type, coded(code), str(sub_id), value, units, "",
                        flag, probability, "", status, "", "", observed, "", "", method, equipment, made)
 
-    if getattr(finding, "outside", False):  # models.finding: the positive call is withheld
+    if finding.outside:  # the positive call is withheld (models.finding)
         return [obx(1, "CWE", finding.code, "", "", "", "", RESULT_STATUS_NO_RESULT),
                 segment("NTE", "1", COMMENT_SOURCE_FILLER, escape(finding.ood_note), COMMENT_TYPE_REMARK)]
     flag = ABNORMAL if finding.positive else NORMAL
