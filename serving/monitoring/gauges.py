@@ -34,6 +34,7 @@ def monitoring_gauges(report: MonitoringReport | None) -> list[str]:
     if report is None:
         return []
     samples: dict[str, list[str]] = {name: [] for name in _HELP}
+    raised = report.alert_keys()
     for g in report.groups:
         base = dict(model=g.model, version=g.version, site=g.site)
         values = {"medgate_model_results": g.n, "medgate_model_positive_rate": g.positive_rate,
@@ -45,7 +46,6 @@ def monitoring_gauges(report: MonitoringReport | None) -> list[str]:
         for feature, value in sorted(g.input_psi.items()):
             samples["medgate_model_input_psi"].append(
                 f"medgate_model_input_psi{{{_labels(**base, feature=feature)}}} {value:g}")
-        raised = report.alert_keys()
         for line in g.lines(report.config):
             labels = _labels(**base, kind=line.kind, feature=line.feature)
             samples["medgate_model_alert"].append(f"medgate_model_alert{{{labels}}} {int(line.key in raised)}")
