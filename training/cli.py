@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import default_collate
 
 from kernel.commands import CommandGroup
-from models.registry import DEFAULT_ROOT, ModelRegistry, file_sha256, parse_reference
+from models.registry import DEFAULT_ROOT, ModelIntegrityError, ModelRegistry, file_sha256, parse_reference
 from training import ood
 from training.config import TaskNotFoundError, load_task, resolve_config
 from training.evaluate import evaluate_split, load_weights, save_evaluation
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             cmd_evaluate(args)
         else:
             cmd_export(args)
-    except (TaskNotFoundError, ValueError, FileNotFoundError, FileExistsError, LookupError) as exc:
+    except (TaskNotFoundError, ValueError, FileNotFoundError, FileExistsError, LookupError,
+            ModelIntegrityError) as exc:
         print(f"medgate: {exc}")
         return 2
     return 0

@@ -96,3 +96,19 @@ def test_the_retraining_config_keeps_the_current_versions_data_and_takes_the_fee
     assert config["train"]["lr"] == DEFAULTS["lr"] and config["train"]["seconds"] is None
     with pytest.raises(ValueError, match="`feedback.repeat` must be a positive integer, 0 is given"):
         retraining_config(base, {"feedback": {"repeat": 0}})
+
+
+def test_retraining_from_a_tampered_current_version_is_refused_naming_it(tmp_path, capsys):
+    import shutil
+
+    from models.registry import DEFAULT_ROOT
+    from serving.cli.main import main as medgate
+
+    root = tmp_path / "models"
+    shutil.copytree(DEFAULT_ROOT / "tb" / "1.0.0", root / "tb" / "1.0.0")
+    shutil.copy(DEFAULT_ROOT / "tb" / "serving.json", root / "tb" / "serving.json")
+    (root / "tb" / "1.0.0" / "model.onnx").write_bytes(b"not the model")
+    write_export(tmp_path / "export", [case("a", NEGATIVE_CALL, verdict("agree"))])
+    assert medgate(["train", "tb", "--from-feedback", str(tmp_path / "export"), "--registry", str(root)]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("medgate: model file") and "SHA-256" in out
