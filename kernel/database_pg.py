@@ -31,6 +31,7 @@ psycopg is imported when a PostgreSQL database is opened, never by SQLite users.
 """
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from contextlib import contextmanager
@@ -77,7 +78,26 @@ def translate(sql: str, params: Sequence[Any] | dict[str, Any] = (),
     """SQLite ``sql`` and its ``params`` as PostgreSQL's (see the module docstring).
 
     ``table_keys(table)`` gives a table's ``(columns, primary key columns)``; needed for
-    ``INSERT OR REPLACE`` only."""
+    ``INSERT OR REPLACE`` only.  Statements are translated once and remembered (the stores' are
+    constants)."""
+    key = (sql, table_keys)
+    found = _translated.get(key)
+    if found is None:
+        found = _translated[key] = _translate_text(sql, table_keys)
+        if len(_translated) > _TRANSLATED_MAX:
+            _translated.pop(next(iter(_translated)))
+    text, numbered = found
+    if numbered:
+        params = {f"p{i}": value for i, value in enumerate(params, 1)}
+    return text, params
+
+
+#: Translated statements: (sql, table_keys) -> (text, numbered placeholders); the oldest go first.
+_translated: dict[tuple, tuple[str, bool]] = {}
+_TRANSLATED_MAX = 4096
+
+
+def _translate_text(sql: str, table_keys) -> tuple[str, bool]:
     numbered = False
 
     def piece(m: re.Match) -> str:
@@ -114,9 +134,7 @@ def translate(sql: str, params: Sequence[Any] | dict[str, Any] = (),
             conflict = (f" ON CONFLICT ({', '.join(key)}) DO " +
                         (f"UPDATE SET {', '.join(updates)}" if updates else "NOTHING"))
     sql = _TOKEN.sub(piece, sql) + conflict
-    if numbered:
-        params = {f"p{i}": value for i, value in enumerate(params, 1)}
-    return sql, params
+    return sql, numbered
 
 
 class Row(tuple):
@@ -137,10 +155,13 @@ class Row(tuple):
         return list(self._names)
 
 
+@functools.lru_cache(maxsize=1024)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    return type("Row", (Row,), {"__slots__": (), "_names": names})
+
+
 def _row_factory(cursor) -> Callable[[Sequence[Any]], Row]:
-    names = tuple(d.name for d in cursor.description or ())
-    cls = type("Row", (Row,), {"__slots__": (), "_names": names})
-    return cls
+    return _row_class(tuple(d.name for d in cursor.description or ()))
 
 
 class _Connection:
