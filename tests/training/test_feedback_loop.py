@@ -138,6 +138,7 @@ def test_feedback_retrain_shadow_promote_rollback(tmp_path, registry, capsys):
               f"(candidate) vs {comparison['current']['feedback_heldout']} (1.0.0) right calls on held-out feedback")
         print("before (1.0.0):", json.dumps(current))
         print("after  (1.1.0):", json.dumps(new))
+        print(f"train --from-feedback: {candidate.raw['training']['total_seconds']} s in all")
 
     assert medgate(cli + ["models", "deploy", "tb", "--shadow", "1.1.0"]) == 0
     entry = read_versions(state)["tb"]
