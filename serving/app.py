@@ -47,6 +47,7 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
               "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings),
               "patient_identity": _identity_dict(settings), "store_url": settings.store.url,
               "destinations": {name: list(d.objects) for name, d in settings.destinations.named().items()},
+              "hl7": settings.hl7.model_dump(mode="json"),  # where an upload's ORU^R01 goes
               "fhir_base_url": settings.fhir.base_url if settings.fhir.send_reports else None,
               "web": {"trusted_proxies": list(settings.http.trusted_proxies),
                       "public_base_url": settings.http.public_base_url}}

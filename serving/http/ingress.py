@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException
 
 from dicom_gateway.uids import is_uid
 from serving.components import STATUS_STALE_S, read_components
-from serving.config import AuthConfig, HttpConfig
+from serving.config import AuthConfig, Hl7Section, HttpConfig
 from kernel.delivery_errors import TransientDeliveryError
 from models.registry import registered
 from serving.delivery.outbox import Outbox
@@ -60,7 +60,7 @@ from serving.http.routes import install_routes
 from serving.http.uploads import (UploadError, check_upload_kind, decode, model_item, sample_shape, takes_images,
                                   vitals_window)
 from serving.imaging.findings import finding_of, findings_json, recorded_result
-from serving.imaging.results import DICOM_KIND, FHIR_KIND, ResultWriter
+from serving.imaging.results import DICOM_KIND, FHIR_KIND, HL7_KIND, ResultWriter
 
 log = logging.getLogger("medgate.http")
 
@@ -128,6 +128,7 @@ class Ingress:
         self.patient_identity = limits.get("patient_identity") or {}
         self.destinations = dict(limits.get("destinations") or {})  # name -> result kinds it receives
         self.fhir_base_url = limits.get("fhir_base_url")  # reports go there through the outbox when set
+        self.hl7 = Hl7Section(**(limits.get("hl7") or {}))  # ORU^R01 destinations of an upload's findings
         self._results: ResultWriter | None = None
         self._info_cache: dict[str, tuple[float, dict]] = {}
         stow.configure(api, self.state_dir, limits.get("dicom"))
@@ -248,11 +249,12 @@ class Ingress:
         deliveries queued in the configured outbox backend, sent by the server process's worker."""
         if self._results is None:
             store = current().store()
-            outbox = Outbox(current().outbox_db(),
-                            {DICOM_KIND: _delivered_by_the_server, FHIR_KIND: _delivered_by_the_server})
+            outbox = Outbox(current().outbox_db(), {DICOM_KIND: _delivered_by_the_server,
+                                                    FHIR_KIND: _delivered_by_the_server,
+                                                    HL7_KIND: _delivered_by_the_server})
             self._results = ResultWriter(store, outbox, self.state_dir / "results", destinations=self.destinations,
                                          fhir_base_url=self.fhir_base_url,
-                                         identity=PatientIdentity(**self.patient_identity))
+                                         identity=PatientIdentity(**self.patient_identity), hl7=self.hl7)
         return self._results
 
     @staticmethod

@@ -39,6 +39,7 @@ def app(tmp_path_factory):
                                     # batches of two callers: a lone request waits up to 50 ms for a second
                                     # (at the default 0 a 1 ms model is idle again before it comes)
                                     "batch_wait_timeout_s": 0.05},
+                           hl7={"destinations": [{"name": "ris", "port": free_port()}]},  # an upload's ORU^R01
                            auth={"tokens": [{"token": TOKEN, "role": "engineer", "name": "api test"},
                                              {"token": ADMIN_TOKEN, "role": "admin", "name": "api admin"},
                                              {"token": CLINICIAN_TOKEN, "role": "clinician", "name": "api clinician"}]})
@@ -131,6 +132,8 @@ def test_dicom_upload_gives_findings_and_an_sr(app, records):
     [row] = [r for r in audit_rows(records, "api clinician") if r["study_uid"] == study_uid and r["query"] == "model=tb"]
     assert (row["action"], row["outcome"], row["resource_type"]) == ("execute", "success", "DiagnosticReport")
     assert "SR and DiagnosticReport written" in row["detail"]
+    oru = [i for i in records[0].outbox.items() if i.kind == "hl7"]  # queued for the server's outbox to send
+    assert len(oru) == 1 and oru[0].destination == "ris" and "ORU^R01" in oru[0].payload
 
 
 def test_an_engineer_gets_findings_but_writes_no_patient_results(app, records):
@@ -139,7 +142,7 @@ def test_an_engineer_gets_findings_but_writes_no_patient_results(app, records):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["findings"] and body["links"] == {}
-    assert "clinical role (admin, clinician)" in body["results_not_written"]
+    assert "clinical role (admin, clinician, nurse, radiologist)" in body["results_not_written"]
     assert "role is engineer" in body["results_not_written"]
     study_uid = pydicom_study_uid(data)
     assert records[0].results_of(study_uid) == []
