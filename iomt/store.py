@@ -364,7 +364,7 @@ class VitalsStore:
             try:
                 with self.database.transaction() as db:
                     self._vital_index.flush(_IndexLog(db))
-            except sqlite3.Error:  # the log keeps them: read there, indexed by a writer
+            except self.database.errors:  # the log keeps them: read there, indexed by a writer
                 log.exception("indexing the last vitals messages by patient failed")
 
     # -- a batch -----------------------------------------------------------------------------------
@@ -555,10 +555,11 @@ class VitalsStore:
             if since:
                 sql += " WHERE effective_us>:since"
         elif indexed_only:
-            sql = f"SELECT {VITAL_COLUMNS} FROM ({_keys('vital_subjects', since, limited)}) JOIN vital_signs USING ({_KEY})"
+            sql = (f"SELECT {VITAL_COLUMNS} FROM ({_keys('vital_subjects', since, limited)}) AS k"
+                   f" JOIN vital_signs USING ({_KEY})")
         else:
             sql = (f"SELECT {VITAL_COLUMNS} FROM ({_keys('vital_subjects', since, limited)} UNION"
-                   f" {_keys('vital_unindexed', since, limited)}) JOIN vital_signs USING ({_KEY})")
+                   f" {_keys('vital_unindexed', since, limited)}) AS k JOIN vital_signs USING ({_KEY})")
         sql += " ORDER BY effective_us DESC"
         if limited:
             sql += " LIMIT :limit"
@@ -601,7 +602,7 @@ class VitalsStore:
 
     def count(self, loinc: str) -> int:
         """Stored vitals messages with a reading of ``loinc``."""
-        return self.database.rows("SELECT count(*) FROM vital_signs WHERE instr(',' || codes || ',', ?)",
+        return self.database.rows("SELECT count(*) FROM vital_signs WHERE instr(',' || codes || ',', ?) > 0",
                                   (f",{loinc},",))[0][0]
 
     def delete_vitals_before(self, cutoff_us: int, limit: int) -> int:

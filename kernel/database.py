@@ -86,6 +86,8 @@ class Database:
 
     #: The SQL dialect of the connection (``sqlite`` or ``postgresql``).
     dialect = "sqlite"
+    #: The errors a statement of this backend raises (``except database.errors``).
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False) -> None:
         self.read_only = read_only

@@ -204,6 +204,7 @@ class PostgresDatabase(Database):
         self._lock = threading.RLock()
         self._closing: list[Callable[[], None]] = []
         self._keys: dict[str, tuple[list[str], list[str]]] = {}
+        self.errors = (psycopg.Error,)
         self._db = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=connect_timeout_s)
         if read_only:
             self._db.execute("SET default_transaction_read_only = on")

@@ -1,6 +1,7 @@
 """The patient index of the vitals messages (iomt.vital_index): a message is found by patient
 from the commit that stored it; its key moves to the index a few patients per commit; a writer
-that dies, a commit that fails and a store of the earlier layout lose nothing."""
+that dies, a commit that fails and a store of the earlier layout lose nothing; on SQLite and on
+PostgreSQL (``backend``)."""
 from __future__ import annotations
 
 import itertools
@@ -8,6 +9,7 @@ import sqlite3
 from datetime import datetime, timezone
 
 import orjson
+import psycopg
 import pytest
 
 from iomt import vital_records
@@ -53,14 +55,14 @@ def clocks():
     return Clock(), Clock(1_800_000_000.0)  # monotonic, wall
 
 
-def open_store(tmp_path, clocks) -> Store:
+def open_store(location, clocks) -> Store:
     mono, wall = clocks
-    return Store(tmp_path / "db.sqlite3", VitalIndex(lag_s=1.0, settle_s=2.5, clock=mono, wall=wall))
+    return Store(location, VitalIndex(lag_s=1.0, settle_s=2.5, clock=mono, wall=wall))
 
 
-def test_found_from_the_commit_then_indexed_oldest_patients_first(tmp_path, clocks):
+def test_found_from_the_commit_then_indexed_oldest_patients_first(database_location, clocks):
     mono, wall = clocks
-    store = open_store(tmp_path, clocks)
+    store = open_store(database_location, clocks)
     try:
         store.vitals.commit_batch([], [], vitals=[row(p, k) for k in range(2) for p in range(10)])
         assert count(store, "vital_subjects") == 0 and count(store, "vital_unindexed") == 20
@@ -98,13 +100,13 @@ def test_found_from_the_commit_then_indexed_oldest_patients_first(tmp_path, cloc
         store.close()
 
 
-def test_keys_a_dead_writer_left_are_read_and_settled_by_another(tmp_path, clocks):
+def test_keys_a_dead_writer_left_are_read_and_settled_by_another(database_location, clocks):
     mono, wall = clocks
-    dead = open_store(tmp_path, clocks)
+    dead = open_store(database_location, clocks)
     dead.vitals.commit_batch([], [], vitals=[row(p, 0) for p in range(4)])
     dead.vitals._vital_index.discard()  # as if the process was killed: nothing it waited for is indexed
     dead.close()
-    other = open_store(tmp_path, clocks)
+    other = open_store(database_location, clocks)
     try:
         assert count(other, "vital_subjects") == 0
         assert all(found(other, p) == expected(p, [0]) for p in range(4))  # from the log
@@ -118,12 +120,12 @@ def test_keys_a_dead_writer_left_are_read_and_settled_by_another(tmp_path, clock
         other.close()
 
 
-def test_a_failed_commit_leaves_nothing_behind(tmp_path, clocks):
+def test_a_failed_commit_leaves_nothing_behind(database_location, clocks):
     mono, wall = clocks
-    store = open_store(tmp_path, clocks)
+    store = open_store(database_location, clocks)
     try:
         store.vitals.commit_batch([], [], vitals=[row(1, 0)])
-        with pytest.raises(sqlite3.Error):  # a dead letter of the wrong shape fails the transaction
+        with pytest.raises((sqlite3.Error, psycopg.Error)):  # a dead letter of the wrong shape fails it
             store.vitals.commit_batch([], [("mqtt:x",)], vitals=[row(2, 0), row(1, 1)])
         assert store.vitals._vital_index.waiting == 0
         assert found(store, 2) == [] and found(store, 1) == expected(1, [0])
@@ -136,11 +138,11 @@ def test_a_failed_commit_leaves_nothing_behind(tmp_path, clocks):
         store.close()
 
 
-def test_close_indexes_what_waits(tmp_path, clocks):
-    store = open_store(tmp_path, clocks)
+def test_close_indexes_what_waits(database_location, clocks):
+    store = open_store(database_location, clocks)
     store.vitals.commit_batch([], [], vitals=[row(p, 0) for p in range(3)])
     store.close()
-    store = open_store(tmp_path, clocks)
+    store = open_store(database_location, clocks)
     try:
         assert indexed(store) == {f"Patient/P{p}" for p in range(3)}
     finally:
@@ -148,13 +150,13 @@ def test_close_indexes_what_waits(tmp_path, clocks):
 
 
 def test_a_store_with_the_earlier_index_moves_it_to_the_table(tmp_path, clocks):
-    store = open_store(tmp_path, clocks)
+    store = open_store(tmp_path / "db.sqlite3", clocks)
     store.vitals.commit_batch([], [], vitals=[row(p, k) for k in range(3) for p in range(2)])
     store.vitals._vital_index.discard()
     store.database.rows("DELETE FROM vital_unindexed")  # the store of 2026-12-01 had neither table's rows
     store.database.rows("CREATE INDEX vital_signs_subject ON vital_signs(subject, effective_us)")
     store.close()
-    store = open_store(tmp_path, clocks)
+    store = open_store(tmp_path / "db.sqlite3", clocks)
     try:
         assert count(store, "vital_subjects") == 6
         assert not store.database.rows("SELECT 1 FROM sqlite_master WHERE name='vital_signs_subject'")

@@ -1,4 +1,5 @@
-"""The local store keeps the bridge's vitals messages and resources for ``iomt.retention_hours``, and only those."""
+"""The local store keeps the bridge's vitals messages and resources for ``iomt.retention_hours``, and only those;
+on SQLite and on PostgreSQL (``backend``)."""
 from __future__ import annotations
 
 import time
@@ -30,8 +31,8 @@ def _ids(store: Store) -> set[str]:
     return {row["id"] for row in store.database.rows("SELECT id FROM fhir_resources")}
 
 
-def test_old_vitals_go_and_everything_else_stays(tmp_path):
-    store = Store(tmp_path / "db.sqlite3")
+def test_old_vitals_go_and_everything_else_stays(database_location):
+    store = Store(database_location)
     now = time.time()
     try:
         old = now - 73 * 3600
@@ -52,9 +53,9 @@ def test_old_vitals_go_and_everything_else_stays(tmp_path):
         store.close()
 
 
-def test_a_large_backlog_goes_in_batches(tmp_path, monkeypatch):
+def test_a_large_backlog_goes_in_batches(database_location, monkeypatch):
     monkeypatch.setattr("iomt.retention.BATCH_ROWS", 7)
-    store = Store(tmp_path / "db.sqlite3")
+    store = Store(database_location)
     now = time.time()
     try:
         _put(store, [_observation(f"hr-{i}", "vital-signs") for i in range(50)], now - 100 * 3600)
@@ -66,9 +67,9 @@ def test_a_large_backlog_goes_in_batches(tmp_path, monkeypatch):
         store.close()
 
 
-def test_vitals_messages_go_by_measurement_time_in_batches(tmp_path, monkeypatch):
+def test_vitals_messages_go_by_measurement_time_in_batches(database_location, monkeypatch):
     monkeypatch.setattr("iomt.retention.BATCH_ROWS", 7)
-    store = Store(tmp_path / "db.sqlite3")
+    store = Store(database_location)
     now = time.time()
     try:
         rows = []
@@ -78,7 +79,7 @@ def test_vitals_messages_go_by_measurement_time_in_batches(tmp_path, monkeypatch
             rows.append(vital_records.record(msg, "Patient/p1", "dev1"))
         store.vitals.commit_batch([], [], vitals=rows)
         store.close()  # its keys go to the patient index (iomt.vital_index)
-        store = Store(tmp_path / "db.sqlite3")
+        store = Store(database_location)
         assert store.database.rows("SELECT count(*) FROM vital_subjects")[0][0] == 24
         assert VitalsRetention(store.vitals, retention_hours=72, resources=store).tick(now) == 21
         assert vital_records.count(store.vitals, codes.HEART_RATE) == 3
