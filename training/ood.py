@@ -227,8 +227,8 @@ def attach(manifest: ModelManifest, task, datasets: dict[str, Any], rate: float 
                        "score_quantiles": _quantiles(test_scores)}}
     statistic = FeatureStatistic(statistic.means, statistic.whitening, statistic.threshold, rate,
                                  statistic.classes, statistic.unit, raw=raw)
+    traced = retrace_with_features(manifest, task, arrays["val"][0][:BATCH], after, layer.get("module"))
     _write(folder / manifest.path.name, after)
-    traced = retrace_with_features(manifest, task, arrays["val"][0][:BATCH], layer.get("module"))
     if traced is not None:
         raw["outputs_unchanged"]["torchscript_items_compared"] = traced
     write_statistic(folder, statistic)
@@ -269,11 +269,13 @@ class _FeatureTap(nn.Module):
         return (*(out if isinstance(out, tuple) else (out,)), self._seen[-1])
 
 
-def retrace_with_features(manifest: ModelManifest, task, batch: np.ndarray, layer: str | None = None) -> int | None:
+def retrace_with_features(manifest: ModelManifest, task, batch: np.ndarray, tapped_onnx: bytes,
+                          layer: str | None = None) -> int | None:
     """Trace the version's TorchScript export again from its weights (``model.pt``) with the
-    ``features`` output last, so the torch engine gives what the ONNX file gives; the existing
-    outputs are checked bit-identical to the current file's on ``batch``.  Returns the number of
-    items compared, or None when the version has no TorchScript export or no weights.
+    ``features`` output last (of submodule ``layer``, by default the classifier's input), so the
+    torch engine gives what ``tapped_onnx`` gives; the existing outputs are checked bit-identical to
+    the current file's on ``batch``.  Returns the number of items compared, or None when the
+    version has no TorchScript export or no weights.
 
     Raises
     ------
@@ -302,7 +304,7 @@ def retrace_with_features(manifest: ModelManifest, task, batch: np.ndarray, laye
     with torch.no_grad():
         before, after = old(x), new(x)
     before = before if isinstance(before, tuple) else (before,)
-    onnx_features = features_of(manifest.path.read_bytes(), batch)
+    onnx_features = features_of(tapped_onnx, batch)
     problems = [f"output {n!r} changed" for n, a, b in zip(names, before, after) if not torch.equal(a, b)]
     error = float(np.abs(after[-1].numpy() - onnx_features).max() / max(np.abs(onnx_features).max(), 1e-3))
     if error > 1e-4:

@@ -12,9 +12,12 @@ import torch
 from torch import nn
 
 from models.ood import load_statistic
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, file_sha256
+from serving.inference.engine_torch import TorchEngine
 from training import ood
 from training.data import ArrayDataset
+from training.tasks.base import ExportSpec
+from training.torchscript import TORCHSCRIPT_NAME, save_torchscript
 
 
 def _gaussians(rng, n: int, shift: float = 0.0):
@@ -109,8 +112,6 @@ def _version(root, model: bytes):
     folder = root / "demo" / "1.0.0"
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(model)
-    from models.registry import file_sha256
-
     (folder / "metadata.json").write_text(json.dumps({
         "name": "demo", "version": "1.0.0", "file": "model.onnx", "sha256": file_sha256(folder / "model.onnx"),
         "intended_use": "NOT FOR CLINICAL USE.", "classes": [
@@ -143,6 +144,41 @@ def test_attach_writes_the_statistic_and_a_verifiable_version(tmp_path):
     assert stored.raw["outputs_unchanged"]["items_compared"] == 200
     far = np.full((3, 1, 4, 4), 50.0, np.float32)
     assert (stored.scores(ood.features_of(again.path.read_bytes(), far)) > stored.threshold).all()
+
+
+class _DemoTask:
+    """The two methods :func:`training.ood.retrace_with_features` needs of a task."""
+
+    name = "demo"
+
+    def build_network(self, config):
+        return _Classifier()
+
+    def export_spec(self, network, config):
+        return ExportSpec(module=network.eval(), example_inputs=(torch.zeros(2, 1, 4, 4),), input_names=["image"],
+                          output_names=["probabilities"])
+
+
+def test_attach_traces_the_torchscript_export_again_with_the_same_features(tmp_path):
+    manifest = _version(tmp_path, _onnx(_Classifier()))
+    task = _DemoTask()
+    network = task.build_network({})
+    torch.save({"task": "demo", "config": {}, "network": network.state_dict()}, manifest.folder / "model.pt")
+    save_torchscript(task.export_spec(network, {}), manifest.folder / TORCHSCRIPT_NAME)
+    rng = np.random.default_rng(6)
+
+    def split(n):
+        return ArrayDataset({"image": rng.random((n, 1, 4, 4), dtype=np.float32), "label": rng.integers(0, 2, n)})
+
+    statistic = ood.attach(manifest, task, {"train": split(300), "val": split(100), "test": split(100)})
+    assert statistic.raw["outputs_unchanged"]["torchscript_items_compared"] == ood.BATCH
+    again = ModelRegistry(tmp_path).get("demo@1.0.0")
+    assert again.raw["torchscript_sha256"] == file_sha256(again.folder / TORCHSCRIPT_NAME)
+    engine = TorchEngine(again.folder / TORCHSCRIPT_NAME)
+    x = rng.random((3, 1, 4, 4), dtype=np.float32)
+    assert engine.output_names == ["probabilities", "features"]
+    np.testing.assert_allclose(engine.run({"image": x})["features"], ood.features_of(again.path.read_bytes(), x),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_model_that_does_not_read_single_images_gets_no_statistic(tmp_path):
