@@ -1,6 +1,9 @@
 """The OHIF Viewer (its published build, ``@ohif/app`` on npm) in headless Chromium over medgate's
 DICOMweb: the study list finds a chest X-ray medgate processed, the viewer draws its image from
-WADO-RS frames and lists its result objects (SR, SC, GSPS).
+WADO-RS frames, lists its result objects (SR, SC, GSPS) and, opening the SR, draws its finding on
+the X-ray; for a chest CT the viewer draws the slices and overlays the nodules' SEG, its panel
+listing the segments.  (OHIF 3.13 has no presentation state display: it lists the GSPS series as one
+it cannot show.)
 
 OHIF's ``dist`` is a static site.  As a hospital would put it behind its reverse proxy, the test
 serves it with a small same-origin proxy (:class:`OhifProxy`): OHIF's files at ``/``, our
@@ -25,6 +28,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,9 +38,14 @@ import pydicom
 import pytest
 import requests
 
+from scipy import ndimage
+
+from dicom_gateway.seg import build_segmentation
+from dicom_testdata import chest_ct, make_ct_series
+from models.finding import Concept, Finding
 from models.registry import ModelRegistry
 from peers import free_port, wait_until
-from serving.imaging.findings import finding_of
+from serving.imaging.findings import finding_of, source_image
 from serving.imaging.results import ResultWriter
 from serving.store import Store
 from test_dicomweb import _client, _part10, server  # noqa: F401 - the fixture
@@ -58,6 +67,9 @@ PATIENT_ID, PATIENT_NAME, ACCESSION = "079300000023", "Tran^Thi Mai", "ACC-OHIF-
 PROBABILITY = 0.91
 #: A returning user: OHIF's first-visit tour (``ohif.tours``, a modal overlay) has been shown.
 TOUR_SEEN = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']))"
+#: Where OHIF 3.13's right-hand panel button (segmentations) sits in a 1280x800 window.
+SEGMENTATION_PANEL_XY = (1262, 99)
+PULMONARY_NODULE = Concept("786838002", "SCT", "Pulmonary nodule")
 #: Seconds the viewer may take to show each step (the whole test stays under a minute).
 STEP_TIMEOUT_MS = 30_000
 
@@ -222,16 +234,17 @@ def processed(server):
     return server, ds, {kind: pydicom.dcmread(path) for kind, path in paths.items()}
 
 
-@pytest.fixture
-def page(ohif_dist, processed, tmp_path):
+@contextmanager
+def viewer(dist: Path, web, tmp_path: Path):
+    """A Chromium page and the :class:`OhifProxy` before ``web`` (``page.proxy``); on the way out the
+    DICOMweb requests and console errors are printed and the last view is kept as ``last.png``."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip(reason="playwright is not installed (pip install playwright; the dev extra has it)")
     if not Path(CHROMIUM).exists():
         pytest.skip(reason=f"{CHROMIUM} not found (Debian package chromium)")
-    web = processed[0]
-    with OhifProxy(ohif_dist, web.url, auth("clinician")) as proxy, sync_playwright() as p:
+    with OhifProxy(dist, web.url, auth("clinician")) as proxy, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
         context.add_init_script(TOUR_SEEN)
@@ -247,6 +260,12 @@ def page(ohif_dist, processed, tmp_path):
             browser.close()
 
 
+@pytest.fixture
+def page(ohif_dist, processed, tmp_path):
+    with viewer(ohif_dist, processed[0], tmp_path) as page:
+        yield page
+
+
 def _canvas_spread(page) -> float:
     """The spread of grey values the viewport's canvas shows (0 for an empty viewport)."""
     return page.evaluate("""() => {
@@ -256,6 +275,18 @@ def _canvas_spread(page) -> float:
         let min = 255, max = 0;
         for (let i = 0; i < d.length; i += 4) { min = Math.min(min, d[i]); max = Math.max(max, d[i]); }
         return max - min;
+    }""")
+
+
+def _coloured_pixels(page) -> int:
+    """Pixels of the viewport's canvas that are not grey (a segmentation's colour over the CT)."""
+    return page.evaluate("""() => {
+        const canvas = document.querySelector('canvas.cornerstone-canvas');
+        if (!canvas || !canvas.width) return 0;
+        const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) { if (Math.abs(d[i + 2] - d[i]) > 40) n++; }
+        return n;
     }""")
 
 
@@ -284,5 +315,56 @@ def test_ohif_finds_the_study_shows_its_image_and_lists_its_results(page, proces
     print(f"screenshot: {path}")
     if os.environ.get("MEDGATE_UPDATE_SCREENSHOTS") == "1":
         shutil.copy(path, DOCS / DOC_SCREENSHOT)
+    failed = [(path, status) for path, status, _ in proxy.requests if status >= 400]
+    assert failed == [], failed
+
+
+@pytest.fixture
+def processed_ct(server):
+    """A generated chest CT with two nodules stored by STOW-RS, its SEG and SR written by the result
+    writer (as the pipeline writes a nodule model's results), the study then marked ``done``."""
+    volume, sample = chest_ct(seed=3, shape_vox=(20, 64, 64), n_nodules=2)
+    labels, _ = ndimage.label(sample.nodule_mask)
+    series = [_part10(ds) for ds in make_ct_series(volume, patient_id=PATIENT_ID, patient_name=PATIENT_NAME)]
+    _client(server).store_instances(series)
+    images = [source_image(ds) for ds in series]
+    info = {"name": "nodule", "version": "1.0.0"}
+    findings = [Finding(model="nodule", model_version="1.0.0", code=PULMONARY_NODULE,
+                        probability=p, threshold=0.5, source=images[0], other_sources=tuple(images[1:]),
+                        mask=labels == n) for n, p in ((1, 0.97), (2, 0.93))]
+    store = Store(server.state_dir / "medgate.sqlite3")
+    try:
+        writer = ResultWriter(store, None, server.state_dir / "results")
+        seg = build_segmentation(findings, series)
+        study_uid = str(series[0].StudyInstanceUID)
+        writer.dicom(study_uid, "SEG", seg, info, findings)
+        writer.dicom(study_uid, "SR", writer.sr(findings, series, info, seed=study_uid, segmentation=seg), info,
+                     findings)
+        time.sleep(0.01)
+        store.set_study_status(study_uid, "done", detail="SEG, SR")
+    finally:
+        store.close()
+    return server, series, seg
+
+
+def test_ohif_shows_the_segmentation_of_a_ct(processed_ct, ohif_dist, tmp_path):
+    web, series, seg = processed_ct
+    with viewer(ohif_dist, web, tmp_path) as page:
+        proxy = page.proxy
+        page.goto(f"{proxy.url}/viewer?StudyInstanceUIDs={series[0].StudyInstanceUID}")
+        page.get_by_text(str(seg.SeriesDescription), exact=True).first.wait_for(timeout=STEP_TIMEOUT_MS)
+        wait_until(lambda: _canvas_spread(page) > 50, timeout_s=STEP_TIMEOUT_MS / 1000)  # the CT, from its frames
+        assert _coloured_pixels(page) == 0
+        page.get_by_text("SEG", exact=True).first.dblclick()
+        page.get_by_text("Do you want to open this Segmentation?").wait_for(timeout=STEP_TIMEOUT_MS)
+        page.get_by_text("Yes", exact=True).first.click()
+        wait_until(lambda: _coloured_pixels(page) > 100, timeout_s=STEP_TIMEOUT_MS / 1000)  # the nodule, in colour
+        page.mouse.click(*SEGMENTATION_PANEL_XY)
+        for segment in seg.SegmentSequence:  # OHIF's segmentation panel lists the segments by label
+            page.get_by_text(str(segment.SegmentLabel), exact=True).wait_for(timeout=STEP_TIMEOUT_MS)
+        page.screenshot(path=str(tmp_path / "ohif-viewer-seg.png"))
+    seg_path = f"/dicomweb/studies/{seg.StudyInstanceUID}/series/{seg.SeriesInstanceUID}/instances/{seg.SOPInstanceUID}"
+    assert (seg_path, 200) in [(path, status) for path, status, _ in proxy.requests]  # OHIF reads a SEG whole
+    assert sum("/frames/" in path for path, _, _ in proxy.requests) >= len(series) // 2
     failed = [(path, status) for path, status, _ in proxy.requests if status >= 400]
     assert failed == [], failed
