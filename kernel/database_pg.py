@@ -225,6 +225,12 @@ class PostgresDatabase(Database):
                 db._conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {declaration}")
         self._keys.clear()
 
+    def execute_script(self, script: str) -> None:
+        """Run ``script`` as written, PostgreSQL's own SQL (a plpgsql function, a trigger), in one
+        transaction; for the owner stores' schemas alone."""
+        with self.transaction():
+            self._db.execute(script)
+
     def columns(self, table: str) -> list[str]:
         return self.table_keys(table)[0]
 
