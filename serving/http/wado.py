@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -59,7 +59,9 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 #: Transfer syntaxes whose pixel data is native (PS3.5 A.1-A.5; deflate is undone on reading).
 NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
                              "1.2.840.10008.1.2.2"})
-BIG_ENDIAN = "1.2.840.10008.1.2.2"
+BIG_ENDIAN, DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+#: Pixel Data longer than this is left in the file when a frame is read (pydicom's ``defer_size``).
+DEFER_BYTES = 256 * 1024
 #: The media type of a compressed frame by its transfer syntax (PS3.18 Table 8.7.3-5).
 FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
@@ -186,27 +188,38 @@ def frame_numbers(frame_list: str) -> list[int]:
     return numbers
 
 
-def _native_frame(pixel_data: bytes, ds, index: int, big_endian: bool) -> bytes:
-    """Frame ``index`` (0-based) of native pixel data, little endian, starting on a byte."""
+def _native_frames(read: Callable[[int, int], bytes], ds, numbers: list[int], big_endian: bool) -> list[bytes]:
+    """Frames ``numbers`` (1-based) of native pixel data, little endian, each starting on a byte;
+    ``read(offset, length)`` reads the Pixel Data value."""
     samples = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
     bits = int(ds.BitsAllocated)
-    if bits == 1:  # PS3.5 8.1.1: frames of single bits follow each other without padding
-        packed = np.frombuffer(pixel_data, np.uint8)
-        bits_of = np.unpackbits(packed, bitorder="little")[index * samples:(index + 1) * samples]
-        return np.packbits(bits_of, bitorder="little").tobytes()
-    size = samples * bits // 8
-    frame = pixel_data[index * size:(index + 1) * size]
-    if big_endian and bits > 8:
-        frame = np.frombuffer(frame, f">u{bits // 8}").astype(f"<u{bits // 8}").tobytes()
-    return frame
+    frames = []
+    for number in numbers:
+        if bits == 1:  # PS3.5 8.1.1: frames of single bits follow each other without padding
+            first_bit = (number - 1) * samples
+            chunk = read(first_bit // 8, (first_bit + samples + 7) // 8 - first_bit // 8)
+            bits_of = np.unpackbits(np.frombuffer(chunk, np.uint8), bitorder="little")
+            frames.append(np.packbits(bits_of[first_bit % 8:first_bit % 8 + samples], bitorder="little").tobytes())
+            continue
+        size = samples * bits // 8
+        frame = read((number - 1) * size, size)
+        if big_endian and bits > 8:
+            frame = np.frombuffer(frame, f">u{bits // 8}").astype(f"<u{bits // 8}").tobytes()
+        frames.append(frame)
+    return frames
 
 
 def read_frames(path: str, numbers: list[int]) -> Frames:
     """The frames ``numbers`` (1-based) of the instance at ``path`` as they are sent; 404 when it
-    holds no pixel data or one number is past its Number of Frames (0028,0008)."""
-    ds = dcmread(path)
+    holds no pixel data or one number is past its Number of Frames (0028,0008).  Native Pixel Data
+    over :data:`DEFER_BYTES` is not read whole: each frame is read at its offset in the file (a
+    viewer asks for a multi-frame image's frames one request each)."""
+    ds = dcmread(path, defer_size=DEFER_BYTES)
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    if "PixelData" not in ds:
+    if syntax == DEFLATED:  # offsets are in the inflated stream, not in the file
+        ds = dcmread(path)
+    element = ds.get_item("PixelData", keep_deferred=True)
+    if element is None:
         raise DicomwebError(HTTP_NOT_FOUND, f"instance {ds.SOPInstanceUID} holds no Pixel Data (7FE0,0010), "
                                             f"so no frames (a {ds.get('Modality', '')} object)")
     count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -214,8 +227,16 @@ def read_frames(path: str, numbers: list[int]) -> Frames:
         raise DicomwebError(HTTP_NOT_FOUND, f"instance {ds.SOPInstanceUID} has {count} frames (Number of Frames, "
                                             f"0028,0008), frames {past[:10]} are asked for")
     if syntax in NATIVE_SYNTAXES:
-        return Frames(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN,
-                      [_native_frame(ds.PixelData, ds, n - 1, syntax == BIG_ENDIAN) for n in numbers])
+        if element.value is not None:  # read with the header (small, or inflated)
+            value = element.value
+            return Frames(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, _native_frames(
+                lambda offset, length: value[offset:offset + length], ds, numbers, syntax == BIG_ENDIAN))
+        with open(path, "rb") as handle:
+            def read(offset: int, length: int) -> bytes:
+                handle.seek(element.value_tell + offset)
+                return handle.read(length)
+            return Frames(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN,
+                          _native_frames(read, ds, numbers, syntax == BIG_ENDIAN))
     media = FRAME_MEDIA_TYPES.get(syntax)
     if media is None:
         raise DicomwebError(HTTP_NOT_ACCEPTABLE, f"instance {ds.SOPInstanceUID} is stored in transfer syntax "

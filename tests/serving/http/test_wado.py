@@ -16,6 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 
 from serving.governance.audit import AuditLog
+from serving.http import wado
 from serving.http.wado import read_frames
 from test_dicomweb import _client, _part10, server  # noqa: F401 - the fixture
 from web_app import auth
@@ -158,3 +159,27 @@ def test_single_bit_frames_not_ending_on_a_byte_are_repacked(tmp_path):
     second, first = read_frames(str(tmp_path / "seg.dcm"), [2, 1]).data
     for frame, plane in ((first, planes[0]), (second, planes[1])):
         assert np.array_equal(np.unpackbits(np.frombuffer(frame, np.uint8), bitorder="little")[:9], plane.ravel())
+
+
+@pytest.mark.parametrize("bits", [16, 1])
+def test_frames_of_large_pixel_data_are_read_at_their_offset(tmp_path, bits):
+    """Pixel Data over ``DEFER_BYTES`` stays in the file; each frame is read where it lies."""
+    ds = _testdata("CT_small.dcm" if bits == 16 else "liver_1frame.dcm")
+    rows, columns, count = (256, 256, 6) if bits == 16 else (999, 1001, 5)  # single bits: frames not on a byte
+    rng = np.random.default_rng(bits)
+    if bits == 16:
+        planes = rng.integers(0, 4000, (count, rows, columns), dtype=np.uint16)
+        ds.PixelData = planes.tobytes()
+    else:
+        planes = rng.integers(0, 2, (count, rows, columns), dtype=np.uint8)
+        ds.PixelData = np.packbits(planes.ravel(), bitorder="little").tobytes()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, count
+    assert len(ds.PixelData) > wado.DEFER_BYTES
+    ds.save_as(tmp_path / "large.dcm", enforce_file_format=True)
+    frames = read_frames(str(tmp_path / "large.dcm"), [count, 2, 1])
+    for frame, plane in zip(frames.data, planes[[count - 1, 1, 0]]):
+        if bits == 16:
+            assert frame == plane.tobytes()
+        else:
+            unpacked = np.unpackbits(np.frombuffer(frame, np.uint8), bitorder="little")[:rows * columns]
+            assert np.array_equal(unpacked, plane.ravel())
