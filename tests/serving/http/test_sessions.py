@@ -4,6 +4,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import psycopg
 import pytest
 import requests
 
@@ -20,9 +21,9 @@ class Clock:
         return self.now
 
 
-def test_store_opens_checks_expires_and_revokes(tmp_path):
+def test_store_opens_checks_expires_and_revokes(database_location):  # SQLite and PostgreSQL
     clock = Clock()
-    store = SessionStore(tmp_path / "medgate.sqlite3", clock=clock)
+    store = SessionStore(database_location, clock=clock)
     who = Principal("Dr. An", "clinician")
     first, second = store.open(who, 60), store.open(who, 60)
     assert first != second and len(first) >= 43  # 256 random bits, URL-safe base64
@@ -33,7 +34,8 @@ def test_store_opens_checks_expires_and_revokes(tmp_path):
     assert store.principal(second) is None  # expired
     assert store.principal("") is None and store.principal("not-a-session") is None
     store.close()
-    raw = sqlite3.connect(tmp_path / "medgate.sqlite3")
+    raw = (psycopg.connect(database_location) if isinstance(database_location, str)
+           else sqlite3.connect(database_location))
     stored = [row for row in raw.execute("SELECT * FROM web_sessions")]
     raw.close()
     assert stored and not any(first in map(str, row) or second in map(str, row) for row in stored)
