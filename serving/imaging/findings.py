@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, SourceImage
+from models.finding import NOT_FOR_CLINICAL_USE, Concept, Finding, OutOfDistribution, SourceImage
 from models.spec import ReplyFormat, ServingSpec
 from models.transforms import heatmap_peak
 
@@ -89,6 +89,8 @@ def finding_of(ds, reply: dict[str, Any], info: dict[str, Any], spec: ServingSpe
                          f"({ReplyFormat.FINDING.value!r}, {ReplyFormat.CLASSES.value!r})")
     if "heatmap" in reply:
         finding = replace(finding, heatmap=np.asarray(reply["heatmap"], dtype=np.float32).squeeze())
+    if reply.get("ood") is not None:  # the replica's out-of-distribution verdict (serving.inference.ood)
+        finding = replace(finding, ood=OutOfDistribution.from_dict(reply["ood"]))
     return finding
 
 
@@ -99,11 +101,12 @@ def findings_json(reply: dict[str, Any], info: dict[str, Any], spec: ServingSpec
         probs = np.asarray(reply["probabilities"]).reshape(-1)
         classes = [c["name"] if isinstance(c, dict) else c for c in info.get("classes") or []]
         ranked = sorted(zip(classes, probs.tolist()), key=lambda kv: -kv[1])
-        return [{"class": name, "probability": round(p, 6)} for name, p in ranked]
+        return [{"class": name, "probability": round(p, 6), "ood": reply.get("ood")} for name, p in ranked]
     probability = float(np.asarray(reply["probability"]).reshape(-1)[0])
     finding = {"code": info.get("finding"), "probability": round(probability, 6),
                "threshold": info.get("threshold"),
-               "positive": info.get("threshold") is not None and probability >= info["threshold"]}
+               "positive": info.get("threshold") is not None and probability >= info["threshold"]
+               and not (reply.get("ood") or {}).get("outside"), "ood": reply.get("ood")}
     if "heatmap" in reply:  # peak as a fraction of the image width and height
         col, row = heatmap_peak(reply["heatmap"], _FRACTION_SCALE, _FRACTION_SCALE)
         finding["point_fraction"] = [round(col / _FRACTION_SCALE, 4), round(row / _FRACTION_SCALE, 4)]

@@ -75,7 +75,7 @@ def sr_uid(seed: str, info: dict[str, Any]) -> str:
 def summary_of(findings: list[Finding]) -> list[dict[str, Any]]:
     """The findings as a results row records them."""
     return [{"probability": f.probability, "positive": f.positive, "location": f.location, "point": f.point,
-             "source": f.source.sop_instance_uid} for f in findings]
+             "source": f.source.sop_instance_uid, "ood": f.ood.as_dict() if f.ood else None} for f in findings]
 
 
 class ResultWriter:

@@ -174,8 +174,9 @@ function startWorklist() {
 
 function resultCell(result, study) {
   const reviewer = FINDING_REVIEWERS.includes(state.role);
-  const findings = result.findings.map((f) => el("span", { class: `finding ${f.positive ? "pos" : "neg"}` },
-    `p=${f.probability.toFixed(2)} ${t(f.positive ? "wl.positive" : "wl.negative")}`,
+  // an input outside the model's training distribution gets no call (worklist.py ``call``: "outside")
+  const findings = result.findings.map((f) => el("span", { class: `finding ${f.call === "outside" ? "ood" : f.positive ? "pos" : "neg"}` },
+    f.call === "outside" ? t("wl.outside") : `p=${f.probability.toFixed(2)} ${t(f.positive ? "wl.positive" : "wl.negative")}`,
     verdictBadge(study, f.target),
     reviewer ? el("button", { class: "fb", type: "button", text: t("fb.review"), "data-finding": f.n,
                               onclick: () => openReview(study, result, f) }) : null));

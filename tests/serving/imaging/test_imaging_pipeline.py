@@ -184,3 +184,27 @@ def test_a_dicom_skin_photo_reaches_derm_as_rgb(tmp_path):
 def _saved(ds, path):
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def test_a_blank_image_sent_to_tb_is_flagged_outside_in_every_result(tmp_path):
+    """The replica's out-of-distribution verdict reaches the finding, the results row, the SR and
+    the FHIR Observation through the pipeline (not only through the writers)."""
+    from training.synthetic.dicom import make_dx_dataset
+
+    ds = pydicom.dcmread(_saved(make_dx_dataset(np.zeros((256, 256), np.uint16)), tmp_path / "blank.dcm"))
+    store = Store(tmp_path / "db.sqlite3")
+    try:
+        pipeline = imaging_pipeline.ImagingPipeline(store, None, {"tb": _LocalDeployment("tb")}, tmp_path / "results")
+        paths = pipeline._process_images(ds.StudyInstanceUID, [ds], pipeline.model_info("tb"))
+        [row] = [r for r in store.results_of(ds.StudyInstanceUID) if r["kind"] == "sr"]
+        [finding] = row["summary"]["findings"]
+        assert finding["ood"]["outside"] is True and finding["positive"] is False
+        [sr_path] = [p for p in paths if p.name.startswith("SR-")]
+        texts = [str(element.value) for element in pydicom.dcmread(sr_path).iterall()
+                 if element.keyword == "TextValue"]
+        assert any("outside the model's training distribution" in text for text in texts)
+        [observation] = store.resources("Observation")
+        assert "valueCodeableConcept" not in observation and "valueQuantity" not in observation
+        assert observation["interpretation"][0]["coding"][0]["code"] == "IND"
+    finally:
+        store.close()
