@@ -51,19 +51,27 @@ def provenance(record: dict[str, Any]) -> str:
 
 # -- one renderer per benchmark: record -> table lines ------------------------------------------
 def ingest(r: dict) -> list[str]:
-    rows = [[str(x.get("receiver", "?")), fmt(x.get("instances_per_s"), 0), fmt(x.get("ratio_to_storescp"), 2)]
+    rows = [[str(x.get("receiver", "?")), fmt(x.get("associations", 1)), fmt(x.get("instances_per_s"), 0),
+             fmt(x.get("ratio_to_storescp"), 2), fmt(x.get("ratio_to_orthanc"), 2), fmt(x.get("flushes"))]
             for x in r.get("rows", [])]
     ceiling = r.get("durability_ceiling_ratio")
+    if isinstance(ceiling, dict):
+        ceiling = ", ".join(f"{fmt(v, 2)} with {k} association(s)" for k, v in ceiling.items())
+    elif ceiling is not None:
+        ceiling = fmt(ceiling, 2)
     writes = {w.get("writer"): w.get("ms_per_instance") for w in r.get("writes", []) if isinstance(w, dict)}
     slot, new_file = writes.get("slot (write, fdatasync, rename)"), writes.get("write_durably(fsync=True)")
     note = [] if ceiling is None else [
-        "", f"Durability ceiling {fmt(ceiling, 2)}: the ratio of a receiver that only ran the protocol path "
-        "and one flush per instance, one after the other. The durable write alone, no network: "
+        "", f"Durability ceiling {ceiling}: the ratio of a receiver that only ran the protocol path "
+        "and one flush per instance. The durable write alone, no network: "
         f"{fmt(slot, 2)} ms an instance into a pre-written slot, {fmt(new_file, 2)} ms as a new file "
         "(temp file, fsync, rename, directory fsync)."]
-    return [f"{fmt(r.get('slices'))} CT slices of {fmt(r.get('size_px'))}² by DCMTK storescu; "
-            f"target ratio {fmt(r.get('target_ratio'), 1)}.", "",
-            *table(["receiver", "instances/s", "ratio to storescp"], rows), *note]
+    targets = r.get("targets") or {"ratio to storescp": r.get("target_ratio")}
+    target_text = "; ".join(f"{k.replace('_', ' ')} ≥ {fmt(v, 1)}" for k, v in targets.items() if v is not None)
+    return [f"{fmt(r.get('slices'))} CT slices of {fmt(r.get('size_px'))}² by DCMTK storescu "
+            f"(several associations: as many storescu processes at once); targets: {target_text}.", "",
+            *table(["receiver", "associations", "instances/s", "ratio to storescp", "ratio to Orthanc",
+                    "flushes"], rows), *note]
 
 
 def cxr_latency(r: dict) -> list[str]:
@@ -186,7 +194,7 @@ def gpu_check(r: dict) -> list[str]:
 
 #: (JSON name, title, renderer), in README order.
 SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
-    ("dicom_ingest", "DICOM ingest vs DCMTK storescp", ingest),
+    ("dicom_ingest", "DICOM ingest vs DCMTK storescp and Orthanc", ingest),
     ("cxr_latency", "Single chest X-ray: C-STORE → SR at the PACS", cxr_latency),
     ("ct_latency", "Chest CT study: C-STORE → SEG + SR at the PACS", ct_latency),
     ("model_core", "Model core (engine + preprocessing, no Ray)", model_core),

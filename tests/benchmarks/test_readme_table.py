@@ -21,14 +21,19 @@ def results(tmp_path):
     folder.mkdir()
     write(folder, "cxr_latency", {"n": 20, "p50_ms": 301.7, "p95_ms": 354.6, "max_ms": 950.9,
                                   "target_p50_ms": 300.0, "latencies_ms": [1.0], "extra": {"ignored": True}})
-    write(folder, "dicom_ingest", {"slices": 500, "size_px": 512, "target_ratio": 0.8, "load_average": [6, 7, 7],
-                                   "rows": [{"receiver": "DCMTK storescp", "instances_per_s": 437.0,
-                                             "ratio_to_storescp": 1.0},
-                                            {"receiver": "medgate", "instances_per_s": 38.25,
-                                             "ratio_to_storescp": 0.088, "new_key": 1}],
+    write(folder, "dicom_ingest", {"slices": 500, "size_px": 512, "load_average": [6, 7, 7],
+                                   "targets": {"one_association_over_orthanc": 2.0, "4_associations_over_storescp": 0.8},
+                                   "rows": [{"receiver": "DCMTK storescp", "associations": 1, "instances_per_s": 437.0,
+                                             "ratio_to_storescp": 1.0, "ratio_to_orthanc": 4.37},
+                                            {"receiver": "Orthanc (SyncStorageArea)", "associations": 1,
+                                             "instances_per_s": 100.0, "ratio_to_storescp": 0.229,
+                                             "ratio_to_orthanc": 1.0},
+                                            {"receiver": "medgate", "associations": 4, "instances_per_s": 38.25,
+                                             "ratio_to_storescp": 0.088, "ratio_to_orthanc": 0.38, "flushes": 70,
+                                             "new_key": 1}],
                                    "writes": [{"writer": "slot (write, fdatasync, rename)", "ms_per_instance": 0.9},
                                               {"writer": "write_durably(fsync=True)", "ms_per_instance": 1.214}],
-                                   "durability_ceiling_ratio": 0.612})
+                                   "durability_ceiling_ratio": {"1": 0.612, "4": 0.7}})
     write(folder, "iomt_throughput", {
         "beds": 1000, "target": {"msgs_per_s": 10000, "p99_ms": 100},
         "load_average_1m": {"before": 10.72, "after": 11.32},
@@ -51,15 +56,18 @@ def test_tables_name_machine_and_date_and_keep_only_known_keys(results):
         "| 20 | 302 | 355 | 951 | 300 | no |",
     ]) in text
     assert "\n".join([
-        "| receiver | instances/s | ratio to storescp |",
-        "|---|---|---|",
-        "| DCMTK storescp | 437 | 1.00 |",
-        "| medgate | 38 | 0.09 |",
+        "| receiver | associations | instances/s | ratio to storescp | ratio to Orthanc | flushes |",
+        "|---|---|---|---|---|---|",
+        "| DCMTK storescp | 1 | 437 | 1.00 | 4.37 | — |",
+        "| Orthanc (SyncStorageArea) | 1 | 100 | 0.23 | 1.00 | — |",
+        "| medgate | 4 | 38 | 0.09 | 0.38 | 70 |",
     ]) in text
     assert "_2-core x86_64 (AMD EPYC), host `ci`, 2026-11-22, load average 10.7 → 11.3_" in text
-    assert "Durability ceiling 0.61: the ratio of a receiver that only ran the protocol path and one flush per" \
-           " instance, one after the other. The durable write alone, no network: 0.90 ms an instance into a" \
-           " pre-written slot, 1.21 ms as a new file (temp file, fsync, rename, directory fsync)." in text
+    assert "targets: one association over orthanc ≥ 2.0; 4 associations over storescp ≥ 0.8." in text
+    assert "Durability ceiling 0.61 with 1 association(s), 0.70 with 4 association(s): the ratio of a receiver" \
+           " that only ran the protocol path and one flush per instance. The durable write alone, no network:" \
+           " 0.90 ms an instance into a pre-written slot, 1.21 ms as a new file (temp file, fsync, rename," \
+           " directory fsync)." in text
     assert "| bridge, paced at 400/s, median of 3 runs (worst p99 512.2 ms) | 399 | 60.8 | 434.0 | 0 |" in text
     assert "| `mosquitto_sub` alone (same run) | 1,482 | — | — | 0 |" in text
 
