@@ -298,10 +298,12 @@ async def retrieve_frames(study_uid: str, series_uid: str, sop_instance_uid: str
         await audit(ctx, request, "read", outcome_of(exc.status), study_uid,
                     f"frames: HTTP {exc.status}: {exc.reason[:200]}")
         return error_response(exc)
-    except OSError as exc:  # the file went away between the index and the read
-        log.warning("WADO-RS frames: %s cannot be read: %s", objects[0].path, exc)
-        await audit(ctx, request, "read", "not-found", study_uid, "frames: HTTP 404: the file is gone")
-        return error_response(DicomwebError(HTTP_NOT_FOUND, f"no DICOM object is held for {request.url.path[:200]}"))
+    except Exception as exc:  # noqa: BLE001 - gone since it was indexed, or unreadable: as if not held
+        log.warning("WADO-RS frames: %s cannot be read: %s: %s", objects[0].path, type(exc).__name__, exc)
+        await audit(ctx, request, "read", "not-found", study_uid,
+                    f"frames: HTTP 404: the file cannot be read ({type(exc).__name__})")
+        return error_response(DicomwebError(HTTP_NOT_FOUND, f"no readable DICOM object is held for "
+                                                            f"{request.url.path[:200]}"))
     await audit(ctx, request, "read", "success", study_uid,
                 f"frames {frame_list[:100]} of {sop_instance_uid} ({frames.media_type})")
     boundary = uuid.uuid4().hex

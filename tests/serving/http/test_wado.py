@@ -183,3 +183,15 @@ def test_frames_of_large_pixel_data_are_read_at_their_offset(tmp_path, bits):
         else:
             unpacked = np.unpackbits(np.frombuffer(frame, np.uint8), bitorder="little")[:rows * columns]
             assert np.array_equal(unpacked, plane.ravel())
+
+
+def test_frames_of_a_file_gone_or_broken_since_it_was_indexed_are_404(held):
+    web, held_ = held
+    ct = held_["CT_small.dcm"]
+    assert _get(web, _path(ct, "1")).status_code == 200  # indexed
+    spool = web.state_dir / "spool" / str(ct.StudyInstanceUID) / f"{ct.SOPInstanceUID}.dcm"
+    spool.write_bytes(b"not DICOM")
+    broken = _get(web, _path(ct, "1"))
+    assert broken.status_code == 404 and "readable" in broken.json()["error"]
+    spool.unlink()
+    assert _get(web, _path(ct, "1")).status_code == 404
