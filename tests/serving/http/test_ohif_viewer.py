@@ -220,7 +220,7 @@ def processed(server):
             "finding": {"value": manifest.finding.value, "scheme": manifest.finding.scheme,
                         "meaning": manifest.finding.meaning}}
     heatmap = np.zeros((1, 8, 8), np.float32)
-    heatmap[0, 3, 2] = 1.0  # the lesion's peak, upper right lung of the picture
+    heatmap[0, 3, 2] = 1.0  # the lesion's peak: the patient's right mid zone, left of the picture
     finding = finding_of(ds, {"probability": np.array([PROBABILITY], np.float32), "heatmap": heatmap}, info,
                          manifest.serving)
     store = Store(server.state_dir / "medgate.sqlite3")
