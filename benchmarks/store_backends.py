@@ -31,7 +31,7 @@ from benchmarks.report import save_figures  # noqa: E402
 from dicom_gateway.ledger import Arrival  # noqa: E402
 from iomt import vital_records  # noqa: E402
 from iomt.payload import parse_payload  # noqa: E402
-from kernel.database import open_database  # noqa: E402
+from kernel.database import database_path, open_database  # noqa: E402
 from serving.store import Store  # noqa: E402
 
 #: A bedside monitor's message (heart rate, SpO2, respiratory rate, systolic, temperature).
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     figures: dict = {"batches": args.batches, "beds": args.beds, "instances": args.instances, "backends": {}}
     with tempfile.TemporaryDirectory() as state:
-        figures["backends"]["sqlite"] = measure(Path(state) / "medgate.sqlite3", args.batches, args.beds,
+        figures["backends"]["sqlite"] = measure(database_path(state), args.batches, args.beds,
                                                 args.instances)
     with start_server(fast=False) as server:
         figures["backends"]["postgresql"] = measure(fresh_database(server), args.batches, args.beds,

@@ -22,7 +22,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
-from kernel.database import database_path
+from kernel.database import store_location
 from models.registry import ModelRegistry, semantic_version
 from serving.components import read_components
 from serving.config import Settings
@@ -146,7 +146,7 @@ def _change(settings: Settings, versions: dict, name: str, version: str, shadow:
     entry["changed"] = {"what": what, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": who}
     versions[name] = entry
     write_versions(settings.state_dir, versions)
-    log = AuditLog(database_path(settings.state_dir.resolve()))
+    log = AuditLog(store_location(settings.store.url, settings.state_dir.resolve()))
     try:
         log.record(who=who, role="operator", action=AUDIT_ACTION, resource_type="Device",
                    resource_id=device_resource(name, version)["id"], client="local", query=f"models {what}",

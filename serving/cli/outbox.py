@@ -13,6 +13,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
+from kernel.database import open_database
 from serving.config import Settings
 from serving.delivery.outbox_db import open_outbox_db
 from serving.store import Store
@@ -78,7 +79,7 @@ class _open:
         self.db: Any = None
 
     def __enter__(self):
-        self.store = Store(self.settings.db_path)
+        self.store = Store(open_database(self.settings.store_location))
         self.db = open_outbox_db(self.settings.store.url, self.store)
         return self.db
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from iomt.store import DeadLetterCounts
-from kernel.database import Database
+from kernel.database import open_database
 from serving.components import STATUS_STALE_S, read_components
 from serving.config import Settings
 from serving.delivery.outbox_db import PostgresOutboxDb
@@ -166,8 +166,9 @@ def gather(settings: Settings, url: str | None = None, token: str | None = None,
     server = _http(url or _server_url(settings), token, timeout_s)
     report: dict[str, Any] = {"time": now, "state_dir": str(state_dir), "server": server,
                               "process": _process(state_dir, now)}
-    store = (Store(Database(settings.db_path.resolve(), read_only=True))  # status never writes
-             if settings.db_path.is_file() else None)
+    location = settings.store_location  # status never writes
+    store = (Store(open_database(location if isinstance(location, str) else location.resolve(), read_only=True))
+             if isinstance(location, str) or settings.db_path.is_file() else None)
     try:
         report.update(_ledger(store) if store else {"studies": {"in_progress": 0, "by_status": {}},
                                                     "groups": {}, "dead_letters": {"total": 0, "parked": 0}})

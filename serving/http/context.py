@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernel.database import database_path
+from kernel.database import database_path, open_database, store_location
 from serving.config import AuthConfig
 from serving.delivery.outbox_db import open_outbox_db
 from serving.governance.audit import AuditLog
@@ -46,7 +46,7 @@ class WebContext:
     trusted_proxies: tuple = ()
     #: ``http.public_base_url``: the base of every absolute link the server writes (never the Host header).
     public_base_url: str | None = None
-    #: ``store.url``: the outbox backend (None: the local SQLite outbox; ``postgresql://...``).
+    #: ``store.url``: where the stores and the outbox live (None: the SQLite file; ``postgresql://...``).
     store_url: str | None = None
     _store: Any = None
     _outbox_db: Any = None
@@ -58,10 +58,15 @@ class WebContext:
     def db_path(self) -> Path:
         return database_path(self.state_dir)
 
+    @property
+    def location(self) -> str | Path:
+        """Where the stores live: ``store.url`` when it is PostgreSQL, else the SQLite file."""
+        return store_location(self.store_url, self.state_dir)
+
     def store(self):
         with self._lock:
             if self._store is None:
-                self._store = Store(self.db_path)
+                self._store = Store(open_database(self.location))
             return self._store
 
     def outbox_db(self):
@@ -81,13 +86,13 @@ class WebContext:
     def audit(self):
         with self._lock:
             if self._audit is None:
-                self._audit = AuditLog(self.db_path)
+                self._audit = AuditLog(self.location)
             return self._audit
 
     def sessions(self):
         with self._lock:
             if self._sessions is None:
-                self._sessions = SessionStore(self.db_path)
+                self._sessions = SessionStore(self.location)
             return self._sessions
 
     def still_signed_in(self, request) -> bool:

@@ -131,7 +131,7 @@ class Ingress:
         self.hl7 = Hl7Section(**(limits.get("hl7") or {}))  # ORU^R01 destinations of an upload's findings
         self._results: ResultWriter | None = None
         self._info_cache: dict[str, tuple[float, dict]] = {}
-        stow.configure(api, self.state_dir, limits.get("dicom"))
+        stow.configure(api, self.state_dir, limits.get("dicom"), limits.get("store_url"))
 
     @api.get("/healthz")
     def healthz(self) -> dict:

@@ -37,8 +37,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from dicom_gateway.config import DicomConfig
-from dicom_gateway.store import open_gateway_store
-from kernel.database import database_path
+from dicom_gateway.store import GatewayStore
+from kernel.database import open_database, store_location
 from serving.config import HttpConfig
 from serving.http import request_body
 from serving.http.related_parts import MultipartError, SpilledParts, SpillLimit, ViewReader, spill
@@ -84,9 +84,10 @@ class _RequestWarnings(logging.Filter):
 class StowReceiver:
     """The intake and the completion bookkeeping the route uses, opened on first use."""
 
-    def __init__(self, state_dir: str | Path, settings: dict[str, Any]) -> None:
+    def __init__(self, state_dir: str | Path, settings: dict[str, Any], store_url: str | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.settings = settings
+        self.store_url = store_url  # ``store.url``: PostgreSQL when set, else the SQLite file
         self._intake = None
 
     def intake(self):
@@ -94,7 +95,7 @@ class StowReceiver:
             from dicom_gateway.intake import Intake
             from dicom_gateway.routing import rules_from_config
 
-            store = open_gateway_store(database_path(self.state_dir))
+            store = GatewayStore(open_database(store_location(self.store_url, self.state_dir)))
             rules = rules_from_config(self.settings.get("routes", []))
             self._intake = Intake(store, self.state_dir / "spool", rules,
                                   group_by=self.settings.get("group_by", _DICOM.completion.group_by),
@@ -201,9 +202,9 @@ def stow_settings(settings) -> dict[str, Any]:
             "routes": [r.model_dump(exclude_none=True) for r in dicom.routes]}
 
 
-def configure(app, state_dir: str | Path, settings: dict[str, Any] | None) -> None:
+def configure(app, state_dir: str | Path, settings: dict[str, Any] | None, store_url: str | None = None) -> None:
     """Attach the receiver for :func:`store_instances` to ``app`` (the ingress FastAPI app)."""
-    app.state.stow = StowReceiver(state_dir, settings or {})
+    app.state.stow = StowReceiver(state_dir, settings or {}, store_url)
 
 
 def _refusal(status: int, reason: str) -> JSONResponse:
