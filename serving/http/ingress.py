@@ -49,6 +49,7 @@ from dicom_gateway.uids import is_uid
 from serving.components import STATUS_STALE_S, read_components
 from serving.config import AuthConfig, Hl7Section, HttpConfig
 from kernel.delivery_errors import TransientDeliveryError
+from models.reference import image_features
 from models.registry import registered
 from serving.delivery.outbox import Outbox
 from serving.fhir.report import PatientIdentity
@@ -227,7 +228,8 @@ class Ingress:
         if decoded is not None and decoded.dataset is not None and spec.results:
             role = self._role(request)
             if role in CLINICAL:
-                body["links"] = await asyncio.to_thread(self._write_results, decoded.dataset, reply, info, spec)
+                body["links"] = await asyncio.to_thread(self._write_results, decoded.dataset, reply, info, spec,
+                                                        item)
                 if "fhir" in body["links"]:
                     audit["resource_type"] = "DiagnosticReport"
                     audit["resource_id"] = body["links"]["fhir"].rsplit("/", 1)[1]
@@ -240,9 +242,11 @@ class Ingress:
                 audit["detail"] += ", results not written (role)"
         return JSONResponse(body)
 
-    def _write_results(self, ds, reply: dict, info: dict, spec) -> dict[str, str]:
-        """Write the upload's results with the one result writer (run in a worker thread)."""
-        return self._result_writer().upload(ds, finding_of(ds, reply, info, spec), info, spec)
+    def _write_results(self, ds, reply: dict, info: dict, spec, item) -> dict[str, str]:
+        """Write the upload's results with the one result writer (run in a worker thread), with the
+        model input's features for monitoring (:func:`models.reference.image_features`)."""
+        inputs = image_features(item, max(int(ds.Rows), int(ds.Columns)))
+        return self._result_writer().upload(ds, finding_of(ds, reply, info, spec), info, spec, inputs=inputs)
 
     def _result_writer(self) -> ResultWriter:
         """The result writer of uploads: the results and FHIR resources in this replica's store, the
@@ -307,7 +311,8 @@ class Ingress:
                 stats.append(await handle.stats.remote())
             except Exception:  # noqa: BLE001 - a model that is down reports nothing
                 continue
-        text = self.metrics.render(stats, await asyncio.to_thread(self._outbox_counts))
+        # the outbox counts and the monitoring figures read the stores: off the event loop
+        text = await asyncio.to_thread(lambda: self.metrics.render(stats, self._outbox_counts()))
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     def _outbox_counts(self) -> dict:

@@ -129,6 +129,7 @@ def test_dicom_upload_gives_findings_and_an_sr(app, records):
     study_uid = body["links"]["sr"].split("/")[3]
     [result] = records[0].results_of(study_uid)  # recorded as a result of the study, as the gateway's are
     assert result["kind"] == "sr" and result["summary"]["model"] == "tb"
+    assert result["summary"]["inputs"].keys() == {"mean_intensity", "intensity_std", "source_size_px"}  # monitored
     [row] = [r for r in audit_rows(records, "api clinician") if r["study_uid"] == study_uid and r["query"] == "model=tb"]
     assert (row["action"], row["outcome"], row["resource_type"]) == ("execute", "success", "DiagnosticReport")
     assert "SR and DiagnosticReport written" in row["detail"]
