@@ -1,4 +1,5 @@
-"""``GET /v1/models/{model}/shadow``: the shadow version against the current one on live traffic.
+"""``GET /v1/models/{model}/shadow``: the shadow version against the current one on live traffic
+(``GET /v1/models/shadows``: every model that runs one).
 
 Agreement of their calls, each version's positive rate and the shadow's score differences over the
 answering replica's shadow log (:meth:`serving.inference.deployments.ModelServer.shadow_report`,
@@ -23,3 +24,17 @@ async def shadow(model: str) -> JSONResponse:
     if model not in handles:
         return JSONResponse({"error": f"no model {model[:64]!r}; served: {sorted(handles)}"}, status_code=404)
     return JSONResponse(await handles[model].shadow_report.remote())
+
+
+@router.get("/v1/models/shadows")
+async def shadows() -> JSONResponse:
+    """The figures of every model that runs a shadow version, for the monitoring page."""
+    reports = []
+    for name, handle in sorted(current().models.items()):
+        try:
+            report = await handle.shadow_report.remote()
+        except Exception:  # noqa: BLE001 - a model that is down shows no shadow figures
+            continue
+        if report.get("shadow_version"):
+            reports.append({"model": name, **report})
+    return JSONResponse(reports)

@@ -10,6 +10,8 @@ Object.assign(STRINGS.en, {
   "mon.score-psi": "Score PSI", "mon.input-psi": "Input PSI", "mon.agreement": "Agreement", "mon.ppv": "PPV",
   "mon.verdicts": "verdicts", "mon.served": "served", "mon.no-reference": "no reference for this version",
   "mon.line": "line", "mon.scores": "Scores (share per bin)", "mon.since": "since",
+  "mon.shadows": "Shadow versions on live traffic", "mon.no-shadow": "No model runs a shadow version.",
+  "mon.shadow": "shadow", "mon.items": "Items compared", "mon.score-diff": "Score difference (mean, mean |d|, max |d|)",
 });
 Object.assign(STRINGS.vi, {
   "tab.monitoring": "Giám sát mô hình", "mon.alerts": "Cảnh báo", "mon.no-alerts": "Chưa vượt ngưỡng giám sát nào.",
@@ -18,6 +20,9 @@ Object.assign(STRINGS.vi, {
   "mon.score-psi": "PSI điểm", "mon.input-psi": "PSI đầu vào", "mon.agreement": "Đồng thuận", "mon.ppv": "PPV",
   "mon.verdicts": "nhận định", "mon.served": "thực tế", "mon.no-reference": "phiên bản này chưa có tham chiếu",
   "mon.line": "ngưỡng", "mon.scores": "Điểm (tỉ lệ mỗi khoảng)", "mon.since": "từ",
+  "mon.shadows": "Phiên bản chạy song song trên dữ liệu thực", "mon.no-shadow": "Không mô hình nào chạy phiên bản song song.",
+  "mon.shadow": "song song", "mon.items": "Số mẫu so sánh",
+  "mon.score-diff": "Chênh lệch điểm (trung bình, trung bình |d|, lớn nhất |d|)",
 });
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -34,6 +39,7 @@ function startMonitoring() {
   const load = async () => {
     const r = await api("/v1/models/monitoring");
     if (r.ok) { state.monitoring = await r.json(); renderMonitoring(); }
+    loadShadows();
   };
   load(); state.timer = setInterval(load, MONITOR_REFRESH_MS);
 }
@@ -115,4 +121,26 @@ function renderMonitoring() {
   $("#mon-no-alerts").hidden = m.alerts.length > 0;
   $("#mon-groups").replaceChildren(...m.groups.map((g) => groupCard(g, m.lines)));
   $("#mon-empty").hidden = m.groups.length > 0;
+}
+
+// A shadow version beside the served one (GET /v1/models/shadows, serving/inference/shadow.py):
+// agreement of their calls, each one's positive rate and the shadow's score differences.
+async function loadShadows() {
+  const r = await api("/v1/models/shadows");
+  if (!r.ok) return;
+  const reports = await r.json();
+  $("#mon-shadows").replaceChildren(...reports.map(shadowCard));
+  $("#mon-no-shadow").hidden = reports.length > 0;
+}
+
+function shadowCard(s) {
+  const rate = s.positive_rate || {};
+  const d = s.score_difference;
+  return el("article", { class: "mon-card", "data-shadow": s.model },
+    el("header", {}, el("b", { text: `${s.model} ${s.version}` }), el("span", { text: `${t("mon.shadow")} ${s.shadow_version}` })),
+    el("div", { class: "mon-figs" },
+      figure(t("mon.items"), String(s.items)),
+      figure(t("mon.agreement"), pct(s.agreement)),
+      figure(t("mon.positive"), `${pct(rate.version)} / ${pct(rate.shadow_version)}`, false, true),
+      figure(t("mon.score-diff"), d ? `${num(d.mean)}, ${num(d.mean_abs)}, ${num(d.max_abs)}` : "–", false, true)));
 }

@@ -48,3 +48,5 @@ def test_the_shadow_figures_are_served_to_every_role_and_an_unknown_model_is_404
         assert 0.0 <= figures["agreement"] <= 1.0 and set(figures["score_difference"]) == {"mean", "mean_abs", "max_abs"}
         missing = requests.get(f"{web.url}/v1/models/nodule-x/shadow", headers=auth("clinician"), timeout=10)
         assert missing.status_code == 404 and "served: ['tb']" in missing.json()["error"]
+        listed = requests.get(f"{web.url}/v1/models/shadows", headers=auth("engineer"), timeout=10).json()
+        assert [r["model"] for r in listed] == ["tb"] and listed[0]["items"] == 3  # what the monitoring page shows

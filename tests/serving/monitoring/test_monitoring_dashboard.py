@@ -84,3 +84,35 @@ def test_the_monitoring_page_shows_figures_charts_and_the_alert(web, tmp_path):
             shutil.copy(path, DOCS / "monitoring.png")
         browser.close()
     assert refused == []
+
+
+def test_the_monitoring_page_compares_a_shadow_version_with_the_served_one(tmp_path):
+    """A tb candidate deployed as a shadow: its card shows the items compared, the agreement and
+    both positive rates (GET /v1/models/shadows over the deployment's shadow log)."""
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    from serving.inference.deployments import ModelServer
+    from test_shadow_route import LocalHandle
+
+    versions = ModelRegistry().versions("tb")
+    if len(versions) < 2 or not Path(CHROMIUM).exists():
+        pytest.skip(reason=f"needs two tb versions ({versions}) and {CHROMIUM}")
+    server = ModelServer("tb", {"max_batch_size": 4})
+    server.reconfigure({"version": versions[0], "shadow_version": versions[-1]})
+    size = server.active.manifest.input_size_px
+    server.run_batch(list(np.random.default_rng(0).random((4, 1, size, size), dtype=np.float32)))
+    with WebApp(tmp_path, models={"tb": LocalHandle(server)}) as app, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(locale="en-GB")
+        page.goto(app.url + "/")
+        page.click("button[data-lang=en]")
+        page.fill("#token", TOKENS["engineer"])
+        page.click("#login button[type=submit]")
+        page.wait_for_selector("#tabs:not([hidden])")
+        page.click('#tabs a[data-tab="monitoring"]')
+        card = page.wait_for_selector('.mon-card[data-shadow="tb"]', timeout=30_000)
+        text = card.inner_text()
+        assert f"tb {versions[0]}" in text and f"shadow {versions[-1]}" in text and "Items compared" in text
+        assert "%" in text and "Score difference" in text
+        browser.close()
