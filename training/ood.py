@@ -45,6 +45,8 @@ from training.torchscript import TORCHSCRIPT_NAME, save_torchscript
 
 #: The share of in-distribution inputs the threshold may flag (set on the validation split).
 FALSE_FLAG_RATE = 0.05
+#: ``pool`` of a model folder's ``ood_features.json``: its layer averaged over the spatial axes.
+POOL_GLOBAL_AVERAGE = "global_average"
 #: Items per onnxruntime call while extracting features.
 BATCH = 64
 METHOD = ("Mahalanobis distance of the penultimate-layer features (the input of the final classifier layer, "
@@ -118,11 +120,13 @@ def _share(scores: np.ndarray, threshold: float) -> float:
 
 
 def add_feature_output(model_bytes: bytes, output: str = FEATURE_OUTPUT,
-                       tensor: str | None = None) -> tuple[bytes, str, int]:
+                       tensor: str | None = None, pool: bool = False) -> tuple[bytes, str, int]:
     """``model_bytes`` with ``tensor`` (by default the input of the classifier layer: the first input
     of the last ``Gemm``/``MatMul`` with initializer weights), flattened to ``(N, width)``, as the
     extra output ``output``; returns the new bytes, the tapped tensor's name and ``width`` (already
-    present: the model unchanged).
+    present: the model unchanged).  With ``pool`` the tensor ``(N, C, *spatial)`` is first averaged
+    over its spatial axes by one ``GlobalAveragePool`` node (``width`` = ``C``): a volume model's
+    encoder activations, one vector per patch.
 
     Raises
     ------
@@ -137,7 +141,10 @@ def add_feature_output(model_bytes: bytes, output: str = FEATURE_OUTPUT,
     nodes = {o: n for n in model.graph.node for o in n.output}
     outputs = {o.name: o for o in model.graph.output}
     if output in outputs:
-        return model_bytes, nodes[output].input[0], int(outputs[output].type.tensor_type.shape.dim[1].dim_value)
+        tapped = nodes[output].input[0]
+        pooling = nodes.get(tapped)
+        tapped = pooling.input[0] if pooling is not None and pooling.name == "ood_pool" else tapped
+        return model_bytes, tapped, int(outputs[output].type.tensor_type.shape.dim[1].dim_value)
     if tensor is None:
         weights = {i.name for i in model.graph.initializer}
         layers = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and n.input[1] in weights]
@@ -150,8 +157,11 @@ def add_feature_output(model_bytes: bytes, output: str = FEATURE_OUTPUT,
     dims = [d.dim_value for d in shapes.get(tensor, [])[1:]]
     if not dims or not all(dims):
         raise FeatureOutputError(f"tensor {tensor!r} has no static width (dims {dims}).")
-    width = int(np.prod(dims))
-    model.graph.node.append(helper.make_node("Flatten", [tensor], [output], name="ood_features", axis=1))
+    width, flattened = int(np.prod(dims)), tensor
+    if pool:
+        width, flattened = int(dims[0]), f"{tensor}_ood_pooled"
+        model.graph.node.append(helper.make_node("GlobalAveragePool", [tensor], [flattened], name="ood_pool"))
+    model.graph.node.append(helper.make_node("Flatten", [flattened], [output], name="ood_features", axis=1))
     model.graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", width]))
     onnx.checker.check_model(model)
     return model.SerializeToString(), tensor, width
@@ -209,7 +219,8 @@ def attach(manifest: ModelManifest, task, datasets: dict[str, Any], rate: float 
     the version folder (see the module docstring)."""
     folder, before = manifest.folder, manifest.path.read_bytes()
     layer = feature_layer(folder.parent) or {}
-    after, tapped, width = add_feature_output(before, tensor=layer.get("onnx_tensor"))
+    after, tapped, width = add_feature_output(before, tensor=layer.get("onnx_tensor"),
+                                              pool=layer.get("pool") == POOL_GLOBAL_AVERAGE)
     arrays = {split: split_arrays(datasets[split], manifest.input_name) for split in ("train", "val", "test")}
     compared = check_unchanged(before, after, [arrays["val"][0][i:i + BATCH]
                                                for i in range(0, len(arrays["val"][0]), BATCH)])
@@ -227,8 +238,18 @@ def attach(manifest: ModelManifest, task, datasets: dict[str, Any], rate: float 
                        "score_quantiles": _quantiles(test_scores)}}
     statistic = FeatureStatistic(statistic.means, statistic.whitening, statistic.threshold, rate,
                                  statistic.classes, statistic.unit, raw=raw)
-    traced = retrace_with_features(manifest, task, arrays["val"][0][:BATCH], after, layer.get("module"))
-    _write(folder / manifest.path.name, after)
+    return install(manifest, task, statistic, after, width, arrays["val"][0][:BATCH], layer)
+
+
+def install(manifest: ModelManifest, task, statistic: FeatureStatistic, tapped_onnx: bytes, width: int,
+            trace_batch: np.ndarray, layer: dict[str, str]) -> FeatureStatistic:
+    """Write a fitted ``statistic`` into ``manifest``'s version folder: the TorchScript export traced
+    again (checked on ``trace_batch``), the tapped ONNX file, ``ood.json`` + ``ood.npz``, and the
+    new hashes, ``features`` output and ``ood`` summary in ``metadata.json``."""
+    folder, raw = manifest.folder, statistic.raw
+    traced = retrace_with_features(manifest, task, trace_batch, tapped_onnx, layer.get("module"),
+                                   layer.get("pool") == POOL_GLOBAL_AVERAGE)
+    _write(folder / manifest.path.name, tapped_onnx)
     if traced is not None:
         raw["outputs_unchanged"]["torchscript_items_compared"] = traced
     write_statistic(folder, statistic)
@@ -238,10 +259,11 @@ def attach(manifest: ModelManifest, task, datasets: dict[str, Any], rate: float 
         metadata["torchscript_sha256"] = file_sha256(folder / TORCHSCRIPT_NAME)
     metadata["network_data_format"]["outputs"][FEATURE_OUTPUT] = {
         "type": "features", "shape": [None, width], "dtype": "float32",
-        "meaning": f"features of ONNX tensor {tapped} ({raw['feature_layer']}), scored by {OOD_FILE} for "
-                   f"inputs outside the training distribution"}
-    metadata["ood"] = {"file": OOD_FILE, "arrays": OOD_ARRAYS, "statistic": CLASS_MAHALANOBIS, "false_flag_rate": rate,
-                       "threshold": round(statistic.threshold, 4), "heldout_flagged": raw["heldout"]["flagged"]}
+        "meaning": f"features of ONNX tensor {raw['feature_tensor']} ({raw['feature_layer']}), scored by "
+                   f"{OOD_FILE} for inputs outside the training distribution"}
+    metadata["ood"] = {"file": OOD_FILE, "arrays": OOD_ARRAYS, "statistic": CLASS_MAHALANOBIS,
+                       "false_flag_rate": statistic.false_flag_rate, "threshold": round(statistic.threshold, 4),
+                       "heldout_flagged": raw["heldout"]["flagged"]}
     _write(folder / METADATA_NAME, (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode())
     return statistic
 
@@ -251,12 +273,13 @@ class _FeatureTap(nn.Module):
     gives: the output of submodule ``layer`` flattened, or by default the input of the last
     ``nn.Linear`` (the classifier); for the TorchScript export."""
 
-    def __init__(self, module: nn.Module, layer: str | None = None) -> None:
+    def __init__(self, module: nn.Module, layer: str | None = None, pool: bool = False) -> None:
         super().__init__()
         self.module = module
         self._seen: list[torch.Tensor] = []
         if layer is not None:
-            module.get_submodule(layer).register_forward_hook(lambda _m, _i, out: self._seen.append(out.flatten(1)))
+            tap = (lambda out: out.flatten(2).mean(dim=2)) if pool else (lambda out: out.flatten(1))
+            module.get_submodule(layer).register_forward_hook(lambda _m, _i, out: self._seen.append(tap(out)))
             return
         layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
         if not layers:
@@ -270,9 +293,10 @@ class _FeatureTap(nn.Module):
 
 
 def retrace_with_features(manifest: ModelManifest, task, batch: np.ndarray, tapped_onnx: bytes,
-                          layer: str | None = None) -> int | None:
+                          layer: str | None = None, pool: bool = False) -> int | None:
     """Trace the version's TorchScript export again from its weights (``model.pt``) with the
-    ``features`` output last (of submodule ``layer``, by default the classifier's input), so the
+    ``features`` output last (of submodule ``layer``, averaged over its spatial axes with ``pool``,
+    by default the classifier's input), so the
     torch engine gives what ``tapped_onnx`` gives; the existing outputs are checked bit-identical to
     the current file's on ``batch``.  Returns the number of items compared, or None when the
     version has no TorchScript export or no weights.
@@ -296,7 +320,7 @@ def retrace_with_features(manifest: ModelManifest, task, batch: np.ndarray, tapp
     if temperature is not None:
         config = {**config, "calibration": {**config.get("calibration", {}), "temperature": float(temperature)}}
     spec = task.export_spec(network, config)
-    spec = replace(spec, module=_FeatureTap(spec.module, layer), output_names=[*spec.output_names, FEATURE_OUTPUT])
+    spec = replace(spec, module=_FeatureTap(spec.module, layer, pool), output_names=[*spec.output_names, FEATURE_OUTPUT])
     partial = path.with_name(f".{path.name}.partial")
     save_torchscript(spec, partial)
     new = torch.jit.load(str(partial), map_location="cpu").eval()

@@ -61,7 +61,7 @@ from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
 from dicom_gateway.sr import largest_plane
 from kernel.correlation import bound
-from models.finding import Concept, Finding
+from models.finding import Concept, Finding, OutOfDistribution
 from models.reference import image_features, volume_features
 from models.registry import registered
 from models.spec import InputKind, ServingSpec
@@ -280,8 +280,9 @@ class ImagingPipeline:
     def _volume_findings(series: list, reply: dict, info: dict) -> list[Finding]:
         labels = np.asarray(reply.get("mask")) if reply.get("mask") is not None else None
         images = [source_image(ds) for ds in series]
+        ood = OutOfDistribution.from_dict(reply["ood"]) if reply.get("ood") is not None else None  # the volume's
         common = dict(model=info["name"], model_version=info["version"], code=Concept(**info["finding"]),
-                      threshold=info["threshold"], source=images[0], other_sources=tuple(images[1:]))
+                      threshold=info["threshold"], source=images[0], other_sources=tuple(images[1:]), ood=ood)
         findings = []
         for n, candidate in enumerate(reply.get("candidates", []), start=1):
             label = int(candidate.get("label", n))

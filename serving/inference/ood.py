@@ -2,6 +2,9 @@
 training-data statistic (``ood.json``, :mod:`models.ood`) gets ``"ood": {"score", "threshold",
 "outside"}``, computed from the engine's ``features`` output, which is then dropped from the reply.
 
+A volume model's reply gets one verdict per volume from the patches its sliding window ran
+(:meth:`OodGuard.volume_verdict`).
+
 The imaging pipeline and the HTTP uploads turn it into :attr:`models.finding.Finding.ood`; an input
 outside the distribution makes no positive call (:attr:`models.finding.Finding.positive`).
 
@@ -62,3 +65,15 @@ class OodGuard:
             return None
         scores = self.statistic.scores(np.asarray(features).reshape(len(features), -1))
         return [self.statistic.verdict(s) for s in scores]
+
+    def volume_verdict(self, features: list[np.ndarray] | None) -> dict[str, Any] | None:
+        """The verdict of one volume from the ``features`` of the patches run on it (one array per
+        engine call; None where the engine gives no features): its score is the largest patch
+        score (``aggregate`` of the statistic, :mod:`training.ood_volume`), infinite when no patch
+        was run (no search region found: nothing like the training volumes)."""
+        if features is None:
+            return None
+        rows = [np.asarray(f).reshape(len(f), -1) for f in features if len(f)]
+        if not rows:
+            return self.statistic.verdict(float("inf"))
+        return self.statistic.verdict(float(self.statistic.scores(np.concatenate(rows)).max()))

@@ -60,22 +60,38 @@ class StackRunner:
 class VolumeRunner:
     """Whole volumes (``{"volume": (Z,Y,X) HU, "spacing_mm": ...}``), one at a time: the model package's
     ``serve_volume`` does sliding-window inference with the engine running batches of fixed-size
-    patches, then post-processing (shared with training evaluation)."""
+    patches, then post-processing (shared with training evaluation).  A version with an
+    out-of-distribution statistic has the features of the patches run scored, and its reply gets
+    one ``ood`` verdict for the volume (:meth:`serving.inference.ood.OodGuard.volume_verdict`)."""
 
     def __init__(self, engine: Engine, manifest: ModelManifest, serve_volume: Callable[..., dict]) -> None:
         self.engine, self.manifest, self.serve_volume = engine, manifest, serve_volume
         self.input_name, self.output_name = engine.input_names[0], engine.output_names[0]
         self.max_batch = engine.buckets[-1] if getattr(engine, "device", "cpu") == "cuda" else None
+        self.ood = OodGuard.of(manifest, list(engine.output_names))
+        self._features: list[np.ndarray] | None = None
 
     def _run_patches(self, patches: np.ndarray) -> np.ndarray:
         patches = patches.astype(np.float32, copy=False)
         step = self.max_batch or len(patches)
-        return np.concatenate([self.engine.run({self.input_name: patches[i:i + step]})[self.output_name]
-                               for i in range(0, len(patches), step)])
+        outputs = [self.engine.run({self.input_name: patches[i:i + step]}) for i in range(0, len(patches), step)]
+        if self._features is not None:
+            self._features.extend(out[self.ood.output] for out in outputs)
+        return np.concatenate([out[self.output_name] for out in outputs])
+
+    def _serve(self, item: dict[str, Any]) -> dict[str, Any]:
+        guarded = self.ood is not None and self.ood.available
+        self._features = [] if guarded else None
+        try:
+            reply = self.serve_volume(self._run_patches, item["volume"], item.get("spacing_mm"), self.manifest.raw)
+            if self.ood is not None:
+                reply["ood"] = self.ood.volume_verdict(self._features)
+        finally:
+            self._features = None
+        return reply
 
     def run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self.serve_volume(self._run_patches, item["volume"], item.get("spacing_mm"), self.manifest.raw)
-                for item in items]
+        return [self._serve(item) for item in items]
 
 
 def make_runner(engine: Engine, manifest: ModelManifest) -> StackRunner | VolumeRunner:
