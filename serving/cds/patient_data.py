@@ -116,7 +116,7 @@ def _risk(resource: dict) -> Risk | None:
     if not isinstance(probability, (int, float)):
         return None
     method = _METHOD.search((resource.get("method") or {}).get("text", ""))
-    model, version = (method[1], method[2]) if method else ("vitals", "?")
+    model, version = (method[1], method[2]) if method else ("unnamed model", "?")  # method text not ours
     return Risk(float(probability), resource.get("occurrenceDateTime"), model, version)
 
 
