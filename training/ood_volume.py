@@ -40,7 +40,7 @@ AGGREGATE = "max"
 #: The one class of the statistic: patches of generated chest CTs.
 CLASSES = ("chest_ct",)
 #: Generated volumes per split (seed streams 1, 2, 3 of training.tasks.nodule: train, val, test).
-VOLUMES = {"train": 96, "val": 80, "test": 80}
+VOLUMES = {"train": 96, "val": 160, "test": 120}
 SPLITS = {"train": 1, "val": 2, "test": 3}
 #: Patches compared bit for bit between the ONNX file before and after the tap.
 COMPARED_PATCHES = 16
