@@ -17,8 +17,10 @@ so that directions the training set barely spans stay finite.  ``threshold`` is 
 it is *outside the model's training distribution*, and its positive call is withheld
 (:attr:`models.finding.Finding.positive`).
 
-``unit`` says what one score is about: ``image`` for the image classifiers; ``patch`` is kept for
-a volume model scored patch by patch (no shipped volume model carries a statistic yet).
+``unit`` says what one score is about: ``image`` for the image classifiers; ``patch`` for a volume
+model scored patch by patch (nodule 1.0.0: each patch the sliding window runs inside the lung
+search region; the volume's score is the largest patch score, ``aggregate: "max"`` in its
+``ood.json``, and a volume where no patch runs is outside).
 
 Layout of ``ood.json`` (the keys read here; training adds how it was computed: ``method``, ``fit``,
 ``calibration``, ``heldout`` ...)::
