@@ -1,6 +1,7 @@
 """Shared fixtures: real peers (DCMTK, Mosquitto) started on free loopback ports, stopped by pid."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -8,6 +9,20 @@ import pytest
 
 from peers import DCMTK_ENV, free_port, require_peer, stop_process, wait_for_port
 from postgres import Unavailable, fresh_database, start_server
+
+
+@pytest.fixture(autouse=True)
+def _ray_auth_mode_left_as_it_was():
+    """A ``medgate`` command run in-process sets ``RAY_AUTH_MODE`` (serving.cli.main.fix_ray_auth_mode).
+    Left set, a Ray started later in this process hands it to its GCS while the driver keeps the mode
+    Ray read at import: the GCS asks for a token the driver does not send, and every later Ray test
+    fails to start ("InvalidAuthToken").  Each test leaves the variable as it found it."""
+    before = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if before is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
 
 
 @pytest.fixture
