@@ -68,8 +68,9 @@ class DicomStorage(Section):
     # new file's journal commits; see dicom_gateway/slots.py); 0 writes each instance as a new file
     slot_pool_bytes: int = Field(256 * 1024**2, ge=0)
     # instances committed at the same moment on several associations share one flush (syncfs of the
-    # spool's file system; see dicom_gateway/group_flush.py); best with the spool on its own file system
-    group_commit: bool = True
+    # spool's file system; see dicom_gateway/group_flush.py). Off: on the 2-core VM four associations
+    # ran 454-578 instances/s slower with it on (docs/dicom-gateway.md); for disks whose flush is dear
+    group_commit: bool = False
 
 
 class DicomRoute(Section):
