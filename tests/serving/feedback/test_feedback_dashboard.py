@@ -10,7 +10,7 @@ import pytest
 from clinical_data import FLAG_ID, fill
 from serving.feedback.store import FeedbackStore
 from serving.store import Store
-from web_app import TOKENS, WebApp
+from web_app import WebApp, sign_in
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -43,11 +43,7 @@ def page(web):
         page = context.new_page()
         refused = []
         page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
-        page.goto(app.url + "/")
-        page.click("button[data-lang=en]")
-        page.fill("#token", TOKENS["clinician"])
-        page.click("#login button[type=submit]")
-        page.wait_for_selector("#tabs:not([hidden])")
+        sign_in(page, app.url, "clinician")
         yield page
         browser.close()
         assert refused == []

@@ -50,3 +50,12 @@ class WebApp:
 
 def auth(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+def sign_in(page, url: str, role: str) -> None:
+    """In the dashboard at ``url``: English, ``role``'s token, wait for the tabs (Playwright ``page``)."""
+    page.goto(url + "/")
+    page.click("button[data-lang=en]")
+    page.fill("#token", TOKENS[role])
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#tabs:not([hidden])")

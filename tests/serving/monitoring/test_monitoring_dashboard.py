@@ -18,7 +18,7 @@ from serving.feedback.store import FeedbackStore
 from serving.monitoring import api, service
 from serving.store import Store
 from served import add_results, add_verdicts
-from web_app import TOKENS, WebApp
+from web_app import WebApp, sign_in
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -63,11 +63,7 @@ def test_the_monitoring_page_shows_figures_charts_and_the_alert(web, tmp_path):
         page = context.new_page()
         refused = []
         page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
-        page.goto(web.url + "/")
-        page.click("button[data-lang=en]")
-        page.fill("#token", TOKENS["engineer"])
-        page.click("#login button[type=submit]")
-        page.wait_for_selector("#tabs:not([hidden])")
+        sign_in(page, web.url, "engineer")
         page.click('#tabs a[data-tab="monitoring"]')
         shifted = page.wait_for_selector('.mon-card.alerted[data-group="tb/1.1.0/CXR_WARD_B"]', timeout=30_000)
         assert "Score PSI" in shifted.inner_text() and "45.0% (20 verdicts)" in shifted.inner_text()
@@ -105,11 +101,7 @@ def test_the_monitoring_page_compares_a_shadow_version_with_the_served_one(tmp_p
     with WebApp(tmp_path, models={"tb": LocalHandle(server)}) as app, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(locale="en-GB")
-        page.goto(app.url + "/")
-        page.click("button[data-lang=en]")
-        page.fill("#token", TOKENS["engineer"])
-        page.click("#login button[type=submit]")
-        page.wait_for_selector("#tabs:not([hidden])")
+        sign_in(page, app.url, "engineer")
         page.click('#tabs a[data-tab="monitoring"]')
         card = page.wait_for_selector('.mon-card[data-shadow="tb"]', timeout=30_000)
         text = card.inner_text()
