@@ -293,10 +293,3 @@ class PostgresDatabase(Database):
         asynchronous commit before it."""
         with self._lock, self._db.transaction():
             self._db.execute("SELECT txid_current()")
-
-    def close(self) -> None:
-        with self._lock:
-            for callback in self._closing:
-                callback()
-            self._closing.clear()
-            self._db.close()

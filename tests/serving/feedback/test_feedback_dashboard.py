@@ -3,27 +3,18 @@ a clinician reviews a finding on the worklist (disagree, wrong location) and mar
 not helpful; both are stored, and the page runs under the strict Content-Security-Policy."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from clinical_data import FLAG_ID, fill
 from serving.feedback.store import FeedbackStore
 from serving.store import Store
-from web_app import WebApp, sign_in
+from web_app import CHROMIUM, CHROMIUM_ARGS, WebApp, require_browser, sign_in
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip(reason="playwright is not installed (pip install playwright; the dev extra has it)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(reason=f"{CHROMIUM} not found (Debian package chromium; `make peers` installs it as root)")
+    require_browser()
     root = tmp_path_factory.mktemp("feedback-dashboard")
     store = Store(root / "medgate.sqlite3")
     data = fill(store)

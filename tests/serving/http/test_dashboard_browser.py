@@ -24,9 +24,8 @@ from server_process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset
 from training.synthetic.vitals import vitals_course
+from web_app import CHROMIUM, CHROMIUM_ARGS, require_browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TOKENS = {"clinician": "dashboard-clinician-token-0123", "admin": "dashboard-admin-token-01234567",
           "engineer": "dashboard-engineer-token-01234"}
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -36,12 +35,7 @@ RED = "rgb(198, 40, 40)"  # --high in style.css
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip(reason="playwright is not installed (pip install playwright; the dev extra has it)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(reason=f"{CHROMIUM} not found (Debian package chromium; `make peers` installs it as root)")
+    require_browser()
     if find_peer("storescu") is None:
         pytest.skip(reason="storescu not installed (Debian package dcmtk)")
     root = tmp_path_factory.mktemp("dashboard")

@@ -51,15 +51,13 @@ from serving.store import Store
 from test_dicomweb import _client, _part10, server  # noqa: F401 - the fixture
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset
-from web_app import auth
+from web_app import CHROMIUM, CHROMIUM_ARGS, auth
 
 #: The published OHIF build, pinned with its npm integrity (``npm view @ohif/app@3.13.2 dist.integrity``).
 OHIF_VERSION = "3.13.2"
 OHIF_INTEGRITY = ("sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==")
 OHIF_FOLDER = Path(__file__).with_name("ohif")
 NPM_PACK_TIMEOUT_S = 300
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 DOC_SCREENSHOT = "ohif-viewer.png"
 PATIENT_ID, PATIENT_NAME, ACCESSION = "079300000023", "Tran^Thi Mai", "ACC-OHIF-1"

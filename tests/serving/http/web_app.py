@@ -5,6 +5,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -13,6 +14,10 @@ from serving.http import context as web_context
 from serving.http.auth import digest
 from serving.http.forwarded import UVICORN_TRUST_NONE
 from serving.http.routes import install_routes
+
+#: The browser of the dashboard tests (Debian package chromium) and how it is started.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 TOKENS = {"clinician": "clinician-token-0123456789", "engineer": "engineer-token-0123456789",
           "admin": "admin-token-0123456789abcd"}
@@ -59,3 +64,13 @@ def sign_in(page, url: str, role: str) -> None:
     page.fill("#token", TOKENS[role])
     page.click("#login button[type=submit]")
     page.wait_for_selector("#tabs:not([hidden])")
+
+
+def require_browser() -> None:
+    """Skip, saying why, where Playwright or Chromium is missing."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip(reason="playwright is not installed (pip install playwright; the dev extra has it)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(reason=f"{CHROMIUM} not found (Debian package chromium; `make peers` installs it as root)")

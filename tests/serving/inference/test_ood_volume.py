@@ -20,6 +20,7 @@ from serving.fhir.report import PatientIdentity, build_report_resources
 from serving.imaging.pipeline import ImagingPipeline
 from serving.inference.deployments import ModelServer
 from training.synthetic.ct import generate_ct
+from test_ood_results import _codes, _texts  # the SR walkers of the image models' test
 
 #: The calibration volumes' grid (models/nodule/<version>/metadata.json training.config.data).
 SHAPE_VOX, SPACING_MM = (64, 96, 96), (1.25, 0.7, 0.7)
@@ -108,18 +109,3 @@ def test_a_flagged_volume_makes_no_call_in_the_sr_and_the_fhir_observation():
     _report, observation, _device = build_report_resources(findings, series[0], PatientIdentity())
     Observation.model_validate(observation)
     assert "valueCodeableConcept" not in observation
-
-
-def _codes(item) -> list[str]:
-    out = [c.CodeValue for c in item.get("ConceptCodeSequence", [])]
-    for child in item.get("ContentSequence", []):
-        out += _codes(child)
-    return out
-
-
-def _texts(sr) -> list[str]:
-    def walk(item):
-        yield from ([item.TextValue] if "TextValue" in item else [])
-        for child in item.get("ContentSequence", []):
-            yield from walk(child)
-    return [t for item in sr.ContentSequence for t in walk(item)]

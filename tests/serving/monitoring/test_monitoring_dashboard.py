@@ -18,10 +18,8 @@ from serving.feedback.store import FeedbackStore
 from serving.monitoring import api, service
 from serving.store import Store
 from served import add_results, add_verdicts
-from web_app import WebApp, sign_in
+from web_app import CHROMIUM, CHROMIUM_ARGS, WebApp, require_browser, sign_in
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
@@ -31,12 +29,7 @@ def reference(name: str, version: str) -> ModelReference:
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip(reason="playwright is not installed (pip install playwright; the dev extra has it)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(reason=f"{CHROMIUM} not found (Debian package chromium; `make peers` installs it as root)")
+    require_browser()
     root = tmp_path_factory.mktemp("monitoring-dashboard")
     store = Store(root / "medgate.sqlite3")
     tb = reference("tb", "1.1.0")
