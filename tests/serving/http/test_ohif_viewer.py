@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import itertools
 import json
 import mimetypes
 import os
@@ -295,19 +296,20 @@ def _wait_for_drawn_text(page, text: str) -> None:
     """Wait for ``text`` drawn on the viewport.  OHIF 3.13 draws an SR's measurements on the
     viewport's next render; when they are added after its last one (a race in the viewer, about
     one run in three on our 2-core machine) they appear only when something renders it again, as a
-    user's resizing the window does.  So between waits the window is made one pixel wider or
-    narrower, as a user would nudge it."""
+    user's resizing the window does.  So between waits the window is made one pixel wider, then
+    back, as a user would nudge it; it ends at :data:`VIEWPORT` for the screenshot."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
-    width = VIEWPORT["width"]
-    while True:
+    for width in itertools.cycle((VIEWPORT["width"] + 1, VIEWPORT["width"])):
         try:
             page.get_by_text(text).first.wait_for(timeout=REDRAW_WAIT_MS)
-            return
-        except Exception:
+            break
+        except PlaywrightTimeout:
             if time.monotonic() > deadline:
                 raise
-        width = VIEWPORT["width"] + (width == VIEWPORT["width"])
         page.set_viewport_size({**VIEWPORT, "width": width})
+    page.set_viewport_size(VIEWPORT)
 
 
 def test_ohif_finds_the_study_shows_its_image_and_lists_its_results(page, processed, tmp_path):
