@@ -88,6 +88,11 @@ class Database:
     dialect = "sqlite"
     #: The errors a statement of this backend raises (``except database.errors``).
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    #: The database's clock as an SQL expression (Unix seconds, a float).  Leases held by several
+    #: nodes are dated by this one clock, never by a node's own, so a node whose clock is skewed
+    #: neither steals a lease early nor keeps one late (:mod:`kernel.cluster`).  SQLite's is the
+    #: process's clock (one machine); PostgreSQL's is the server's.
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False) -> None:
         self.read_only = read_only
@@ -178,6 +183,10 @@ class Database:
             finally:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")
+
+    def now(self) -> float:
+        """The database's clock (:attr:`now_sql`), Unix seconds."""
+        return float(self.rows(f"SELECT {self.now_sql}")[0][0])
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (holding the writer lock) when the database is closed, before the

@@ -194,6 +194,8 @@ class PostgresDatabase(Database):
     methods as the SQLite :class:`kernel.database.Database`."""
 
     dialect = "postgresql"
+    #: The server's clock, not the transaction's start (PostgreSQL 15 docs 9.9.5).
+    now_sql = "extract(epoch from clock_timestamp())::double precision"
 
     def __init__(self, url: str, *, read_only: bool = False, connect_timeout_s: int = 10) -> None:
         if not isinstance(url, str) or not url.startswith(POSTGRES_SCHEMES):
