@@ -19,6 +19,7 @@ PACKAGES = ("kernel", "models", "dicom_gateway", "iomt", "serving", "training", 
 #: translation), its checkpointer and the schema migrations, and the stores.
 STORE_MODULES = {
     "kernel/database.py", "kernel/wal_checkpoint.py", "kernel/database_pg.py", "kernel/migrations.py",
+    "kernel/cluster.py",
     "dicom_gateway/store.py", "iomt/store.py", "serving/store.py",
     "serving/delivery/outbox_db.py", "serving/governance/audit.py", "serving/http/sessions.py",
     "serving/feedback/store.py",
