@@ -27,6 +27,13 @@ a table's implicit ``rowid``                   a trailing ``rowid`` identity col
 the commit survives a crash of the server process but not of its machine until the WAL writer
 flushes it (at most 3 × ``wal_writer_delay``), as SQLite's ``synchronous=NORMAL``.
 
+**A lost connection is re-opened by the next call, never retried by the one that found it.**  When
+the server restarts, or a backend is terminated, the call that finds the connection broken raises
+its :class:`psycopg.OperationalError` (one of :attr:`PostgresDatabase.errors`): a write inside it may or
+may not have committed, and only the caller can tell whether to do it again.  The next call opens a
+new connection (waiting at most ``connect_timeout_s``, the session settings, such as read-only,
+applied again); until the server answers each call fails fast with the connection error.
+
 psycopg is imported when a PostgreSQL database is opened, never by SQLite users.
 """
 from __future__ import annotations
@@ -207,9 +214,34 @@ class PostgresDatabase(Database):
         self._closing: list[Callable[[], None]] = []
         self._keys: dict[str, tuple[list[str], list[str]]] = {}
         self.errors = (psycopg.Error,)
-        self._db = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=connect_timeout_s)
-        if read_only:
-            self._db.execute("SET default_transaction_read_only = on")
+        self.connect_timeout_s = connect_timeout_s
+        self._closed = False  # by close(): never re-opened
+        self._db = self._connect()
+
+    def _connect(self):
+        """A new connection to :attr:`url`, with this database's session settings."""
+        import psycopg
+
+        conn = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
+                               connect_timeout=self.connect_timeout_s)
+        try:
+            if self.read_only:
+                conn.execute("SET default_transaction_read_only = on")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _live(self):
+        """The connection, re-opened first when the last call found it broken or closed (the
+        module docstring); hold :attr:`writer_lock`."""
+        if (self._db.broken or self._db.closed) and not self._closed:
+            try:
+                self._db.close()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self._db = self._connect()
+        return self._db
 
     # -- for owner stores ----------------------------------------------------------------------
     def create(self, schema: str, added_columns: dict[str, Sequence[tuple[str, str]]] | None = None) -> None:
@@ -230,8 +262,8 @@ class PostgresDatabase(Database):
     def execute_script(self, script: str) -> None:
         """Run ``script`` as written, PostgreSQL's own SQL (a plpgsql function, a trigger), in one
         transaction; for the owner stores' schemas alone."""
-        with self.transaction():
-            self._db.execute(script)
+        with self.transaction() as db:
+            db._conn.execute(script)
 
     def columns(self, table: str) -> list[str]:
         return self.table_keys(table)[0]
@@ -240,10 +272,11 @@ class PostgresDatabase(Database):
         """``(columns, primary key columns)`` of ``table`` in the current schema (information_schema)."""
         if table not in self._keys:
             with self._lock:
-                columns = [r[0] for r in self._db.execute(
+                conn = self._live()
+                columns = [r[0] for r in conn.execute(
                     "SELECT column_name FROM information_schema.columns WHERE table_schema=current_schema()"
                     " AND table_name=%s ORDER BY ordinal_position", (table,)).fetchall()]
-                key = [r[0] for r in self._db.execute(
+                key = [r[0] for r in conn.execute(
                     "SELECT k.column_name FROM information_schema.table_constraints c JOIN"
                     " information_schema.key_column_usage k USING (constraint_schema, constraint_name)"
                     " WHERE c.table_schema=current_schema() AND c.table_name=%s AND"
@@ -255,35 +288,42 @@ class PostgresDatabase(Database):
 
     def has_table(self, name: str) -> bool:
         with self._lock:
-            return bool(self._db.execute("SELECT 1 FROM information_schema.tables WHERE"
+            return bool(self._live().execute("SELECT 1 FROM information_schema.tables WHERE"
                                          " table_schema=current_schema() AND table_name=%s", (name,)).fetchall())
 
     def has_index(self, name: str) -> bool:
         with self._lock:
-            return bool(self._db.execute("SELECT 1 FROM pg_indexes WHERE schemaname=current_schema()"
+            return bool(self._live().execute("SELECT 1 FROM pg_indexes WHERE schemaname=current_schema()"
                                          " AND indexname=%s", (name,)).fetchall())
 
     def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         sql, params = translate(sql, params, self.table_keys)
         with self._lock:
-            return self._db.execute(sql, params or None).fetchall()
+            return self._live().execute(sql, params or None).fetchall()
 
     def tuples(self, sql: str, params: Sequence[Any] | dict[str, Any], make: Callable[[tuple], Any]) -> list[Any]:
         sql, params = translate(sql, params, self.table_keys)
         with self._lock:
-            cursor = self._db.cursor(row_factory=lambda _cursor: tuple)
+            cursor = self._live().cursor(row_factory=lambda _cursor: tuple)
             return list(map(make, cursor.execute(sql, params or None).fetchall()))
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[_Connection]:
-        with self._lock, self._db.transaction():
-            if not durable:
-                self._db.execute("SET LOCAL synchronous_commit = off")
-            yield _Connection(self._db, self)
+        with self._lock:
+            conn = self._live()
+            with conn.transaction():
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                yield _Connection(conn, self)
 
     @property
     def location(self) -> str:
         return self.url
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            super().close()
 
     # -- for whoever wires the process ---------------------------------------------------------
     def defer_checkpoints(self) -> None:
@@ -293,5 +333,7 @@ class PostgresDatabase(Database):
         """Wait until every transaction committed so far is on the disk: a durable commit of an
         empty transaction flushes the WAL up to it (PostgreSQL 15 docs 30.3), and so every
         asynchronous commit before it."""
-        with self._lock, self._db.transaction():
-            self._db.execute("SELECT txid_current()")
+        with self._lock:
+            conn = self._live()
+            with conn.transaction():
+                conn.execute("SELECT txid_current()")
