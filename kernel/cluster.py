@@ -143,10 +143,12 @@ class ClusterStore:
         migrate(database, "cluster", MIGRATIONS)
         now = database.now_sql
         self._join_sql = (
-            f"INSERT INTO cluster_nodes({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, {now}, {now})"
+            # one reading of the clock (SQLite needs the WHERE before an UPSERT's ON CONFLICT)
+            f"INSERT INTO cluster_nodes({_NODE_COLUMNS}) SELECT ?, ?, ?, ?, clock.t, clock.t"
+            f" FROM (SELECT {now} AS t) AS clock WHERE true"
             " ON CONFLICT(node_id) DO UPDATE SET host=excluded.host, pid=excluded.pid, roles=excluded.roles,"
             " started_at=excluded.started_at, heartbeat_at=excluded.heartbeat_at"
-            f" WHERE cluster_nodes.heartbeat_at < {now} - ?"
+            " WHERE cluster_nodes.heartbeat_at < excluded.heartbeat_at - ?"
             " OR (cluster_nodes.host = excluded.host AND cluster_nodes.pid = excluded.pid)"
             f" RETURNING {_NODE_COLUMNS}")
         self._holder_age_sql = f"SELECT host, pid, {now} - heartbeat_at FROM cluster_nodes WHERE node_id=?"

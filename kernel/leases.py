@@ -6,9 +6,18 @@ and leaves at :meth:`~Membership.stop`.  While the database is unreachable it lo
 
 :class:`LeaseKeeper` holds a fair share of a list of lease names (say, one per ward whose vitals
 bridge must run on exactly one node): every ``ttl_s / 3`` it renews the leases it holds and takes
-free or expired ones until it holds ``ceil(len(names) / live nodes)``; a node that joins later gets
-its share as the others shed their surplus, one lease a round.  The callbacks ``on_acquired(name)``
-and ``on_lost(name)`` start and stop the work a lease guards.
+free or expired ones until it holds ``ceil(len(names) / live nodes)`` (the live nodes with the
+keeper's ``role``, when it names one).  The callbacks ``on_acquired(name)`` and ``on_lost(name)``
+start and stop the work a lease guards.
+
+**No name is left without a holder.**  The share counts nodes, not keepers: a live node that runs
+no keeper for these names (not started yet, or its keeper failed) would leave its share free.  So a
+name seen free for :data:`STARVED_ROUNDS` rounds in a row is taken beyond the share.  The other way,
+a keeper above its share (a node joined) sheds one lease a round while every name is held, and
+waits until the one it shed is taken by another before shedding the next; when nobody takes it
+within :data:`STARVED_ROUNDS` rounds it takes it back and stops shedding for
+:data:`SHED_RETRY_ROUNDS` rounds or until the live nodes change, so the lease does not go back and
+forth.
 
 **A lease is lost by the keeper's own clock first.**  The database dates a renewed lease
 ``ttl_s`` after the renewal ran; the keeper counts the same ``ttl_s`` on its monotonic clock from
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -37,6 +47,12 @@ from typing import Any, Callable, Sequence
 from kernel.cluster import ClusterStore, Node, check_node_id, check_ttl
 
 log = logging.getLogger("medgate.cluster")
+
+#: Rounds a name must be seen free, in a row, before a keeper takes it beyond its share; also how
+#: long a shed lease may stay free before the keeper that shed it takes it back.
+STARVED_ROUNDS = 3
+#: Rounds a keeper whose shed lease nobody took waits before shedding again (the live nodes unchanged).
+SHED_RETRY_ROUNDS = 30
 
 
 def _interval(ttl_s: float, interval_s: float | None) -> float:
@@ -149,7 +165,8 @@ class Membership:
 
     def stop(self, *, leave: bool = True) -> None:
         """Stop heartbeating and leave the cluster, releasing every lease this node holds
-        (``leave=False`` lets the heartbeat lapse instead, as a node that died would)."""
+        (``leave=False`` lets the heartbeat lapse instead, as a node that died would).  Stop the
+        node's :class:`LeaseKeeper` first: leaving takes its leases from under it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -168,14 +185,15 @@ class LeaseKeeper:
     """Holds ``holder``'s fair share of the leases ``names`` in ``cluster`` (see the module docstring).
 
     ``holder`` is the node id (so that :meth:`kernel.cluster.ClusterStore.leave` releases its
-    leases); the live nodes counted for the fair share are those heartbeated within ``ttl_s``.
-    ``interval_s``: the round, ``ttl_s / 3`` by default.  ``rebalance``: shed one lease a round
-    while holding more than the share.
+    leases); the live nodes counted for the fair share are those heartbeated within ``ttl_s``,
+    with ``role`` among their roles when it is given (the nodes that run a keeper for ``names``),
+    this keeper always counted.  ``interval_s``: the round, ``ttl_s / 3`` by default.
+    ``rebalance``: shed a lease while holding more than the share (the module docstring).
     """
 
     def __init__(self, cluster: ClusterStore, holder: str, names: Sequence[str], ttl_s: float,
                  on_acquired: Callable[[str], None], on_lost: Callable[[str], None], *,
-                 interval_s: float | None = None, rebalance: bool = True) -> None:
+                 interval_s: float | None = None, rebalance: bool = True, role: str | None = None) -> None:
         if isinstance(names, str):
             raise ValueError(f"names must be a sequence of lease names, the string {names!r} is given.")
         if len(set(names)) != len(names):
@@ -185,7 +203,15 @@ class LeaseKeeper:
         self.cluster, self.holder, self.names = cluster, holder, tuple(names)
         self.ttl_s = check_ttl(ttl_s)
         self.interval_s = _interval(self.ttl_s, interval_s)
-        self.on_acquired, self.on_lost, self.rebalance = on_acquired, on_lost, rebalance
+        self.on_acquired, self.on_lost, self.rebalance, self.role = on_acquired, on_lost, rebalance, role
+        self._prefix = os.path.commonprefix(list(self.names))
+        self._round = 0
+        #: name -> rounds in a row it was seen free (no unexpired holder).
+        self._free_rounds: dict[str, int] = {}
+        #: the lease last shed and the round it was, until another holder takes it.
+        self._shed: tuple[str, int] | None = None
+        #: the live nodes when a shed lease was not taken, and the round: no shedding meanwhile.
+        self._shed_refused: tuple[frozenset[str], int] | None = None
         #: name -> monotonic deadline: this keeper's own bound on when the lease expires.
         self._held: dict[str, float] = {}
         #: name -> fencing epoch of each lease held, as last acquired or renewed.
@@ -242,6 +268,7 @@ class LeaseKeeper:
     # -- one round -----------------------------------------------------------------------------
     def step(self) -> None:
         """One round: renew what is held, drop what is lost, take or shed towards the fair share."""
+        self._round += 1
         for name in sorted(self.held()):
             if self._stop.is_set():
                 return
@@ -249,31 +276,57 @@ class LeaseKeeper:
         if self._stop.is_set():
             return
         try:
-            live = len(self._call(self.interval_s, self.cluster.nodes, self.ttl_s))
+            nodes = self._call(self.interval_s, self.cluster.nodes, self.ttl_s)
+            holders = {lease.name: lease.holder for lease in
+                       self._call(self.interval_s, self.cluster.leases, self._prefix)}
         except Exception as e:  # noqa: BLE001 - no new leases while the database is unreachable
-            log.warning("lease keeper %s: cannot count the live nodes: %s", self.holder, e)
+            log.warning("lease keeper %s: cannot read the live nodes and leases: %s", self.holder, e)
             return
-        share = math.ceil(len(self.names) / max(live, 1))
+        live = frozenset(n.node_id for n in nodes if self.role is None or self.role in n.roles) | {self.holder}
+        share = math.ceil(len(self.names) / len(live))
         held = self.held()
-        if len(held) > share and self.rebalance:
+        unheld = {n for n in self.names if n not in holders}
+        # what this keeper may take: the free names, and any the database says are this holder's
+        # without the keeper knowing (an acquire whose answer came too late)
+        free = [n for n in self.names if n not in held and holders.get(n, self.holder) == self.holder]
+        for name in self.names:
+            self._free_rounds[name] = self._free_rounds.get(name, 0) + 1 if name in unheld else 0
+        if self._shed is not None:
+            name, at = self._shed
+            if holders.get(name, self.holder) != self.holder:
+                self._shed = None  # another took it: the next may be shed
+            elif self._round - at >= STARVED_ROUNDS:
+                self._shed, self._shed_refused = None, (live, self._round)
+                log.info("lease keeper %s: the lease %s it shed was not taken; shedding paused", self.holder, name)
+        if self._shed_refused is not None and (self._shed_refused[0] != live or
+                                               self._round - self._shed_refused[1] >= SHED_RETRY_ROUNDS):
+            self._shed_refused = None
+        if (self.rebalance and len(held) > share and not unheld and self._shed is None
+                and self._shed_refused is None):
             name = sorted(held)[-1]
-            self._lose(name, f"shed to the fair share of {share} among {live} nodes", level=logging.INFO)
+            self._lose(name, f"shed to the fair share of {share} among {len(live)} nodes", level=logging.INFO)
             self._release(name)
+            self._shed = (name, self._round)
             return
-        for name in self._candidates(held):
-            if len(self.held()) >= share or self._stop.is_set():
-                break
-            self._acquire(name)
+        shed = self._shed[0] if self._shed else None
+        for name in self._candidates(free):
+            if self._stop.is_set():
+                return
+            if len(self.held()) < share and name != shed:
+                self._acquire(name)
+            elif self._free_rounds.get(name, 0) >= STARVED_ROUNDS:
+                log.info("lease %s free for %d rounds: taken by %s beyond its share of %d",
+                         name, self._free_rounds[name], self.holder, share)
+                self._acquire(name)
 
     def _call(self, timeout_s: float, fn: Callable[..., Any], *args: Any) -> Any:
         if self._worker is None:  # step() driven without start(): in the caller's thread
             return fn(*args)
         return self._worker.call(timeout_s, fn, *args)
 
-    def _candidates(self, held: set[str]) -> list[str]:
-        """The names not held, each keeper starting at its own place in the list, so that keepers
-        starting together do not all race for the same first names."""
-        free = [n for n in self.names if n not in held]
+    def _candidates(self, free: list[str]) -> list[str]:
+        """``free``, each keeper starting at its own place in the list, so that keepers starting
+        together do not all race for the same first names."""
         if not free:
             return free
         start = sum(self.holder.encode()) % len(free)

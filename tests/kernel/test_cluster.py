@@ -56,6 +56,7 @@ def test_join_refuses_a_live_duplicate_and_admits_it_after_the_ttl(store, open_s
     other = open_store()
     node = store.join("n1", ["bridge", "gateway"], TTL, host="host-a", pid=100)
     assert isinstance(node, Node) and node.roles == ("bridge", "gateway") and (node.host, node.pid) == ("host-a", 100)
+    assert node.started_at == node.heartbeat_at
     with pytest.raises(NodeIdConflict, match=r"'n1'.*host 'host-a', pid 100, last heartbeat \d+\.\d s ago"):
         other.join("n1", ["bridge"], TTL, host="host-b", pid=100)
     with pytest.raises(NodeIdConflict):
@@ -290,3 +291,56 @@ def test_membership_refuses_a_duplicate_node_and_keeps_its_own_alive(store, open
     assert store.nodes() == []
     second.start()
     second.stop()
+
+
+def test_a_live_node_of_another_role_does_not_shrink_the_share(open_store):
+    a_store = open_store()
+    a_store.join("node-a", ["bridge"], 30)
+    a_store.join("node-g", ["gateway"], 30)
+    k, _ = keeper(a_store, "node-a")
+    k.role = "bridge"
+    k.step()
+    assert len(k.held()) == 4  # share = 4 / 1 bridge node; without the role it would be 2
+    k.stop()
+
+
+def test_names_no_keeper_takes_are_taken_beyond_the_share_without_flapping(open_store):
+    a_store = open_store()
+    a_store.join("node-a", ["bridge"], 60)
+    a_store.join("node-p", ["bridge"], 60)  # live, but runs no keeper
+    k, calls = keeper(a_store, "node-a")
+    for _ in range(2):
+        k.step()
+    assert len(k.held()) == 2  # its share of 4 among 2
+    k.step()
+    assert len(k.held()) == 4  # the other two were free three rounds in a row
+    k.step()
+    assert len(k.held()) == 3  # above the share, every name held: one shed for node-p
+    for _ in range(3):
+        k.step()
+    assert len(k.held()) == 4  # node-p did not take it in three rounds: taken back
+    for _ in range(12):
+        k.step()
+    assert len(k.held()) == 4
+    assert sum(1 for e in calls.events if e[0] == "lost") == 1  # shed once only: shedding paused
+    k.stop()
+
+
+def test_a_keeper_keeps_its_lease_through_a_terminated_postgresql_connection(backend, store):
+    if backend != "postgresql":
+        pytest.skip("a PostgreSQL connection")
+    import psycopg
+
+    store.join("node-a", ["bridge"], 30)
+    k, calls = keeper(store, "node-a", ["bridge/ICU"], ttl_s=1.5)
+    k.start()
+    try:
+        wait_for(lambda: k.held() == {"bridge/ICU"}, what="the lease held")
+        with psycopg.connect(str(store.database.location), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        time.sleep(2.5)  # several rounds: one renewal fails, the next reconnects
+        assert k.held() == {"bridge/ICU"} and [e[0] for e in calls.events] == ["acquired"]
+        assert store.holder("bridge/ICU") == "node-a"
+    finally:
+        k.stop()
