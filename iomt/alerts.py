@@ -26,6 +26,7 @@ from iomt.news2 import RED_SCORE, Band, News2Result
 
 _IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 BAND_RANK = {Band.LOW: 0, Band.LOW_MEDIUM: 1, Band.MEDIUM: 2, Band.HIGH: 3}
+RANKED_BANDS = {rank: band for band, rank in BAND_RANK.items()}
 FLAG_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/flag-category"  # FHIR R4 Flag
 #: FHIR R4 core extension on Flag: "Points to the Observation ... that provides additional
 #: supporting information about this flag".
@@ -66,6 +67,27 @@ class AlertPolicy:
             raise ValueError(f"repeat_after_s must be >= 0, {repeat_after_s} is given.")
         self.repeat_after_s = repeat_after_s
         self._last: dict[str, tuple[datetime, int]] = {}  # patient -> (time, rank) of last alert
+
+    def last(self, patient_ref: str) -> tuple[datetime, Band] | None:
+        """The time and band of the patient's last alert, if any."""
+        held = self._last.get(patient_ref)
+        return None if held is None else (held[0], RANKED_BANDS[held[1]])
+
+    def empty_copy(self) -> "AlertPolicy":
+        """A policy of the same settings that remembers no alert."""
+        return AlertPolicy(RANKED_BANDS[self.min_rank].value, self.repeat_after_s)
+
+    def replace(self, other: "AlertPolicy") -> None:
+        """Remember ``other``'s alerts instead of these (a state rebuilt from the store)."""
+        self._last = other._last
+
+    def restore(self, patient_ref: str, at: datetime, band: str | Band) -> None:
+        """Remember an alert raised before (read back from the store), unless a later one is
+        known: a node taking over a partition does not alert again what the previous one did."""
+        rank = BAND_RANK[Band(band)]
+        held = self._last.get(patient_ref)
+        if held is None or at > held[0]:
+            self._last[patient_ref] = (at, rank)
 
     def decide(self, patient_ref: str, result: News2Result, at: datetime) -> Decision | None:
         """Whether ``result`` at ``at`` alerts; records the alert when it does."""

@@ -21,7 +21,18 @@ Why not one MQTT session per worker on a shared subscription: a broker hands eac
 shared subscription to any member (Mosquitto: round robin, message by message), so one bed's
 messages would be spread over the workers and could commit out of order, and each worker would
 see only part of a patient's values (NEWS2) and alerts. Several bridges may still share a
-``mqtt.shared_group`` when each owns whole patients some other way (e.g. one site each).
+``mqtt.shared_group`` when each owns whole patients some other way (e.g. one site each). Several
+nodes share the load by partitions of the topic space instead, each with a session of its own
+(``subscriptions``; :mod:`iomt.partitions`).
+
+When the store fails (the database away, a disk full) nothing is acknowledged and the process stays
+up: a batch is committed again with backoff until the store takes it
+(:func:`iomt.workers.commit`); one the database failed in the middle of is run again from the
+state the store has (:meth:`iomt.workers.LocalWorker.process`); and one whose flush lost the
+database server's connection is committed again, durably (:meth:`VitalsBridge._redo`). Meanwhile
+the full ledger stops reading from the broker, which keeps the rest. A failed flush of the SQLite
+file is different: the kernel may have dropped the pages, so the bridge acknowledges nothing
+more until it is restarted.
 """
 from __future__ import annotations
 
@@ -31,7 +42,7 @@ import multiprocessing
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 from urllib.parse import urlparse
 
 from iomt import dead_letters, vital_records
@@ -105,6 +116,19 @@ class VitalsBridge:
         Called after each committed batch, once it is durable and acknowledged, with
         ``(messages, durable_time_s, worker_index)`` (monitoring); each message has ``topic``,
         ``payload``, ``mid`` and ``qos``; an ADT message is in a batch of every worker.
+    subscriptions
+        The topic filters to subscribe to; default :meth:`iomt.topics.Topics.subscriptions`
+        (everything). A partition's bridge (:mod:`iomt.partitions`) subscribes to its own.
+    owns
+        With one worker: which topics' ADT resources, bad ADT messages and parked messages are
+        this bridge's (:class:`iomt.pipeline.VitalsPipeline`); default: all.
+    checkpoints
+        Whether this bridge runs the store's WAL checkpoints (:class:`kernel.wal_checkpoint.WalCheckpointer`);
+        False where the process runs them once for several bridges.
+    fence
+        With one worker: ``(partition, lease epoch)``; each batch is committed only while that
+        epoch is the partition's (:meth:`iomt.store.VitalsStore.commit_batch`), else the bridge
+        stops committing and acknowledging.
     """
 
     def __init__(self, host: str, port: int, *, topic_prefix: str, store, outbox=None,
@@ -114,15 +138,23 @@ class VitalsBridge:
                  states: StateTable | None = None, alerts: AlertPolicy | None = None, risk=None,
                  batch_max_messages: int = _IOMT.batch_max_messages,
                  news2_interval_s: float = _IOMT.news2_interval_s, workers: int = _IOMT.workers,
-                 on_commit: Callable[[list[Received], float, int], None] | None = None) -> None:
+                 on_commit: Callable[[list[Received], float, int], None] | None = None,
+                 subscriptions: Sequence[str] | None = None, owns: Callable[[str], bool] | None = None,
+                 checkpoints: bool = True, fence: tuple[str, int] | None = None) -> None:
         if batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, {batch_max_messages} is given.")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, {queue_size} is given.")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, {workers} is given.")
+        if (owns is not None or fence is not None) and workers > 1:
+            raise ValueError(f"owns and fence need one worker (each of several owns its own beds), "
+                             f"{workers} are given.")
+        if subscriptions is not None and not subscriptions:
+            raise ValueError("subscriptions must name at least one topic filter, none is given.")
         self.host, self.port = host, port
         self.topics = Topics(topic_prefix, shared_group)
+        self.subscriptions = list(subscriptions) if subscriptions is not None else self.topics.subscriptions()
         self.prefix = topic_prefix
         self.store, self.outbox, self.risk = store, outbox, risk
         self.options = options or MqttOptions(tls=tls, receive_maximum=queue_size)
@@ -133,9 +165,9 @@ class VitalsBridge:
         if workers == 1:
             self.pipeline = VitalsPipeline(self.topics, store, self.registry, states=states,
                                            alerts=alerts, risk=risk,
-                                           news2_interval_s=news2_interval_s)
+                                           news2_interval_s=news2_interval_s, owns=owns)
             self.workers: list[LocalWorker | ProcessWorker] = [
-                LocalWorker(self.pipeline, self.sink, store)]
+                LocalWorker(self.pipeline, self.sink, store, fence)]
         else:
             spec = WorkerSpec.of(store=store, topic_prefix=topic_prefix, registry=self.registry,
                                  states=states, alerts=alerts, sink=self.sink,
@@ -159,16 +191,16 @@ class VitalsBridge:
         self._pending: list[list[Received]] = [[] for _ in self.workers]  # per worker, not sent
         self._ledger: deque[Received] = deque()  # arrival order, not yet acknowledged
         self._routes: dict[str, int] = {}
-        self._stopping = self._disconnecting = False
+        self._stopping = self._disconnecting = self._abandoned = False
         self._feeders = [threading.Thread(target=self._feed, args=(i,), daemon=True,
                                           name=f"medgate-vitals-{i}")
                          for i in range(len(self.workers))]
         self._unsynced: list[tuple[int, list[Received], BatchResult]] = []  # committed, not durable
         self._sync_cond = threading.Condition()
         self._syncer = threading.Thread(target=self._sync, daemon=True, name="medgate-vitals-sync")
-        self.sync_failed: OSError | None = None  # the flush that stopped the acknowledgements
+        self.sync_failed: Exception | None = None  # the flush that stopped the acknowledgements
         # no batch commit waits for a checkpoint; the writers wait only to let the log restart
-        self.checkpointer = WalCheckpointer(store.path, lock=writers_lock)
+        self.checkpointer = WalCheckpointer(store.path, lock=writers_lock) if checkpoints else None
 
     @property
     def deadletter_topic(self) -> str:
@@ -178,9 +210,11 @@ class VitalsBridge:
         return self.topics.alert(ward, bed)
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self.checkpointer.start()
-        if self.pipeline is not None:
-            self.store.defer_checkpoints()
+        """Connect in the background; wait up to ``timeout_s`` (0: not at all) for the broker."""
+        if self.checkpointer is not None:
+            self.checkpointer.start()
+            if self.pipeline is not None:
+                self.store.defer_checkpoints()
         for worker in self.workers:
             worker.start()
         for feeder in self._feeders:
@@ -188,23 +222,55 @@ class VitalsBridge:
         self._syncer.start()
         connect_async(self.client, self.host, self.port, self.options)
         self.client.loop_start()
-        if not self.connected.wait(timeout_s):
+        if timeout_s > 0 and not self.connected.wait(timeout_s):
             log.warning("MQTT broker %s:%d not reachable yet; retrying in the background",
                         self.host, self.port)
 
     def stop(self) -> None:
-        self._disconnecting = True
-        self.client.disconnect()
-        self.client.loop_stop()  # feeders keep committing: a full ledger drains meanwhile
+        if not self._abandoned:
+            self._disconnecting = True
+            self.client.disconnect()
+            self.client.loop_stop()  # feeders keep committing: a full ledger drains meanwhile
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+        self._join()
+
+    def abandon(self, graceful: bool = True) -> None:
+        """Stop at once, acknowledging nothing more: what is not acknowledged stays in the
+        broker's session for whoever connects with this client id next (a partition's lease was
+        lost, :mod:`iomt.partitions`). No batch is started; one being committed is finished, or
+        given up while it waits for the database. ``graceful``: send DISCONNECT (the persistent
+        session stays); False: close the connection without it, as a crash does (tests)."""
         with self._cond:
-            self._stopping = True
+            self._abandoned = self._stopping = True
+            self._ledger.clear()
+            for pending in self._pending:
+                pending.clear()
             self._cond.notify_all()
+        for worker in self.workers:
+            worker.abandon()
+        with self._sync_cond:
+            self._sync_cond.notify_all()
+        self._disconnecting = True
+        if graceful:
+            self.client.disconnect()
+            self.client.loop_stop()
+        else:
+            self.client.loop_stop()  # the loop still writes the acknowledgements queued before
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
+        self.connected.clear()
+
+    def _join(self) -> None:
         for feeder in (*self._feeders, self._syncer):  # the syncer ends once the feeders have
             if feeder.is_alive():
                 feeder.join(timeout=30)
         for worker in self.workers:
             worker.stop()
-        self.checkpointer.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
 
     def publish(self, topic: str, payload: dict, timeout_s: float = 10.0) -> None:
         """Publish JSON at QoS 1 and wait for the broker's PUBACK (the outbox's MQTT sender)."""
@@ -218,7 +284,7 @@ class VitalsBridge:
         if reason_code.is_failure:
             log.error("MQTT connect to %s:%d refused: %s", self.host, self.port, reason_code)
             return
-        subscriptions = self.topics.subscriptions()
+        subscriptions = self.subscriptions
         client.subscribe([(topic, 1) for topic in subscriptions])
         log.info("MQTT bridge connected to %s:%d (session present: %s), subscribing to %s",
                  self.host, self.port, flags.session_present, ", ".join(subscriptions))
@@ -271,6 +337,8 @@ class VitalsBridge:
         with self._cond:
             while len(self._ledger) >= self.queue_size and not self._stopping:
                 self._cond.wait()  # back-pressure: the broker keeps what is not read
+            if self._abandoned:
+                return  # never acknowledged: the session's next holder gets them
             for received, targets in queued:
                 self._ledger.append(received)
                 for target in targets:
@@ -284,11 +352,13 @@ class VitalsBridge:
             with self._cond:
                 while not pending and not self._stopping:
                     self._cond.wait()
-                if not pending:
+                if not pending or self._abandoned:
                     return
                 batch = pending[:self.batch_max_messages]
                 del pending[:self.batch_max_messages]
             result = worker.process([(m.topic, m.payload) for m in batch])
+            if result is None:
+                return  # abandoned while the database was away: nothing of it is acknowledged
             with self._sync_cond:
                 self._unsynced.append((index, batch, result))
                 self._sync_cond.notify()
@@ -313,10 +383,31 @@ class VitalsBridge:
                 log.critical("flushing the store's write-ahead log failed (%s): the vitals bridge "
                              "acknowledges nothing more until it is restarted", exc)
                 return
+            except Exception as exc:  # noqa: BLE001 - the database server's connection was lost
+                if not self._redo(done, exc):
+                    return
             synced_at = time.time()
             for index, batch, result in done:
                 result.committed_at = synced_at
                 self._committed(index, batch, result)
+
+    def _redo(self, done: list[tuple[int, list[Received], BatchResult]], exc: Exception) -> bool:
+        """The flush failed with the database server's connection (PostgreSQL): the batches'
+        commits, made without waiting for the server's disk, may be lost with it. Commit each
+        again, durably and in order, once the database answers (deterministic ids make that an
+        update); meanwhile nothing is acknowledged and the full ledger stops reading. False:
+        given up (the bridge was abandoned, or a child process's batch, which is not kept)."""
+        log.error("flushing %d committed batches failed (%s): committing them again once the "
+                  "database answers, acknowledging nothing meanwhile", len(done), exc)
+        for _, _, result in done:
+            if result.redo is None:
+                self.sync_failed = exc
+                log.critical("a worker process's batch cannot be committed again: the vitals bridge "
+                             "acknowledges nothing more until it is restarted")
+                return False
+            if not result.redo():
+                return False
+        return True
 
     def _feeders_done(self) -> bool:
         return not any(feeder.is_alive() for feeder in self._feeders)
@@ -324,6 +415,8 @@ class VitalsBridge:
     def _committed(self, index: int, batch: list[Received], result: BatchResult) -> None:
         mids = []
         with self._cond:
+            if self._abandoned:
+                return  # the lease is gone: the next holder is delivered these again
             for message in batch:
                 message.waiting -= 1
             ledger = self._ledger

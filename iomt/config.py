@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from iomt.topics import Partition
 from kernel.config import Section
 
 
@@ -180,3 +181,20 @@ class IomtConfig(Section):
     alerts: AlertsConfig = AlertsConfig()
     identifiers: IdentifierSystems = IdentifierSystems()
     risk: RiskConfig = RiskConfig()
+    # Several bridge nodes (iomt/partitions.py): wards ("icu") or one site's wards ("h1/icu"),
+    # each leased by one node at a time with a persistent MQTT session of its own; empty: one
+    # bridge reads every topic
+    partitions: list[str] = []
+    partition_lease_ttl_s: float = Field(15.0, ge=1)  # a dead node's partitions move after this
+    registry_refresh_s: float = Field(5.0, gt=0)  # device associations re-read from the store
+
+    @field_validator("partitions")
+    @classmethod
+    def _check_partitions(cls, value: list[str]) -> list[str]:
+        parsed = [Partition.parse(text) for text in value]
+        for i, first in enumerate(parsed):
+            for second in parsed[i + 1:]:
+                if first.overlaps(second):
+                    raise ValueError(f"partitions must not overlap, {first.name!r} and {second.name!r} "
+                                     f"are given.")
+        return value

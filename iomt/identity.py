@@ -157,14 +157,22 @@ class DeviceRegistry:
         self._lock = threading.Lock()
         self._by_device: dict[str, Association] = {}
         self._since: dict[str, datetime] = {}  # device -> time of its latest applied ADT event
-        for row in store.associations():
-            self._since[row.device] = datetime.fromisoformat(row.since)
-            if row.patient_id == DISCHARGED:
-                continue
-            self._by_device[row.device] = Association(
-                device=row.device, patient_id=row.patient_id, patient_system=row.patient_system,
-                spo2_scale=row.spo2_scale, since=datetime.fromisoformat(row.since), site=row.site,
-                ward=row.ward, bed=row.bed)
+        self.reload()
+
+    def reload(self) -> None:
+        """Hold the associations the store has (what other bridge nodes and the HL7 listener
+        applied, and nothing a batch left half done); raises while the store does not answer."""
+        by_device, since = {}, {}
+        with self._lock:  # apply() writes the store and then these, holding it
+            for row in self.store.associations():
+                since[row.device] = datetime.fromisoformat(row.since)
+                if row.patient_id == DISCHARGED:
+                    continue
+                by_device[row.device] = Association(
+                    device=row.device, patient_id=row.patient_id, patient_system=row.patient_system,
+                    spo2_scale=row.spo2_scale, since=datetime.fromisoformat(row.since), site=row.site,
+                    ward=row.ward, bed=row.bed)
+            self._by_device, self._since = by_device, since
 
     def lookup(self, device: str | None) -> Association | None:
         if device is None:

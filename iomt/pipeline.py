@@ -30,16 +30,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from iomt import vital_records
+from iomt import rebuild, vital_records
 from iomt.alerts import AlertPolicy, alert_message, flag_resource
 from iomt.compact import EcgChunk, decode
 from iomt.config import IomtConfig
 from iomt.dead_letters import DeadLetter, dead_letter
 from iomt.identity import AdtEvent, DeviceRegistry, device_reference, parse_adt, patient_reference
 from iomt.message_id import each_message
-from iomt.observations import news2_observation
+from iomt.observations import news2_observation, unix_us
 from iomt.payload import PayloadError
-from iomt.state import StateTable
+from iomt.rebuild import Rebuilt
+from iomt.state import CONSCIOUSNESS, ON_OXYGEN, StateTable
 from iomt.topics import Topics
 from iomt.waveforms import ecg_observation
 from kernel.correlation import current_id
@@ -52,6 +53,8 @@ UNKNOWN_DEVICE = "unknown device"  # dead-letter reason of a parked message
 REF_CACHE_SIZE = 100_000  # patient and device references remembered per pipeline
 MQTT_KIND = "mqtt"  # outbox sender kind for alerts
 CENSUS_REFRESH = timedelta(seconds=30)  # a bed's census row is rewritten at least this often
+#: A patient's NEWS2 context (oxygen, consciousness) is rewritten at least this often while sent
+CONTEXT_REFRESH = timedelta(seconds=60)
 
 
 @dataclass
@@ -64,8 +67,22 @@ class BatchOut:
     outbox_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     replayed_ids: list[int] = field(default_factory=list)
     beds: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (ward, bed) -> census row
+    contexts: list[tuple] = field(default_factory=list)  # iomt.store.News2Context rows
     alerts: int = 0
     processed: int = 0
+
+
+def context_row(patient_ref: str, oxygen: tuple[datetime, bool] | None,
+                conscious: tuple[datetime, Any] | None, alert: tuple[datetime, Any] | None) -> tuple:
+    """The ``news2_context`` row (:class:`iomt.store.News2Context`, without ``updated_at``)
+    of a patient's latest oxygen and consciousness ``(measured, value)`` and last alert
+    ``(time, band)``."""
+    return (patient_ref,
+            None if oxygen is None else int(oxygen[1]), None if oxygen is None else unix_us(oxygen[0]),
+            None if conscious is None else getattr(conscious[1], "value", conscious[1]),
+            None if conscious is None else unix_us(conscious[0]),
+            None if alert is None else unix_us(alert[0]),
+            None if alert is None else getattr(alert[1], "value", alert[1]))
 
 
 def _score_key(result) -> tuple:
@@ -96,12 +113,20 @@ class VitalsPipeline:
         self._patient_refs: dict[tuple[str, str | None], str] = {}
         self._device_refs: dict[str, str] = {}
         self._beds: dict[tuple[str, str], tuple[str, str | None, datetime]] = {}  # census: due
+        self._database_errors: tuple[type[Exception], ...] = getattr(store, "errors", ())
+        # patient -> (oxygen, consciousness, alert, due) of the NEWS2 context row written last
+        self._contexts: dict[str, tuple[Any, Any, Any, datetime]] = {}
 
     def run(self, messages: list[tuple[str, bytes]]) -> BatchOut:
+        """What ``messages`` produce. A database error (an ADT message's association, the
+        messages parked for its device) is raised, not dead-lettered: the batch is then run again
+        after :meth:`reset`, once the database answers."""
         out = BatchOut()
         for topic, payload in each_message(messages):  # each message's lines carry its id
             try:
                 self.handle(topic, payload, out)
+            except self._database_errors:
+                raise
             except Exception:  # noqa: BLE001 - one bad message must not stop the bridge
                 log.exception("message on %s failed", Untrusted(topic))
                 self._dead(out, topic, payload, "internal error while processing")
@@ -145,9 +170,13 @@ class VitalsPipeline:
                           [(v.loinc, v.value) for v in msg.vitals])
         snapshot = self.states.update(patient_ref, msg, scale)
         if snapshot is None:
+            if msg.on_oxygen is not None or msg.consciousness is not None:
+                self._context(out, patient_ref, msg.time)
             return  # a late message: stored, but never overrides the newer state
         result = snapshot.score()
         decision = self.alerts.decide(patient_ref, result, msg.time)
+        if decision is not None or msg.on_oxygen is not None or msg.consciousness is not None:
+            self._context(out, patient_ref, msg.time)
         last = self._news2_written.get(patient_ref)
         if decision is None and last is not None \
                 and (msg.time - last[0]).total_seconds() < self.news2_interval_s \
@@ -187,6 +216,39 @@ class VitalsPipeline:
         self._beds[bed] = (patient_ref, device, at + CENSUS_REFRESH)
         out.beds[bed] = (location.ward, location.bed, location.site, patient_ref, device,
                          at.isoformat())
+
+    def reset(self) -> Rebuilt:
+        """Forget what a batch that was not committed may have left in memory, and read back
+        from the store the NEWS2 state and last alerts of the patients known so far
+        (:mod:`iomt.rebuild`) and the device associations; raises while the store does not
+        answer."""
+        states, alerts = StateTable(self.states.staleness_s), self.alerts.empty_copy()
+        rebuilt = rebuild.restore(self.store, self.states.patients(), states, alerts)
+        self.registry.reload()
+        self.states.replace(states)  # nothing is changed unless the store answered
+        self.alerts.replace(alerts)
+        self._news2_written.clear()
+        self._contexts.clear()
+        self._beds.clear()
+        return rebuilt
+
+    def _context(self, out: BatchOut, patient_ref: str, at: datetime) -> None:
+        """Write the patient's NEWS2 context row (:class:`iomt.store.News2Context`) when its
+        oxygen, consciousness or last alert changed, or ``CONTEXT_REFRESH`` of measurement time
+        after the last write: what a node taking the partition over reads back
+        (:mod:`iomt.rebuild`) beside the vitals rows."""
+        state = self.states.get(patient_ref)
+        values = state.values if state is not None else {}
+        oxygen, conscious = values.get(ON_OXYGEN), values.get(CONSCIOUSNESS)
+        alert = self.alerts.last(patient_ref)
+        key = (oxygen and oxygen[1], conscious and conscious[1], alert)
+        held = self._contexts.get(patient_ref)
+        if held is not None and held[:3] == key and at < held[3]:
+            return
+        if held is None and len(self._contexts) >= REF_CACHE_SIZE:
+            self._contexts.clear()
+        self._contexts[patient_ref] = (*key, at + CONTEXT_REFRESH)
+        out.contexts.append(context_row(patient_ref, oxygen, conscious, alert))
 
     def _patient_ref(self, patient_id: str, system: str | None) -> str:
         ref = self._patient_refs.get((patient_id, system))

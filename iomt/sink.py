@@ -54,17 +54,20 @@ class ResourceSink:
     def commit(self, resources: list[dict[str, Any]],
                dead_letters: list[DeadLetter] = (),
                outbox_rows: list[tuple[str, str, str, str]] = (), beds: list[tuple] = (),
-               vitals: list[tuple] = (), durable: bool = True) -> None:
+               vitals: list[tuple] = (), durable: bool = True, contexts: list[tuple] = (),
+               replayed: list[int] = (), fence: tuple[str, int] | None = None) -> None:
         """One transaction: resources and vitals rows (or their Bundles), dead letters (bounded:
-        :mod:`iomt.dead_letters`), outbox items and the bed census rows of the batch
-        (``durable``: see :meth:`iomt.store.VitalsStore.commit_batch`)."""
+        :mod:`iomt.dead_letters`), outbox items, the bed census rows, the patients' NEWS2
+        context and the replayed dead letters of the batch (``durable``, ``fence``: see
+        :meth:`iomt.store.VitalsStore.commit_batch`)."""
         outbox_rows = list(outbox_rows)
         local, local_vitals = resources, vitals
         if self.base_url is not None and (resources or vitals):
             outbox_rows += self.bundle_rows(vital_records.observations(vitals) + list(resources))
             local, local_vitals = [], []
         self.store.commit_batch(local, list(dead_letters), outbox_rows, list(beds),
-                                list(local_vitals), durable)
+                                list(local_vitals), durable, contexts=list(contexts),
+                                replayed=list(replayed), fence=fence)
         if outbox_rows and self.outbox is not None:
             self.outbox.notify()
 

@@ -25,7 +25,7 @@ from models import clinical_codes as codes
 _IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
 ON_OXYGEN = "on_oxygen"
 CONSCIOUSNESS = "consciousness"
-_SCORED_LOINC = frozenset({codes.RESPIRATORY_RATE, codes.OXYGEN_SATURATION, codes.SYSTOLIC_BP,
+SCORED_LOINC = frozenset({codes.RESPIRATORY_RATE, codes.OXYGEN_SATURATION, codes.SYSTOLIC_BP,
                            codes.HEART_RATE, codes.BODY_TEMPERATURE})
 _SCORED: dict[tuple, tuple[News2Input, News2Result]] = {}  # input values -> (input, result)
 #: ~800 bytes an entry: 8,192 keep the memo under ~7 MiB (100,000 grew the server by ~80 MiB in
@@ -70,7 +70,7 @@ class PatientState:
         when, values = msg.time, self.values
         for vital in msg.vitals:  # in order: the last reading of a code wins, as msg.latest()
             loinc = vital.loinc
-            if loinc in _SCORED_LOINC:
+            if loinc in SCORED_LOINC:
                 held = values.get(loinc)
                 if held is None or when >= held[0]:
                     values[loinc] = (when, vital.value)
@@ -121,6 +121,29 @@ class StateTable:
         self.staleness_s = staleness_s
         self._staleness = timedelta(seconds=staleness_s)
         self._states: dict[str, PatientState] = {}
+
+    def get(self, patient_ref: str) -> PatientState | None:
+        return self._states.get(patient_ref)
+
+    def patients(self) -> list[str]:
+        return list(self._states)
+
+    def replace(self, other: "StateTable") -> None:
+        """Hold ``other``'s patients instead of these (a state rebuilt from the store)."""
+        self._states = other._states
+
+    def restore(self, patient_ref: str, values: dict[str, tuple[datetime, Any]],
+                newest: datetime | None) -> None:
+        """Merge values read back from the store (``key -> (measured, value)``, keys as
+        :attr:`PatientState.values`; ``newest``: the patient's newest message) into the patient's
+        state: a node taking over a partition scores with what the previous one had seen."""
+        state = self._states.get(patient_ref)
+        if state is None:
+            state = self._states[patient_ref] = PatientState()
+        for key, (when, value) in values.items():
+            state._merge(key, when, value)
+        if newest is not None and (state.newest is None or newest > state.newest):
+            state.newest = newest
 
     def update(self, patient_ref: str, msg: VitalsMessage, spo2_scale: int) -> Snapshot | None:
         """Merge ``msg``; the snapshot to score when it is the patient's newest message."""

@@ -15,6 +15,13 @@ Tables (in the shared database, :class:`kernel.database.Database`; the bridge cr
     Which patient each device is attached to (:class:`iomt.identity.DeviceRegistry`).
 ``dead_letters``
     Messages that could not be used, and those parked until an ADT message names their device.
+``news2_context``
+    Per patient, what a node taking over a partition needs beside the vitals rows to go on scoring
+    NEWS2 and de-duplicating alerts (:mod:`iomt.rebuild`): the latest oxygen and consciousness
+    values, and the last alert.
+``partition_fences``
+    The lease epoch of the node whose bridge writes each partition's batches (:mod:`iomt.partitions`):
+    a batch of a node that lost the lease while paused is refused (:class:`FencedOut`).
 ``hl7_messages``, ``hl7_encounters``, ``bed_devices``
     HL7 v2 messages acknowledged with AA (by MSH-10, so a resent one is not applied twice), the
     visits of ADT messages with their beds, and the monitors seen at each bed (:mod:`iomt.hl7`).
@@ -139,6 +146,23 @@ MIGRATIONS = (
               "CREATE INDEX IF NOT EXISTS dead_letters_parked ON dead_letters(device, replayed_at);"
               "CREATE INDEX IF NOT EXISTS hl7_messages_received ON hl7_messages(received_at);"
               "CREATE INDEX IF NOT EXISTS hl7_encounters_bed ON hl7_encounters(ward, bed, status);"),
+    Migration(3, "NEWS2 context of each patient, for the node that takes a partition over", """
+CREATE TABLE IF NOT EXISTS news2_context (  -- per patient: iomt.rebuild
+    subject TEXT PRIMARY KEY,      -- Patient reference
+    on_oxygen INTEGER,             -- latest supplemental oxygen (1/0), NULL: never sent
+    on_oxygen_us INTEGER,          -- its measurement time, Unix microseconds
+    consciousness TEXT,            -- latest ACVPU level (iomt.news2.ACVPU), NULL: never sent
+    consciousness_us INTEGER,
+    alerted_us INTEGER,            -- the last NEWS2 alert's time (iomt.alerts), NULL: none
+    alerted_band TEXT,             -- its band
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS partition_fences (  -- who may write a partition's batches: iomt.partitions
+    name TEXT PRIMARY KEY,         -- iomt.topics.Partition name, e.g. icu or h1/icu
+    epoch INTEGER NOT NULL,        -- the kernel.cluster lease epoch of the node whose bridge writes
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+"""),
 )
 #: What a read of ``vital_signs`` gives: the columns of :func:`iomt.vital_records.record`'s row
 #: (the identifier's system as its URI), then ``updated_at``.
@@ -149,6 +173,7 @@ _KEY = "effective_us, subject, codes"
 _VITAL_SIGNS_INSERT = ("INSERT OR REPLACE INTO vital_signs(effective_us, subject, codes, device,"
                        " effective, vitals, identifier_system, identifier_value, updated_at)"
                        " VALUES (?,?,?,?,?,?,?,?,?)")
+_IN_CHUNK = 500  # values of one ``IN (...)`` list (SQLite allows 32,766 parameters a statement)
 #: The vitals tables and their keys, the patient index first (retention deletes in this order).
 _VITAL_TABLES = (("vital_subjects", "subject, effective_us, codes"), ("vital_signs", _KEY))
 
@@ -182,6 +207,24 @@ class StoredDeadLetter(Record):
     replayed_at: float | None
     payload_sha256: str | None
     payload_bytes: int | None
+
+
+class FencedOut(RuntimeError):
+    """A batch of a partition whose lease another node has taken since (a higher epoch)."""
+
+
+@dataclass(frozen=True)
+class News2Context(Record):
+    """One row of ``news2_context``: what the vitals rows do not keep of a patient's NEWS2 state."""
+
+    subject: str
+    on_oxygen: int | None
+    on_oxygen_us: int | None
+    consciousness: str | None
+    consciousness_us: int | None
+    alerted_us: int | None
+    alerted_band: str | None
+    updated_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -350,6 +393,11 @@ class VitalsStore:
     def writer_lock(self) -> threading.RLock:
         return self.database.writer_lock
 
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """The errors the database raises (:attr:`kernel.database.Database.errors`)."""
+        return self.database.errors
+
     def defer_checkpoints(self) -> None:
         self.database.defer_checkpoints()
 
@@ -371,21 +419,40 @@ class VitalsStore:
     def commit_batch(self, resources: list[dict[str, Any]],
                      dead_letters: list[tuple[str, str, bytes | None, str | None]],
                      outbox_rows: Sequence[tuple] = (), beds: Sequence[tuple] = (),
-                     vitals: Sequence[tuple] = (), durable: bool = True, hl7: Hl7Rows | None = None) -> None:
+                     vitals: Sequence[tuple] = (), durable: bool = True, hl7: Hl7Rows | None = None,
+                     contexts: Sequence[tuple] = (), replayed: Sequence[int] = (),
+                     fence: tuple[str, int] | None = None) -> None:
         """Resources, dead letters (:class:`iomt.dead_letters.DeadLetter`), outbox items
         ``(key, kind, destination, payload_json[, correlation_id])``, bed census rows
-        (:meth:`record_beds`), vitals messages (:func:`iomt.vital_records.record`) and the HL7
-        rows of one batch, in one transaction; ``durable=False``: see
-        :meth:`kernel.database.Database.sync_log`."""
+        (:meth:`record_beds`), vitals messages (:func:`iomt.vital_records.record`), the HL7
+        rows, the patients' NEWS2 context (:class:`News2Context` without ``updated_at``) and the
+        ids of the dead letters replayed by one batch, in one transaction; ``durable=False``: see
+        :meth:`kernel.database.Database.sync_log`.
+
+        ``fence``: ``(partition, epoch)`` of a partition's bridge (:mod:`iomt.partitions`); the
+        batch is refused with :class:`FencedOut` unless that epoch is still the partition's
+        (:meth:`fence_partition`). Its row is updated first: on PostgreSQL the row lock orders
+        the batch before or after the next holder's fence, never across it."""
         now = time.time()
         try:
             with self.database.transaction(durable) as db:
+                if fence is not None and db.execute(
+                        "UPDATE partition_fences SET updated_at=? WHERE name=? AND epoch=?",
+                        (now, *fence)).rowcount != 1:
+                    raise FencedOut(f"partition {fence[0]!r} is no longer held at epoch {fence[1]}: "
+                                    f"another node took it over")
                 codes = self._write_batch(db, now, resources, dead_letters, outbox_rows, beds, vitals)
+                if contexts:
+                    db.executemany("INSERT OR REPLACE INTO news2_context VALUES (?,?,?,?,?,?,?,?)",
+                                   [(*c, now) for c in contexts])
+                if replayed:
+                    db.executemany("UPDATE dead_letters SET replayed_at=? WHERE id=?", [(now, i) for i in replayed])
                 if hl7 is not None:
                     self._write_hl7(db, hl7, now)
             self._system_codes = codes  # committed: a rolled-back code may name another system
         except BaseException:
-            self._vital_index.discard()
+            with self.database.writer_lock:  # another thread's batch may be writing it
+                self._vital_index.discard()
             raise
 
     def _write_batch(self, db: sqlite3.Connection, now: float, resources, dead_letters, outbox_rows,
@@ -450,6 +517,34 @@ class VitalsStore:
             sql += " AND ward=?"
             params.append(ward)
         return [BedRow(*r) for r in self.database.rows(sql + " ORDER BY ward, bed", params)]
+
+    def beds_of_ward(self, ward: str, site: str | None = None) -> list[BedRow]:
+        """The bed census rows of ``ward`` (of ``site`` alone when given), by bed."""
+        return [row for row in self.beds(0.0, ward) if site is None or row.site == site]
+
+    # -- partitions ------------------------------------------------------------------------------------
+    def fence_partition(self, partition: str, epoch: int) -> bool:
+        """Make ``epoch`` the partition's (when no higher one is); from then on the batches of
+        an older epoch are refused (:meth:`commit_batch`). False: a higher epoch holds it."""
+        with self.database.transaction() as db:
+            now = time.time()
+            db.execute("INSERT OR IGNORE INTO partition_fences VALUES (?,?,?)", (partition, epoch, now))
+            db.execute("UPDATE partition_fences SET epoch=?, updated_at=? WHERE name=? AND epoch<?",
+                       (epoch, now, partition, epoch))
+            held = db.execute("SELECT epoch FROM partition_fences WHERE name=?", (partition,)).fetchone()
+        return held[0] == epoch
+
+    # -- NEWS2 context ---------------------------------------------------------------------------------
+    def news2_contexts(self, subjects: Sequence[str]) -> list[News2Context]:
+        """The ``news2_context`` rows of ``subjects`` (those that have one)."""
+        found: list[News2Context] = []
+        subjects = list(dict.fromkeys(subjects))
+        for start in range(0, len(subjects), _IN_CHUNK):
+            chunk = subjects[start:start + _IN_CHUNK]
+            found += [News2Context(*r) for r in self.database.rows(
+                f"SELECT {columns_of(News2Context)} FROM news2_context WHERE subject IN"
+                f" ({','.join('?' * len(chunk))})", chunk)]
+        return found
 
     # -- dead letters --------------------------------------------------------------------------------
     def add_dead_letter(self, source: str, reason: str, payload: bytes | None,

@@ -28,6 +28,10 @@ With ``mqtt.shared_group`` set, the vitals and ADT filters are subscribed as
 
 Within one bridge, :meth:`Topics.partition` sends every message of one bed (site, ward, bed) to
 the same worker: a bed's messages stay in order and its patient's state stays in one place.
+
+Across bridge nodes, a :class:`Partition` (``iomt.partitions``) is a ward (``{ward}``: that ward
+in the short form and at any site in the full form) or one site's ward (``{site}/{ward}``: the full
+form only); each has a persistent MQTT session of its own (:mod:`iomt.partitions`).
 """
 from __future__ import annotations
 
@@ -172,3 +176,62 @@ def _shown(topic: str) -> str:
     if len(topic) <= MAX_LEVEL_CHARS:
         return repr(topic)
     return f"{topic[:MAX_LEVEL_CHARS]!r}... ({len(topic)} characters)"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A part of the topic space that one bridge node serves at a time: a ward, or one site's
+    ward (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        When ``ward`` or ``site`` is not one plain topic level of at most
+        :data:`MAX_LEVEL_CHARS` characters without unsafe characters.
+    """
+
+    ward: str
+    site: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, level in (("ward", self.ward), ("site", self.site)):
+            if level is None and name == "site":
+                continue
+            if not isinstance(level, str) or not level or any(c in level for c in "/+#$") \
+                    or len(level) > MAX_LEVEL_CHARS:
+                raise ValueError(f"{name} must be one topic level of 1 to {MAX_LEVEL_CHARS} characters "
+                                 f"without '/', '+', '#' or '$', {level!r} is given.")
+            unsafe = describe_unsafe(level)
+            if unsafe is not None:
+                raise ValueError(f"{name} must not contain control or format characters, {unsafe} is given.")
+
+    @classmethod
+    def parse(cls, text: str) -> "Partition":
+        """``{ward}`` or ``{site}/{ward}`` (a value of ``iomt.partitions``)."""
+        if not isinstance(text, str):
+            raise ValueError(f"a partition must be a string 'ward' or 'site/ward', {text!r} is given.")
+        levels = text.split("/")
+        if len(levels) == 1:
+            return cls(ward=levels[0])
+        if len(levels) == 2:
+            return cls(ward=levels[1], site=levels[0])
+        raise ValueError(f"a partition must be 'ward' or 'site/ward', {text!r} is given.")
+
+    @property
+    def name(self) -> str:
+        return self.ward if self.site is None else f"{self.site}/{self.ward}"
+
+    def vitals_filters(self, prefix: str) -> tuple[str, ...]:
+        """The vitals filters of this partition under ``prefix``."""
+        if self.site is None:
+            return (f"{prefix}/{self.ward}/+/{VITALS_LEVEL}", f"{prefix}/+/{self.ward}/+/+/{VITALS_LEVEL}")
+        return (f"{prefix}/{self.site}/{self.ward}/+/+/{VITALS_LEVEL}",)
+
+    def holds(self, location: Location) -> bool:
+        """Whether a message from ``location`` belongs to this partition."""
+        return location.ward == self.ward and (self.site is None or location.site == self.site)
+
+    def overlaps(self, other: "Partition") -> bool:
+        """Whether some topic belongs to both (a ward and one site's ward of that name)."""
+        return self.ward == other.ward and (self.site is None or other.site is None
+                                             or self.site == other.site)

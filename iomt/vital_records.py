@@ -103,6 +103,11 @@ def message_of(row: Sequence, effective: str) -> VitalsMessage:
                                  device=row[3])
 
 
+def message(row: Sequence) -> VitalsMessage:
+    """The message a row keeps, at the time it was sent with (:func:`message_of`)."""
+    return message_of(row, _effective(row))
+
+
 def observations(rows: Iterable[Sequence]) -> list[dict[str, Any]]:
     """The vital-sign Observations of ``rows`` (in their order; of two with one id, the later
     row's, or the one with the greater ``updated_at`` when the rows carry it)."""

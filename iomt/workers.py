@@ -35,7 +35,7 @@ from iomt.identity import DeviceRegistry
 from iomt.pipeline import BatchOut, VitalsPipeline
 from iomt.sink import ResourceSink
 from iomt.state import StateTable
-from iomt.store import ResourceTables, VitalsStore
+from iomt.store import FencedOut, ResourceTables, VitalsStore
 from iomt.topics import Topics
 from kernel import heap
 from kernel.logs import JsonFormatter, configure
@@ -43,7 +43,8 @@ from kernel.logs import JsonFormatter, configure
 log = logging.getLogger("medgate.iomt")
 
 _IOMT = IomtConfig()  # the ``iomt:`` section's defaults, the constructor's defaults
-COMMIT_RETRY_S = 0.5  # wait between attempts when the store refuses a batch (e.g. disk full)
+COMMIT_RETRY_MIN_S = 0.5  # first wait when the store refuses a batch (e.g. disk full, database down)
+COMMIT_RETRY_MAX_S = 30.0  # the waits double up to this
 RESTART_WAIT_S = 1.0  # wait before starting a child again after it died
 READY_TIMEOUT_S = 120.0  # a child imports the pipeline and opens the store before it is ready
 COMMIT_LOCK_WAIT_S = 5.0  # then commit without the lock (its holder may have died mid-commit)
@@ -59,35 +60,67 @@ class BatchResult:
     outbox: bool = False  # outbox rows were written: wake the outbox
     risk: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
     alerts: int = 0
+    #: Commits the batch again, durably, retrying until the store takes it (False: given up):
+    #: for a batch whose flush failed with the database's connection (its commit may be lost).
+    #: None from a child process, whose batch is not kept.
+    redo: Callable[[], bool] | None = None
+
+
+def retry_wait_s(attempt: int) -> float:
+    """The wait before the ``attempt``-th retry (1, 2, ...): doubling from
+    :data:`COMMIT_RETRY_MIN_S` up to :data:`COMMIT_RETRY_MAX_S`."""
+    return min(COMMIT_RETRY_MAX_S, COMMIT_RETRY_MIN_S * 2 ** min(attempt - 1, 16))
 
 
 def commit(out: BatchOut, sink: ResourceSink, store, outbox=None, lock=None,
-           durable: bool = True) -> None:
-    """Commit what one batch produced, in one transaction, retrying until the store takes it:
-    nothing is acknowledged that is not stored. The transaction is committed holding ``lock``
-    (the children's commit lock, when given) without waiting for the disk; with ``durable``
-    it is then made durable (:meth:`kernel.database.Database.sync_log`), else the caller must do
-    that before it acknowledges the batch (the bridge does, for several batches at once)."""
+           durable: bool = True, give_up: threading.Event | None = None,
+           fence: tuple[str, int] | None = None) -> bool:
+    """Commit what one batch produced, in one transaction, retrying with backoff until the store
+    takes it: nothing is acknowledged that is not stored, and the process stays up while the
+    database is away. The transaction is committed holding ``lock`` (the children's commit
+    lock, when given) without waiting for the disk; with ``durable`` it is then made durable
+    (:meth:`kernel.database.Database.sync_log`), else the caller must do that before it
+    acknowledges the batch (the bridge does, for several batches at once). Returns False, with
+    nothing committed, when ``give_up`` is set meanwhile (the bridge was stopped: its messages
+    stay unacknowledged at the broker), or when ``fence`` (a partition's lease epoch,
+    :meth:`iomt.store.VitalsStore.commit_batch`) is no longer the partition's."""
+    attempt = 0
     while True:
         try:
             locked = lock is not None and lock.acquire(timeout=COMMIT_LOCK_WAIT_S)
             try:
                 sink.commit(out.resources, out.dead_letters, out.outbox_rows, out.beds.values(),
-                            out.vitals, durable=False)
+                            out.vitals, durable=False, contexts=out.contexts, replayed=out.replayed_ids,
+                            fence=fence)
             finally:
                 if locked:
                     lock.release()
             if durable:
                 store.sync_log()
             break
-        except Exception:  # noqa: BLE001 - never ack what is not stored; keep trying
-            log.exception("committing a batch of %d resources and %d vitals messages failed; "
-                          "retrying", len(out.resources), len(out.vitals))
-            time.sleep(COMMIT_RETRY_S)
-    if out.replayed_ids:
-        store.mark_replayed(out.replayed_ids)
+        except FencedOut as exc:
+            log.error("a batch of %d messages is not committed: %s", out.processed, exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - never ack what is not stored; keep trying
+            attempt += 1
+            wait_s = retry_wait_s(attempt)
+            if attempt == 1:
+                log.exception("committing a batch of %d resources and %d vitals messages failed; "
+                              "retrying with backoff, acknowledging nothing meanwhile",
+                              len(out.resources), len(out.vitals))
+            else:
+                log.error("committing a batch failed again (attempt %d: %s); next try in %.1f s",
+                          attempt, exc, wait_s)
+            if give_up is not None:
+                if give_up.wait(wait_s):
+                    return False
+            else:
+                time.sleep(wait_s)
+    if attempt:
+        log.warning("a batch was committed after %d failed attempts", attempt)
     if out.outbox_rows and outbox is not None:
         outbox.notify()
+    return True
 
 
 def _result(out: BatchOut, risk: list | None = None) -> BatchResult:
@@ -99,16 +132,42 @@ def _result(out: BatchOut, risk: list | None = None) -> BatchResult:
 class LocalWorker:
     """The pipeline in the bridge's own process (one worker)."""
 
-    def __init__(self, pipeline: VitalsPipeline, sink: ResourceSink, store) -> None:
-        self.pipeline, self.sink, self.store = pipeline, sink, store
+    def __init__(self, pipeline: VitalsPipeline, sink: ResourceSink, store,
+                 fence: tuple[str, int] | None = None) -> None:
+        self.pipeline, self.sink, self.store, self.fence = pipeline, sink, store, fence
+        self.abandoned = threading.Event()  # set: a batch being retried is given up
 
     def start(self) -> None:
         pass
 
-    def process(self, messages: list[tuple[str, bytes]]) -> BatchResult:
-        out = self.pipeline.run(messages)
-        commit(out, self.sink, self.store, durable=False)  # the bridge wakes the outbox
-        return _result(out)
+    def process(self, messages: list[tuple[str, bytes]]) -> BatchResult | None:
+        """The batch's result once committed; None when the worker was abandoned first. A batch
+        the database failed in the middle of (:meth:`iomt.pipeline.VitalsPipeline.run`) is run
+        again, with backoff, from the state the store has (:meth:`~iomt.pipeline.VitalsPipeline.reset`)."""
+        attempt = 0
+        while True:
+            try:
+                if attempt:
+                    self.pipeline.reset()
+                out = self.pipeline.run(messages)
+                break
+            except Exception as exc:  # noqa: BLE001 - the database: nothing of the batch is kept
+                attempt += 1
+                wait_s = retry_wait_s(attempt)
+                log.error("processing a batch of %d messages failed on the database (%s); running it "
+                          "again in %.1f s from the stored state", len(messages), exc, wait_s)
+                if self.abandoned.wait(wait_s):
+                    return None
+        # the bridge wakes the outbox
+        if not commit(out, self.sink, self.store, durable=False, give_up=self.abandoned, fence=self.fence):
+            return None
+        result = _result(out)
+        result.redo = lambda: commit(out, self.sink, self.store, durable=True, give_up=self.abandoned,
+                                     fence=self.fence)
+        return result
+
+    def abandon(self) -> None:
+        self.abandoned.set()
 
     def stop(self) -> None:
         pass
@@ -284,6 +343,9 @@ class ProcessWorker:
         if self._proc is not None:
             self._proc.join(timeout_s)
         self._close()
+
+    def abandon(self) -> None:
+        """Nothing: a child finishes the batch it has (its children's batches are not kept)."""
 
     def kill(self) -> None:
         """Kill the child at once (tests: a crash between batches)."""

@@ -152,7 +152,7 @@ class Intake:
         self._target.rows = Hl7Rows((receipt,), encounters, bed_devices)
         try:
             self.sink.commit(out.resources, out.dead_letters, out.outbox_rows, list(out.beds.values()),
-                             out.vitals, durable=True)
+                             out.vitals, durable=True, contexts=out.contexts)
         finally:
             self._target.rows = None
         if out.replayed_ids:

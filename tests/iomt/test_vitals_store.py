@@ -12,7 +12,8 @@ from iomt.store import BedRow, DeadLetterCounts, StoredAssociation, StoredDeadLe
 from kernel.database import Database, open_database
 
 VITALS_TABLES = ("vital_signs", "vital_identifier_systems", "vital_subjects", "vital_unindexed", "bed_census",
-                 "dead_letters", "device_associations", "hl7_messages", "hl7_encounters", "bed_devices")
+                 "dead_letters", "device_associations", "hl7_messages", "hl7_encounters", "bed_devices",
+                 "news2_context", "partition_fences")
 
 
 class Recorded:
