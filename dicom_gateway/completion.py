@@ -18,6 +18,12 @@ the HTTP ingress process and survives restarts: after ``kill -9`` the groups lef
 are picked up with their counts and arrival times.  Completing claims a durable dispatch marker
 per model (:func:`dicom_gateway.ledger.complete_group`) before the pipeline is called.  Completion
 and hand-off run under the Study Instance UID as correlation id (:mod:`kernel.correlation`).
+
+Several nodes may run an assembler on one database: each group completes once, on whichever node
+gets there first, and its dispatches are leased to that node (``node_id``, ``lease_s``; see
+:mod:`dicom_gateway.leases`).  Every ``lease_s / 3`` the assembler also sweeps for dispatches whose
+lease expired (a node died, or lost the database) and hands those it claims to
+``on_study_complete`` as if their groups had completed here.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from typing import Callable
 
 from dicom_gateway import ledger
 from dicom_gateway.config import DicomConfig
+from kernel.cluster import check_node_id
 from kernel.correlation import bound
 
 log = logging.getLogger("medgate.dicom")
@@ -54,11 +61,18 @@ class StudyAssembler:
     poll_interval_s
         How often the store is read when nothing nudges the assembler (default
         ``dicom.completion.poll_interval_s``).
+    node_id
+        This node's id: the owner of the dispatches it claims (``local`` for a gateway alone;
+        each of several nodes on one database needs its own, the same its pipeline is given).
+    lease_s
+        Length of a dispatch lease (default ``dicom.completion.lease_s``); expired leases are
+        swept for every ``lease_s / 3``.
     """
 
     def __init__(self, store, on_study_complete: StudyCallback, *,
                  quiet_period_s: float = _DICOM.completion.quiet_period_s,
-                 poll_interval_s: float = _DICOM.completion.poll_interval_s) -> None:
+                 poll_interval_s: float = _DICOM.completion.poll_interval_s,
+                 node_id: str = ledger.LOCAL_NODE, lease_s: float = _DICOM.completion.lease_s) -> None:
         if quiet_period_s <= 0:
             raise ValueError(f"`quiet_period_s` must be positive, {quiet_period_s!r} is given.")
         if poll_interval_s <= 0:
@@ -67,6 +81,9 @@ class StudyAssembler:
         self.on_study_complete = on_study_complete
         self.quiet_period_s = float(quiet_period_s)
         self.poll_interval_s = float(poll_interval_s)
+        self.node_id = check_node_id(node_id)
+        self.lease_s = ledger.check_lease(lease_s)
+        self._next_sweep = 0.0  # time.monotonic() of the next takeover sweep
         self.listeners: list[CompletionListener] = []
         self._nudge = threading.Event()
         self._stop = threading.Event()
@@ -92,13 +109,39 @@ class StudyAssembler:
         self._nudge.set()
 
     def _run(self) -> None:
+        failing = False  # the database did not answer the last round: logged once, not every poll
         while not self._stop.is_set():
             self._nudge.wait(self.poll_interval_s)
             self._nudge.clear()
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - keep assembling; the next round retries
-                log.exception("study completion check failed")
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self.lease_s / 3
+                    self.take_over()
+            except Exception as exc:  # noqa: BLE001 - keep assembling; the next round retries
+                if not failing:
+                    log.exception("study completion check failed; retried every %g s", self.poll_interval_s)
+                elif not ledger.database_unreachable(self.store, exc):
+                    log.exception("study completion check failed")
+                failing = True
+                continue
+            if failing:
+                log.info("study completion checks succeed again")
+            failing = False
+
+    def take_over(self) -> list[tuple[str, str]]:
+        """Claim for this node the dispatches whose lease expired (their node died, lost the
+        database, or stopped) and hand each to ``on_study_complete``; returns them."""
+        taken = ledger.take_over_expired(self.store, self.node_id, self.lease_s)
+        for study, model in taken:
+            with bound(study):
+                log.warning("study %s: %s taken over by node %s (its lease had expired)", study, model,
+                            self.node_id)
+                try:
+                    self.on_study_complete(study, model)
+                except Exception:  # noqa: BLE001 - a failing consumer must not stop the sweep
+                    log.exception("study %s: hand-off to %s failed", study, model)
+        return taken
 
     def check(self, now: float | None = None) -> list[str]:
         """Apply the rules once; returns the groups completed by this call."""
@@ -124,7 +167,8 @@ class StudyAssembler:
         return None
 
     def _complete(self, group: dict, reason: str, now: float) -> bool:
-        claimed = ledger.complete_group(self.store, group["group_uid"], reason)
+        claimed = ledger.complete_group(self.store, group["group_uid"], reason, node_id=self.node_id,
+                                        lease_s=self.lease_s)
         if claimed is None:
             return False
         study, models = claimed

@@ -57,6 +57,11 @@ class DicomCompletion(Section):
     group_by: Literal["study", "series"] = "study"
     quiet_period_s: float = Field(2.0, gt=0)  # after the last instance, when no count is known
     poll_interval_s: float = Field(0.1, gt=0)  # how often the store is checked (STOW-RS, restarts)
+    # a node's hold on each dispatch it claimed (database clock), renewed every lease_s / 3 while
+    # the dispatch is queued or processed there; once expired another node takes it over. A long
+    # model call (a CT on a CPU) is covered by the renewals, not by a long lease: this is the time a
+    # dead node's work waits before another node picks it up
+    lease_s: float = Field(30.0, gt=0)
 
 
 class DicomStorage(Section):

@@ -193,7 +193,11 @@ class Intake:
             if palette is not None:
                 return self._refuse(StoreStatus.CANNOT_UNDERSTAND, palette, calling_ae, study, **ids)
         if modality in VOLUME_MODALITIES and rows and len(orientation) == 6:
-            mismatch = self._geometry_mismatch(series, rows, columns, orientation)
+            try:
+                mismatch = self._geometry_mismatch(series, rows, columns, orientation)
+            except Exception as exc:  # noqa: BLE001 - the database: refused, the sender sends it again
+                return self._refuse(StoreStatus.OUT_OF_RESOURCES, f"database unavailable: {exc}", calling_ae,
+                                    study, **ids)
             if mismatch is not None:
                 return self._refuse(StoreStatus.CANNOT_UNDERSTAND, mismatch, calling_ae, study, **ids)
         try:
@@ -250,8 +254,9 @@ class Intake:
         try:
             news = ledger.record_instances(self.store, arrivals)
         except Exception as exc:
-            log.error("%d instance(s) stored, but their rows cannot be committed (they are recorded "
-                      "again from the spool files at the next start): %s", len(arrivals), exc)
+            log.error("%d instance(s) stored, but their rows cannot be committed now (kept by the SCP and "
+                      "committed when the database answers; recorded from the spool files at the next start "
+                      "otherwise): %s", len(arrivals), exc)
             raise
         for arrival, new in zip(arrivals, news) if log.isEnabledFor(logging.DEBUG) else ():
             token = bind(arrival.study_uid)

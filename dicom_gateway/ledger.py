@@ -5,6 +5,11 @@ describes the tables).
 Every function takes the :class:`dicom_gateway.store.GatewayStore` and commits its own transaction;
 an instance row and its group update are one transaction.  A store that carries the gateway's as
 ``.gateway`` (the server's :class:`serving.store.Store`) is accepted as well.
+
+Several nodes may share one database (PostgreSQL): a claimed dispatch is leased to the node that
+claimed it (``node_id``) for ``lease_s`` seconds of the database's clock, renewed while that node
+holds it (:class:`dicom_gateway.leases.DispatchLeases`) and taken over by another node once it
+expires (:func:`take_over_expired`).
 """
 from __future__ import annotations
 
@@ -14,13 +19,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from dicom_gateway.config import DicomConfig
 from dicom_gateway.status import StoreStatus
 from dicom_gateway.store import Dispatch, GatewayStore, Group, SeriesGeometry
+
+_DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the functions' defaults
+
+#: The node id of a gateway that runs alone; each of several nodes on one database has its own
+#: (:data:`kernel.cluster.NODE_ID`).
+LOCAL_NODE = "local"
+#: Expired dispatches one takeover sweep claims at most (the rest are left to the next sweep, or
+#: to the other nodes' sweeps).
+TAKEOVER_BATCH = 16
 
 
 def gateway_of(store) -> GatewayStore:
     """The gateway store of ``store`` (itself, or the one it carries as ``.gateway``)."""
     return store if isinstance(store, GatewayStore) else store.gateway
+
+
+def check_lease(lease_s: float) -> float:
+    """``lease_s`` as a float when it is positive, else :class:`ValueError` naming it."""
+    if not lease_s > 0:
+        raise ValueError(f"`lease_s` must be positive, {lease_s!r} is given.")
+    return float(lease_s)
+
+
+def database_unreachable(store, exc: BaseException) -> bool:
+    """Whether ``exc`` says the store's database cannot be reached now
+    (:meth:`GatewayStore.unreachable`): the work is left for later, not failed."""
+    return gateway_of(store).unreachable(exc)
 
 
 def ensure_schema(store) -> None:
@@ -140,14 +168,16 @@ def receiving_groups(store) -> list[Group]:
     return gateway_of(store).receiving_groups()
 
 
-def complete_group(store, group_uid: str, reason: str) -> tuple[str, list[str]] | None:
-    """Mark the group complete and claim its dispatches, atomically.
+def complete_group(store, group_uid: str, reason: str, *, node_id: str = LOCAL_NODE,
+                   lease_s: float = _DICOM.completion.lease_s) -> tuple[str, list[str]] | None:
+    """Mark the group complete and claim its dispatches for ``node_id``, atomically, each leased
+    for ``lease_s`` (database clock).
 
-    Returns ``(study_uid, models newly claimed)``, or None when another thread or process completed
-    it first.  The caller hands the study to each returned model; the claim is durable, so no model
-    ever gets the group twice.
+    Returns ``(study_uid, models newly claimed)``, or None when another thread, process or node
+    completed it first.  The caller hands the study to each returned model; the claim is durable,
+    so no model gets the group twice while the claiming node keeps its lease.
     """
-    return gateway_of(store).complete_group(group_uid, reason, time.time())
+    return gateway_of(store).complete_group(group_uid, reason, time.time(), owner=node_id, lease_s=lease_s)
 
 
 def routed_instances(store, study_uid: str, model: str) -> set[str] | None:
@@ -160,15 +190,41 @@ def routed_instances(store, study_uid: str, model: str) -> set[str] | None:
 
 
 def mark_processed(store, study_uid: str, model: str) -> None:
-    """``model`` has produced (or failed) its results for the study: not resubmitted at restart."""
+    """``model`` has produced (or failed) its results for the study: its lease ends, and it is
+    neither resubmitted at restart nor taken over."""
     gateway_of(store).mark_processed(study_uid, model, time.time())
 
 
 def unprocessed_dispatches(store) -> list[tuple[str, str]] | None:
-    """``(study_uid, model)`` of every claimed dispatch not yet processed, oldest first; None when
-    the gateway never dispatched anything (studies were marked complete otherwise)."""
+    """``(study_uid, model)`` of every claimed dispatch not yet processed, by any node, oldest
+    first; None when the gateway never dispatched anything (studies were marked complete otherwise)."""
     gateway = gateway_of(store)
     return gateway.unprocessed_dispatches() if gateway.has_dispatches() else None
+
+
+def resume_dispatches(store, node_id: str = LOCAL_NODE,
+                      lease_s: float = _DICOM.completion.lease_s) -> list[tuple[str, str]] | None:
+    """At a node's start: claim (lease to ``node_id``) its own unprocessed dispatches and those whose
+    lease expired; ``(study_uid, model)`` of each, oldest first.  A dispatch another node holds
+    under a live lease is left to it.  None when the gateway never dispatched anything."""
+    gateway = gateway_of(store)
+    return gateway.claim_dispatches(node_id, lease_s, own=True) if gateway.has_dispatches() else None
+
+
+def take_over_expired(store, node_id: str = LOCAL_NODE, lease_s: float = _DICOM.completion.lease_s,
+                      limit: int = TAKEOVER_BATCH) -> list[tuple[str, str]]:
+    """Claim for ``node_id`` (at most ``limit``) unprocessed dispatches whose lease expired on the
+    database's clock (their node died, or lost the database, or stopped); ``(study_uid, model)`` of
+    each.  Of several nodes sweeping at once, one wins each dispatch."""
+    return gateway_of(store).claim_dispatches(node_id, lease_s, limit=limit)
+
+
+def renew_leases(store, node_id: str, keys: Iterable[tuple[str, str]],
+                 lease_s: float) -> dict[tuple[str, str], bool | None]:
+    """Renew ``node_id``'s leases on the dispatches ``keys`` (``(study_uid, model)``): per key True
+    (held), False (another node's now, or processed), None (no such dispatch: work that did not come
+    through the gateway, e.g. an upload)."""
+    return gateway_of(store).renew_leases(node_id, keys, lease_s)
 
 
 def dispatches(store, study_uid: str) -> list[Dispatch]:

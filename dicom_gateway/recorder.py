@@ -7,6 +7,12 @@ its group's counters) is bookkeeping that can be made again from the file (see
 thread commits whatever has queued up in one transaction while the association thread waits on
 the network or the disk.  :meth:`Recorder.flush` waits for everything handed over so far: the SCP
 calls it at the end of each association, before the sender counts as finished.
+
+A batch whose commit fails (the database does not answer) is kept and committed again, after
+:data:`RETRY_FIRST_S` doubling up to :data:`RETRY_MAX_S`, with whatever arrived meanwhile, until it
+succeeds: an acknowledged instance is recorded without a restart once the database is back (and
+from its spool file at the next start if the process ends first).  Until then
+:attr:`Recorder.unavailable` says why, and the SCP refuses new instances.
 """
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ from typing import Callable
 from dicom_gateway import ledger
 
 log = logging.getLogger("medgate.dicom")
+
+#: The first wait before a failed batch is committed again, and the longest (it doubles).
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
 
 
 class Recorder:
@@ -31,6 +40,8 @@ class Recorder:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        #: Why the last commit failed while rows wait to be committed again; None when all is committed.
+        self.unavailable: str | None = None
 
     def start(self) -> None:
         self._stopping = False
@@ -53,24 +64,43 @@ class Recorder:
             self._cond.notify_all()
 
     def flush(self, timeout_s: float = 60.0) -> bool:
-        """Wait until every arrival submitted so far is committed (or failed and logged)."""
+        """Wait until every arrival submitted so far was committed, or tried once and kept to be
+        committed again."""
         with self._cond:
             target = self._submitted
             return self._cond.wait_for(lambda: self._done >= target or self._thread is None, timeout_s)
 
     def _run(self) -> None:
+        kept: list[ledger.Arrival] = []  # failed to commit: tried again
+        delay_s = RETRY_FIRST_S
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stopping)
-                if not self._queue:
-                    return
-                batch, self._queue = self._queue, []
+                if kept:
+                    self._cond.wait_for(lambda: self._stopping, delay_s)
+                else:
+                    self._cond.wait_for(lambda: self._queue or self._stopping)
+                fresh, self._queue = self._queue, []
+                stopping = self._stopping
+            if not fresh and not kept:
+                return
+            batch = kept + fresh
             try:
-                news = self._record(batch)
-            except Exception:  # noqa: BLE001 - logged by the intake; the files are recorded at start
-                news = []
+                news, error = self._record(batch), None
+            except Exception as exc:  # noqa: BLE001 - logged by the intake; kept and tried again
+                news, error = [], exc
             with self._cond:
-                self._done += len(batch)
+                self._done += len(fresh)
+                self.unavailable = None if error is None else str(error) or type(error).__name__
                 self._cond.notify_all()
+            if error is None:
+                if kept:
+                    log.info("%d instance row(s) kept while the database did not answer are committed", len(kept))
+                kept, delay_s = [], RETRY_FIRST_S
+            elif stopping:  # the files stay in the spool: recorded at the next start
+                log.error("%d instance row(s) not committed at stop; recorded from the spool at the next start",
+                          len(batch))
+                return
+            else:
+                kept, delay_s = batch, min(RETRY_MAX_S, delay_s * 2 if kept else RETRY_FIRST_S)
             if any(new and arrival.expected_count for arrival, new in zip(batch, news)):
                 self._on_counted()

@@ -14,6 +14,12 @@ Associations are checked when requested: called AE title, the calling-AE allow-l
 address (and, on the TLS port, the AE title named by the client certificate when the allow-list
 asks for it), and the spool's free-space watermark; each rejection is logged with its reason.
 With a TLS context the same AE also listens on a second, TLS port, or on that port alone.
+
+When the database stops answering (a node that lost PostgreSQL), the rows already acknowledged are
+kept and committed again until it answers (:class:`dicom_gateway.recorder.Recorder`); meanwhile each
+C-STORE is refused, Out of Resources (0xA700) with the Error Comment "database unavailable", and
+nothing of it is kept: the sender sends it again later.  Acceptance resumes by itself with the
+first commit that succeeds.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ from dicom_gateway.slots import SlotPool
 from dicom_gateway.storage import DirectWriter, instance_path, part10_header, remove_temporary_files
 from dicom_gateway.uids import check_uid
 from dicom_gateway.wellformed import Element, dataset_problem
+from kernel.cluster import check_node_id
 
 log = logging.getLogger("medgate.dicom")
 
@@ -52,6 +59,19 @@ __all__ = ["StorageScp", "STORAGE_SOP_CLASSES"]
 
 _DICOM = DicomConfig()  # the ``dicom:`` section's defaults, the constructor's defaults
 HOUSEKEEPING_INTERVAL_S = 3600.0  # retention is checked at start, then hourly
+#: Error Comment (0000,0902) of a C-STORE refused while the database does not answer (at most 64
+#: characters, :data:`dicom_gateway.dimse.ERROR_COMMENT_MAX_CHARS`).
+DATABASE_UNAVAILABLE = "database unavailable: not stored, send again later"
+#: With several nodes on one spool, a temporary file is taken for one a crash left (and deleted at
+#: start) only when it is older than this: a write in progress on another node is younger.
+TEMPORARY_FILE_AGE_S = 600.0
+
+
+def slot_folder(spool: Path, node_id: str) -> Path:
+    """The node's pre-written slot files (:mod:`dicom_gateway.slots`): ``<spool>/.slots`` alone,
+    ``<spool>/.slots-<node_id>`` for each of several nodes sharing the spool, so that a node's start
+    recovers and deletes its own slots, never another's in use."""
+    return Path(spool) / (".slots" if node_id == ledger.LOCAL_NODE else f".slots-{node_id}")
 
 
 class StorageScp:
@@ -92,6 +112,12 @@ class StorageScp:
     slot_pool_bytes
         With ``fsync``: bytes of pre-written slot files kept ready per instance size in demand
         (:class:`dicom_gateway.slots.SlotPool`); 0 writes every instance the classic way.
+    node_id
+        This node's id when several share one database and spool (``local`` alone): the owner of
+        the dispatches it claims (:class:`~dicom_gateway.completion.StudyAssembler`) and the name of
+        its own slot folder in the spool (:func:`slot_folder`).
+    lease_s
+        Length of a dispatch lease (default ``dicom.completion.lease_s``).
     """
 
     def __init__(self, ae_title: str, host: str, port: int, store, spool: Path,
@@ -106,7 +132,8 @@ class StorageScp:
                  retention_days: float | None = _DICOM.storage.retention_days,
                  max_pdu_bytes: int = _DICOM.max_pdu_bytes, fsync: bool = _DICOM.storage.fsync,
                  slot_pool_bytes: int = _DICOM.storage.slot_pool_bytes,
-                 group_commit: bool = _DICOM.storage.group_commit) -> None:
+                 group_commit: bool = _DICOM.storage.group_commit,
+                 node_id: str = ledger.LOCAL_NODE, lease_s: float = _DICOM.completion.lease_s) -> None:
         if group_by not in GROUP_BY:
             raise ValueError(f"`group_by` must be one of {GROUP_BY}, {group_by!r} is given.")
         if (tls_port is None) != (ssl_context is None):
@@ -132,13 +159,14 @@ class StorageScp:
         self.min_free_bytes = int(min_free_bytes)
         self.retention_days = retention_days
         self._stop_housekeeping = threading.Event()
-        self.slots = SlotPool(self.spool / ".slots", pool_bytes=slot_pool_bytes, group_commit=group_commit) \
-            if fsync and slot_pool_bytes > 0 else None
+        self.node_id = check_node_id(node_id)
+        self.slots = SlotPool(slot_folder(self.spool, self.node_id), pool_bytes=slot_pool_bytes,
+                              group_commit=group_commit) if fsync and slot_pool_bytes > 0 else None
         self.intake = Intake(store, self.spool, rules, group_by=group_by, min_free_bytes=min_free_bytes,
                              writer=self.slots or DirectWriter(fsync))
         self.recorder = Recorder(self.intake.record, self._counted)
         self.assembler = StudyAssembler(store, on_study_complete, quiet_period_s=quiet_period_s,
-                                        poll_interval_s=poll_interval_s)
+                                        poll_interval_s=poll_interval_s, node_id=self.node_id, lease_s=lease_s)
         self._open: dict[int, set[str]] = {}  # association id -> groups it delivered to
         self._lock = threading.Lock()
         self._bound: dict[str, int] = {}  # "plain" / "tls" -> the port bound
@@ -153,15 +181,19 @@ class StorageScp:
         return self._bound.get("tls", self.tls_address[1]) if self.tls_address else None
 
     def start(self) -> None:
-        removed = remove_temporary_files(self.spool)
+        # a shared spool: another node's write in progress is never taken for one a crash left
+        removed = remove_temporary_files(self.spool, older_than_s=0.0 if self.node_id == ledger.LOCAL_NODE
+                                         else TEMPORARY_FILE_AGE_S)
         if removed:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)
         if self.slots is not None:
             self.slots.recover(self._place_slot)
             self.slots.start()
         recovered = self.intake.recover(self.ae_title)
-        if recovered:
-            ledger.mark_released(self.store, recovered)  # their senders are gone
+        if recovered and self.node_id == ledger.LOCAL_NODE:
+            # their senders are gone; in a shared spool a file may be another node's whose row is on
+            # its way, its sender still sending: those groups complete by the quiet period instead
+            ledger.mark_released(self.store, recovered)
         self.recorder.start()
         self.assembler.start()
         if self.retention_days is not None:
@@ -222,6 +254,10 @@ class StorageScp:
         as Error Comment (0000,0902)."""
         calling = association.calling_ae
         abstract_syntax, transfer_syntax = association.contexts[context_id]
+        unavailable = self.recorder.unavailable
+        if unavailable is not None:  # acknowledged rows wait for the database: take no more
+            log.warning("C-STORE from %s refused: the database is unavailable (%s)", calling, unavailable)
+            return Response(StoreStatus.OUT_OF_RESOURCES, DATABASE_UNAVAILABLE)
         try:
             sop_class = check_uid("Affected SOP Class UID", command.AffectedSOPClassUID)
             sop_instance = check_uid("Affected SOP Instance UID", command.AffectedSOPInstanceUID)
@@ -263,7 +299,11 @@ class StorageScp:
         with self._lock:
             groups = self._open.pop(association.id, set())
         if groups:
-            ledger.mark_released(self.store, groups)
+            try:
+                ledger.mark_released(self.store, groups)
+            except Exception as exc:  # noqa: BLE001 - the quiet period completes them instead
+                log.warning("association %d: the end of its sender not recorded (%s); its %d group(s)"
+                            " complete after the quiet period", association.id, exc, len(groups))
             self.assembler.nudge()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
@@ -135,13 +136,21 @@ def instance_path(spool: Path, study_uid: str, sop_instance_uid: str) -> Path:
     return Path(spool).joinpath(*parts)
 
 
-def remove_temporary_files(spool: Path) -> int:
-    """Delete ``.<name>.<pid>.tmp`` files an interrupted write left (never acknowledged); count them."""
+def remove_temporary_files(spool: Path, older_than_s: float = 0.0) -> int:
+    """Delete ``.<name>.<pid>.tmp`` files an interrupted write left (never acknowledged), those last
+    modified more than ``older_than_s`` ago (a spool shared by several nodes: younger ones may be
+    another node's writes in progress); count them."""
     spool = Path(spool)
     if not spool.is_dir():
         return 0
+    cutoff = time.time() - older_than_s
     removed = 0
     for tmp in spool.glob("*/.*.tmp"):
-        tmp.unlink(missing_ok=True)
+        try:
+            if older_than_s > 0 and tmp.stat().st_mtime > cutoff:
+                continue
+            tmp.unlink()
+        except FileNotFoundError:  # finished (renamed) or removed meanwhile
+            continue
         removed += 1
     return removed

@@ -19,7 +19,11 @@ Tables (in the shared database, :class:`kernel.database.Database`; the gateway c
 ``dicom_dispatches``
     The *dispatched* marker: one row per (group, model), inserted in the same transaction that
     marks the group complete.  A group is handed to a model only when that insert created the row,
-    so a study is dispatched exactly once, across restarts and across processes (SCP and STOW-RS).
+    so a study is dispatched exactly once, across restarts, processes and nodes.  Each unprocessed
+    row is *leased* (version 2): ``owner`` is the node whose pipeline holds it and
+    ``lease_expires_at`` when that hold ends unless renewed, on the database's clock
+    (:attr:`kernel.database.Database.now_sql`, never a node's own).  An expired lease is taken over by
+    another node (:meth:`GatewayStore.claim_dispatches`); ``processed_at`` ends it.
 
 ``dicom_object_index``
     The DICOM objects a DICOMweb client may search and retrieve (PS3.18 QIDO-RS and WADO-RS): every
@@ -197,13 +201,17 @@ class Group(Record):
 
 @dataclass(frozen=True)
 class Dispatch(Record):
-    """One group handed to one model (a row of ``dicom_dispatches``)."""
+    """One group handed to one model (a row of ``dicom_dispatches``): ``owner`` the node holding (or
+    that last held) its lease, ``lease_expires_at`` the end of that lease on the database's clock
+    (None once processed, or for a dispatch of before leases)."""
 
     group_uid: str
     model: str
     study_uid: str
     dispatched_at: float
     processed_at: float | None
+    owner: str | None
+    lease_expires_at: float | None
 
 
 class StudyPatient(NamedTuple):
@@ -338,9 +346,20 @@ def _conditions(matches: Iterable[Match]) -> tuple[str, list[Any]]:
     return sql, params
 
 
+#: Version 2: a dispatch's lease (the node holding it and when the hold ends, database clock), and
+#: the index the takeover sweep reads (the unprocessed dispatches by lease end).
+LEASES = """
+ALTER TABLE dicom_dispatches ADD COLUMN owner TEXT;
+ALTER TABLE dicom_dispatches ADD COLUMN lease_expires_at REAL;
+CREATE INDEX IF NOT EXISTS dicom_dispatches_open ON dicom_dispatches(lease_expires_at) WHERE processed_at IS NULL;
+"""
 #: The gateway's schema steps (:mod:`kernel.migrations`); 1: the schema when versions began.
-MIGRATIONS = (Migration(1, "instances, studies, groups, dispatches, object index", SCHEMA),)
+MIGRATIONS = (Migration(1, "instances, studies, groups, dispatches, object index", SCHEMA),
+              Migration(2, "dispatch leases: owner node and lease end", LEASES))
+#: Columns added before versions began (a database of then gets them when it is adopted).
+LEGACY_COLUMNS = {"dicom_dispatches": (("processed_at", "REAL"),)}
 _INSTANCE, _STUDY, _GROUP = columns_of(Instance), columns_of(Study), columns_of(Group)
+_DISPATCH = columns_of(Dispatch)
 
 
 def _record(cls, row) -> Any:
@@ -354,23 +373,36 @@ class GatewayStore:
         if not isinstance(database, Database):
             raise TypeError(f"database must be a kernel.database.Database, {type(database).__name__} is given.")
         self.database = database
-        migrate(database, "gateway", MIGRATIONS)
-        self._adopt_processed_at()
+        #: ``FOR UPDATE``: a row read to be changed stays locked to this transaction (PostgreSQL; on
+        #: SQLite every write transaction holds the whole database, ``BEGIN IMMEDIATE``).
+        self._for_update = " FOR UPDATE" if database.dialect == "postgresql" else ""
+        legacy = self._lacks_processed_at()
+        migrate(database, "gateway", MIGRATIONS, legacy_columns=LEGACY_COLUMNS)
+        if legacy:
+            self._adopt_processed_at()
 
     def close(self) -> None:
         """Close the database (a gateway store that opened its own: :func:`open_gateway_store`)."""
         self.database.close()
 
+    def _lacks_processed_at(self) -> bool:
+        """A database of before ``dicom_dispatches.processed_at`` (before versions began)."""
+        return (not self.database.read_only and self.database.has_table("dicom_dispatches")
+                and "processed_at" not in self.database.columns("dicom_dispatches"))
+
     def _adopt_processed_at(self) -> None:
-        """A database of before ``dicom_dispatches.processed_at``: the column, set for the
-        dispatches of studies no longer complete (before versions began; version 1 has it)."""
-        if self.database.read_only:
-            return
+        """The column just added to a database of before it: set for the dispatches of studies no
+        longer complete."""
         with self.database.transaction() as db:
-            if "processed_at" not in self.database.columns("dicom_dispatches"):
-                db.execute("ALTER TABLE dicom_dispatches ADD COLUMN processed_at REAL")
-                db.execute("UPDATE dicom_dispatches SET processed_at=dispatched_at WHERE study_uid NOT IN"
-                           " (SELECT study_uid FROM studies WHERE status='complete')")
+            db.execute("UPDATE dicom_dispatches SET processed_at=dispatched_at WHERE study_uid NOT IN"
+                       " (SELECT study_uid FROM studies WHERE status='complete')")
+
+    def unreachable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database cannot be reached now (an operational error of its
+        backend: connection lost or refused, server shutting down, SQLite busy), as opposed to a
+        statement that is wrong whenever it runs."""
+        return isinstance(exc, self.database.errors) and any(
+            cls.__name__ == "OperationalError" for cls in type(exc).__mro__)
 
     # -- instances and studies -------------------------------------------------------------------
     def add_instance(self, row: dict[str, Any]) -> bool:
@@ -542,12 +574,19 @@ class GatewayStore:
     def record_arrivals(self, arrivals: list[Arrival], now: float) -> list[bool]:
         """The rows of ``arrivals`` (instance, study, routes, group counters) in one transaction
         committed without waiting for the disk (the spool files are the durable record); which
-        instances were new."""
-        with self.database.transaction(durable=False) as db:
-            return [self._arrive(db, arrival, now) for arrival in arrivals]
+        instances were new.
 
-    @staticmethod
-    def _arrive(db, arrival: Arrival, now: float) -> bool:
+        Each group's row is locked while its counters change, so nodes recording instances of one
+        group at once add up (PostgreSQL); the arrivals are written in group order, so two nodes'
+        transactions take those locks in the same order."""
+        order = sorted(range(len(arrivals)), key=lambda i: (arrivals[i].group_uid, arrivals[i].sop_instance_uid))
+        new = [False] * len(arrivals)
+        with self.database.transaction(durable=False) as db:
+            for i in order:
+                new[i] = self._arrive(db, arrivals[i], now)
+        return new
+
+    def _arrive(self, db, arrival: Arrival, now: float) -> bool:
         new = db.execute(
             "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?)",
             (arrival.sop_instance_uid, arrival.study_uid, arrival.series_uid, arrival.sop_class_uid,
@@ -561,15 +600,13 @@ class GatewayStore:
         db.execute("INSERT OR IGNORE INTO dicom_instance_routes VALUES (?,?,?,?)",
                    (arrival.sop_instance_uid, arrival.study_uid, arrival.group_uid,
                     json.dumps(list(arrival.models))))
-        row = db.execute("SELECT models, expected_count, state FROM dicom_groups WHERE group_uid=?",
-                         (arrival.group_uid,)).fetchone()
-        if row is None:
-            db.execute(
-                "INSERT INTO dicom_groups(group_uid, study_uid, models, expected_count, received_count,"
-                " single_image, last_received_at) VALUES (?,?,?,?,1,?,?)",
-                (arrival.group_uid, arrival.study_uid, json.dumps(list(arrival.models)),
-                 arrival.expected_count, int(arrival.single_image), now))
-            return True
+        # the group's row, new and empty when this is its first instance (another node's
+        # transaction may insert it at the same moment: one insert wins, the other finds its row)
+        db.execute("INSERT OR IGNORE INTO dicom_groups(group_uid, study_uid, models, received_count,"
+                   " single_image, last_received_at) VALUES (?,?,'[]',0,1,?)",
+                   (arrival.group_uid, arrival.study_uid, now))
+        row = db.execute("SELECT models, expected_count, state FROM dicom_groups WHERE group_uid=?"
+                         + self._for_update, (arrival.group_uid,)).fetchone()
         models = list(dict.fromkeys([*json.loads(row["models"]), *arrival.models]))
         expected = max(filter(None, (row["expected_count"], arrival.expected_count)), default=None)
         late = row["state"] != "receiving"
@@ -615,20 +652,21 @@ class GatewayStore:
         """Completion groups per state."""
         return {r[0]: r[1] for r in self.database.rows("SELECT state, COUNT(*) FROM dicom_groups GROUP BY state")}
 
-    def complete_group(self, group_uid: str, reason: str, now: float) -> tuple[str, list[str]] | None:
-        """Mark the group complete and claim its dispatches in one transaction: ``(study_uid,
-        models newly claimed)``, or None when it was complete already."""
+    def complete_group(self, group_uid: str, reason: str, now: float, *, owner: str,
+                       lease_s: float) -> tuple[str, list[str]] | None:
+        """Mark the group complete and claim its dispatches in one transaction, each leased to
+        ``owner`` for ``lease_s`` (database clock): ``(study_uid, models newly claimed)``, or None
+        when it was complete already (by this node or another: the state changes once)."""
         with self.database.transaction() as db:
-            row = db.execute("SELECT study_uid, models FROM dicom_groups WHERE group_uid=? AND state='receiving'",
-                             (group_uid,)).fetchone()
-            if row is None:
+            if db.execute("UPDATE dicom_groups SET state='complete', completed_at=?, reason=? WHERE group_uid=?"
+                          " AND state='receiving'", (now, reason, group_uid)).rowcount != 1:
                 return None
+            row = db.execute("SELECT study_uid, models FROM dicom_groups WHERE group_uid=?", (group_uid,)).fetchone()
             study_uid, models = row[0], json.loads(row[1])
-            db.execute("UPDATE dicom_groups SET state='complete', completed_at=?, reason=? WHERE group_uid=?",
-                       (now, reason, group_uid))
             claimed = [m for m in models if db.execute(
-                "INSERT OR IGNORE INTO dicom_dispatches(group_uid, model, study_uid, dispatched_at)"
-                " VALUES (?,?,?,?)", (group_uid, m, study_uid, now)).rowcount == 1]
+                "INSERT OR IGNORE INTO dicom_dispatches(group_uid, model, study_uid, dispatched_at, owner,"
+                f" lease_expires_at) VALUES (?,?,?,?,?,{self.database.now_sql} + ?)",
+                (group_uid, m, study_uid, now, owner, lease_s)).rowcount == 1]
             if models:
                 db.execute("UPDATE studies SET status='complete', route=?, detail=?, updated_at=? WHERE study_uid=?",
                            (models[0], f"complete ({reason})", now, study_uid))
@@ -643,9 +681,57 @@ class GatewayStore:
             "SELECT sop_instance_uid, models FROM dicom_instance_routes WHERE study_uid=?", (study_uid,))}
 
     def mark_processed(self, study_uid: str, model: str, now: float) -> None:
+        """The study's dispatches to ``model`` are processed: their leases end (the owner stays, as
+        the node that held it last)."""
         with self.database.transaction() as db:
-            db.execute("UPDATE dicom_dispatches SET processed_at=? WHERE study_uid=? AND model=?"
-                       " AND processed_at IS NULL", (now, study_uid, model))
+            db.execute("UPDATE dicom_dispatches SET processed_at=?, lease_expires_at=NULL WHERE study_uid=?"
+                       " AND model=? AND processed_at IS NULL", (now, study_uid, model))
+
+    def claim_dispatches(self, owner: str, lease_s: float, *, own: bool = False,
+                         limit: int | None = None) -> list[tuple[str, str]]:
+        """Lease to ``owner`` for ``lease_s`` the unprocessed dispatches whose lease has expired on
+        the database's clock (or that never had one), and with ``own`` those ``owner`` holds already
+        (a node starting again); ``(study_uid, model)`` of those claimed, oldest first, at most
+        ``limit`` rows.
+
+        One claimer wins each row: on PostgreSQL the candidates are locked with ``FOR UPDATE SKIP
+        LOCKED`` (rows another node is claiming are passed over), on SQLite the transaction holds the
+        database (``BEGIN IMMEDIATE``), and each row is leased by an ``UPDATE`` that checks the
+        lease again and counts as claimed only when it changed the row."""
+        now = self.database.now_sql
+        claimable = f"(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}" + \
+            (" OR owner=?)" if own else ")")
+        mine = (owner,) if own else ()
+        bounded = (" LIMIT ?", (limit,)) if limit is not None else ("", ())
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.database.dialect == "postgresql" else ""
+        with self.database.transaction() as db:
+            rows = db.execute(
+                f"SELECT group_uid, model, study_uid FROM dicom_dispatches WHERE processed_at IS NULL AND {claimable}"
+                f" ORDER BY dispatched_at, model{bounded[0]}{skip_locked}", (*mine, *bounded[1])).fetchall()
+            claimed = [(r[2], r[1]) for r in rows if db.execute(
+                f"UPDATE dicom_dispatches SET owner=?, lease_expires_at={now} + ? WHERE group_uid=? AND model=?"
+                f" AND processed_at IS NULL AND {claimable}", (owner, lease_s, r[0], r[1], *mine)).rowcount == 1]
+        return list(dict.fromkeys(claimed))
+
+    def renew_leases(self, owner: str, keys: Iterable[tuple[str, str]],
+                     lease_s: float) -> dict[tuple[str, str], bool | None]:
+        """Extend to ``lease_s`` from now (database clock) ``owner``'s leases on the unprocessed
+        dispatches of each ``(study_uid, model)`` in ``keys``, in one transaction.  Per key: True,
+        renewed (still ``owner``'s: no other node took it over, even if it had expired); False, not
+        ``owner``'s any more (another node took it over, or it was processed); None, the gateway
+        has no dispatch of that study to that model (work that did not come through it)."""
+        found: dict[tuple[str, str], bool | None] = {}
+        with self.database.transaction() as db:
+            for study_uid, model in dict.fromkeys(keys):
+                if db.execute(f"UPDATE dicom_dispatches SET lease_expires_at={self.database.now_sql} + ?"
+                              " WHERE study_uid=? AND model=? AND owner=? AND processed_at IS NULL",
+                              (lease_s, study_uid, model, owner)).rowcount:
+                    found[study_uid, model] = True
+                    continue
+                any_row = db.execute("SELECT 1 FROM dicom_dispatches WHERE study_uid=? AND model=? LIMIT 1",
+                                     (study_uid, model)).fetchone()
+                found[study_uid, model] = False if any_row is not None else None
+        return found
 
     def unprocessed_dispatches(self) -> list[tuple[str, str]]:
         """``(study_uid, model)`` of every claimed dispatch not yet processed, oldest first."""
@@ -658,8 +744,7 @@ class GatewayStore:
 
     def dispatches(self, study_uid: str) -> list[Dispatch]:
         return [Dispatch(*r) for r in self.database.rows(
-            "SELECT group_uid, model, study_uid, dispatched_at, processed_at FROM dicom_dispatches"
-            " WHERE study_uid=? ORDER BY model", (study_uid,))]
+            f"SELECT {_DISPATCH} FROM dicom_dispatches WHERE study_uid=? ORDER BY model, group_uid", (study_uid,))]
 
     def latest_completion(self) -> float | None:
         """When the last group completed (epoch seconds), or None."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from dicom_gateway.completion import StudyCallback
+from dicom_gateway.ledger import LOCAL_NODE
 from dicom_gateway.routing import rules_from_config
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.security import AllowedPeer, AllowList, tls_context
@@ -18,8 +19,9 @@ log = logging.getLogger("medgate.dicom")
 
 
 def build_scp(dicom, store, spool: Path, on_study_complete: StudyCallback,
-              known_models: Iterable[str] | None = None) -> StorageScp:
-    """A :class:`StorageScp` for ``dicom`` (a :class:`dicom_gateway.config.DicomConfig`).
+              known_models: Iterable[str] | None = None, *, node_id: str = LOCAL_NODE) -> StorageScp:
+    """A :class:`StorageScp` for ``dicom`` (a :class:`dicom_gateway.config.DicomConfig`); ``node_id``:
+    this node's id when several share the database and the spool (its pipeline gets the same).
 
     Raises
     ------
@@ -43,4 +45,4 @@ def build_scp(dicom, store, spool: Path, on_study_complete: StudyCallback,
         poll_interval_s=dicom.completion.poll_interval_s, min_free_bytes=dicom.storage.min_free_bytes,
         retention_days=dicom.storage.retention_days, max_pdu_bytes=dicom.max_pdu_bytes,
         fsync=dicom.storage.fsync, slot_pool_bytes=dicom.storage.slot_pool_bytes,
-        group_commit=dicom.storage.group_commit)
+        group_commit=dicom.storage.group_commit, node_id=node_id, lease_s=dicom.completion.lease_s)

@@ -26,9 +26,18 @@ Each DICOM object is queued through the outbox for every destination whose ``obj
 its kind (``sr``, ``seg``, ``sc``); the FHIR resources go as one transaction Bundle to
 ``fhir.base_url`` or, without it, into the local store.  Each study is processed, and its outbox
 items enqueued, under its Study Instance UID as correlation id (:mod:`kernel.correlation`).
-Studies left ``complete`` by a crash are resubmitted at start.  Every UID and FHIR id derives from
-the source and the model version, so reprocessing a study replaces its results instead of adding
-more.
+Every UID and FHIR id derives from the source and the model version, so reprocessing a study
+replaces its results instead of adding more.
+
+Each (study, model) the gateway dispatched is leased to this node (``node_id``) while it is queued
+or processed here (:class:`dicom_gateway.leases.DispatchLeases` renews the leases every
+``lease_s / 3``).  The lease is confirmed before the study starts and again between the model call
+and the first result written: a dispatch another node took over (this node lost the database for
+longer than the lease) is dropped, never written twice.  At start the node resumes its own
+unprocessed dispatches and those whose lease expired, and leaves another node's live ones alone.
+When the database cannot be reached mid-study the dispatch is let go: its lease lapses and the
+takeover sweep (:meth:`dicom_gateway.completion.StudyAssembler.take_over`, on this node or another)
+runs it again.
 
 A 2D model receives one ``float32`` (C, S, S) item per image, made by
 :func:`dicom_gateway.pixels.model_input` for the channels of the model's image input (``num_channels``
@@ -54,8 +63,10 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 
+from dicom_gateway.config import DicomConfig
+from dicom_gateway.leases import DispatchLeases, LeaseLost
+from dicom_gateway.ledger import LOCAL_NODE, database_unreachable, mark_processed, resume_dispatches, routed_instances
 from dicom_gateway.overlay import build_overlay
-from dicom_gateway.ledger import mark_processed, routed_instances, unprocessed_dispatches
 from dicom_gateway.pixels import ct_volume, model_input
 from dicom_gateway.routing import DEFAULT_RULES, route
 from dicom_gateway.seg import build_segmentation
@@ -73,7 +84,7 @@ from serving.imaging.results import OVERLAY_SERIES_NUMBER, ResultWriter, result_
 
 log = logging.getLogger("medgate.imaging")
 
-
+_DICOM = DicomConfig()  # the ``dicom:`` section's defaults (dispatch leases), the constructor's defaults
 
 def served_spec(info: dict) -> ServingSpec:
     """The serving spec of the served model version (``info["name"]``, ``info["version"]``)."""
@@ -119,12 +130,18 @@ class ImagingPipeline:
         Patient identifier systems for FHIR.
     hl7
         The ``hl7`` section: the RIS/HIS destinations of ORU^R01 messages.
+    node_id
+        This node's id, the owner of the dispatch leases it holds (``local`` alone; with several
+        nodes on one database, the same id its gateway's assembler is given).
+    lease_s
+        Length of a dispatch lease (default ``dicom.completion.lease_s``).
     """
 
     def __init__(self, store, outbox, handles: dict[str, Any], results_dir: Path,
                  pacs_destination: str | None = None, timeout_s: float = 60.0, *,
                  destinations: dict[str, list[str]] | None = None, fhir_base_url: str | None = None,
-                 identity: PatientIdentity | None = None, hl7: Hl7Section | None = None) -> None:
+                 identity: PatientIdentity | None = None, hl7: Hl7Section | None = None,
+                 node_id: str = LOCAL_NODE, lease_s: float = _DICOM.completion.lease_s) -> None:
         self.store, self.outbox, self.handles = store, outbox, handles
         self.results_dir = Path(results_dir)
         self.destinations = dict(destinations or {})
@@ -135,6 +152,7 @@ class ImagingPipeline:
         self.results = ResultWriter(store, outbox, self.results_dir, destinations=self.destinations,
                                     fhir_base_url=fhir_base_url, identity=self.identity, hl7=hl7)
         self.timeout_s = timeout_s
+        self.leases = DispatchLeases(store, node_id=node_id, lease_s=lease_s)
         self._attempts: dict[tuple[str, str], int] = {}  # transient failures so far, per dispatch
         self._info: dict[str, dict] = {}
         self._queues: dict[str, queue.Queue[str | None]] = {model: queue.Queue() for model in handles}
@@ -146,7 +164,8 @@ class ImagingPipeline:
             self.model_info(model)  # fail fast at start, and no first-study penalty
         for thread in self._threads:
             thread.start()
-        pending = unprocessed_dispatches(self.store)
+        self.leases.start()
+        pending = resume_dispatches(self.store, self.leases.node_id, self.leases.lease_s)
         if pending is None:  # no gateway ledger in this store: one route per study
             pending = [(study, self.store.study(study)["route"])
                        for study in self.store.studies_with_status("complete")]
@@ -161,8 +180,11 @@ class ImagingPipeline:
         deadline = time.monotonic() + self.timeout_s
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.leases.stop()
 
     def submit(self, study_uid: str, model: str) -> None:
+        """Queue ``(study_uid, model)`` and hold its lease; nothing when it is queued or in progress
+        here already (a takeover sweep may hand back a dispatch this node holds)."""
         if model not in self._queues:  # e.g. a dispatch resumed after its model was undeployed
             with bound(study_uid):
                 log.error("study %s: no deployment for model %r (deployed: %s)", study_uid, model,
@@ -170,20 +192,47 @@ class ImagingPipeline:
             self.store.set_study_status(study_uid, "failed", detail=f"no deployment for model {model!r}")
             mark_processed(self.store, study_uid, model)
             return
-        self._queues[model].put(study_uid)
+        if self.leases.hold(study_uid, model):
+            self._queues[model].put(study_uid)
 
     def _run(self, model: str) -> None:
         while (study := self._queues[model].get()) is not None:
             with bound(study):
-                try:
-                    self.process(study, model)
-                except Exception as exc:  # noqa: BLE001 - the study fails, the pipeline goes on
-                    if self._retry_later(study, model, exc):
-                        continue  # not marked processed: a restart resumes it too
-                    log.exception("study %s: processing failed", study)
-                    self.store.set_study_status(study, "failed", detail=f"{type(exc).__name__}: {exc}")
-                self._attempts.pop((study, model), None)
-                mark_processed(self.store, study, model)
+                self._handle(study, model)
+
+    def _handle(self, study: str, model: str) -> None:
+        """Process one queued dispatch under its lease, then mark it processed."""
+        try:
+            if not self.leases.confirm(study, model):
+                log.info("study %s: %s is another node's or processed already; not run here", study, model)
+                return
+            self.process(study, model)
+        except LeaseLost as exc:
+            log.warning("study %s: %s", study, exc)
+            self._attempts.pop((study, model), None)
+            return
+        except Exception as exc:  # noqa: BLE001 - the study fails, the pipeline goes on
+            if database_unreachable(self.store, exc):
+                log.warning("study %s: %s stopped, the database does not answer (%s); its lease lapses and"
+                            " the takeover sweep runs it again", study, model, exc)
+                self.leases.drop(study, model)
+                return
+            if self._retry_later(study, model, exc):
+                return  # not marked processed: a restart resumes it too
+            log.exception("study %s: processing failed", study)
+            try:
+                self.store.set_study_status(study, "failed", detail=f"{type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001 - logged; the dispatch is marked processed all the same
+                log.exception("study %s: its failure not recorded", study)
+        self._attempts.pop((study, model), None)
+        self.leases.release(study, model)
+
+    def _fence(self, study_uid: str, model: str) -> None:
+        """Between the model call and the first result written: the dispatch must still be this
+        node's (its lease renewed now), else :class:`LeaseLost` and nothing is written."""
+        if not self.leases.confirm(study_uid, model):
+            raise LeaseLost(f"{model} was taken over by another node during the model call; its results"
+                            " are that node's to write")
 
     def _retry_later(self, study: str, model: str, exc: Exception) -> bool:
         """A model call that timed out or lost its replica is tried again (at most
@@ -196,7 +245,7 @@ class ImagingPipeline:
         delay_s = RETRY_DELAY_S * 2 ** (attempt - 1)
         log.warning("study %s: %s failed (%s: %s), attempt %d of %d; again in %.0f s", study, model,
                     type(exc).__name__, exc, attempt, TRANSIENT_ATTEMPTS, delay_s)
-        timer = threading.Timer(delay_s, self.submit, (study, model))
+        timer = threading.Timer(delay_s, self._queues[model].put, (study,))  # still held: renewed meanwhile
         timer.daemon = True
         timer.start()
         return True
@@ -237,6 +286,7 @@ class ImagingPipeline:
         items = [model_input(ds, info["input_size_px"], channels) for ds in datasets]  # PixelDataError: study fails
         pending = [handle.remote(item) for item in items]
         replies = [p.result(timeout_s=self.timeout_s) for p in pending]
+        self._fence(study_uid, info["name"])
         paths, findings = [], []
         for ds, item, reply in zip(datasets, items, replies):
             finding = finding_of(ds, reply, info, spec)
@@ -253,6 +303,7 @@ class ImagingPipeline:
         volume, spacing, series = ct_volume(datasets)  # sorted along the normal; VolumeError if mixed
         reply = self.handles[info["name"]].remote({"volume": volume, "spacing_mm": spacing}).result(
             timeout_s=max(self.timeout_s, VOLUME_TIMEOUT_S))
+        self._fence(study_uid, info["name"])
         findings = self._volume_findings(series, reply, info)
         paths, seg = [], None
         masked = [f for f in findings if f.mask is not None]

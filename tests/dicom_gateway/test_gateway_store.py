@@ -30,7 +30,7 @@ def arrival(study: str, sop: str, models=("tb",), group: str | None = None) -> A
 
 def test_the_gateway_creates_only_its_own_tables(gateway):
     assert all(gateway.database.has_table(t) for t in GATEWAY_TABLES)
-    assert version(gateway.database, "gateway") == 1
+    assert version(gateway.database, "gateway") == 2
     if gateway.database.dialect == "sqlite":
         names = {r[0] for r in gateway.database.rows("SELECT name FROM sqlite_master WHERE type='table'")}
         assert names - {"sqlite_sequence", "schema_versions"} == set(GATEWAY_TABLES)
@@ -41,8 +41,8 @@ def test_arrivals_studies_and_dispatches_are_typed_records(gateway):
     assert gateway.record_arrivals([arrival("1.2.3", "1.2.3.1"), arrival("1.2.3", "1.2.3.1")], now) == [True, False]
     (group,) = gateway.receiving_groups()
     assert isinstance(group, Group) and group.model_names == ("tb",) and group.received_count == 1
-    assert gateway.complete_group("1.2.3", "quiet", now) == ("1.2.3", ["tb"])
-    assert gateway.complete_group("1.2.3", "quiet", now) is None  # claimed once
+    assert gateway.complete_group("1.2.3", "quiet", now, owner="local", lease_s=30.0) == ("1.2.3", ["tb"])
+    assert gateway.complete_group("1.2.3", "quiet", now, owner="local", lease_s=30.0) is None  # claimed once
     study = gateway.study("1.2.3")
     assert isinstance(study, Study) and (study.status, study.route) == ("complete", "tb")
     assert study["status"] == "complete"  # as the rows read before typed records
@@ -64,7 +64,7 @@ def test_a_series_group_counts_its_instances_and_notes_a_late_one(gateway):
     assert gateway.record_arrivals([first, second], now) == [True, True]
     (group,) = gateway.receiving_groups()
     assert (group.received_count, group.single_image, group.reason) == (2, 0, None)
-    assert gateway.complete_group("1.2.4.1", "quiet", now) == ("1.2.4", ["nodule"])
+    assert gateway.complete_group("1.2.4.1", "quiet", now, owner="local", lease_s=30.0) == ("1.2.4", ["nodule"])
     gateway.record_arrivals([late], now)
     (group,) = gateway.all_groups()
     assert (group.received_count, group.reason) == (3, "instance received after completion")

@@ -18,7 +18,7 @@ def test_the_server_opens_its_stores_in_postgresql_from_store_url(tmp_path, post
         assert server.store.database.dialect == "postgresql"
         assert server.store.database.location == postgres_url
         assert {o: version(server.store.database, o) for o in ("gateway", "vitals", "serving")} == \
-               {"gateway": 1, "vitals": 2, "serving": 1}
+               {"gateway": 2, "vitals": 3, "serving": 1}
         server.store.add_result("1.2.3", "sr", None, {"model": "tb"})
         assert server.store.results_of("1.2.3")[0].summary == {"model": "tb"}
     finally:

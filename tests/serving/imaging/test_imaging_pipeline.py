@@ -97,7 +97,7 @@ def test_an_xray_does_not_wait_behind_a_volume(tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr(pipeline, "process", process)
-    monkeypatch.setattr(imaging_pipeline, "unprocessed_dispatches", lambda store: [])
+    monkeypatch.setattr(imaging_pipeline, "resume_dispatches", lambda *args: [])
     try:
         pipeline.start()
         pipeline.submit("1.2.3.ct", "nodule")
