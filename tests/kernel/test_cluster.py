@@ -12,7 +12,8 @@ from kernel.cluster import NODE_ID, ClusterStore, Lease, Node, NodeIdConflict
 from kernel.database import open_database
 from kernel.leases import LeaseKeeper, Membership
 
-TTL = 0.6
+#: Long enough that a loaded test machine's pauses do not lose a renewal (rounds of TTL / 3).
+TTL = 1.0
 
 
 @pytest.fixture
@@ -72,13 +73,13 @@ def test_join_refuses_a_live_duplicate_and_admits_it_after_the_ttl(store, open_s
 def test_heartbeat_keeps_a_node_live_and_nodes_filters_by_it(store):
     store.join("a", ["bridge"], TTL)
     store.join("b", ["serving"], TTL)
-    time.sleep(0.4)
+    time.sleep(1.0)
     assert store.heartbeat("a")
-    time.sleep(0.3)
-    assert [n.node_id for n in store.nodes(live_within_s=0.5)] == ["a"]
+    assert [n.node_id for n in store.nodes(live_within_s=0.9)] == ["a"]
     assert [n.node_id for n in store.nodes()] == ["a", "b"]
-    a = store.nodes()[0]
-    assert a.heartbeat_at > a.started_at and abs(store.now() - a.heartbeat_at - 0.3) < 0.2
+    a, b = store.nodes()
+    assert a.heartbeat_at >= a.started_at + 1.0 and 0 <= store.now() - a.heartbeat_at < 0.9
+    assert b.heartbeat_at == b.started_at
 
 
 def test_leave_removes_the_node_and_releases_its_leases(store):
@@ -93,15 +94,15 @@ def test_leave_removes_the_node_and_releases_its_leases(store):
 
 # -- leases -------------------------------------------------------------------------------------
 def test_acquire_renew_expire_takeover_and_the_epoch(store):
-    first = store.acquire("bridge/ICU", "n1", 0.5)
+    first = store.acquire("bridge/ICU", "n1", 5)
     assert isinstance(first, Lease) and (first.holder, first.epoch) == ("n1", 1)
-    assert abs(first.expires_at - store.now() - 0.5) < 0.1
-    assert store.acquire("bridge/ICU", "n2", 0.5) is None
-    assert store.renew("bridge/ICU", "n2", 0.5) is None
-    again = store.acquire("bridge/ICU", "n1", 1.0)  # already ours: renewed, same epoch
+    assert 4 < first.expires_at - store.now() <= 5
+    assert store.acquire("bridge/ICU", "n2", 5) is None
+    assert store.renew("bridge/ICU", "n2", 5) is None
+    again = store.acquire("bridge/ICU", "n1", 6)  # already ours: renewed, same epoch
     assert again.epoch == 1 and again.expires_at > first.expires_at
     renewed = store.renew("bridge/ICU", "n1", 0.5)
-    assert renewed.epoch == 1 and store.holder("bridge/ICU") == "n1"
+    assert renewed.epoch == 1 and renewed.expires_at < first.expires_at  # renewing may shorten it
     time.sleep(0.6)
     assert store.holder("bridge/ICU") is None and store.leases() == []
     assert [lease.holder for lease in store.leases(include_expired=True)] == ["n1"]
@@ -201,7 +202,7 @@ def test_two_keepers_share_four_leases_and_one_takes_over_a_dead_ones(open_store
         assert a.held() | b.held() == set(WARDS) and a_calls.held == a.held() and b_calls.held == b.held()
         assert {lease.name: lease.holder for lease in observer.leases("bridge/")} == \
             {**{n: "node-a" for n in a.held()}, **{n: "node-b" for n in b.held()}}
-        time.sleep(2 * TTL)  # renewed, not lost, over several ttls
+        time.sleep(1.5 * TTL)  # renewed, not lost, over several rounds
         assert len(a.held()) == 2 and len(b.held()) == 2 and all(e[0] == "acquired" for e in a_calls.events)
         # node-a dies: its threads stop, nothing is released, its heartbeat lapses
         was_a = a.held()
@@ -244,12 +245,13 @@ def test_a_keeper_that_cannot_renew_gives_the_lease_up_before_it_expires(store, 
     k.start()
     try:
         wait_for(lambda: k.held() == {"bridge/ICU"}, what="the lease held")
-        expires_at = store.leases()[0].expires_at
         hang = threading.Event()
         monkeypatch.setattr(store, "renew", lambda *args: hang.wait(30))  # the database stops answering
         wait_for(lambda: not k.held(), timeout_s=3, what="the lease given up")
+        expires_at = store.leases(include_expired=True)[0].expires_at  # as the last renewal left it
         (kind, name, lost_at), = [e for e in calls.events if e[0] == "lost"]
-        assert lost_at <= expires_at + 0.02  # stopped before another node could take it
+        # stopped by its own deadline, no later than the lease's expiry (plus the callback's latency)
+        assert lost_at <= expires_at + 0.1
         assert store.holder("bridge/ICU") in ("node-a", None)
         hang.set()
     finally:
@@ -282,7 +284,7 @@ def test_membership_refuses_a_duplicate_node_and_keeps_its_own_alive(store, open
     try:
         with pytest.raises(NodeIdConflict, match="'node-a'.*pid 1"):
             second.start()
-        time.sleep(2 * TTL)  # heartbeats keep the id taken
+        time.sleep(1.5 * TTL)  # heartbeats keep the id taken
         with pytest.raises(NodeIdConflict):
             second.start()
         assert first.healthy
