@@ -236,7 +236,10 @@ class LeaseKeeper:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_round:
-                self.step()
+                try:
+                    self.step()
+                except Exception:  # noqa: BLE001 - the thread must outlive any one round
+                    log.exception("lease keeper %s: a round failed", self.holder)
                 next_round = time.monotonic() + self.interval_s
             else:
                 self._expire()
