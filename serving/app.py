@@ -2,7 +2,13 @@
 
 ``serve build serving.app:app_builder -o serve_config.yaml`` writes a Serve config for a Ray
 cluster (replicas, autoscaling, GPU fractions are then edited there); ``medgate serve`` runs the
-same application locally with :func:`build_app`.
+same application with :func:`build_app`, on a Ray of its own or, on the ``models`` node
+(:mod:`serving.roles`), on the Ray cluster of ``ray.address``.
+
+On a cluster the ingress replicas read what the other nodes write: the stores in PostgreSQL
+(``store.url``), the spool and the result files under ``state_dir`` on storage every node mounts at
+the same path, and the nodes' state in the cluster table (docs/deployment.md).  With
+``http.ingress_resource`` they run only on the Ray nodes offering that custom resource.
 """
 from __future__ import annotations
 
@@ -18,8 +24,11 @@ from serving.http.ingress import Ingress
 from serving.http.stow import stow_settings
 from serving.inference.deployments import ModelDeployment
 from serving.inference.versions import read_versions
+from serving.roles import is_all
 
 APP_NAME = "medgate"
+#: What one ingress replica takes of ``http.ingress_resource``: a node offering 1 holds up to 100.
+INGRESS_RESOURCE_SHARE = 0.01
 
 
 def model_names() -> list[str]:
@@ -50,10 +59,15 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
               "hl7": settings.hl7.model_dump(mode="json"),  # where an upload's ORU^R01 goes
               "fhir_base_url": settings.fhir.base_url if settings.fhir.send_reports else None,
               "web": {"trusted_proxies": list(settings.http.trusted_proxies),
-                      "public_base_url": settings.http.public_base_url}}
+                      "public_base_url": settings.http.public_base_url},
+              # nodes of some roles each: /readyz reads the cluster table, not a components.json beside it
+              "cluster_lease_s": None if is_all(settings.node.roles) else settings.node.lease_s}
     http = settings.http
+    actor = {"num_cpus": http.ingress_num_cpus}
+    if http.ingress_resource is not None:
+        actor["resources"] = {http.ingress_resource: INGRESS_RESOURCE_SHARE}
     ingress = Ingress.options(num_replicas=http.ingress_replicas, max_ongoing_requests=http.ingress_max_ongoing_requests,
-                              ray_actor_options={"num_cpus": http.ingress_num_cpus})
+                              ray_actor_options=actor)
     return ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
 
 

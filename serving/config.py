@@ -17,17 +17,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_gateway.config import DicomConfig, check_ae_title
 from iomt.config import Hl7Config, IomtConfig, MqttConfig
+from kernel.cluster import check_node_id
 from kernel.config import Section
 from kernel.database import database_path, store_location
+from serving.roles import ALL, Role, is_all, parse_roles
 
 ENV_PREFIX = "MEDGATE_"
 CONFIG_ENV = "MEDGATE_CONFIG"
@@ -38,6 +42,10 @@ SECRET_KEYS = ("token", "password")
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the offending keys."""
+
+
+#: A Ray custom resource name as ``ray start --resources`` takes it (no CPU/GPU/memory: Ray's own).
+_RAY_RESOURCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,63}$")
 
 
 #: Result objects a DICOM destination can receive: TID 1500 SR, SEG, Secondary Capture overlay,
@@ -97,6 +105,10 @@ class HttpConfig(Section):
     ingress_replicas: int = Field(1, ge=1)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_num_cpus: float = Field(0.0, ge=0)
+    # A Ray custom resource the ingress replicas need (e.g. medgate_ingress): they then run only on
+    # the Ray nodes that offer it (`ray start --resources '{"medgate_ingress": 1}'`, the ingress
+    # role's nodes, with the shared spool and results).  null: anywhere in the Ray cluster.
+    ingress_resource: str | None = None
 
     @field_validator("public_base_url")
     @classmethod
@@ -104,6 +116,14 @@ class HttpConfig(Section):
         if value is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
             raise ValueError(f"must be an http(s) URL without query or fragment, {value!r} is given")
         return value.rstrip("/") if value else value
+
+    @field_validator("ingress_resource")
+    @classmethod
+    def _check_resource(cls, value: str | None) -> str | None:
+        if value is not None and not _RAY_RESOURCE.match(value):
+            raise ValueError(f"must be a Ray custom resource name (letters, digits, '_', '-', '.', '/'), "
+                             f"{value!r} is given")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -309,6 +329,71 @@ class LoggingConfig(Section):
     format: Literal["text", "json"] = "text"  # json: one object per line (docs/observability.md)
 
 
+def host_node_id(host: str | None = None) -> str:
+    """``host`` (this machine's host name by default) as a node id (:data:`kernel.cluster.NODE_ID`):
+    each character outside the grammar becomes ``-``, leading ``.``, ``_``, ``-`` are dropped, at
+    most 64 are kept; ``medgate`` when nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname() if host is None else host)
+    return re.sub(r"^[._-]+", "", name)[:64] or "medgate"
+
+
+class NodeConfig(Section):
+    """This node among several sharing ``store.url`` (docs/deployment.md, "Roles and several nodes")."""
+
+    # Unique among the nodes: a second process started with a live node's id refuses to start.
+    # null (the default): this machine's host name, sanitised (host_node_id).
+    id: str = Field(default_factory=host_node_id)
+    # all (every part, one machine) or a comma list of gateway, bridge, ingress, models
+    # (serving.roles); `medgate serve --role` overrides it.
+    role: str = ALL
+    # A node whose heartbeat is older than this is gone: its id is free, its leases can be taken.
+    lease_s: float = Field(20.0, gt=0)
+
+    _check_id = field_validator("id")(check_node_id)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _host_name_when_null(cls, value: str | None) -> str:
+        return host_node_id() if value is None else value
+
+    @field_validator("role")
+    @classmethod
+    def _check_role(cls, value: str) -> str:
+        roles = parse_roles(value)
+        return ALL if is_all(roles) else ",".join(r.value for r in sorted(roles, key=list(Role).index))
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return parse_roles(self.role)
+
+
+#: ``ray.address``: host (name, IPv4 or [IPv6]) and port of the head's GCS.
+_RAY_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
+
+
+class RayConfig(Section):
+    # null: `medgate serve` starts a Ray of its own on this machine (one node).  auto: join the Ray
+    # cluster of this machine's Ray node (`ray start --head` or `ray start --address=<head>:6379`
+    # ran here first); host:port: the same, naming the head's GCS.  Model replicas are then placed
+    # by Ray on whichever nodes offer their num_cpus / num_gpus.
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is None or value == "auto":
+            return value
+        if value.startswith("ray://"):
+            raise ValueError(f"Ray Client addresses (ray://) are not supported: start a Ray node on this "
+                             f"machine (ray start --address=<head>:6379) and give auto or the head's "
+                             f"host:port, {value!r} is given")
+        match = _RAY_ADDRESS.match(value)
+        if match is None or not 1 <= int(match[2]) <= 65535:
+            raise ValueError(f"must be null, auto or host:port of the Ray head (e.g. ray-head:6379), "
+                             f"{value!r} is given")
+        return value
+
+
 class ClassCode(Section):
     """The site's code for one class of a multi-class model, in place of its model card's
     (models.coding_scheme.map_classes): e.g. derm's bkl, df, vasc once a licensed SNOMED CT
@@ -332,6 +417,15 @@ class ServingConfig(Section):
     max_queued_requests: int = Field(256, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+
+
+#: Overrides given to :func:`load_config` for the call in progress: they rank above the environment.
+_EXPLICIT: ContextVar[dict[str, Any]] = ContextVar("medgate_explicit_settings", default={})
+
+
+def is_postgresql(url: str | None) -> bool:
+    """Whether ``store.url`` = ``url`` puts the stores in PostgreSQL (:func:`kernel.database.store_location`)."""
+    return isinstance(store_location(url, "."), str)
 
 
 class Settings(BaseSettings):
@@ -358,6 +452,8 @@ class Settings(BaseSettings):
     auth: AuthConfig = AuthConfig()
     cds: CdsConfig = CdsConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    node: NodeConfig = NodeConfig()
+    ray: RayConfig = RayConfig()
     log_level: str = "INFO"
     logging: LoggingConfig = LoggingConfig()
     class_codes: dict[str, dict[str, ClassCode]] = {}  # model -> class name -> the site's code
@@ -371,9 +467,28 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file arrives through init kwargs (see load_config), so it must rank below env:
-        # init_settings here holds only the YAML content and explicit overrides are merged first.
-        return env_settings, init_settings
+        # The YAML file arrives through init kwargs (see load_config), so it ranks below the
+        # environment; load_config's explicit overrides (`medgate serve --role`) rank above both.
+        return InitSettingsSource(settings_cls, init_kwargs=_EXPLICIT.get()), env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> "Settings":
+        """A node that runs only some roles shares its state and its models with other nodes."""
+        roles = self.node.roles
+        if is_all(roles):
+            return self
+        role = self.node.role
+        if not is_postgresql(self.store.url) and roles != {Role.MODELS}:
+            raise ValueError(f"node.role {role} needs store.url to be a postgresql:// URL: nodes with "
+                             f"some of the roles share their state in PostgreSQL (docs/deployment.md); "
+                             f"only a models node may keep SQLite")
+        if Role.MODELS not in roles and self.ray.address is None:
+            raise ValueError(f"node.role {role} needs ray.address (auto, or the Ray head's host:port): the "
+                             f"models run on the Ray cluster a models node deployed them to")
+        if Role.BRIDGE in roles and self.mqtt.url is None:
+            raise ValueError(f"node.role {role} needs mqtt.url: the embedded broker listens on this "
+                             f"machine's loopback only, and the bridges of several nodes share one broker")
+        return self
 
     def public_json(self) -> str:
         """The configuration as JSON with every secret masked (for ``check-config``)."""
@@ -410,16 +525,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Load and validate the configuration.
 
@@ -433,7 +538,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Settings:
     """
     path = path or os.environ.get(CONFIG_ENV) or None
     data = _read_yaml(Path(path)) if path else {}
-    data = _merge(data, overrides)
+    explicit = _EXPLICIT.set(overrides)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
@@ -446,4 +551,6 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Settings:
             problems.append(f"  {key}: {err['msg']}{shown}")
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{source}:\n" + "\n".join(problems)) from None
+    finally:
+        _EXPLICIT.reset(explicit)
     return settings

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from kernel.cluster import NodeIdConflict
 from kernel.commands import command_groups
 from kernel.logs import configure
 from serving.cli import governance, models, outbox, status
@@ -16,6 +17,8 @@ from serving.config import ConfigError, Settings, load_config
 
 #: Exit status for an invalid configuration (as argparse uses for usage errors).
 EXIT_CONFIG = 2
+#: Exit status of ``medgate serve`` refused because another live process holds its ``node.id``.
+EXIT_NODE_ID_CONFLICT = 3
 #: Ray's authentication mode for the cluster ``medgate serve`` starts and every driver that joins it.
 RAY_AUTH_MODE = "token"
 
@@ -37,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medgate", description=__doc__)
     parser.add_argument("--config", help="YAML configuration file (default: $MEDGATE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the server with every component")
+    serve = sub.add_parser("serve", help="run the server: every component, or those of --role")
+    serve.add_argument("--role", help="all (default), or a comma list of gateway, bridge, ingress, models; "
+                                      "overrides node.role (docs/deployment.md)")
     sub.add_parser("check-config", help="validate the configuration and print it")
     models.add_commands(sub)
     outbox.add_commands(sub)
@@ -59,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from serving.server import serve_forever
 
-        serve_forever(settings)
+        try:
+            serve_forever(settings)
+        except NodeIdConflict as exc:
+            print(f"medgate: refusing to start: {exc} (node.id, MEDGATE_NODE__ID)", file=sys.stderr)
+            return EXIT_NODE_ID_CONFLICT
         return 0
     if args.command == "outbox":
         return outbox.run(settings, args)
@@ -73,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 def load_settings(args: argparse.Namespace) -> Settings | int:
     """The configuration of ``args.config`` (default ``$MEDGATE_CONFIG``) with logging configured
     from it, or :data:`EXIT_CONFIG` after printing why it is invalid."""
+    role = getattr(args, "role", None)  # `medgate serve --role`: above the file and the environment
     try:
-        settings = load_config(args.config)
+        settings = load_config(args.config, **({"node": {"role": role}} if role else {}))
     except ConfigError as exc:
         print(f"medgate: {exc}", file=sys.stderr)
         return EXIT_CONFIG

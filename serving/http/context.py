@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernel.cluster import ClusterStore
 from kernel.database import database_path, open_database, store_location
+from serving.components import FORGET_NODE_S, STATUS_STALE_S, cluster_checks, cluster_components, read_components
 from serving.config import AuthConfig
 from serving.delivery.outbox_db import open_outbox_db
 from serving.governance.audit import AuditLog
@@ -48,7 +51,11 @@ class WebContext:
     public_base_url: str | None = None
     #: ``store.url``: where the stores and the outbox live (None: the SQLite file; ``postgresql://...``).
     store_url: str | None = None
+    #: ``node.lease_s`` when the application was deployed by a node of some roles (the others on
+    #: other machines): the server's state is then the cluster table's, not ``components.json``.
+    cluster_lease_s: float | None = None
     _store: Any = None
+    _cluster: Any = None
     _outbox_db: Any = None
     _audit: Any = None
     _sessions: Any = None
@@ -82,6 +89,32 @@ class WebContext:
         """Drop the backend after a failure; the next use connects again."""
         with self._lock:
             self._outbox_db = None
+
+    def server_status(self) -> dict[str, Any]:
+        """The server's components for ``/readyz`` and ``/v1/system``: ``checks`` (name -> ``ok`` or
+        what is wrong), ``components`` (for display) and, from ``components.json`` only,
+        ``heartbeat`` and ``started_at``.  Blocking (run it off the event loop)."""
+        if self.cluster_lease_s is None:  # the single-machine server, beside this replica
+            status = read_components(self.state_dir)
+            fresh = time.time() - status.get("heartbeat", 0) < STATUS_STALE_S
+            checks = {name: state if fresh else "stale" for name, state in status.get("components", {}).items()}
+            if not status:
+                checks["server"] = "not started"
+            return {"checks": checks, "components": status.get("components", {}),
+                    "heartbeat": status.get("heartbeat"), "started_at": status.get("started_at")}
+        try:
+            with self._lock:
+                if self._cluster is None:
+                    self._cluster = ClusterStore(open_database(self.location))
+                cluster = self._cluster
+            nodes, now = cluster.nodes(live_within_s=FORGET_NODE_S), cluster.now()
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check; reconnect next time
+            with self._lock:
+                self._cluster = None
+            log.warning("the cluster table cannot be read: %s", exc)
+            return {"checks": {"cluster": f"error: {type(exc).__name__}"}, "components": {}}
+        return {"checks": cluster_checks(nodes, now, self.cluster_lease_s),
+                "components": cluster_components(nodes, now, self.cluster_lease_s)}
 
     def audit(self):
         with self._lock:
@@ -137,16 +170,18 @@ def build_authenticator(token_digests: list[tuple[str, str, str]]) -> Authentica
 def install(state_dir: str | Path, token_digests: list[tuple[str, str, str]],
             models: dict[str, Any] | None = None, cookie_max_age_s: int = DEFAULT_COOKIE_MAX_AGE_S, *,
             trusted_proxies: list[str] | tuple[str, ...] = (), public_base_url: str | None = None,
-            store_url: str | None = None) -> WebContext:
+            store_url: str | None = None, cluster_lease_s: float | None = None) -> WebContext:
     """Create this process's context (the ingress replica calls it once at start).
 
     ``trusted_proxies`` and ``public_base_url`` are ``http.trusted_proxies`` and
     ``http.public_base_url`` (:func:`serving.app.build_app` passes them as the ``web`` limits);
-    ``store_url`` is ``store.url``, the outbox backend.
+    ``store_url`` is ``store.url``, the outbox backend; ``cluster_lease_s`` is ``node.lease_s`` when
+    the server's state is the cluster table's (:meth:`WebContext.server_status`).
     """
     global _current
     _current = WebContext(Path(state_dir), build_authenticator(token_digests), dict(models or {}),
-                          cookie_max_age_s, forwarded.parse_networks(trusted_proxies), public_base_url, store_url)
+                          cookie_max_age_s, forwarded.parse_networks(trusted_proxies), public_base_url, store_url,
+                          cluster_lease_s)
     return _current
 
 

@@ -2,7 +2,9 @@
 
 - ``GET /healthz`` — the HTTP path works.
 - ``GET /readyz`` — 200 only when every model deployment answers and the server's other
-  components (DICOM SCP, MQTT bridge, outbox) report ready through ``state_dir/components.json``.
+  components (DICOM SCP, MQTT bridge, outbox) report ready through ``state_dir/components.json``;
+  where the nodes run some roles each, when every role recorded in the cluster table has a node
+  heartbeating within ``node.lease_s`` (:meth:`serving.http.context.WebContext.server_status`).
 - ``GET /v1/models`` — name, version, engine, device of each deployment.
 - ``POST /v1/infer/{model}`` — multipart field ``file`` (DICOM, PNG or JPEG; a model whose input is
   a window of vital signs takes a JSON body ``{"window": ...}``; what each model takes is its
@@ -46,7 +48,6 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from dicom_gateway.uids import is_uid
-from serving.components import STATUS_STALE_S, read_components
 from serving.config import AuthConfig, Hl7Section, HttpConfig
 from kernel.delivery_errors import TransientDeliveryError
 from models.reference import image_features
@@ -121,7 +122,8 @@ class Ingress:
         # auth: (sha256 digest, role, name) per token; never the tokens themselves.
         install_context(self.state_dir, [tuple(a) for a in auth or []], models,
                         int(limits.get("cookie_max_age_s", auth_defaults.cookie_max_age_s)),
-                        store_url=limits.get("store_url"), **(limits.get("web") or {}))
+                        store_url=limits.get("store_url"), cluster_lease_s=limits.get("cluster_lease_s"),
+                        **(limits.get("web") or {}))
         self.max_upload_bytes = int(limits.get("max_upload_bytes", http.max_upload_bytes))
         self.max_image_pixels = int(limits.get("max_image_pixels", http.max_image_pixels))
         self.timeout_s = float(limits.get("timeout_s", http.timeout_s))
@@ -147,12 +149,7 @@ class Ingress:
                 checks[f"model:{name}"] = "ok"
             except Exception as exc:  # noqa: BLE001 - report, don't raise
                 checks[f"model:{name}"] = f"error: {exc}"
-        status = read_components(self.state_dir)
-        fresh = time.time() - status.get("heartbeat", 0) < STATUS_STALE_S
-        for name, state in status.get("components", {}).items():
-            checks[name] = state if fresh else "stale"
-        if not status:
-            checks["server"] = "not started"
+        checks.update((await asyncio.to_thread(current().server_status))["checks"])
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -1,6 +1,7 @@
 """``GET /v1/system``: the dashboard's system page (engineers and admins).
 
-Models (name, version, engine, device), the server's components, heartbeat and uptime, outbox items
+Models (name, version, engine, device), the server's components (its nodes where several run some
+roles each: :meth:`serving.http.context.WebContext.server_status`), heartbeat and uptime, outbox items
 by status (the configured outbox backend, as ``/metrics``), dead letters (total and still parked) and the number of
 audit rows.  No patient data.
 """
@@ -11,7 +12,6 @@ import time
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from serving.components import read_components
 from serving.http.context import current
 
 router = APIRouter()
@@ -39,9 +39,9 @@ async def system() -> dict:
         except Exception as exc:  # noqa: BLE001 - show the model as down
             models.append({"name": name, "status": f"error: {type(exc).__name__}"})
     counts = await run_in_threadpool(_counts, ctx)
-    status = read_components(ctx.state_dir)
+    status = await run_in_threadpool(ctx.server_status)
     audit_rows = await run_in_threadpool(ctx.audit().count)
-    return {"models": models, "components": status.get("components", {}),
+    return {"models": models, "components": status["components"],
             "heartbeat_age_s": round(time.time() - status["heartbeat"], 1) if status.get("heartbeat") else None,
             "uptime_s": round(time.time() - status["started_at"]) if status.get("started_at") else None,
             **counts, "audit_rows": audit_rows}
