@@ -1,13 +1,17 @@
 """Roles of a node (serving.roles) and what `medgate serve` starts for each (serving.server.Server.start)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from kernel.cluster import ClusterStore
 from kernel.database import DATABASE_FILE, open_database
 from serving.config import load_config
 from serving.roles import ROLES, Component, Role, components_for, is_all, parse_roles, role_names
-from serving.server import Server
+from serving import server as server_module
+from serving.app import model_names
+from serving.server import Server, wait_for_application
 
 C = Component
 
@@ -77,3 +81,46 @@ def test_server_start_runs_the_plan_of_its_roles_after_joining_the_cluster(tmp_p
         assert left.nodes() == []
     finally:
         left.database.close()
+
+
+class _Serve:
+    """``ray.serve`` as far as :func:`wait_for_application` reads it: status() of one application."""
+
+    def __init__(self, *statuses):
+        self.statuses = list(statuses)
+
+    def status(self):
+        app = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return SimpleNamespace(applications={} if app is None else {"medgate": app})
+
+
+def test_a_node_without_models_waits_for_the_application_and_names_what_it_saw(monkeypatch):
+    monkeypatch.setattr(server_module.time, "sleep", lambda s: None)
+    deploying = SimpleNamespace(status="DEPLOYING", deployments={"tb": None})
+    running = SimpleNamespace(status="RUNNING", deployments={"tb": None, "ingress": None})
+    wait_for_application(_Serve(None, deploying, running), "medgate", ["tb"], timeout_s=5)
+    with pytest.raises(TimeoutError, match=r"not running .*\(application 'medgate' RUNNING, without \['nodule'\]\)"):
+        wait_for_application(_Serve(running), "medgate", ["tb", "nodule"], timeout_s=0.05)
+
+
+@pytest.mark.parametrize("offered", [{}, {"CPU": 2.0, "medgate_ingress": 1.0}])
+def test_an_ingress_node_needs_its_ray_node_to_offer_the_ingress_resource(tmp_path, monkeypatch, offered):
+    import ray
+
+    settings = load_config(state_dir=tmp_path / "var", http={"ingress_resource": "medgate_ingress"})
+    server = Server(settings)
+    server.roles = parse_roles("ingress")
+    running = SimpleNamespace(status="RUNNING", deployments={n: None for n in model_names()})
+    monkeypatch.setattr(Server, "_join_ray", lambda self: _Serve(running))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "n1"))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeID": "n0", "Resources": {"medgate_ingress": 1.0}},
+                                               {"NodeID": "n1", "Resources": offered}])
+    try:
+        if offered:
+            server._start_ingress()
+        else:
+            with pytest.raises(RuntimeError, match=r"offers no 'medgate_ingress' resource .* ray start "
+                                                   r"--address=<head>:6379 --resources='\{\"medgate_ingress\": 1\}'"):
+                server._start_ingress()
+    finally:
+        server.store.close()
