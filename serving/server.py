@@ -21,11 +21,12 @@ import time
 
 from dicom_gateway.scp import StorageScp
 from dicom_gateway.scu import send_files
+from dicom_gateway.ledger import LOCAL_NODE
 from dicom_gateway.wiring import build_scp
 from iomt.bridge import VitalsBridge, broker_address
 from iomt.hl7.wiring import build_listener
 from iomt.risk import ray_predictor
-from iomt.wiring import build_bridge
+from iomt.wiring import build_bridge, build_partitioned_bridge
 from kernel import heap
 from kernel.cluster import ClusterStore
 from kernel.database import open_database, store_location
@@ -47,7 +48,7 @@ from serving.http.dicomweb_index import IndexWorker
 from serving.http.forwarded import UVICORN_TRUST_NONE
 from serving.imaging.pipeline import ImagingPipeline
 from serving.imaging.results import HL7_KIND
-from serving.roles import Component, Role, components_for, role_names
+from serving.roles import Component, Role, components_for, is_all, role_names
 from serving.store import Store
 
 log = logging.getLogger("medgate.server")
@@ -166,7 +167,11 @@ class Server:
             self.broker.start()
         scorer = window_model(list(self.handles))
         vitals = ray_predictor(self.handles[scorer]) if scorer else None
-        self.bridge = build_bridge(cfg, self.store.vitals, self._open_outbox(), vitals)
+        if cfg.iomt.partitions:  # several bridge nodes share the wards by lease (iomt/partitions.py)
+            self.bridge = build_partitioned_bridge(cfg, self.store.vitals, self._open_outbox(), self.cluster,
+                                                   self.node_id, vitals, role=Role.BRIDGE.value)
+        else:
+            self.bridge = build_bridge(cfg, self.store.vitals, self._open_outbox(), vitals)
         self.bridge.start()
         if self.bridge.risk is not None:
             self.bridge.risk.start()
@@ -190,13 +195,20 @@ class Server:
             self.store, self._open_outbox(), self.handles, self.state_dir / "results",
             destinations={name: list(d.objects) for name, d in cfg.destinations.named().items()},
             fhir_base_url=cfg.fhir.base_url if cfg.fhir.send_reports else None,
-            identity=patient_identity(cfg), hl7=cfg.hl7)
+            identity=patient_identity(cfg), hl7=cfg.hl7, node_id=self._gateway_node(),
+            lease_s=cfg.dicom.completion.lease_s)
         self.pipeline.start()
         self.dicomweb_index = IndexWorker(self.store)  # QIDO-RS headers read as objects arrive
         self.dicomweb_index.start()
         self.scp = build_scp(cfg.dicom, self.store.gateway, self.state_dir / "spool", self.pipeline.submit,
-                             known_models=self.handles)
+                             known_models=self.handles, node_id=self._gateway_node())
         self.scp.start()
+
+    def _gateway_node(self) -> str:
+        """The owner of this node's dispatch leases and slot folder: ``node.id`` on a cluster; one
+        node with every role keeps :data:`dicom_gateway.ledger.LOCAL_NODE`, so an existing install's
+        dispatches and slot folder stay its own."""
+        return LOCAL_NODE if is_all(self.roles) else self.node_id
 
     def _start_ingress(self) -> None:
         """The ``ingress`` role.  With ``models`` on this node the application deployed here holds
