@@ -315,7 +315,11 @@ class Store:
 
     # -- results ----------------------------------------------------------------------------------
     def add_result(self, study_uid: str, kind: str, path: str | None, summary: dict) -> None:
+        """Record a result object; one written again at the same path (a study processed again after
+        a crash, or by the node that took over its dispatch) replaces its row instead of adding one."""
         with self.database.transaction() as db:
+            if path is not None:
+                db.execute("DELETE FROM results WHERE study_uid=? AND kind=? AND path=?", (study_uid, kind, path))
             db.execute("INSERT INTO results(study_uid, kind, path, summary, created_at) VALUES (?,?,?,?,?)",
                        (study_uid, kind, path, json.dumps(summary), time.time()))
 

@@ -42,6 +42,17 @@ def test_results_are_typed(store):
     assert store.result_path("1.2.3", "SR-2.dcm") is None
 
 
+def test_a_result_written_again_replaces_its_row(store):
+    """A study processed again (a restart, or another node taking over its dispatch) writes the same
+    objects at the same paths: one row each, holding the newest summary."""
+    store.add_result("1.2.3", "sr", "/r/1.2.3/SR-1.dcm", {"model": "tb", "run": 1})
+    store.add_result("1.2.3", "sc", "/r/1.2.3/SC-1.dcm", {"model": "tb"})
+    store.add_result("1.2.3", "sr", "/r/1.2.3/SR-1.dcm", {"model": "tb", "run": 2})
+    rows = store.results_of("1.2.3")
+    assert sorted(r.kind for r in rows) == ["sc", "sr"]
+    assert next(r for r in rows if r.kind == "sr").summary["run"] == 2
+
+
 def test_fhir_reads_the_routes_use(store):
     store.put_resources([observation(1), observation(2, "Patient/p2"),
                          {"resourceType": "Flag", "id": "f1", "subject": {"reference": "Patient/p1"}}])
