@@ -16,7 +16,7 @@ from pathlib import Path
 from serving.governance.audit import AuditLog
 from serving.governance.export_training import export_training
 from serving.governance.feedback_export import FILE as FEEDBACK_FILE
-from kernel.database import database_path
+from kernel.database import store_location
 
 COMMANDS = ("audit", "export-training")
 
@@ -48,7 +48,7 @@ def run(settings, args: argparse.Namespace) -> int:
     state_dir = settings.state_dir.resolve()
     if args.command == "export-training":
         report = export_training(state_dir, _since(args.since), args.out, salt_file=args.salt_file,
-                                 with_feedback=args.with_feedback)
+                                 with_feedback=args.with_feedback, store_url=settings.store.url)
         for model, n in sorted(report.images.items()):
             print(f"{model}: {n} de-identified images, datalist {args.out / model / 'dataset.json'}")
         for model, n in sorted(report.feedback_cases.items()):
@@ -59,7 +59,7 @@ def run(settings, args: argparse.Namespace) -> int:
             print(f"excluded ({reason.replace('_', ' ')}): {n}")
         print(f"studies exported: {report.studies}; salt: {report.salt_path} (keep it private)")
         return 0
-    log = AuditLog(database_path(state_dir))
+    log = AuditLog(store_location(settings.store.url, state_dir))  # the cluster's PostgreSQL, or the SQLite file
     try:
         if args.audit_command == "list":
             for row in log.rows(limit=args.limit, newest_first=True):

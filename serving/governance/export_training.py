@@ -31,7 +31,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from dicom_gateway.uids import check_uid, inside
-from kernel.database import database_path
+from kernel.database import store_location
 from models.registry import ModelNotFoundError, registered
 from models.spec import InputKind
 from serving.governance.audit import AuditLog
@@ -92,12 +92,14 @@ def _labels(results: list[Result]) -> dict[str, dict]:
 
 def export_training(state_dir: Path, since: datetime, out: Path, *, salt_file: Path | None = None,
                     operator: str | None = None, meanings: dict[str, str] | None = None,
-                    with_feedback: bool = False) -> ExportReport:
-    """Export studies done since ``since`` (aware datetime) to ``out``; see the module docstring."""
+                    with_feedback: bool = False, store_url: str | None = None) -> ExportReport:
+    """Export studies done since ``since`` (aware datetime) to ``out``; see the module docstring.
+    ``store_url``: ``store.url`` (PostgreSQL on a cluster); None reads the SQLite file under ``state_dir``."""
     if since.tzinfo is None:
         raise ValueError(f"since must be timezone-aware, {since.isoformat()} is given")
     state_dir, out = Path(state_dir), Path(out)
-    store, audit = Store(database_path(state_dir)), AuditLog(database_path(state_dir))
+    location = store_location(store_url, state_dir)
+    store, audit = Store(location), AuditLog(location)
     operator = operator or getpass.getuser()
     salt, salt_path = _salt(state_dir, salt_file)
     deid = Deidentifier(salt)

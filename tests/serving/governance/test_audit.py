@@ -51,3 +51,20 @@ def test_a_second_log_on_the_same_database_continues_the_chain(database_location
     finally:
         first.close()
         second.close()
+
+
+def test_governance_commands_read_store_url(postgres_url, tmp_path, capsys, monkeypatch):
+    """On a cluster the audit chain lives in PostgreSQL (``store.url``): ``medgate audit`` reads it there,
+    not an empty SQLite file under the node's state_dir."""
+    from serving.cli.main import main
+
+    log = AuditLog(postgres_url)
+    log.record(who="dr-lan", role="clinician", action="read", resource_type="Patient", resource_id="p1")
+    log.close()
+    config = tmp_path / "medgate.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'var'}\nstore:\n  url: {postgres_url}\n")
+    monkeypatch.delenv("MEDGATE_STORE__URL", raising=False)
+    assert main(["--config", str(config), "audit", "list"]) == 0
+    assert "dr-lan (clinician) read Patient/p1" in capsys.readouterr().out
+    assert main(["--config", str(config), "audit", "verify"]) == 0
+    assert not (tmp_path / "var" / "medgate.sqlite3").exists()
