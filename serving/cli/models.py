@@ -158,8 +158,9 @@ def _change(settings: Settings, versions: dict, name: str, version: str, shadow:
 
 
 def _apply(settings: Settings, versions: dict, name: str, version: str, shadow: str | None) -> int:
-    status = read_components(settings.state_dir.resolve())
-    if not status.get("ray_address"):
+    # this machine's server, or the cluster that ``ray.address`` joins (a node of another role)
+    address = read_components(settings.state_dir.resolve()).get("ray_address") or settings.ray.address
+    if not address:
         print(f"{name}@{version}" + (f" (shadow {shadow})" if shadow else "")
               + " recorded; no running server: it is used at the next start")
         return 0
@@ -169,7 +170,7 @@ def _apply(settings: Settings, versions: dict, name: str, version: str, shadow: 
 
     from serving.app import APP_NAME, build_app
 
-    ray.init(address=status["ray_address"], namespace="medgate", logging_level="WARNING", log_to_driver=False)
+    ray.init(address=address, namespace="medgate", logging_level="WARNING", log_to_driver=False)
     try:
         serve.run(build_app(settings, versions), name=APP_NAME, route_prefix="/", blocking=False)
         handle = serve.get_deployment_handle(name, app_name=APP_NAME)
