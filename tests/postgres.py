@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for the tests (Debian's ``postgresql``), and a fresh database per test.
 
 :func:`start_server` runs ``initdb`` and ``pg_ctl`` as the ``postgres`` user in a temporary folder
-(the session fixture ``postgres_server`` in ``tests/conftest.py`` starts one for the whole run);
+(the session fixture ``postgres_server`` in ``tests/conftest.py`` starts one for the whole run;
+:func:`restart_server` stops and starts one again, for the tests of a database restart);
 :func:`fresh_database` creates an empty database on it (``CREATE DATABASE``) and gives its URL.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +22,7 @@ from peers import find_peer, free_port
 
 PG_BIN = Path("/usr/lib/postgresql")
 _numbers = itertools.count(1)
+_SERVERS: dict[str, tuple[list[str], list[str]]] = {}  # URL -> (stop command, start command)
 
 
 class Unavailable(RuntimeError):
@@ -63,17 +66,34 @@ def start_server(*, fast: bool = True) -> Iterator[str]:
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
         if fast:
             options += " -c fsync=off -c full_page_writes=off"
-        start = subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                                              options, "start"], capture_output=True, text=True, timeout=120)
+        start_command = as_postgres + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o", options,
+                                       "start"]
+        stop_command = as_postgres + [pg_ctl, "-D", str(data), "-m", "fast", "stop"]
+        start = subprocess.run(start_command, capture_output=True, text=True, timeout=120)
         if start.returncode != 0:
             raise Unavailable(f"PostgreSQL did not start: {start.stderr[-300:]}")
+        url = f"postgresql://medgate@127.0.0.1:{port}/postgres"
+        _SERVERS[url] = (stop_command, start_command)
         try:
-            yield f"postgresql://medgate@127.0.0.1:{port}/postgres"
+            yield url
         finally:
-            subprocess.run(as_postgres + [pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True,
-                           timeout=60)
+            _SERVERS.pop(url, None)
+            subprocess.run(stop_command, capture_output=True, timeout=60)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def restart_server(server_url: str, down_s: float = 0.0) -> None:
+    """Stop the server :func:`start_server` started at ``server_url`` (``pg_ctl stop -m fast``: every
+    connection cut), keep it down ``down_s``, and start it again on the same port and data."""
+    stop_command, start_command = _SERVERS[server_url]
+    stopped = subprocess.run(stop_command, capture_output=True, text=True, timeout=60)
+    if stopped.returncode != 0:
+        raise RuntimeError(f"pg_ctl stop failed: {stopped.stderr[-300:]}")
+    time.sleep(down_s)
+    started = subprocess.run(start_command, capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        raise RuntimeError(f"pg_ctl start failed: {started.stderr[-300:]}")
 
 
 def fresh_database(server_url: str) -> str:

@@ -55,6 +55,10 @@ class ServerProcess:
         url = f"http://127.0.0.1:{self.config['http']['port']}{path}"
         return get_json(url, self.token if token is True else (token or None))
 
+    def ready(self) -> bool:
+        """Whether the started server serves: ``/readyz`` answers 200 (a node without HTTP overrides this)."""
+        return self.http_get("/readyz")[0] == 200
+
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config))
@@ -65,7 +69,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"medgate serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.http_get("/readyz")[0] == 200:
+            if self.ready():
                 return
             time.sleep(0.5)
         self.stop()

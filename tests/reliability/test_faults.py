@@ -20,38 +20,28 @@ fixture :func:`outage`); the last test ends the outage. Random kill points come 
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 import requests
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
-from iomt import vital_records
-from training.synthetic.dicom import make_dx_dataset
-from peers import (FhirRecorder, broker, free_port, require_peer, start_storescp, stop_process, storescu,
-                   wait_until)
+from fault_rig import (Modality, VitalsPublisher, assert_delivered_once, heart_rates, persisted_resources, send,
+                       wait_processed, write_studies)
+from peers import FhirRecorder, broker, free_port, require_peer, start_storescp, stop_process, wait_until
 from server_process import ServerProcess
 from serving.store import Store
-from training.synthetic.cxr import generate_cxr
-from training.synthetic.vitals import vitals_course
 
 SEED = int(os.environ.get("MEDGATE_FAULT_SEED") or random.SystemRandom().randrange(2**32))
 OUTAGE_S = float(os.environ.get("MEDGATE_FAULT_OUTAGE_S", "180"))
 N_STUDIES = 50
-PATIENTS = [f"0791234500{p:02d}" for p in range(5)]
-HEART_RATE = "8867-4"  # LOINC; one per vitals message
 TB_REPLICA = "ray::ServeReplica:medgate:tb"  # process title of the tb model replica
 
 
@@ -60,89 +50,6 @@ def peers_installed():
     for name, package in (("storescu", "dcmtk"), ("storescp", "dcmtk"), ("mosquitto", "mosquitto")):
         require_peer(name, package)
     print(f"fault seed {SEED} (set MEDGATE_FAULT_SEED={SEED} to repeat)")
-
-
-def write_studies(folder: Path, n: int, seed: int) -> dict[Path, str]:
-    """``n`` one-image chest X-ray studies as files; path -> Study Instance UID."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in range(n):
-        ds = make_dx_dataset(generate_cxr(rng, size_px=128, tb=bool(i % 2)).pixels)
-        path = folder / f"cxr{i:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out[path] = ds.StudyInstanceUID
-    return out
-
-
-def send(port: int, files: list[Path]) -> set[Path]:
-    """``storescu -v`` of ``files`` in one association; the files answered with Success."""
-    result = storescu(port, *files, extra=("-v",), timeout_s=60)
-    acked, current = set(), None
-    for line in (result.stdout + result.stderr).splitlines():
-        if "Sending file: " in line:
-            current = Path(line.split("Sending file: ", 1)[1].strip())
-        elif "Received Store Response (Success" in line and current is not None:
-            acked.add(current)
-    return acked
-
-
-class Modality(threading.Thread):
-    """Sends ``files`` a few per association, ``gap_s`` apart, and sends again what got no Success
-    (the server may be down) until every file has one."""
-
-    def __init__(self, port: int, files: list[Path], per_association: int = 3, gap_s: float = 1.5) -> None:
-        super().__init__(daemon=True)
-        self.port, self.pending = port, list(files)
-        self.per_association, self.gap_s = per_association, gap_s
-        self.acked: set[Path] = set()
-        self.associations = 0
-
-    def run(self) -> None:
-        while self.pending:
-            got = send(self.port, self.pending[:self.per_association])
-            self.associations += 1
-            self.acked |= got
-            self.pending = [f for f in self.pending if f not in self.acked]
-            time.sleep(self.gap_s if got else 1.0)
-
-
-class VitalsPublisher(threading.Thread):
-    """One QoS 1 vitals message per patient per second (message time = wall time) until stopped;
-    :meth:`acked` gives the (patient, time) of those the broker acknowledged with PUBACK."""
-
-    def __init__(self, port: int, name: str) -> None:
-        super().__init__(daemon=True)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"monitor-{name}-{port}")
-        self.client.on_publish = lambda client, userdata, mid, reason, props: self._acked.append(mid)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.sent: dict[int, tuple[str, datetime]] = {}
-        self._acked: list[int] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        start = datetime.now(timezone.utc).replace(microsecond=0)
-        k = 0
-        while not self._halt.wait(1.0):
-            for bed, patient in enumerate(PATIENTS):
-                payload = vitals_course(1, patient_id=patient, deteriorating=False, seed=k * 100 + bed,
-                                        start=start + timedelta(seconds=k))[0]
-                info = self.client.publish(f"medgate/ward-f/bed-{bed}/vitals", json.dumps(payload), qos=1)
-                self.sent[info.mid] = (patient, datetime.fromisoformat(payload["time"]))
-            k += 1
-
-    def stop(self) -> set[tuple[str, datetime]]:
-        """Stop publishing; wait a moment for outstanding PUBACKs; returns :meth:`acked`."""
-        self._halt.set()
-        self.join(10)
-        time.sleep(2.0)
-        self.client.loop_stop()
-        self.client.disconnect()
-        return self.acked()
-
-    def acked(self) -> set[tuple[str, datetime]]:
-        return {self.sent[mid] for mid in list(self._acked) if mid in self.sent}
 
 
 class Rig:
@@ -187,107 +94,6 @@ class Rig:
         self.fhir.stop()
         self.broker.stop()
         print(self.server.log_tail())
-
-
-# -- what arrived --------------------------------------------------------------------------------
-_PACS_FILES: dict[Path, tuple[str, str, str]] = {}  # path -> (Modality, Study, SOP Instance UID)
-
-
-def srs_at_pacs(pacs_dir: Path) -> dict[str, list[str]]:
-    """Study UID -> SOP Instance UID of each SR received (one entry per reception)."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for path in sorted(pacs_dir.glob("*")) if pacs_dir.is_dir() else []:
-        if path.name.endswith(".tmp"):
-            continue
-        if path not in _PACS_FILES:
-            try:
-                ds = dcmread(path, stop_before_pixels=True)
-                _PACS_FILES[path] = (ds.Modality, ds.StudyInstanceUID, ds.SOPInstanceUID)
-            except (InvalidDicomError, OSError, EOFError, AttributeError):
-                continue  # still being written
-        modality, study, sop = _PACS_FILES[path]
-        if modality == "SR":
-            out[study].append(sop)
-    return out
-
-
-def reports_at_fhir(fhir: FhirRecorder) -> dict[str, list[str]]:
-    """Study UID -> DiagnosticReport id of each one received."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for report in fhir.resources("DiagnosticReport"):
-        for study in report.get("imagingStudy", []):
-            out[study["identifier"]["value"].removeprefix("urn:oid:")].append(report["id"])
-    return out
-
-
-def heart_rates(resources: list[dict]) -> dict[tuple[str, datetime], set[str]]:
-    """(patient, time) -> ids of the heart-rate Observations among ``resources``."""
-    out: dict[tuple[str, datetime], set[str]] = defaultdict(set)
-    for obs in resources:
-        if obs.get("resourceType") != "Observation" or obs["code"]["coding"][0]["code"] != HEART_RATE:
-            continue
-        subject = json.dumps(obs.get("subject"))
-        patient = next((p for p in PATIENTS if p in subject), subject)
-        out[(patient, datetime.fromisoformat(obs["effectiveDateTime"]))].add(obs["id"])
-    return out
-
-
-def persisted_resources(store: Store) -> list[dict]:
-    """Resources the server holds: the local store, and Bundles in its outbox (sent or not)."""
-    resources = [json.loads(r["body"]) for r in store.database.rows("SELECT body FROM fhir_resources")]
-    resources += vital_records.observations(vital_records.select(store.vitals))
-    for row in store.database.rows("SELECT payload FROM outbox WHERE kind='fhir'"):
-        resources += [e["resource"] for e in json.loads(row["payload"]).get("entry", [])]
-    return resources
-
-
-def assert_delivered_once(rig: Rig, timeout_s: float = 180.0) -> None:
-    """Every study of ``rig``: one SR at the PACS, one DiagnosticReport at the FHIR server; every
-    acknowledged vitals message: one heart-rate Observation there; no outbox item dead."""
-    def arrived():
-        srs, reports = srs_at_pacs(rig.pacs_dir), reports_at_fhir(rig.fhir)
-        return (all(srs.get(s) and reports.get(s) for s in rig.studies)
-                and rig.vitals <= heart_rates(rig.fhir.resources("Observation")).keys())
-
-    try:
-        wait_until(arrived, timeout_s=timeout_s, interval_s=1.0)
-    finally:
-        time.sleep(3.0)  # anything sent twice would arrive by now
-        srs, reports = srs_at_pacs(rig.pacs_dir), reports_at_fhir(rig.fhir)
-        rates = heart_rates(rig.fhir.resources("Observation"))
-        store = rig.store()
-        try:
-            dead = store.database.rows("SELECT key, last_error FROM outbox WHERE status='dead'")
-            statuses = dict(store.database.rows("SELECT status, count(*) FROM studies GROUP BY status"))
-        finally:
-            store.close()
-        print(f"{len(rig.studies)} studies ({statuses}): {sum(map(len, srs.values()))} SR receptions, "
-              f"{sum(len(set(v)) for v in srs.values())} distinct; {sum(map(len, reports.values()))} "
-              f"DiagnosticReport receptions, {sum(len(set(v)) for v in reports.values())} distinct; "
-              f"{len(rig.vitals)} acknowledged vitals messages, {len(rates)} with a heart rate at the "
-              f"FHIR server; {len(dead)} dead outbox items")
-    assert not dead, [dict(r) for r in dead[:5]]
-    for study in rig.studies:
-        assert len(set(srs[study])) == 1, (study, srs[study])
-        assert len(set(reports[study])) == 1, (study, reports[study])
-    assert set(srs) <= rig.studies  # nothing for a study that was not sent or was parked
-    assert rig.vitals <= rates.keys(), sorted(rig.vitals - rates.keys())[:5]
-    assert all(len(ids) == 1 for ids in rates.values())  # deterministic ids: no duplicate resource
-
-
-def wait_processed(rig: Rig, studies: set[str], timeout_s: float = 180.0) -> dict[str, tuple[str, str]]:
-    """Wait until each study is done or failed; study -> (status, detail)."""
-    store = rig.store()
-    try:
-        def settled():
-            rows = {s: store.study(s) for s in studies}
-            if all(r is not None and r["status"] in ("done", "failed") for r in rows.values()):
-                return {s: (r["status"], r["detail"]) for s, r in rows.items()}
-            return None
-
-        return wait_until(settled, timeout_s=timeout_s, interval_s=0.5)
-    finally:
-        store.close()
 
 
 # -- the outage server ---------------------------------------------------------------------------
