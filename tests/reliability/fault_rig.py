@@ -82,16 +82,26 @@ def write_studies(folder: Path, n: int, seed: int) -> dict[Path, str]:
     return out
 
 
-def send(port: int, files: list[Path]) -> set[Path]:
-    """``storescu -v`` of ``files`` in one association; the files answered with Success."""
+def store_responses(port: int, files: list[Path]) -> tuple[set[Path], list[str]]:
+    """``storescu -v`` of ``files`` in one association: the files answered with Success, and the
+    text of every other C-STORE response (e.g. ``Refused: OutOfResources [...]``)."""
     result = storescu(port, *files, extra=("-v",), timeout_s=60)
-    acked, current = set(), None
+    acked, refusals, current = set(), [], None
     for line in (result.stdout + result.stderr).splitlines():
         if "Sending file: " in line:
             current = Path(line.split("Sending file: ", 1)[1].strip())
-        elif "Received Store Response (Success" in line and current is not None:
-            acked.add(current)
-    return acked
+        elif "Received Store Response (" in line:
+            status = line.split("Received Store Response (", 1)[1].rstrip(")")
+            if status.startswith("Success") and current is not None:
+                acked.add(current)
+            elif not status.startswith("Success"):
+                refusals.append(status)
+    return acked, refusals
+
+
+def send(port: int, files: list[Path]) -> set[Path]:
+    """``storescu -v`` of ``files`` in one association; the files answered with Success."""
+    return store_responses(port, files)[0]
 
 
 class Modality(threading.Thread):
@@ -108,6 +118,7 @@ class Modality(threading.Thread):
         self.per_association, self.gap_s = per_association, gap_s
         self.acked: set[Path] = set()
         self.acked_by: dict[Path, int] = {}  # file -> the port that answered Success
+        self.refusals: list[tuple[float, str]] = []  # (wall time, response) of each non-Success response
         self.associations = 0
         self.failovers = 0  # moves to the next port
 
@@ -118,7 +129,8 @@ class Modality(threading.Thread):
     def run(self) -> None:
         while self.pending:
             port = self.ports[0]
-            got = send(port, self.pending[:self.per_association])
+            got, refused = store_responses(port, self.pending[:self.per_association])
+            self.refusals += [(time.time(), status) for status in refused]
             self.associations += 1
             self.acked |= got
             self.acked_by.update(dict.fromkeys(got, port))
