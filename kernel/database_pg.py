@@ -180,6 +180,11 @@ class _Connection:
     def __init__(self, conn, database: PostgresDatabase) -> None:
         self._conn, self._database = conn, database
 
+    @property
+    def now_sql(self) -> str:
+        """The database's clock in SQL (:attr:`PostgresDatabase.now_sql`), for rows every node dates alike."""
+        return self._database.now_sql
+
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()):
         sql, params = translate(sql, params, self._database.table_keys)
         return self._conn.execute(sql, params or None)

@@ -170,6 +170,10 @@ class OutboxConfig(Section):
     max_attempts: int = Field(100, ge=1)
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
+    # PostgreSQL (several nodes): an item a node claimed for an attempt is not claimed by another for
+    # this long (database clock), so it also is how long a node that died leaves its claimed items
+    # waiting; keep it above one pass's attempts (up to 100 items, each up to its sender's timeout)
+    claim_lease_s: float = Field(120.0, gt=0)
 
 
 #: An HL7 v2 HD namespace (MSH-3..6): no delimiter of MSH-1/MSH-2 (``|^~\&``), no control character,

@@ -143,7 +143,8 @@ class Server:
                 senders["fhir"] = FhirSender(cfg.fhir.base_url)
             # always there: an item left for a destination since removed is dead at once, naming it
             senders[HL7_KIND] = Hl7Sender(cfg.hl7.named())
-            self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store), senders, **cfg.outbox.model_dump())
+            self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store, cfg.outbox.claim_lease_s), senders,
+                                 **cfg.outbox.model_dump(exclude={"claim_lease_s"}))
         return self.outbox
 
     def _start_models(self) -> None:

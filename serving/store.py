@@ -120,6 +120,10 @@ _RESOURCE_UPSERT = ("INSERT OR REPLACE INTO fhir_resources(resource_type, id, su
 REFERENCE_ELEMENTS = frozenset({"result", "derivedFrom"})
 _OUTBOX_INSERT = ("INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
                   " next_attempt_at, created_at) VALUES (?,?,?,?,?, 'pending', ?, ?)")
+#: The same on PostgreSQL, shared by several nodes: due and created by the database's clock, as every
+#: outbox time there (serving.delivery.outbox_db, "One clock").
+_OUTBOX_INSERT_DB_CLOCK = ("INSERT OR IGNORE INTO outbox(key, kind, destination, payload, correlation_id, status,"
+                           " next_attempt_at, created_at) VALUES (?,?,?,?,?, 'pending', {now}, {now})")
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,13 @@ class ServingTables:
         db.executemany(_RESOURCE_UPSERT, _resource_rows(resources, now))
 
     def write_outbox(self, db: sqlite3.Connection, rows: Sequence[tuple], now: float) -> None:
+        """``now`` dates the items on SQLite; on PostgreSQL (a connection offering ``now_sql``) the
+        database's clock does."""
+        now_sql = getattr(db, "now_sql", None)
+        if now_sql is not None:
+            db.executemany(_OUTBOX_INSERT_DB_CLOCK.format(now=now_sql), [(*o[:4], o[4] if len(o) > 4 else None)
+                                                                         for o in rows])
+            return
         db.executemany(_OUTBOX_INSERT, [(*o[:4], o[4] if len(o) > 4 else None, now, now) for o in rows])
 
 

@@ -14,19 +14,30 @@ With PostgreSQL, components that write outbox rows into the SQLite database in t
 as their data (the IoMT bridge does) still do so: the SQLite ``outbox`` table then acts as a local
 transactional outbox that :meth:`PostgresOutboxDb.claim_due` relays into PostgreSQL first
 (status ``relayed`` locally), so nothing is lost and each key is delivered once.
+
+**One clock.** In PostgreSQL every time of an item (when it is due, the claim's end, when it was
+sent) is the database's clock (:attr:`kernel.database_pg.PostgresDatabase.now_sql`), never a node's:
+a node whose clock runs ahead would otherwise claim items another node is attempting (its claim
+ending by the other's clock) and send them twice, and one whose clock runs behind would leave the
+items it enqueued or claimed waiting for the others after it died.  A retry's backoff is measured
+on the node and added to the database's clock.
 """
 from __future__ import annotations
 
 import time
 
+from kernel.database_pg import PostgresDatabase
+from serving.config import OutboxConfig
 from serving.store import CLAIM_BATCH, DEPTH_SQL, OutboxDepth, OutboxItem, SqliteOutbox, Store
 
 #: URL schemes of PostgreSQL accepted by libpq (PostgreSQL 15 docs, 34.1.1 Connection Strings).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-#: An item claimed for an attempt is not claimed again for this long (a crashed node's lease ends).
-CLAIM_LEASE_S = 120.0
+#: An item claimed for an attempt is not claimed again for this long (a crashed node's lease ends):
+#: ``outbox.claim_lease_s``.
+CLAIM_LEASE_S = OutboxConfig().claim_lease_s
 #: Local items relayed into PostgreSQL per pass.
 RELAY_BATCH = 1000
+_NOW = PostgresDatabase.now_sql  # every item time, on the database's clock (module docstring)
 
 PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -50,13 +61,16 @@ ALTER TABLE outbox ADD COLUMN IF NOT EXISTS correlation_id TEXT;
 class PostgresOutboxDb:
     """The ``outbox`` table in PostgreSQL at ``url``; ``local`` (the SQLite outbox) is relayed from."""
 
-    def __init__(self, url: str, local: SqliteOutbox | None = None, *, connect_timeout_s: int = 10) -> None:
+    def __init__(self, url: str, local: SqliteOutbox | None = None, *, connect_timeout_s: int = 10,
+                 claim_lease_s: float = CLAIM_LEASE_S) -> None:
         if not isinstance(url, str) or not url.startswith(POSTGRES_SCHEMES):
             raise ValueError(f"url must start with postgresql:// or postgres://, {url!r} is given.")
         import psycopg
         from psycopg.rows import dict_row
 
-        self.url, self.local = url, local
+        if not claim_lease_s > 0:
+            raise ValueError(f"claim_lease_s must be positive, {claim_lease_s!r} is given.")
+        self.url, self.local, self.claim_lease_s = url, local, claim_lease_s
         self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row,
                                      connect_timeout=connect_timeout_s)
         with self._conn.transaction():
@@ -69,11 +83,10 @@ class PostgresOutboxDb:
 
     def insert(self, key: str, kind: str, destination: str, payload_json: str,
                correlation_id: str | None = None) -> bool:
-        now = time.time()
         rows = self._execute(
             "INSERT INTO outbox(key, kind, destination, payload, correlation_id, status, next_attempt_at,"
-            " created_at) VALUES (%s,%s,%s,%s,%s,'pending',%s,%s) ON CONFLICT (key) DO NOTHING RETURNING id",
-            (key, kind, destination, payload_json, correlation_id, now, now))
+            f" created_at) VALUES (%s,%s,%s,%s,%s,'pending',{_NOW},{_NOW}) ON CONFLICT (key) DO NOTHING"
+            " RETURNING id", (key, kind, destination, payload_json, correlation_id))
         return bool(rows)
 
     def relay(self) -> int:
@@ -87,21 +100,23 @@ class PostgresOutboxDb:
         return copied
 
     def claim_due(self, now: float) -> list[OutboxItem]:
-        if self.relay():
-            now = max(now, time.time())  # relayed rows are due from the moment they were copied
+        """The items due by the database's clock (``now``, the node's, is not used), claimed for
+        :attr:`claim_lease_s`."""
+        self.relay()
         return [OutboxItem.of(r) for r in self._execute(
-            "UPDATE outbox SET next_attempt_at=%s WHERE id IN (SELECT id FROM outbox"
-            " WHERE status='pending' AND next_attempt_at<=%s ORDER BY id LIMIT %s"
+            f"UPDATE outbox SET next_attempt_at={_NOW} + %s WHERE id IN (SELECT id FROM outbox"
+            f" WHERE status='pending' AND next_attempt_at<={_NOW} ORDER BY id LIMIT %s"
             " FOR UPDATE SKIP LOCKED) RETURNING *",
-            (now + CLAIM_LEASE_S, now, CLAIM_BATCH))]
+            (self.claim_lease_s, CLAIM_BATCH))]
 
     def mark_sent(self, item_id: int) -> None:
-        self._execute("UPDATE outbox SET status='sent', attempts=attempts+1, sent_at=%s,"
-                      " last_error=NULL WHERE id=%s", (time.time(), item_id))
+        self._execute(f"UPDATE outbox SET status='sent', attempts=attempts+1, sent_at={_NOW},"
+                      " last_error=NULL WHERE id=%s", (item_id,))
 
     def mark_failed(self, item_id: int, status: str, attempts: int, next_at: float, reason: str) -> None:
-        self._execute("UPDATE outbox SET status=%s, attempts=%s, next_attempt_at=%s, last_error=%s"
-                      " WHERE id=%s", (status, attempts, next_at, reason, item_id))
+        """``next_at`` (the node's clock) becomes the same delay from now on the database's clock."""
+        self._execute(f"UPDATE outbox SET status=%s, attempts=%s, next_attempt_at={_NOW} + %s, last_error=%s"
+                      " WHERE id=%s", (status, attempts, max(0.0, next_at - time.time()), reason, item_id))
 
     def items(self, status: str | None = None) -> list[OutboxItem]:
         if status:
@@ -114,8 +129,8 @@ class PostgresOutboxDb:
         return OutboxItem.of(rows[0]) if rows else None
 
     def retry(self, keys: list[str] | None = None) -> int:
-        sql = "UPDATE outbox SET status='pending', attempts=0, next_attempt_at=%s WHERE status='dead'"
-        params: tuple = (time.time(),)
+        sql = f"UPDATE outbox SET status='pending', attempts=0, next_attempt_at={_NOW} WHERE status='dead'"
+        params: tuple = ()
         if keys:
             sql += " AND key = ANY(%s)"
             params += (list(keys),)
@@ -135,10 +150,12 @@ class PostgresOutboxDb:
         self._conn.close()
 
 
-def open_outbox_db(url: str | None, store: Store) -> SqliteOutbox | PostgresOutboxDb:
-    """The outbox backend for ``url`` (see the module docstring); ``store`` is the local store."""
+def open_outbox_db(url: str | None, store: Store,
+                   claim_lease_s: float = CLAIM_LEASE_S) -> SqliteOutbox | PostgresOutboxDb:
+    """The outbox backend for ``url`` (see the module docstring); ``store`` is the local store;
+    ``claim_lease_s``: ``outbox.claim_lease_s`` (PostgreSQL)."""
     if url is None or url.startswith("sqlite:"):
         return store.outbox
     if url.startswith(POSTGRES_SCHEMES):
-        return PostgresOutboxDb(url, local=store.outbox)
+        return PostgresOutboxDb(url, local=store.outbox, claim_lease_s=claim_lease_s)
     raise ValueError(f"store.url must be null, sqlite: or postgresql://..., {url!r} is given.")

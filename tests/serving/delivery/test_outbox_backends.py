@@ -8,11 +8,14 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from serving.delivery.outbox import Outbox
+from serving.delivery import outbox_db
 from serving.delivery.outbox_db import PostgresOutboxDb
 from serving.store import Store
 
@@ -101,6 +104,32 @@ def test_postgres_relays_rows_written_to_the_local_store(postgres_url, tmp_path)
     assert store.database.rows("SELECT status FROM outbox")[0]["status"] == "relayed"
     db.close()
     store.close()
+
+
+def test_postgres_dates_items_by_the_database_clock_not_a_nodes(postgres_url, monkeypatch):
+    """Two nodes whose clocks differ by 120 s share the outbox: what the one ahead enqueues or puts
+    back for a retry at once is due for the other at once, and what the other claimed the one ahead
+    does not claim again (it would send it a second time)."""
+    ahead, right = PostgresOutboxDb(postgres_url), PostgresOutboxDb(postgres_url)
+    ahead._execute("TRUNCATE outbox")
+    real = time.time
+
+    def clock(offset_s: float) -> None:
+        monkeypatch.setattr(outbox_db, "time", SimpleNamespace(time=lambda: real() + offset_s))
+
+    try:
+        clock(120.0)
+        assert ahead.insert("k1", "fhir", "x", "{}")
+        clock(0.0)
+        (claimed,) = right.claim_due(real())
+        clock(120.0)
+        assert ahead.claim_due(real() + 120.0) == []  # claimed by the other for CLAIM_LEASE_S, by the database's clock
+        ahead.mark_failed(claimed.id, "pending", 1, real() + 120.0, "down")  # again at once, by its clock
+        clock(0.0)
+        assert [item.key for item in right.claim_due(real())] == ["k1"]
+    finally:
+        ahead.close()
+        right.close()
 
 
 def test_cli_lists_and_retries_dead_letters(tmp_path):
