@@ -31,7 +31,7 @@ test: install peers
 
 # Every benchmark runs even when one fails (its JSON records why); the README table is regenerated
 # from what was measured, and the target fails at the end naming the benchmarks that did not pass.
-BENCHMARKS := bench_cxr_latency bench_ct_latency model_core serve_overhead dicom_ingest iomt_throughput
+BENCHMARKS := bench_cxr_latency bench_ct_latency model_core serve_overhead dicom_ingest iomt_throughput scale_out
 bench: install
 	@bash benchmarks/peers/setup.sh || echo "LitServe/BentoML environments not made: serve_overhead skips them" >&2
 	@failed=""; for name in $(BENCHMARKS); do \

@@ -141,15 +141,18 @@ class Rig:
 
 
 @contextmanager
-def imaging_server(root: Path, *, fhir: bool = False, config: dict[str, Any] | None = None) -> Iterator[Rig]:
+def imaging_server(root: Path, *, fhir: bool = False, config: dict[str, Any] | None = None,
+                   pacs_objects: list[str] | None = None) -> Iterator[Rig]:
     """``medgate serve`` under ``root`` with a storescp PACS (and a recording FHIR server when
-    ``fhir``); ``config`` sections are merged over the defaults. Everything stops on exit."""
+    ``fhir``); ``config`` sections are merged over the defaults; ``pacs_objects`` (e.g. ``["sr"]``):
+    what the PACS is sent, every result object when None. Everything stops on exit."""
     root = Path(root)
     pacs = Pacs(root / "pacs")
     recorder = FhirRecorder(free_port()) if fhir else None
     settings: dict[str, Any] = {
         "state_dir": str(root / "var"), "dicom": {"port": free_port()},
-        "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}},
+        "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port,
+                                  **({"objects": pacs_objects} if pacs_objects is not None else {})}},
         "http": {"port": free_port()}, "mqtt": {"embedded_port": free_port()}, "log_level": "WARNING",
         "auth": {"tokens": [{"token": TOKEN, "role": "admin", "name": "benchmark"}]}}
     if recorder is not None:
