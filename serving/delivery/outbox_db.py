@@ -65,20 +65,31 @@ class PostgresOutboxDb:
                  claim_lease_s: float = CLAIM_LEASE_S) -> None:
         if not isinstance(url, str) or not url.startswith(POSTGRES_SCHEMES):
             raise ValueError(f"url must start with postgresql:// or postgres://, {url!r} is given.")
-        import psycopg
-        from psycopg.rows import dict_row
-
         if not claim_lease_s > 0:
             raise ValueError(f"claim_lease_s must be positive, {claim_lease_s!r} is given.")
         self.url, self.local, self.claim_lease_s = url, local, claim_lease_s
-        self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row,
-                                     connect_timeout=connect_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._closed = False
+        self._conn = self._connect()
         with self._conn.transaction():
             self._conn.execute("SELECT pg_advisory_xact_lock(7262001)")  # one schema creator at a time
             self._conn.execute(PG_SCHEMA)
 
+    def _connect(self):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=self._connect_timeout_s)
+
+    def _cursor(self, sql: str, params: tuple = ()):
+        """Runs ``sql``; a connection the server closed (it restarted, the network dropped) failed
+        one call and is opened again for the next, as :mod:`kernel.database_pg` does."""
+        if self._conn.closed and not self._closed:
+            self._conn = self._connect()
+        return self._conn.execute(sql, params)
+
     def _execute(self, sql: str, params: tuple = ()) -> list[dict]:
-        cur = self._conn.execute(sql, params)
+        cur = self._cursor(sql, params)
         return cur.fetchall() if cur.description else []
 
     def insert(self, key: str, kind: str, destination: str, payload_json: str,
@@ -134,7 +145,7 @@ class PostgresOutboxDb:
         if keys:
             sql += " AND key = ANY(%s)"
             params += (list(keys),)
-        return self._conn.execute(sql, params).rowcount
+        return self._cursor(sql, params).rowcount
 
     def counts(self) -> dict[tuple[str, str], int]:
         rows = self._execute("SELECT kind, status, COUNT(*) AS n FROM outbox GROUP BY kind, status")
@@ -147,6 +158,7 @@ class PostgresOutboxDb:
         return [OutboxDepth(**r) for r in self._execute(DEPTH_SQL)]
 
     def close(self) -> None:
+        self._closed = True
         self._conn.close()
 
 

@@ -132,6 +132,23 @@ def test_postgres_dates_items_by_the_database_clock_not_a_nodes(postgres_url, mo
         right.close()
 
 
+def test_postgres_outbox_reconnects_after_its_connection_was_cut(postgres_url):
+    """A server restart (here: its backend terminated) fails one call; the next opens a new connection."""
+    import psycopg
+
+    db = PostgresOutboxDb(postgres_url)
+    try:
+        db._execute("TRUNCATE outbox")
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (db._conn.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            db.insert("k1", "fhir", "x", "{}")
+        assert db.insert("k1", "fhir", "x", "{}")
+        assert [item.key for item in db.claim_due(time.time())] == ["k1"]
+    finally:
+        db.close()
+
+
 def test_cli_lists_and_retries_dead_letters(tmp_path):
     from serving.cli.outbox import list_items, retry_items
     from serving.config import load_config
