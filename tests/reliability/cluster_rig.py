@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -198,7 +199,7 @@ class ClusterRig:
                       "routes": [{"models": ["tb"], "modality": ["DX", "CR"], "body_part": ["CHEST"]}]},
             "destinations": {"pacs": {"ae_title": "PACS", "port": self.pacs_port, "objects": ["sr"]}},
             "fhir": {"base_url": f"http://127.0.0.1:{self.fhir.port}/fhir"},
-            "outbox": {"backoff_max_s": 5.0},
+            "outbox": {"backoff_max_s": 5.0, "claim_lease_s": 2 * self.lease_s},  # a dead node's claims move soon
             "iomt": {"partitions": self.wards, "partition_lease_ttl_s": self.lease_s},
             "auth": {"tokens": [{"token": ADMIN_TOKEN, "role": "admin", "name": "test"}]},
         }
@@ -248,6 +249,18 @@ class ClusterRig:
         return killed_at
 
     def restart(self, name: str) -> None:
+        """Start node ``name`` again on its state; on a new DICOM port when its port is still bound
+        (the listening processes are printed)."""
+        node = self.nodes[name]
+        port = node.config["dicom"]["port"]
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                held = subprocess.run(["ss", "-tanp", f"sport = :{port}"], capture_output=True, text=True).stdout
+                print(f"{name}: DICOM port {port} still bound after its kill ({exc}):\n{held}")
+                node.config["dicom"]["port"] = free_port()
         self.start_node(name)
 
     def stop(self) -> None:
@@ -304,17 +317,22 @@ class ClusterRig:
             if own:
                 store.close()
 
-    def watch_takeover(self, victim: str, kill_at: float | None = None, timeout_s: float = 120.0) -> Takeover:
-        """Kill node ``victim`` (at wall time ``kill_at`` when given, else now) and measure how long
-        the others take to hold its partitions and to claim and process its open dispatches."""
+    def watch_takeover(self, victim: str, *, wait_for_dispatch_s: float = 0.0, timeout_s: float = 120.0) -> Takeover:
+        """Kill node ``victim`` and measure how long the others take to hold its partitions and to
+        claim and process its open dispatches.  ``wait_for_dispatch_s``: first wait up to that long
+        for a moment when ``victim`` holds an open dispatch (looking every 20 ms), and kill then."""
         store = self.store()
         cluster = ClusterStore(store.database)
         try:
-            if kill_at is not None:
-                time.sleep(max(0.0, kill_at - time.time()))
-            partitions = sorted(n for n, h in self.partition_holders(cluster).items() if h == victim)
-            dispatches = sorted(k for k, owner in self.open_dispatches(store).items() if owner == victim)
+            deadline = time.monotonic() + wait_for_dispatch_s
+            while True:
+                dispatches = sorted(k for k, owner in self.open_dispatches(store).items() if owner == victim)
+                if dispatches or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
             killed_at = self.kill(victim)
+            partitions = sorted(lease.name for lease in cluster.leases(LEASE_PREFIX, include_expired=True)
+                                if lease.holder == victim)
             result = Takeover(victim, partitions, dispatches)
             deadline = killed_at + timeout_s
             while time.time() < deadline:
