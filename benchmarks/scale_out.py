@@ -317,7 +317,7 @@ def report_lines(results: list[dict], cost: dict | None, load: dict) -> list[str
         i, c, v = cost["ingest_ms_per_instance"], cost["cxr_ms_per_study"], cost["vitals_us_per_message"]
         lines.append(f"PostgreSQL against SQLite (one node): ingest {i['postgresql']} ms/instance against "
                      f"{i['sqlite']} ({i['ratio']}×), radiograph {c['postgresql']} ms against {c['sqlite']} "
-                     f"(+{c['extra_ms']} ms, {c['ratio']}×), vitals {v['postgresql']} µs/message against "
+                     f"({c['extra_ms']:+} ms, {c['ratio']}×), vitals {v['postgresql']} µs/message against "
                      f"{v['sqlite']} ({v['ratio']}×)")
     lines.append(NOT_SUPPORTED)
     lines.append(f"load average (1 min): before {load['before']}, after {load['after']}, mean {load['mean']}, "
