@@ -272,7 +272,7 @@ class Intake:
         to the spool (``state_dir/spool-quarantine`` for the server)."""
         return self.spool.with_name(f"{self.spool.name}-quarantine")
 
-    def recover(self, called_ae: str) -> list[str]:
+    def recover(self, called_ae: str, older_than_s: float = 0.0) -> list[str]:
         """Record again the spool files whose rows were lost (see :func:`ledger.unrecorded_files`);
         returns their groups.  The sender is the file's Source Application Entity Title (0002,0016),
         which the SCP sets to the calling AE title.
@@ -282,7 +282,7 @@ class Intake:
         one planted in the spool under another study's folder, or holding a UID that is not one, is
         moved to :attr:`quarantine` with a log line, never recorded as a study."""
         groups = []
-        for path in ledger.unrecorded_files(self.store, self.spool):
+        for path in ledger.unrecorded_files(self.store, self.spool, older_than_s):
             try:
                 ds = dcmread(path, stop_before_pixels=True)
             except Exception as exc:  # noqa: BLE001 - keep the file, say why, go on with the others

@@ -128,11 +128,22 @@ def record_refusal(store, refusal: Refusal) -> None:
     gateway_of(store).record_refusal(refusal, time.time())
 
 
-def unrecorded_files(store, spool: Path) -> list[Path]:
-    """Spool files with no ``instances`` row (their non-durable commit was lost), oldest first."""
+def unrecorded_files(store, spool: Path, older_than_s: float = 0.0) -> list[Path]:
+    """Spool files with no ``instances`` row (their non-durable commit was lost), oldest first;
+    with ``older_than_s``, only those written at least that long ago (a shared spool: a live node's
+    row follows its file within moments)."""
     known = gateway_of(store).instance_paths()
     files = [path for path in Path(spool).glob("*/*.dcm") if str(path) not in known]
-    return sorted(files, key=lambda path: path.stat().st_mtime)
+    cutoff = time.time() - older_than_s
+    aged = []
+    for path in files:
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile (retention, another node's quarantine)
+            continue
+        if older_than_s <= 0 or mtime <= cutoff:
+            aged.append((mtime, path))
+    return [path for _, path in sorted(aged)]
 
 
 def mark_released(store, group_uids: Iterable[str]) -> None:

@@ -159,6 +159,7 @@ class StorageScp:
         self.min_free_bytes = int(min_free_bytes)
         self.retention_days = retention_days
         self._stop_housekeeping = threading.Event()
+        self._stop_orphans = threading.Event()
         self.node_id = check_node_id(node_id)
         self.slots = SlotPool(slot_folder(self.spool, self.node_id), pool_bytes=slot_pool_bytes,
                               group_commit=group_commit) if fsync and slot_pool_bytes > 0 else None
@@ -199,6 +200,9 @@ class StorageScp:
         if self.retention_days is not None:
             self._stop_housekeeping.clear()
             threading.Thread(target=self._housekeeping, name="medgate-retention", daemon=True).start()
+        if self.node_id != ledger.LOCAL_NODE:  # a shared spool: what a dead node acknowledged
+            self._stop_orphans.clear()
+            threading.Thread(target=self._adopt_orphans, name="medgate-orphans", daemon=True).start()
         if self.address is not None:
             self._bound["plain"] = self.acceptor.listen(*self.address)
             log.info("DICOM SCP %s listening on %s:%d", self.ae_title, self.address[0], self.port)
@@ -211,6 +215,7 @@ class StorageScp:
         self.acceptor.stop()
         self._bound = {}
         self._stop_housekeeping.set()
+        self._stop_orphans.set()
         self.recorder.stop()
         self.assembler.stop()
         if self.slots is not None:
@@ -229,6 +234,24 @@ class StorageScp:
                 log.exception("retention failed")
             if self._stop_housekeeping.wait(interval_s):
                 return
+
+    def _adopt_orphans(self) -> None:
+        """On a shared spool, every ``lease_s``: record the files some node acknowledged and then died
+        before committing their rows (C-STORE Success is sent once the file is durable, the row
+        follows).  Without this they would wait for that node's restart.  Only files older than a
+        lease are taken, so a live node's row on its way is not raced (a race is harmless anyway: an
+        instance is recorded once); their groups complete by the quiet period."""
+        while not self._stop_orphans.wait(self.assembler.lease_s):
+            try:
+                adopted = self.intake.recover(self.ae_title, older_than_s=self.assembler.lease_s)
+            except Exception as exc:  # noqa: BLE001 - the next round retries
+                if not ledger.database_unreachable(self.store, exc):
+                    log.exception("adopting unrecorded spool files failed")
+                continue
+            if adopted:
+                log.warning("node %s recorded spool files another node acknowledged but did not record: "
+                            "group(s) %s", self.node_id, ", ".join(adopted))
+                self.assembler.nudge()
 
     # -- handlers (dicom_gateway.acceptor.Handlers) ----------------------------------------------
     def on_requested(self, calling_ae: str, called_ae: str, address: tuple[str, int],

@@ -190,3 +190,32 @@ def test_a_starting_pipeline_leaves_a_live_node_s_dispatch_alone(tmp_path, nodes
     pipeline.start()
     pipeline.stop()
     assert resumed == [("1.3.4.2", "tb"), ("1.3.4.3", "tb")]  # its own and the expired one; not node-a's
+
+
+def test_a_surviving_node_records_what_a_dead_node_acknowledged_but_did_not_record(tmp_path, database_location):
+    """C-STORE Success goes out once the file is durable in the shared spool, and the row follows: a
+    node killed in between leaves a file without a row.  Another node records it after a lease,
+    without waiting for the dead node's restart."""
+    from dicom_gateway.scp import StorageScp
+    from dicom_gateway.storage import instance_path
+    from peers import free_port
+
+    spool = tmp_path / "spool"
+    store = GatewayStore(open_database(database_location))
+    survivor = StorageScp("MEDGATE", "127.0.0.1", free_port(), store, spool, lambda study, model: None,
+                          quiet_period_s=0.5, poll_interval_s=0.05, node_id="node-b", lease_s=0.6)
+    survivor.start()
+    try:
+        (ds,) = make_ct_series(np.zeros((1, 16, 16), np.uint16))
+        ds.Modality = "OT"  # no model reads it: only the recording is checked
+        ds.file_meta.SourceApplicationEntityTitle = "MODALITY"
+        left = instance_path(spool, ds.StudyInstanceUID, ds.SOPInstanceUID)  # what node-a wrote, then died
+        left.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(left, enforce_file_format=True)
+        fresh = time.time()
+        wait_until(lambda: ledger.unrecorded_files(store, spool) == [], timeout_s=15)
+        assert time.time() - fresh >= 0.6 * 0.9  # not before a lease had passed: a live node's row may follow
+        assert str(left) in store.instance_paths()
+    finally:
+        survivor.stop()
+        store.close()
