@@ -123,7 +123,7 @@ class VitalsBridge:
         With one worker: which topics' ADT resources, bad ADT messages and parked messages are
         this bridge's (:class:`iomt.pipeline.VitalsPipeline`); default: all.
     checkpoints
-        Whether this bridge runs the store's WAL checkpoints (:class:`kernel.wal_checkpoint.WalCheckpointer`);
+        Whether this bridge runs a SQLite store's WAL checkpoints (:class:`kernel.wal_checkpoint.WalCheckpointer`);
         False where the process runs them once for several bridges.
     fence
         With one worker: ``(partition, lease epoch)``; each batch is committed only while that
@@ -199,8 +199,10 @@ class VitalsBridge:
         self._sync_cond = threading.Condition()
         self._syncer = threading.Thread(target=self._sync, daemon=True, name="medgate-vitals-sync")
         self.sync_failed: Exception | None = None  # the flush that stopped the acknowledgements
-        # no batch commit waits for a checkpoint; the writers wait only to let the log restart
-        self.checkpointer = WalCheckpointer(store.path, lock=writers_lock) if checkpoints else None
+        # no batch commit waits for a checkpoint; the writers wait only to let the log restart.
+        # PostgreSQL runs its own checkpoints (and its "path" is a database name, not a file here)
+        self.checkpointer = WalCheckpointer(store.path, lock=writers_lock) \
+            if checkpoints and store.database.dialect == "sqlite" else None
 
     @property
     def deadletter_topic(self) -> str:

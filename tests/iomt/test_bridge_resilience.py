@@ -149,3 +149,16 @@ def test_bad_payloads_are_dead_lettered_with_a_reason(tmp_path):
         assert letter["reason"] == row["reason"]
     assert rows[-1]["device"] == "nobody"
     store.close()
+
+
+def test_a_bridge_on_postgresql_runs_no_sqlite_checkpointer(postgres_url, tmp_path, monkeypatch):
+    """PostgreSQL runs its own checkpoints: a bridge on it opens no SQLite file (the database's name
+    taken for a path once left an empty file of that name in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    store = Store(postgres_url)
+    try:
+        bridge = VitalsBridge("127.0.0.1", 1, topic_prefix="medgate", store=store.vitals)
+        assert bridge.checkpointer is None
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        store.close()
