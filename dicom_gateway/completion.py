@@ -88,11 +88,11 @@ class StudyAssembler:
         self._nudge = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.started_at = time.time()
+        self.started_at = time.time()  # set again by start(), on ledger.clock
         ledger.ensure_schema(store)
 
     def start(self) -> None:
-        self.started_at = time.time()
+        self.started_at = ledger.clock(self.store)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="medgate-assembler", daemon=True)
         self._thread.start()
@@ -145,7 +145,7 @@ class StudyAssembler:
 
     def check(self, now: float | None = None) -> list[str]:
         """Apply the rules once; returns the groups completed by this call."""
-        now = time.time() if now is None else now
+        now = ledger.clock(self.store) if now is None else now  # the clock arrivals are dated by
         done = []
         for group in ledger.receiving_groups(self.store):
             reason = self._reason(group, now)

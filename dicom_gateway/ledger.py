@@ -51,6 +51,15 @@ def database_unreachable(store, exc: BaseException) -> bool:
     return gateway_of(store).unreachable(exc)
 
 
+def clock(store) -> float:
+    """Now, for the gateway's times that nodes compare with each other (arrivals, releases,
+    completion, processing): on PostgreSQL the database's clock, so that a node whose clock is off
+    does not see another node's study as quiet while it still arrives; on SQLite (one machine) this
+    process's clock, at no cost."""
+    database = gateway_of(store).database
+    return database.now() if database.dialect == "postgresql" else time.time()
+
+
 def ensure_schema(store) -> None:
     """The gateway's tables exist once its store is open (:class:`GatewayStore` creates them)."""
     gateway_of(store)
@@ -87,7 +96,7 @@ def record_instance(store, arrival: Arrival) -> bool:
 
 def record_instances(store, arrivals: list[Arrival]) -> list[bool]:
     """:func:`record_instance` for several instances in one transaction; which were new."""
-    return gateway_of(store).record_arrivals(arrivals, time.time())
+    return gateway_of(store).record_arrivals(arrivals, clock(store))
 
 
 #: Longest refusal text a ``refused`` study row keeps (the log line has the reason whole).
@@ -125,7 +134,7 @@ def record_refusal(store, refusal: Refusal) -> None:
     :attr:`Refusal.detail`, or the newest refusal on a study that is ``refused`` already.  A study with
     stored instances keeps its status (its instances are processed; the log names the refusal), and a
     later stored instance moves a ``refused`` study on to ``receiving`` (:func:`record_instances`)."""
-    gateway_of(store).record_refusal(refusal, time.time())
+    gateway_of(store).record_refusal(refusal, clock(store))
 
 
 def unrecorded_files(store, spool: Path, older_than_s: float = 0.0) -> list[Path]:
@@ -151,7 +160,7 @@ def mark_released(store, group_uids: Iterable[str]) -> None:
     groups = list(group_uids)
     if not groups:
         return
-    gateway_of(store).release_groups(groups, time.time())
+    gateway_of(store).release_groups(groups, clock(store))
 
 
 def orientation_text(orientation: Iterable[float]) -> str:
@@ -188,7 +197,7 @@ def complete_group(store, group_uid: str, reason: str, *, node_id: str = LOCAL_N
     completed it first.  The caller hands the study to each returned model; the claim is durable,
     so no model gets the group twice while the claiming node keeps its lease.
     """
-    return gateway_of(store).complete_group(group_uid, reason, time.time(), owner=node_id, lease_s=lease_s)
+    return gateway_of(store).complete_group(group_uid, reason, clock(store), owner=node_id, lease_s=lease_s)
 
 
 def routed_instances(store, study_uid: str, model: str) -> set[str] | None:
@@ -203,7 +212,7 @@ def routed_instances(store, study_uid: str, model: str) -> set[str] | None:
 def mark_processed(store, study_uid: str, model: str) -> None:
     """``model`` has produced (or failed) its results for the study: its lease ends, and it is
     neither resubmitted at restart nor taken over."""
-    gateway_of(store).mark_processed(study_uid, model, time.time())
+    gateway_of(store).mark_processed(study_uid, model, clock(store))
 
 
 def unprocessed_dispatches(store) -> list[tuple[str, str]] | None:

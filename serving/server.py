@@ -143,8 +143,12 @@ class Server:
                 senders["fhir"] = FhirSender(cfg.fhir.base_url)
             # always there: an item left for a destination since removed is dead at once, naming it
             senders[HL7_KIND] = Hl7Sender(cfg.hl7.named())
+            # a node attempts only what it can send: result files are where the gateway role runs (a
+            # bridge node may not mount them), alerts need a bridge's MQTT session; the rest wait for one
+            unable = ({"dicom"} if Role.GATEWAY not in self.roles else set()) \
+                | ({"mqtt"} if Role.BRIDGE not in self.roles else set())
             self.outbox = Outbox(open_outbox_db(cfg.store.url, self.store, cfg.outbox.claim_lease_s), senders,
-                                 **cfg.outbox.model_dump(exclude={"claim_lease_s"}))
+                                 delivers=None if is_all(self.roles) else set(senders) - unable, **cfg.outbox.model_dump(exclude={"claim_lease_s"}))
         return self.outbox
 
     def _start_models(self) -> None:

@@ -238,11 +238,13 @@ class SqliteOutbox:
             cur = db.execute(_OUTBOX_INSERT, (key, kind, destination, payload_json, correlation_id, now, now))
         return cur.rowcount == 1
 
-    def claim_due(self, now: float) -> list[OutboxItem]:
-        # One process owns a SQLite database, and one worker thread attempts: no lease needed.
+    def claim_due(self, now: float, kinds: Sequence[str] | None = None) -> list[OutboxItem]:
+        """Pending items due by ``now``, of ``kinds`` when given.  One process owns a SQLite database,
+        and one worker thread attempts: no lease needed."""
+        only = f" AND kind IN ({','.join('?' * len(kinds))})" if kinds is not None else ""
         return [OutboxItem(*r) for r in self.database.rows(
-            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status='pending' AND next_attempt_at<=? ORDER BY id LIMIT ?",
-            (now, CLAIM_BATCH))]
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status='pending' AND next_attempt_at<=?{only}"
+            " ORDER BY id LIMIT ?", (now, *(kinds or ()), CLAIM_BATCH))]
 
     def mark_sent(self, item_id: int) -> None:
         with self.database.transaction() as db:

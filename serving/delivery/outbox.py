@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from kernel import correlation
 from kernel.delivery_errors import PermanentDeliveryError
@@ -56,7 +56,7 @@ class Outbox(PeriodicWorker):
 
     def __init__(self, store: Store | SqliteOutbox | PostgresOutboxDb, senders: dict[str, Sender], *, max_attempts: int | None = None,
                  backoff_base_s: float | None = None, backoff_max_s: float | None = None,
-                 poll_interval_s: float = 0.5) -> None:
+                 poll_interval_s: float = 0.5, delivers: Iterable[str] | None = None) -> None:
         defaults = OutboxConfig()
         max_attempts = defaults.max_attempts if max_attempts is None else max_attempts
         backoff_base_s = defaults.backoff_base_s if backoff_base_s is None else backoff_base_s
@@ -65,6 +65,9 @@ class Outbox(PeriodicWorker):
             raise ValueError(f"`max_attempts` must be positive, {max_attempts} is given.")
         self.db = store if isinstance(store, (SqliteOutbox, PostgresOutboxDb)) else store.outbox
         self.senders = dict(senders)
+        # the kinds this node attempts (default: every item, one without a sender failing with the
+        # reason); on a cluster the others are left pending for a node of another role (serving.server)
+        self.delivers = None if delivers is None else tuple(sorted(set(delivers) & set(self.senders)))
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -105,7 +108,7 @@ class Outbox(PeriodicWorker):
         """Attempt every pending item that is due; returns how many were delivered."""
         delivered = 0
         with self._delivering:
-            for item in self.db.claim_due(time.time()):
+            for item in self.db.claim_due(time.time(), self.delivers):
                 if self._stop.is_set():
                     break
                 with correlation.bound(item.correlation_id):

@@ -25,6 +25,7 @@ on the node and added to the database's clock.
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 from kernel.database_pg import PostgresDatabase
 from serving.config import OutboxConfig
@@ -110,15 +111,18 @@ class PostgresOutboxDb:
             self.local.mark_relayed(i.id for i in items)
         return copied
 
-    def claim_due(self, now: float) -> list[OutboxItem]:
+    def claim_due(self, now: float, kinds: Sequence[str] | None = None) -> list[OutboxItem]:
         """The items due by the database's clock (``now``, the node's, is not used), claimed for
-        :attr:`claim_lease_s`."""
+        :attr:`claim_lease_s`; with ``kinds``, only items of those kinds (what this node can send:
+        a bridge node has no result files for a ``dicom`` item, a gateway node no MQTT session for
+        an alert)."""
         self.relay()
+        only = " AND kind = ANY(%s)" if kinds is not None else ""
+        params = (self.claim_lease_s, *(() if kinds is None else (list(kinds),)), CLAIM_BATCH)
         return [OutboxItem.of(r) for r in self._execute(
             f"UPDATE outbox SET next_attempt_at={_NOW} + %s WHERE id IN (SELECT id FROM outbox"
-            f" WHERE status='pending' AND next_attempt_at<={_NOW} ORDER BY id LIMIT %s"
-            " FOR UPDATE SKIP LOCKED) RETURNING *",
-            (self.claim_lease_s, CLAIM_BATCH))]
+            f" WHERE status='pending' AND next_attempt_at<={_NOW}{only} ORDER BY id LIMIT %s"
+            " FOR UPDATE SKIP LOCKED) RETURNING *", params)]
 
     def mark_sent(self, item_id: int) -> None:
         self._execute(f"UPDATE outbox SET status='sent', attempts=attempts+1, sent_at={_NOW},"

@@ -58,13 +58,13 @@ def test_completion_leases_the_dispatches_to_its_node(nodes):
 
 def test_a_live_lease_is_renewed_and_not_taken_over_an_expired_one_is_once(nodes):
     a, b = nodes
-    completed(a, "1.2.2", "node-a", 0.5)
-    assert ledger.take_over_expired(b, "node-b", 0.5) == []
+    completed(a, "1.2.2", "node-a", 2.0)
+    assert ledger.take_over_expired(b, "node-b", 2.0) == []
     first_end = a.dispatches("1.2.2")[0].lease_expires_at
-    assert ledger.renew_leases(a, "node-a", [("1.2.2", "tb")], 0.5) == {("1.2.2", "tb"): True}
+    assert ledger.renew_leases(a, "node-a", [("1.2.2", "tb")], 2.0) == {("1.2.2", "tb"): True}
     assert a.dispatches("1.2.2")[0].lease_expires_at > first_end
-    assert ledger.renew_leases(b, "node-b", [("1.2.2", "tb")], 0.5) == {("1.2.2", "tb"): False}  # not b's
-    assert ledger.renew_leases(a, "node-a", [("9.9", "tb")], 0.5) == {("9.9", "tb"): None}  # no dispatch
+    assert ledger.renew_leases(b, "node-b", [("1.2.2", "tb")], 2.0) == {("1.2.2", "tb"): False}  # not b's
+    assert ledger.renew_leases(a, "node-a", [("9.9", "tb")], 2.0) == {("9.9", "tb"): None}  # no dispatch
     wait_past(a, a.dispatches("1.2.2")[0].lease_expires_at)
     assert ledger.take_over_expired(b, "node-b", 30.0) == [("1.2.2", "tb")]
     assert ledger.take_over_expired(a, "node-a", 30.0) == []  # b's now, live

@@ -219,3 +219,22 @@ def test_a_surviving_node_records_what_a_dead_node_acknowledged_but_did_not_reco
     finally:
         survivor.stop()
         store.close()
+
+
+def test_a_node_whose_clock_runs_ahead_does_not_complete_a_study_still_arriving(postgres_url, monkeypatch):
+    """Arrival times and the quiet period are read on one clock, the database's on PostgreSQL: a
+    node 120 s ahead does not take another node's study, still arriving, for one quiet for 120 s.
+    (On SQLite every node is this machine, one clock.)"""
+    receiving, ahead = (GatewayStore(open_database(postgres_url)) for _ in range(2))
+    study = "1.3.9.1"
+    ledger.record_instances(receiving, [ledger.Arrival(f"{study}.1", study, f"{study}.0", "1.2.840.10008.5.1.4.1.1.2",
+                                                       "CT", f"/spool/{study}/1.dcm", "MOD", study, ("nodule",),
+                                                       None, False)])
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 120.0)
+    assembler = StudyAssembler(ahead, lambda s, m: None, quiet_period_s=2.0, node_id="ahead", lease_s=30.0)
+    assembler.started_at = ledger.clock(ahead) - 60.0  # started long ago
+    assert assembler.check() == []  # still receiving: 120 s by the skewed clock, not by the database's
+    assert assembler.check(now=ledger.clock(ahead) + 3.0) == [study]  # quiet once 2 s pass on the one clock
+    receiving.close()
+    ahead.close()

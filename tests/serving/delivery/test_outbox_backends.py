@@ -66,6 +66,21 @@ def test_idempotent_delivery_backoff_dead_letter_and_retry(backend):
     assert box.items("sent")[0]["key"] == "k1"
 
 
+def test_a_node_claims_only_the_kinds_it_has_a_sender_for(backend):
+    """On a cluster a bridge node has no result files (``dicom``) and a gateway node no MQTT session
+    (``mqtt``): each leaves the other's items pending for a node that can send them."""
+    gateway, bridge = Flaky(0), Flaky(0)
+    senders = {"dicom": gateway, "mqtt": bridge}
+    on_gateway = Outbox(backend, senders, backoff_base_s=0.0, delivers={"dicom"})
+    on_bridge = Outbox(backend, senders, backoff_base_s=0.0, delivers={"mqtt"})
+    on_gateway.enqueue("sr", "dicom", "pacs", {"paths": ["a"]})
+    on_gateway.enqueue("alert", "mqtt", "medgate/alerts/icu/b1", {"band": "high"})
+    assert on_bridge.deliver_due() == 1 and bridge.sent == [("medgate/alerts/icu/b1", {"band": "high"})]
+    assert on_bridge.items("pending")[0]["key"] == "sr"  # not claimed, not failed
+    assert on_gateway.deliver_due() == 1 and gateway.sent == [("pacs", {"paths": ["a"]})]
+    assert on_gateway.items("dead") == []
+
+
 def test_items_keep_their_correlation_id_and_depth_counts_them(backend, local_store):
     from kernel.correlation import bound, current_id
 
