@@ -328,10 +328,10 @@ def test_names_no_keeper_takes_are_taken_beyond_the_share_without_flapping(open_
     k.stop()
 
 
-def test_a_keeper_keeps_its_lease_through_a_terminated_postgresql_connection(backend, store):
-    if backend != "postgresql":
-        pytest.skip("a PostgreSQL connection")
+def test_a_keeper_keeps_its_lease_through_a_terminated_postgresql_connection(postgres_url):
     import psycopg
+
+    store = ClusterStore(open_database(postgres_url))
 
     store.join("node-a", ["bridge"], 30)
     k, calls = keeper(store, "node-a", ["bridge/ICU"], ttl_s=1.5)
@@ -346,3 +346,4 @@ def test_a_keeper_keeps_its_lease_through_a_terminated_postgresql_connection(bac
         assert store.holder("bridge/ICU") == "node-a"
     finally:
         k.stop()
+        store.database.close()
