@@ -5,11 +5,16 @@ every run has one of a few fixed shapes; with ``cuda_graphs`` each bucket's run 
 a CUDA graph (``enable_cuda_graph`` + ``gpu_graph_id`` run option, onnxruntime >= 1.17) and later
 runs only copy the input into the bound device buffer and replay the graph: batch-1 latency becomes
 launch-free (see the GPU notes: ~1.9 ms vs 3.4 ms for DenseNet121 on an H100).
-On the CPU provider the session is run directly with the batch as given.
+On the CPU provider the session is run directly with the batch as given, sequentially, with
+``intra_op_threads`` threads (default: every CPU this process may run on, :func:`cpu_threads`: not
+Ray's ``num_cpus`` share, which is a placement count) and without spinning threads between runs
+(``spinning=False``: a volume model does Python and torch work between patch batches, on the same
+cores).
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +26,26 @@ log = logging.getLogger("medgate.engine")
 TRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+#: Session config entry: intra-op threads sleep when idle instead of spinning.
+NO_SPINNING = ("session.intra_op.allow_spinning", "0")
 #: ONNX tensor element types this engine binds on the device.
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def cpu_threads() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
 
 
 class OnnxEngine:
     """One onnxruntime session (per batch bucket when CUDA graphs are on)."""
 
     def __init__(self, path: Path, *, cuda: bool = False, max_batch_size: int = 16,
-                 cuda_graphs: bool = True, cache_dir: Path | None = None, use_tensorrt: bool = False) -> None:
+                 cuda_graphs: bool = True, cache_dir: Path | None = None, use_tensorrt: bool = False,
+                 intra_op_threads: int | None = None, spinning: bool = False) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -50,6 +66,10 @@ class OnnxEngine:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's intra-op threads spin between runs by default: on a CPU shared with the HTTP
+        # ingress and the gateway, that spinning took 3.7 of the 7.8 ms of CPU the tb replica spent
+        # per HTTP request (benchmarks/serve_overhead.py, 2 cores); idle threads sleep instead.
+        options.add_session_config_entry(NO_SPINNING[0], NO_SPINNING[1])
         self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] in (CUDA, TRT) else "cpu"

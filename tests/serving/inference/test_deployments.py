@@ -44,6 +44,15 @@ def test_onnx_engine_on_cpu_runs_and_checks_inputs():
         create_engine(manifest.path.parent, engine="tensorflow")
 
 
+def test_cpu_sessions_do_not_spin_between_runs():
+    """Spinning intra-op threads take the cores the ingress and the gateway share with the replica."""
+    from serving.inference.engine_onnx import NO_SPINNING
+
+    manifest = ModelRegistry().get("tb")
+    engine = create_engine(manifest.path.parent, manifest.path.name, engine="onnxruntime", device="cpu")
+    assert engine.session.get_session_options().get_session_config_entry(NO_SPINNING[0]) == "0"
+
+
 def test_a_batch_is_one_engine_call_with_one_reply_per_item(tb):
     size = tb.active.manifest.input_size_px
     replies = tb.run_batch([tb_item(size) for _ in range(8)])
