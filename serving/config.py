@@ -99,6 +99,13 @@ class HttpConfig(Section):
     # End-to-end limit of one request in Ray Serve's proxy; null = none (the ward board's event
     # stream is one long request).  Slow header senders: docs/security.md.
     request_timeout_s: float | None = Field(None, gt=0)
+    # What answers on host:port: `ray`, Ray Serve's proxy (uvicorn, one actor hop to the ingress);
+    # `haproxy`, Ray Serve's HAProxy mode: Debian's haproxy (`haproxy_binary`, found on PATH or in
+    # /usr/sbin when null) routes each request straight to an ingress replica's own port (direct
+    # ingress) and handles go replica to replica over gRPC (RAY_SERVE_THROUGHPUT_OPTIMIZED).
+    # Faster (docs/serving.md, "Performance") but it opens more ports: docs/security.md.
+    proxy: Literal["ray", "haproxy"] = "ray"
+    haproxy_binary: Path | None = None
     # The ingress deployment (FastAPI behind Ray Serve's proxy): replicas, requests each replica
     # takes at once (Ray Serve's default of 5 made the proxy queue and back off the rest: 16
     # callers got ~13 requests/s), and CPUs reserved per replica (its work is mostly waiting).
@@ -421,6 +428,12 @@ class ServingConfig(Section):
     max_queued_requests: int = Field(256, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    #: onnxruntime threads of a replica on the CPU (and torch's, for a volume model's pre- and
+    #: post-processing); None: every CPU the process may run on.  ``num_cpus`` only places replicas.
+    intra_op_threads: int | None = Field(None, ge=1)
+    #: Model name -> engine variant of its model card (``engine_variants`` in the version's
+    #: metadata, e.g. ``{nodule: int8}``); a model not named runs its own ``file``.
+    variants: dict[str, str] = Field(default_factory=dict)
 
 
 #: Overrides given to :func:`load_config` for the call in progress: they rank above the environment.

@@ -37,7 +37,7 @@ from models.registry import ROOT_ENV, ModelRegistry
 from models.spec import InputKind
 from serving.components import STATUS_FILE
 from serving.cds.api import CDS_SECTION_ENV
-from serving.config import HttpConfig, Settings, is_postgresql
+from serving.config import Settings, is_postgresql
 from serving.delivery.fhir_sender import FhirSender
 from serving.delivery.hl7_sender import Hl7Sender
 from serving.delivery.outbox import Outbox
@@ -46,6 +46,7 @@ from serving.fhir.report import patient_identity
 from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
 from serving.http.dicomweb_index import IndexWorker
 from serving.http.forwarded import UVICORN_TRUST_NONE
+from serving.http.proxy import http_options, proxy_environment
 from serving.imaging.pipeline import ImagingPipeline
 from serving.imaging.results import HL7_KIND
 from serving.roles import Component, Role, components_for, is_all, role_names
@@ -260,13 +261,13 @@ class Server:
         """Start a Ray of this process's own (``ray.address`` null) or join the cluster of this
         machine's Ray node; returns ``ray.serve``.  Once per process."""
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        cfg = self.settings
+        env = self._worker_environment()  # before Ray Serve is imported: it reads its switches then
         import ray
         from ray import serve
 
         if ray.is_initialized():
             return serve
-        cfg = self.settings
-        env = self._worker_environment()
         if cfg.ray.address is None:
             # Logical CPUs: at least 8 so every model replica (num_cpus 1 each) is placed on a laptop too.
             ray.init(include_dashboard=False, namespace=RAY_NAMESPACE, logging_level=logging.WARNING,
@@ -291,7 +292,8 @@ class Server:
         # it trusts no peer, and the ingress reads forwarding headers from http.trusted_proxies only.
         # (On a cluster each node's proxy inherits its `ray start`'s environment: docs/deployment.md.)
         env = {"FORWARDED_ALLOW_IPS": UVICORN_TRUST_NONE,
-               CDS_SECTION_ENV: cfg.cds.model_dump_json()}  # the CDS Hooks routes' section, in the ingress
+               CDS_SECTION_ENV: cfg.cds.model_dump_json(),  # the CDS Hooks routes' section, in the ingress
+               **proxy_environment(cfg.http)}  # http.proxy: haproxy (serving.http.proxy)
         if cfg.models_root is not None:  # the registry every process reads, Ray's workers included
             env[ROOT_ENV] = str(cfg.models_root.resolve())
         os.environ.update(env)
@@ -454,14 +456,6 @@ def window_model(names: list[str]) -> str | None:
         raise ValueError(f"the vitals bridge scores with one model; {found} all take windows of vital signs "
                          f"(serving spec input \"window\"): keep one in the registry (models_root)")
     return found[0] if found else None
-
-
-def http_options(http: HttpConfig) -> dict:
-    """Ray Serve's ``http_options`` from the ``http`` section (bind address, idle and request limits)."""
-    options = {"host": http.host, "port": http.port, "keep_alive_timeout_s": http.keep_alive_timeout_s}
-    if http.request_timeout_s is not None:
-        options["request_timeout_s"] = http.request_timeout_s
-    return options
 
 
 def first_start_token(settings: Settings) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from peers import find_peer, free_port, stop_process, wait_for_port
 from serving.config import load_config
-from serving.server import http_options
+from serving.http.proxy import http_options
 from web_app import WebApp
 
 HEADER_TIMEOUT_S = 1  # haproxy `timeout http-request` below
