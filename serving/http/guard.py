@@ -30,12 +30,34 @@ def _principal(request: Request, ctx) -> Principal | None:
     return ctx.sessions().principal(session_id) if session_id else None
 
 
-async def guard(request: Request, call_next):
-    """Middleware: 401 without a valid credential, 403 for a role the path does not allow."""
+class Guard:
+    """ASGI middleware: 401 without a valid credential, 403 for a role the path does not allow; the
+    principal of an allowed request is ``request.state.principal`` for the route.
+
+    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs every request's route in
+    a task of its own behind memory streams (a cost per request on the inference path)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        refusal = _refusal(request)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _refusal(request: Request) -> JSONResponse | None:
+    """The 401 or 403 for ``request``, or None when it may go on (its principal then in its state)."""
     path = request.url.path
     roles = required_roles(path)
     if not roles:
-        return await call_next(request)
+        return None
     ctx = current()
     principal = _principal(request, ctx)
     if principal is None:
@@ -43,13 +65,13 @@ async def guard(request: Request, call_next):
             ctx.record(request, "read", "denied", query=path, detail="no valid token")
         return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                             headers={"WWW-Authenticate": 'Bearer realm="medgate"'})
-    request.state.principal = principal
+    request.state.principal = principal  # the scope's state: the route's Request sees it
     if principal.role not in roles:
         if is_patient_data(path):
             ctx.record(request, "read", "denied", query=path, detail=f"role {principal.role} not allowed")
         return JSONResponse({"error": f"role {principal.role!r} may not call {path}; "
                                       f"allowed: {sorted(roles)}"}, status_code=403)
-    return await call_next(request)
+    return None
 
 
 @router.get("/v1/whoami")

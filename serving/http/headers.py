@@ -19,6 +19,7 @@ import logging
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 
 from serving.http.auth import is_patient_data, required_roles
 
@@ -42,14 +43,29 @@ def private(path: str) -> bool:
     return is_patient_data(path) or bool(required_roles(path))
 
 
-async def security_headers(request: Request, call_next):
-    """Middleware: add :data:`SECURITY_HEADERS`, and ``Cache-Control: no-store`` on private paths."""
-    response = await call_next(request)
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
-    if private(request.url.path):
-        response.headers["Cache-Control"] = NO_STORE
-    return response
+class SecurityHeaders:
+    """ASGI middleware: add :data:`SECURITY_HEADERS`, and ``Cache-Control: no-store`` on private paths,
+    to the start of every HTTP response (plain ASGI, as :class:`serving.http.guard.Guard`)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        no_store = private(Request(scope).url.path)
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+                if no_store:
+                    headers["Cache-Control"] = NO_STORE
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:

@@ -134,6 +134,7 @@ class Ingress:
         self.hl7 = Hl7Section(**(limits.get("hl7") or {}))  # ORU^R01 destinations of an upload's findings
         self._results: ResultWriter | None = None
         self._info_cache: dict[str, tuple[float, dict]] = {}
+        self._manifests: dict[tuple[str, str], Any] = {}
         stow.configure(api, self.state_dir, limits.get("dicom"), limits.get("store_url"))
 
     @api.get("/healthz")
@@ -185,7 +186,7 @@ class Ingress:
         handle = self.models[model]
         try:
             info = await self._model_info(model)
-            manifest = await asyncio.to_thread(registered, info["name"], info["version"])
+            manifest = await self._manifest(info["name"], info["version"])
             spec = manifest.serving
             if spec.accepts("json"):
                 body = await request_body.read(request, self.max_upload_bytes)
@@ -217,7 +218,7 @@ class Ingress:
             return _error(503, f"model {model!r} is unavailable ({type(exc).__name__}); retry later",
                           **{"Retry-After": str(RETRY_AFTER_S)})
         if reply["version"] != manifest.version:
-            manifest = await asyncio.to_thread(registered, info["name"], info["version"])
+            manifest = await self._manifest(info["name"], info["version"])
             spec = manifest.serving
         body = {"model": model, "version": reply["version"], "findings": findings_json(reply, info, spec),
                 "context": context, "links": {}, "intended_use": info.get("intended_use")}
@@ -262,6 +263,14 @@ class Ingress:
     def _role(request: Request) -> str | None:
         principal = getattr(request.state, "principal", None)
         return principal.role if principal else None
+
+    async def _manifest(self, name: str, version: str):
+        """The registry's manifest of ``name`` ``version``: read from disk once (in a worker thread),
+        then from this replica's memory (a version folder does not change once written)."""
+        manifest = self._manifests.get((name, version))
+        if manifest is None:
+            manifest = self._manifests[(name, version)] = await asyncio.to_thread(registered, name, version)
+        return manifest
 
     async def _model_info(self, model: str) -> dict:
         """A deployment's info, cached for ``INFO_TTL_S`` (it changes only when a version is deployed)."""

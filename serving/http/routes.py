@@ -61,8 +61,8 @@ def install_routes(app: FastAPI) -> FastAPI:
     _remove_cdn_docs(app)
     app.router.redirect_slashes = False
     app.add_exception_handler(Exception, headers.server_error)
-    app.middleware("http")(guard.guard)
-    app.middleware("http")(headers.security_headers)  # added last = outermost: 401/403 get them too
+    app.add_middleware(guard.Guard)
+    app.add_middleware(headers.SecurityHeaders)  # added last = outermost: 401/403 get them too
     for router in (dashboard, guard.router, ward.router, worklist.router, system.router, shadow.router,
                    fhir_api.router, qido.router, wado.router, feedback_api.build_router(current),
                    cds_api.build_router(current), monitoring_api.build_router(current)):
