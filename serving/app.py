@@ -41,7 +41,7 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
     cfg = settings.serving
     versions = read_versions(settings.state_dir) if versions is None else versions
     options = {"engine": cfg.engine, "device": cfg.device, "precision": cfg.precision,
-               "max_batch_size": cfg.max_batch_size, "defer_load": True}
+               "max_batch_size": cfg.max_batch_size, "intra_op_threads": cfg.intra_op_threads, "defer_load": True}
     models = {}
     for name in model_names():
         user_config = {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
@@ -50,7 +50,7 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
             name=name, user_config=user_config, num_replicas=cfg.replicas,
             max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-        ).bind(name, {**options, "class_codes": _class_codes(settings, name)})
+        ).bind(name, {**options, "variant": cfg.variants.get(name), "class_codes": _class_codes(settings, name)})
     limits = {"max_upload_bytes": settings.http.max_upload_bytes, "timeout_s": settings.http.timeout_s,
               "max_image_pixels": settings.http.max_image_pixels,
               "cookie_max_age_s": settings.auth.cookie_max_age_s, "dicom": stow_settings(settings),

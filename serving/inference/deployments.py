@@ -27,7 +27,7 @@ import numpy as np
 from ray import serve
 
 from models.coding_scheme import map_classes
-from models.registry import ModelManifest, ModelRegistry
+from models.registry import ModelIntegrityError, ModelManifest, ModelRegistry, file_sha256
 from serving.inference.batcher import DynamicBatcher
 from serving.inference.engines import create_engine
 from serving.inference.runners import make_runner
@@ -80,15 +80,35 @@ def site_classes(manifest: ModelManifest, class_codes: dict[str, dict[str, str]]
         raise ValueError(f"class_codes.{manifest.name} ({manifest.name} {manifest.version}): {exc}") from None
 
 
+def variant_file(manifest: ModelManifest, variant: str | None) -> str:
+    """The ONNX file of ``variant`` of ``manifest`` (its ``engine_variants`` entry, SHA-256 checked), or
+    the version's own ``file`` when ``variant`` is None; :class:`ValueError` for a variant it lacks."""
+    if not variant:
+        return manifest.path.name
+    variants = manifest.raw.get("engine_variants") or {}
+    if variant not in variants:
+        raise ValueError(f"{manifest.name} {manifest.version} has no engine variant {variant!r} "
+                         f"(it has {sorted(variants) or 'none'}): serving.variants.{manifest.name}")
+    entry = variants[variant]
+    path = manifest.folder / entry["file"]
+    if not path.is_file() or file_sha256(path) != str(entry["sha256"]).lower():
+        raise ModelIntegrityError(f"engine variant {variant!r} of {manifest.name} {manifest.version}: {path} is "
+                                  f"missing or does not match the SHA-256 in its metadata.")
+    return str(entry["file"])
+
+
 def load_version(model: str, version: str | None, options: dict[str, Any]) -> Loaded:
     """Load, verify (sha256) and warm up ``model@version`` (latest when None); ``options``
-    ``class_codes``: the site's codes of its classes (:func:`site_classes`)."""
+    ``class_codes``: the site's codes of its classes (:func:`site_classes`); ``variant``: the engine
+    variant of its card to run (:func:`variant_file`); ``intra_op_threads``: CPU threads."""
     manifest = ModelRegistry().get(model, version)
     manifest.verify()
     classes = site_classes(manifest, options.get("class_codes"))
-    engine = create_engine(manifest.path.parent, manifest.path.name, engine=options.get("engine", "auto"),
+    engine = create_engine(manifest.path.parent, variant_file(manifest, options.get("variant")),
+                           engine=options.get("engine", "auto"),
                            device=options.get("device", "auto"), precision=options.get("precision", "fp32"),
-                           max_batch_size=options.get("max_batch_size", 16))
+                           max_batch_size=options.get("max_batch_size", 16),
+                           intra_op_threads=options.get("intra_op_threads"))
     loaded = Loaded(manifest, engine, make_runner(engine, manifest), classes)
     engine.warmup()
     return loaded

@@ -7,9 +7,8 @@ runs only copy the input into the bound device buffer and replay the graph: batc
 launch-free (see the GPU notes: ~1.9 ms vs 3.4 ms for DenseNet121 on an H100).
 On the CPU provider the session is run directly with the batch as given, sequentially, with
 ``intra_op_threads`` threads (default: every CPU this process may run on, :func:`cpu_threads`: not
-Ray's ``num_cpus`` share, which is a placement count) and without spinning threads between runs
-(``spinning=False``: a volume model does Python and torch work between patch batches, on the same
-cores).
+Ray's ``num_cpus`` share, which is a placement count), threads that sleep between runs (a
+volume model does Python and torch work between patch batches, on the same cores).
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ class OnnxEngine:
 
     def __init__(self, path: Path, *, cuda: bool = False, max_batch_size: int = 16,
                  cuda_graphs: bool = True, cache_dir: Path | None = None, use_tensorrt: bool = False,
-                 intra_op_threads: int | None = None, spinning: bool = False) -> None:
+                 intra_op_threads: int | None = None) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -70,6 +69,14 @@ class OnnxEngine:
         # ingress and the gateway, that spinning took 3.7 of the 7.8 ms of CPU the tb replica spent
         # per HTTP request (benchmarks/serve_overhead.py, 2 cores); idle threads sleep instead.
         options.add_session_config_entry(NO_SPINNING[0], NO_SPINNING[1])
+        self.intra_op_threads: int | None = None
+        if providers == [CPU]:
+            if intra_op_threads is not None and intra_op_threads < 1:
+                raise ValueError(f"`intra_op_threads` must be positive or None, {intra_op_threads!r} is given.")
+            self.intra_op_threads = int(intra_op_threads or cpu_threads())
+            options.intra_op_num_threads = self.intra_op_threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] in (CUDA, TRT) else "cpu"

@@ -40,7 +40,8 @@ def gpu_visible() -> bool:
 
 def create_engine(model_dir: Path, onnx_file: str = "model.onnx", *, engine: str = "auto",
                   device: str = "auto", precision: str = "fp32", max_batch_size: int = 16,
-                  fixed_shape: bool = True, cache_dir: Path | None = None) -> Engine:
+                  fixed_shape: bool = True, cache_dir: Path | None = None,
+                  intra_op_threads: int | None = None) -> Engine:
     """The engine for the model in ``model_dir`` (a registry version folder).
 
     ``engine="auto"`` takes onnxruntime (always present); ``torch`` needs ``model.ts``
@@ -61,7 +62,7 @@ def create_engine(model_dir: Path, onnx_file: str = "model.onnx", *, engine: str
                                      max_batch_size=max_batch_size, cuda_graphs=fixed_shape)
     else:
         chosen = OnnxEngine(model_dir / onnx_file, cuda=use_cuda, max_batch_size=max_batch_size,
-                            cuda_graphs=fixed_shape, cache_dir=cache_dir)
-    log.info("engine for %s@%s: %s on %s", model_dir.parent.name, model_dir.name, chosen.name,
-             chosen.device)
+                            cuda_graphs=fixed_shape, cache_dir=cache_dir, intra_op_threads=intra_op_threads)
+    log.info("engine for %s@%s: %s (%s) on %s%s", model_dir.parent.name, model_dir.name, chosen.name, onnx_file,
+             chosen.device, f", {chosen.intra_op_threads} threads" if getattr(chosen, "intra_op_threads", None) else "")
     return chosen

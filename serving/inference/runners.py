@@ -62,10 +62,18 @@ class VolumeRunner:
     ``serve_volume`` does sliding-window inference with the engine running batches of fixed-size
     patches, then post-processing (shared with training evaluation).  A version with an
     out-of-distribution statistic has the features of the patches run scored, and its reply gets
-    one ``ood`` verdict for the volume (:meth:`serving.inference.ood.OodGuard.volume_verdict`)."""
+    one ``ood`` verdict for the volume (:meth:`serving.inference.ood.OodGuard.volume_verdict`).
+
+    On the CPU, torch (resampling, sliding-window blending) gets the engine's threads: a Ray actor
+    with ``num_cpus: 1`` starts with one (``OMP_NUM_THREADS=1``)."""
 
     def __init__(self, engine: Engine, manifest: ModelManifest, serve_volume: Callable[..., dict]) -> None:
         self.engine, self.manifest, self.serve_volume = engine, manifest, serve_volume
+        threads = getattr(engine, "intra_op_threads", None)
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
         self.input_name, self.output_name = engine.input_names[0], engine.output_names[0]
         self.max_batch = engine.buckets[-1] if getattr(engine, "device", "cpu") == "cuda" else None
         self.ood = OodGuard.of(manifest, list(engine.output_names))
