@@ -151,8 +151,10 @@ def segment_volume(run_patch: PatchRunner, volume01: np.ndarray, spacing_mm, *,
                    overlap: float = 0.25, component_threshold: float = COMPONENT_THRESHOLD,
                    min_volume_mm3: float = MIN_VOLUME_MM3, lung_search: bool = True,
                    solid_hu: float | None = SOLID_HU, context_vox: int = CONTEXT_VOX,
-                   max_elongation: float | None = MAX_ELONGATION) -> VolumeSegmentation:
+                   max_elongation: float | None = MAX_ELONGATION, sw_batch_size: int = 2) -> VolumeSegmentation:
     """Candidates of one preprocessed volume (``volume01``, windowed by ``window``, at ``spacing_mm``).
+
+    ``sw_batch_size``: patches per call of ``run_patch`` (at most; the result does not depend on it).
 
     ``lung_search=False``, ``solid_hu=None`` and ``max_elongation=None`` give the unbounded
     components of the whole map, of any shape (the behaviour before the lung mask, the density
@@ -167,10 +169,10 @@ def segment_volume(run_patch: PatchRunner, volume01: np.ndarray, spacing_mm, *,
         if lung.any():
             box = tuple(slice(max(s.start - context_vox, 0), min(s.stop + context_vox, n))
                         for s, n in zip(ndimage.find_objects(lung.astype(np.uint8))[0], arr.shape))
-            probability[box] = infer_volume(run_patch, arr[box], roi_size, overlap, region=lung[box])
+            probability[box] = infer_volume(run_patch, arr[box], roi_size, overlap, sw_batch_size, region=lung[box])
     else:
         lung = np.ones(arr.shape, dtype=bool)
-        probability = infer_volume(run_patch, arr, roi_size, overlap)
+        probability = infer_volume(run_patch, arr, roi_size, overlap, sw_batch_size)
     found, labels = extract_candidates(probability, spacing_mm, component_threshold, min_volume_mm3,
                                        region=lung if lung_search else None,
                                        volume_hu=hu if solid_hu is not None else None,

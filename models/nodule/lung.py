@@ -133,11 +133,11 @@ def close_in_plane(mask: np.ndarray, radius_mm: float, spacing_yx) -> np.ndarray
     spacing = tuple(float(s) for s in spacing_yx)
     ry, rx = (int(np.floor(radius_mm / s)) + 1 for s in spacing)
     out = np.zeros_like(mask)
+    rows, cols = mask.any(axis=2), mask.any(axis=1)  # each slice's bounding box, for all slices at once
     for k, plane in enumerate(mask):
-        found = ndimage.find_objects(plane.astype(np.uint8))
-        if not found:
+        ys, xs = _span(rows[k]), _span(cols[k])
+        if ys is None:
             continue
-        ys, xs = found[0]
         padded = np.pad(plane[ys, xs], ((ry, ry), (rx, rx)))
         grown = ndimage.distance_transform_edt(~padded, sampling=spacing) <= radius_mm
         closed = ndimage.distance_transform_edt(grown, sampling=spacing) > radius_mm
@@ -146,6 +146,12 @@ def close_in_plane(mask: np.ndarray, radius_mm: float, spacing_yx) -> np.ndarray
                  slice(max(x0, 0), min(xs.stop + rx, plane.shape[1])))
         out[k][inner] = closed[inner[0].start - y0: inner[0].stop - y0, inner[1].start - x0: inner[1].stop - x0]
     return out
+
+
+def _span(hits: np.ndarray) -> slice | None:
+    """The slice from the first to the last ``True`` of a 1D array (None when there is none)."""
+    index = np.flatnonzero(hits)
+    return slice(int(index[0]), int(index[-1]) + 1) if index.size else None
 
 
 def fill_in_plane(mask: np.ndarray) -> np.ndarray:

@@ -20,6 +20,9 @@ from models.nodule.postprocess import COMPONENT_THRESHOLD, MAX_ELONGATION, MIN_V
 from models.nodule.preprocess import prepare_volume, to_source_vox
 
 PatchBatchRunner = Callable[[np.ndarray], np.ndarray]
+#: Sliding windows per engine call when serving (the results do not depend on it; fewer calls cost less
+#: Python and MONAI bookkeeping, and onnxruntime's CPU time per patch is the same at 1, 2 or 4).
+SERVING_SW_BATCH = 4
 
 
 def _patch_runner(run_patches: PatchBatchRunner) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -36,7 +39,8 @@ def _segment(run_patches, volume01, model_spacing, window, roi_size, post: dict[
                             lung_search=post.get("search_region", "lung_mask") == "lung_mask",
                             solid_hu=None if solid_hu is None else float(solid_hu),
                             context_vox=int(post.get("context_vox", CONTEXT_VOX)),
-                            max_elongation=None if max_elongation is None else float(max_elongation))
+                            max_elongation=None if max_elongation is None else float(max_elongation),
+                            sw_batch_size=int(post.get("sw_batch_size", SERVING_SW_BATCH)))
     return result.candidates, result.labels
 
 
@@ -61,7 +65,9 @@ def serve_volume(run_patches: PatchBatchRunner, volume_hu: np.ndarray, spacing_m
     for new, (old, _) in enumerate(kept, start=1):
         relabel[old] = new
     labels = relabel[labels]
-    if labels.shape != source.shape:  # nearest-neighbour back to the source grid
+    if labels.shape != source.shape and not kept:  # no candidate: nothing to resize
+        labels = np.zeros(source.shape, np.int32)
+    elif labels.shape != source.shape:  # nearest-neighbour back to the source grid
         labels = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=source.shape,
                                mode="nearest")[0, 0].numpy().astype(np.int32)
     candidates = []
