@@ -132,3 +132,17 @@ def test_unknown_peer_names_are_refused_naming_the_known_ones():
         launch.peer_names("litserve,triton")
     with pytest.raises(SystemExit):
         bench.main(["--peers", "triton"])
+
+
+def test_each_proxy_mode_measured_gets_its_own_targets():
+    rows = figures(100.0, litserve_rps=150.0)
+    rows["serve_handle_haproxy"] = {"sequential": {"p50_ms": 4.5}, "concurrent": {"req_per_s": 280.0}}
+    rows["http_haproxy"] = {"sequential": {"p50_ms": 9.0}, "concurrent": {"req_per_s": 160.0}}
+    goals = bench.targets(rows, direct_best=1000.0, peers=["litserve"])
+    assert goals["http_sequential_p50"]["pass"] is False and goals["http_sequential_p50_haproxy"]["pass"] is True
+    assert goals["serve_handle_sequential_p50_haproxy"] == {"target_ms": 5.0, "p50_ms": 4.5, "pass": True}
+    assert goals["http_concurrent_vs_peers"]["pass"] is False and goals["http_concurrent_vs_peers_haproxy"]["pass"]
+    only_haproxy = {k: v for k, v in rows.items() if k not in ("serve_handle", "http")}
+    assert set(bench.targets(only_haproxy, direct_best=1000.0, peers=[])) == {
+        "serve_handle_sequential_p50_haproxy", "http_sequential_p50_haproxy", "http_concurrent_vs_direct_haproxy",
+        "http_concurrent_vs_peers_haproxy"}
