@@ -348,15 +348,20 @@ class NoduleTask(Task):
         return self._loss(logits.float(), batch["label"].float())
 
     def predict(self, network: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        cfg = getattr(self, "_eval_cfg", None) or self.default_config()["eval"]
-        patch = getattr(self, "_patch_vox", None) or self.default_config()["input"]["patch_vox"]
-        window = getattr(self, "_window", None) or tuple(self.default_config()["input"]["window_hu"])
         device = next(network.parameters()).device
-        max_candidates = int(cfg["max_candidates"])
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(network(x.to(device)).float()).cpu()
 
+        return self.predict_with(run, batch)
+
+    def predict_with(self, run, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """:meth:`predict` with any patch runner (a batch of patches -> probabilities, e.g.
+        :func:`models.nodule.inference.onnx_runner` of an exported or quantised model)."""
+        cfg = getattr(self, "_eval_cfg", None) or self.default_config()["eval"]
+        patch = getattr(self, "_patch_vox", None) or self.default_config()["input"]["patch_vox"]
+        window = getattr(self, "_window", None) or tuple(self.default_config()["input"]["window_hu"])
+        max_candidates = int(cfg["max_candidates"])
         cands, dice, max_hu = [], [], []
         spacings = batch["spacing_mm"].cpu().numpy()
         volumes, labels = batch["volume"].cpu().numpy(), batch["label"].cpu().numpy()
