@@ -60,15 +60,25 @@ def image_features(model_input: np.ndarray, source_size_px: int) -> dict[str, fl
 def volume_features(volume: np.ndarray, window_hu: tuple[float, float] | None = None) -> dict[str, float]:
     """:data:`VOLUME_FEATURES` of one volume ``(slices, H, W)``: intensities in the model's value
     range [0, 1], the volume first clipped to ``window_hu`` and scaled when it is given in HU."""
-    v = np.asarray(volume, dtype=np.float64)
+    v = np.asarray(volume)
     if v.ndim != 3:
         raise ValueError(f"`volume` must be (slices, H, W), an array of shape {v.shape} is given.")
+    scale = None
     if window_hu is not None:
         low, high = (float(w) for w in window_hu)
         if not high > low:
             raise ValueError(f"`window_hu` must be (low, high) with high > low, {window_hu} is given.")
-        v = np.clip((v - low) / (high - low), 0.0, 1.0)
-    return {"mean_intensity": round(float(v.mean()), 6), "intensity_std": round(float(v.std()), 6),
+        scale = (low, high)
+
+    def plane(k: int) -> np.ndarray:  # one slice in float64 at a time: a 512² CT is 168 MB as one array
+        p = v[k].astype(np.float64)
+        return p if scale is None else np.clip((p - scale[0]) / (scale[1] - scale[0]), 0.0, 1.0)
+
+    # two passes (mean, then squared deviations), as numpy's std, over slices
+    n = v.size
+    mean = sum(float(plane(k).sum()) for k in range(v.shape[0])) / n if n else float("nan")
+    var = sum(float(np.square(plane(k) - mean).sum()) for k in range(v.shape[0])) / n if n else float("nan")
+    return {"mean_intensity": round(mean, 6), "intensity_std": round(float(np.sqrt(var)), 6),
             "slices": int(v.shape[0])}
 
 

@@ -89,3 +89,15 @@ def test_a_volume_without_candidates_gets_an_empty_mask_of_its_own_grid():
                          ModelRegistry().get("nodule").raw)
     assert reply["candidates"] == [] and reply["mask"].shape == sample.volume_hu.shape
     assert reply["mask"].dtype == np.int32 and not reply["mask"].any()
+
+
+@pytest.mark.parametrize("window", [(-1000.0, 400.0), None])
+def test_volume_features_slice_by_slice_equal_numpy_on_the_whole_volume(window):
+    from models.reference import volume_features
+
+    hu = np.random.default_rng(2).normal(-500, 450, (12, 40, 48)).astype(np.float32)
+    v = hu.astype(np.float64)
+    if window is not None:
+        v = np.clip((v - window[0]) / (window[1] - window[0]), 0.0, 1.0)
+    assert volume_features(hu, window) == {"mean_intensity": round(float(v.mean()), 6),
+                                           "intensity_std": round(float(v.std()), 6), "slices": 12}
