@@ -101,13 +101,20 @@ def lung_mask(volume_hu: np.ndarray, spacing_mm, *, air_hu: float = LUNG_AIR_HU,
         raise ValueError(f"`min_component_ml` must be non-negative, {min_component_ml!r} is given.")
     air = hu < air_hu
     labels, count = ndimage.label(air, structure=_IN_PLANE)  # each slice on its own
-    outside = _touching_border(labels, count)
-    body = _largest(~outside)
+    inside = ~_touching_border(labels, count)
     out = np.zeros(hu.shape, dtype=bool)
-    if not body.any():
+    # The body is sought in the bounding box of what is not outside air (often much less than the
+    # volume): components are numbered in the same raster order there and have the same sizes, so
+    # the largest (the first of equally large ones) is the same.
+    around = _box(inside)
+    if around is None:
         return out
-    box = ndimage.find_objects(body.astype(np.uint8))[0]
-    lungs = air[box] & body[box]
+    body = _largest(inside[around])
+    inner = _box(body)
+    if inner is None:
+        return out
+    box = tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(around, inner))
+    lungs = air[box] & body[inner]
     labels, count = ndimage.label(lungs)
     if count == 0:
         return out
@@ -146,6 +153,12 @@ def close_in_plane(mask: np.ndarray, radius_mm: float, spacing_yx) -> np.ndarray
                  slice(max(x0, 0), min(xs.stop + rx, plane.shape[1])))
         out[k][inner] = closed[inner[0].start - y0: inner[0].stop - y0, inner[1].start - x0: inner[1].stop - x0]
     return out
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a 3D ``mask`` from its projections (None when it is empty)."""
+    spans = (_span(mask.any(axis=(1, 2))), _span(mask.any(axis=(0, 2))), _span(mask.any(axis=(0, 1))))
+    return None if spans[0] is None else spans
 
 
 def _span(hits: np.ndarray) -> slice | None:
