@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,27 @@ def quantize(source: Path, target: Path, patches: np.ndarray) -> dict[str, Any]:
     return settings
 
 
-def session(path: Path, threads: int | None = None):
-    from serving.inference.engine_onnx import OnnxEngine
+def cpu_threads() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
 
-    return OnnxEngine(path, intra_op_threads=threads).session
+
+def session(path: Path, threads: int | None = None):
+    """An onnxruntime CPU session set as a served replica's (serving.inference.engine_onnx): all
+    optimisations, ``threads`` intra-op threads (every CPU by default), sequential, no spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(threads or cpu_threads())
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def ms_per_patch(path: Path, batch: int = 4, runs: int = 4, threads: int | None = None) -> float:
@@ -185,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from models.registry import ModelRegistry, file_sha256
-    from serving.inference.engine_onnx import cpu_threads
 
     manifest = ModelRegistry().get("nodule", args.version)
     manifest.verify()
