@@ -9,10 +9,11 @@ with the same preprocessing; each peer batches by its own dynamic batching and r
 virtual environment (`bash benchmarks/peers/setup.sh`), one server at a time on the machine.
 Saves `benchmarks/results/serve_overhead.json` + plot.
 
-medgate is measured behind each of its `http.proxy` modes (Ray Serve's proxy, and Ray Serve's
-HAProxy mode: rows `serve_handle_haproxy`, `http_haproxy`), each in a process of its own.
+medgate is measured with each of its `http.proxy` modes, each in a process of its own: `direct`
+(the default on one machine: rows `serve_handle`, `http`), Ray Serve's proxy (`..._ray_proxy`) and
+Ray Serve's HAProxy mode (`..._haproxy`).
 
-    python benchmarks/serve_overhead.py [--n 200] [--concurrency 16] [--proxy ray,haproxy]
+    python benchmarks/serve_overhead.py [--n 200] [--concurrency 16] [--proxy direct,ray,haproxy]
                                         [--peers litserve,bentoml]
 """
 from __future__ import annotations
@@ -130,8 +131,10 @@ def direct_batches(server: ModelServer, item: np.ndarray, n: int) -> dict:
     return {"items_per_s_by_batch": by_batch, "best_batch": int(best), "best_items_per_s": by_batch[best]}
 
 
-#: medgate's ``http.proxy`` modes (serving.http.proxy) and the names of their rows.
-PROXY_ROWS = {"ray": ("serve_handle", "http"), "haproxy": ("serve_handle_haproxy", "http_haproxy")}
+#: medgate's ``http.proxy`` modes (serving.http.proxy) and the names of their rows; the default
+#: mode on one machine (``direct``) has the plain names.
+PROXY_ROWS = {"direct": ("serve_handle", "http"), "ray": ("serve_handle_ray_proxy", "http_ray_proxy"),
+              "haproxy": ("serve_handle_haproxy", "http_haproxy")}
 
 
 def measure_medgate(item: np.ndarray, png: bytes, n: int, concurrency: int, proxy: str = "ray") -> dict:
@@ -220,7 +223,7 @@ def targets(rows: dict, direct_best: float, peers: list[str]) -> dict:
     for proxy, (handle_row, http_row) in PROXY_ROWS.items():
         if http_row not in rows:
             continue
-        suffix = "" if proxy == "ray" else f"_{proxy}"
+        suffix = http_row[len("http"):]
         http_rps = rows[http_row]["concurrent"]["req_per_s"]
         for key, row, limit in (("serve_handle_sequential_p50", handle_row, HANDLE_P50_MAX_MS),
                                 ("http_sequential_p50", http_row, HTTP_P50_MAX_MS)):
@@ -292,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="requests per measurement (default 200)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent callers (default 16)")
-    parser.add_argument("--proxy", default="ray,haproxy",
-                        help="medgate's http.proxy modes to measure, comma-separated (default both; "
+    parser.add_argument("--proxy", default="direct,ray,haproxy",
+                        help="medgate's http.proxy modes to measure, comma-separated (default all three; "
                              "haproxy is skipped when no haproxy is installed)")
     parser.add_argument("--peers", default="litserve,bentoml",
                         help=f"comma-separated peers from {sorted(PEERS)} ('' for none; default both)")

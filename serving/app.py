@@ -12,6 +12,9 @@ the same path, and the nodes' state in the cluster table (docs/deployment.md).  
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -27,6 +30,8 @@ from serving.inference.versions import read_versions
 from serving.roles import is_all
 
 APP_NAME = "medgate"
+#: The packages whose sources make the ingress's version (:func:`ingress_version`).
+SOURCE_PACKAGES = ("serving", "models", "kernel", "dicom_gateway", "iomt")
 #: What one ingress replica takes of ``http.ingress_resource``: a node offering 1 holds up to 100.
 INGRESS_RESOURCE_SHARE = 0.01
 
@@ -66,9 +71,27 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
     actor = {"num_cpus": http.ingress_num_cpus}
     if http.ingress_resource is not None:
         actor["resources"] = {http.ingress_resource: INGRESS_RESOURCE_SHARE}
+    args = (str(settings.state_dir.resolve()), limits, token_digests(settings))
     ingress = Ingress.options(num_replicas=http.ingress_replicas, max_ongoing_requests=http.ingress_max_ongoing_requests,
                               ray_actor_options=actor)
-    return ingress.bind(models, str(settings.state_dir.resolve()), limits, token_digests(settings))
+    # Ray Serve 2.60 gives a deployment without a version a random one at each `serve.run`, so every
+    # `medgate models deploy` (which re-runs the application with new model versions) replaced the
+    # ingress replicas too; with http.proxy direct the new replica then found http.port held by the
+    # draining old one.  `Deployment.options(version=)` is gone from the public API; the attribute
+    # `serve.run` reads is set instead, from the ingress's arguments and code.
+    ingress._version = ingress_version(sorted(models), *args)
+    return ingress.bind(models, *args)
+
+
+def ingress_version(*args: Any) -> str:
+    """The ingress deployment's version: its arguments and the sources it runs, hashed; the same
+    configuration and code keep the running ingress, any change replaces it."""
+    digest = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode())
+    root = Path(__file__).resolve().parents[1]
+    for package in SOURCE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _class_codes(settings: Settings, model: str) -> dict[str, dict[str, Any]]:

@@ -99,12 +99,14 @@ class HttpConfig(Section):
     # End-to-end limit of one request in Ray Serve's proxy; null = none (the ward board's event
     # stream is one long request).  Slow header senders: docs/security.md.
     request_timeout_s: float | None = Field(None, gt=0)
-    # What answers on host:port: `ray`, Ray Serve's proxy (uvicorn, one actor hop to the ingress);
-    # `haproxy`, Ray Serve's HAProxy mode: Debian's haproxy (`haproxy_binary`, found on PATH or in
-    # /usr/sbin when null) routes each request straight to an ingress replica's own port (direct
-    # ingress) and handles go replica to replica over gRPC (RAY_SERVE_THROUGHPUT_OPTIMIZED).
-    # Faster (docs/serving.md, "Performance") but it opens more ports: docs/security.md.
-    proxy: Literal["ray", "haproxy"] = "ray"
+    # What answers on host:port (serving/http/proxy.py; docs/serving.md "Performance"):
+    # `direct`, the node's one ingress replica itself (Ray Serve's direct ingress: no proxy hop, the
+    # caller's address audited, handles over gRPC); `ray`, Ray Serve's proxy (uvicorn, one actor hop
+    # to the ingress); `haproxy`, Ray Serve's HAProxy mode (haproxy_binary; several ingress replicas,
+    # but the audit records haproxy's address and more ports open: docs/security.md).
+    # `auto`: direct on a Ray of medgate's own (ray.address null), ray on a joined cluster, whose
+    # nodes' `ray start` environments would need direct's switches (docs/deployment.md).
+    proxy: Literal["auto", "direct", "ray", "haproxy"] = "auto"
     haproxy_binary: Path | None = None
     # The ingress deployment (FastAPI behind Ray Serve's proxy): replicas, requests each replica
     # takes at once (Ray Serve's default of 5 made the proxy queue and back off the rest: 16
@@ -123,6 +125,14 @@ class HttpConfig(Section):
         if value is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
             raise ValueError(f"must be an http(s) URL without query or fragment, {value!r} is given")
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _one_ingress_replica_when_direct(self) -> "HttpConfig":
+        if self.proxy == "direct" and self.ingress_replicas != 1:
+            raise ValueError(f"http.proxy direct serves http.port from the ingress replica itself, so a node "
+                             f"runs one (http.ingress_replicas 1); {self.ingress_replicas} are given: use "
+                             f"http.proxy haproxy or ray to spread requests over several")
+        return self
 
     @field_validator("ingress_resource")
     @classmethod
@@ -487,6 +497,14 @@ class Settings(BaseSettings):
         # The YAML file arrives through init kwargs (see load_config), so it ranks below the
         # environment; load_config's explicit overrides (`medgate serve --role`) rank above both.
         return InitSettingsSource(settings_cls, init_kwargs=_EXPLICIT.get()), env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _resolve_http_proxy(self) -> "Settings":
+        """``http.proxy: auto``: ``direct`` on a Ray of medgate's own with one ingress replica, else ``ray``."""
+        if self.http.proxy == "auto":
+            alone = self.ray.address is None and self.http.ingress_replicas == 1
+            self.http.proxy = "direct" if alone else "ray"
+        return self
 
     @model_validator(mode="after")
     def _check_roles(self) -> "Settings":

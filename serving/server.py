@@ -46,7 +46,7 @@ from serving.fhir.report import patient_identity
 from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
 from serving.http.dicomweb_index import IndexWorker
 from serving.http.forwarded import UVICORN_TRUST_NONE
-from serving.http.proxy import http_options, proxy_environment
+from serving.http.proxy import proxy_environment, start_options
 from serving.imaging.pipeline import ImagingPipeline
 from serving.imaging.results import HL7_KIND
 from serving.roles import Component, Role, components_for, is_all, role_names
@@ -307,8 +307,7 @@ class Server:
 
         cfg = self.settings
         # On a cluster the proxy runs on every node holding a replica (the ingress's included).
-        serve.start(http_options=http_options(cfg.http),
-                    **({"proxy_location": "EveryNode"} if cfg.ray.address is not None else {}))
+        serve.start(**start_options(cfg.http, on_cluster=cfg.ray.address is not None))
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
         return {m: serve.get_deployment_handle(m, app_name=APP_NAME) for m in model_names()}
 

@@ -142,7 +142,11 @@ def test_each_proxy_mode_measured_gets_its_own_targets():
     assert goals["http_sequential_p50"]["pass"] is False and goals["http_sequential_p50_haproxy"]["pass"] is True
     assert goals["serve_handle_sequential_p50_haproxy"] == {"target_ms": 5.0, "p50_ms": 4.5, "pass": True}
     assert goals["http_concurrent_vs_peers"]["pass"] is False and goals["http_concurrent_vs_peers_haproxy"]["pass"]
-    only_haproxy = {k: v for k, v in rows.items() if k not in ("serve_handle", "http")}
+    rows["http_ray_proxy"] = {"sequential": {"p50_ms": 20.0}, "concurrent": {"req_per_s": 70.0}}
+    rows["serve_handle_ray_proxy"] = {"sequential": {"p50_ms": 9.0}, "concurrent": {"req_per_s": 200.0}}
+    goals = bench.targets(rows, direct_best=1000.0, peers=["litserve"])
+    assert goals["http_sequential_p50_ray_proxy"]["p50_ms"] == 20.0 and goals["http_sequential_p50"]["p50_ms"] == 12.0
+    only_haproxy = {k: v for k, v in rows.items() if k.endswith("_haproxy")}
     assert set(bench.targets(only_haproxy, direct_best=1000.0, peers=[])) == {
         "serve_handle_sequential_p50_haproxy", "http_sequential_p50_haproxy", "http_concurrent_vs_direct_haproxy",
         "http_concurrent_vs_peers_haproxy"}

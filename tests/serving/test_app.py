@@ -17,3 +17,17 @@ def test_class_codes_reach_the_model_deployment(tmp_path):
     app = build_app(settings, versions={})
     assert _model_options(app, "derm")["class_codes"] == {"df": code}
     assert _model_options(app, "tb")["class_codes"] == {}
+
+
+
+def test_the_ingress_version_changes_with_its_arguments_only(tmp_path):
+    """``medgate models deploy`` re-runs the application: the same configuration keeps the running
+    ingress replicas (its version is unchanged), another one replaces them."""
+    from serving.app import build_app
+
+    def version(**http) -> str:
+        app = build_app(load_config(None, state_dir=tmp_path, http=http), versions={})
+        return app._bound_deployment._version  # what `serve.run` reads
+
+    assert version(timeout_s=30.0) == version(timeout_s=30.0)
+    assert version(timeout_s=30.0) != version(timeout_s=31.0)
