@@ -145,13 +145,14 @@ def measure_medgate(item: np.ndarray, png: bytes, n: int, concurrency: int, prox
 
     from serving.http.proxy import proxy_environment
 
-    env = proxy_environment(load_config(None, http={"proxy": proxy}).http)
+    port = free_port()  # the direct mode's switches name it
+    env = proxy_environment(load_config(None, http={"proxy": proxy, "port": port}).http)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # a spawned child starts with this environment
     try:
         context = multiprocessing.get_context("spawn")
         with context.Pool(1) as pool:
-            rows = pool.apply(_measure_medgate_here, (item, png, n, concurrency, proxy))
+            rows = pool.apply(_measure_medgate_here, (item, png, n, concurrency, proxy, port))
     finally:
         for key, value in saved.items():
             if value is None:
@@ -162,23 +163,23 @@ def measure_medgate(item: np.ndarray, png: bytes, n: int, concurrency: int, prox
     return {handle_row: rows["serve_handle"], http_row: rows["http"]}
 
 
-def _measure_medgate_here(item: np.ndarray, png: bytes, n: int, concurrency: int, proxy: str) -> dict:
+def _measure_medgate_here(item: np.ndarray, png: bytes, n: int, concurrency: int, proxy: str, port: int) -> dict:
     import ray
     from ray import serve
 
     from serving.app import APP_NAME, build_app
-    from serving.http.proxy import http_options
+    from serving.http.proxy import start_options
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_config(None, state_dir=tmp, http={"port": free_port(), "proxy": proxy},
+        settings = load_config(None, state_dir=tmp, http={"port": port, "proxy": proxy},
                                serving={"max_queued_requests": 10_000, "max_ongoing_requests": 256},
                                auth={"tokens": [{"token": TOKEN, "role": "admin", "name": "benchmark"}]})
         # Logical CPUs: one per model replica, as `medgate serve` does.
         ray.init(include_dashboard=False, namespace="medgate-bench", logging_level="WARNING",
                  num_cpus=max(os.cpu_count() or 2, 8))
         try:
-            serve.start(http_options=http_options(settings.http))
+            serve.start(**start_options(settings.http, on_cluster=False))  # as `medgate serve` does
             serve.run(build_app(settings, versions={}), name=APP_NAME, route_prefix="/")
             handle = serve.get_deployment_handle("tb", app_name=APP_NAME)
             call_handle = lambda: handle.remote(item).result()  # noqa: E731
