@@ -13,6 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from serving.http.asgi import HttpMiddleware
 from serving.http.auth import SESSION_COOKIE, Principal, bearer, is_patient_data, required_roles
 from serving.http.context import current
 
@@ -30,20 +31,11 @@ def _principal(request: Request, ctx) -> Principal | None:
     return ctx.sessions().principal(session_id) if session_id else None
 
 
-class Guard:
+class Guard(HttpMiddleware):
     """ASGI middleware: 401 without a valid credential, 403 for a role the path does not allow; the
-    principal of an allowed request is ``request.state.principal`` for the route.
+    principal of an allowed request is ``request.state.principal`` for the route."""
 
-    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs every request's route in
-    a task of its own behind memory streams (a cost per request on the inference path)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope, receive, send) -> None:
         request = Request(scope)
         refusal = _refusal(request)
         if refusal is not None:

@@ -21,6 +21,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 
+from serving.http.asgi import HttpMiddleware
 from serving.http.auth import is_patient_data, required_roles
 
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -43,17 +44,11 @@ def private(path: str) -> bool:
     return is_patient_data(path) or bool(required_roles(path))
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """ASGI middleware: add :data:`SECURITY_HEADERS`, and ``Cache-Control: no-store`` on private paths,
-    to the start of every HTTP response (plain ASGI, as :class:`serving.http.guard.Guard`)."""
+    to the start of every HTTP response."""
 
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope, receive, send) -> None:
         no_store = private(Request(scope).url.path)
 
         async def send_with_headers(message) -> None:
