@@ -60,11 +60,14 @@ def caption(findings: Sequence[Finding]) -> str:
     return "; ".join(parts) + f"; {NOT_FOR_CLINICAL_USE}"
 
 
-def _outline(finding: Finding) -> list[hd.pr.GraphicObject]:
+def _outline(finding: Finding, columns: int) -> list[hd.pr.GraphicObject]:
     pixel = hd.pr.AnnotationUnitsValues.PIXEL
     if finding.point is not None:
         col, row = (float(v) for v in finding.point)
-        ring = np.array([[col, row], [col + POINT_RING_PX, row]], dtype=np.float32)  # centre, a point on it
+        # the circle's second point (on the ring) on the side with room: PS3.3 C.10.5 wants every
+        # PIXEL coordinate inside the image (a finding near the right edge failed the whole study)
+        edge = col + POINT_RING_PX if col + POINT_RING_PX <= columns else max(col - POINT_RING_PX, 0.0)
+        ring = np.array([[col, row], [edge, row]], dtype=np.float32)  # centre, a point on it
         return [hd.pr.GraphicObject(hd.pr.GraphicTypeValues.CIRCLE, ring, pixel),
                 hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POINT, np.array([[col, row]], np.float32), pixel)]
     if finding.box is not None:
@@ -150,7 +153,7 @@ def build_presentation_state(findings: Sequence[Finding], source: Dataset, *, se
     box = (1.0, 1.0, max(columns * TEXT_BOX_FRACTION[0], 2.0), max(rows * TEXT_BOX_FRACTION[1], 2.0))
     text = hd.pr.TextObject(caption(findings)[:1024], hd.pr.AnnotationUnitsValues.PIXEL, bounding_box=box,
                             text_justification=hd.pr.TextJustificationValues.LEFT)
-    graphics = [g for f in findings for g in _outline(f)]
+    graphics = [g for f in findings for g in _outline(f, columns)]
     annotation = hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layer,
                                          graphic_objects=graphics or None, text_objects=[text])
     versions = sorted({f"{f.model} {f.model_version}" for f in findings})

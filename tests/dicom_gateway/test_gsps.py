@@ -61,6 +61,19 @@ def test_a_point_finding_is_drawn_where_it_is_and_the_object_is_valid(tmp_path):
     assert distance.min() >= POINT_RING_PX - 2 and distance.max() <= POINT_RING_PX + 2  # the ring, nothing else
 
 
+@pytest.mark.parametrize("point", [(235.0, 80.0), (239.5, 255.0), (0.0, 0.0)])
+def test_a_point_at_the_images_edge_keeps_its_ring_inside(tmp_path, point):
+    """A finding near the right edge put the ring's second point past Columns: highdicom refused the
+    GSPS and the whole study's processing failed (seen once with a generated radiograph)."""
+    ds = dx()  # 240 columns
+    gsps = gsps_of([finding(ds, point=point)], ds)
+    gsps.save_as(tmp_path / "edge.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "edge.dcm") == []
+    circle = gsps.GraphicAnnotationSequence[0].GraphicObjectSequence[0]
+    (c0, r0), (c1, r1) = np.reshape(circle.GraphicData, (2, 2))
+    assert (c0, r0) == point and 0.0 <= c1 <= 240.0 and abs(c1 - c0) == POINT_RING_PX
+
+
 def test_boxes_and_polygons_are_outlined(tmp_path):
     ds = dx()
     box = finding(ds, box=(20.0, 30.0, 60.0, 90.0))
