@@ -30,7 +30,7 @@ from serving.inference.versions import read_versions
 from serving.roles import is_all
 
 APP_NAME = "medgate"
-#: The packages whose sources make the ingress's version (:func:`ingress_version`).
+#: The packages whose sources make the ingress's version (:func:`version_of_ingress`).
 SOURCE_PACKAGES = ("serving", "models", "kernel", "dicom_gateway", "iomt")
 #: What one ingress replica takes of ``http.ingress_resource``: a node offering 1 holds up to 100.
 INGRESS_RESOURCE_SHARE = 0.01
@@ -42,7 +42,11 @@ def model_names() -> list[str]:
     return ModelRegistry().names()
 
 
-def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = None) -> Application:
+def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = None,
+              ingress_version: str | None = None) -> Application:
+    """The application; ``ingress_version`` pins the ingress deployment's version: ``medgate models
+    deploy`` passes the running server's (``components.json``), so a model deploy never replaces the
+    ingress, whatever its own process's configuration says."""
     cfg = settings.serving
     versions = read_versions(settings.state_dir) if versions is None else versions
     options = {"engine": cfg.engine, "device": cfg.device, "precision": cfg.precision,
@@ -79,11 +83,11 @@ def build_app(settings: Settings, versions: dict[str, dict[str, Any]] | None = N
     # ingress replicas too; with http.proxy direct the new replica then found http.port held by the
     # draining old one.  `Deployment.options(version=)` is gone from the public API; the attribute
     # `serve.run` reads is set instead, from the ingress's arguments and code.
-    ingress._version = ingress_version(sorted(models), *args)
+    ingress._version = ingress_version or version_of_ingress(sorted(models), *args)
     return ingress.bind(models, *args)
 
 
-def ingress_version(*args: Any) -> str:
+def version_of_ingress(*args: Any) -> str:
     """The ingress deployment's version: its arguments and the sources it runs, hashed; the same
     configuration and code keep the running ingress, any change replaces it."""
     digest = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode())

@@ -128,6 +128,9 @@ class HttpConfig(Section):
 
     @model_validator(mode="after")
     def _one_ingress_replica_when_direct(self) -> "HttpConfig":
+        if self.proxy == "direct" and self.port == 0:
+            raise ValueError("http.proxy direct needs a fixed http.port (the ingress replica binds exactly it), "
+                             "0 is given")
         if self.proxy == "direct" and self.ingress_replicas != 1:
             raise ValueError(f"http.proxy direct serves http.port from the ingress replica itself, so a node "
                              f"runs one (http.ingress_replicas 1); {self.ingress_replicas} are given: use "
@@ -502,8 +505,11 @@ class Settings(BaseSettings):
     def _resolve_http_proxy(self) -> "Settings":
         """``http.proxy: auto``: ``direct`` on a Ray of medgate's own with one ingress replica, else ``ray``."""
         if self.http.proxy == "auto":
-            alone = self.ray.address is None and self.http.ingress_replicas == 1
+            alone = self.ray.address is None and self.http.ingress_replicas == 1 and self.http.port != 0
             self.http.proxy = "direct" if alone else "ray"
+        if self.http.proxy == "direct" and self.ray.address is not None:
+            raise ValueError("http.proxy direct is for a Ray of medgate's own (ray.address null): on a joined "
+                             "cluster use ray or haproxy (docs/deployment.md)")
         return self
 
     @model_validator(mode="after")

@@ -46,7 +46,7 @@ from serving.fhir.report import patient_identity
 from serving.http.auth import ADMIN_TOKEN_FILE, ensure_admin_token
 from serving.http.dicomweb_index import IndexWorker
 from serving.http.forwarded import UVICORN_TRUST_NONE
-from serving.http.proxy import proxy_environment, start_options
+from serving.http.proxy import check_port_free, proxy_environment, start_options
 from serving.imaging.pipeline import ImagingPipeline
 from serving.imaging.results import HL7_KIND
 from serving.roles import Component, Role, components_for, is_all, role_names
@@ -262,6 +262,7 @@ class Server:
         machine's Ray node; returns ``ray.serve``.  Once per process."""
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         cfg = self.settings
+        check_port_free(cfg.http)  # http.proxy direct: a taken port is named here, not by Ray Serve
         env = self._worker_environment()  # before Ray Serve is imported: it reads its switches then
         import ray
         from ray import serve
@@ -308,7 +309,9 @@ class Server:
         cfg = self.settings
         # On a cluster the proxy runs on every node holding a replica (the ingress's included).
         serve.start(**start_options(cfg.http, on_cluster=cfg.ray.address is not None))
-        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+        app = build_app(cfg)
+        self.ingress_version = app._bound_deployment._version  # for `medgate models deploy` (components.json)
+        serve.run(app, name=APP_NAME, route_prefix="/")
         return {m: serve.get_deployment_handle(m, app_name=APP_NAME) for m in model_names()}
 
     def _cluster_handles(self) -> dict:
@@ -332,7 +335,8 @@ class Server:
             components["outbox"] = "ok" if self.outbox else "down"
         status = {"heartbeat": time.time(), "started_at": self.started_at, "pid": os.getpid(),
                   "node_id": self.node_id, "roles": role_names(self.roles), "components": components,
-                  "dicom_port": self.scp.port if self.scp else None, "ray_address": self.ray_address}
+                  "dicom_port": self.scp.port if self.scp else None, "ray_address": self.ray_address,
+                  "ingress_version": getattr(self, "ingress_version", None)}
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         tmp.write_text(json.dumps(status))
         tmp.replace(self.state_dir / STATUS_FILE)

@@ -159,7 +159,8 @@ def _change(settings: Settings, versions: dict, name: str, version: str, shadow:
 
 def _apply(settings: Settings, versions: dict, name: str, version: str, shadow: str | None) -> int:
     # this machine's server, or the cluster that ``ray.address`` joins (a node of another role)
-    address = read_components(settings.state_dir.resolve()).get("ray_address") or settings.ray.address
+    running = read_components(settings.state_dir.resolve())
+    address = running.get("ray_address") or settings.ray.address
     if not address:
         print(f"{name}@{version}" + (f" (shadow {shadow})" if shadow else "")
               + " recorded; no running server: it is used at the next start")
@@ -172,7 +173,9 @@ def _apply(settings: Settings, versions: dict, name: str, version: str, shadow: 
 
     ray.init(address=address, namespace="medgate", logging_level="WARNING", log_to_driver=False)
     try:
-        serve.run(build_app(settings, versions), name=APP_NAME, route_prefix="/", blocking=False)
+        # the running ingress stays as it is (its version as the server recorded it)
+        serve.run(build_app(settings, versions, ingress_version=running.get("ingress_version")), name=APP_NAME,
+                  route_prefix="/", blocking=False)
         handle = serve.get_deployment_handle(name, app_name=APP_NAME)
         info = handle.info.remote().result(timeout_s=120)
     finally:

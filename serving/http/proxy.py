@@ -1,30 +1,29 @@
-"""What answers HTTP on ``http.host:http.port``: Ray Serve's proxy, the ingress replica itself, or
-Ray Serve's HAProxy mode.
+"""What answers HTTP on ``http.host:http.port`` (``http.proxy``).
 
-``http.proxy: ray`` is Ray Serve's own proxy: uvicorn in a proxy actor, which hands each request to
-an ingress replica by a Ray actor call.  ``http.proxy: direct`` starts no proxy: the one ingress
-replica of the node serves ``http.host:http.port`` itself (Ray Serve's direct ingress, its port
-range narrowed to ``http.port``), so the caller's connection reaches the ingress and its address
-is the one audited.  In both ``direct`` and ``haproxy`` the ingress calls the model replicas over
-gRPC instead of Ray actor calls (``RAY_SERVE_THROUGHPUT_OPTIMIZED``).  ``http.proxy: haproxy`` is Ray Serve's
-HAProxy mode (Ray >= 2.55): Debian's ``haproxy`` listens on the same address and sends each request
-straight to an ingress replica's own HTTP port (direct ingress), and the ingress calls the model
-replicas over gRPC instead of Ray actor calls (``RAY_SERVE_THROUGHPUT_OPTIMIZED``).  Ray reads
-these switches from the environment of the processes it starts, so :func:`proxy_environment` is
-set before Ray starts (a joined cluster's nodes need them in their ``ray start`` environment).
+- ``ray``: Ray Serve's own proxy (uvicorn in a proxy actor), which hands each request to an
+  ingress replica by a Ray actor call.
+- ``direct``: the node's one ingress replica serves ``http.host:http.port`` itself (Ray Serve's
+  direct ingress, its port range narrowed to ``http.port``), so the caller's connection reaches the
+  ingress and its address is the one audited.  Ray Serve 2.60 still starts its proxy actor, on an
+  ephemeral port (:func:`start_options`).
+- ``haproxy``: Ray Serve's HAProxy mode (Ray >= 2.55): Debian's ``haproxy`` listens there and sends
+  each request to an ingress replica's own HTTP port.
 
-What the mode opens besides ``http.port`` (each ingress replica's port from 30000 on every
-interface, haproxy's statistics page on 8404) is in docs/security.md; what it gains in
-docs/serving.md ("Performance").  Stdlib only.
+``direct`` and ``haproxy`` call the model replicas over gRPC instead of Ray actor calls (Ray Serve's
+throughput-optimised mode).  Ray reads these switches from the environment of the processes it
+starts, so :func:`proxy_environment` is set before Ray starts (a joined cluster's nodes would need
+them in their ``ray start`` environment).  What each mode opens: docs/security.md ("HTTP proxy
+modes"); what each gains: docs/serving.md ("Performance").  Stdlib only.
 """
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
-#: Largest message between replicas over gRPC: 2 GiB - 1, the most gRPC takes (Ray Serve's own
-#: limit for its gRPC ingress).
-GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+#: Largest message between replicas over gRPC: 1 GiB, a 600-slice 512x512 CT as float32 and more
+#: (gRPC's default of 4 MiB refused an 80-slice one; Ray Serve's own ceiling is 2 GiB).
+GRPC_MAX_MESSAGE_BYTES = 2**30
 #: Where Debian installs haproxy (``/usr/sbin`` is not on every user's PATH).
 DEBIAN_HAPROXY = Path("/usr/sbin/haproxy")
 
@@ -73,6 +72,12 @@ def proxy_environment(http) -> dict[str, str]:
         # the replicas' log lines (a STOW-RS refusal, a model's version swap) stay in the server's
         # output, as with Ray Serve's proxy (the throughput-optimised mode writes them to files only)
         "RAY_SERVE_LOG_TO_STDERR": "1",
+        # user code on a thread of its own, as with Ray Serve's proxy: the guard's and the audit's
+        # database calls then never block the loop that answers the replica's health checks
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+        # the mode freezes the garbage collector after the first reconfigure; a swapped-out model
+        # version's reference cycles would then never be freed
+        "RAY_SERVE_FREEZE_GC_ON_STARTUP": "0",
     }
     if http.proxy == "direct":  # the ingress replica's port is http.port and no other (the end is exclusive)
         env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(http.port)
@@ -87,15 +92,36 @@ def proxy_environment(http) -> dict[str, str]:
 
 
 def start_options(http, on_cluster: bool) -> dict:
-    """``serve.start``'s arguments: the ``http_options`` and where Ray Serve runs its proxies (none
-    with ``direct``: the ingress replica holds the port; on a cluster one per node otherwise)."""
+    """``serve.start``'s arguments: the ``http_options`` (with ``direct``, an ephemeral port for Ray
+    Serve's proxy actor, as the ingress replica holds ``http.port``) and, on a cluster, a proxy per node."""
     options = {"http_options": http_options(http)}
     if http.proxy == "direct":
-        # Ray Serve 2.60 in this mode still starts its proxy actor on http_options' port, which
-        # would take http.port before the replica: it gets an ephemeral one (the same application
-        # behind the same guard); the replica's port comes from the range proxy_environment sets.
+        # Ray Serve 2.60 starts its proxy actor in this mode too (on one machine its controller makes
+        # proxy_location Disabled HeadOnly), on http_options' port, which would take http.port before
+        # the replica: it gets an ephemeral one (the same application behind the same guard); the
+        # replica's port comes from the range proxy_environment sets.
         options["http_options"]["port"] = 0
-        options["proxy_location"] = "Disabled"
     elif on_cluster:
         options["proxy_location"] = "EveryNode"
     return options
+
+
+def check_port_free(http) -> None:
+    """With ``direct``, fail at start naming the port when something already listens on it (Ray Serve
+    would say only "No available ports" and keep the port blocked for the ingress).
+
+    Raises
+    ------
+    RuntimeError
+        ``http.host:http.port`` cannot be bound.
+    """
+    if http.proxy != "direct":
+        return
+    family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((http.host, http.port))
+        except OSError as exc:
+            raise RuntimeError(f"http.port {http.port} on {http.host} is not free ({exc.strerror}): another "
+                               f"process listens there; stop it or set http.port") from None

@@ -31,3 +31,6 @@ def test_the_ingress_version_changes_with_its_arguments_only(tmp_path):
 
     assert version(timeout_s=30.0) == version(timeout_s=30.0)
     assert version(timeout_s=30.0) != version(timeout_s=31.0)
+    pinned = build_app(load_config(None, state_dir=tmp_path, http={"timeout_s": 31.0}), versions={},
+                       ingress_version="running-1")
+    assert pinned._bound_deployment._version == "running-1"  # `medgate models deploy` keeps the server's

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from urllib3 import encode_multipart_formdata
 
 from peers import DCMTK_ENV, find_peer, free_port, require_peer, stop_process, wait_until
 from serving.config import ConfigError, load_config
-from serving.http.proxy import haproxy_binary, proxy_environment, start_options
+from serving.http.proxy import check_port_free, haproxy_binary, proxy_environment, start_options
 from server_process import MEDGATE, ServerProcess
 from training.synthetic.cxr import generate_cxr
 from training.synthetic.dicom import make_dx_dataset
@@ -49,8 +50,7 @@ def test_the_ray_proxy_sets_nothing_and_haproxy_sets_ray_serves_switches(tmp_pat
     # Ray Serve's port range ends before its maximum: http.port and no other
     assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("8123", "8124")
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and "RAY_SERVE_ENABLE_HA_PROXY" not in env
-    options = start_options(direct, on_cluster=True)
-    assert options["proxy_location"] == "Disabled" and options["http_options"]["port"] == 0
+    assert start_options(direct, on_cluster=False)["http_options"]["port"] == 0  # Ray's proxy actor: ephemeral
     fake = tmp_path / "haproxy"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
@@ -63,6 +63,24 @@ def test_the_ray_proxy_sets_nothing_and_haproxy_sets_ray_serves_switches(tmp_pat
 def test_direct_takes_one_ingress_replica():
     with pytest.raises(ConfigError, match=r"one \(http.ingress_replicas 1\); 2 are given"):
         load_config(None, http={"proxy": "direct", "ingress_replicas": 2})
+
+
+def test_direct_is_for_a_ray_of_our_own_and_a_fixed_port():
+    with pytest.raises(ConfigError, match="direct is for a Ray of medgate's own"):
+        load_config(None, http={"proxy": "direct"}, ray={"address": "auto"})
+    with pytest.raises(ConfigError, match="needs a fixed http.port"):
+        load_config(None, http={"proxy": "direct", "port": 0})
+    assert load_config(None, http={"port": 0}).http.proxy == "ray"
+
+
+def test_a_taken_port_is_named_before_ray_starts():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        http = load_config(None, http={"proxy": "direct", "port": holder.getsockname()[1]}).http
+        with pytest.raises(RuntimeError, match=f"http.port {http.port} on 127.0.0.1 is not free"):
+            check_port_free(http)
+    check_port_free(http)  # free again
 
 
 def test_a_missing_haproxy_is_named_with_the_package_and_the_way_back(tmp_path):
