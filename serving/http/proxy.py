@@ -17,13 +17,20 @@ modes"); what each gains: docs/serving.md ("Performance").  Stdlib only.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
+import time
 from pathlib import Path
 
 #: Largest message between replicas over gRPC: 1 GiB, a 600-slice 512x512 CT as float32 and more
 #: (gRPC's default of 4 MiB refused an 80-slice one; Ray Serve's own ceiling is 2 GiB).
 GRPC_MAX_MESSAGE_BYTES = 2**30
+log = logging.getLogger("medgate.http")
+
+#: How long `medgate serve` waits for ``http.port`` in the direct mode: after a kill -9 the old
+#: ingress replica kept it about a minute (tests/reliability/test_faults.py, kill twice).
+PORT_WAIT_S = 120.0
 #: Where Debian installs haproxy (``/usr/sbin`` is not on every user's PATH).
 DEBIAN_HAPROXY = Path("/usr/sbin/haproxy")
 
@@ -106,22 +113,33 @@ def start_options(http, on_cluster: bool) -> dict:
     return options
 
 
-def check_port_free(http) -> None:
-    """With ``direct``, fail at start naming the port when something already listens on it (Ray Serve
-    would say only "No available ports" and keep the port blocked for the ingress).
+def check_port_free(http, wait_s: float = PORT_WAIT_S) -> None:
+    """With ``direct``, wait up to ``wait_s`` for ``http.host:http.port`` to be free, then fail naming
+    it (Ray Serve would say only "No available ports" and keep the port blocked for the ingress).
+    The wait covers the Ray workers of a server that was just killed, which exit seconds later.
 
     Raises
     ------
     RuntimeError
-        ``http.host:http.port`` cannot be bound.
+        The port is still taken after ``wait_s``.
     """
     if http.proxy != "direct":
         return
     family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((http.host, http.port))
-        except OSError as exc:
-            raise RuntimeError(f"http.port {http.port} on {http.host} is not free ({exc.strerror}): another "
-                               f"process listens there; stop it or set http.port") from None
+    deadline, waited = time.monotonic() + wait_s, False
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((http.host, http.port))
+                return
+            except OSError as exc:
+                reason = exc.strerror
+        if not waited:
+            waited = True
+            log.warning("http.port %s on %s is still taken (%s): waiting up to %.0f s (the ingress replica of a "
+                        "server that was killed keeps it for about a minute)", http.port, http.host, reason, wait_s)
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"http.port {http.port} on {http.host} is not free ({reason}) after {wait_s:.0f} s: "
+                               f"another process listens there; stop it or set http.port")
+        time.sleep(0.5)
